@@ -1,0 +1,42 @@
+# natmap's two commands: `make demo` and `make test` (run as root on Debian).
+# Each installs what it needs when it is missing: Debian packages, then a
+# .venv with natmap in editable mode and its test extra.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.natmap-installed
+DEBS   := nftables iptables libnftables1 iproute2 conntrack
+
+.PHONY: test demo bench deps debs venv clean
+
+test: deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: deps
+	@echo "make demo: the tutorial demo arrives with the command-line issue (issue 6)."
+	@echo "Until then, natmap can check specs:"
+	$(BIN)/natmap spec -p 127.0.0.1:5001:5000 -p 8080:5000 -p '[::1]::5000/udp' --expose 5000 --link db01:web02Todb01
+
+deps: debs venv
+
+# Only the packages that are missing, so a machine that has them needs no network.
+debs:
+	@missing=""; for p in $(DEBS); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
