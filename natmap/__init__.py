@@ -1,0 +1,26 @@
+"""natmap: Docker-style port publishing and container links, applied to the
+Linux kernel atomically through nftables or iptables, without Docker.
+
+Everything public is importable from here; the submodules are private.
+Importing natmap loads no kernel library: pyroute2, python-iptables and
+libnftables are imported only when a backend needs them.
+"""
+
+from .errors import BackendError, ConflictError, NatmapError, SpecError
+from .plan import Binding
+from .spec import LinkSpec, PortRange, PortSpec, Protocol, validate_name
+
+__all__ = [
+    "Binding",
+    "BackendError",
+    "ConflictError",
+    "LinkSpec",
+    "NatmapError",
+    "PortRange",
+    "PortSpec",
+    "Protocol",
+    "SpecError",
+    "validate_name",
+]
+
+__version__ = "0.1.0"
