@@ -6,14 +6,21 @@ Importing natmap loads no kernel library: pyroute2, python-iptables and
 libnftables are imported only when a backend needs them.
 """
 
+from .engine import NatMap, TableMissingError, Transaction
 from .errors import BackendError, ConflictError, NatmapError, SpecError
-from .plan import Binding
+from .plan import Binding, Endpoint
+from .sandbox import Sandbox
 from .spec import LinkSpec, PortRange, PortSpec, Protocol, validate_name
 
 __all__ = [
     "Binding",
     "BackendError",
     "ConflictError",
+    "Endpoint",
+    "NatMap",
+    "Sandbox",
+    "TableMissingError",
+    "Transaction",
     "LinkSpec",
     "NatmapError",
     "PortRange",

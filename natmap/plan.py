@@ -1,18 +1,79 @@
-"""What is (or is to be) published: bindings, and their Docker text forms.
+"""What is, or is to be, published: endpoints, bindings, and the table model.
 
-Pure: no kernel, no I/O, no pyroute2, iptc or nftables.
+:class:`Table` is natmap's picture of one kernel table: its bindings, and the
+bridges whose traffic it masquerades. ``publish`` and ``unpublish`` change the
+picture and journal each step, so a backend can render exactly the change,
+and a failure can be rolled back in memory. Everything here is pure: no
+kernel, no I/O, no pyroute2, iptc or nftables.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import ipaddress
 import re
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from .spec import IPAddress, Protocol, format_ip
+from .errors import ConflictError, SpecError
+from .spec import IPAddress, PortRange, PortSpec, Protocol, format_ip, validate_name
 
-__all__ = ["Binding"]
+__all__ = ["Binding", "Bridge", "Change", "Endpoint", "PortPool", "Table"]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Linux interface names: at most 15 bytes, no '/', ':' or white space.
+_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+_ANY = {4: ipaddress.IPv4Address("0.0.0.0"), 6: ipaddress.IPv6Address("::")}
+
+
+def validate_ifname(name: str) -> str:
+    """Return ``name`` if it can be a Linux interface name, else raise SpecError."""
+    if not isinstance(name, str) or not _IFNAME.fullmatch(name):
+        raise SpecError("invalid interface name (1-15 of [A-Za-z0-9_.-])", str(name))
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A container (or VM, or sandbox) whose ports are published.
+
+    ``ip`` is its IPv4 address on ``bridge``; ``ipv6`` its IPv6 address there,
+    if it has one; ``expose`` the ports ``publish_all`` publishes (``"5000"``,
+    ``"53/udp"`` or parsed :class:`PortSpec` values).
+    """
+
+    name: str
+    ip: ipaddress.IPv4Address
+    bridge: str
+    ipv6: ipaddress.IPv6Address | None = None
+    expose: tuple[PortSpec, ...] = ()
+
+    def __post_init__(self) -> None:
+        validate_name(self.name, "endpoint name")
+        validate_ifname(self.bridge)
+        object.__setattr__(self, "ip", _host_address(self.ip, 4, "ip"))
+        if self.ipv6 is not None:
+            object.__setattr__(self, "ipv6", _host_address(self.ipv6, 6, "ipv6"))
+        exposed = tuple(p if isinstance(p, PortSpec) else PortSpec.parse_exposed(p)
+                        for p in self.expose)
+        object.__setattr__(self, "expose", exposed)
+
+    def address(self, version: int) -> IPAddress | None:
+        """The endpoint's address of IP version 4 or 6, if it has one."""
+        return self.ip if version == 4 else self.ipv6
+
+
+def _host_address(value: object, version: int, what: str) -> IPAddress:
+    """An endpoint address: a unicast address of the given IP version."""
+    try:
+        ip = ipaddress.ip_address(value)  # type: ignore[arg-type]
+    except ValueError:
+        raise SpecError(f"invalid {what} address", str(value)) from None
+    if ip.version != version or ip.is_unspecified or ip.is_loopback or ip.is_multicast:
+        raise SpecError(f"{what} must be a unicast IPv{version} address", str(value))
+    return ip
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +82,7 @@ class Binding:
 
     ``str()`` is the host side as ``docker port`` prints it: ``0.0.0.0:32768``
     or ``[::]:9876``. :meth:`port_line` and :meth:`ps_entry` give Docker's
-    other two forms.
+    other two forms. ``0.0.0.0`` and ``::`` mean every address of the family.
     """
 
     endpoint: str
@@ -42,6 +103,15 @@ class Binding:
         return f"{format_ip(self.host_ip)}:{self.host_port}"
 
     @property
+    def key(self) -> tuple[IPAddress, Protocol, int]:
+        """What the kernel looks a packet up by: host address, protocol, port."""
+        return (self.host_ip, self.proto, self.host_port)
+
+    @property
+    def version(self) -> int:
+        return self.host_ip.version
+
+    @property
     def container_port_text(self) -> str:
         """The container side as Docker keys it: ``5000/tcp``."""
         return f"{self.container_port}/{self.proto.value}"
@@ -57,6 +127,275 @@ class Binding:
     def sort_key(self) -> object:
         """The order ``docker port`` prints in: a natural sort of :meth:`port_line`."""
         return natural_key(self.port_line())
+
+
+@dataclass(frozen=True, slots=True)
+class Bridge:
+    """A bridge natmap masquerades for: its name and its subnets."""
+
+    name: str
+    subnets: tuple[IPNetwork, ...]
+
+    def contains(self, ip: IPAddress) -> bool:
+        return any(ip in net for net in self.subnets)
+
+
+@dataclass(frozen=True, slots=True)
+class PortPool:
+    """Where assigned host ports come from, and which ports to skip.
+
+    ``listening(proto)`` gives the ports with a listening (or bound UDP)
+    socket; it is called only when a port has to be assigned.
+    """
+
+    ports: PortRange = PortRange(49153, 65535)
+    reserved: frozenset[int] = frozenset()
+    listening: Callable[[Protocol], frozenset[int]] = lambda proto: frozenset()
+
+
+class Verb(enum.Enum):
+    ADD = "add"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """The net difference a transaction makes: what a backend renders."""
+
+    add: tuple[Binding, ...] = ()
+    delete: tuple[Binding, ...] = ()
+    bridges: tuple[Bridge, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.add or self.delete or self.bridges)
+
+
+class Table:
+    """natmap's model of one kernel table.
+
+    Lookups by key, by (version, proto, port) and by endpoint make every
+    publish cost the same whatever the number of bindings already there.
+    """
+
+    def __init__(self, bindings: Iterable[Binding] = (), bridges: Iterable[Bridge] = ()) -> None:
+        self._by_key: dict[tuple, Binding] = {}
+        self._by_port: dict[tuple, dict[IPAddress, Binding]] = {}
+        self._by_endpoint: dict[str, dict[tuple, Binding]] = {}
+        self._by_container: dict[IPAddress, str] = {}
+        self.bridges: dict[str, Bridge] = {}
+        self._journal: list[tuple[Verb, Binding | Bridge]] = []
+        self._next_port: dict[Protocol, int] = {}
+        for bridge in bridges:
+            self.bridges[bridge.name] = bridge
+        for binding in bindings:
+            self._insert(binding)
+
+    # --- reading ---------------------------------------------------------------
+
+    def bindings(self) -> list[Binding]:
+        """Every binding, in ``docker port`` order."""
+        return sorted(self._by_key.values(), key=Binding.sort_key)
+
+    def of(self, endpoint: str) -> list[Binding]:
+        """The bindings of one endpoint, in ``docker port`` order."""
+        return sorted(self._by_endpoint.get(endpoint, {}).values(), key=Binding.sort_key)
+
+    def endpoints(self) -> list[str]:
+        return sorted(self._by_endpoint)
+
+    def clash(self, binding: Binding) -> Binding | None:
+        """An existing binding that would catch the same packets, if any."""
+        return self._holder(binding.host_ip, binding.proto, binding.host_port)
+
+    def _holder(self, host_ip: IPAddress, proto: Protocol, port: int) -> Binding | None:
+        same_port = self._by_port.get((host_ip.version, proto, port), {})
+        exact = same_port.get(host_ip)
+        if exact is not None:
+            return exact
+        for other in same_port.values():  # one per address bound on this port: few
+            if other.host_ip.is_unspecified or host_ip.is_unspecified:
+                return other
+        return None
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    # --- changing --------------------------------------------------------------
+
+    def publish(self, endpoint: Endpoint, specs: Sequence[PortSpec], *,
+                publish_all: bool = False, pool: PortPool = PortPool(),
+                bridge: Bridge | None = None) -> list[Binding]:
+        """Add the bindings ``specs`` (and ``-P``) ask for; return them, ports assigned.
+
+        Raises :class:`ConflictError` when a binding would catch packets an
+        existing one catches, or when the name belongs to another address.
+        A binding already there, the same in every field, is returned again.
+        """
+        self._check_identity(endpoint)
+        if bridge is not None:
+            self._ensure_bridge(endpoint, bridge)
+        made: list[Binding] = []
+        for spec in specs:
+            made += self._publish_spec(endpoint, spec, pool)
+        if publish_all:
+            made += self._publish_exposed(endpoint, pool)
+        return made
+
+    def unpublish(self, endpoint: str) -> list[Binding]:
+        """Remove every binding of ``endpoint``; return them (none if unknown)."""
+        removed = self.of(endpoint)
+        for binding in removed:
+            self._remove(binding)
+            self._journal.append((Verb.DELETE, binding))
+        return removed
+
+    def change(self) -> Change:
+        """The net change journaled since the last :meth:`commit` or :meth:`rollback`."""
+        net: dict[tuple, tuple[Verb, Binding]] = {}
+        bridges: list[Bridge] = []
+        for verb, item in self._journal:
+            if isinstance(item, Bridge):
+                bridges.append(item)
+                continue
+            identity = (item.key, item)
+            if identity in net and net[identity][0] is not verb:
+                del net[identity]  # added then deleted (or the reverse): no change
+            else:
+                net[identity] = (verb, item)
+        return Change(
+            add=tuple(b for verb, b in net.values() if verb is Verb.ADD),
+            delete=tuple(b for verb, b in net.values() if verb is Verb.DELETE),
+            bridges=tuple(bridges),
+        )
+
+    def commit(self) -> None:
+        """The journaled change is now in the kernel: forget the journal."""
+        self._journal.clear()
+
+    def rollback(self) -> None:
+        """Undo every journaled step, newest first."""
+        for verb, item in reversed(self._journal):
+            if isinstance(item, Bridge):
+                del self.bridges[item.name]
+            elif verb is Verb.ADD:
+                self._remove(item)
+            else:
+                self._insert(item)
+        self._journal.clear()
+
+    # --- the steps -------------------------------------------------------------
+
+    def _check_identity(self, endpoint: Endpoint) -> None:
+        existing = next(iter(self._by_endpoint.get(endpoint.name, {}).values()), None)
+        if existing is not None and existing.container_ip != endpoint.address(existing.version):
+            raise ConflictError(
+                f"endpoint name {endpoint.name!r} is already published with address "
+                f"{existing.container_ip}, not {endpoint.address(existing.version)}")
+        for address in (endpoint.ip, endpoint.ipv6):
+            owner = self._by_container.get(address)
+            if owner and owner != endpoint.name:
+                raise ConflictError(f"address {address} of endpoint {endpoint.name!r} already "
+                                    f"belongs to endpoint {owner!r}")
+
+    def _ensure_bridge(self, endpoint: Endpoint, bridge: Bridge) -> None:
+        for version in (4, 6):
+            address = endpoint.address(version)
+            if address is not None and not bridge.contains(address):
+                raise SpecError(
+                    f"{address} of endpoint {endpoint.name!r} is in no subnet of bridge "
+                    f"{bridge.name} ({', '.join(map(str, bridge.subnets)) or 'no addresses'})",
+                    str(address))
+        if bridge.name not in self.bridges:  # bridges are long-lived: added once, kept
+            self.bridges[bridge.name] = bridge
+            self._journal.append((Verb.ADD, bridge))
+
+    def _publish_spec(self, endpoint: Endpoint, spec: PortSpec, pool: PortPool) -> list[Binding]:
+        host_ips = self._host_ips(endpoint, spec)
+        host = spec.host_ports
+        if host is None:
+            ports = [self._assign(spec.proto, host_ips, pool) for _ in spec.container_ports]
+        elif len(host) != len(spec.container_ports):  # a pool to pick one port from
+            ports = [self._assign(spec.proto, host_ips, pool, within=host)]
+        else:
+            ports = list(host)
+        made = []
+        for host_port, container_port in zip(ports, spec.container_ports):
+            for host_ip in host_ips:
+                container_ip = endpoint.address(host_ip.version)
+                assert container_ip is not None
+                made.append(self._add(Binding(endpoint.name, spec.proto, host_ip, host_port,
+                                              container_ip, container_port)))
+        return made
+
+    def _publish_exposed(self, endpoint: Endpoint, pool: PortPool) -> list[Binding]:
+        published = {(b.proto, b.container_port) for b in self._by_endpoint.get(endpoint.name, {}).values()}
+        made = []
+        for exposed in endpoint.expose:
+            for port in exposed.container_ports:
+                if (exposed.proto, port) not in published:
+                    made += self._publish_spec(
+                        endpoint, PortSpec(None, None, PortRange(port), exposed.proto), pool)
+        return made
+
+    def _host_ips(self, endpoint: Endpoint, spec: PortSpec) -> list[IPAddress]:
+        if spec.host_ip is not None:
+            if endpoint.address(spec.host_ip.version) is None:
+                raise SpecError(f"endpoint {endpoint.name!r} has no IPv{spec.host_ip.version} "
+                                f"address for host IP {spec.host_ip}", str(spec))
+            return [spec.host_ip]
+        return [_ANY[v] for v in (4, 6) if endpoint.address(v) is not None]
+
+    def _assign(self, proto: Protocol, host_ips: list[IPAddress], pool: PortPool,
+                within: PortRange | None = None) -> int:
+        """The first free port, the same for every host IP (Docker gives IPv4 and IPv6 one port)."""
+        ports = within or pool.ports
+        listening = pool.listening(proto)
+        start = self._next_port.get(proto, ports.start) if within is None else ports.start
+        if start not in ports:
+            start = ports.start
+        for port in _wrapping(ports, start):
+            if port in pool.reserved or port in listening:
+                continue
+            if all(self._holder(ip, proto, port) is None for ip in host_ips):
+                if within is None:
+                    self._next_port[proto] = port + 1
+                return port
+        raise ConflictError(f"no free host port for {proto.value} in {ports}")
+
+    def _add(self, binding: Binding) -> Binding:
+        existing = self.clash(binding)
+        if existing == binding:
+            return binding
+        if existing is not None:
+            raise ConflictError(
+                f"{binding}/{binding.proto.value} for endpoint {binding.endpoint!r} conflicts with "
+                f"{existing}/{existing.proto.value} of endpoint {existing.endpoint!r}")
+        self._insert(binding)
+        self._journal.append((Verb.ADD, binding))
+        return binding
+
+    def _insert(self, binding: Binding) -> None:
+        self._by_key[binding.key] = binding
+        self._by_port.setdefault((binding.version, binding.proto, binding.host_port), {})[binding.host_ip] = binding
+        self._by_endpoint.setdefault(binding.endpoint, {})[binding.key] = binding
+        self._by_container[binding.container_ip] = binding.endpoint
+
+    def _remove(self, binding: Binding) -> None:
+        del self._by_key[binding.key]
+        port_key = (binding.version, binding.proto, binding.host_port)
+        del self._by_port[port_key][binding.host_ip]
+        if not self._by_port[port_key]:
+            del self._by_port[port_key]
+        del self._by_endpoint[binding.endpoint][binding.key]
+        if not self._by_endpoint[binding.endpoint]:
+            del self._by_endpoint[binding.endpoint]
+            self._by_container = {ip: name for ip, name in self._by_container.items()
+                                  if name != binding.endpoint}
+
+
+def _wrapping(ports: PortRange, start: int) -> Iterator[int]:
+    yield from range(start, ports.end + 1)
+    yield from range(ports.start, start)
 
 
 def _natural_compare(a: str, b: str) -> int:

@@ -1,0 +1,283 @@
+"""NatMap: publish, unpublish and read back bindings, one kernel transaction a change.
+
+How a change happens, every time:
+
+1. take the table's lock (``flock`` on ``/run/natmap/<netns>-<table>.lock``,
+   released by the kernel if the process dies), so natmap processes change a
+   table one at a time;
+2. get the table: from memory if the nftables generation counter says nothing
+   was committed since natmap last read or wrote it, else read from the kernel;
+3. change it in memory (``plan.Table`` checks conflicts and assigns ports and
+   journals every step);
+4. apply the net change as one transaction; on any failure, roll the memory
+   back, so memory and kernel agree again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from . import netlink
+from .backends.nft import NftBackend, skeleton, validate_table
+from .errors import BackendError, NatmapError, SpecError
+from .plan import Binding, Endpoint, PortPool, Table
+from .netns import current as current_netns, entered as entered_netns
+from .spec import PortSpec, Protocol, validate_name
+
+__all__ = ["NatMap", "Transaction", "TableMissingError"]
+
+_LOOPBACK6 = ipaddress.IPv6Address("::1")
+
+LOCK_DIR = "/run/natmap"
+
+
+class TableMissingError(NatmapError, LookupError):
+    """The NatMap's table is not in the kernel: nothing was published with it
+    in this network namespace, or someone deleted it."""
+
+
+class NatMap:
+    """Docker-style port publishing in one network namespace, through one table.
+
+    ``NatMap()`` works in the calling thread's current network namespace with
+    table ``natmap``; ``NatMap(table="lab1")`` gives an independent instance;
+    ``NatMap(netns="name")`` works inside the named namespace (as made by
+    ``ip netns add``), entering it only for the length of each call.
+    """
+
+    def __init__(self, table: str = "natmap", *, backend: str = "nft", netns: str | None = None) -> None:
+        if backend != "nft":
+            raise NatmapError(f"unknown backend {backend!r} (this version has 'nft')")
+        self.table = validate_table(table)
+        self.netns = netns
+        with entered_netns(netns):
+            self._home = current_netns()
+            self._backend = NftBackend(self.table)
+        self._cache: Table | None = None
+        self._generation: int | None = None
+        self._missing = True
+        self._busy = threading.Lock()
+
+    # --- the API -------------------------------------------------------------------
+
+    def publish(self, endpoint: Endpoint, specs: Iterable[str | PortSpec] = (), *,
+                publish_all: bool = False) -> list[Binding]:
+        """Publish ``specs`` (``-p`` values) and, with ``publish_all``, every exposed
+        port (``-P``) of ``endpoint``. One kernel transaction. Returns the bindings
+        made, assigned ports filled in."""
+        with self.transaction() as tx:
+            return tx.publish(endpoint, specs, publish_all=publish_all)
+
+    def unpublish(self, endpoint: str) -> list[Binding]:
+        """Remove every binding of ``endpoint`` and its conntrack entries; return them."""
+        with self.transaction() as tx:
+            return tx.unpublish(endpoint)
+
+    def port(self, endpoint: str, port: int | str | None = None) -> list[Binding]:
+        """The bindings of ``endpoint`` as ``docker port`` lists them, read back from
+        the kernel; with ``port`` (``5000``, ``"5000"``, ``"5000/udp"``) only those."""
+        validate_name(endpoint, "endpoint name")
+        wanted = None if port is None else _container_port(port)
+        return [b for b in self._read().of(endpoint)
+                if wanted is None or (b.container_port, b.proto) == wanted]
+
+    def bindings(self) -> list[Binding]:
+        """Every binding in this instance's table, read back from the kernel."""
+        return self._read().bindings()
+
+    def transaction(self) -> Transaction:
+        """Many publish/unpublish calls, ONE kernel transaction when the block ends
+        (none if it raises)."""
+        return Transaction(self)
+
+    def plan(self, endpoint: Endpoint, specs: Iterable[str | PortSpec] = (), *,
+             publish_all: bool = False) -> str:
+        """What ``publish`` would do, as nft text. Nothing is applied."""
+        tx = Transaction(self, dry_run=True)
+        with tx:
+            tx.publish(endpoint, specs, publish_all=publish_all)
+        return tx.text
+
+    def remove(self) -> None:
+        """Delete this instance's table, and every binding with it (one transaction)."""
+        with self._locked(), self._ns():
+            table = self._load()
+            if not self._missing:
+                self._backend.delete()
+                netlink.forget_flows(table.bindings())
+            self._cache, self._generation = None, None
+
+    # --- the machinery ---------------------------------------------------------------
+
+    @contextmanager
+    def _ns(self) -> Iterator[None]:
+        """Run in this instance's namespace, and never anywhere else."""
+        with entered_netns(self.netns):
+            if current_netns() != self._home:
+                raise NatmapError("this NatMap belongs to another network namespace than the "
+                                  "calling thread's (pass netns= to work in another one)")
+            yield
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        if not self._busy.acquire(blocking=False):
+            raise NatmapError("a transaction is already open on this NatMap")
+        try:
+            os.makedirs(LOCK_DIR, exist_ok=True)
+            dev, ino = self._home
+            fd = os.open(f"{LOCK_DIR}/{dev}-{ino}-{self.table}.lock",
+                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # releases the flock
+        finally:
+            self._busy.release()
+
+    def _read(self) -> Table:
+        with self._ns():
+            table = self._load()
+        if self._missing:
+            raise TableMissingError(f"table inet {self.table} does not exist in this network "
+                                    "namespace (nothing was published with it yet)")
+        return table
+
+    def _load(self) -> Table:
+        """The table, from memory if no transaction was committed since we last saw it."""
+        for _ in range(3):
+            generation = netlink.nft_generation()
+            if self._cache is not None and generation == self._generation:
+                return self._cache
+            missing = not self._backend.exists()
+            table = Table() if missing else self._backend.load()
+            if netlink.nft_generation() == generation:
+                self._cache, self._generation, self._missing = table, generation, missing
+                return table
+        raise BackendError("the ruleset kept changing while natmap read it")
+
+    def _commit(self, table: Table) -> None:
+        """Apply ``table``'s journaled change in one transaction, or roll it back."""
+        change = table.change()
+        if not change:
+            table.commit()
+            return
+        expected = (self._generation or 0) + 1
+        try:
+            if self._missing:
+                self._backend.create()
+                expected += 1
+            try:
+                self._backend.apply(change)
+            except BackendError:
+                if self._missing:
+                    self._backend.delete()
+                raise
+        except BaseException:
+            table.rollback()
+            self._cache = None
+            raise
+        table.commit()
+        self._missing = False
+        for bridge in change.bridges:
+            # Only now: the localhost guard is in place before 127/8 may be routed.
+            netlink.enable_route_localnet(bridge.name)
+            if any(net.version == 6 for net in bridge.subnets):
+                netlink.enable_loopback6(bridge.name)
+        netlink.forget_flows(change.delete)
+        self._generation = expected if netlink.nft_generation() == expected else None
+
+    def _pool(self) -> PortPool:
+        return PortPool(netlink.port_range(), netlink.reserved_ports(), netlink.listening_ports)
+
+
+class Transaction:
+    """Publish and unpublish calls collected into one kernel transaction.
+
+    Use it as ``with nm.transaction() as tx:``; the change is applied when the
+    block ends, and nothing is applied if it raises. The table's lock is held
+    for the whole block.
+    """
+
+    def __init__(self, natmap: NatMap, *, dry_run: bool = False) -> None:
+        self._nm = natmap
+        self._dry_run = dry_run
+        self._table: Table | None = None
+        self._lock: Any = None
+        self.text = ""
+
+    def __enter__(self) -> Transaction:
+        self._lock = self._nm._locked()
+        self._lock.__enter__()
+        try:
+            with self._nm._ns():
+                self._table = self._nm._load()
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        table = self._require()
+        try:
+            if exc_type is not None:
+                table.rollback()
+            elif self._dry_run:
+                self.text = (skeleton(self._nm.table) if self._nm._missing else "") + \
+                    self._nm._backend.text(table.change())
+                table.rollback()
+            else:
+                with self._nm._ns():
+                    self._nm._commit(table)
+        finally:
+            self._table = None
+            self._lock.__exit__(None, None, None)
+
+    def publish(self, endpoint: Endpoint, specs: Iterable[str | PortSpec] = (), *,
+                publish_all: bool = False) -> list[Binding]:
+        """As :meth:`NatMap.publish`, applied when the transaction ends."""
+        if not isinstance(endpoint, Endpoint):
+            raise TypeError(f"expected a natmap.Endpoint, got {type(endpoint).__name__}")
+        parsed = [s if isinstance(s, PortSpec) else PortSpec.parse(s) for s in _list(specs)]
+        table = self._require()
+        with self._nm._ns():
+            bridge = netlink.bridge(endpoint.bridge)
+            made = table.publish(endpoint, parsed, publish_all=publish_all,
+                                 pool=self._nm._pool(), bridge=bridge)
+            if any(b.host_ip == _LOOPBACK6 for b in made) and netlink.bridged_ipv6_hooked():
+                raise NatmapError(
+                    "a [::1] binding cannot work while net.bridge.bridge-nf-call-ip6tables=1: "
+                    "br_netfilter turns replies back to ::1 before the kernel's loopback check "
+                    "drops them; set it to 0 in this namespace, or publish on 127.0.0.1")
+            return made
+
+    def unpublish(self, endpoint: str) -> list[Binding]:
+        """As :meth:`NatMap.unpublish`, applied when the transaction ends."""
+        validate_name(endpoint, "endpoint name")
+        return self._require().unpublish(endpoint)
+
+    def _require(self) -> Table:
+        if self._table is None:
+            raise NatmapError("use the transaction in a with block")
+        return self._table
+
+
+def _list(specs: Iterable[str | PortSpec]) -> list[str | PortSpec]:
+    if isinstance(specs, (str, PortSpec)):
+        raise TypeError("specs is a list of -p values, e.g. ['8080:80']")
+    return list(specs)
+
+
+def _container_port(port: int | str) -> tuple[int, Protocol]:
+    """``5000``, ``"5000"`` or ``"5000/udp"`` as (port, protocol); no proto means tcp."""
+    spec = PortSpec.parse_exposed(str(port))
+    if len(spec.container_ports) != 1:
+        raise SpecError("a port, not a range", str(port))
+    return spec.container_ports.start, spec.proto
+

@@ -1,0 +1,207 @@
+"""Everything natmap asks the kernel besides the packet filter, through pyroute2:
+interfaces and addresses, listening sockets, sysctls, conntrack, and the
+nftables generation counter.
+
+Every function acts in the calling thread's network namespace. pyroute2 is
+imported on first use, so ``import natmap`` stays light.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+from .errors import BackendError, NatmapError
+from .plan import Binding, Bridge
+from .spec import PortRange, Protocol
+
+_FALLBACK_RANGE = PortRange(49153, 65535)
+_TCP_LISTEN = 10
+_IPPROTO = {Protocol.TCP: socket.IPPROTO_TCP, Protocol.UDP: socket.IPPROTO_UDP,
+            Protocol.SCTP: socket.IPPROTO_SCTP}
+
+
+class UnknownInterfaceError(NatmapError, LookupError):
+    """A bridge or interface that does not exist in the namespace."""
+
+
+@contextmanager
+def _netlink(what: str) -> Iterator[None]:
+    """Translate pyroute2's errors into natmap's at this boundary."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        yield
+    except NetlinkError as exc:
+        raise BackendError(f"{what}: {exc}") from exc
+
+
+def bridge(name: str) -> Bridge:
+    """The interface ``name`` and the subnets of its addresses."""
+    from pyroute2 import IPRoute
+
+    with _netlink(f"reading interface {name}"), IPRoute() as ipr:
+        index = ipr.link_lookup(ifname=name)
+        if not index:
+            raise UnknownInterfaceError(f"no interface named {name!r} in this network namespace")
+        subnets = tuple(
+            ipaddress.ip_network(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}", strict=False)
+            for msg in ipr.get_addr(index=index[0])
+            if msg.get_attr("IFA_ADDRESS") and not ipaddress.ip_address(msg.get_attr("IFA_ADDRESS")).is_link_local
+        )
+    return Bridge(name, tuple(sorted(set(subnets), key=lambda n: (n.version, n))))
+
+
+def port_range() -> PortRange:
+    """The namespace's ``ip_local_port_range``, where assigned ports come from."""
+    try:
+        low, high = _sysctl("net/ipv4/ip_local_port_range").split()
+        return PortRange(int(low), int(high))
+    except (OSError, ValueError):
+        return _FALLBACK_RANGE
+
+
+def reserved_ports() -> frozenset[int]:
+    """``ip_local_reserved_ports``: ``8080,9000-9010`` as a set of ports."""
+    try:
+        text = _sysctl("net/ipv4/ip_local_reserved_ports")
+    except OSError:
+        return frozenset()
+    ports: set[int] = set()
+    for item in filter(None, text.strip().split(",")):
+        low, _, high = item.partition("-")
+        ports.update(range(int(low), int(high or low) + 1))
+    return frozenset(ports)
+
+
+def listening_ports(proto: Protocol) -> frozenset[int]:
+    """Local ports with a listening TCP/SCTP socket or a bound UDP socket."""
+    from pyroute2 import DiagSocket
+
+    states = (1 << _TCP_LISTEN) if proto is not Protocol.UDP else 0xFFFFFFFF
+    ports: set[int] = set()
+    with _netlink("listing sockets"), DiagSocket() as diag:
+        diag.bind()
+        for family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                answers = diag.get_sock_stats(family=family, states=states, protocol=_IPPROTO[proto])
+            except OSError:
+                continue  # no diag support for this protocol (sctp_diag not loaded)
+            ports.update(msg["idiag_sport"] for msg in answers)
+    return frozenset(ports)
+
+
+def enable_route_localnet(bridge_name: str) -> None:
+    """Let 127.0.0.0/8 traffic be routed to ``bridge_name`` (localhost bindings)."""
+    path = f"net/ipv4/conf/{bridge_name}/route_localnet"
+    if _sysctl(path).strip() != "1":
+        _write_sysctl(path, "1")
+
+
+def enable_loopback6(bridge_name: str) -> None:
+    """Let replies to connections from ``[::1]`` come back from ``bridge_name``.
+
+    IPv6 has no ``route_localnet``: a reply de-NATed to ``::1`` that arrives on
+    the bridge is routed with a strict interface match, so it needs a local
+    route for ``::1`` on the bridge itself. Packets that arrive addressed to
+    ``::1`` are still dropped by the kernel before routing (and by natmap's
+    localhost guard).
+    """
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    with _netlink(f"adding the ::1 route on {bridge_name}"), IPRoute() as ipr:
+        index = ipr.link_lookup(ifname=bridge_name)
+        if not index:
+            raise UnknownInterfaceError(f"no interface named {bridge_name!r} in this network namespace")
+        try:
+            ipr.route("add", dst="::1/128", family=socket.AF_INET6, type="local", table=255,
+                      oif=index[0], priority=1024)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+
+
+def bridged_ipv6_hooked() -> bool:
+    """Whether br_netfilter runs bridged IPv6 through the IP hooks
+    (``net.bridge.bridge-nf-call-ip6tables``). Then replies to ``::1`` are
+    de-NATed before the kernel's loopback check, which drops them."""
+    try:
+        return _sysctl("net/bridge/bridge-nf-call-ip6tables").strip() == "1"
+    except OSError:
+        return False
+
+
+def nft_generation() -> int:
+    """The nftables ruleset generation: it grows by one with every committed transaction."""
+    from pyroute2.netlink import NLM_F_REQUEST
+    from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_GETGEN, NFTSocket, nft_gen_msg
+
+    with _netlink("reading the nftables generation"):
+        sock = NFTSocket()
+        try:
+            answer = sock.request_get(nft_gen_msg(), NFT_MSG_GETGEN, NLM_F_REQUEST)
+        finally:
+            sock.close()
+    return answer[0].get_attr("NFTA_GEN_ID")
+
+
+def forget_flows(bindings: Iterable[Binding]) -> int:
+    """Delete the conntrack entries that still steer traffic of ``bindings``.
+
+    An entry belongs to a binding when its original direction goes to the
+    binding's HOST port (and address, unless it is 0.0.0.0 or ::) and it was
+    translated to the binding's container. Returns how many were deleted.
+    """
+    from pyroute2 import Conntrack
+    from pyroute2.netlink.exceptions import NetlinkError
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
+    wanted = list(bindings)
+    if not wanted:
+        return 0
+    deleted = 0
+    with _netlink("cleaning conntrack"), Conntrack() as ct:
+        for proto in {b.proto for b in wanted}:
+            # Read them all first: pyroute2 cannot delete while a dump runs.
+            entries = list(ct.dump_entries(tuple_orig=NFCTAttrTuple(proto=_IPPROTO[proto])))
+            for entry in entries:
+                if any(_steers(entry, b) for b in wanted):
+                    try:
+                        ct.delete(entry)
+                        deleted += 1
+                    except NetlinkError as exc:
+                        if exc.code != errno.ENOENT:  # ENOENT: it timed out meanwhile
+                            raise
+    return deleted
+
+
+def _steers(entry: object, binding: Binding) -> bool:
+    orig, reply = entry.tuple_orig, entry.tuple_reply  # type: ignore[attr-defined]
+    if orig.dport != binding.host_port or _ip(orig.daddr) is None:
+        return False
+    if _ip(orig.daddr).version != binding.version:
+        return False
+    if not binding.host_ip.is_unspecified and _ip(orig.daddr) != binding.host_ip:
+        return False
+    return _ip(reply.saddr) == binding.container_ip and reply.sport == binding.container_port
+
+
+def _ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    return ipaddress.ip_address(text) if text else None
+
+
+def _sysctl(path: str) -> str:
+    with open(f"/proc/sys/{path}") as f:
+        return f.read()
+
+
+def _write_sysctl(path: str, value: str) -> None:
+    try:
+        with open(f"/proc/sys/{path}", "w") as f:
+            f.write(value)
+    except OSError as exc:
+        raise BackendError(f"cannot set {path.replace('/', '.')}={value}: {exc.strerror}") from exc
