@@ -1,0 +1,253 @@
+"""The engine with real traffic: a server in a container namespace, clients in
+another namespace and on the host's loopback, real connections, and none after
+removal. Root only; every namespace is the sandbox's own."""
+
+import socket
+
+import pytest
+
+import natmap
+from natmap import BackendError, ConflictError, SpecError, TableMissingError
+from natmap.netlink import UnknownInterfaceError
+
+
+def table_json(sb, table="natmap"):
+    return sb.host.run(["nft", "-j", "list", "table", "inet", table]).stdout
+
+
+def lines(bindings):
+    return [b.port_line() for b in bindings]
+
+
+@pytest.fixture
+def web(sandbox):
+    container = sandbox.container("web01")
+    container.serve(5000)
+    container.serve(5353, "udp")
+    return container
+
+
+@pytest.fixture
+def client(sandbox):
+    return sandbox.client("client1")
+
+
+def test_published_port_answers_outside_clients_on_both_families(sandbox, nm, web, client):
+    made = nm.publish(web.endpoint(), ["8080:5000"])
+    assert lines(made) == ["5000/tcp -> 0.0.0.0:8080", "5000/tcp -> [::]:8080"]
+    assert client.request(sandbox.outside_ip, 8080) == "web01 192.0.2.2"
+    assert client.request(sandbox.outside_ip6, 8080) == "web01 2001:db8:2::2"
+
+
+def test_localhost_bindings_answer_on_the_hosts_loopback_only(sandbox, nm, web, client):
+    nm.publish(web.endpoint(), ["127.0.0.1:5001:5000", "[::1]:5002:5000"])
+    assert sandbox.host.request("127.0.0.1", 5001) == f"web01 {sandbox.bridge_ip}"
+    assert sandbox.host.request("::1", 5002) == f"web01 {sandbox.bridge_ip6}"
+    # Not from outside, not even through the host's own addresses.
+    assert client.request(sandbox.outside_ip, 5001, timeout=0.5) is None
+    assert client.request(sandbox.outside_ip6, 5002, timeout=0.5) is None
+    # And not for the other family on the same port.
+    assert sandbox.host.request("::1", 5001, timeout=0.5) is None
+
+
+def test_a_wildcard_binding_answers_on_loopback_too(sandbox, nm, web):
+    nm.publish(web.endpoint(), ["8080:5000"])
+    assert sandbox.host.request("127.0.0.1", 8080) == f"web01 {sandbox.bridge_ip}"
+    assert sandbox.host.request("::1", 8080) == f"web01 {sandbox.bridge_ip6}"
+
+
+def test_ipv6_loopback_binding_is_refused_while_bridged_ipv6_is_hooked(sandbox, nm, web):
+    sandbox.host.run(["sysctl", "-qw", "net.bridge.bridge-nf-call-ip6tables=1"], check=True)
+    with pytest.raises(natmap.NatmapError, match="bridge-nf-call-ip6tables"):
+        nm.publish(web.endpoint(), ["[::1]:5002:5000"])
+    with pytest.raises(TableMissingError):
+        nm.bindings()
+
+
+def test_hairpin_a_container_reaches_its_own_and_a_neighbours_published_port(sandbox, nm, web):
+    neighbour = sandbox.container("web02")
+    nm.publish(web.endpoint(), ["8080:5000"])
+    for host_ip in (sandbox.outside_ip, sandbox.bridge_ip):
+        assert web.request(host_ip, 8080) == f"web01 {sandbox.bridge_ip}"
+        assert neighbour.request(host_ip, 8080) == f"web01 {sandbox.bridge_ip}"
+    assert web.request(sandbox.outside_ip6, 8080) == f"web01 {sandbox.bridge_ip6}"
+    assert neighbour.request(sandbox.outside_ip6, 8080) == f"web01 {sandbox.bridge_ip6}"
+
+
+def test_egress_is_masqueraded_to_the_hosts_address(sandbox, nm, web, client):
+    client.serve(9000)
+    nm.publish(web.endpoint(), ["8080:5000"])
+    assert web.request("192.0.2.2", 9000) == f"client1 {sandbox.outside_ip}"
+    assert web.request("2001:db8:2::2", 9000) == f"client1 {sandbox.outside_ip6}"
+
+
+def test_publish_all_assigns_ports_from_the_namespaces_range(sandbox, nm, web, client):
+    sandbox.host.run(["sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40100"], check=True)
+    sandbox.host.run(["sysctl", "-qw", "net.ipv4.ip_local_reserved_ports=40000"], check=True)
+    sandbox.host.serve(40001)  # a listening socket on the host: skipped too
+    made = nm.publish(web.endpoint(expose=["5000/tcp", "5353/udp"]), [], publish_all=True)
+    assert lines(made) == ["5000/tcp -> 0.0.0.0:40002", "5000/tcp -> [::]:40002",
+                           "5353/udp -> 0.0.0.0:40001", "5353/udp -> [::]:40001"]
+    assert client.request(sandbox.outside_ip, 40002) == "web01 192.0.2.2"
+    assert client.request(sandbox.outside_ip, 40001, "udp") == "web01 192.0.2.2"
+
+
+def test_a_host_range_picks_one_port_and_ranges_map_one_to_one(sandbox, nm, web, client):
+    web.serve(7001)
+    other = sandbox.container("db01")
+    nm.publish(other.endpoint(), ["8000:5432"])
+    (v4, v6) = nm.publish(web.endpoint(), ["8000-8010:5000"])
+    assert (v4.host_port, v6.host_port) == (8001, 8001)
+    nm.publish(web.endpoint(), ["9000-9001:7000-7001"])
+    assert client.request(sandbox.outside_ip, 8001) == "web01 192.0.2.2"
+    assert client.request(sandbox.outside_ip, 9001) == "web01 192.0.2.2"
+    assert client.request(sandbox.outside_ip, 9000, timeout=0.5) is None  # nothing on 7000
+
+
+def test_udp_echo_and_sctp_bindings(sandbox, nm, web, client):
+    nm.publish(web.endpoint(), ["5353:5353/udp", "3868:3868/sctp"])
+    assert client.request(sandbox.outside_ip, 5353, "udp") == "web01 192.0.2.2"
+    assert client.request(sandbox.outside_ip6, 5353, "udp") == "web01 2001:db8:2::2"
+    assert lines(nm.port("web01", "3868/sctp")) == ["3868/sctp -> 0.0.0.0:3868", "3868/sctp -> [::]:3868"]
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP).close()
+    except OSError:
+        pytest.skip("this kernel has no SCTP: the sctp rules are installed, traffic cannot be tried")
+    web.serve(3868, "sctp")
+    assert client.request(sandbox.outside_ip, 3868, "sctp") == "web01 192.0.2.2"
+
+
+def test_unpublish_stops_new_connections_and_established_udp_flows(sandbox, nm, web, client):
+    nm.publish(web.endpoint(), ["8080:5000", "5353:5353/udp"])
+    flow = client.udp_socket()
+    assert client.request(sandbox.outside_ip, 5353, "udp", sock=flow) == "web01 192.0.2.2"
+    assert client.request(sandbox.outside_ip, 8080) == "web01 192.0.2.2"
+    removed = nm.unpublish("web01")
+    assert len(removed) == 4
+    assert client.request(sandbox.outside_ip, 8080, timeout=0.5) is None
+    assert client.request(sandbox.outside_ip, 5353, "udp", sock=flow, timeout=0.5) is None
+    assert nm.port("web01") == []
+    flow.close()
+
+
+def test_port_reads_back_from_the_kernel_in_docker_order(sandbox, nm, web):
+    nm.publish(web.endpoint(expose=["5000"]), ["127.0.0.1:5001:5000", "8080:5000", "53:53/udp"])
+    fresh = natmap.NatMap(netns=sandbox.host.name)  # nothing in memory: all from the kernel
+    assert lines(fresh.port("web01")) == [
+        "53/udp -> 0.0.0.0:53", "53/udp -> [::]:53",
+        "5000/tcp -> 0.0.0.0:8080", "5000/tcp -> 127.0.0.1:5001", "5000/tcp -> [::]:8080"]
+    for query in (5000, "5000", "5000/tcp"):
+        assert [str(b) for b in fresh.port("web01", query)] == ["0.0.0.0:8080", "127.0.0.1:5001", "[::]:8080"]
+    assert [str(b) for b in fresh.port("web01", "53/udp")] == ["0.0.0.0:53", "[::]:53"]
+    assert fresh.port("web01", 53) == []
+    assert fresh.bindings() == nm.bindings()
+
+
+def test_conflicts_are_refused_and_nothing_is_applied(sandbox, nm, web):
+    other = sandbox.container("db01")
+    nm.publish(web.endpoint(), ["127.0.0.1:8080:5000"])
+    before = table_json(sandbox)
+    with pytest.raises(ConflictError, match="'db01'.*'web01'"):
+        nm.publish(other.endpoint(), ["9000:5432", "8080:5432"])
+    assert table_json(sandbox) == before
+
+
+def test_a_name_already_used_by_another_address_is_a_conflict(sandbox, nm, web):
+    other = sandbox.container("db01")
+    nm.publish(web.endpoint(), ["8080:5000"])
+    impostor = natmap.Endpoint("web01", other.ip, sandbox.bridge)
+    with pytest.raises(ConflictError, match="already published with address"):
+        nm.publish(impostor, ["9090:5000"])
+
+
+def test_a_failing_transaction_leaves_the_kernel_as_it_was(sandbox, nm, web):
+    other = sandbox.container("db01")
+    nm.publish(web.endpoint(), ["8080:5000"])
+    nm.publish(other.endpoint(), ["5432:5432"])
+    # A conflict found late: the first publish of the transaction was fine.
+    before = table_json(sandbox)
+    with pytest.raises(ConflictError):
+        with nm.transaction() as tx:
+            tx.publish(web.endpoint(), ["8081:5000"])
+            tx.unpublish("db01")
+            tx.publish(other.endpoint(), ["8080:5432"])
+    assert table_json(sandbox) == before
+    # An element the kernel refuses: someone deleted one behind natmap's back
+    # while the transaction was open, so deleting it again fails in the kernel.
+    with pytest.raises(BackendError):
+        with nm.transaction() as tx:
+            tx.publish(web.endpoint(), ["8082:5000"])
+            tx.unpublish("db01")
+            sandbox.host.run(["nft", "delete", "element", "inet", "natmap", "dnat4_any",
+                              "{ tcp . 5432 }"], check=True)
+            before = table_json(sandbox)
+    assert table_json(sandbox) == before
+    # natmap re-reads the kernel afterwards and agrees with it.
+    assert lines(nm.port("db01")) == ["5432/tcp -> [::]:5432"]
+    assert lines(nm.port("web01", 5000)) == ["5000/tcp -> 0.0.0.0:8080", "5000/tcp -> [::]:8080"]
+
+
+def test_one_transaction_applies_many_changes_at_once(sandbox, nm, web, client):
+    db = sandbox.container("db01")
+    db.serve(5432)
+    generation = sandbox.host.call(natmap.netlink.nft_generation)
+    with nm.transaction() as tx:
+        tx.publish(web.endpoint(), ["8080:5000"])
+        tx.publish(db.endpoint(), ["5432:5432"])
+        tx.unpublish("web01")
+        tx.publish(web.endpoint(), ["8081:5000"])
+    # The table's skeleton, then the change: two transactions, no more.
+    assert sandbox.host.call(natmap.netlink.nft_generation) == generation + 2
+    assert client.request(sandbox.outside_ip, 8081) == "web01 192.0.2.2"
+    assert client.request(sandbox.outside_ip, 5432) == "db01 192.0.2.2"
+    assert client.request(sandbox.outside_ip, 8080, timeout=0.5) is None
+    generation = sandbox.host.call(natmap.netlink.nft_generation)
+    nm.publish(web.endpoint(), ["8082:5000"])
+    assert sandbox.host.call(natmap.netlink.nft_generation) == generation + 1
+
+
+def test_plan_shows_the_change_as_nft_text_and_applies_nothing(sandbox, nm, web, client):
+    text = nm.plan(web.endpoint(), ["8080:5000"])
+    assert "add table inet natmap" in text
+    assert 'add element inet natmap dnat4_any { tcp . 8080 comment "web01" : 172.30.0.2 . 5000 }' in text
+    assert 'add element inet natmap dnat6_any { tcp . 8080 comment "web01" : fd00:30::2 . 5000 }' in text
+    assert table_json(sandbox) == ""
+    # The text is exactly what publishing does: nft -f of it gives the same table.
+    sandbox.host.run(["nft", "-f", "-"], input=text, check=True)
+    assert lines(nm.port("web01")) == ["5000/tcp -> 0.0.0.0:8080", "5000/tcp -> [::]:8080"]
+    assert nm.plan(web.endpoint(), ["8080:5000"]) == ""
+
+
+def test_bad_endpoints_are_refused_before_anything_is_applied(sandbox, nm, web):
+    with pytest.raises(UnknownInterfaceError, match="nosuchbr"):
+        nm.publish(natmap.Endpoint("web01", web.ip, "nosuchbr"), ["8080:5000"])
+    with pytest.raises(SpecError, match="in no subnet of bridge natmap0"):
+        nm.publish(natmap.Endpoint("web01", "10.1.2.3", sandbox.bridge), ["8080:5000"])
+    with pytest.raises(TableMissingError):
+        nm.port("web01")
+
+
+def test_instances_with_different_tables_and_other_programs_tables_are_independent(sandbox, web, client):
+    sandbox.host.run(["nft", "-f", "-"], check=True, input=(
+        "add table inet other\n"
+        "add chain inet other c { type filter hook input priority 0 ; }\n"
+        "add rule inet other c tcp dport 1 counter\n"))
+    other_before = table_json(sandbox, "other")
+    lab1 = natmap.NatMap(table="lab1", netns=sandbox.host.name)
+    lab2 = natmap.NatMap(table="lab2", netns=sandbox.host.name)
+    lab1.publish(web.endpoint(), ["8080:5000"])
+    lab2.publish(web.endpoint(), ["9090:5000"])
+    assert [str(b) for b in lab1.bindings()] == ["0.0.0.0:8080", "[::]:8080"]
+    assert [str(b) for b in lab2.bindings()] == ["0.0.0.0:9090", "[::]:9090"]
+    lab1.unpublish("web01")
+    assert client.request(sandbox.outside_ip, 9090) == "web01 192.0.2.2"
+    assert client.request(sandbox.outside_ip, 8080, timeout=0.5) is None
+    lab2.remove()
+    assert table_json(sandbox, "lab2") == ""
+    assert table_json(sandbox, "other") == other_before
+
+
+def test_a_natmap_refuses_calls_from_another_namespace(sandbox, web):
+    nm = sandbox.host.call(natmap.NatMap)  # bound to the sandbox host, built inside it
+    with pytest.raises(natmap.NatmapError, match="another network namespace"):
+        nm.bindings()

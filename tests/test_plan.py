@@ -1,0 +1,249 @@
+"""The table model: resolution, port assignment, conflicts, journal. No root, no kernel."""
+
+import ipaddress
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from natmap import Binding, ConflictError, Endpoint, PortRange, PortSpec, SpecError
+from natmap.plan import Bridge, PortPool, Table
+
+BRIDGE = Bridge("natmap0", (ipaddress.ip_network("172.30.0.0/24"), ipaddress.ip_network("fd00:30::/64")))
+POOL = PortPool(PortRange(32768, 32800))
+
+
+def web(name="web01", n=2, ipv6=True, expose=()):
+    return Endpoint(name, f"172.30.0.{n}", "natmap0", ipv6=f"fd00:30::{n}" if ipv6 else None,
+                    expose=expose)
+
+
+def publish(table, endpoint, specs, **kw):
+    kw.setdefault("pool", POOL)
+    return table.publish(endpoint, [PortSpec.parse(s) for s in specs], bridge=BRIDGE, **kw)
+
+
+def lines(bindings):
+    return [b.port_line() for b in sorted(bindings, key=Binding.sort_key)]
+
+
+def test_no_host_ip_binds_both_families_with_the_same_port():
+    table = Table()
+    made = publish(table, web(), ["8080:5000", "5000"])
+    assert lines(made) == [
+        "5000/tcp -> 0.0.0.0:8080", "5000/tcp -> 0.0.0.0:32768",
+        "5000/tcp -> [::]:8080", "5000/tcp -> [::]:32768"]
+
+
+def test_an_endpoint_without_ipv6_gets_ipv4_only():
+    made = publish(Table(), web(ipv6=False), ["8080:5000"])
+    assert lines(made) == ["5000/tcp -> 0.0.0.0:8080"]
+
+
+def test_an_explicit_host_ip_gives_one_family():
+    table = Table()
+    assert lines(publish(table, web(), ["127.0.0.1:5001:5000"])) == ["5000/tcp -> 127.0.0.1:5001"]
+    assert lines(publish(table, web(), ["[::1]:5001:5000"])) == ["5000/tcp -> [::1]:5001"]
+
+
+def test_an_ipv6_host_ip_needs_an_ipv6_endpoint():
+    with pytest.raises(SpecError, match="no IPv6 address"):
+        publish(Table(), web(ipv6=False), ["[::1]:5001:5000"])
+
+
+def test_bindings_carry_the_container_side():
+    (b,) = publish(Table(), web(ipv6=False), ["8080:5000/udp"])
+    assert (b.endpoint, b.container_ip, b.container_port, b.proto) == (
+        "web01", ipaddress.ip_address("172.30.0.2"), 5000, "udp")
+
+
+def test_assigned_ports_skip_reserved_listening_and_mapped_ports():
+    table = Table()
+    publish(table, web("db01", 3), ["32768:5432"])
+    pool = PortPool(PortRange(32768, 32800), reserved=frozenset({32769}),
+                    listening=lambda proto: frozenset({32770}) if proto == "tcp" else frozenset())
+    made = publish(table, web(), ["5000", "5001/udp"], pool=pool)
+    assert lines(made) == ["5000/tcp -> 0.0.0.0:32771", "5000/tcp -> [::]:32771",
+                           "5001/udp -> 0.0.0.0:32768", "5001/udp -> [::]:32768"]
+
+
+def test_an_assigned_port_is_free_in_both_families():
+    table = Table()
+    publish(table, web("other", 9), ["[::]:32768:80"])  # taken for IPv6 only
+    made = publish(table, web(), ["5000"])
+    assert {b.host_port for b in made} == {32769}
+
+
+def test_a_host_range_with_one_container_port_picks_one_free_port():
+    table = Table()
+    publish(table, web("db01", 3), ["8000:5432"])
+    made = publish(table, web(), ["8000-8010:80"])
+    assert lines(made) == ["80/tcp -> 0.0.0.0:8001", "80/tcp -> [::]:8001"]
+
+
+def test_ranges_map_one_to_one():
+    made = publish(Table(), web(ipv6=False), ["9000-9002:7000-7002/udp"])
+    assert [(b.host_port, b.container_port) for b in made] == [(9000, 7000), (9001, 7001), (9002, 7002)]
+
+
+def test_running_out_of_ports_names_the_range():
+    table = Table()
+    publish(table, web("db01", 3), ["8000-8001:5432-5433"])
+    with pytest.raises(ConflictError, match="no free host port for tcp in 8000-8001"):
+        publish(table, web(), ["8000-8001:80"])
+
+
+@pytest.mark.parametrize("first, second", [
+    ("8080:80", "127.0.0.1:8080:80"),
+    ("127.0.0.1:8080:80", "8080:80"),
+    ("127.0.0.1:8080:80", "127.0.0.1:8080:81"),
+    ("[::]:8080:80", "[::1]:8080:80"),
+])
+def test_overlapping_host_addresses_conflict_and_name_both_owners(first, second):
+    table = Table()
+    publish(table, web("db01", 3), [first])
+    with pytest.raises(ConflictError) as caught:
+        publish(table, web(), [second])
+    assert "'web01'" in str(caught.value) and "'db01'" in str(caught.value)
+
+
+@pytest.mark.parametrize("first, second", [
+    ("8080:80", "8080:80/udp"),
+    ("127.0.0.1:8080:80", "127.0.0.2:8080:80"),
+    ("0.0.0.0:8080:80", "[::]:8080:80"),
+])
+def test_disjoint_bindings_coexist(first, second):
+    table = Table()
+    made = publish(table, web("db01", 3), [first]) + publish(table, web(), [second])
+    assert len(table) == len(made) >= 2
+
+
+def test_publishing_the_same_binding_again_changes_nothing():
+    table = Table()
+    first = publish(table, web(), ["8080:80"])
+    table.commit()
+    again = publish(table, web(), ["8080:80"])
+    assert again == first and not table.change()
+
+
+def test_a_second_publish_for_the_same_endpoint_adds_bindings():
+    table = Table()
+    publish(table, web(ipv6=False), ["8080:80"])
+    publish(table, web(ipv6=False), ["8443:443"])
+    assert lines(table.of("web01")) == ["80/tcp -> 0.0.0.0:8080", "443/tcp -> 0.0.0.0:8443"]
+
+
+def test_a_name_belongs_to_one_address():
+    table = Table()
+    publish(table, web("web01", 2), ["8080:80"])
+    with pytest.raises(ConflictError, match="already published with address 172.30.0.2"):
+        publish(table, web("web01", 5), ["9090:80"])
+
+
+def test_an_address_belongs_to_one_name():
+    table = Table()
+    publish(table, web("web01", 2), ["8080:80"])
+    with pytest.raises(ConflictError, match="already belongs to endpoint 'web01'"):
+        publish(table, web("web02", 2), ["9090:80"])
+
+
+def test_publish_all_assigns_exposed_ports_without_an_explicit_binding():
+    table = Table()
+    endpoint = web(ipv6=False, expose=["5000", "53/udp", "7000-7001"])
+    made = publish(table, endpoint, ["8080:5000"], publish_all=True)
+    assert lines(made) == ["53/udp -> 0.0.0.0:32768", "5000/tcp -> 0.0.0.0:8080",
+                           "7000/tcp -> 0.0.0.0:32768", "7001/tcp -> 0.0.0.0:32769"]
+    assert publish(table, endpoint, [], publish_all=True) == []
+
+
+def test_an_endpoint_outside_its_bridge_is_refused():
+    with pytest.raises(SpecError, match="in no subnet of bridge natmap0"):
+        publish(Table(), Endpoint("web01", "10.9.9.9", "natmap0"), ["8080:80"])
+
+
+def test_unpublish_removes_every_binding_of_the_endpoint():
+    table = Table()
+    publish(table, web(), ["8080:80", "127.0.0.1::81"])
+    publish(table, web("db01", 3), ["5432"])
+    removed = table.unpublish("web01")
+    assert len(removed) == 3 and table.of("web01") == [] and len(table) == 2
+    assert table.unpublish("nobody") == []
+
+
+def test_change_is_the_net_difference_and_rollback_restores():
+    table = Table()
+    publish(table, web(), ["8080:80"])
+    table.commit()
+    before = table.bindings()
+    publish(table, web("db01", 3), ["5432:5432"])
+    table.unpublish("web01")
+    change = table.change()
+    assert {b.endpoint for b in change.add} == {"db01"}
+    assert {b.endpoint for b in change.delete} == {"web01"}
+    table.rollback()
+    assert table.bindings() == before and not table.change()
+
+
+def test_added_then_removed_in_one_transaction_is_no_change():
+    table = Table()
+    table.bridges[BRIDGE.name] = BRIDGE
+    publish(table, web(), ["8080:80"])
+    table.unpublish("web01")
+    assert not table.change()
+
+
+def test_the_first_publish_on_a_bridge_adds_it_once():
+    table = Table()
+    publish(table, web(), ["8080:80"])
+    publish(table, web("db01", 3), ["5432"])
+    assert table.change().bridges == (BRIDGE,)
+
+
+def test_endpoint_values_are_checked():
+    with pytest.raises(SpecError):
+        Endpoint("web 01", "172.30.0.2", "natmap0")
+    with pytest.raises(SpecError):
+        Endpoint("web01", "fd00::2", "natmap0")
+    with pytest.raises(SpecError):
+        Endpoint("web01", "127.0.0.1", "natmap0")
+    with pytest.raises(SpecError):
+        Endpoint("web01", "172.30.0.2", "a-very-long-bridge-name")
+    with pytest.raises(SpecError):
+        Endpoint("web01", "172.30.0.2", "natmap0", expose=["80:80"])
+
+
+# --- a model check: whatever is published and unpublished, the table stays consistent
+
+ops = st.lists(st.tuples(
+    st.sampled_from(["publish", "unpublish"]),
+    st.integers(min_value=2, max_value=6),                         # which endpoint
+    st.sampled_from(["", "127.0.0.1:", "0.0.0.0:", "[::]:", "[::1]:"]),
+    st.integers(min_value=32768, max_value=32772),                 # host port
+    st.sampled_from(["tcp", "udp"]),
+), max_size=40)
+
+
+@given(ops)
+@settings(max_examples=200)
+def test_bindings_never_overlap_whatever_the_sequence(sequence):
+    table = Table()
+    for verb, n, ip, port, proto in sequence:
+        if verb == "unpublish":
+            table.unpublish(f"ep{n}")
+            table.commit()
+            continue
+        try:
+            publish(table, web(f"ep{n}", n), [f"{ip}{port}:80/{proto}"])
+        except ConflictError:
+            table.rollback()  # as a failed transaction does
+        else:
+            table.commit()
+    bindings = table.bindings()
+    for i, a in enumerate(bindings):
+        for b in bindings[i + 1:]:
+            same_port = (a.version, a.proto, a.host_port) == (b.version, b.proto, b.host_port)
+            assert not (same_port and (a.host_ip == b.host_ip or a.host_ip.is_unspecified
+                                       or b.host_ip.is_unspecified)), (a, b)
+    rebuilt = Table(bindings)
+    assert rebuilt.bindings() == bindings
+    assert sorted(sum((table.of(e) for e in table.endpoints()), []), key=Binding.sort_key) == bindings
