@@ -26,7 +26,7 @@ from typing import Any
 from . import netlink
 from .backends.nft import NftBackend, skeleton, validate_table
 from .errors import BackendError, NatmapError, SpecError
-from .plan import Binding, Endpoint, PortPool, Table
+from .plan import Binding, Bridge, Endpoint, PortPool, Table
 from .netns import current as current_netns, entered as entered_netns
 from .spec import PortSpec, Protocol, validate_name
 
@@ -59,6 +59,8 @@ class NatMap:
         with entered_netns(netns):
             self._home = current_netns()
             self._backend = NftBackend(self.table)
+        self._kernel = netlink.Session()
+        self._bridges: dict[str, Bridge] = {}
         self._cache: Table | None = None
         self._generation: int | None = None
         self._missing = True
@@ -110,8 +112,18 @@ class NatMap:
             table = self._load()
             if not self._missing:
                 self._backend.delete()
-                netlink.forget_flows(table.bindings())
+                self._kernel.forget_flows(table.bindings())
             self._cache, self._generation = None, None
+
+    def close(self) -> None:
+        """Close the netlink sockets this instance keeps open (bindings stay)."""
+        self._kernel.close()
+
+    def __enter__(self) -> NatMap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # --- the machinery ---------------------------------------------------------------
 
@@ -152,12 +164,12 @@ class NatMap:
     def _load(self) -> Table:
         """The table, from memory if no transaction was committed since we last saw it."""
         for _ in range(3):
-            generation = netlink.nft_generation()
+            generation = self._kernel.generation()
             if self._cache is not None and generation == self._generation:
                 return self._cache
             missing = not self._backend.exists()
             table = Table() if missing else self._backend.load()
-            if netlink.nft_generation() == generation:
+            if self._kernel.generation() == generation:
                 self._cache, self._generation, self._missing = table, generation, missing
                 return table
         raise BackendError("the ruleset kept changing while natmap read it")
@@ -190,8 +202,15 @@ class NatMap:
             netlink.enable_route_localnet(bridge.name)
             if any(net.version == 6 for net in bridge.subnets):
                 netlink.enable_loopback6(bridge.name)
-        netlink.forget_flows(change.delete)
-        self._generation = expected if netlink.nft_generation() == expected else None
+        self._kernel.forget_flows(change.delete)
+        self._generation = expected if self._kernel.generation() == expected else None
+
+    def _bridge(self, endpoint: Endpoint) -> Bridge:
+        """The endpoint's bridge: remembered, and read again when it does not fit."""
+        known = self._bridges.get(endpoint.bridge)
+        if known is None or not all(known.contains(ip) for ip in (endpoint.ip, endpoint.ipv6) if ip):
+            known = self._bridges[endpoint.bridge] = netlink.bridge(endpoint.bridge)
+        return known
 
     def _pool(self) -> PortPool:
         return PortPool(netlink.port_range(), netlink.reserved_ports(), netlink.listening_ports)
@@ -247,7 +266,7 @@ class Transaction:
         parsed = [s if isinstance(s, PortSpec) else PortSpec.parse(s) for s in _list(specs)]
         table = self._require()
         with self._nm._ns():
-            bridge = netlink.bridge(endpoint.bridge)
+            bridge = self._nm._bridge(endpoint)
             made = table.publish(endpoint, parsed, publish_all=publish_all,
                                  pool=self._nm._pool(), bridge=bridge)
             if any(b.host_ip == _LOOPBACK6 for b in made) and netlink.bridged_ipv6_hooked():
