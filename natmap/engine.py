@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from . import netlink
-from .backends.nft import NftBackend, skeleton, validate_table
+from .backends.nft import NftBackend, validate_table
 from .errors import BackendError, NatmapError, SpecError
 from .plan import Binding, Bridge, Endpoint, PortPool, Table
 from .netns import current as current_netns, entered as entered_netns
@@ -182,15 +182,7 @@ class NatMap:
             return
         expected = (self._generation or 0) + 1
         try:
-            if self._missing:
-                self._backend.create()
-                expected += 1
-            try:
-                self._backend.apply(change)
-            except BackendError:
-                if self._missing:
-                    self._backend.delete()
-                raise
+            self._backend.apply(change, create=self._missing)
         except BaseException:
             table.rollback()
             self._cache = None
@@ -248,8 +240,7 @@ class Transaction:
             if exc_type is not None:
                 table.rollback()
             elif self._dry_run:
-                self.text = (skeleton(self._nm.table) if self._nm._missing else "") + \
-                    self._nm._backend.text(table.change())
+                self.text = self._nm._backend.text(table.change(), create=self._nm._missing)
                 table.rollback()
             else:
                 with self._nm._ns():

@@ -13,9 +13,10 @@ lookup costs the same at any size and everything can be read back from the
 kernel. Specific host addresses are looked up before 0.0.0.0 / ::.
 
 nftables 1.0.6 (Debian 12) cannot declare a map whose data is a
-concatenation in JSON: it silently makes a plain set. So the table's skeleton
-is declared once in nft's text syntax, and every change after that (the
-elements) goes as a JSON batch: one ``json_cmd`` call, one kernel transaction.
+concatenation in JSON: it silently makes a plain set. So the first change,
+which creates the table, goes as nft text (skeleton and elements in one
+``cmd`` call); every change after that goes as a JSON batch (one
+``json_cmd`` call). Either way: one kernel transaction.
 """
 
 from __future__ import annotations
@@ -226,10 +227,6 @@ class NftBackend:
         return any(obj.get("table", {}).get("name") == self.table
                    for obj in json.loads(out or '{"nftables": []}')["nftables"])
 
-    def create(self) -> None:
-        """Make the (empty) table: one transaction of its own."""
-        self._run(f"creating table inet {self.table}", skeleton(self.table))
-
     def delete(self) -> None:
         """Remove the table and everything in it: one transaction."""
         self._run(f"deleting table inet {self.table}", f"delete table inet {self.table}")
@@ -241,10 +238,15 @@ class NftBackend:
     def load(self) -> Table:
         return parse_table(self.listing())
 
-    def apply(self, change: Change) -> None:
-        """The whole change, one kernel transaction."""
-        if change:
+    def apply(self, change: Change, *, create: bool = False) -> None:
+        """The whole change as one kernel transaction; with ``create``, the
+        table's skeleton too, in the same transaction (then as text, since
+        JSON cannot declare the maps: see the module doc)."""
+        if create:
+            self._run(f"creating table inet {self.table}", self.text(change, create=True))
+        elif change:
             self._run("the change", change_json(self.table, change))
 
-    def text(self, change: Change) -> str:
-        return change_text(self.table, change)
+    def text(self, change: Change, *, create: bool = False) -> str:
+        """The change as nft text; with ``create``, preceded by the skeleton."""
+        return (skeleton(self.table) if create else "") + change_text(self.table, change)
