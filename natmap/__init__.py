@@ -8,6 +8,7 @@ libnftables are imported only when a backend needs them.
 
 from .engine import NatMap, TableMissingError, Transaction
 from .errors import BackendError, ConflictError, NatmapError, SpecError
+from .links import Link, hosts_line, link_env
 from .plan import Binding, Endpoint
 from .sandbox import Sandbox
 from .spec import LinkSpec, PortRange, PortSpec, Protocol, validate_name
@@ -17,10 +18,13 @@ __all__ = [
     "BackendError",
     "ConflictError",
     "Endpoint",
+    "Link",
     "NatMap",
     "Sandbox",
     "TableMissingError",
     "Transaction",
+    "hosts_line",
+    "link_env",
     "LinkSpec",
     "NatmapError",
     "PortRange",

@@ -19,20 +19,26 @@ import fcntl
 import ipaddress
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from . import netlink
 from .backends.nft import NftBackend, validate_table
 from .errors import BackendError, NatmapError, SpecError
-from .plan import Binding, Bridge, Endpoint, PortPool, Table
+from .links import Link
+from .plan import Binding, Bridge, Endpoint, Isolation, PortPool, Table, validate_ifname
 from .netns import current as current_netns, entered as entered_netns
 from .spec import PortSpec, Protocol, validate_name
 
 __all__ = ["NatMap", "Transaction", "TableMissingError"]
 
 _LOOPBACK6 = ipaddress.IPv6Address("::1")
+_NO_LOOPBACK6 = (
+    "[::1] bindings cannot work while bridged IPv6 passes the IP hooks "
+    "(net.bridge.bridge-nf-call-ip6tables=1, which isolating a bridge turns on): "
+    "br_netfilter turns replies back to ::1 before the kernel's loopback check drops "
+    "them; publish on 127.0.0.1, or keep that sysctl at 0 and bridges unisolated")
 
 LOCK_DIR = "/run/natmap"
 
@@ -92,6 +98,41 @@ class NatMap:
     def bindings(self) -> list[Binding]:
         """Every binding in this instance's table, read back from the kernel."""
         return self._read().bindings()
+
+    def link(self, source: Endpoint, target: Endpoint, alias: str | None = None, *,
+             target_env: Sequence[str] = ()) -> Link:
+        """Link ``source`` to ``target`` (``--link target:alias``): on an isolated
+        bridge, ``source`` may reach ``target``'s exposed ports and nothing else.
+        Returns the :class:`Link`, with Docker's ``env`` and ``hosts_line``."""
+        with self.transaction() as tx:
+            return tx.link(source, target, alias, target_env=target_env)
+
+    def unlink(self, source: str, target: str) -> Link | None:
+        """Close the link from ``source`` to ``target`` and its open flows; return it."""
+        with self.transaction() as tx:
+            return tx.unlink(source, target)
+
+    def links(self) -> list[Link]:
+        """Every link in this instance's table, read back from the kernel (their
+        ``env`` lacks the target's own environment, which the kernel does not keep)."""
+        return self._read().links()
+
+    def isolate(self, bridge: str) -> None:
+        """Close inter-container traffic on ``bridge`` (Docker's ``--icc=false``):
+        only links open flows there. Turns on br_netfilter's IP hooks in the
+        namespace (``net.bridge.bridge-nf-call-iptables``/``-ip6tables``), which
+        bridged traffic needs to reach the rules, as Docker does."""
+        with self.transaction() as tx:
+            tx.isolate(bridge)
+
+    def unisolate(self, bridge: str) -> None:
+        """Open inter-container traffic on ``bridge`` again (Docker's default)."""
+        with self.transaction() as tx:
+            tx.unisolate(bridge)
+
+    def isolated(self) -> list[str]:
+        """The bridges whose inter-container traffic is closed, read back from the kernel."""
+        return sorted(self._read().isolated)
 
     def transaction(self) -> Transaction:
         """Many publish/unpublish calls, ONE kernel transaction when the block ends
@@ -189,12 +230,14 @@ class NatMap:
             raise
         table.commit()
         self._missing = False
-        for bridge in change.bridges:
+        for bridge in change.added(Bridge):
             # Only now: the localhost guard is in place before 127/8 may be routed.
             netlink.enable_route_localnet(bridge.name)
             if any(net.version == 6 for net in bridge.subnets):
                 netlink.enable_loopback6(bridge.name)
-        self._kernel.forget_flows(change.delete)
+        if change.added(Isolation):
+            netlink.hook_bridged_traffic()
+        self._kernel.forget_flows(change.deleted(Binding), change.deleted(Link))
         self._generation = expected if self._kernel.generation() == expected else None
 
     def _bridge(self, endpoint: Endpoint) -> Bridge:
@@ -261,16 +304,38 @@ class Transaction:
             made = table.publish(endpoint, parsed, publish_all=publish_all,
                                  pool=self._nm._pool(), bridge=bridge)
             if any(b.host_ip == _LOOPBACK6 for b in made) and netlink.bridged_ipv6_hooked():
-                raise NatmapError(
-                    "a [::1] binding cannot work while net.bridge.bridge-nf-call-ip6tables=1: "
-                    "br_netfilter turns replies back to ::1 before the kernel's loopback check "
-                    "drops them; set it to 0 in this namespace, or publish on 127.0.0.1")
+                raise NatmapError(_NO_LOOPBACK6)
             return made
 
     def unpublish(self, endpoint: str) -> list[Binding]:
         """As :meth:`NatMap.unpublish`, applied when the transaction ends."""
         validate_name(endpoint, "endpoint name")
         return self._require().unpublish(endpoint)
+
+    def link(self, source: Endpoint, target: Endpoint, alias: str | None = None, *,
+             target_env: Sequence[str] = ()) -> Link:
+        """As :meth:`NatMap.link`, applied when the transaction ends."""
+        return self._require().link(source, target, alias, target_env)
+
+    def unlink(self, source: str, target: str) -> Link | None:
+        """As :meth:`NatMap.unlink`, applied when the transaction ends."""
+        validate_name(source, "endpoint name")
+        validate_name(target, "endpoint name")
+        return self._require().unlink(source, target)
+
+    def isolate(self, bridge: str) -> None:
+        """As :meth:`NatMap.isolate`, applied when the transaction ends."""
+        table = self._require()
+        validate_ifname(bridge)
+        if any(b.host_ip == _LOOPBACK6 for b in table.bindings()):
+            raise NatmapError(_NO_LOOPBACK6)
+        with self._nm._ns():
+            netlink.check_bridge_hooks()
+        table.isolate(bridge)
+
+    def unisolate(self, bridge: str) -> None:
+        """As :meth:`NatMap.unisolate`, applied when the transaction ends."""
+        self._require().isolate(validate_ifname(bridge), closed=False)
 
     def _require(self) -> Table:
         if self._table is None:

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .errors import BackendError, NatmapError
+from .links import Link
 from .plan import Binding, Bridge
 from .spec import PortRange, Protocol
 
@@ -127,6 +128,22 @@ def enable_loopback6(bridge_name: str) -> None:
                 raise
 
 
+def check_bridge_hooks() -> None:
+    """Raise unless br_netfilter can pass bridged traffic through the IP hooks."""
+    try:
+        _sysctl("net/bridge/bridge-nf-call-iptables")
+    except OSError as exc:
+        raise BackendError("isolating a bridge needs br_netfilter "
+                           "(net.bridge.bridge-nf-call-iptables is missing)") from exc
+
+
+def hook_bridged_traffic() -> None:
+    """Pass bridged IPv4 and IPv6 through the IP hooks, as Docker does for --icc=false."""
+    for path in ("net/bridge/bridge-nf-call-iptables", "net/bridge/bridge-nf-call-ip6tables"):
+        if _sysctl(path).strip() != "1":
+            _write_sysctl(path, "1")
+
+
 def bridged_ipv6_hooked() -> bool:
     """Whether br_netfilter runs bridged IPv6 through the IP hooks
     (``net.bridge.bridge-nf-call-ip6tables``). Then replies to ``::1`` are
@@ -160,20 +177,22 @@ class Session:
             answer = self._nft.request_get(nft_gen_msg(), NFT_MSG_GETGEN, NLM_F_REQUEST)
         return answer[0].get_attr("NFTA_GEN_ID")
 
-    def forget_flows(self, bindings: Iterable[Binding]) -> int:
-        """Delete the conntrack entries that still steer traffic of ``bindings``.
+    def forget_flows(self, bindings: Iterable[Binding], links: Iterable[Link] = ()) -> int:
+        """Delete the conntrack entries that still steer traffic of ``bindings``,
+        or let flows of ``links`` go on.
 
         An entry belongs to a binding when its original direction goes to the
         binding's HOST port (and address, unless it is 0.0.0.0 or ::) and it
-        was translated to the binding's container. The kernel filters the dump
-        by protocol; it still walks its whole hash table, which costs about
+        was translated to the binding's container; to a link when it goes from
+        the link's source to one of its target's ports. The kernel filters the
+        dump by protocol; it still walks its whole hash table, which costs about
         10 ms here whatever the number of bindings. Returns how many were deleted.
         """
         from pyroute2 import Conntrack
         from pyroute2.netlink.exceptions import NetlinkError
         from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
-        wanted = list(bindings)
+        wanted: list[Binding | tuple] = [*bindings, *(flow for link in links for flow in link.flows())]
         if not wanted:
             return 0
         deleted = 0
@@ -181,7 +200,7 @@ class Session:
             if self._conntrack is None:
                 self._conntrack = Conntrack()
             ct = self._conntrack
-            for proto in {b.proto for b in wanted}:
+            for proto in {_proto(w) for w in wanted}:
                 # Read them all first: pyroute2 cannot delete while a dump runs.
                 entries = list(ct.dump_entries(tuple_orig=NFCTAttrTuple(proto=_IPPROTO[proto])))
                 for entry in entries:
@@ -211,8 +230,16 @@ def nft_generation() -> int:
         session.close()
 
 
-def _steers(entry: object, binding: Binding) -> bool:
+def _proto(wanted: Binding | tuple) -> Protocol:
+    return wanted.proto if isinstance(wanted, Binding) else wanted[2]
+
+
+def _steers(entry: object, wanted: Binding | tuple) -> bool:
     orig, reply = entry.tuple_orig, entry.tuple_reply  # type: ignore[attr-defined]
+    if not isinstance(wanted, Binding):  # a link's flow: (source, target, proto, port)
+        source, target, _, port = wanted
+        return _ip(orig.saddr) == source and _ip(orig.daddr) == target and orig.dport == port
+    binding = wanted
     if orig.dport != binding.host_port or _ip(orig.daddr) is None:
         return False
     if _ip(orig.daddr).version != binding.version:

@@ -15,13 +15,16 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .errors import ConflictError, SpecError
+from .links import Link, exposed_ports
 from .spec import IPAddress, PortRange, PortSpec, Protocol, format_ip, validate_name
 
-__all__ = ["Binding", "Bridge", "Change", "Endpoint", "PortPool", "Table"]
+__all__ = ["Binding", "Bridge", "Change", "Endpoint", "Isolation", "PortPool", "Table"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+T = TypeVar("T")
 
 # Linux interface names: at most 15 bytes, no '/', ':' or white space.
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
@@ -159,15 +162,32 @@ class Verb(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class Isolation:
+    """Inter-container traffic on ``bridge`` is closed (Docker's ``--icc=false``):
+    only links open flows there."""
+
+    bridge: str
+
+
+# What a table holds, each one or more kernel elements.
+Item = Binding | Bridge | Link | Isolation
+
+
+@dataclass(frozen=True, slots=True)
 class Change:
     """The net difference a transaction makes: what a backend renders."""
 
-    add: tuple[Binding, ...] = ()
-    delete: tuple[Binding, ...] = ()
-    bridges: tuple[Bridge, ...] = ()
+    add: tuple[Item, ...] = ()
+    delete: tuple[Item, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.add or self.delete or self.bridges)
+        return bool(self.add or self.delete)
+
+    def added(self, kind: type[T]) -> list[T]:
+        return [item for item in self.add if isinstance(item, kind)]
+
+    def deleted(self, kind: type[T]) -> list[T]:
+        return [item for item in self.delete if isinstance(item, kind)]
 
 
 class Table:
@@ -177,18 +197,18 @@ class Table:
     publish cost the same whatever the number of bindings already there.
     """
 
-    def __init__(self, bindings: Iterable[Binding] = (), bridges: Iterable[Bridge] = ()) -> None:
+    def __init__(self, items: Iterable[Item] = ()) -> None:
         self._by_key: dict[tuple, Binding] = {}
         self._by_port: dict[tuple, dict[IPAddress, Binding]] = {}
         self._by_endpoint: dict[str, dict[tuple, Binding]] = {}
         self._by_container: dict[IPAddress, str] = {}
         self.bridges: dict[str, Bridge] = {}
-        self._journal: list[tuple[Verb, Binding | Bridge]] = []
+        self._links: dict[tuple[str, str], Link] = {}
+        self.isolated: set[str] = set()
+        self._journal: list[tuple[Verb, Item]] = []
         self._next_port: dict[Protocol, int] = {}
-        for bridge in bridges:
-            self.bridges[bridge.name] = bridge
-        for binding in bindings:
-            self._insert(binding)
+        for item in items:
+            self._apply(Verb.ADD, item)
 
     # --- reading ---------------------------------------------------------------
 
@@ -202,6 +222,10 @@ class Table:
 
     def endpoints(self) -> list[str]:
         return sorted(self._by_endpoint)
+
+    def links(self) -> list[Link]:
+        """Every link, by source, then target."""
+        return [self._links[key] for key in sorted(self._links)]
 
     def clash(self, binding: Binding) -> Binding | None:
         """An existing binding that would catch the same packets, if any."""
@@ -242,31 +266,57 @@ class Table:
         return made
 
     def unpublish(self, endpoint: str) -> list[Binding]:
-        """Remove every binding of ``endpoint``; return them (none if unknown)."""
+        """Remove every binding and every link of ``endpoint``; return the
+        bindings (none if unknown)."""
         removed = self.of(endpoint)
         for binding in removed:
-            self._remove(binding)
-            self._journal.append((Verb.DELETE, binding))
+            self._do(Verb.DELETE, binding)
+        for link in self.links():
+            if endpoint in (link.source, link.target):
+                self._do(Verb.DELETE, link)
         return removed
+
+    def link(self, source: Endpoint, target: Endpoint, alias: str | None = None,
+             target_env: Sequence[str] = ()) -> Link:
+        """Open the flows of a link from ``source`` to ``target``'s exposed ports;
+        one link per source and target."""
+        self._check_identity(source)
+        self._check_identity(target)
+        link = Link(source.name, target.name, alias or target.name,
+                    tuple(ip for ip in (source.ip, source.ipv6) if ip),
+                    tuple(ip for ip in (target.ip, target.ipv6) if ip),
+                    exposed_ports(target.expose), tuple(target_env))
+        existing = self._links.get((link.source, link.target))
+        if existing == link:
+            return link
+        if existing is not None:
+            raise ConflictError(f"{link.source!r} is already linked to {link.target!r} as "
+                                f"{existing.alias!r}; unlink it first")
+        self._do(Verb.ADD, link)
+        return link
+
+    def unlink(self, source: str, target: str) -> Link | None:
+        """Close the flows of the link from ``source`` to ``target``; return it."""
+        link = self._links.get((source, target))
+        if link is not None:
+            self._do(Verb.DELETE, link)
+        return link
+
+    def isolate(self, bridge: str, closed: bool = True) -> None:
+        """Close (or open again) inter-container traffic on ``bridge``."""
+        if (bridge in self.isolated) != closed:
+            self._do(Verb.ADD if closed else Verb.DELETE, Isolation(bridge))
 
     def change(self) -> Change:
         """The net change journaled since the last :meth:`commit` or :meth:`rollback`."""
-        net: dict[tuple, tuple[Verb, Binding]] = {}
-        bridges: list[Bridge] = []
+        net: dict[Item, Verb] = {}
         for verb, item in self._journal:
-            if isinstance(item, Bridge):
-                bridges.append(item)
-                continue
-            identity = (item.key, item)
-            if identity in net and net[identity][0] is not verb:
-                del net[identity]  # added then deleted (or the reverse): no change
+            if net.get(item, verb) is not verb:
+                del net[item]  # added then deleted (or the reverse): no change
             else:
-                net[identity] = (verb, item)
-        return Change(
-            add=tuple(b for verb, b in net.values() if verb is Verb.ADD),
-            delete=tuple(b for verb, b in net.values() if verb is Verb.DELETE),
-            bridges=tuple(bridges),
-        )
+                net[item] = verb
+        return Change(add=tuple(i for i, v in net.items() if v is Verb.ADD),
+                      delete=tuple(i for i, v in net.items() if v is Verb.DELETE))
 
     def commit(self) -> None:
         """The journaled change is now in the kernel: forget the journal."""
@@ -275,13 +325,30 @@ class Table:
     def rollback(self) -> None:
         """Undo every journaled step, newest first."""
         for verb, item in reversed(self._journal):
-            if isinstance(item, Bridge):
-                del self.bridges[item.name]
-            elif verb is Verb.ADD:
-                self._remove(item)
-            else:
-                self._insert(item)
+            self._apply(Verb.DELETE if verb is Verb.ADD else Verb.ADD, item)
         self._journal.clear()
+
+    def _do(self, verb: Verb, item: Item) -> None:
+        self._apply(verb, item)
+        self._journal.append((verb, item))
+
+    def _apply(self, verb: Verb, item: Item) -> None:
+        """Change the indexes, and nothing else."""
+        add = verb is Verb.ADD
+        if isinstance(item, Binding):
+            (self._insert if add else self._remove)(item)
+        elif isinstance(item, Bridge):
+            if add:
+                self.bridges[item.name] = item
+            else:
+                del self.bridges[item.name]
+        elif isinstance(item, Link):
+            if add:
+                self._links[(item.source, item.target)] = item
+            else:
+                del self._links[(item.source, item.target)]
+        else:
+            (self.isolated.add if add else self.isolated.discard)(item.bridge)
 
     # --- the steps -------------------------------------------------------------
 
@@ -306,8 +373,7 @@ class Table:
                     f"{bridge.name} ({', '.join(map(str, bridge.subnets)) or 'no addresses'})",
                     str(address))
         if bridge.name not in self.bridges:  # bridges are long-lived: added once, kept
-            self.bridges[bridge.name] = bridge
-            self._journal.append((Verb.ADD, bridge))
+            self._do(Verb.ADD, bridge)
 
     def _publish_spec(self, endpoint: Endpoint, spec: PortSpec, pool: PortPool) -> list[Binding]:
         host_ips = self._host_ips(endpoint, spec)
@@ -370,8 +436,7 @@ class Table:
             raise ConflictError(
                 f"{binding}/{binding.proto.value} for endpoint {binding.endpoint!r} conflicts with "
                 f"{existing}/{existing.proto.value} of endpoint {existing.endpoint!r}")
-        self._insert(binding)
-        self._journal.append((Verb.ADD, binding))
+        self._do(Verb.ADD, binding)
         return binding
 
     def _insert(self, binding: Binding) -> None:

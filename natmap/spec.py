@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from .errors import SpecError
 
-__all__ = ["Protocol", "PortRange", "PortSpec", "LinkSpec", "IPAddress", "validate_name"]
+__all__ = ["Protocol", "PortRange", "PortSpec", "LinkSpec", "IPAddress", "validate_alias", "validate_name"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -175,8 +175,8 @@ class LinkSpec:
     alias: str
 
     def __post_init__(self) -> None:
-        validate_name(self.name, "container name", min_length=2)
-        validate_name(self.alias, "link alias")
+        validate_name(self.name, "container name")
+        validate_alias(self.alias)
 
     @classmethod
     def parse(cls, text: str) -> LinkSpec:
@@ -204,15 +204,21 @@ class LinkSpec:
         return self.name if self.alias == self.name else f"{self.name}:{self.alias}"
 
 
-def validate_name(name: str, what: str = "name", *, min_length: int = 1) -> str:
-    """Return ``name`` if it is a usable endpoint, container or alias name.
+def validate_name(name: str, what: str = "endpoint name", *, min_length: int = 2) -> str:
+    """Return ``name`` if it is a usable endpoint (container) name, else raise
+    :class:`SpecError`.
 
-    Raises :class:`SpecError` otherwise. Such names reach kernel comments,
-    hosts files and environment variables, so only ``[A-Za-z0-9_.-]`` is
-    allowed, starting with a letter or digit.
+    Such names reach kernel comments, hosts files and environment variables,
+    so only ``[A-Za-z0-9_.-]`` is allowed, starting with a letter or digit, at
+    least two characters (Docker's rule for container names) and at most 64.
     """
     _check_name(_Span.of(name), what, min_length=min_length)
     return name
+
+
+def validate_alias(alias: str) -> str:
+    """Return ``alias`` if it is a usable link alias: a name, one character allowed."""
+    return validate_name(alias, "link alias", min_length=1)
 
 
 def format_ip(ip: IPAddress) -> str:

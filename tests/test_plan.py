@@ -178,8 +178,8 @@ def test_change_is_the_net_difference_and_rollback_restores():
     publish(table, web("db01", 3), ["5432:5432"])
     table.unpublish("web01")
     change = table.change()
-    assert {b.endpoint for b in change.add} == {"db01"}
-    assert {b.endpoint for b in change.delete} == {"web01"}
+    assert {b.endpoint for b in change.added(Binding)} == {"db01"}
+    assert {b.endpoint for b in change.deleted(Binding)} == {"web01"}
     table.rollback()
     assert table.bindings() == before and not table.change()
 
@@ -196,7 +196,7 @@ def test_the_first_publish_on_a_bridge_adds_it_once():
     table = Table()
     publish(table, web(), ["8080:80"])
     publish(table, web("db01", 3), ["5432"])
-    assert table.change().bridges == (BRIDGE,)
+    assert table.change().added(Bridge) == [BRIDGE]
 
 
 def test_endpoint_values_are_checked():

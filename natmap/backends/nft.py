@@ -7,10 +7,13 @@ The layout, one ``inet`` table per NatMap::
     map dnat4_any             inet_proto . inet_service : ipv4_addr . inet_service
     map dnat6 / dnat6_any     the same for IPv6
     set bridges, subnets4, subnets6   what to masquerade
+    set isolated       ifname . ifname: bridges closed to inter-container traffic
+    set links4 / links6  source . target . proto . port: the flows links open
 
-Each binding is ONE map element whose comment is its endpoint's name, so a
-lookup costs the same at any size and everything can be read back from the
-kernel. Specific host addresses are looked up before 0.0.0.0 / ::.
+Each binding is ONE map element whose comment is its endpoint's name (each
+link flow one set element, commented ``source>target:alias``), so a lookup
+costs the same at any size and everything can be read back from the kernel.
+Specific host addresses are looked up before 0.0.0.0 / ::.
 
 nftables 1.0.6 (Debian 12) cannot declare a map whose data is a
 concatenation in JSON: it silently makes a plain set. So the first change,
@@ -21,13 +24,17 @@ which creates the table, goes as nft text (skeleton and elements in one
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BackendError, SpecError
-from ..plan import Binding, Bridge, Change, Table
-from ..spec import IPAddress, Protocol
+from ..links import Link, parse_comment, port_order
+from ..plan import Binding, Bridge, Change, Isolation, Item, Table
+from ..spec import Protocol
 
 _TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
 _VERSIONS = (4, 6)
@@ -50,9 +57,11 @@ def skeleton(table: str) -> str:
             f"add map {t} dnat{v} {{ type {addr} . inet_proto . inet_service : {addr} . inet_service ; }}",
             f"add map {t} dnat{v}_any {{ type inet_proto . inet_service : {addr} . inet_service ; }}",
             f"add set {t} subnets{v} {{ type {addr} ; flags interval ; }}",
+            f"add set {t} links{v} {{ type {addr} . {addr} . inet_proto . inet_service ; }}",
         ]
     lines += [
         f"add set {t} bridges {{ type ifname ; }}",
+        f"add set {t} isolated {{ type ifname . ifname ; }}",
         # Docker once had 127.0.0.1 bindings reachable from the LAN: drop such
         # packets before NAT can see them.
         f"add chain {t} localhost_guard {{ type filter hook prerouting priority raw ; policy accept ; }}",
@@ -79,17 +88,78 @@ def skeleton(table: str) -> str:
         f"add rule {t} postrouting oifname != @bridges ip6 saddr @subnets6 masquerade",
         f"add chain {t} forward {{ type filter hook forward priority filter ; policy accept ; }}",
         f"add rule {t} forward ct status dnat accept",
+        # --icc=false: on an isolated bridge only links' flows (and replies) pass.
+        # Bridged traffic reaches this hook through br_netfilter.
+        f"add chain {t} isolation",
+        f"add rule {t} forward iifname . oifname @isolated jump isolation",
+        f"add rule {t} isolation ct state established,related accept",
+        # IPv6 neighbour discovery is ICMPv6, so it crosses this hook where ARP does not.
+        f"add rule {t} isolation icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} accept",
+        f"add rule {t} isolation ip saddr . ip daddr . meta l4proto . th dport @links4 accept",
+        f"add rule {t} isolation ip6 saddr . ip6 daddr . meta l4proto . th dport @links6 accept",
+        f"add rule {t} isolation drop",
     ]
     return "\n".join(lines) + "\n"
 
 
-def _map_name(binding: Binding) -> str:
-    return f"dnat{binding.version}" + ("_any" if binding.host_ip.is_unspecified else "")
+# --- items as kernel elements ---------------------------------------------------------
 
 
-def _key(binding: Binding) -> list[Any]:
-    key: list[Any] = [binding.proto.value, binding.host_port]
-    return key if binding.host_ip.is_unspecified else [str(binding.host_ip), *key]
+class _Ifname(str):
+    """An interface name: quoted in nft text."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Element:
+    """One element of one set or map: its key, its data (maps) and its comment."""
+
+    set: str
+    key: tuple[Any, ...]
+    data: tuple[Any, ...] | None = None
+    comment: str | None = None
+
+
+def _elements(item: Item) -> Iterator[_Element]:
+    """The kernel elements that make up one item of the table."""
+    if isinstance(item, Binding):
+        key: tuple[Any, ...] = (item.proto, item.host_port)
+        suffix = "_any" if item.host_ip.is_unspecified else ""
+        yield _Element(f"dnat{item.version}{suffix}", key if suffix else (item.host_ip, *key),
+                       (item.container_ip, item.container_port), item.endpoint)
+    elif isinstance(item, Bridge):
+        yield _Element("bridges", (_Ifname(item.name),))
+        for net in item.subnets:
+            yield _Element(f"subnets{net.version}", (net,))
+    elif isinstance(item, Link):
+        for source, target, proto, port in item.flows():
+            yield _Element(f"links{source.version}", (source, target, proto, port), None, item.comment)
+    else:
+        yield _Element("isolated", (_Ifname(item.bridge), _Ifname(item.bridge)))
+
+
+def _json_value(part: Any) -> Any:
+    if isinstance(part, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return {"prefix": {"addr": str(part.network_address), "len": part.prefixlen}}
+    if isinstance(part, int):
+        return part
+    return str(part)
+
+
+def _json_parts(parts: tuple[Any, ...]) -> Any:
+    values = [_json_value(p) for p in parts]
+    return values[0] if len(values) == 1 else {"concat": values}
+
+
+def _text_parts(parts: tuple[Any, ...]) -> str:
+    return " . ".join(f'"{p}"' if isinstance(p, _Ifname) else str(p) for p in parts)
+
+
+def _grouped(items: tuple[Item, ...]) -> dict[str, list[_Element]]:
+    groups: dict[str, list[_Element]] = {}
+    for item in items:
+        for element in _elements(item):
+            groups.setdefault(element.set, []).append(element)
+    return groups
 
 
 # --- JSON: what is applied -------------------------------------------------------
@@ -98,37 +168,24 @@ def _key(binding: Binding) -> list[Any]:
 def change_json(table: str, change: Change) -> dict[str, Any]:
     """The change as one libnftables JSON batch: deletions first, then additions."""
     commands: list[dict[str, Any]] = []
-    for name, bindings in _by_map(change.delete).items():
-        commands.append({"delete": {"element": _element(table, name, [
-            {"concat": _key(b)} for b in bindings])}})
-    for bridge in change.bridges:
-        commands += _bridge_json(table, bridge)
-    for name, bindings in _by_map(change.add).items():
-        commands.append({"add": {"element": _element(table, name, [
-            [{"elem": {"val": {"concat": _key(b)}, "comment": b.endpoint}},
-             {"concat": [str(b.container_ip), b.container_port]}] for b in bindings])}})
+    for name, elements in _grouped(change.delete).items():
+        commands.append({"delete": {"element": _json_element(table, name, [
+            _json_parts(e.key) for e in elements])}})
+    for name, elements in _grouped(change.add).items():
+        commands.append({"add": {"element": _json_element(table, name, [
+            _json_entry(e) for e in elements])}})
     return {"nftables": commands}
 
 
-def _bridge_json(table: str, bridge: Bridge) -> list[dict[str, Any]]:
-    commands = [{"add": {"element": _element(table, "bridges", [bridge.name])}}]
-    for v in _VERSIONS:
-        prefixes = [{"prefix": {"addr": str(n.network_address), "len": n.prefixlen}}
-                    for n in bridge.subnets if n.version == v]
-        if prefixes:
-            commands.append({"add": {"element": _element(table, f"subnets{v}", prefixes)}})
-    return commands
+def _json_entry(element: _Element) -> Any:
+    key = _json_parts(element.key)
+    if element.comment is not None:
+        key = {"elem": {"val": key, "comment": element.comment}}
+    return key if element.data is None else [key, _json_parts(element.data)]
 
 
-def _element(table: str, name: str, elems: list[Any]) -> dict[str, Any]:
+def _json_element(table: str, name: str, elems: list[Any]) -> dict[str, Any]:
     return {"family": "inet", "table": table, "name": name, "elem": elems}
-
-
-def _by_map(bindings: tuple[Binding, ...]) -> dict[str, list[Binding]]:
-    groups: dict[str, list[Binding]] = {}
-    for binding in bindings:
-        groups.setdefault(_map_name(binding), []).append(binding)
-    return groups
 
 
 # --- text: what plan() shows --------------------------------------------------------
@@ -136,21 +193,18 @@ def _by_map(bindings: tuple[Binding, ...]) -> dict[str, list[Binding]]:
 
 def change_text(table: str, change: Change) -> str:
     """The same change as nft text, one command a line (``nft -f`` reads it)."""
-    t = f"inet {table}"
-    lines = [f"delete element {t} {_map_name(b)} {{ {_key_text(b)} }}" for b in change.delete]
-    for bridge in change.bridges:
-        lines.append(f'add element {t} bridges {{ "{bridge.name}" }}')
-        for v in _VERSIONS:
-            nets = ", ".join(str(n) for n in bridge.subnets if n.version == v)
-            if nets:
-                lines.append(f"add element {t} subnets{v} {{ {nets} }}")
-    lines += [f'add element {t} {_map_name(b)} {{ {_key_text(b)} comment "{b.endpoint}" : '
-              f"{b.container_ip} . {b.container_port} }}" for b in change.add]
+    lines = [f"delete element inet {table} {name} {{ {', '.join(_text_parts(e.key) for e in elements)} }}"
+             for name, elements in _grouped(change.delete).items()]
+    lines += [f"add element inet {table} {name} {{ {', '.join(_text_entry(e) for e in elements)} }}"
+              for name, elements in _grouped(change.add).items()]
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def _key_text(binding: Binding) -> str:
-    return " . ".join(str(part) for part in _key(binding))
+def _text_entry(element: _Element) -> str:
+    text = _text_parts(element.key)
+    if element.comment is not None:
+        text += f' comment "{element.comment}"'
+    return text if element.data is None else f"{text} : {_text_parts(element.data)}"
 
 
 # --- reading back -----------------------------------------------------------------
@@ -158,49 +212,61 @@ def _key_text(binding: Binding) -> str:
 
 def parse_table(listing: str) -> Table:
     """The output of ``list table inet NAME`` (JSON) as a :class:`Table`."""
-    import ipaddress
-
     try:
         objects = json.loads(listing)["nftables"]
-    except (ValueError, KeyError) as exc:
-        raise BackendError(f"unreadable table listing from nft: {exc}") from exc
-    bindings: list[Binding] = []
-    sets: dict[str, list[Any]] = {}
-    for obj in objects:
-        kind = "map" if "map" in obj else "set" if "set" in obj else None
-        if kind is None:
-            continue
-        body = obj[kind]
-        if kind == "map" and body["name"] in _MAP_VERSION:
-            version = _MAP_VERSION[body["name"]]
-            bindings += [_binding(version, elem) for elem in body.get("elem", [])]
-        else:
-            sets[body["name"]] = body.get("elem", [])
-    bridges = [Bridge(name, tuple(
-        ipaddress.ip_network(f"{p['prefix']['addr']}/{p['prefix']['len']}")
-        for v in _VERSIONS for p in sets.get(f"subnets{v}", []) if isinstance(p, dict) and "prefix" in p
-    )) for name in sets.get("bridges", [])]
-    # Which subnet belongs to which bridge is not kept in the kernel; every
-    # bridge is shown with all subnets. Only membership matters for the rules.
-    return Table(bindings, bridges)
+        contents = {body["name"]: body.get("elem", []) for obj in objects
+                    for kind in ("map", "set") if kind in obj for body in [obj[kind]]}
+        items: list[Item] = []
+        for name, version in _MAP_VERSION.items():
+            items += [_binding(version, elem) for elem in contents.get(name, [])]
+        items += _bridges(contents)
+        items += _links(contents)
+        items += [Isolation(e["concat"][0]) for e in contents.get("isolated", [])]
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise BackendError(f"unreadable table listing from nft: {exc!r}") from exc
+    return Table(items)
 
 
 _MAP_VERSION = {"dnat4": 4, "dnat4_any": 4, "dnat6": 6, "dnat6_any": 6}
 
 
 def _binding(version: int, elem: list[Any]) -> Binding:
-    import ipaddress
-
     key, data = elem
     entry = key["elem"]
     parts = entry["val"]["concat"]
-    comment = entry.get("comment", "")
     if len(parts) == 2:
         parts = ["0.0.0.0" if version == 4 else "::", *parts]
-    host_ip: IPAddress = ipaddress.ip_address(parts[0])
     container_ip, container_port = data["concat"]
-    return Binding(comment, Protocol(parts[1]), host_ip, int(parts[2]),
-                   ipaddress.ip_address(container_ip), int(container_port))
+    return Binding(entry.get("comment", ""), Protocol(parts[1]), ipaddress.ip_address(parts[0]),
+                   int(parts[2]), ipaddress.ip_address(container_ip), int(container_port))
+
+
+def _bridges(contents: dict[str, list[Any]]) -> list[Bridge]:
+    # Which subnet belongs to which bridge is not kept in the kernel; every
+    # bridge is read back with all subnets. Only membership matters to the rules.
+    subnets = tuple(ipaddress.ip_network(f"{p['prefix']['addr']}/{p['prefix']['len']}")
+                    for v in _VERSIONS for p in contents.get(f"subnets{v}", []) if "prefix" in p)
+    return [Bridge(name, subnets) for name in contents.get("bridges", [])]
+
+
+def _links(contents: dict[str, list[Any]]) -> list[Link]:
+    flows: dict[str, list[list[Any]]] = {}
+    for v in _VERSIONS:
+        for elem in contents.get(f"links{v}", []):
+            flows.setdefault(elem["elem"]["comment"], []).append(elem["elem"]["val"]["concat"])
+    links = []
+    for comment, parts in flows.items():
+        source, target, alias = parse_comment(comment)
+        ports = {(int(port), Protocol(proto)) for _, _, proto, port in parts}
+        links.append(Link(source, target, alias,
+                          tuple(sorted({ipaddress.ip_address(p[0]) for p in parts}, key=_by_version)),
+                          tuple(sorted({ipaddress.ip_address(p[1]) for p in parts}, key=_by_version)),
+                          tuple(sorted(ports, key=port_order))))
+    return links
+
+
+def _by_version(ip: Any) -> tuple[int, Any]:
+    return (ip.version, ip)
 
 
 class NftBackend:
