@@ -6,18 +6,23 @@ Importing natmap loads no kernel library: pyroute2, python-iptables and
 libnftables are imported only when a backend needs them.
 """
 
+from .config import Config
 from .engine import NatMap, TableMissingError, Transaction
-from .errors import BackendError, ConflictError, NatmapError, SpecError
+from .errors import BackendError, ConflictError, NatmapError, NotFoundError, SpecError
 from .links import Link, hosts_line, link_env
-from .plan import Binding, Endpoint
+from .plan import Binding, Bridge, Change, Endpoint, Isolation
 from .sandbox import Sandbox
 from .spec import LinkSpec, PortRange, PortSpec, Protocol, validate_name
 
 __all__ = [
     "Binding",
     "BackendError",
+    "Bridge",
+    "Change",
+    "Config",
     "ConflictError",
     "Endpoint",
+    "Isolation",
     "Link",
     "NatMap",
     "Sandbox",
@@ -27,6 +32,7 @@ __all__ = [
     "link_env",
     "LinkSpec",
     "NatmapError",
+    "NotFoundError",
     "PortRange",
     "PortSpec",
     "Protocol",

@@ -1,51 +1,279 @@
-"""The ``natmap`` command.
+"""The ``natmap`` command: Docker's port publishing and links, in Docker's words.
 
-So far it reads specs: ``natmap spec -p 8080:80 --expose 5000 --link db01:db``
-prints each in canonical form, or the error with a caret and exit code 2.
-Publishing commands come with the engine.
+Exit codes: 0 done; 1 the change failed (a conflict, the kernel refused);
+2 bad input (a spec, a name, a file, the command line); 3 nothing found (no
+such port, no table yet). Errors go to stderr in one line (grammar errors add
+the input with a caret under the fault); with ``--json`` as a JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from . import __version__
-from .errors import SpecError
-from .spec import LinkSpec, PortSpec
+from .config import Config
+from .engine import NatMap
+from .errors import NatmapError, NotFoundError, SpecError
+from .links import Link
+from .plan import Binding, Bridge, Change, Endpoint, Isolation, natural_key
+from .spec import LinkSpec, PortSpec, format_ip
 
-EXIT_SPEC_ERROR = 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND = 0, 1, 2, 3
+Output = tuple[Any, list[str]]  # (what --json prints, the lines to print otherwise)
+
+
+# --- Docker's text forms -------------------------------------------------------------
+
+
+def ps_ports(bindings: Iterable[Binding]) -> str:
+    """``docker ps``'s PORTS column: ``0.0.0.0:32768->5000/tcp, [::]:32768->5000/tcp``;
+    consecutive ports that map one to one are shown as one range, as Docker does."""
+    entries = []
+    groups: dict[tuple, list[Binding]] = {}
+    for b in bindings:
+        groups.setdefault((b.host_ip.version, b.host_ip, b.proto), []).append(b)
+    for (_, host_ip, proto), members in sorted(groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1]), kv[0][2])):
+        members.sort(key=lambda b: b.container_port)
+        run = [members[0]]
+        for b in members[1:] + [None]:  # type: ignore[list-item]
+            if b is not None and (b.host_port, b.container_port) == (run[-1].host_port + 1, run[-1].container_port + 1):
+                run.append(b)
+                continue
+            host = _span(run[0].host_port, run[-1].host_port)
+            container = _span(run[0].container_port, run[-1].container_port)
+            entries.append(f"{format_ip(host_ip)}:{host}->{container}/{proto.value}")
+            if b is not None:
+                run = [b]
+    return ", ".join(sorted(entries, key=natural_key))
+
+
+def _span(start: int, end: int) -> str:
+    return str(start) if start == end else f"{start}-{end}"
+
+
+def _binding_json(b: Binding) -> dict[str, Any]:
+    return {"endpoint": b.endpoint, "proto": b.proto.value, "host_ip": str(b.host_ip),
+            "host_port": b.host_port, "container_ip": str(b.container_ip),
+            "container_port": b.container_port}
+
+
+def _link_json(link: Link) -> dict[str, Any]:
+    return {"source": link.source, "target": link.target, "alias": link.alias,
+            "ports": [f"{port}/{proto.value}" for port, proto in link.ports],
+            "hosts_line": link.hosts_line, "env": link.env}
+
+
+def _item_text(item: Any) -> str:
+    if isinstance(item, Binding):
+        return f"port {item.endpoint} {item.port_line()}"
+    if isinstance(item, Link):
+        return f"link {item}"
+    if isinstance(item, Isolation):
+        return f"isolate {item.bridge}"
+    assert isinstance(item, Bridge)
+    return f"bridge {item.name} {' '.join(map(str, item.subnets))}"
+
+
+def _change_output(change: Change) -> Output:
+    lines = [f"- {_item_text(i)}" for i in change.delete] + [f"+ {_item_text(i)}" for i in change.add]
+    return ({"delete": [_item_text(i) for i in change.delete],
+             "add": [_item_text(i) for i in change.add]}, lines)
+
+
+# --- the commands ----------------------------------------------------------------------
+
+
+def cmd_publish(nm: NatMap, args: argparse.Namespace) -> Output:
+    endpoint = Endpoint(args.name, args.ip, args.bridge, ipv6=args.ipv6, expose=tuple(args.expose))
+    made = nm.publish(endpoint, PortSpec.parse_many(args.publish), publish_all=args.publish_all)
+    made.sort(key=Binding.sort_key)
+    return [_binding_json(b) for b in made], [b.port_line() for b in made]
+
+
+def cmd_port(nm: NatMap, args: argparse.Namespace) -> Output:
+    bindings = nm.port(args.name, args.port)
+    if args.port is None:
+        return [_binding_json(b) for b in bindings], [b.port_line() for b in bindings]
+    if not bindings:
+        spec = PortSpec.parse_exposed(args.port)
+        raise NotFoundError(f"No public port '{spec.container_ports}/{spec.proto.value}' published for {args.name}")
+    return [_binding_json(b) for b in bindings], [str(b) for b in bindings]
+
+
+def cmd_ls(nm: NatMap, args: argparse.Namespace) -> Output:
+    by_endpoint: dict[str, list[Binding]] = {}
+    for b in nm.bindings():
+        by_endpoint.setdefault(b.endpoint, []).append(b)
+    rows = [(name, ", ".join(sorted({str(b.container_ip) for b in bs}, key=natural_key)), ps_ports(bs))
+            for name, bs in sorted(by_endpoint.items())]
+    data = [{"endpoint": n, "addresses": a.split(", "), "ports": p,
+             "bindings": [_binding_json(b) for b in by_endpoint[n]]} for n, a, p in rows]
+    return data, _columns([("ENDPOINT", "ADDRESSES", "PORTS"), *rows])
+
+
+def cmd_unpublish(nm: NatMap, args: argparse.Namespace) -> Output:
+    removed = nm.unpublish(args.name)
+    return [_binding_json(b) for b in removed], [b.port_line() for b in removed]
+
+
+def cmd_link(nm: NatMap, args: argparse.Namespace) -> Output:
+    target = LinkSpec.parse(args.target)
+    link = nm.link(args.source, target.name, target.alias, target_env=args.env)
+    return _link_json(link), [link.hosts_line.replace("\t", " "), *link.env]
+
+
+def cmd_unlink(nm: NatMap, args: argparse.Namespace) -> Output:
+    link = nm.unlink(args.source, args.target)
+    if link is None:
+        raise NotFoundError(f"{args.source} is not linked to {args.target}")
+    return _link_json(link), [str(link)]
+
+
+def cmd_links(nm: NatMap, args: argparse.Namespace) -> Output:
+    links = nm.links()
+    rows = [(l.source, l.target, l.alias, ", ".join(f"{p}/{proto.value}" for p, proto in l.ports))
+            for l in links]
+    return [_link_json(l) for l in links], _columns([("SOURCE", "TARGET", "ALIAS", "PORTS"), *rows])
+
+
+def cmd_isolate(nm: NatMap, args: argparse.Namespace) -> Output:
+    (nm.unisolate if args.open else nm.isolate)(args.bridge)
+    return {"bridge": args.bridge, "isolated": not args.open}, []
+
+
+def cmd_apply(nm: NatMap, args: argparse.Namespace) -> Output:
+    return _change_output(nm.apply(Config.load(args.file)))
+
+
+def cmd_plan(nm: NatMap, args: argparse.Namespace) -> Output:
+    return _change_output(nm.diff(Config.load(args.file)))
+
+
+def cmd_spec(nm: NatMap | None, args: argparse.Namespace) -> Output:
+    lines = ([f"-p {PortSpec.parse(t)}" for t in args.publish]
+             + [f"--expose {PortSpec.parse_exposed(t)}" for t in args.expose]
+             + [f"--link {LinkSpec.parse(t)}" for t in args.link])
+    return lines, lines
+
+
+def _columns(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["   ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+# --- the parser ----------------------------------------------------------------------
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="natmap", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="natmap", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Docker-style port publishing and links on nftables, without Docker.",
+        epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--version", action="version", version=f"natmap {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-    spec = commands.add_parser(
-        "spec", help="check specs and print them in canonical form",
-        epilog="example: natmap spec -p 127.0.0.1:5001:5000 -p '[::1]::80/udp' --expose 5000 --link db01:db",
-    )
-    spec.add_argument("-p", "--publish", action="append", default=[], metavar="SPEC")
-    spec.add_argument("--expose", action="append", default=[], metavar="PORT[/PROTO]")
-    spec.add_argument("--link", action="append", default=[], metavar="NAME[:ALIAS]")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--table", default="natmap", help="natmap's table (default: natmap)")
+    common.add_argument("--backend", default="nft", choices=["nft"], help="packet filter backend")
+    common.add_argument("--netns", help="work inside this network namespace (ip netns add NAME)")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    common.add_argument("-v", "--verbose", action="count", default=0, help="say what is done (-vv: more)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, func: Callable[..., Output], help: str, example: str,
+                aliases: Sequence[str] = ()) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=[common], help=help, description=help, aliases=list(aliases),
+                                  epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.set_defaults(func=func)
+        return sub
+
+    sub = command("publish", cmd_publish, "publish an endpoint's ports (docker run -p/-P)",
+                  "natmap publish web01 --ip 172.30.0.2 --bridge natmap0 -p 127.0.0.1:5001:5000 "
+                  "-p 8080:5000 --expose 5000 -P")
+    sub.add_argument("name")
+    sub.add_argument("--ip", required=True, help="the endpoint's IPv4 address")
+    sub.add_argument("--ipv6", help="the endpoint's IPv6 address, if it has one")
+    sub.add_argument("--bridge", required=True, help="the bridge the endpoint is on")
+    sub.add_argument("-p", "--publish", action="append", default=[], metavar="SPEC",
+                     help="[IP:][HOST_PORT:]CONTAINER_PORT[/PROTO], as docker run -p")
+    sub.add_argument("--expose", action="append", default=[], metavar="PORT[/PROTO]")
+    sub.add_argument("-P", "--publish-all", action="store_true", help="publish every exposed port")
+
+    sub = command("port", cmd_port, "list an endpoint's bindings (docker port)", "natmap port web01 5000/tcp")
+    sub.add_argument("name")
+    sub.add_argument("port", nargs="?", metavar="PORT[/PROTO]")
+
+    command("ls", cmd_ls, "list endpoints with their PORTS (docker ps)", "natmap ls", aliases=["ps"])
+
+    sub = command("unpublish", cmd_unpublish, "remove every binding and link of an endpoint",
+                  "natmap unpublish web01")
+    sub.add_argument("name")
+
+    sub = command("link", cmd_link, "link SOURCE to TARGET (docker run --link TARGET:ALIAS); both "
+                  "must be published: their addresses and published ports are read from the table",
+                  "natmap link web02 db01:web02Todb01")
+    sub.add_argument("source")
+    sub.add_argument("target", metavar="TARGET[:ALIAS]")
+    sub.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                     help="the target's environment, for the link's _ENV_ variables")
+
+    sub = command("unlink", cmd_unlink, "remove the link from SOURCE to TARGET", "natmap unlink web02 db01")
+    sub.add_argument("source")
+    sub.add_argument("target")
+
+    command("links", cmd_links, "list the links", "natmap links")
+
+    sub = command("isolate", cmd_isolate, "close inter-container traffic on a bridge (--icc=false)",
+                  "natmap isolate natmap0")
+    sub.add_argument("bridge")
+    sub.add_argument("--open", action="store_true", help="open it again instead")
+
+    sub = command("apply", cmd_apply, "make the table match a TOML file, in one transaction",
+                  "natmap apply examples/lab.toml")
+    sub.add_argument("file")
+    sub = command("plan", cmd_plan, "show what apply would change; change nothing",
+                  "natmap plan examples/lab.toml")
+    sub.add_argument("file")
+
+    sub = command("spec", cmd_spec, "check specs and print them in canonical form",
+                  "natmap spec -p 127.0.0.1:5001:5000 -p '[::1]::80/udp' --expose 5000 --link db01:db")
+    sub.add_argument("-p", "--publish", action="append", default=[], metavar="SPEC")
+    sub.add_argument("--expose", action="append", default=[], metavar="PORT[/PROTO]")
+    sub.add_argument("--link", action="append", default=[], metavar="NAME[:ALIAS]")
     return parser
 
 
-def _spec_command(args: argparse.Namespace) -> None:
-    for text in args.publish:
-        print(f"-p {PortSpec.parse(text)}")
-    for text in args.expose:
-        print(f"--expose {PortSpec.parse_exposed(text)}")
-    for text in args.link:
-        print(f"--link {LinkSpec.parse(text)}")
+def _exit_code(exc: BaseException) -> int:
+    if isinstance(exc, (SpecError, ValueError, TypeError, OSError)) and not isinstance(exc, PermissionError):
+        return EXIT_BAD_INPUT
+    if isinstance(exc, NotFoundError):
+        return EXIT_NOT_FOUND
+    return EXIT_FAILED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+                        format="natmap: %(message)s", stream=sys.stderr)
     try:
-        _spec_command(args)
-    except SpecError as exc:
-        print(f"natmap: {exc}", file=sys.stderr)
-        return EXIT_SPEC_ERROR
-    return 0
+        if args.func is cmd_spec:
+            data, lines = cmd_spec(None, args)
+        else:
+            with NatMap(table=args.table, backend=args.backend, netns=args.netns) as nm:
+                data, lines = args.func(nm, args)
+    except (NatmapError, ValueError, TypeError, OSError) as exc:
+        code = _exit_code(exc)
+        if args.json:
+            print(json.dumps({"error": str(exc).splitlines()[0], "kind": type(exc).__name__,
+                              "detail": str(exc)}), file=sys.stderr)
+        else:
+            print(f"natmap: {exc}", file=sys.stderr)
+        return code
+    if args.json:
+        print(json.dumps(data, indent=2))
+    elif lines:
+        print("\n".join(lines))
+    return EXIT_OK

@@ -19,15 +19,16 @@ import fcntl
 import ipaddress
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from . import netlink
 from .backends.nft import NftBackend, validate_table
-from .errors import BackendError, NatmapError, SpecError
+from .errors import BackendError, NatmapError, NotFoundError, SpecError
+from .config import Config
 from .links import Link
-from .plan import Binding, Bridge, Endpoint, Isolation, PortPool, Table, validate_ifname
+from .plan import Binding, Bridge, Change, Endpoint, Isolation, PortPool, Table, validate_ifname
 from .netns import current as current_netns, entered as entered_netns
 from .spec import PortSpec, Protocol, validate_name
 
@@ -43,7 +44,7 @@ _NO_LOOPBACK6 = (
 LOCK_DIR = "/run/natmap"
 
 
-class TableMissingError(NatmapError, LookupError):
+class TableMissingError(NotFoundError):
     """The NatMap's table is not in the kernel: nothing was published with it
     in this network namespace, or someone deleted it."""
 
@@ -99,11 +100,13 @@ class NatMap:
         """Every binding in this instance's table, read back from the kernel."""
         return self._read().bindings()
 
-    def link(self, source: Endpoint, target: Endpoint, alias: str | None = None, *,
+    def link(self, source: Endpoint | str, target: Endpoint | str, alias: str | None = None, *,
              target_env: Sequence[str] = ()) -> Link:
         """Link ``source`` to ``target`` (``--link target:alias``): on an isolated
         bridge, ``source`` may reach ``target``'s exposed ports and nothing else.
-        Returns the :class:`Link`, with Docker's ``env`` and ``hosts_line``."""
+        An endpoint given by name is taken from its bindings (its addresses, and
+        its published container ports as the exposed ones). Returns the
+        :class:`Link`, with Docker's ``env`` and ``hosts_line``."""
         with self.transaction() as tx:
             return tx.link(source, target, alias, target_env=target_env)
 
@@ -146,6 +149,20 @@ class NatMap:
         with tx:
             tx.publish(endpoint, specs, publish_all=publish_all)
         return tx.text
+
+    def apply(self, config: Config) -> Change:
+        """Make the table match ``config`` (adding, changing, removing) in one
+        transaction; return what changed. Assigned ports stay while free."""
+        with self.transaction() as tx:
+            config.reconcile(tx)
+        return tx.change
+
+    def diff(self, config: Config) -> Change:
+        """What :meth:`apply` would change. Nothing is applied."""
+        tx = Transaction(self, dry_run=True)
+        with tx:
+            config.reconcile(tx)
+        return tx.change
 
     def remove(self) -> None:
         """Delete this instance's table, and every binding with it (one transaction)."""
@@ -264,7 +281,8 @@ class Transaction:
         self._dry_run = dry_run
         self._table: Table | None = None
         self._lock: Any = None
-        self.text = ""
+        self.change = Change()  # what the transaction did (or, dry, would do)
+        self.text = ""          # the same as nft text, for a dry run
 
     def __enter__(self) -> Transaction:
         self._lock = self._nm._locked()
@@ -283,18 +301,25 @@ class Transaction:
             if exc_type is not None:
                 table.rollback()
             elif self._dry_run:
-                self.text = self._nm._backend.text(table.change(), create=self._nm._missing)
+                self.change = table.change()
+                self.text = self._nm._backend.text(self.change, create=self._nm._missing)
                 table.rollback()
             else:
+                self.change = table.change()
                 with self._nm._ns():
                     self._nm._commit(table)
         finally:
             self._table = None
             self._lock.__exit__(None, None, None)
 
+    def table(self) -> Table:
+        """The table as this transaction has changed it so far."""
+        return self._require()
+
     def publish(self, endpoint: Endpoint, specs: Iterable[str | PortSpec] = (), *,
-                publish_all: bool = False) -> list[Binding]:
-        """As :meth:`NatMap.publish`, applied when the transaction ends."""
+                publish_all: bool = False, prefer: Mapping[tuple[Protocol, int], int] = {}) -> list[Binding]:
+        """As :meth:`NatMap.publish`, applied when the transaction ends. An assigned
+        port is ``prefer[(proto, container_port)]`` if that one is free."""
         if not isinstance(endpoint, Endpoint):
             raise TypeError(f"expected a natmap.Endpoint, got {type(endpoint).__name__}")
         parsed = [s if isinstance(s, PortSpec) else PortSpec.parse(s) for s in _list(specs)]
@@ -302,7 +327,7 @@ class Transaction:
         with self._nm._ns():
             bridge = self._nm._bridge(endpoint)
             made = table.publish(endpoint, parsed, publish_all=publish_all,
-                                 pool=self._nm._pool(), bridge=bridge)
+                                 pool=self._nm._pool(), bridge=bridge, prefer=prefer)
             if any(b.host_ip == _LOOPBACK6 for b in made) and netlink.bridged_ipv6_hooked():
                 raise NatmapError(_NO_LOOPBACK6)
             return made
@@ -312,7 +337,7 @@ class Transaction:
         validate_name(endpoint, "endpoint name")
         return self._require().unpublish(endpoint)
 
-    def link(self, source: Endpoint, target: Endpoint, alias: str | None = None, *,
+    def link(self, source: Endpoint | str, target: Endpoint | str, alias: str | None = None, *,
              target_env: Sequence[str] = ()) -> Link:
         """As :meth:`NatMap.link`, applied when the transaction ends."""
         return self._require().link(source, target, alias, target_env)

@@ -8,7 +8,7 @@ never need to know which library sits underneath.
 
 from __future__ import annotations
 
-__all__ = ["NatmapError", "SpecError", "ConflictError", "BackendError"]
+__all__ = ["NatmapError", "SpecError", "ConflictError", "BackendError", "NotFoundError"]
 
 # How much of a long input an error message shows on each side of the fault.
 _CONTEXT = 40
@@ -51,6 +51,10 @@ class ConflictError(NatmapError):
 
 class BackendError(NatmapError):
     """The packet-filter backend or the kernel refused or failed a change."""
+
+
+class NotFoundError(NatmapError, LookupError):
+    """What a call names is not there: a table, an endpoint, a port, a link."""
 
 
 def _printable(char: str) -> str:

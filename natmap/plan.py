@@ -12,12 +12,14 @@ from __future__ import annotations
 import enum
 import functools
 import ipaddress
+import itertools
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TypeVar
 
-from .errors import ConflictError, SpecError
+from .errors import ConflictError, NotFoundError, SpecError
 from .links import Link, exposed_ports
 from .spec import IPAddress, PortRange, PortSpec, Protocol, format_ip, validate_name
 
@@ -248,21 +250,24 @@ class Table:
 
     def publish(self, endpoint: Endpoint, specs: Sequence[PortSpec], *,
                 publish_all: bool = False, pool: PortPool = PortPool(),
-                bridge: Bridge | None = None) -> list[Binding]:
+                bridge: Bridge | None = None,
+                prefer: Mapping[tuple[Protocol, int], int] = MappingProxyType({})) -> list[Binding]:
         """Add the bindings ``specs`` (and ``-P``) ask for; return them, ports assigned.
 
-        Raises :class:`ConflictError` when a binding would catch packets an
-        existing one catches, or when the name belongs to another address.
-        A binding already there, the same in every field, is returned again.
+        An assigned port is ``prefer[(proto, container_port)]`` when that one is
+        free (so re-applying a configuration keeps its ports). Raises
+        :class:`ConflictError` when a binding would catch packets an existing
+        one catches, or when the name belongs to another address. A binding
+        already there, the same in every field, is returned again.
         """
         self._check_identity(endpoint)
         if bridge is not None:
             self._ensure_bridge(endpoint, bridge)
         made: list[Binding] = []
         for spec in specs:
-            made += self._publish_spec(endpoint, spec, pool)
+            made += self._publish_spec(endpoint, spec, pool, prefer)
         if publish_all:
-            made += self._publish_exposed(endpoint, pool)
+            made += self._publish_exposed(endpoint, pool, prefer)
         return made
 
     def unpublish(self, endpoint: str) -> list[Binding]:
@@ -276,16 +281,15 @@ class Table:
                 self._do(Verb.DELETE, link)
         return removed
 
-    def link(self, source: Endpoint, target: Endpoint, alias: str | None = None,
+    def link(self, source: Endpoint | str, target: Endpoint | str, alias: str | None = None,
              target_env: Sequence[str] = ()) -> Link:
         """Open the flows of a link from ``source`` to ``target``'s exposed ports;
-        one link per source and target."""
-        self._check_identity(source)
-        self._check_identity(target)
-        link = Link(source.name, target.name, alias or target.name,
-                    tuple(ip for ip in (source.ip, source.ipv6) if ip),
-                    tuple(ip for ip in (target.ip, target.ipv6) if ip),
-                    exposed_ports(target.expose), tuple(target_env))
+        one link per source and target. An endpoint given by name is taken from
+        its bindings: its addresses, and its published container ports as exposed."""
+        source_name, source_ips, _ = self._linkable(source)
+        target_name, target_ips, ports = self._linkable(target)
+        link = Link(source_name, target_name, alias or target_name, source_ips, target_ips,
+                    ports, tuple(target_env))
         existing = self._links.get((link.source, link.target))
         if existing == link:
             return link
@@ -294,6 +298,19 @@ class Table:
                                 f"{existing.alias!r}; unlink it first")
         self._do(Verb.ADD, link)
         return link
+
+    def _linkable(self, endpoint: Endpoint | str) -> tuple[str, tuple[IPAddress, ...], tuple]:
+        """Name, addresses and exposed ports of a link's end."""
+        if isinstance(endpoint, Endpoint):
+            self._check_identity(endpoint)
+            return (endpoint.name, tuple(ip for ip in (endpoint.ip, endpoint.ipv6) if ip),
+                    exposed_ports(endpoint.expose))
+        bindings = self.of(validate_name(endpoint))
+        if not bindings:
+            raise NotFoundError(f"endpoint {endpoint!r} has no bindings to learn its addresses "
+                                "from; pass a natmap.Endpoint")
+        return (endpoint, tuple(sorted({b.container_ip for b in bindings}, key=lambda ip: ip.version)),
+                exposed_ports(f"{b.container_port}/{b.proto.value}" for b in bindings))
 
     def unlink(self, source: str, target: str) -> Link | None:
         """Close the flows of the link from ``source`` to ``target``; return it."""
@@ -375,13 +392,16 @@ class Table:
         if bridge.name not in self.bridges:  # bridges are long-lived: added once, kept
             self._do(Verb.ADD, bridge)
 
-    def _publish_spec(self, endpoint: Endpoint, spec: PortSpec, pool: PortPool) -> list[Binding]:
+    def _publish_spec(self, endpoint: Endpoint, spec: PortSpec, pool: PortPool,
+                      prefer: Mapping[tuple[Protocol, int], int]) -> list[Binding]:
         host_ips = self._host_ips(endpoint, spec)
         host = spec.host_ports
         if host is None:
-            ports = [self._assign(spec.proto, host_ips, pool) for _ in spec.container_ports]
+            ports = [self._assign(spec.proto, host_ips, pool, prefer=prefer.get((spec.proto, port)))
+                     for port in spec.container_ports]
         elif len(host) != len(spec.container_ports):  # a pool to pick one port from
-            ports = [self._assign(spec.proto, host_ips, pool, within=host)]
+            ports = [self._assign(spec.proto, host_ips, pool, within=host,
+                                  prefer=prefer.get((spec.proto, spec.container_ports.start)))]
         else:
             ports = list(host)
         made = []
@@ -393,14 +413,15 @@ class Table:
                                               container_ip, container_port)))
         return made
 
-    def _publish_exposed(self, endpoint: Endpoint, pool: PortPool) -> list[Binding]:
+    def _publish_exposed(self, endpoint: Endpoint, pool: PortPool,
+                         prefer: Mapping[tuple[Protocol, int], int]) -> list[Binding]:
         published = {(b.proto, b.container_port) for b in self._by_endpoint.get(endpoint.name, {}).values()}
         made = []
         for exposed in endpoint.expose:
             for port in exposed.container_ports:
                 if (exposed.proto, port) not in published:
                     made += self._publish_spec(
-                        endpoint, PortSpec(None, None, PortRange(port), exposed.proto), pool)
+                        endpoint, PortSpec(None, None, PortRange(port), exposed.proto), pool, prefer)
         return made
 
     def _host_ips(self, endpoint: Endpoint, spec: PortSpec) -> list[IPAddress]:
@@ -412,18 +433,20 @@ class Table:
         return [_ANY[v] for v in (4, 6) if endpoint.address(v) is not None]
 
     def _assign(self, proto: Protocol, host_ips: list[IPAddress], pool: PortPool,
-                within: PortRange | None = None) -> int:
-        """The first free port, the same for every host IP (Docker gives IPv4 and IPv6 one port)."""
+                within: PortRange | None = None, prefer: int | None = None) -> int:
+        """A free port, the same for every host IP (Docker gives IPv4 and IPv6 one
+        port): ``prefer`` if it is free, else the next free one in turn."""
         ports = within or pool.ports
         listening = pool.listening(proto)
         start = self._next_port.get(proto, ports.start) if within is None else ports.start
         if start not in ports:
             start = ports.start
-        for port in _wrapping(ports, start):
+        preferred = [prefer] if prefer is not None and prefer in ports else []
+        for port in itertools.chain(preferred, _wrapping(ports, start)):
             if port in pool.reserved or port in listening:
                 continue
             if all(self._holder(ip, proto, port) is None for ip in host_ips):
-                if within is None:
+                if within is None and port != prefer:
                     self._next_port[proto] = port + 1
                 return port
         raise ConflictError(f"no free host port for {proto.value} in {ports}")

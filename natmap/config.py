@@ -1,0 +1,168 @@
+"""A declarative description of what a table should hold, read from TOML::
+
+    [bridges.natmap0]
+    isolate = true                  # Docker's --icc=false
+
+    [endpoints.db01]
+    ip = "172.30.0.3"
+    bridge = "natmap0"
+    expose = ["5432/tcp"]
+    publish_all = true              # -P
+
+    [endpoints.web02]
+    ip = "172.30.0.4"
+    ipv6 = "fd00:30::4"             # optional
+    bridge = "natmap0"
+    publish = ["127.0.0.1:5001:5000", "8080:5000"]
+    links = ["db01:web02Todb01"]    # --link
+
+:meth:`Config.reconcile` turns it into the calls of one transaction that make
+the table match it: adding, changing and removing, and keeping the ports it
+had assigned before. Pure: reading the file is the only I/O.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol as TypingProtocol
+
+from .errors import SpecError
+from .links import Link
+from .plan import Binding, Endpoint, Table
+from .spec import LinkSpec, PortSpec
+
+__all__ = ["Config", "EndpointConfig"]
+
+_ENDPOINT_KEYS = {"ip", "ipv6", "bridge", "expose", "publish", "publish_all", "links"}
+_BRIDGE_KEYS = {"isolate"}
+
+
+class _Transaction(TypingProtocol):
+    """What reconcile needs of a transaction (natmap.Transaction has it)."""
+
+    def table(self) -> Table: ...
+    def publish(self, endpoint: Endpoint, specs: list[PortSpec], *, publish_all: bool,
+                prefer: Mapping[Any, int]) -> list[Binding]: ...
+    def unpublish(self, endpoint: str) -> list[Binding]: ...
+    def link(self, source: Endpoint, target: Endpoint, alias: str | None = None) -> Link: ...
+    def isolate(self, bridge: str) -> None: ...
+    def unisolate(self, bridge: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointConfig:
+    """One endpoint of the file: the endpoint, its ``-p`` specs, ``-P``, ``--link``s."""
+
+    endpoint: Endpoint
+    publish: tuple[PortSpec, ...]
+    publish_all: bool
+    links: tuple[LinkSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    endpoints: tuple[EndpointConfig, ...]
+    isolated: frozenset[str]
+
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        """Read a TOML file; any mistake in it is a :class:`SpecError` naming the place."""
+        text = Path(path).read_text()
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise SpecError(f"{path}: {exc}", text) from exc
+        return cls.from_dict(data, str(path))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> Config:
+        _only(data, {"bridges", "endpoints"}, source)
+        bridges = _table(data.get("bridges", {}), source, "bridges")
+        isolated = set()
+        for name, settings in bridges.items():
+            _only(settings, _BRIDGE_KEYS, f"{source}: bridges.{name}")
+            if _typed(settings.get("isolate", False), bool, f"{source}: bridges.{name}.isolate"):
+                isolated.add(name)
+        endpoints = tuple(_endpoint(name, settings, f"{source}: endpoints.{name}")
+                          for name, settings in _table(data.get("endpoints", {}), source, "endpoints").items())
+        config = cls(endpoints, frozenset(isolated))
+        config._check_links(source)
+        return config
+
+    def _check_links(self, source: str) -> None:
+        names = {e.endpoint.name for e in self.endpoints}
+        for entry in self.endpoints:
+            for link in entry.links:
+                if link.name not in names:
+                    raise SpecError(f"{source}: endpoints.{entry.endpoint.name} links to "
+                                    f"{link.name!r}, which the file does not describe", str(link))
+
+    def reconcile(self, tx: _Transaction) -> None:
+        """Make ``tx``'s table match this configuration.
+
+        Each endpoint is unpublished and published again in the same
+        transaction; whatever comes back the same cancels out, so the kernel
+        sees only what changed, and assigned ports stay as they were while free.
+        """
+        table = tx.table()
+        wanted = {e.endpoint.name: e for e in self.endpoints}
+        for name in table.endpoints() + [l.source for l in table.links()] + [l.target for l in table.links()]:
+            if name not in wanted:
+                tx.unpublish(name)
+        for entry in self.endpoints:
+            before = table.of(entry.endpoint.name)
+            tx.unpublish(entry.endpoint.name)
+            tx.publish(entry.endpoint, list(entry.publish), publish_all=entry.publish_all,
+                       prefer={(b.proto, b.container_port): b.host_port for b in before})
+        for entry in self.endpoints:
+            for link in entry.links:
+                tx.link(entry.endpoint, wanted[link.name].endpoint, link.alias)
+        for bridge in sorted(table.isolated - self.isolated):
+            tx.unisolate(bridge)
+        for bridge in sorted(self.isolated - table.isolated):
+            tx.isolate(bridge)
+
+
+def _endpoint(name: str, settings: Any, where: str) -> EndpointConfig:
+    if not isinstance(settings, Mapping):
+        raise SpecError(f"{where} must be a table", str(settings))
+    _only(settings, _ENDPOINT_KEYS, where)
+    for key in ("ip", "bridge"):
+        if key not in settings:
+            raise SpecError(f"{where} needs {key} = ...", name)
+    publish = tuple(PortSpec.parse(_typed(s, str, f"{where}.publish"))
+                    for s in _typed(settings.get("publish", []), list, f"{where}.publish"))
+    expose = [PortSpec.parse_exposed(_typed(s, str, f"{where}.expose"))
+              for s in _typed(settings.get("expose", []), list, f"{where}.expose")]
+    # As with docker run, a published container port is exposed too (links open it).
+    expose += [PortSpec(None, None, spec.container_ports, spec.proto) for spec in publish]
+    endpoint = Endpoint(name, _typed(settings["ip"], str, f"{where}.ip"),
+                        _typed(settings["bridge"], str, f"{where}.bridge"),
+                        ipv6=_typed(settings.get("ipv6"), (str, type(None)), f"{where}.ipv6"),
+                        expose=tuple(dict.fromkeys(expose)))
+    links = tuple(LinkSpec.parse(_typed(s, str, f"{where}.links"))
+                  for s in _typed(settings.get("links", []), list, f"{where}.links"))
+    return EndpointConfig(endpoint, publish,
+                          _typed(settings.get("publish_all", False), bool, f"{where}.publish_all"), links)
+
+
+def _only(settings: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(settings) - allowed)
+    if unknown:
+        raise SpecError(f"{where}: unknown key {unknown[0]!r} (expected one of "
+                        f"{', '.join(sorted(allowed))})", unknown[0])
+
+
+def _table(value: Any, where: str, key: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise SpecError(f"{where}: {key} must be a table", str(value))
+    return value
+
+
+def _typed(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
+    if not isinstance(value, kind):
+        raise SpecError(f"{where} has the wrong type ({type(value).__name__})", str(value))
+    return value
