@@ -14,9 +14,10 @@ test: deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: deps
-	@echo "make demo: the tutorial demo arrives with the command-line issue (issue 6)."
-	@echo "Until then, natmap can check specs:"
-	$(BIN)/natmap spec -p 127.0.0.1:5001:5000 -p 8080:5000 -p '[::1]::5000/udp' --expose 5000 --link db01:web02Todb01
+	$(BIN)/python examples/tutorial.py
+
+bench: deps
+	$(BIN)/python bench/engine_scale.py
 
 deps: debs venv
 

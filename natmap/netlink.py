@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .errors import BackendError, NatmapError
+from .errors import BackendError, NotFoundError
 from .links import Link
 from .plan import Binding, Bridge
 from .spec import PortRange, Protocol
@@ -27,7 +27,7 @@ _IPPROTO = {Protocol.TCP: socket.IPPROTO_TCP, Protocol.UDP: socket.IPPROTO_UDP,
             Protocol.SCTP: socket.IPPROTO_SCTP}
 
 
-class UnknownInterfaceError(NatmapError, LookupError):
+class UnknownInterfaceError(NotFoundError):
     """A bridge or interface that does not exist in the namespace."""
 
 

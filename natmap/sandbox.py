@@ -138,12 +138,17 @@ class Namespace:
         af = socket.AF_INET if family == 4 else socket.AF_INET6
         return self.call(socket.socket, af, socket.SOCK_DGRAM)
 
-    def close(self) -> None:
-        self._stop.set()
+    def stop_processes(self) -> None:
+        """Stop the processes :meth:`spawn` started here (only those, by their handle)."""
         for process in self._processes:
             if process.poll() is None:
-                process.kill()  # only processes this sandbox started, by their handle
+                process.kill()
             process.wait()
+        self._processes.clear()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.stop_processes()
         for thread in self._servers:
             thread.join(timeout=2)
 
