@@ -2,7 +2,8 @@
 
 Prints: one transaction publishing N bindings (endpoints x 40 ports), and the
 cost of publishing / unpublishing one more port with 10 and with N present.
-Runs in a sandbox namespace; needs root. Usage: python bench/engine_scale.py [N]
+Runs in a sandbox namespace; needs root.
+Usage: python bench/engine_scale.py [N] [nft|iptables]
 """
 
 import ipaddress
@@ -43,13 +44,15 @@ def one_more(nm, bridge, rounds=30):
 
 def main():
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
+    backend = sys.argv[2] if len(sys.argv) > 2 else "nft"
+    print(f"backend {backend}")
     with Sandbox(subnet="172.30.0.0/16", subnet6=None) as sb:
-        small = natmap.NatMap(table="small", netns=sb.host.name)
+        small = natmap.NatMap(table="small", netns=sb.host.name, backend=backend)
         publish_all(small, endpoints(1, sb.bridge)[:1])
         small.unpublish("ep0")
         small.publish(natmap.Endpoint("ten", "172.30.0.9", sb.bridge), [f"{p}:{p}" for p in range(1, 11)])
 
-        big = natmap.NatMap(table="big", netns=sb.host.name)
+        big = natmap.NatMap(table="big", netns=sb.host.name, backend=backend)
         big.publish(natmap.Endpoint("warm", "172.30.0.10", sb.bridge), ["1:1"])  # creates the table
         eps = endpoints(n // PORTS_PER_ENDPOINT, sb.bridge)
         t = time.perf_counter()

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from . import __version__
+from .backends import BACKENDS
 from .config import Config
 from .engine import NatMap
 from .errors import NatmapError, NotFoundError, SpecError
@@ -177,7 +178,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"natmap {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--table", default="natmap", help="natmap's table (default: natmap)")
-    common.add_argument("--backend", default="nft", choices=["nft"], help="packet filter backend")
+    common.add_argument("--backend", default="nft", choices=BACKENDS,
+                        help="packet filter backend: nft (default), iptables, or auto")
     common.add_argument("--netns", help="work inside this network namespace (ip netns add NAME)")
     common.add_argument("--json", action="store_true", help="machine-readable output")
     common.add_argument("-v", "--verbose", action="count", default=0, help="say what is done (-vv: more)")

@@ -24,7 +24,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from . import netlink
-from .backends.nft import NftBackend, validate_table
+from .backends import make_backend
+from .backends.nft import validate_table
 from .errors import BackendError, NatmapError, NotFoundError, SpecError
 from .config import Config
 from .links import Link
@@ -59,14 +60,13 @@ class NatMap:
     """
 
     def __init__(self, table: str = "natmap", *, backend: str = "nft", netns: str | None = None) -> None:
-        if backend != "nft":
-            raise NatmapError(f"unknown backend {backend!r} (this version has 'nft')")
         self.table = validate_table(table)
         self.netns = netns
+        self._kernel = netlink.Session()
         with entered_netns(netns):
             self._home = current_netns()
-            self._backend = NftBackend(self.table)
-        self._kernel = netlink.Session()
+            self._backend = make_backend(backend, self.table, self._kernel)
+        self.backend = self._backend.name
         self._bridges: dict[str, Bridge] = {}
         self._cache: Table | None = None
         self._generation: int | None = None
@@ -213,8 +213,14 @@ class NatMap:
 
     def _read(self) -> Table:
         with self._ns():
-            table = self._load()
-        if self._missing:
+            if self._busy.locked():
+                # A transaction is changing the cached table: read the kernel itself.
+                missing = not self._backend.exists()
+                table = Table() if missing else self._backend.load()
+            else:
+                table = self._load()
+                missing = self._missing
+        if missing:
             raise TableMissingError(f"table inet {self.table} does not exist in this network "
                                     "namespace (nothing was published with it yet)")
         return table
@@ -222,12 +228,12 @@ class NatMap:
     def _load(self) -> Table:
         """The table, from memory if no transaction was committed since we last saw it."""
         for _ in range(3):
-            generation = self._kernel.generation()
+            generation = self._backend.generation()
             if self._cache is not None and generation == self._generation:
                 return self._cache
             missing = not self._backend.exists()
             table = Table() if missing else self._backend.load()
-            if self._kernel.generation() == generation:
+            if self._backend.generation() == generation:
                 self._cache, self._generation, self._missing = table, generation, missing
                 return table
         raise BackendError("the ruleset kept changing while natmap read it")
@@ -238,9 +244,8 @@ class NatMap:
         if not change:
             table.commit()
             return
-        expected = (self._generation or 0) + 1
         try:
-            self._backend.apply(change, create=self._missing)
+            expected = self._backend.apply(change, create=self._missing, generation=self._generation)
         except BaseException:
             table.rollback()
             self._cache = None
@@ -255,7 +260,7 @@ class NatMap:
         if change.added(Isolation):
             netlink.hook_bridged_traffic()
         self._kernel.forget_flows(change.deleted(Binding), change.deleted(Link))
-        self._generation = expected if self._kernel.generation() == expected else None
+        self._generation = expected if self._backend.generation() == expected else None
 
     def _bridge(self, endpoint: Endpoint) -> Bridge:
         """The endpoint's bridge: remembered, and read again when it does not fit."""

@@ -1,0 +1,35 @@
+"""The packet-filter backends: ``nft`` (libnftables, the default) and
+``iptables`` (python-iptables, the legacy xtables interface). Both render the
+same :class:`~natmap.plan.Change` and read back the same
+:class:`~natmap.plan.Table`; each imports its library only when chosen."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import BackendError, SpecError
+
+BACKENDS = ("nft", "iptables", "auto")
+
+
+def make_backend(name: str, table: str, session: Any) -> Any:
+    """The backend called ``name``; ``auto`` is nft when libnftables loads and
+    the kernel answers it, else iptables."""
+    if name not in BACKENDS:
+        raise SpecError(f"unknown backend (choose {', '.join(BACKENDS)})", str(name))
+    if name in ("nft", "auto"):
+        try:
+            from .nft import NftBackend
+
+            backend = NftBackend(table, session)
+            if name == "nft" or backend.usable():
+                return backend
+        except (ImportError, OSError) as exc:
+            if name == "nft":
+                raise BackendError(f"the nft backend needs libnftables and its Python binding: {exc}") from exc
+    try:
+        from .iptables import IptablesBackend
+
+        return IptablesBackend(table, session)
+    except (ImportError, OSError) as exc:
+        raise BackendError(f"the iptables backend needs python-iptables and libxtables: {exc}") from exc

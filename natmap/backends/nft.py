@@ -272,10 +272,13 @@ def _by_version(ip: Any) -> tuple[int, Any]:
 class NftBackend:
     """libnftables in the calling thread's network namespace."""
 
-    def __init__(self, table: str) -> None:
+    name = "nft"
+
+    def __init__(self, table: str, session: Any) -> None:
         import nftables
 
         self.table = validate_table(table)
+        self._session = session  # netlink.Session: the generation counter
         self._nft = nftables.Nftables()
         self._nft.set_json_output(True)
 
@@ -287,6 +290,10 @@ class NftBackend:
         if rc != 0:
             raise BackendError(f"nft refused {what}: {err.strip() or f'error {rc}'}")
         return out if isinstance(out, str) else json.dumps(out)
+
+    def usable(self) -> bool:
+        """Whether the kernel answers nftables requests here."""
+        return self._nft.cmd("list tables")[0] == 0
 
     def exists(self) -> bool:
         out = self._run("listing tables", "list tables inet")
@@ -304,14 +311,20 @@ class NftBackend:
     def load(self) -> Table:
         return parse_table(self.listing())
 
-    def apply(self, change: Change, *, create: bool = False) -> None:
+    def generation(self) -> int:
+        """The ruleset generation: one more with every committed transaction."""
+        return self._session.generation()
+
+    def apply(self, change: Change, *, create: bool = False, generation: object = None) -> object:
         """The whole change as one kernel transaction; with ``create``, the
         table's skeleton too, in the same transaction (then as text, since
-        JSON cannot declare the maps: see the module doc)."""
+        JSON cannot declare the maps: see the module doc). Returns the
+        generation to expect now if nothing else committed meanwhile."""
         if create:
             self._run(f"creating table inet {self.table}", self.text(change, create=True))
         elif change:
             self._run("the change", change_json(self.table, change))
+        return generation + 1 if isinstance(generation, int) else None
 
     def text(self, change: Change, *, create: bool = False) -> str:
         """The change as nft text; with ``create``, preceded by the skeleton."""

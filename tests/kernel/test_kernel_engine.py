@@ -7,12 +7,9 @@ import socket
 import pytest
 
 import natmap
+from conftest import delete_behind_natmaps_back, kernel_state
 from natmap import BackendError, ConflictError, SpecError, TableMissingError
 from natmap.netlink import UnknownInterfaceError
-
-
-def table_json(sb, table="natmap"):
-    return sb.host.run(["nft", "-j", "list", "table", "inet", table]).stdout
 
 
 def lines(bindings):
@@ -132,7 +129,7 @@ def test_unpublish_stops_new_connections_and_established_udp_flows(sandbox, nm, 
 
 def test_port_reads_back_from_the_kernel_in_docker_order(sandbox, nm, web):
     nm.publish(web.endpoint(expose=["5000"]), ["127.0.0.1:5001:5000", "8080:5000", "53:53/udp"])
-    fresh = natmap.NatMap(netns=sandbox.host.name)  # nothing in memory: all from the kernel
+    fresh = natmap.NatMap(netns=sandbox.host.name, backend=nm.backend)  # nothing in memory
     assert lines(fresh.port("web01")) == [
         "53/udp -> 0.0.0.0:53", "53/udp -> [::]:53",
         "5000/tcp -> 0.0.0.0:8080", "5000/tcp -> 127.0.0.1:5001", "5000/tcp -> [::]:8080"]
@@ -143,13 +140,13 @@ def test_port_reads_back_from_the_kernel_in_docker_order(sandbox, nm, web):
     assert fresh.bindings() == nm.bindings()
 
 
-def test_conflicts_are_refused_and_nothing_is_applied(sandbox, nm, web):
+def test_conflicts_are_refused_and_nothing_is_applied(sandbox, nm, backend, web):
     other = sandbox.container("db01")
     nm.publish(web.endpoint(), ["127.0.0.1:8080:5000"])
-    before = table_json(sandbox)
+    before = kernel_state(sandbox, backend)
     with pytest.raises(ConflictError, match="'db01'.*'web01'"):
         nm.publish(other.endpoint(), ["9000:5432", "8080:5432"])
-    assert table_json(sandbox) == before
+    assert kernel_state(sandbox, backend) == before
 
 
 def test_a_name_already_used_by_another_address_is_a_conflict(sandbox, nm, web):
@@ -160,34 +157,35 @@ def test_a_name_already_used_by_another_address_is_a_conflict(sandbox, nm, web):
         nm.publish(impostor, ["9090:5000"])
 
 
-def test_a_failing_transaction_leaves_the_kernel_as_it_was(sandbox, nm, web):
+def test_a_failing_transaction_leaves_the_kernel_as_it_was(sandbox, nm, backend, web):
     other = sandbox.container("db01")
     nm.publish(web.endpoint(), ["8080:5000"])
     nm.publish(other.endpoint(), ["5432:5432"])
     # A conflict found late: the first publish of the transaction was fine.
-    before = table_json(sandbox)
+    before = kernel_state(sandbox, backend)
     with pytest.raises(ConflictError):
         with nm.transaction() as tx:
             tx.publish(web.endpoint(), ["8081:5000"])
             tx.unpublish("db01")
             tx.publish(other.endpoint(), ["8080:5432"])
-    assert table_json(sandbox) == before
-    # An element the kernel refuses: someone deleted one behind natmap's back
-    # while the transaction was open, so deleting it again fails in the kernel.
+    assert kernel_state(sandbox, backend) == before
+    # A change the kernel refuses: someone deleted a binding behind natmap's
+    # back while the transaction was open, so deleting it again fails there.
+    victim = nm.port("db01")[0]
     with pytest.raises(BackendError):
         with nm.transaction() as tx:
             tx.publish(web.endpoint(), ["8082:5000"])
             tx.unpublish("db01")
-            sandbox.host.run(["nft", "delete", "element", "inet", "natmap", "dnat4_any",
-                              "{ tcp . 5432 }"], check=True)
-            before = table_json(sandbox)
-    assert table_json(sandbox) == before
+            assert nm.port("db01") == [victim, *nm.port("db01")[1:]]  # reads see the kernel
+            delete_behind_natmaps_back(sandbox, backend, victim)
+            before = kernel_state(sandbox, backend)
+    assert kernel_state(sandbox, backend) == before
     # natmap re-reads the kernel afterwards and agrees with it.
     assert lines(nm.port("db01")) == ["5432/tcp -> [::]:5432"]
     assert lines(nm.port("web01", 5000)) == ["5000/tcp -> 0.0.0.0:8080", "5000/tcp -> [::]:8080"]
 
 
-def test_one_transaction_applies_many_changes_at_once(sandbox, nm, web, client):
+def test_one_transaction_applies_many_changes_at_once(sandbox, nm, backend, web, client):
     db = sandbox.container("db01")
     db.serve(5432)
     generation = sandbox.host.call(natmap.netlink.nft_generation)
@@ -196,22 +194,24 @@ def test_one_transaction_applies_many_changes_at_once(sandbox, nm, web, client):
         tx.publish(db.endpoint(), ["5432:5432"])
         tx.unpublish("web01")
         tx.publish(web.endpoint(), ["8081:5000"])
-    # The table's skeleton and the change: one transaction.
-    assert sandbox.host.call(natmap.netlink.nft_generation) == generation + 1
+    if backend == "nft":  # the table's skeleton and the change: one nftables transaction
+        assert sandbox.host.call(natmap.netlink.nft_generation) == generation + 1
     assert client.request(sandbox.outside_ip, 8081) == "web01 192.0.2.2"
     assert client.request(sandbox.outside_ip, 5432) == "db01 192.0.2.2"
     assert client.request(sandbox.outside_ip, 8080, timeout=0.5) is None
     generation = sandbox.host.call(natmap.netlink.nft_generation)
     nm.publish(web.endpoint(), ["8082:5000"])
-    assert sandbox.host.call(natmap.netlink.nft_generation) == generation + 1
+    if backend == "nft":
+        assert sandbox.host.call(natmap.netlink.nft_generation) == generation + 1
 
 
-def test_plan_shows_the_change_as_nft_text_and_applies_nothing(sandbox, nm, web, client):
+def test_plan_shows_the_change_as_nft_text_and_applies_nothing(sandbox, web):
+    nm = natmap.NatMap(netns=sandbox.host.name)
     text = nm.plan(web.endpoint(), ["8080:5000"])
     assert "add table inet natmap" in text
     assert 'add element inet natmap dnat4_any { tcp . 8080 comment "web01" : 172.30.0.2 . 5000 }' in text
     assert 'add element inet natmap dnat6_any { tcp . 8080 comment "web01" : fd00:30::2 . 5000 }' in text
-    assert table_json(sandbox) == ""
+    assert kernel_state(sandbox, "nft") == ""
     # The text is exactly what publishing does: nft -f of it gives the same table.
     sandbox.host.run(["nft", "-f", "-"], input=text, check=True)
     assert lines(nm.port("web01")) == ["5000/tcp -> 0.0.0.0:8080", "5000/tcp -> [::]:8080"]
@@ -227,14 +227,30 @@ def test_bad_endpoints_are_refused_before_anything_is_applied(sandbox, nm, web):
         nm.port("web01")
 
 
-def test_instances_with_different_tables_and_other_programs_tables_are_independent(sandbox, web, client):
-    sandbox.host.run(["nft", "-f", "-"], check=True, input=(
-        "add table inet other\n"
-        "add chain inet other c { type filter hook input priority 0 ; }\n"
-        "add rule inet other c tcp dport 1 counter\n"))
-    other_before = table_json(sandbox, "other")
-    lab1 = natmap.NatMap(table="lab1", netns=sandbox.host.name)
-    lab2 = natmap.NatMap(table="lab2", netns=sandbox.host.name)
+OTHER_PROGRAM = {
+    "nft": ["nft", "-f", "-"],
+    "iptables": ["iptables-legacy-restore", "--noflush"],
+}
+OTHER_RULES = {
+    "nft": ("add table inet other\n"
+            "add chain inet other c { type filter hook input priority 0 ; }\n"
+            "add rule inet other c tcp dport 1 counter\n"),
+    "iptables": "*nat\n:OTHER - [0:0]\n-A OTHER -p tcp --dport 1 -j RETURN\n-A PREROUTING -j OTHER\nCOMMIT\n",
+}
+
+
+def other_programs_rules(sb, backend):
+    if backend == "nft":
+        return kernel_state(sb, "nft", "other")
+    return "\n".join(l for l in kernel_state(sb, "iptables").splitlines() if "OTHER" in l)
+
+
+def test_instances_with_different_tables_and_other_programs_rules_are_independent(sandbox, backend, web, client):
+    sandbox.host.run(OTHER_PROGRAM[backend], check=True, input=OTHER_RULES[backend])
+    other_before = other_programs_rules(sandbox, backend)
+    assert other_before
+    lab1 = natmap.NatMap(table="lab1", netns=sandbox.host.name, backend=backend)
+    lab2 = natmap.NatMap(table="lab2", netns=sandbox.host.name, backend=backend)
     lab1.publish(web.endpoint(), ["8080:5000"])
     lab2.publish(web.endpoint(), ["9090:5000"])
     assert [str(b) for b in lab1.bindings()] == ["0.0.0.0:8080", "[::]:8080"]
@@ -243,8 +259,10 @@ def test_instances_with_different_tables_and_other_programs_tables_are_independe
     assert client.request(sandbox.outside_ip, 9090) == "web01 192.0.2.2"
     assert client.request(sandbox.outside_ip, 8080, timeout=0.5) is None
     lab2.remove()
-    assert table_json(sandbox, "lab2") == ""
-    assert table_json(sandbox, "other") == other_before
+    with pytest.raises(TableMissingError):
+        lab2.bindings()
+    assert lab1.bindings() == []
+    assert other_programs_rules(sandbox, backend) == other_before
 
 
 def test_a_natmap_refuses_calls_from_another_namespace(sandbox, web):

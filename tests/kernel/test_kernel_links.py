@@ -4,10 +4,7 @@ containers on one bridge. Root only."""
 import pytest
 
 import natmap
-
-
-def table_json(sb, table="natmap"):
-    return sb.host.run(["nft", "-j", "list", "table", "inet", table]).stdout
+from conftest import kernel_state
 
 
 @pytest.fixture
@@ -89,7 +86,7 @@ def test_links_are_read_back_from_the_kernel(sandbox, nm, trio):
         tx.isolate(sandbox.bridge)
         tx.link(web02.endpoint(), db_endpoint(db), "db")
         tx.link(web03.endpoint(), db_endpoint(db), "database")
-    fresh = natmap.NatMap(netns=sandbox.host.name)
+    fresh = natmap.NatMap(netns=sandbox.host.name, backend=nm.backend)
     links = fresh.links()
     assert [str(l) for l in links] == ["web02 -> db01:db", "web03 -> db01:database"]
     assert links[0].ports == ((5432, natmap.Protocol.TCP), (5432, natmap.Protocol.UDP))
@@ -97,15 +94,15 @@ def test_links_are_read_back_from_the_kernel(sandbox, nm, trio):
     assert links[0].env == natmap.link_env("web02", "db", db.ip, ["5432/tcp", "5432/udp"])
 
 
-def test_a_failing_link_transaction_changes_nothing(sandbox, nm, trio):
+def test_a_failing_link_transaction_changes_nothing(sandbox, nm, backend, trio):
     db, web02, _ = trio
     nm.link(web02.endpoint(), db_endpoint(db), "db")
-    before = table_json(sandbox)
+    before = kernel_state(sandbox, backend)
     with pytest.raises(natmap.ConflictError, match="already linked"):
         with nm.transaction() as tx:
             tx.isolate(sandbox.bridge)
             tx.link(web02.endpoint(), db_endpoint(db), "other")
-    assert table_json(sandbox) == before
+    assert kernel_state(sandbox, backend) == before
 
 
 def test_isolating_refuses_while_ipv6_loopback_bindings_exist(sandbox, nm, trio):

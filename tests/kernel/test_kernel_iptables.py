@@ -1,0 +1,80 @@
+"""What only the iptables backend has to prove: commits across tables roll
+back, jumps stay single, other programs' chains stay as they were. Root only."""
+
+import pytest
+
+import natmap
+from conftest import delete_behind_natmaps_back, kernel_state
+
+
+@pytest.fixture
+def ipt(sandbox):
+    with natmap.NatMap(netns=sandbox.host.name, backend="iptables") as instance:
+        yield instance
+
+
+def saved(sb, table):
+    return sb.host.run(["iptables-legacy-save", "-t", table]).stdout + \
+        sb.host.run(["ip6tables-legacy-save", "-t", table]).stdout
+
+
+def test_a_failure_in_the_second_table_rolls_the_first_back(sandbox, ipt):
+    db, web = sandbox.container("db01"), sandbox.container("web02")
+    ipt.publish(db.endpoint(expose=["5432"]), ["5432:5432"])
+    ipt.isolate(sandbox.bridge)
+    ipt.link(web.endpoint(), db.endpoint(expose=["5432"]), "db")
+    db.serve(5432)
+    assert web.request(db.ip, 5432) is not None
+    # Unpublishing db01 removes its link (filter, committed first) and its
+    # bindings (nat, committed second); a binding gone behind natmap's back
+    # makes the nat commit fail, so the filter commit must be undone.
+    delete_behind_natmaps_back(sandbox, "iptables", ipt.port("db01")[0])
+    before = kernel_state(sandbox, "iptables")
+    with pytest.raises(natmap.BackendError, match="refused the change in table nat"):
+        ipt.unpublish("db01")
+    assert kernel_state(sandbox, "iptables") == before
+    assert [str(link) for link in ipt.links()] == ["web02 -> db01:db"]
+    assert web.request(db.ip, 5432) is not None  # the link still works
+
+
+def test_jumps_to_natmaps_chains_are_never_duplicated(sandbox, ipt):
+    web = sandbox.container("web01")
+    for round in range(10):
+        ipt.publish(web.endpoint(), [f"{8000 + round}:80"])
+        ipt.unpublish("web01")
+        if round % 3 == 0:
+            ipt.remove()
+    ipt.publish(web.endpoint(), ["8080:80"])
+    for table, chain, target in [("nat", "PREROUTING", "NATMAP-DNAT"), ("nat", "OUTPUT", "NATMAP-DNAT"),
+                                 ("nat", "POSTROUTING", "NATMAP-POSTROUTING"),
+                                 ("filter", "FORWARD", "NATMAP-FORWARD"), ("raw", "PREROUTING", "NATMAP-GUARD")]:
+        rules = [line for line in saved(sandbox, table).splitlines()
+                 if line.startswith(f"-A {chain} ") and line.endswith(f"-j {target}")]
+        assert len(rules) == 2, (table, chain, rules)  # once for IPv4, once for IPv6
+
+
+def test_other_programs_chains_in_the_same_tables_are_untouched(sandbox, ipt):
+    sandbox.host.run(["iptables-legacy-restore", "--noflush"], check=True, input=(
+        "*nat\n:DOCKER - [0:0]\n-A DOCKER -p tcp --dport 7 -j RETURN\n-A PREROUTING -j DOCKER\nCOMMIT\n"
+        "*filter\n:DOCKER-USER - [0:0]\n-A DOCKER-USER -j RETURN\n-A FORWARD -j DOCKER-USER\nCOMMIT\n"))
+
+    def theirs():
+        return [line for table in ("nat", "filter") for line in saved(sandbox, table).splitlines()
+                if "DOCKER" in line]
+    before = theirs()
+    web = sandbox.container("web01")
+    ipt.publish(web.endpoint(), ["8080:80"])
+    ipt.isolate(sandbox.bridge)
+    ipt.unpublish("web01")
+    ipt.remove()
+    assert theirs() == before
+    assert "NATMAP" not in saved(sandbox, "nat") + saved(sandbox, "filter") + saved(sandbox, "raw")
+
+
+def test_plan_shows_iptables_commands_and_applies_nothing(sandbox, ipt):
+    web = sandbox.container("web01")
+    text = ipt.plan(web.endpoint(), ["127.0.0.1:8080:5000"])
+    assert ("iptables -t nat -I NATMAP-DNAT -d 127.0.0.1 -p tcp -m tcp --dport 8080 -m comment "
+            '--comment "web01" -j DNAT --to-destination 172.30.0.2:5000') in text.splitlines()
+    assert "iptables -t nat -N NATMAP-DNAT" in text.splitlines()
+    assert "NATMAP" not in saved(sandbox, "nat")
