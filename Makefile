@@ -17,7 +17,7 @@ demo: deps
 	$(BIN)/python examples/tutorial.py
 
 bench: deps
-	$(BIN)/python bench/engine_scale.py
+	$(BIN)/python bench/bench.py
 
 deps: debs venv
 

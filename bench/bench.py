@@ -1,0 +1,397 @@
+"""natmap's benchmarks: `make bench` (root; everything inside sandbox namespaces).
+
+Prints tables and ratios measured in this one run (these machines are noisy:
+absolute times are for orientation, ratios are the point; each figure is the
+median of several runs) and writes bench/RESULTS.md.
+
+1. full apply: publish N bindings (40 ports an endpoint) in one call, vs the
+   floor (the same rule set as hand-written nft text, applied by one `nft -f`
+   process and by one in-process libnftables call), vs the Docker way (one
+   `iptables` process per rule), vs natmap's iptables backend;
+2. incremental: publish / unpublish one port with N present, vs the floor
+   (one element added / deleted in-process);
+3. teardown: unpublish an endpoint with 1,000 ports, vs publishing it;
+4. packet path: new flows a second that the host DNATs, N = 1 and 10,000;
+5. start-up: `import natmap` and `natmap port NAME` as processes;
+6. memory: peak RSS publishing 10,000 bindings, and processes left behind.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import platform
+import resource
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import natmap
+from natmap.backends.nft import skeleton
+from natmap.sandbox import Sandbox
+
+PORTS = 40                       # per endpoint, as in the issue
+FIRST_HOST_PORT = 10000
+RESULTS = Path(__file__).with_name("RESULTS.md")
+NATMAP_CLI = str(Path(sys.executable).with_name("natmap"))
+QUICK = os.environ.get("BENCH_QUICK") == "1"   # a smoke run: fewer repeats
+REPEATS = 1 if QUICK else 3
+report: list[str] = []
+
+
+def out(line: str = "") -> None:
+    print(line, flush=True)
+    report.append(line)
+
+
+def median_time(fn, repeats: int = REPEATS, setup=None) -> float:
+    times = []
+    for _ in range(repeats):
+        if setup:
+            setup()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def endpoints(n: int, bridge: str) -> list[tuple[natmap.Endpoint, str]]:
+    """Enough endpoints for n bindings, each with its range spec."""
+    base = ipaddress.IPv4Address("172.30.1.0")
+    made = []
+    for i in range((n + PORTS - 1) // PORTS):
+        count = min(PORTS, n - i * PORTS)
+        first = FIRST_HOST_PORT + i * PORTS
+        made.append((natmap.Endpoint(f"ep{i}", base + i, bridge),
+                     f"{first}-{first + count - 1}:1-{count}"))
+    return made
+
+
+def publish_all(nm: natmap.NatMap, eps) -> None:
+    with nm.transaction() as tx:
+        for endpoint, spec in eps:
+            tx.publish(endpoint, [spec])
+
+
+def floor_text(table: str, eps) -> str:
+    """The same rule set, written by hand: the skeleton and one element each."""
+    elements = []
+    for endpoint, spec in eps:
+        first = int(spec.split("-")[0])
+        count = int(spec.split(":")[1].split("-")[1])
+        elements += [f'tcp . {first + i} comment "{endpoint.name}" : {endpoint.ip} . {i + 1}' for i in range(count)]
+    return (skeleton(table) + f'add element inet {table} bridges {{ "natmap0" }}\n'
+            f"add element inet {table} subnets4 {{ 172.30.0.0/16 }}\n"
+            f"add element inet {table} dnat4_any {{ {', '.join(elements)} }}\n")
+
+
+def docker_way_rules(eps) -> list[list[str]]:
+    """What Docker runs: one iptables process per rule."""
+    rules = []
+    for endpoint, spec in eps:
+        first = int(spec.split("-")[0])
+        count = int(spec.split(":")[1].split("-")[1])
+        rules += [["iptables-legacy", "-w", "-t", "nat", "-A", "DOCKER", "-p", "tcp", "--dport", str(first + i),
+                   "-j", "DNAT", "--to-destination", f"{endpoint.ip}:{i + 1}"] for i in range(count)]
+    return rules
+
+
+# --- 1. full apply ---------------------------------------------------------------------
+
+
+def full_apply(sb: Sandbox) -> dict:
+    import nftables
+
+    sizes = [1, 100, 1000] if QUICK else [1, 100, 1000, 10000]
+    out("## 1. Full apply: N bindings in one call (median, ms)")
+    out()
+    out("| N | natmap nft | floor `nft -f` | floor in-process | ratio to in-process | Docker way (process per rule) | natmap iptables |")
+    out("|---|---|---|---|---|---|---|")
+    results = {}
+    for n in sizes:
+        eps = endpoints(n, sb.bridge)
+        nm = natmap.NatMap(table="bench", netns=sb.host.name)
+        natmap_s = median_time(lambda: publish_all(nm, eps), setup=lambda: _clean(nm))
+        text = floor_text("floor", eps)
+        path = Path(f"/tmp/natmap-bench-{os.getpid()}.nft")
+        path.write_text(text)
+        drop_floor = lambda: sb.host.run(["nft", "delete", "table", "inet", "floor"])  # noqa: E731
+        nft_f = median_time(lambda: sb.host.run(["nft", "-f", str(path)], check=True), setup=drop_floor)
+        lib = sb.host.call(nftables.Nftables)
+        in_process = median_time(lambda: sb.host.call(lib.cmd, text), setup=drop_floor)
+        drop_floor()
+        path.unlink()
+        docker = _docker_way(sb, eps) if n <= 1000 else None
+        ipt = natmap.NatMap(table="bench", netns=sb.host.name, backend="iptables")
+        ipt_s = median_time(lambda: publish_all(ipt, eps), setup=lambda: _clean(ipt),
+                            repeats=1 if n >= 10000 else REPEATS)
+        _clean(ipt)
+        _clean(nm)
+        results[n] = dict(natmap=natmap_s, nft_f=nft_f, floor=in_process, docker=docker, iptables=ipt_s)
+        docker_text = f"{docker * 1000:.0f}" if docker else f"~{_extrapolate(results, n):.0f} (extrapolated)"
+        out(f"| {n} | {natmap_s * 1000:.1f} | {nft_f * 1000:.1f} | {in_process * 1000:.1f} | "
+            f"{natmap_s / in_process:.2f}x | {docker_text} | {ipt_s * 1000:.0f} |")
+    out()
+    return results
+
+
+def _clean(nm: natmap.NatMap) -> None:
+    try:
+        nm.remove()
+    except natmap.NatmapError:
+        pass
+
+
+def _docker_way(sb: Sandbox, eps) -> float:
+    def setup():
+        sb.host.run(["iptables-legacy", "-w", "-t", "nat", "-F"])
+        sb.host.run(["iptables-legacy", "-w", "-t", "nat", "-X", "DOCKER"])
+        sb.host.run(["iptables-legacy", "-w", "-t", "nat", "-N", "DOCKER"], check=True)
+
+    rules = docker_way_rules(eps)
+    elapsed = median_time(lambda: [sb.host.run(r, check=True) for r in rules], setup=setup, repeats=1)
+    setup()
+    return elapsed
+
+
+def _extrapolate(results: dict, n: int) -> float:
+    per_rule = results[1000]["docker"] / 1000
+    return per_rule * n * 1000
+
+
+# --- 2 and 3. incremental and teardown ---------------------------------------------------
+
+
+def incremental(sb: Sandbox) -> dict:
+    import nftables
+
+    out("## 2. Incremental: one more port with N present (median of 30, ms)")
+    out()
+    out("| N | natmap publish | natmap unpublish | floor add element | floor delete element |")
+    out("|---|---|---|---|---|")
+    results = {}
+    extra = natmap.Endpoint("extra", "172.30.200.1", sb.bridge)
+    lib = sb.host.call(nftables.Nftables)
+    for n in [10, 1000, 10000]:
+        nm = natmap.NatMap(table="bench", netns=sb.host.name)
+        publish_all(nm, endpoints(n, sb.bridge))
+        add, delete, floor_add, floor_delete = [], [], [], []
+        element = "tcp . 60001"
+        rounds = 10 if QUICK else 30
+        # natmap first, then the floor: a floor commit in between would make
+        # natmap (rightly) read the table again, as after any foreign change.
+        for _ in range(rounds):
+            add.append(_timed(lambda: nm.publish(extra, ["60000:80"])))
+            delete.append(_timed(lambda: nm.unpublish("extra")))
+        for _ in range(rounds):
+            floor_add.append(_timed(lambda: sb.host.call(
+                lib.cmd, f'add element inet bench dnat4_any {{ {element} comment "x" : 172.30.200.1 . 80 }}')))
+            floor_delete.append(_timed(lambda: sb.host.call(
+                lib.cmd, f"delete element inet bench dnat4_any {{ {element} }}")))
+        row = {k: statistics.median(v) for k, v in
+               dict(add=add, delete=delete, floor_add=floor_add, floor_delete=floor_delete).items()}
+        results[n] = row
+        out(f"| {n} | {row['add'] * 1000:.2f} | {row['delete'] * 1000:.2f} | "
+            f"{row['floor_add'] * 1000:.2f} | {row['floor_delete'] * 1000:.2f} |")
+        _clean(nm)
+    out()
+    out("Floor calls run on a thread inside the namespace (about 0.1 ms of that is the thread);"
+        " natmap's unpublish includes removing the binding's conntrack entries, which walks the"
+        " kernel's conntrack hash.")
+    out()
+    return results
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def teardown(sb: Sandbox) -> dict:
+    out("## 3. Teardown: an endpoint with 1,000 ports (median, ms)")
+    out()
+    big = natmap.Endpoint("big", "172.30.100.1", sb.bridge)
+    nm = natmap.NatMap(table="bench", netns=sb.host.name)
+    publish = median_time(lambda: nm.publish(big, ["20000-20999:1-1000"]), setup=lambda: nm.unpublish("big"))
+    unpublish = median_time(lambda: nm.unpublish("big"), setup=lambda: nm.publish(big, ["20000-20999:1-1000"]))
+    _clean(nm)
+    out(f"publish {publish * 1000:.1f} ms, unpublish {unpublish * 1000:.1f} ms: ratio {unpublish / publish:.2f}x")
+    out()
+    return dict(publish=publish, unpublish=unpublish)
+
+
+# --- 4. packet path -----------------------------------------------------------------------
+
+
+def packet_path(sb: Sandbox) -> dict:
+    """New UDP flows (each a fresh source port) sent from a client through the
+    host's DNAT to a container: the sender's rate is bounded by the host's work
+    per new flow, which is done in the sending call on this machine."""
+    out("## 4. Packet path: new flows a second the host DNATs (median of 3 runs of 20,000 flows)")
+    out()
+    out("| backend | N = 1 | N = 10,000 | ratio |")
+    out("|---|---|---|---|")
+    container = sb.container("sink")
+    client = sb.client("sender")
+    results = {}
+    for backend in ("nft", "iptables"):
+        rates = {}
+        for n in (1, 10000):
+            nm = natmap.NatMap(table="bench", netns=sb.host.name, backend=backend)
+            eps = endpoints(n, sb.bridge) if n > 1 else []
+            with nm.transaction() as tx:
+                for endpoint, spec in eps:
+                    tx.publish(endpoint, [spec])
+                # The measured port is published last: the iptables rule walked last.
+                tx.publish(container.endpoint(ipv6=False), ["9999:9"])
+            runs = []
+            for _ in range(REPEATS):
+                sb.host.run(["conntrack", "-F"])
+                runs.append(client.call(_send_new_flows, str(sb.outside_ip), 9999, 5000 if QUICK else 20000))
+            rates[n] = statistics.median(runs)
+            _clean(nm)
+        results[backend] = rates
+        out(f"| {backend} | {rates[1]:,.0f} | {rates[10000]:,.0f} | {rates[10000] / rates[1]:.2f}x |")
+    out()
+    return results
+
+
+def _send_new_flows(host: str, port: int, count: int) -> float:
+    """UDP datagrams from `count` different source ports (checksum 0: none), each a new flow."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+    packets = [struct.pack("!HHHH", 20000 + i % 40000, port, 8, 0) for i in range(count)]
+    start = time.perf_counter()
+    for packet in packets:
+        sock.sendto(packet, (host, 0))
+    elapsed = time.perf_counter() - start
+    sock.close()
+    return count / elapsed
+
+
+# --- 5 and 6. start-up, memory, processes -------------------------------------------------------
+
+
+def startup(sb: Sandbox) -> dict:
+    out("## 5. Start-up as whole processes (median of 5, ms)")
+    out()
+    web = sb.container("startup")
+    natmap.NatMap(netns=sb.host.name).publish(web.endpoint(), ["8080:80"])
+    python = median_time(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), repeats=5)
+    imported = median_time(lambda: subprocess.run([sys.executable, "-c", "import natmap"], check=True), repeats=5)
+    port = median_time(lambda: subprocess.run([NATMAP_CLI, "port", "startup", "--netns", sb.host.name],
+                                              check=True, capture_output=True), repeats=5)
+    read = median_time(lambda: sb.host.run(["nft", "-j", "list", "table", "inet", "natmap"], check=True), repeats=5)
+    heavy = subprocess.run([sys.executable, "-c", "import sys, natmap; print(sorted({m.split('.')[0] for m in "
+                            "sys.modules} & {'pyroute2', 'iptc', 'nftables'}))"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    out(f"`python -c pass` {python * 1000:.0f} ms; `import natmap` {imported * 1000:.0f} ms "
+        f"(kernel libraries imported: {heavy}); `natmap port NAME` {port * 1000:.0f} ms; "
+        f"the kernel read alone (`nft -j list table`) {read * 1000:.0f} ms.")
+    out(f"`natmap port` / (python start + kernel read): {port / (python + read):.2f}x")
+    out()
+    return dict(python=python, imported=imported, port=port, read=read)
+
+
+def memory(sb: Sandbox) -> dict:
+    out("## 6. Memory and processes")
+    out()
+    code = (
+        "import resource, sys, ipaddress, natmap\n"
+        "nm = natmap.NatMap(table='mem', netns=sys.argv[1])\n"
+        "with nm.transaction() as tx:\n"
+        "    for i in range(250):\n"
+        "        ep = natmap.Endpoint(f'ep{i}', ipaddress.IPv4Address('172.30.1.0') + i, 'natmap0')\n"
+        "        tx.publish(ep, [f'{10000 + 40 * i}-{10039 + 40 * i}:1-40'])\n"
+        "assert len(nm.bindings()) == 10000\n"
+        "nm.remove()\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n")
+    before = _children()
+    rss_kb = int(subprocess.run([sys.executable, "-c", code, sb.host.name], capture_output=True, text=True,
+                                check=True).stdout)
+    left = _children() - before
+    out(f"peak RSS publishing 10,000 bindings (a whole process): {rss_kb / 1024:.0f} MB; "
+        f"processes left running afterwards: {len(left)}")
+    out()
+    return dict(rss_mb=rss_kb / 1024, left=len(left))
+
+
+def _children() -> set[int]:
+    me = os.getpid()
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == me:
+                found.add(int(entry))
+    return found
+
+
+# --- the verdict -------------------------------------------------------------------------------
+
+
+def targets(full: dict, inc: dict, tear: dict, path: dict, start: dict, mem: dict) -> None:
+    out("## Targets")
+    out()
+    biggest = max(full)
+    checks = [
+        (f"full apply of {biggest:,} bindings <= 1.5x the in-process floor",
+         full[biggest]["natmap"] / full[biggest]["floor"], 1.5),
+        ("one more port with 10,000 present <= 1.5x with 10 present",
+         inc[10000]["add"] / inc[10]["add"], 1.5),
+        ("one more port with 10,000 present <= 2 ms", inc[10000]["add"] * 1000, 2.0),
+        ("unpublishing 1,000 ports <= 2x publishing them", tear["unpublish"] / tear["publish"], 2.0),
+        ("nft new-flow rate at N=10,000 >= 0.9x N=1 (shown as N=1/N=10,000 <= 1.11)",
+         path["nft"][1] / path["nft"][10000], 1 / 0.9),
+        ("`natmap port` <= 2x (python start + kernel read)", start["port"] / (start["python"] + start["read"]), 2.0),
+        ("peak RSS for 10,000 bindings < 150 MB", mem["rss_mb"], 150),
+        ("processes left running == 0", mem["left"], 0),
+    ]
+    out("| target | measured | limit | holds |")
+    out("|---|---|---|---|")
+    for name, value, limit in checks:
+        out(f"| {name} | {value:.2f} | {limit:.2f} | {'yes' if value <= limit else 'NO'} |")
+    out()
+
+
+def main() -> None:
+    if os.geteuid() != 0:
+        raise SystemExit("the benchmarks run in network namespaces: run them as root (make bench)")
+    started = time.monotonic()
+    out(f"# natmap benchmarks, {datetime.date.today().isoformat()}")
+    out()
+    out(f"Machine: {platform.node()}, {os.cpu_count()} vCPU, Linux {platform.release()}, "
+        f"Python {platform.python_version()}, nftables {_version(['nft', '--version'])}, "
+        f"iptables {_version(['iptables-legacy', '--version'])}. "
+        f"Medians of {REPEATS} runs unless said otherwise; ratios are from this one run.")
+    out()
+    with Sandbox(subnet="172.30.0.0/16", subnet6=None) as sb:
+        full = full_apply(sb)
+        inc = incremental(sb)
+        tear = teardown(sb)
+        path = packet_path(sb)
+        start = startup(sb)
+        mem = memory(sb)
+        targets(full, inc, tear, path, start, mem)
+    out(f"Whole run: {time.monotonic() - started:.0f} s.")
+    RESULTS.write_text("\n".join(report) + "\n")
+    print(f"\nwritten to {RESULTS}")
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True).stdout.split()[1]
+    except (OSError, IndexError):
+        return "?"
+
+
+if __name__ == "__main__":
+    main()
