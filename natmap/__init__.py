@@ -6,12 +6,10 @@ Importing natmap loads no kernel library: pyroute2, python-iptables and
 libnftables are imported only when a backend needs them.
 """
 
-from .config import Config
 from .engine import NatMap, TableMissingError, Transaction
 from .errors import BackendError, ConflictError, NatmapError, NotFoundError, SpecError
 from .links import Link, hosts_line, link_env
 from .plan import Binding, Bridge, Change, Endpoint, Isolation
-from .sandbox import Sandbox
 from .spec import LinkSpec, PortRange, PortSpec, Protocol, validate_name
 
 __all__ = [
@@ -41,3 +39,17 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # Imported on first use: they pull in tomllib, subprocess and threads,
+    # which `import natmap` (and `natmap port`) do not need.
+    if name == "Config":
+        from .config import Config
+
+        return Config
+    if name == "Sandbox":
+        from .sandbox import Sandbox
+
+        return Sandbox
+    raise AttributeError(f"module 'natmap' has no attribute {name!r}")

@@ -17,7 +17,6 @@ from typing import Any
 
 from . import __version__
 from .backends import BACKENDS
-from .config import Config
 from .engine import NatMap
 from .errors import NatmapError, NotFoundError, SpecError
 from .links import Link
@@ -148,10 +147,12 @@ def cmd_isolate(nm: NatMap, args: argparse.Namespace) -> Output:
 
 
 def cmd_apply(nm: NatMap, args: argparse.Namespace) -> Output:
+    
     return _change_output(nm.apply(Config.load(args.file)))
 
 
 def cmd_plan(nm: NatMap, args: argparse.Namespace) -> Output:
+    
     return _change_output(nm.diff(Config.load(args.file)))
 
 

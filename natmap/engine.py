@@ -21,17 +21,19 @@ import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import netlink
 from .backends import make_backend
 from .backends.nft import validate_table
 from .errors import BackendError, NatmapError, NotFoundError, SpecError
-from .config import Config
 from .links import Link
 from .plan import Binding, Bridge, Change, Endpoint, Isolation, PortPool, Table, validate_ifname
 from .netns import current as current_netns, entered as entered_netns
 from .spec import PortSpec, Protocol, validate_name
+
+if TYPE_CHECKING:
+    from .config import Config
 
 __all__ = ["NatMap", "Transaction", "TableMissingError"]
 
@@ -71,6 +73,7 @@ class NatMap:
         self._cache: Table | None = None
         self._generation: int | None = None
         self._missing = True
+        self._reads = 0
         self._busy = threading.Lock()
 
     # --- the API -------------------------------------------------------------------
@@ -213,8 +216,12 @@ class NatMap:
 
     def _read(self) -> Table:
         with self._ns():
-            if self._busy.locked():
-                # A transaction is changing the cached table: read the kernel itself.
+            self._reads += 1
+            if self._busy.locked() or (self._cache is None and self._reads == 1):
+                # A transaction is changing the cached table, or this is a first
+                # look (say, `natmap port` as a process): read the kernel itself.
+                # The dump is consistent on its own; only remembering it needs
+                # the generation counter (and pyroute2, slow to import).
                 missing = not self._backend.exists()
                 table = Table() if missing else self._backend.load()
             else:
@@ -238,9 +245,8 @@ class NatMap:
                 return table
         raise BackendError("the ruleset kept changing while natmap read it")
 
-    def _commit(self, table: Table) -> None:
-        """Apply ``table``'s journaled change in one transaction, or roll it back."""
-        change = table.change()
+    def _commit(self, table: Table, change: Change) -> None:
+        """Apply ``change``, ``table``'s journaled change, in one transaction, or roll it back."""
         if not change:
             table.commit()
             return
@@ -285,6 +291,7 @@ class Transaction:
         self._nm = natmap
         self._dry_run = dry_run
         self._table: Table | None = None
+        self._pool: PortPool | None = None  # read once per transaction, when first needed
         self._lock: Any = None
         self.change = Change()  # what the transaction did (or, dry, would do)
         self.text = ""          # the same as nft text, for a dry run
@@ -312,7 +319,7 @@ class Transaction:
             else:
                 self.change = table.change()
                 with self._nm._ns():
-                    self._nm._commit(table)
+                    self._nm._commit(table, self.change)
         finally:
             self._table = None
             self._lock.__exit__(None, None, None)
@@ -331,8 +338,10 @@ class Transaction:
         table = self._require()
         with self._nm._ns():
             bridge = self._nm._bridge(endpoint)
+            if self._pool is None:
+                self._pool = self._nm._pool()
             made = table.publish(endpoint, parsed, publish_all=publish_all,
-                                 pool=self._nm._pool(), bridge=bridge, prefer=prefer)
+                                 pool=self._pool, bridge=bridge, prefer=prefer)
             if any(b.host_ip == _LOOPBACK6 for b in made) and netlink.bridged_ipv6_hooked():
                 raise NatmapError(_NO_LOOPBACK6)
             return made

@@ -7,7 +7,6 @@ one on the calling thread only for the length of a call and always goes back.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +15,7 @@ from .errors import NatmapError
 
 _CLONE_NEWNET = 0x40000000
 _SELF = "/proc/thread-self/ns/net"
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)  # find_library would run ldconfig
 
 
 def current() -> tuple[int, int]:

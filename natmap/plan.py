@@ -15,7 +15,7 @@ import ipaddress
 import itertools
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TypeVar
 
@@ -96,21 +96,29 @@ class Binding:
     host_port: int
     container_ip: IPAddress
     container_port: int
+    # Derived once: tables hash bindings and keys a great deal, and hashing an
+    # ipaddress object is slow (it formats the address as hex).
+    key: tuple[int, int, Protocol, int] = field(init=False, repr=False, compare=False)
+    _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("host_ip", "container_ip"):
             value = getattr(self, name)
-            if isinstance(value, str):
+            if not isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
                 object.__setattr__(self, name, ipaddress.ip_address(value))
-        object.__setattr__(self, "proto", Protocol(self.proto))
+        if type(self.proto) is not Protocol:
+            object.__setattr__(self, "proto", Protocol(self.proto))
+        # What the kernel looks a packet up by: host address, protocol, port.
+        key = (self.host_ip.version, int(self.host_ip), self.proto, self.host_port)
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "_hash", hash((key, self.endpoint, int(self.container_ip),
+                                                self.container_port)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def __str__(self) -> str:
         return f"{format_ip(self.host_ip)}:{self.host_port}"
-
-    @property
-    def key(self) -> tuple[IPAddress, Protocol, int]:
-        """What the kernel looks a packet up by: host address, protocol, port."""
-        return (self.host_ip, self.proto, self.host_port)
 
     @property
     def version(self) -> int:
@@ -201,7 +209,7 @@ class Table:
 
     def __init__(self, items: Iterable[Item] = ()) -> None:
         self._by_key: dict[tuple, Binding] = {}
-        self._by_port: dict[tuple, dict[IPAddress, Binding]] = {}
+        self._by_port: dict[tuple, dict[int, Binding]] = {}  # inner key: int(host address)
         self._by_endpoint: dict[str, dict[tuple, Binding]] = {}
         self._by_container: dict[IPAddress, str] = {}
         self.bridges: dict[str, Bridge] = {}
@@ -235,7 +243,7 @@ class Table:
 
     def _holder(self, host_ip: IPAddress, proto: Protocol, port: int) -> Binding | None:
         same_port = self._by_port.get((host_ip.version, proto, port), {})
-        exact = same_port.get(host_ip)
+        exact = same_port.get(int(host_ip))
         if exact is not None:
             return exact
         for other in same_port.values():  # one per address bound on this port: few
@@ -464,14 +472,14 @@ class Table:
 
     def _insert(self, binding: Binding) -> None:
         self._by_key[binding.key] = binding
-        self._by_port.setdefault((binding.version, binding.proto, binding.host_port), {})[binding.host_ip] = binding
+        self._by_port.setdefault((binding.version, binding.proto, binding.host_port), {})[binding.key[1]] = binding
         self._by_endpoint.setdefault(binding.endpoint, {})[binding.key] = binding
         self._by_container[binding.container_ip] = binding.endpoint
 
     def _remove(self, binding: Binding) -> None:
         del self._by_key[binding.key]
         port_key = (binding.version, binding.proto, binding.host_port)
-        del self._by_port[port_key][binding.host_ip]
+        del self._by_port[port_key][binding.key[1]]
         if not self._by_port[port_key]:
             del self._by_port[port_key]
         del self._by_endpoint[binding.endpoint][binding.key]
