@@ -147,12 +147,14 @@ def cmd_isolate(nm: NatMap, args: argparse.Namespace) -> Output:
 
 
 def cmd_apply(nm: NatMap, args: argparse.Namespace) -> Output:
-    
+    from .config import Config  # tomllib: only for the commands that read files
+
     return _change_output(nm.apply(Config.load(args.file)))
 
 
 def cmd_plan(nm: NatMap, args: argparse.Namespace) -> Output:
-    
+    from .config import Config
+
     return _change_output(nm.diff(Config.load(args.file)))
 
 
