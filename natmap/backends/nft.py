@@ -194,9 +194,28 @@ def change_text(table: str, change: Change) -> str:
     """The same change as nft text, one command a line (``nft -f`` reads it)."""
     lines = [f"delete element inet {table} {name} {{ {', '.join(_text_parts(e.key) for e in elements)} }}"
              for name, elements in _grouped(change.delete).items()]
+    others = tuple(item for item in change.add if not isinstance(item, Binding))
     lines += [f"add element inet {table} {name} {{ {', '.join(_text_entry(e) for e in elements)} }}"
-              for name, elements in _grouped(change.add).items()]
+              for name, elements in _grouped(others).items()]
+    lines += [f"add element inet {table} {name} {{ {', '.join(entries)} }}"
+              for name, entries in _binding_texts(change.add).items()]
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _binding_texts(items: tuple[Item, ...]) -> dict[str, list[str]]:
+    """Each binding's map element as text, by map: the same as _text_entry
+    of its _elements, written out, since a big first publish has thousands."""
+    groups: dict[str, list[str]] = {}
+    for b in items:
+        if not isinstance(b, Binding):
+            continue
+        if b.host_ip.is_unspecified:
+            name, key = f"dnat{b.version}_any", f"{b.proto.value} . {b.host_port}"
+        else:
+            name, key = f"dnat{b.version}", f"{b.host_ip} . {b.proto.value} . {b.host_port}"
+        groups.setdefault(name, []).append(
+            f'{key} comment "{b.endpoint}" : {b.container_ip} . {b.container_port}')
+    return groups
 
 
 def _text_entry(element: _Element) -> str:

@@ -1,0 +1,41 @@
+"""The nft backend's rendering, without a kernel: the text form of a change is
+complete and its fast path for bindings says the same as the general one."""
+
+import ipaddress
+
+from natmap import Binding, Endpoint, Isolation
+from natmap.backends.nft import _elements, _text_entry, change_json, change_text
+from natmap.plan import Bridge, Change, Table
+
+
+def bindings():
+    return tuple(Binding(f"ep{i}", proto, host, 8000 + i, container, 80 + i)
+                 for i, (proto, host, container) in enumerate([
+                     ("tcp", "0.0.0.0", "172.30.0.2"), ("udp", "127.0.0.1", "172.30.0.2"),
+                     ("sctp", "::", "fd00:30::2"), ("tcp", "::1", "fd00:30::2")]))
+
+
+def test_the_binding_fast_path_renders_what_the_general_path_does():
+    text = change_text("natmap", Change(add=bindings()))
+    for b in bindings():
+        (element,) = _elements(b)
+        assert f"add element inet natmap {element.set} {{ " in text
+        assert _text_entry(element) in text
+
+
+def test_a_change_renders_deletions_before_additions_in_both_forms():
+    table = Table()
+    web = Endpoint("web01", "172.30.0.2", "natmap0", ipv6="fd00:30::2", expose=["5000"])
+    bridge = Bridge("natmap0", (ipaddress.ip_network("172.30.0.0/24"), ipaddress.ip_network("fd00:30::/64")))
+    table.publish(web, [], publish_all=True, bridge=bridge)
+    table.isolate("natmap0")
+    table.commit()
+    table.unpublish("web01")
+    table.link(Endpoint("web02", "172.30.0.4", "natmap0"), web, "db")
+    change = table.change()
+    text = change_text("natmap", change).splitlines()
+    assert text[0].startswith("delete element inet natmap dnat4_any { tcp . ")
+    assert 'add element inet natmap links4 { 172.30.0.4 . 172.30.0.2 . tcp . 5000 comment "web02>web01:db" }' in text
+    commands = change_json("natmap", change)["nftables"]
+    assert [next(iter(c)) for c in commands] == ["delete", "delete", "add"]  # web02 has no IPv6
+    assert Isolation("natmap0") not in change.add
