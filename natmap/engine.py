@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["NatMap", "Transaction", "TableMissingError"]
 
 _LOOPBACK6 = ipaddress.IPv6Address("::1")
+_LOOPBACK6_KEY = (6, 1)  # Binding.key's (version, int(host address)) for ::1
 _NO_LOOPBACK6 = (
     "[::1] bindings cannot work while bridged IPv6 passes the IP hooks "
     "(net.bridge.bridge-nf-call-ip6tables=1, which isolating a bridge turns on): "
@@ -342,7 +343,7 @@ class Transaction:
                 self._pool = self._nm._pool()
             made = table.publish(endpoint, parsed, publish_all=publish_all,
                                  pool=self._pool, bridge=bridge, prefer=prefer)
-            if any(b.host_ip == _LOOPBACK6 for b in made) and netlink.bridged_ipv6_hooked():
+            if any(b.key[:2] == _LOOPBACK6_KEY for b in made) and netlink.bridged_ipv6_hooked():
                 raise NatmapError(_NO_LOOPBACK6)
             return made
 

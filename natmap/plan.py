@@ -211,7 +211,7 @@ class Table:
         self._by_key: dict[tuple, Binding] = {}
         self._by_port: dict[tuple, dict[int, Binding]] = {}  # inner key: int(host address)
         self._by_endpoint: dict[str, dict[tuple, Binding]] = {}
-        self._by_container: dict[IPAddress, str] = {}
+        self._by_container: dict[tuple[int, int], str] = {}  # (version, int(address)) -> endpoint
         self.bridges: dict[str, Bridge] = {}
         self._links: dict[tuple[str, str], Link] = {}
         self.isolated: set[str] = set()
@@ -384,7 +384,7 @@ class Table:
                 f"endpoint name {endpoint.name!r} is already published with address "
                 f"{existing.container_ip}, not {endpoint.address(existing.version)}")
         for address in (endpoint.ip, endpoint.ipv6):
-            owner = self._by_container.get(address)
+            owner = address and self._by_container.get((address.version, int(address)))
             if owner and owner != endpoint.name:
                 raise ConflictError(f"address {address} of endpoint {endpoint.name!r} already "
                                     f"belongs to endpoint {owner!r}")
@@ -474,7 +474,7 @@ class Table:
         self._by_key[binding.key] = binding
         self._by_port.setdefault((binding.version, binding.proto, binding.host_port), {})[binding.key[1]] = binding
         self._by_endpoint.setdefault(binding.endpoint, {})[binding.key] = binding
-        self._by_container[binding.container_ip] = binding.endpoint
+        self._by_container[(binding.container_ip.version, int(binding.container_ip))] = binding.endpoint
 
     def _remove(self, binding: Binding) -> None:
         del self._by_key[binding.key]
