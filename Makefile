@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.natmap-installed
 DEBS   := nftables iptables libnftables1 iproute2 conntrack
 
-.PHONY: test demo bench deps debs venv clean
+.PHONY: test demo bench stress deps debs venv clean
 
 test: deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -18,6 +18,10 @@ demo: deps
 
 bench: deps
 	$(BIN)/python bench/bench.py
+
+# The long reliability tests at full count (make test runs them reduced).
+stress: deps
+	STRESS=1 $(BIN)/python -m pytest tests/kernel/test_kernel_reliability.py $(PYTEST_ARGS)
 
 deps: debs venv
 

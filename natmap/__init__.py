@@ -7,7 +7,7 @@ libnftables are imported only when a backend needs them.
 """
 
 from .engine import NatMap, TableMissingError, Transaction
-from .errors import BackendError, ConflictError, NatmapError, NotFoundError, SpecError
+from .errors import BackendError, ConflictError, NatmapError, NotFoundError, PrivilegeError, SpecError
 from .links import Link, hosts_line, link_env
 from .plan import Binding, Bridge, Change, Endpoint, Isolation
 from .spec import LinkSpec, PortRange, PortSpec, Protocol, validate_name
@@ -31,6 +31,7 @@ __all__ = [
     "LinkSpec",
     "NatmapError",
     "NotFoundError",
+    "PrivilegeError",
     "PortRange",
     "PortSpec",
     "Protocol",

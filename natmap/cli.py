@@ -2,8 +2,9 @@
 
 Exit codes: 0 done; 1 the change failed (a conflict, the kernel refused);
 2 bad input (a spec, a name, a file, the command line); 3 nothing found (no
-such port, no table yet). Errors go to stderr in one line (grammar errors add
-the input with a caret under the fault); with ``--json`` as a JSON object.
+such port, no table yet); 4 not privileged (natmap needs CAP_NET_ADMIN).
+Errors go to stderr in one line (grammar errors add the input with a caret
+under the fault); with ``--json`` as a JSON object.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .links import Link
 from .plan import Binding, Bridge, Change, Endpoint, Isolation, natural_key
 from .spec import LinkSpec, PortSpec, format_ip
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_PRIVILEGE = 0, 1, 2, 3, 4
 Output = tuple[Any, list[str]]  # (what --json prints, the lines to print otherwise)
 
 
@@ -252,7 +253,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _exit_code(exc: BaseException) -> int:
-    if isinstance(exc, (SpecError, ValueError, TypeError, OSError)) and not isinstance(exc, PermissionError):
+    if isinstance(exc, PermissionError):
+        return EXIT_PRIVILEGE
+    if isinstance(exc, (SpecError, ValueError, TypeError, OSError)):
         return EXIT_BAD_INPUT
     if isinstance(exc, NotFoundError):
         return EXIT_NOT_FOUND

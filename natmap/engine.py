@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from . import netlink
 from .backends import make_backend
 from .backends.nft import validate_table
-from .errors import BackendError, NatmapError, NotFoundError, SpecError
+from .errors import BackendError, NatmapError, NotFoundError, PrivilegeError, SpecError
 from .links import Link
 from .plan import Binding, Bridge, Change, Endpoint, Isolation, PortPool, Table, validate_ifname
 from .netns import current as current_netns, entered as entered_netns
@@ -174,7 +174,7 @@ class NatMap:
             table = self._load()
             if not self._missing:
                 self._backend.delete()
-                self._kernel.forget_flows(table.bindings())
+                self._kernel.forget_flows(table.bindings(), table.links())
             self._cache, self._generation = None, None
 
     def close(self) -> None:
@@ -203,10 +203,13 @@ class NatMap:
         if not self._busy.acquire(blocking=False):
             raise NatmapError("a transaction is already open on this NatMap")
         try:
-            os.makedirs(LOCK_DIR, exist_ok=True)
             dev, ino = self._home
-            fd = os.open(f"{LOCK_DIR}/{dev}-{ino}-{self.table}.lock",
-                         os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.makedirs(LOCK_DIR, exist_ok=True)
+                fd = os.open(f"{LOCK_DIR}/{dev}-{ino}-{self.table}.lock",
+                             os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except PermissionError as exc:
+                raise PrivilegeError(f"taking the lock in {LOCK_DIR}") from exc
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 yield
@@ -266,7 +269,7 @@ class NatMap:
                 netlink.enable_loopback6(bridge.name)
         if change.added(Isolation):
             netlink.hook_bridged_traffic()
-        self._kernel.forget_flows(change.deleted(Binding), change.deleted(Link))
+        self._kernel.forget_flows(change.deleted(Binding), change.deleted(Link), change.added(Binding))
         self._generation = expected if self._backend.generation() == expected else None
 
     def _bridge(self, endpoint: Endpoint) -> Bridge:

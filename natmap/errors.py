@@ -8,7 +8,7 @@ never need to know which library sits underneath.
 
 from __future__ import annotations
 
-__all__ = ["NatmapError", "SpecError", "ConflictError", "BackendError", "NotFoundError"]
+__all__ = ["NatmapError", "SpecError", "ConflictError", "BackendError", "NotFoundError", "PrivilegeError"]
 
 # How much of a long input an error message shows on each side of the fault.
 _CONTEXT = 40
@@ -55,6 +55,15 @@ class BackendError(NatmapError):
 
 class NotFoundError(NatmapError, LookupError):
     """What a call names is not there: a table, an endpoint, a port, a link."""
+
+
+class PrivilegeError(BackendError, PermissionError):
+    """The kernel refused for want of privilege: natmap needs CAP_NET_ADMIN in
+    the network namespace it works in (and CAP_SYS_ADMIN to enter another)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what}: permission denied; natmap needs CAP_NET_ADMIN in the "
+                         "network namespace (run it as root)")
 
 
 def _printable(char: str) -> str:

@@ -9,6 +9,7 @@ imported on first use, so ``import natmap`` stays light.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import socket
 import threading
@@ -16,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .errors import BackendError, NotFoundError
+from .errors import BackendError, NotFoundError, PrivilegeError
 from .links import Link
 from .plan import Binding, Bridge
 from .spec import PortRange, Protocol
@@ -39,7 +40,11 @@ def _netlink(what: str) -> Iterator[None]:
     try:
         yield
     except NetlinkError as exc:
+        if exc.code in (errno.EPERM, errno.EACCES):
+            raise PrivilegeError(what) from exc
         raise BackendError(f"{what}: {exc}") from exc
+    except PermissionError as exc:  # pyroute2 cannot even open the socket
+        raise PrivilegeError(what) from exc
 
 
 def bridge(name: str) -> Bridge:
@@ -177,34 +182,42 @@ class Session:
             answer = self._nft.request_get(nft_gen_msg(), NFT_MSG_GETGEN, NLM_F_REQUEST)
         return answer[0].get_attr("NFTA_GEN_ID")
 
-    def forget_flows(self, bindings: Iterable[Binding], links: Iterable[Link] = ()) -> int:
-        """Delete the conntrack entries that still steer traffic of ``bindings``,
-        or let flows of ``links`` go on.
+    def forget_flows(self, removed: Iterable[Binding] = (), links: Iterable[Link] = (),
+                     added: Iterable[Binding] = ()) -> int:
+        """Delete the conntrack entries that would keep steering traffic the old way.
 
-        An entry belongs to a binding when its original direction goes to the
-        binding's HOST port (and address, unless it is 0.0.0.0 or ::) and it
-        was translated to the binding's container; to a link when it goes from
-        the link's source to one of its target's ports. The kernel filters the
-        dump by protocol; it still walks its whole hash table, which costs about
-        10 ms here whatever the number of bindings. Returns how many were deleted.
+        - a ``removed`` binding's: flows to its HOST address (any local one for
+          0.0.0.0 / ::), port and protocol that were translated to its container;
+        - a removed ``link``'s: flows from its source to its target's ports;
+        - an ``added`` binding's stale ones: flows to its host port that go
+          elsewhere (an unanswered UDP flow to the host keeps bypassing a new
+          binding until its entry expires). Only for UDP and SCTP: a TCP flow
+          without an answer is refused at once.
+
+        The kernel filters the dump by protocol; it still walks its whole hash
+        table, about 10 ms here whatever the number of bindings.
         """
         from pyroute2 import Conntrack
         from pyroute2.netlink.exceptions import NetlinkError
         from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
-        wanted: list[Binding | tuple] = [*bindings, *(flow for link in links for flow in link.flows())]
-        if not wanted:
-            return 0
+        matchers = [(b.proto, functools.partial(_translated_for, b)) for b in removed]
+        matchers += [(proto, functools.partial(_link_flow, (s, t, port)))
+                     for link in links for s, t, proto, port in link.flows()]
+        matchers += [(b.proto, functools.partial(_stale_for, b)) for b in added if b.proto is not Protocol.TCP]
         deleted = 0
+        if not matchers:
+            return deleted
         with self._lock, _netlink("cleaning conntrack"):
             if self._conntrack is None:
                 self._conntrack = Conntrack()
             ct = self._conntrack
-            for proto in {_proto(w) for w in wanted}:
+            for proto in {proto for proto, _ in matchers}:
+                tests = [test for p, test in matchers if p is proto]
                 # Read them all first: pyroute2 cannot delete while a dump runs.
                 entries = list(ct.dump_entries(tuple_orig=NFCTAttrTuple(proto=_IPPROTO[proto])))
                 for entry in entries:
-                    if any(_steers(entry, b) for b in wanted):
+                    if any(test(entry.tuple_orig, entry.tuple_reply) for test in tests):
                         try:
                             ct.delete(entry)
                             deleted += 1
@@ -230,23 +243,26 @@ def nft_generation() -> int:
         session.close()
 
 
-def _proto(wanted: Binding | tuple) -> Protocol:
-    return wanted.proto if isinstance(wanted, Binding) else wanted[2]
+def _to_host_port(binding: Binding, orig: Any) -> bool:
+    """Whether a flow's original direction goes to the binding's host side."""
+    address = _ip(orig.daddr)
+    if orig.dport != binding.host_port or address is None or address.version != binding.version:
+        return False
+    return binding.host_ip.is_unspecified or address == binding.host_ip
 
 
-def _steers(entry: object, wanted: Binding | tuple) -> bool:
-    orig, reply = entry.tuple_orig, entry.tuple_reply  # type: ignore[attr-defined]
-    if not isinstance(wanted, Binding):  # a link's flow: (source, target, proto, port)
-        source, target, _, port = wanted
-        return _ip(orig.saddr) == source and _ip(orig.daddr) == target and orig.dport == port
-    binding = wanted
-    if orig.dport != binding.host_port or _ip(orig.daddr) is None:
-        return False
-    if _ip(orig.daddr).version != binding.version:
-        return False
-    if not binding.host_ip.is_unspecified and _ip(orig.daddr) != binding.host_ip:
-        return False
-    return _ip(reply.saddr) == binding.container_ip and reply.sport == binding.container_port
+def _translated_for(binding: Binding, orig: Any, reply: Any) -> bool:
+    return (_to_host_port(binding, orig)
+            and _ip(reply.saddr) == binding.container_ip and reply.sport == binding.container_port)
+
+
+def _stale_for(binding: Binding, orig: Any, reply: Any) -> bool:
+    return _to_host_port(binding, orig) and not _translated_for(binding, orig, reply)
+
+
+def _link_flow(flow: tuple[Any, Any, int], orig: Any, reply: Any) -> bool:
+    source, target, port = flow
+    return _ip(orig.saddr) == source and _ip(orig.daddr) == target and orig.dport == port
 
 
 def _ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -262,5 +278,7 @@ def _write_sysctl(path: str, value: str) -> None:
     try:
         with open(f"/proc/sys/{path}", "w") as f:
             f.write(value)
+    except PermissionError as exc:
+        raise PrivilegeError(f"setting {path.replace('/', '.')}") from exc
     except OSError as exc:
         raise BackendError(f"cannot set {path.replace('/', '.')}={value}: {exc.strerror}") from exc

@@ -7,11 +7,12 @@ one on the calling thread only for the length of a call and always goes back.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .errors import NatmapError
+from .errors import NatmapError, PrivilegeError
 
 _CLONE_NEWNET = 0x40000000
 _SELF = "/proc/thread-self/ns/net"
@@ -60,4 +61,6 @@ def entered(name: str | None) -> Iterator[None]:
 def _setns(fd: int) -> None:
     if _libc.setns(fd, _CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
-        raise PermissionError(err, f"setns: {os.strerror(err)} (entering a network namespace needs CAP_SYS_ADMIN)")
+        if err == errno.EPERM:
+            raise PrivilegeError("entering a network namespace (needs CAP_SYS_ADMIN too)")
+        raise NatmapError(f"setns: {os.strerror(err)}")

@@ -29,14 +29,14 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 T = TypeVar("T")
 
 # Linux interface names: at most 15 bytes, no '/', ':' or white space.
-_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+_IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
 _ANY = {4: ipaddress.IPv4Address("0.0.0.0"), 6: ipaddress.IPv6Address("::")}
 
 
 def validate_ifname(name: str) -> str:
     """Return ``name`` if it can be a Linux interface name, else raise SpecError."""
     if not isinstance(name, str) or not _IFNAME.fullmatch(name):
-        raise SpecError("invalid interface name (1-15 of [A-Za-z0-9_.-])", str(name))
+        raise SpecError("invalid interface name (1-15 of [A-Za-z0-9_.-], a letter or digit first)", str(name))
     return name
 
 

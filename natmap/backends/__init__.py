@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import BackendError, SpecError
+from ..errors import BackendError, NatmapError, SpecError
 
 BACKENDS = ("nft", "iptables", "auto")
 
@@ -24,6 +24,8 @@ def make_backend(name: str, table: str, session: Any) -> Any:
             backend = NftBackend(table, session)
             if name == "nft" or backend.usable():
                 return backend
+        except NatmapError:
+            raise
         except (ImportError, OSError) as exc:
             if name == "nft":
                 raise BackendError(f"the nft backend needs libnftables and its Python binding: {exc}") from exc
@@ -31,5 +33,7 @@ def make_backend(name: str, table: str, session: Any) -> Any:
         from .iptables import IptablesBackend
 
         return IptablesBackend(table, session)
+    except NatmapError:
+        raise
     except (ImportError, OSError) as exc:
         raise BackendError(f"the iptables backend needs python-iptables and libxtables: {exc}") from exc

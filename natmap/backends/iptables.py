@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import BackendError
+from ..errors import BackendError, PrivilegeError
 from ..links import Link, parse_comment, port_order
 from ..plan import Binding, Bridge, Change, Isolation, Item, Table
 from ..spec import Protocol
@@ -109,6 +109,10 @@ class IptablesBackend:
         _find_xtables_libdir()
         import iptc  # noqa: F401  (fail here, clearly, if python-iptables cannot load)
 
+        # Without CAP_NET_ADMIN, libxtables' extension checks call exit():
+        # open a table first, which fails cleanly.
+        with _xtables_lock():
+            _table(4, "filter")
         _prepare_extensions()
 
         self.table = table
@@ -375,9 +379,14 @@ def _table(family: int, name: str) -> Any:
     """A fresh handle on one table, read in the calling thread's namespace."""
     import iptc
 
-    table = iptc.Table6(name, autocommit=False) if family == 6 else iptc.Table(name, autocommit=False)
-    table.autocommit = False
-    table.refresh()
+    try:
+        table = iptc.Table6(name, autocommit=False) if family == 6 else iptc.Table(name, autocommit=False)
+        table.autocommit = False
+        table.refresh()
+    except iptc.IPTCError as exc:
+        if "Permission denied" in str(exc):
+            raise PrivilegeError(f"opening {_name(family)} table {name}") from exc
+        raise BackendError(f"{_name(family)} table {name}: {exc}") from exc
     return table
 
 
@@ -477,7 +486,10 @@ def _read_links(*chains: list[Any]) -> list[Link]:
 @contextmanager
 def _xtables_lock() -> Iterator[None]:
     """The lock the iptables commands take, so natmap and them never commit over each other."""
-    fd = os.open(_XTABLES_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(_XTABLES_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except PermissionError as exc:
+        raise PrivilegeError(f"opening {_XTABLES_LOCK}") from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -30,7 +30,7 @@ import re
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from ..errors import BackendError, SpecError
+from ..errors import BackendError, PrivilegeError, SpecError
 from ..links import Link, parse_comment, port_order
 from ..plan import Binding, Bridge, Change, Isolation, Item, Table
 from ..spec import Protocol
@@ -306,6 +306,8 @@ class NftBackend:
         else:
             rc, out, err = self._nft.json_cmd(command)
         if rc != 0:
+            if "Operation not permitted" in err:
+                raise PrivilegeError(what)
             raise BackendError(f"nft refused {what}: {err.strip() or f'error {rc}'}")
         return out if isinstance(out, str) else json.dumps(out)
 
