@@ -9,7 +9,7 @@ libnftables are imported only when a backend needs them.
 from .engine import NatMap, TableMissingError, Transaction
 from .errors import BackendError, ConflictError, NatmapError, NotFoundError, PrivilegeError, SpecError
 from .links import Link, hosts_line, link_env
-from .plan import Binding, Bridge, Change, Endpoint, Isolation
+from .plan import Binding, Bridge, Change, Drift, Endpoint, Isolation
 from .spec import LinkSpec, PortRange, PortSpec, Protocol, validate_name
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "Change",
     "Config",
     "ConflictError",
+    "Drift",
     "Endpoint",
     "Isolation",
     "Link",

@@ -21,7 +21,7 @@ from .backends import BACKENDS
 from .engine import NatMap
 from .errors import NatmapError, NotFoundError, SpecError
 from .links import Link
-from .plan import Binding, Bridge, Change, Endpoint, Isolation, natural_key
+from .plan import Binding, Change, Endpoint, describe, natural_key
 from .spec import LinkSpec, PortSpec, format_ip
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_PRIVILEGE = 0, 1, 2, 3, 4
@@ -69,21 +69,10 @@ def _link_json(link: Link) -> dict[str, Any]:
             "hosts_line": link.hosts_line, "env": link.env}
 
 
-def _item_text(item: Any) -> str:
-    if isinstance(item, Binding):
-        return f"port {item.endpoint} {item.port_line()}"
-    if isinstance(item, Link):
-        return f"link {item}"
-    if isinstance(item, Isolation):
-        return f"isolate {item.bridge}"
-    assert isinstance(item, Bridge)
-    return f"bridge {item.name} {' '.join(map(str, item.subnets))}"
-
-
 def _change_output(change: Change) -> Output:
-    lines = [f"- {_item_text(i)}" for i in change.delete] + [f"+ {_item_text(i)}" for i in change.add]
-    return ({"delete": [_item_text(i) for i in change.delete],
-             "add": [_item_text(i) for i in change.add]}, lines)
+    lines = [f"- {describe(i)}" for i in change.delete] + [f"+ {describe(i)}" for i in change.add]
+    return ({"delete": [describe(i) for i in change.delete],
+             "add": [describe(i) for i in change.add]}, lines)
 
 
 # --- the commands ----------------------------------------------------------------------
@@ -157,6 +146,22 @@ def cmd_plan(nm: NatMap, args: argparse.Namespace) -> Output:
     from .config import Config
 
     return _change_output(nm.diff(Config.load(args.file)))
+
+
+def cmd_check(nm: NatMap, args: argparse.Namespace) -> Output:
+    drift = nm.check()
+    data = {"drift": bool(drift), "remembered": drift.remembered, "structure": list(drift.structure)}
+    if drift:
+        raise DriftFound(str(drift), data)
+    return data, [str(drift)]
+
+
+class DriftFound(NatmapError):
+    """``natmap check`` found the table not as natmap made it."""
+
+    def __init__(self, text: str, data: dict[str, Any]) -> None:
+        super().__init__(text)
+        self.data = data
 
 
 def cmd_spec(nm: NatMap | None, args: argparse.Namespace) -> Output:
@@ -243,6 +248,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = command("plan", cmd_plan, "show what apply would change; change nothing",
                   "natmap plan examples/lab.toml")
     sub.add_argument("file")
+
+    command("check", cmd_check, "check natmap's table in the kernel: its chains and rules are "
+            "intact (exit 1 and the problems if not)", "natmap check")
 
     sub = command("spec", cmd_spec, "check specs and print them in canonical form",
                   "natmap spec -p 127.0.0.1:5001:5000 -p '[::1]::80/udp' --expose 5000 --link db01:db")

@@ -28,7 +28,8 @@ from .backends import make_backend
 from .backends.nft import validate_table
 from .errors import BackendError, NatmapError, NotFoundError, PrivilegeError, SpecError
 from .links import Link
-from .plan import Binding, Bridge, Change, Endpoint, Isolation, PortPool, Table, validate_ifname
+from .plan import (Binding, Bridge, Change, Drift, Endpoint, Isolation, PortPool, Table, describe,
+                   validate_ifname)
 from .netns import current as current_netns, entered as entered_netns
 from .spec import PortSpec, Protocol, validate_name
 
@@ -75,6 +76,7 @@ class NatMap:
         self._generation: int | None = None
         self._missing = True
         self._reads = 0
+        self._remembered: Table | None = None
         self._busy = threading.Lock()
 
     # --- the API -------------------------------------------------------------------
@@ -168,6 +170,43 @@ class NatMap:
             config.reconcile(tx)
         return tx.change
 
+    def check(self) -> Drift:
+        """How the kernel differs from what this NatMap last wrote or read.
+
+        It reads the kernel afresh. What other programs (or other NatMaps)
+        changed since shows as drift; a new NatMap remembers nothing and can
+        only check the structure of the table, and says so.
+        """
+        with self._locked(), self._ns():
+            remembered = self._remembered
+            missing = not self._backend.exists()
+            kernel = set() if missing else self._backend.load().items()
+            structure = () if missing else tuple(self._backend.structure_problems())
+            self._cache = None  # whatever is there now, read it again next time
+        if remembered is None:  # cannot tell lost from never there
+            return Drift(structure=structure, remembered=False)
+        known = remembered.items()
+        return Drift(missing=tuple(sorted(known - kernel, key=describe)),
+                     unexpected=tuple(sorted(kernel - known, key=describe)),
+                     table_missing=missing and bool(known), structure=structure)
+
+    def repair(self) -> Drift:
+        """Put back what this NatMap remembers, as one rebuild of its table
+        (one transaction on nft); return the drift it repaired. A NatMap that
+        remembers nothing cannot know what is missing: use ``apply()`` with
+        the configuration instead."""
+        drift = self.check()
+        if not drift.remembered:
+            raise NotFoundError("this NatMap remembers nothing to repair from (it is new); "
+                                "apply the configuration instead (natmap apply FILE)")
+        if drift:
+            with self._locked(), self._ns():
+                items = self._remembered.items()
+                self._backend.rebuild(items)
+                self._cache, self._generation, self._missing = Table(items), None, False
+                self._remembered = self._cache
+        return drift
+
     def remove(self) -> None:
         """Delete this instance's table, and every binding with it (one transaction)."""
         with self._locked(), self._ns():
@@ -175,7 +214,7 @@ class NatMap:
             if not self._missing:
                 self._backend.delete()
                 self._kernel.forget_flows(table.bindings(), table.links())
-            self._cache, self._generation = None, None
+            self._cache, self._generation, self._remembered = None, None, Table()
 
     def close(self) -> None:
         """Close the netlink sockets this instance keeps open (bindings stay)."""
@@ -246,6 +285,8 @@ class NatMap:
             table = Table() if missing else self._backend.load()
             if self._backend.generation() == generation:
                 self._cache, self._generation, self._missing = table, generation, missing
+                if self._remembered is None:
+                    self._remembered = table
                 return table
         raise BackendError("the ruleset kept changing while natmap read it")
 
@@ -262,6 +303,7 @@ class NatMap:
             raise
         table.commit()
         self._missing = False
+        self._remembered = table  # what natmap itself put in the kernel: check() compares with it
         for bridge in change.added(Bridge):
             # Only now: the localhost guard is in place before 127/8 may be routed.
             netlink.enable_route_localnet(bridge.name)

@@ -23,7 +23,7 @@ from .errors import ConflictError, NotFoundError, SpecError
 from .links import Link, exposed_ports
 from .spec import IPAddress, PortRange, PortSpec, Protocol, format_ip, validate_name
 
-__all__ = ["Binding", "Bridge", "Change", "Endpoint", "Isolation", "PortPool", "Table"]
+__all__ = ["Binding", "Bridge", "Change", "Drift", "Endpoint", "Isolation", "PortPool", "Table"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 T = TypeVar("T")
@@ -183,6 +183,50 @@ class Isolation:
 Item = Binding | Bridge | Link | Isolation
 
 
+def describe(item: Item) -> str:
+    """One item as a person reads it: ``port web01 5000/tcp -> 0.0.0.0:8080``."""
+    if isinstance(item, Binding):
+        return f"port {item.endpoint} {item.port_line()}"
+    if isinstance(item, Link):
+        return f"link {item}"
+    if isinstance(item, Isolation):
+        return f"isolate {item.bridge}"
+    return f"bridge {item.name} {' '.join(map(str, item.subnets))}"
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """How the kernel differs from what a NatMap last wrote or read.
+
+    ``missing``: what it remembers and the kernel no longer has;
+    ``unexpected``: what the kernel has and it does not remember;
+    ``table_missing``: the whole table is gone; ``structure``: chains or rules
+    of natmap's own that are missing or changed; ``remembered``: whether this
+    NatMap remembers anything at all (a new process does not, and then cannot
+    tell a binding that was lost from one that never was).
+    """
+
+    missing: tuple[Item, ...] = ()
+    unexpected: tuple[Item, ...] = ()
+    table_missing: bool = False
+    structure: tuple[str, ...] = ()
+    remembered: bool = True
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.unexpected or self.table_missing or self.structure)
+
+    def __str__(self) -> str:
+        lines = []
+        if not self.remembered:
+            lines.append("nothing remembered (a new NatMap): only the table's structure was checked")
+        if self.table_missing:
+            lines.append("the table is gone from the kernel")
+        lines += [f"structure: {problem}" for problem in self.structure]
+        lines += [f"missing: {describe(item)}" for item in self.missing]
+        lines += [f"unexpected: {describe(item)}" for item in self.unexpected]
+        return "\n".join(lines) or "no drift"
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     """The net difference a transaction makes: what a backend renders."""
@@ -236,6 +280,11 @@ class Table:
     def links(self) -> list[Link]:
         """Every link, by source, then target."""
         return [self._links[key] for key in sorted(self._links)]
+
+    def items(self) -> set[Item]:
+        """Everything the table holds: bindings, bridges, links, isolated bridges."""
+        return {*self._by_key.values(), *self.bridges.values(), *self._links.values(),
+                *(Isolation(bridge) for bridge in self.isolated)}
 
     def clash(self, binding: Binding) -> Binding | None:
         """An existing binding that would catch the same packets, if any."""

@@ -297,6 +297,25 @@ class IptablesBackend:
                 table.commit()
                 table.refresh()
 
+    def structure_problems(self) -> list[str]:
+        """natmap's own chains, and the jumps to them, that are missing."""
+        problems = []
+        with _xtables_lock():
+            for verb, family, table_name, what in self._skeleton():
+                table = _table(family, table_name)
+                if verb == "chain" and not table.is_chain(what):
+                    problems.append(f"{_name(family)} chain {what} in {table_name} is missing")
+                elif verb == "jump" and table.is_chain(what.chain) and \
+                        what.build() not in _chain(table, what.chain).rules:
+                    problems.append(f"{_name(family)} jump from {what.chain} to {what.target} is missing")
+        return problems
+
+    def rebuild(self, items: set[Any]) -> None:
+        """Remove natmap's chains and make them again with ``items`` (one commit per table)."""
+        if self.exists():
+            self.delete()
+        self.apply(Change(add=tuple(items)), create=True)
+
     def listing(self) -> str:
         """Every rule of the tables natmap uses, both families (for comparing kernel states)."""
         import iptc.easy

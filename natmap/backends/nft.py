@@ -324,6 +324,35 @@ class NftBackend:
         """Remove the table and everything in it: one transaction."""
         self._run(f"deleting table inet {self.table}", f"delete table inet {self.table}")
 
+    def structure_problems(self) -> list[str]:
+        """natmap's own maps, sets, chains and rules that are missing or changed."""
+        objects = json.loads(self.listing())["nftables"]
+        have = {(kind, obj[kind]["name"]) for obj in objects for kind in ("map", "set", "chain") if kind in obj}
+        rules: dict[str, int] = {}
+        for obj in objects:
+            if "rule" in obj:
+                rules[obj["rule"]["chain"]] = rules.get(obj["rule"]["chain"], 0) + 1
+        problems = []
+        expected_rules: dict[str, int] = {}
+        for line in skeleton(self.table).splitlines():
+            words = line.split()  # add KIND inet TABLE NAME ...
+            if len(words) < 5:
+                continue
+            kind, name = words[1], words[4]
+            if kind == "rule":
+                expected_rules[name] = expected_rules.get(name, 0) + 1
+            elif kind in ("map", "set", "chain") and (kind, name) not in have:
+                problems.append(f"{kind} {name} is missing")
+        for chain, count in expected_rules.items():
+            if rules.get(chain, 0) != count:
+                problems.append(f"chain {chain} has {rules.get(chain, 0)} rules, not {count}")
+        return problems
+
+    def rebuild(self, items: set[Any]) -> None:
+        """Replace the table with its skeleton and ``items``: one transaction."""
+        text = (f"delete table inet {self.table}\n" if self.exists() else "")
+        self._run(f"rebuilding table inet {self.table}", text + self.text(Change(add=tuple(items)), create=True))
+
     def listing(self) -> str:
         """The table as nft's JSON text."""
         return self._run(f"listing table inet {self.table}", f"list table inet {self.table}")
