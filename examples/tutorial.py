@@ -123,7 +123,7 @@ def main():
         natmap(sb, "ps")
 
         say("the rules natmap made: one nftables table, maps keyed on address, protocol and port")
-        print(f"$ nft list table inet natmap")
+        print("$ nft list table inet natmap")
         print(sb.host.run([shutil.which("nft") or "nft", "list", "table", "inet", "natmap"]).stdout.rstrip())
 
         say("tear down: the sandbox removes its namespaces, and every rule with them")

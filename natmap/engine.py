@@ -15,9 +15,7 @@ How a change happens, every time:
 
 from __future__ import annotations
 
-import fcntl
 import ipaddress
-import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -26,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 from . import netlink
 from .backends import make_backend
 from .backends.nft import validate_table
-from .errors import BackendError, NatmapError, NotFoundError, PrivilegeError, SpecError
+from .errors import BackendError, NatmapError, NotFoundError, SpecError
 from .links import Link
+from .locking import flocked
 from .plan import (Binding, Bridge, Change, Drift, Endpoint, Isolation, PortPool, Table, describe,
                    validate_ifname)
 from .netns import current as current_netns, entered as entered_netns
@@ -243,17 +242,8 @@ class NatMap:
             raise NatmapError("a transaction is already open on this NatMap")
         try:
             dev, ino = self._home
-            try:
-                os.makedirs(LOCK_DIR, exist_ok=True)
-                fd = os.open(f"{LOCK_DIR}/{dev}-{ino}-{self.table}.lock",
-                             os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            except PermissionError as exc:
-                raise PrivilegeError(f"taking the lock in {LOCK_DIR}") from exc
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+            with flocked(f"{LOCK_DIR}/{dev}-{ino}-{self.table}.lock"):
                 yield
-            finally:
-                os.close(fd)  # releases the flock
         finally:
             self._busy.release()
 

@@ -149,3 +149,21 @@ def parse_comment(comment: str) -> tuple[str, str, str]:
     source, _, rest = comment.partition(">")
     target, _, alias = rest.partition(":")
     return source, target, alias
+
+
+Flow = tuple[IPAddress, IPAddress, Protocol, int]  # source, target, protocol, port
+
+
+def links_from_flows(flows: dict[str, list[Flow]]) -> list[Link]:
+    """The links that kernel elements or rules describe, one flow each, by comment
+    (how both backends read links back)."""
+    def by_version(addresses: set[IPAddress]) -> tuple[IPAddress, ...]:
+        return tuple(sorted(addresses, key=lambda ip: ip.version))
+
+    links = []
+    for comment, parts in flows.items():
+        source, target, alias = parse_comment(comment)
+        links.append(Link(source, target, alias, by_version({p[0] for p in parts}),
+                          by_version({p[1] for p in parts}),
+                          tuple(sorted({(port, proto) for _, _, proto, port in parts}, key=port_order))))
+    return links

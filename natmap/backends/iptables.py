@@ -29,19 +29,18 @@ iptables has no maps: the packet path is linear in the number of bindings.
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import ipaddress
 import os
 import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BackendError, PrivilegeError
-from ..links import Link, parse_comment, port_order
+from ..links import Flow, Link, links_from_flows
+from ..locking import flocked
 from ..plan import Binding, Bridge, Change, Isolation, Item, Table
 from ..spec import Protocol
 
@@ -332,7 +331,6 @@ class IptablesBackend:
             return "\n".join(lines)
 
     def _read_dnat(self, rule: Any) -> Binding:
-        family = 6 if ":" in rule.dst else 4
         match = {m.name: m for m in rule.matches}
         proto = Protocol(rule.protocol)
         destination = rule.target.to_destination
@@ -482,7 +480,7 @@ def _read_isolation(rules: list[Any], family: int) -> list[Isolation]:
 
 
 def _read_links(*chains: list[Any]) -> list[Link]:
-    flows: dict[str, list[tuple[Any, Any, Protocol, int]]] = {}
+    flows: dict[str, list[Flow]] = {}
     for rules in chains:
         for rule in rules:
             comment = _comment(rule)
@@ -492,25 +490,9 @@ def _read_links(*chains: list[Any]) -> list[Link]:
                 flows.setdefault(comment, []).append(
                     (ipaddress.ip_network(rule.src, strict=False).network_address,
                      ipaddress.ip_network(rule.dst, strict=False).network_address, proto, dport))
-    links = []
-    for comment, parts in flows.items():
-        source, target, alias = parse_comment(comment)
-        links.append(Link(source, target, alias,
-                          tuple(sorted({p[0] for p in parts}, key=lambda ip: ip.version)),
-                          tuple(sorted({p[1] for p in parts}, key=lambda ip: ip.version)),
-                          tuple(sorted({(p[3], p[2]) for p in parts}, key=port_order))))
-    return links
+    return links_from_flows(flows)
 
 
-@contextmanager
-def _xtables_lock() -> Iterator[None]:
-    """The lock the iptables commands take, so natmap and them never commit over each other."""
-    try:
-        fd = os.open(_XTABLES_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except PermissionError as exc:
-        raise PrivilegeError(f"opening {_XTABLES_LOCK}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+def _xtables_lock() -> Any:
+    """The lock the iptables commands take, so natmap and they never commit over each other."""
+    return flocked(_XTABLES_LOCK)

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from ..errors import BackendError, PrivilegeError, SpecError
-from ..links import Link, parse_comment, port_order
+from ..links import Flow, Link, links_from_flows
 from ..plan import Binding, Bridge, Change, Isolation, Item, Table
 from ..spec import Protocol
 
@@ -268,23 +268,13 @@ def _bridges(contents: dict[str, list[Any]]) -> list[Bridge]:
 
 
 def _links(contents: dict[str, list[Any]]) -> list[Link]:
-    flows: dict[str, list[list[Any]]] = {}
+    flows: dict[str, list[Flow]] = {}
     for v in _VERSIONS:
         for elem in contents.get(f"links{v}", []):
-            flows.setdefault(elem["elem"]["comment"], []).append(elem["elem"]["val"]["concat"])
-    links = []
-    for comment, parts in flows.items():
-        source, target, alias = parse_comment(comment)
-        ports = {(int(port), Protocol(proto)) for _, _, proto, port in parts}
-        links.append(Link(source, target, alias,
-                          tuple(sorted({ipaddress.ip_address(p[0]) for p in parts}, key=_by_version)),
-                          tuple(sorted({ipaddress.ip_address(p[1]) for p in parts}, key=_by_version)),
-                          tuple(sorted(ports, key=port_order))))
-    return links
-
-
-def _by_version(ip: Any) -> tuple[int, Any]:
-    return (ip.version, ip)
+            source, target, proto, port = elem["elem"]["val"]["concat"]
+            flows.setdefault(elem["elem"]["comment"], []).append(
+                (ipaddress.ip_address(source), ipaddress.ip_address(target), Protocol(proto), int(port)))
+    return links_from_flows(flows)
 
 
 class NftBackend:
