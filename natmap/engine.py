@@ -5,8 +5,9 @@ How a change happens, every time:
 1. take the table's lock (``flock`` on ``/run/natmap/<netns>-<table>.lock``,
    released by the kernel if the process dies), so natmap processes change a
    table one at a time;
-2. get the table: from memory if the nftables generation counter says nothing
-   was committed since natmap last read or wrote it, else read from the kernel;
+2. get the table: from memory if the backend's generation (nftables' counter,
+   or natmap's marker rule on iptables) says nothing was committed since
+   natmap last read or wrote it, else read from the kernel;
 3. change it in memory (``plan.Table`` checks conflicts and assigns ports and
    journals every step);
 4. apply the net change as one transaction; on any failure, roll the memory
@@ -365,7 +366,8 @@ class Transaction:
         return self._require()
 
     def publish(self, endpoint: Endpoint, specs: Iterable[str | PortSpec] = (), *,
-                publish_all: bool = False, prefer: Mapping[tuple[Protocol, int], int] = {}) -> list[Binding]:
+                publish_all: bool = False,
+                prefer: Mapping[tuple[Protocol, int], int] | None = None) -> list[Binding]:
         """As :meth:`NatMap.publish`, applied when the transaction ends. An assigned
         port is ``prefer[(proto, container_port)]`` if that one is free."""
         if not isinstance(endpoint, Endpoint):
@@ -377,7 +379,7 @@ class Transaction:
             if self._pool is None:
                 self._pool = self._nm._pool()
             made = table.publish(endpoint, parsed, publish_all=publish_all,
-                                 pool=self._pool, bridge=bridge, prefer=prefer)
+                                 pool=self._pool, bridge=bridge, prefer=prefer or {})
             if any(b.key[:2] == _LOOPBACK6_KEY for b in made) and netlink.bridged_ipv6_hooked():
                 raise NatmapError(_NO_LOOPBACK6)
             return made

@@ -227,7 +227,7 @@ class IptablesBackend:
                 nat, filt = _table(family, "nat"), _table(family, "filter")
                 items += [self._read_dnat(r) for r in _chain(nat, self._chain("DNAT")).rules]
                 items += _read_bridges(_chain(nat, self._chain("POSTROUTING")).rules)
-                items += _read_isolation(_chain(filt, self._chain("FORWARD")).rules, family)
+                items += _read_isolation(_chain(filt, self._chain("FORWARD")).rules)
             items += _read_links(_chain(_table(4, "filter"), self._chain("ISOLATION")).rules,
                                  _chain(_table(6, "filter"), self._chain("ISOLATION")).rules)
         return Table(_merge_bridges(items))
@@ -475,7 +475,7 @@ def _merge_bridges(items: list[Item]) -> list[Item]:
     return [*bridges, *others]
 
 
-def _read_isolation(rules: list[Any], family: int) -> list[Isolation]:
+def _read_isolation(rules: list[Any]) -> list[Isolation]:
     return [Isolation(c[len("isolate:"):]) for c in map(_comment, rules) if c and c.startswith("isolate:")]
 
 
