@@ -16,7 +16,6 @@ How a change happens, every time:
 
 from __future__ import annotations
 
-import ipaddress
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -38,8 +37,6 @@ if TYPE_CHECKING:
 
 __all__ = ["NatMap", "Transaction", "TableMissingError"]
 
-_LOOPBACK6 = ipaddress.IPv6Address("::1")
-_LOOPBACK6_KEY = (6, 1)  # Binding.key's (version, int(host address)) for ::1
 _NO_LOOPBACK6 = (
     "[::1] bindings cannot work while bridged IPv6 passes the IP hooks "
     "(net.bridge.bridge-nf-call-ip6tables=1, which isolating a bridge turns on): "
@@ -179,8 +176,8 @@ class NatMap:
         """
         with self._locked(), self._ns():
             remembered = self._remembered
-            missing = not self._backend.exists()
-            kernel = set() if missing else self._backend.load().items()
+            table, missing = self._kernel_table()
+            kernel = table.items()
             structure = () if missing else tuple(self._backend.structure_problems())
             self._cache = None  # whatever is there now, read it again next time
         if remembered is None:  # cannot tell lost from never there
@@ -256,8 +253,7 @@ class NatMap:
                 # look (say, `natmap port` as a process): read the kernel itself.
                 # The dump is consistent on its own; only remembering it needs
                 # the generation counter (and pyroute2, slow to import).
-                missing = not self._backend.exists()
-                table = Table() if missing else self._backend.load()
+                table, missing = self._kernel_table()
             else:
                 table = self._load()
                 missing = self._missing
@@ -272,14 +268,18 @@ class NatMap:
             generation = self._backend.generation()
             if self._cache is not None and generation == self._generation:
                 return self._cache
-            missing = not self._backend.exists()
-            table = Table() if missing else self._backend.load()
+            table, missing = self._kernel_table()
             if self._backend.generation() == generation:
                 self._cache, self._generation, self._missing = table, generation, missing
                 if self._remembered is None:
                     self._remembered = table
                 return table
         raise BackendError("the ruleset kept changing while natmap read it")
+
+    def _kernel_table(self) -> tuple[Table, bool]:
+        """The table as the kernel holds it now, and whether it is missing."""
+        missing = not self._backend.exists()
+        return (Table() if missing else self._backend.load()), missing
 
     def _commit(self, table: Table, change: Change) -> None:
         """Apply ``change``, ``table``'s journaled change, in one transaction, or roll it back."""
@@ -349,12 +349,12 @@ class Transaction:
         try:
             if exc_type is not None:
                 table.rollback()
-            elif self._dry_run:
-                self.change = table.change()
+                return
+            self.change = table.change()
+            if self._dry_run:
                 self.text = self._nm._backend.text(self.change, create=self._nm._missing)
                 table.rollback()
             else:
-                self.change = table.change()
                 with self._nm._ns():
                     self._nm._commit(table, self.change)
         finally:
@@ -380,7 +380,7 @@ class Transaction:
                 self._pool = self._nm._pool()
             made = table.publish(endpoint, parsed, publish_all=publish_all,
                                  pool=self._pool, bridge=bridge, prefer=prefer or {})
-            if any(b.key[:2] == _LOOPBACK6_KEY for b in made) and netlink.bridged_ipv6_hooked():
+            if any(map(_on_loopback6, made)) and netlink.bridged_ipv6_hooked():
                 raise NatmapError(_NO_LOOPBACK6)
             return made
 
@@ -404,7 +404,7 @@ class Transaction:
         """As :meth:`NatMap.isolate`, applied when the transaction ends."""
         table = self._require()
         validate_ifname(bridge)
-        if any(b.host_ip == _LOOPBACK6 for b in table.bindings()):
+        if any(map(_on_loopback6, table.bindings())):
             raise NatmapError(_NO_LOOPBACK6)
         with self._nm._ns():
             netlink.check_bridge_hooks()
@@ -418,6 +418,11 @@ class Transaction:
         if self._table is None:
             raise NatmapError("use the transaction in a with block")
         return self._table
+
+
+def _on_loopback6(binding: Binding) -> bool:
+    """Whether the binding is on [::1] (compared on its key: fast for many)."""
+    return binding.key[:2] == (6, 1)  # (version, int(host address))
 
 
 def _list(specs: Iterable[str | PortSpec]) -> list[str | PortSpec]:
