@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.natmap-installed
 DEBS   := nftables iptables libnftables1 iproute2 conntrack
 
-.PHONY: test demo bench stress deps debs venv clean
+.PHONY: test demo bench stress deps debs venv bytecode clean
 
 test: deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -23,7 +23,13 @@ bench: deps
 stress: deps
 	STRESS=1 $(BIN)/python -m pytest tests/kernel/test_kernel_reliability.py $(PYTEST_ARGS)
 
-deps: debs venv
+deps: debs venv bytecode
+
+# Compiled once here, because Python may be told not to write bytecode
+# (PYTHONDONTWRITEBYTECODE, as on our CI machines); every `natmap` command
+# would otherwise compile natmap's sources first, about 17 ms of a 60 ms start.
+bytecode: venv
+	@$(BIN)/python -m compileall -q natmap
 
 # Only the packages that are missing, so a machine that has them needs no network.
 debs:

@@ -10,8 +10,9 @@ under the fault); with ``--json`` as a JSON object.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
-import logging
+import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -179,85 +180,89 @@ def _columns(rows: list[tuple[str, ...]]) -> list[str]:
 # --- the parser ----------------------------------------------------------------------
 
 
-def _parser() -> argparse.ArgumentParser:
+def _arg(*flags: str, **options: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    return flags, options
+
+
+_COMMON = [
+    _arg("--table", default="natmap", help="natmap's table (default: natmap)"),
+    _arg("--backend", default="nft", choices=BACKENDS, help="packet filter backend: nft (default), iptables, or auto"),
+    _arg("--netns", help="work inside this network namespace (ip netns add NAME)"),
+    _arg("--json", action="store_true", help="machine-readable output"),
+    _arg("-v", "--verbose", action="count", default=0, help="log each change to stderr (-vv: and each kernel batch)"),
+]
+_SPECS = _arg("-p", "--publish", action="append", default=[], metavar="SPEC",
+              help="[IP:][HOST_PORT:]CONTAINER_PORT[/PROTO], as docker run -p")
+_EXPOSE = _arg("--expose", action="append", default=[], metavar="PORT[/PROTO]")
+
+# name, function, help, example, aliases, arguments
+_COMMANDS: list[tuple[str, Callable[..., Output], str, str, tuple[str, ...], list]] = [
+    ("publish", cmd_publish, "publish an endpoint's ports (docker run -p/-P)",
+     "natmap publish web01 --ip 172.30.0.2 --bridge natmap0 -p 127.0.0.1:5001:5000 -p 8080:5000 --expose 5000 -P",
+     (), [_arg("name"), _arg("--ip", required=True, help="the endpoint's IPv4 address"),
+          _arg("--ipv6", help="the endpoint's IPv6 address, if it has one"),
+          _arg("--bridge", required=True, help="the bridge the endpoint is on"), _SPECS, _EXPOSE,
+          _arg("-P", "--publish-all", action="store_true", help="publish every exposed port")]),
+    ("port", cmd_port, "list an endpoint's bindings (docker port)", "natmap port web01 5000/tcp",
+     (), [_arg("name"), _arg("port", nargs="?", metavar="PORT[/PROTO]")]),
+    ("ls", cmd_ls, "list endpoints with their PORTS (docker ps)", "natmap ls", ("ps",), []),
+    ("unpublish", cmd_unpublish, "remove every binding and link of an endpoint", "natmap unpublish web01",
+     (), [_arg("name")]),
+    ("link", cmd_link, "link SOURCE to TARGET (docker run --link TARGET:ALIAS); both must be published: "
+     "their addresses and published ports are read from the table", "natmap link web02 db01:web02Todb01",
+     (), [_arg("source"), _arg("target", metavar="TARGET[:ALIAS]"),
+          _arg("--env", action="append", default=[], metavar="NAME=VALUE",
+               help="the target's environment, for the link's _ENV_ variables")]),
+    ("unlink", cmd_unlink, "remove the link from SOURCE to TARGET", "natmap unlink web02 db01",
+     (), [_arg("source"), _arg("target")]),
+    ("links", cmd_links, "list the links", "natmap links", (), []),
+    ("isolate", cmd_isolate, "close inter-container traffic on a bridge (--icc=false)", "natmap isolate natmap0",
+     (), [_arg("bridge"), _arg("--open", action="store_true", help="open it again instead")]),
+    ("apply", cmd_apply, "make the table match a TOML file, in one transaction", "natmap apply examples/lab.toml",
+     (), [_arg("file")]),
+    ("plan", cmd_plan, "show what apply would change; change nothing", "natmap plan examples/lab.toml",
+     (), [_arg("file")]),
+    ("check", cmd_check, "check natmap's table in the kernel: its chains and rules are intact "
+     "(exit 1 and the problems if not)", "natmap check", (), []),
+    ("spec", cmd_spec, "check specs and print them in canonical form",
+     "natmap spec -p 127.0.0.1:5001:5000 -p '[::1]::80/udp' --expose 5000 --link db01:db",
+     (), [_SPECS, _EXPOSE, _arg("--link", action="append", default=[], metavar="NAME[:ALIAS]")]),
+]
+
+
+def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The parser for ``argv``: when it names a command, only that command's
+    parser is built (building all twelve is a tenth of ``natmap port``'s time)."""
     parser = argparse.ArgumentParser(
-        prog="natmap", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="natmap", formatter_class=_Formatter,
         description="Docker-style port publishing and links on nftables, without Docker.",
         epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--version", action="version", version=f"natmap {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--table", default="natmap", help="natmap's table (default: natmap)")
-    common.add_argument("--backend", default="nft", choices=BACKENDS,
-                        help="packet filter backend: nft (default), iptables, or auto")
-    common.add_argument("--netns", help="work inside this network namespace (ip netns add NAME)")
-    common.add_argument("--json", action="store_true", help="machine-readable output")
-    common.add_argument("-v", "--verbose", action="count", default=0, help="say what is done (-vv: more)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name: str, func: Callable[..., Output], help: str, example: str,
-                aliases: Sequence[str] = ()) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, parents=[common], help=help, description=help, aliases=list(aliases),
-                                  epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    wanted = [c for c in _COMMANDS if argv and argv[0] in (c[0], *c[4])] or _COMMANDS
+    for name, func, help, example, aliases, arguments in wanted:
+        sub = commands.add_parser(name, help=help, description=help, aliases=list(aliases),
+                                  epilog=f"example:\n  {example}", formatter_class=_Formatter)
+        for flags, options in arguments + _COMMON:
+            sub.add_argument(*flags, **options)
         sub.set_defaults(func=func)
-        return sub
-
-    sub = command("publish", cmd_publish, "publish an endpoint's ports (docker run -p/-P)",
-                  "natmap publish web01 --ip 172.30.0.2 --bridge natmap0 -p 127.0.0.1:5001:5000 "
-                  "-p 8080:5000 --expose 5000 -P")
-    sub.add_argument("name")
-    sub.add_argument("--ip", required=True, help="the endpoint's IPv4 address")
-    sub.add_argument("--ipv6", help="the endpoint's IPv6 address, if it has one")
-    sub.add_argument("--bridge", required=True, help="the bridge the endpoint is on")
-    sub.add_argument("-p", "--publish", action="append", default=[], metavar="SPEC",
-                     help="[IP:][HOST_PORT:]CONTAINER_PORT[/PROTO], as docker run -p")
-    sub.add_argument("--expose", action="append", default=[], metavar="PORT[/PROTO]")
-    sub.add_argument("-P", "--publish-all", action="store_true", help="publish every exposed port")
-
-    sub = command("port", cmd_port, "list an endpoint's bindings (docker port)", "natmap port web01 5000/tcp")
-    sub.add_argument("name")
-    sub.add_argument("port", nargs="?", metavar="PORT[/PROTO]")
-
-    command("ls", cmd_ls, "list endpoints with their PORTS (docker ps)", "natmap ls", aliases=["ps"])
-
-    sub = command("unpublish", cmd_unpublish, "remove every binding and link of an endpoint",
-                  "natmap unpublish web01")
-    sub.add_argument("name")
-
-    sub = command("link", cmd_link, "link SOURCE to TARGET (docker run --link TARGET:ALIAS); both "
-                  "must be published: their addresses and published ports are read from the table",
-                  "natmap link web02 db01:web02Todb01")
-    sub.add_argument("source")
-    sub.add_argument("target", metavar="TARGET[:ALIAS]")
-    sub.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                     help="the target's environment, for the link's _ENV_ variables")
-
-    sub = command("unlink", cmd_unlink, "remove the link from SOURCE to TARGET", "natmap unlink web02 db01")
-    sub.add_argument("source")
-    sub.add_argument("target")
-
-    command("links", cmd_links, "list the links", "natmap links")
-
-    sub = command("isolate", cmd_isolate, "close inter-container traffic on a bridge (--icc=false)",
-                  "natmap isolate natmap0")
-    sub.add_argument("bridge")
-    sub.add_argument("--open", action="store_true", help="open it again instead")
-
-    sub = command("apply", cmd_apply, "make the table match a TOML file, in one transaction",
-                  "natmap apply examples/lab.toml")
-    sub.add_argument("file")
-    sub = command("plan", cmd_plan, "show what apply would change; change nothing",
-                  "natmap plan examples/lab.toml")
-    sub.add_argument("file")
-
-    command("check", cmd_check, "check natmap's table in the kernel: its chains and rules are "
-            "intact (exit 1 and the problems if not)", "natmap check")
-
-    sub = command("spec", cmd_spec, "check specs and print them in canonical form",
-                  "natmap spec -p 127.0.0.1:5001:5000 -p '[::1]::80/udp' --expose 5000 --link db01:db")
-    sub.add_argument("-p", "--publish", action="append", default=[], metavar="SPEC")
-    sub.add_argument("--expose", action="append", default=[], metavar="PORT[/PROTO]")
-    sub.add_argument("--link", action="append", default=[], metavar="NAME[:ALIAS]")
     return parser
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Help as written, as wide as the terminal. The width comes from os:
+    argparse would ask shutil, whose import (it loads the compression
+    modules) costs more than the rest of a ``natmap port``'s parsing."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=_terminal_width() - 2)
+
+
+def _terminal_width() -> int:
+    try:
+        return int(os.environ.get("COLUMNS", "")) or os.get_terminal_size(sys.__stdout__.fileno()).columns
+    except (ValueError, OSError, AttributeError):
+        return 80
 
 
 def _exit_code(exc: BaseException) -> int:
@@ -270,10 +275,23 @@ def _exit_code(exc: BaseException) -> int:
     return EXIT_FAILED
 
 
+def _log_to_stderr(verbosity: int) -> None:
+    """natmap's own log (not other libraries') to stderr, each line marked as natmap's."""
+    import logging  # only with -v: the library logs only once logging is imported
+
+    log = logging.getLogger("natmap")
+    log.setLevel(logging.INFO if verbosity == 1 else logging.DEBUG)
+    if not log.handlers:  # main() may run more than once in a process
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("natmap: %(message)s"))
+        log.addHandler(handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
-                        format="natmap: %(message)s", stream=sys.stderr)
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser(argv).parse_args(argv)
+    if args.verbose:
+        _log_to_stderr(args.verbose)
     try:
         if args.func is cmd_spec:
             data, lines = cmd_spec(None, args)
@@ -293,3 +311,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif lines:
         print("\n".join(lines))
     return EXIT_OK
+
+
+def run() -> None:
+    """The ``natmap`` command: the console script and ``python -m natmap``."""
+    code = main()
+    # The process ends now. Its last garbage collections would walk every object
+    # importing natmap made, a fifth of a `natmap port`'s time, to free memory
+    # the kernel takes back anyway: hand them all to the permanent generation.
+    gc.freeze()
+    sys.exit(code)

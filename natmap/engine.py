@@ -16,7 +16,9 @@ How a change happens, every time:
 
 from __future__ import annotations
 
+import sys
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -286,6 +288,7 @@ class NatMap:
         if not change:
             table.commit()
             return
+        started = time.perf_counter()
         try:
             expected = self._backend.apply(change, create=self._missing, generation=self._generation)
         except BaseException:
@@ -293,6 +296,7 @@ class NatMap:
             self._cache = None
             raise
         table.commit()
+        _log_change(change, self._backend.name, time.perf_counter() - started)
         self._missing = False
         self._remembered = table  # what natmap itself put in the kernel: check() compares with it
         for bridge in change.added(Bridge):
@@ -418,6 +422,23 @@ class Transaction:
         if self._table is None:
             raise NatmapError("use the transaction in a with block")
         return self._table
+
+
+def _log_change(change: Change, backend: str, seconds: float) -> None:
+    """Log to logger ``natmap``: each item changed (INFO), each transaction (DEBUG)."""
+    # Nobody can have set a level or a handler without importing logging, and
+    # unconfigured INFO and DEBUG records go nowhere: so natmap does not
+    # import it (a tenth of a `natmap` command's start) unless it is imported.
+    logging = sys.modules.get("logging")
+    if logging is None:
+        return
+    log = logging.getLogger("natmap")
+    if log.isEnabledFor(logging.INFO):  # describing 10,000 bindings costs; only when asked
+        for sign, items in (("-", change.delete), ("+", change.add)):
+            for item in items:
+                log.info("%s %s", sign, describe(item))
+    log.debug("%s: one transaction, %d deleted and %d added, %.1f ms",
+               backend, len(change.delete), len(change.add), seconds * 1000)
 
 
 def _on_loopback6(binding: Binding) -> bool:

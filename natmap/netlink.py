@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import functools
 import ipaddress
-import socket
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -24,8 +23,9 @@ from .spec import PortRange, Protocol
 
 _FALLBACK_RANGE = PortRange(49153, 65535)
 _TCP_LISTEN = 10
-_IPPROTO = {Protocol.TCP: socket.IPPROTO_TCP, Protocol.UDP: socket.IPPROTO_UDP,
-            Protocol.SCTP: socket.IPPROTO_SCTP}
+# IANA protocol numbers, as socket.IPPROTO_*: importing socket here would be
+# a tenth of the time `natmap port` spends importing natmap.
+_IPPROTO = {Protocol.TCP: 6, Protocol.UDP: 17, Protocol.SCTP: 132}
 
 
 class UnknownInterfaceError(NotFoundError):
@@ -87,13 +87,15 @@ def reserved_ports() -> frozenset[int]:
 
 def listening_ports(proto: Protocol) -> frozenset[int]:
     """Local ports with a listening TCP/SCTP socket or a bound UDP socket."""
+    from socket import AF_INET, AF_INET6
+
     from pyroute2 import DiagSocket
 
     states = (1 << _TCP_LISTEN) if proto is not Protocol.UDP else 0xFFFFFFFF
     ports: set[int] = set()
     with _netlink("listing sockets"), DiagSocket() as diag:
         diag.bind()
-        for family in (socket.AF_INET, socket.AF_INET6):
+        for family in (AF_INET, AF_INET6):
             try:
                 answers = diag.get_sock_stats(family=family, states=states, protocol=_IPPROTO[proto])
             except OSError:
@@ -118,6 +120,8 @@ def enable_loopback6(bridge_name: str) -> None:
     ``::1`` are still dropped by the kernel before routing (and by natmap's
     localhost guard).
     """
+    from socket import AF_INET6
+
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
@@ -126,7 +130,7 @@ def enable_loopback6(bridge_name: str) -> None:
         if not index:
             raise UnknownInterfaceError(f"no interface named {bridge_name!r} in this network namespace")
         try:
-            ipr.route("add", dst="::1/128", family=socket.AF_INET6, type="local", table=255,
+            ipr.route("add", dst="::1/128", family=AF_INET6, type="local", table=255,
                       oif=index[0], priority=1024)
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:

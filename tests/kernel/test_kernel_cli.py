@@ -54,6 +54,20 @@ def test_a_port_that_is_not_published_is_dockers_error(sandbox, web):
     assert result.stdout == ""
 
 
+def test_verbose_logs_each_change_and_vv_each_transaction(sandbox, web):
+    quiet = publish_web01(sandbox, web, "-p", "8080:5000")
+    assert quiet.stderr == ""
+    more = publish_web01(sandbox, web, "-p", "8080:5000", "-p", "9090:9000", "-vv").stderr.splitlines()
+    assert sorted(more[:2]) == ["natmap: + port web01 9000/tcp -> 0.0.0.0:9090",
+                                "natmap: + port web01 9000/tcp -> [::]:9090"]
+    assert more[2].startswith("natmap: nft: one transaction, 0 deleted and 2 added, ")
+    assert len(more) == 3
+    assert natmap(sandbox, "port", "web01", "-v").stderr == ""  # reading changes nothing
+    assert sorted(natmap(sandbox, "unpublish", "web01", "-v").stderr.splitlines()) == [
+        "natmap: - port web01 5000/tcp -> 0.0.0.0:8080", "natmap: - port web01 5000/tcp -> [::]:8080",
+        "natmap: - port web01 9000/tcp -> 0.0.0.0:9090", "natmap: - port web01 9000/tcp -> [::]:9090"]
+
+
 def test_every_command_speaks_json(sandbox, web):
     data = json.loads(publish_web01(sandbox, web, "-p", "8080:5000", "--json").stdout)
     assert data[0] == {"endpoint": "web01", "proto": "tcp", "host_ip": "0.0.0.0", "host_port": 8080,
