@@ -16,6 +16,7 @@ How a change happens, every time:
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 import time
@@ -313,11 +314,20 @@ class NatMap:
         """The endpoint's bridge: remembered, and read again when it does not fit."""
         known = self._bridges.get(endpoint.bridge)
         if known is None or not all(known.contains(ip) for ip in (endpoint.ip, endpoint.ipv6) if ip):
-            known = self._bridges[endpoint.bridge] = netlink.bridge(endpoint.bridge)
+            with self._ns():
+                known = self._bridges[endpoint.bridge] = netlink.bridge(endpoint.bridge)
         return known
 
     def _pool(self) -> PortPool:
-        return PortPool(netlink.port_range(), netlink.reserved_ports(), netlink.listening_ports)
+        """Where assigned ports come from, read once per transaction; the
+        listening sockets are listed when a port is first assigned, once per protocol."""
+        with self._ns():
+            ports, reserved = netlink.port_range(), netlink.reserved_ports()
+        return PortPool(ports, reserved, functools.cache(self._listening))
+
+    def _listening(self, proto: Protocol) -> frozenset[int]:
+        with self._ns():
+            return netlink.listening_ports(proto)
 
 
 class Transaction:
@@ -378,15 +388,18 @@ class Transaction:
             raise TypeError(f"expected a natmap.Endpoint, got {type(endpoint).__name__}")
         parsed = [s if isinstance(s, PortSpec) else PortSpec.parse(s) for s in _list(specs)]
         table = self._require()
-        with self._nm._ns():
-            bridge = self._nm._bridge(endpoint)
-            if self._pool is None:
-                self._pool = self._nm._pool()
-            made = table.publish(endpoint, parsed, publish_all=publish_all,
-                                 pool=self._pool, bridge=bridge, prefer=prefer or {})
-            if any(map(_on_loopback6, made)) and netlink.bridged_ipv6_hooked():
-                raise NatmapError(_NO_LOOPBACK6)
-            return made
+        # The namespace is entered only to ask the kernel: a big transaction
+        # publishes hundreds of endpoints on one bridge.
+        bridge = self._nm._bridge(endpoint)
+        if self._pool is None:
+            self._pool = self._nm._pool()
+        made = table.publish(endpoint, parsed, publish_all=publish_all,
+                             pool=self._pool, bridge=bridge, prefer=prefer or {})
+        if any(map(_on_loopback6, made)):
+            with self._nm._ns():
+                if netlink.bridged_ipv6_hooked():
+                    raise NatmapError(_NO_LOOPBACK6)
+        return made
 
     def unpublish(self, endpoint: str) -> list[Binding]:
         """As :meth:`NatMap.unpublish`, applied when the transaction ends."""

@@ -98,7 +98,7 @@ class Binding:
     container_port: int
     # Derived once: tables hash bindings and keys a great deal, and hashing an
     # ipaddress object is slow (it formats the address as hex).
-    key: tuple[int, int, Protocol, int] = field(init=False, repr=False, compare=False)
+    key: tuple[int, int, str, int] = field(init=False, repr=False, compare=False)
     _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -108,8 +108,9 @@ class Binding:
                 object.__setattr__(self, name, ipaddress.ip_address(value))
         if type(self.proto) is not Protocol:
             object.__setattr__(self, "proto", Protocol(self.proto))
-        # What the kernel looks a packet up by: host address, protocol, port.
-        key = (self.host_ip.version, int(self.host_ip), self.proto, self.host_port)
+        # What the kernel looks a packet up by: host address, protocol, port;
+        # only ints and a str, so the garbage collector soon stops tracking it.
+        key = (self.host_ip.version, int(self.host_ip), self.proto.value, self.host_port)
         object.__setattr__(self, "key", key)
         object.__setattr__(self, "_hash", hash((key, self.endpoint, int(self.container_ip),
                                                 self.container_port)))
@@ -252,14 +253,15 @@ class Table:
     """
 
     def __init__(self, items: Iterable[Item] = ()) -> None:
-        self._by_key: dict[tuple, Binding] = {}
-        self._by_port: dict[tuple, dict[int, Binding]] = {}  # inner key: int(host address)
+        self._by_key: dict[tuple, Binding] = {}  # Binding.key: (version, int(host address), proto, port)
+        self._on_port: dict[tuple, int] = {}  # (version, proto, port): how many bindings, any address
         self._by_endpoint: dict[str, dict[tuple, Binding]] = {}
         self._by_container: dict[tuple[int, int], str] = {}  # (version, int(address)) -> endpoint
         self.bridges: dict[str, Bridge] = {}
         self._links: dict[tuple[str, str], Link] = {}
         self.isolated: set[str] = set()
-        self._journal: list[tuple[Verb, Item]] = []
+        # Runs of one verb (a big publish is one run): the steps since the last commit.
+        self._journal: list[tuple[Verb, list[Item]]] = []
         self._next_port: dict[Protocol, int] = {}
         for item in items:
             self._apply(Verb.ADD, item)
@@ -288,17 +290,18 @@ class Table:
 
     def clash(self, binding: Binding) -> Binding | None:
         """An existing binding that would catch the same packets, if any."""
-        return self._holder(binding.host_ip, binding.proto, binding.host_port)
+        version, address, proto, port = binding.key
+        found = self._by_key.get(binding.key) or self._by_key.get((version, 0, proto, port))
+        if found is None and address == 0 and (version, proto, port) in self._on_port:
+            # 0.0.0.0 or :: against a specific address: rare enough for a search
+            found = next(b for b in self._by_key.values() if b.key[0] == version and b.key[2:] == (proto, port))
+        return found
 
-    def _holder(self, host_ip: IPAddress, proto: Protocol, port: int) -> Binding | None:
-        same_port = self._by_port.get((host_ip.version, proto, port), {})
-        exact = same_port.get(int(host_ip))
-        if exact is not None:
-            return exact
-        for other in same_port.values():  # one per address bound on this port: few
-            if other.host_ip.is_unspecified or host_ip.is_unspecified:
-                return other
-        return None
+    def _taken(self, version: int, address: int, proto: str, port: int) -> bool:
+        """Whether a binding already catches packets to this address (0: any), protocol and port."""
+        if address == 0:
+            return (version, proto, port) in self._on_port
+        return (version, address, proto, port) in self._by_key or (version, 0, proto, port) in self._by_key
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -384,11 +387,12 @@ class Table:
     def change(self) -> Change:
         """The net change journaled since the last :meth:`commit` or :meth:`rollback`."""
         net: dict[Item, Verb] = {}
-        for verb, item in self._journal:
-            if net.get(item, verb) is not verb:
-                del net[item]  # added then deleted (or the reverse): no change
-            else:
-                net[item] = verb
+        for verb, items in self._journal:
+            for item in items:
+                if net.get(item, verb) is not verb:
+                    del net[item]  # added then deleted (or the reverse): no change
+                else:
+                    net[item] = verb
         return Change(add=tuple(i for i, v in net.items() if v is Verb.ADD),
                       delete=tuple(i for i, v in net.items() if v is Verb.DELETE))
 
@@ -398,13 +402,20 @@ class Table:
 
     def rollback(self) -> None:
         """Undo every journaled step, newest first."""
-        for verb, item in reversed(self._journal):
-            self._apply(Verb.DELETE if verb is Verb.ADD else Verb.ADD, item)
+        for verb, items in reversed(self._journal):
+            for item in reversed(items):
+                self._apply(Verb.DELETE if verb is Verb.ADD else Verb.ADD, item)
         self._journal.clear()
 
     def _do(self, verb: Verb, item: Item) -> None:
         self._apply(verb, item)
-        self._journal.append((verb, item))
+        self._record(verb, item)
+
+    def _record(self, verb: Verb, item: Item) -> None:
+        if self._journal and self._journal[-1][0] is verb:
+            self._journal[-1][1].append(item)
+        else:
+            self._journal.append((verb, [item]))
 
     def _apply(self, verb: Verb, item: Item) -> None:
         """Change the indexes, and nothing else."""
@@ -461,14 +472,10 @@ class Table:
                                   prefer=prefer.get((spec.proto, spec.container_ports.start)))]
         else:
             ports = list(host)
-        made = []
-        for host_port, container_port in zip(ports, spec.container_ports):
-            for host_ip in host_ips:
-                container_ip = endpoint.address(host_ip.version)
-                assert container_ip is not None
-                made.append(self._add(Binding(endpoint.name, spec.proto, host_ip, host_port,
-                                              container_ip, container_port)))
-        return made
+        container_ips = [endpoint.address(host_ip.version) for host_ip in host_ips]
+        return [self._add(Binding(endpoint.name, spec.proto, host_ip, host_port, container_ip, container_port))
+                for host_port, container_port in zip(ports, spec.container_ports)
+                for host_ip, container_ip in zip(host_ips, container_ips)]
 
     def _publish_exposed(self, endpoint: Endpoint, pool: PortPool,
                          prefer: Mapping[tuple[Protocol, int], int]) -> list[Binding]:
@@ -502,7 +509,7 @@ class Table:
         for port in itertools.chain(preferred, _wrapping(ports, start)):
             if port in pool.reserved or port in listening:
                 continue
-            if all(self._holder(ip, proto, port) is None for ip in host_ips):
+            if not any(self._taken(ip.version, int(ip), proto.value, port) for ip in host_ips):
                 if within is None and port != prefer:
                     self._next_port[proto] = port + 1
                 return port
@@ -516,22 +523,26 @@ class Table:
             raise ConflictError(
                 f"{binding}/{binding.proto.value} for endpoint {binding.endpoint!r} conflicts with "
                 f"{existing}/{existing.proto.value} of endpoint {existing.endpoint!r}")
-        self._do(Verb.ADD, binding)
+        self._insert(binding)  # what _do does, without its dispatch: a big publish has thousands
+        self._record(Verb.ADD, binding)
         return binding
 
     def _insert(self, binding: Binding) -> None:
-        self._by_key[binding.key] = binding
-        self._by_port.setdefault((binding.version, binding.proto, binding.host_port), {})[binding.key[1]] = binding
-        self._by_endpoint.setdefault(binding.endpoint, {})[binding.key] = binding
-        self._by_container[(binding.container_ip.version, int(binding.container_ip))] = binding.endpoint
+        version, _, proto, port = key = binding.key
+        self._by_key[key] = binding
+        port_key = (version, proto, port)
+        self._on_port[port_key] = self._on_port.get(port_key, 0) + 1
+        self._by_endpoint.setdefault(binding.endpoint, {})[key] = binding
+        self._by_container[(version, int(binding.container_ip))] = binding.endpoint
 
     def _remove(self, binding: Binding) -> None:
-        del self._by_key[binding.key]
-        port_key = (binding.version, binding.proto, binding.host_port)
-        del self._by_port[port_key][binding.key[1]]
-        if not self._by_port[port_key]:
-            del self._by_port[port_key]
-        del self._by_endpoint[binding.endpoint][binding.key]
+        version, _, proto, port = key = binding.key
+        del self._by_key[key]
+        port_key = (version, proto, port)
+        self._on_port[port_key] -= 1
+        if not self._on_port[port_key]:
+            del self._on_port[port_key]
+        del self._by_endpoint[binding.endpoint][key]
         if not self._by_endpoint[binding.endpoint]:
             del self._by_endpoint[binding.endpoint]
             self._by_container = {ip: name for ip, name in self._by_container.items()

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 from ..errors import BackendError, PrivilegeError, SpecError
 from ..links import Flow, Link, links_from_flows
 from ..plan import Binding, Bridge, Change, Isolation, Item, Table
-from ..spec import Protocol
+from ..spec import IPAddress, Protocol
 
 _TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
 _VERSIONS = (4, 6)
@@ -204,17 +204,22 @@ def change_text(table: str, change: Change) -> str:
 
 def _binding_texts(items: tuple[Item, ...]) -> dict[str, list[str]]:
     """Each binding's map element as text, by map: the same as _text_entry
-    of its _elements, written out, since a big first publish has thousands."""
+    of its _elements, written out, since a big first publish has thousands.
+    Formatting an address is slow, and an endpoint's bindings share one."""
     groups: dict[str, list[str]] = {}
+    address_text: dict[IPAddress, str] = {}
     for b in items:
         if not isinstance(b, Binding):
             continue
-        if b.host_ip.is_unspecified:
-            name, key = f"dnat{b.version}_any", f"{b.proto.value} . {b.host_port}"
+        version, host, proto, port = b.key
+        if host == 0:  # 0.0.0.0 or ::
+            name, key = f"dnat{version}_any", f"{proto} . {port}"
         else:
-            name, key = f"dnat{b.version}", f"{b.host_ip} . {b.proto.value} . {b.host_port}"
-        groups.setdefault(name, []).append(
-            f'{key} comment "{b.endpoint}" : {b.container_ip} . {b.container_port}')
+            name, key = f"dnat{version}", f"{b.host_ip} . {proto} . {port}"
+        container = address_text.get(b.container_ip)
+        if container is None:
+            container = address_text[b.container_ip] = str(b.container_ip)
+        groups.setdefault(name, []).append(f'{key} comment "{b.endpoint}" : {container} . {b.container_port}')
     return groups
 
 
