@@ -31,6 +31,7 @@ T = TypeVar("T")
 # Linux interface names: at most 15 bytes, no '/', ':' or white space.
 _IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
 _ANY = {4: ipaddress.IPv4Address("0.0.0.0"), 6: ipaddress.IPv6Address("::")}
+_ADDRESS_TYPES = (ipaddress.IPv4Address, ipaddress.IPv6Address)
 
 
 def validate_ifname(name: str) -> str:
@@ -102,15 +103,16 @@ class Binding:
     _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("host_ip", "container_ip"):
-            value = getattr(self, name)
-            if not isinstance(value, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
-                object.__setattr__(self, name, ipaddress.ip_address(value))
+        # Written out, not looped: a big publish makes tens of thousands.
+        if not isinstance(self.host_ip, _ADDRESS_TYPES):
+            object.__setattr__(self, "host_ip", ipaddress.ip_address(self.host_ip))
+        if not isinstance(self.container_ip, _ADDRESS_TYPES):
+            object.__setattr__(self, "container_ip", ipaddress.ip_address(self.container_ip))
         if type(self.proto) is not Protocol:
             object.__setattr__(self, "proto", Protocol(self.proto))
         # What the kernel looks a packet up by: host address, protocol, port;
         # only ints and a str, so the garbage collector soon stops tracking it.
-        key = (self.host_ip.version, int(self.host_ip), self.proto.value, self.host_port)
+        key = (self.host_ip.version, int(self.host_ip), self.proto._value_, self.host_port)
         object.__setattr__(self, "key", key)
         object.__setattr__(self, "_hash", hash((key, self.endpoint, int(self.container_ip),
                                                 self.container_port)))
@@ -386,6 +388,9 @@ class Table:
 
     def change(self) -> Change:
         """The net change journaled since the last :meth:`commit` or :meth:`rollback`."""
+        if len(self._journal) == 1:  # already net: nothing is added (or deleted) twice in a row
+            verb, items = self._journal[0]
+            return Change(add=tuple(items)) if verb is Verb.ADD else Change(delete=tuple(items))
         net: dict[Item, Verb] = {}
         for verb, items in self._journal:
             for item in items:
@@ -409,13 +414,13 @@ class Table:
 
     def _do(self, verb: Verb, item: Item) -> None:
         self._apply(verb, item)
-        self._record(verb, item)
+        self._steps(verb).append(item)
 
-    def _record(self, verb: Verb, item: Item) -> None:
-        if self._journal and self._journal[-1][0] is verb:
-            self._journal[-1][1].append(item)
-        else:
-            self._journal.append((verb, [item]))
+    def _steps(self, verb: Verb) -> list[Item]:
+        """The journal's last run, to append steps of ``verb`` to."""
+        if not self._journal or self._journal[-1][0] is not verb:
+            self._journal.append((verb, []))
+        return self._journal[-1][1]
 
     def _apply(self, verb: Verb, item: Item) -> None:
         """Change the indexes, and nothing else."""
@@ -473,9 +478,9 @@ class Table:
         else:
             ports = list(host)
         container_ips = [endpoint.address(host_ip.version) for host_ip in host_ips]
-        return [self._add(Binding(endpoint.name, spec.proto, host_ip, host_port, container_ip, container_port))
-                for host_port, container_port in zip(ports, spec.container_ports)
-                for host_ip, container_ip in zip(host_ips, container_ips)]
+        return self._add_all([Binding(endpoint.name, spec.proto, host_ip, host_port, container_ip, container_port)
+                              for host_port, container_port in zip(ports, spec.container_ports)
+                              for host_ip, container_ip in zip(host_ips, container_ips)])
 
     def _publish_exposed(self, endpoint: Endpoint, pool: PortPool,
                          prefer: Mapping[tuple[Protocol, int], int]) -> list[Binding]:
@@ -515,17 +520,20 @@ class Table:
                 return port
         raise ConflictError(f"no free host port for {proto.value} in {ports}")
 
-    def _add(self, binding: Binding) -> Binding:
-        existing = self.clash(binding)
-        if existing == binding:
-            return binding
-        if existing is not None:
-            raise ConflictError(
-                f"{binding}/{binding.proto.value} for endpoint {binding.endpoint!r} conflicts with "
-                f"{existing}/{existing.proto.value} of endpoint {existing.endpoint!r}")
-        self._insert(binding)  # what _do does, without its dispatch: a big publish has thousands
-        self._record(Verb.ADD, binding)
-        return binding
+    def _add_all(self, bindings: list[Binding]) -> list[Binding]:
+        """Add the bindings not already there, journaling each; raise
+        ConflictError at the first that would catch another one's packets."""
+        steps = self._steps(Verb.ADD)
+        for binding in bindings:
+            existing = self.clash(binding)
+            if existing is None:
+                self._insert(binding)  # what _do does, without its dispatch: a big publish has thousands
+                steps.append(binding)
+            elif existing != binding:
+                raise ConflictError(
+                    f"{binding}/{binding.proto.value} for endpoint {binding.endpoint!r} conflicts with "
+                    f"{existing}/{existing.proto.value} of endpoint {existing.endpoint!r}")
+        return bindings
 
     def _insert(self, binding: Binding) -> None:
         version, _, proto, port = key = binding.key
