@@ -17,6 +17,7 @@ How a change happens, every time:
 from __future__ import annotations
 
 import functools
+import ipaddress
 import sys
 import threading
 import time
@@ -47,6 +48,7 @@ _NO_LOOPBACK6 = (
     "them; publish on 127.0.0.1, or keep that sysctl at 0 and bridges unisolated")
 
 LOCK_DIR = "/run/natmap"
+_LOOPBACK6 = ipaddress.IPv6Address("::1")
 
 
 class TableMissingError(NotFoundError):
@@ -393,13 +395,12 @@ class Transaction:
         bridge = self._nm._bridge(endpoint)
         if self._pool is None:
             self._pool = self._nm._pool()
-        made = table.publish(endpoint, parsed, publish_all=publish_all,
-                             pool=self._pool, bridge=bridge, prefer=prefer or {})
-        if any(map(_on_loopback6, made)):
+        if any(spec.host_ip == _LOOPBACK6 for spec in parsed):  # only a spec can name [::1]
             with self._nm._ns():
                 if netlink.bridged_ipv6_hooked():
                     raise NatmapError(_NO_LOOPBACK6)
-        return made
+        return table.publish(endpoint, parsed, publish_all=publish_all,
+                             pool=self._pool, bridge=bridge, prefer=prefer or {})
 
     def unpublish(self, endpoint: str) -> list[Binding]:
         """As :meth:`NatMap.unpublish`, applied when the transaction ends."""
@@ -421,7 +422,7 @@ class Transaction:
         """As :meth:`NatMap.isolate`, applied when the transaction ends."""
         table = self._require()
         validate_ifname(bridge)
-        if any(map(_on_loopback6, table.bindings())):
+        if any(b.host_ip == _LOOPBACK6 for b in table.bindings()):
             raise NatmapError(_NO_LOOPBACK6)
         with self._nm._ns():
             netlink.check_bridge_hooks()
@@ -454,9 +455,6 @@ def _log_change(change: Change, backend: str, seconds: float) -> None:
                backend, len(change.delete), len(change.add), seconds * 1000)
 
 
-def _on_loopback6(binding: Binding) -> bool:
-    """Whether the binding is on [::1] (compared on its key: fast for many)."""
-    return binding.key[:2] == (6, 1)  # (version, int(host address))
 
 
 def _list(specs: Iterable[str | PortSpec]) -> list[str | PortSpec]:

@@ -97,10 +97,9 @@ class Binding:
     host_port: int
     container_ip: IPAddress
     container_port: int
-    # Derived once: tables hash bindings and keys a great deal, and hashing an
-    # ipaddress object is slow (it formats the address as hex).
+    # Derived once: tables look bindings up by it and hash it a great deal,
+    # and hashing an ipaddress object is slow (it formats the address as hex).
     key: tuple[int, int, str, int] = field(init=False, repr=False, compare=False)
-    _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Written out, not looped: a big publish makes tens of thousands.
@@ -112,13 +111,11 @@ class Binding:
             object.__setattr__(self, "proto", Protocol(self.proto))
         # What the kernel looks a packet up by: host address, protocol, port;
         # only ints and a str, so the garbage collector soon stops tracking it.
-        key = (self.host_ip.version, int(self.host_ip), self.proto._value_, self.host_port)
-        object.__setattr__(self, "key", key)
-        object.__setattr__(self, "_hash", hash((key, self.endpoint, int(self.container_ip),
-                                                self.container_port)))
+        object.__setattr__(self, "key", (self.host_ip.version, int(self.host_ip), self.proto._value_,
+                                         self.host_port))
 
     def __hash__(self) -> int:
-        return self._hash
+        return hash(self.key)  # equal bindings have equal keys; a table holds one binding a key
 
     def __str__(self) -> str:
         return f"{format_ip(self.host_ip)}:{self.host_port}"
@@ -236,15 +233,29 @@ class Change:
 
     add: tuple[Item, ...] = ()
     delete: tuple[Item, ...] = ()
+    # Each side sorted by kind once: a big change has 10,000 items, asked for by kind often.
+    _added: dict[type, list[Item]] = field(init=False, repr=False, compare=False)
+    _deleted: dict[type, list[Item]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_added", _by_kind(self.add))
+        object.__setattr__(self, "_deleted", _by_kind(self.delete))
 
     def __bool__(self) -> bool:
         return bool(self.add or self.delete)
 
     def added(self, kind: type[T]) -> list[T]:
-        return [item for item in self.add if isinstance(item, kind)]
+        return list(self._added.get(kind, ()))  # type: ignore[arg-type]
 
     def deleted(self, kind: type[T]) -> list[T]:
-        return [item for item in self.delete if isinstance(item, kind)]
+        return list(self._deleted.get(kind, ()))  # type: ignore[arg-type]
+
+
+def _by_kind(items: tuple[Item, ...]) -> dict[type, list[Item]]:
+    kinds: dict[type, list[Item]] = {}
+    for item in items:
+        kinds.setdefault(type(item), []).append(item)
+    return kinds
 
 
 class Table:

@@ -194,23 +194,21 @@ def change_text(table: str, change: Change) -> str:
     """The same change as nft text, one command a line (``nft -f`` reads it)."""
     lines = [f"delete element inet {table} {name} {{ {', '.join(_text_parts(e.key) for e in elements)} }}"
              for name, elements in _grouped(change.delete).items()]
-    others = tuple(item for item in change.add if not isinstance(item, Binding))
+    others = (*change.added(Bridge), *change.added(Link), *change.added(Isolation))
     lines += [f"add element inet {table} {name} {{ {', '.join(_text_entry(e) for e in elements)} }}"
               for name, elements in _grouped(others).items()]
     lines += [f"add element inet {table} {name} {{ {', '.join(entries)} }}"
-              for name, entries in _binding_texts(change.add).items()]
+              for name, entries in _binding_texts(change.added(Binding)).items()]
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def _binding_texts(items: tuple[Item, ...]) -> dict[str, list[str]]:
+def _binding_texts(bindings: list[Binding]) -> dict[str, list[str]]:
     """Each binding's map element as text, by map: the same as _text_entry
     of its _elements, written out, since a big first publish has thousands.
     Formatting an address is slow, and an endpoint's bindings share one."""
     groups: dict[str, list[str]] = {}
     address_text: dict[IPAddress, str] = {}
-    for b in items:
-        if not isinstance(b, Binding):
-            continue
+    for b in bindings:
         version, host, proto, port = b.key
         if host == 0:  # 0.0.0.0 or ::
             name, key = f"dnat{version}_any", f"{proto} . {port}"
