@@ -551,7 +551,10 @@ class Table:
         self._by_key[key] = binding
         port_key = (version, proto, port)
         self._on_port[port_key] = self._on_port.get(port_key, 0) + 1
-        self._by_endpoint.setdefault(binding.endpoint, {})[key] = binding
+        of_endpoint = self._by_endpoint.get(binding.endpoint)
+        if of_endpoint is None:  # (not setdefault: that makes a dict per call)
+            of_endpoint = self._by_endpoint[binding.endpoint] = {}
+        of_endpoint[key] = binding
         self._by_container[(version, int(binding.container_ip))] = binding.endpoint
 
     def _remove(self, binding: Binding) -> None:

@@ -325,6 +325,8 @@ def _address(span: _Span) -> IPAddress:
 
 
 def _looks_like_ip(text: str) -> bool:
+    if "." not in text and ":" not in text:  # every IP literal has one; cheaper than failing to parse
+        return False
     try:
         ipaddress.ip_address(text.strip("[]"))
     except ValueError:

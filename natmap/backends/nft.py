@@ -210,14 +210,18 @@ def _binding_texts(bindings: list[Binding]) -> dict[str, list[str]]:
     address_text: dict[IPAddress, str] = {}
     for b in bindings:
         version, host, proto, port = b.key
-        if host == 0:  # 0.0.0.0 or ::
-            name, key = f"dnat{version}_any", f"{proto} . {port}"
-        else:
-            name, key = f"dnat{version}", f"{b.host_ip} . {proto} . {port}"
         container = address_text.get(b.container_ip)
         if container is None:
             container = address_text[b.container_ip] = str(b.container_ip)
-        groups.setdefault(name, []).append(f'{key} comment "{b.endpoint}" : {container} . {b.container_port}')
+        data = f'comment "{b.endpoint}" : {container} . {b.container_port}'
+        if host == 0:  # 0.0.0.0 or ::
+            name, text = f"dnat{version}_any", f"{proto} . {port} {data}"
+        else:
+            name, text = f"dnat{version}", f"{b.host_ip} . {proto} . {port} {data}"
+        group = groups.get(name)
+        if group is None:
+            group = groups[name] = []
+        group.append(text)
     return groups
 
 
