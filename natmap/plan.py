@@ -117,6 +117,25 @@ class Binding:
     def __hash__(self) -> int:
         return hash(self.key)  # equal bindings have equal keys; a table holds one binding a key
 
+    def _on_ports(self, pairs: Iterable[tuple[int, int]]) -> list[Binding]:
+        """This binding on each ``(host_port, container_port)``: equal to
+        ``Binding(...)`` with those ports, made in half the time, since the
+        fields they share were checked once, here (a range spec makes thousands)."""
+        new, set_ = object.__new__, object.__setattr__
+        version, address, proto, _ = self.key
+        made = []
+        for host_port, container_port in pairs:
+            b = new(Binding)
+            set_(b, "endpoint", self.endpoint)
+            set_(b, "proto", self.proto)
+            set_(b, "host_ip", self.host_ip)
+            set_(b, "host_port", host_port)
+            set_(b, "container_ip", self.container_ip)
+            set_(b, "container_port", container_port)
+            set_(b, "key", (version, address, proto, host_port))
+            made.append(b)
+        return made
+
     def __str__(self) -> str:
         return f"{format_ip(self.host_ip)}:{self.host_port}"
 
@@ -488,10 +507,13 @@ class Table:
                                   prefer=prefer.get((spec.proto, spec.container_ports.start)))]
         else:
             ports = list(host)
-        container_ips = [endpoint.address(host_ip.version) for host_ip in host_ips]
-        return self._add_all([Binding(endpoint.name, spec.proto, host_ip, host_port, container_ip, container_port)
-                              for host_port, container_port in zip(ports, spec.container_ports)
-                              for host_ip, container_ip in zip(host_ips, container_ips)])
+        pairs = list(zip(ports, spec.container_ports))
+        made: list[Binding] = []
+        for host_ip in host_ips:
+            (host_port, container_port), container_ip = pairs[0], endpoint.address(host_ip.version)
+            first = Binding(endpoint.name, spec.proto, host_ip, host_port, container_ip, container_port)
+            made += first._on_ports(pairs)
+        return self._add_all(made)
 
     def _publish_exposed(self, endpoint: Endpoint, pool: PortPool,
                          prefer: Mapping[tuple[Protocol, int], int]) -> list[Binding]:

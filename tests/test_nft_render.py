@@ -23,6 +23,17 @@ def test_the_binding_fast_path_renders_what_the_general_path_does():
         assert _text_entry(element) in text
 
 
+def test_the_fast_path_formats_shared_parts_again_when_they_change():
+    shared_ip, other_ip = ipaddress.ip_address("172.30.0.2"), ipaddress.ip_address("172.30.0.3")
+    made = (Binding("web01", "tcp", "0.0.0.0", 8000, shared_ip, 80),
+            Binding("web02", "tcp", "0.0.0.0", 8001, shared_ip, 80),   # same address object, other name
+            Binding("web02", "tcp", "0.0.0.0", 8002, other_ip, 80),    # same name, other address
+            Binding("web01", "tcp", "0.0.0.0", 8003, shared_ip, 81))
+    (line,) = change_text("natmap", Change(add=made)).splitlines()
+    entries = line.removeprefix("add element inet natmap dnat4_any { ").removesuffix(" }").split(", ")
+    assert entries == [_text_entry(next(_elements(b))) for b in made]
+
+
 def test_a_change_renders_deletions_before_additions_in_both_forms():
     table = Table()
     web = Endpoint("web01", "172.30.0.2", "natmap0", ipv6="fd00:30::2", expose=["5000"])

@@ -247,3 +247,16 @@ def test_bindings_never_overlap_whatever_the_sequence(sequence):
     rebuilt = Table(bindings)
     assert rebuilt.bindings() == bindings
     assert sorted(sum((table.of(e) for e in table.endpoints()), []), key=Binding.sort_key) == bindings
+
+
+@given(st.sampled_from(["0.0.0.0", "127.0.0.1", "::", "::1"]), st.sampled_from(["tcp", "udp", "sctp"]),
+       st.lists(st.tuples(st.integers(1, 65535), st.integers(1, 65535)), min_size=1, max_size=20))
+def test_bindings_made_in_bulk_equal_bindings_made_one_by_one(host_ip, proto, pairs):
+    container_ip = "172.30.0.2" if ":" not in host_ip else "fd00:30::2"
+    first = Binding("web01", proto, host_ip, 1, container_ip, 1)
+    one_by_one = [Binding("web01", proto, host_ip, h, container_ip, c) for h, c in pairs]
+    bulk = first._on_ports(pairs)
+    assert bulk == one_by_one
+    assert [(b.key, hash(b), repr(b)) for b in bulk] == [(b.key, hash(b), repr(b)) for b in one_by_one]
+    with pytest.raises(AttributeError):  # still frozen
+        bulk[0].host_port = 2

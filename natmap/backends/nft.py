@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 from ..errors import BackendError, PrivilegeError, SpecError
 from ..links import Flow, Link, links_from_flows
 from ..plan import Binding, Bridge, Change, Isolation, Item, Table
-from ..spec import IPAddress, Protocol
+from ..spec import Protocol
 
 _TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
 _VERSIONS = (4, 6)
@@ -205,23 +205,20 @@ def change_text(table: str, change: Change) -> str:
 def _binding_texts(bindings: list[Binding]) -> dict[str, list[str]]:
     """Each binding's map element as text, by map: the same as _text_entry
     of its _elements, written out, since a big first publish has thousands.
-    Formatting an address is slow, and an endpoint's bindings share one."""
+    The bindings of one spec come one after another and share their endpoint
+    and address objects: their common part is formatted once."""
     groups: dict[str, list[str]] = {}
-    address_text: dict[IPAddress, str] = {}
+    endpoint = container_ip = None
     for b in bindings:
+        if b.endpoint is not endpoint or b.container_ip is not container_ip:
+            endpoint, container_ip = b.endpoint, b.container_ip
+            data = f'comment "{endpoint}" : {container_ip} . '
         version, host, proto, port = b.key
-        container = address_text.get(b.container_ip)
-        if container is None:
-            container = address_text[b.container_ip] = str(b.container_ip)
-        data = f'comment "{b.endpoint}" : {container} . {b.container_port}'
         if host == 0:  # 0.0.0.0 or ::
-            name, text = f"dnat{version}_any", f"{proto} . {port} {data}"
+            name, text = f"dnat{version}_any", f"{proto} . {port} {data}{b.container_port}"
         else:
-            name, text = f"dnat{version}", f"{b.host_ip} . {proto} . {port} {data}"
-        group = groups.get(name)
-        if group is None:
-            group = groups[name] = []
-        group.append(text)
+            name, text = f"dnat{version}", f"{b.host_ip} . {proto} . {port} {data}{b.container_port}"
+        groups.setdefault(name, []).append(text)
     return groups
 
 
