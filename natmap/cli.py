@@ -15,7 +15,6 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
 
 from . import __version__
 from .backends import BACKENDS
@@ -25,8 +24,13 @@ from .links import Link
 from .plan import Binding, Change, Endpoint, describe, natural_key
 from .spec import LinkSpec, PortSpec, format_ip
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
+if TYPE_CHECKING:
+    from typing import Any
+
+    Output = tuple[Any, list[str]]  # (what --json prints, the lines to print otherwise)
+
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_PRIVILEGE = 0, 1, 2, 3, 4
-Output = tuple[Any, list[str]]  # (what --json prints, the lines to print otherwise)
 
 
 # --- Docker's text forms -------------------------------------------------------------

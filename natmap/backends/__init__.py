@@ -5,9 +5,11 @@ same :class:`~natmap.plan.Change` and read back the same
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..errors import BackendError, NatmapError, SpecError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
+if TYPE_CHECKING:
+    from typing import Any
 
 BACKENDS = ("nft", "iptables", "auto")
 
