@@ -2,7 +2,9 @@
 
 Prints tables and ratios measured in this one run (these machines are noisy:
 absolute times are for orientation, ratios are the point; each figure is the
-median of several runs) and writes bench/RESULTS.md.
+median of several runs, and what is compared is measured in turns) and writes
+bench/RESULTS.md. `make bench` compiles natmap's bytecode first, as an
+installed package has it.
 
 1. full apply: publish N bindings (40 ports an endpoint) in one call, vs the
    floor (the same rule set as hand-written nft text, applied by one `nft -f`
@@ -39,7 +41,8 @@ FIRST_HOST_PORT = 10000
 RESULTS = Path(__file__).with_name("RESULTS.md")
 NATMAP_CLI = str(Path(sys.executable).with_name("natmap"))
 QUICK = os.environ.get("BENCH_QUICK") == "1"   # a smoke run: fewer repeats
-REPEATS = 1 if QUICK else 3
+REPEATS = 1 if QUICK else 5
+STARTS = 5 if QUICK else 15      # whole processes: cheap, and noisier
 report: list[str] = []
 
 
@@ -57,6 +60,19 @@ def median_time(fn, repeats: int = REPEATS, setup=None) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def interleaved(contestants: dict, repeats: int = REPEATS) -> dict[str, float]:
+    """The median time of each contestant (name: (fn, setup or None)), measured
+    in turns, one round each at a time: a slow spell of this shared machine
+    then falls on all of them alike, and the ratios between them hold."""
+    times: dict[str, list[float]] = {name: [] for name in contestants}
+    for _ in range(repeats):
+        for name, (fn, setup) in contestants.items():
+            if setup:
+                setup()
+            times[name].append(_timed(fn))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def endpoints(n: int, bridge: str) -> list[tuple[natmap.Endpoint, str]]:
@@ -115,14 +131,17 @@ def full_apply(sb: Sandbox) -> dict:
     for n in sizes:
         eps = endpoints(n, sb.bridge)
         nm = natmap.NatMap(table="bench", netns=sb.host.name)
-        natmap_s = median_time(lambda: publish_all(nm, eps), setup=lambda: _clean(nm))
         text = floor_text("floor", eps)
         path = Path(f"/tmp/natmap-bench-{os.getpid()}.nft")
         path.write_text(text)
         drop_floor = lambda: sb.host.run(["nft", "delete", "table", "inet", "floor"])  # noqa: E731
-        nft_f = median_time(lambda: sb.host.run(["nft", "-f", str(path)], check=True), setup=drop_floor)
         lib = sb.host.call(nftables.Nftables)
-        in_process = median_time(lambda: sb.host.call(lib.cmd, text), setup=drop_floor)
+        timed = interleaved({
+            "natmap": (lambda: publish_all(nm, eps), lambda: _clean(nm)),
+            "nft_f": (lambda: sb.host.run(["nft", "-f", str(path)], check=True), drop_floor),
+            "in_process": (lambda: sb.host.call(lib.cmd, text), drop_floor),
+        })
+        natmap_s, nft_f, in_process = timed["natmap"], timed["nft_f"], timed["in_process"]
         drop_floor()
         path.unlink()
         docker = _docker_way(sb, eps) if n <= 1000 else None
@@ -217,8 +236,9 @@ def teardown(sb: Sandbox) -> dict:
     out()
     big = natmap.Endpoint("big", "172.30.100.1", sb.bridge)
     nm = natmap.NatMap(table="bench", netns=sb.host.name)
-    publish = median_time(lambda: nm.publish(big, ["20000-20999:1-1000"]), setup=lambda: nm.unpublish("big"))
-    unpublish = median_time(lambda: nm.unpublish("big"), setup=lambda: nm.publish(big, ["20000-20999:1-1000"]))
+    timed = interleaved({"publish": (lambda: nm.publish(big, ["20000-20999:1-1000"]), None),
+                         "unpublish": (lambda: nm.unpublish("big"), None)})
+    publish, unpublish = timed["publish"], timed["unpublish"]
     _clean(nm)
     out(f"publish {publish * 1000:.1f} ms, unpublish {unpublish * 1000:.1f} ms: ratio {unpublish / publish:.2f}x")
     out()
@@ -232,7 +252,7 @@ def packet_path(sb: Sandbox) -> dict:
     """New UDP flows (each a fresh source port) sent from a client through the
     host's DNAT to a container: the sender's rate is bounded by the host's work
     per new flow, which is done in the sending call on this machine."""
-    out("## 4. Packet path: new flows a second the host DNATs (median of 3 runs of 20,000 flows)")
+    out(f"## 4. Packet path: new flows a second the host DNATs (median of {REPEATS} runs of 20,000 flows)")
     out()
     out("| backend | N = 1 | N = 10,000 | ratio |")
     out("|---|---|---|---|")
@@ -277,15 +297,18 @@ def _send_new_flows(host: str, port: int, count: int) -> float:
 
 
 def startup(sb: Sandbox) -> dict:
-    out("## 5. Start-up as whole processes (median of 5, ms)")
+    out(f"## 5. Start-up as whole processes (median of {STARTS}, taken in turns, ms)")
     out()
     web = sb.container("startup")
     natmap.NatMap(netns=sb.host.name).publish(web.endpoint(), ["8080:80"])
-    python = median_time(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), repeats=5)
-    imported = median_time(lambda: subprocess.run([sys.executable, "-c", "import natmap"], check=True), repeats=5)
-    port = median_time(lambda: subprocess.run([NATMAP_CLI, "port", "startup", "--netns", sb.host.name],
-                                              check=True, capture_output=True), repeats=5)
-    read = median_time(lambda: sb.host.run(["nft", "-j", "list", "table", "inet", "natmap"], check=True), repeats=5)
+    timed = interleaved({
+        "python": (lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), None),
+        "imported": (lambda: subprocess.run([sys.executable, "-c", "import natmap"], check=True), None),
+        "port": (lambda: subprocess.run([NATMAP_CLI, "port", "startup", "--netns", sb.host.name],
+                                        check=True, capture_output=True), None),
+        "read": (lambda: sb.host.run(["nft", "-j", "list", "table", "inet", "natmap"], check=True), None),
+    }, repeats=STARTS)
+    python, imported, port, read = timed["python"], timed["imported"], timed["port"], timed["read"]
     heavy = subprocess.run([sys.executable, "-c", "import sys, natmap; print(sorted({m.split('.')[0] for m in "
                             "sys.modules} & {'pyroute2', 'iptc', 'nftables'}))"],
                            capture_output=True, text=True, check=True).stdout.strip()

@@ -285,8 +285,8 @@ class NatMap:
 
     def _kernel_table(self) -> tuple[Table, bool]:
         """The table as the kernel holds it now, and whether it is missing."""
-        missing = not self._backend.exists()
-        return (Table() if missing else self._backend.load()), missing
+        table = self._backend.read()
+        return (Table(), True) if table is None else (table, False)
 
     def _commit(self, table: Table, change: Change) -> None:
         """Apply ``change``, ``table``'s journaled change, in one transaction, or roll it back."""

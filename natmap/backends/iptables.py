@@ -219,6 +219,10 @@ class IptablesBackend:
         with _xtables_lock():
             return _table(4, "nat").is_chain(self._chain("DNAT"))
 
+    def read(self) -> Table | None:
+        """natmap's chains read back into a :class:`Table`; None if there are none."""
+        return self.load() if self.exists() else None
+
     def load(self) -> Table:
         """Read natmap's chains back into a :class:`Table`."""
         with _xtables_lock():

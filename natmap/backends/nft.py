@@ -281,6 +281,16 @@ def _links(contents: dict[str, list[Any]]) -> list[Link]:
     return links_from_flows(flows)
 
 
+_NO_SUCH_TABLE = "No such file or directory"  # libnftables' words for ENOENT
+
+
+def _check(what: str, rc: int, err: str) -> None:
+    if rc != 0:
+        if "Operation not permitted" in err:
+            raise PrivilegeError(what)
+        raise BackendError(f"nft refused {what}: {err.strip() or f'error {rc}'}")
+
+
 class NftBackend:
     """libnftables in the calling thread's network namespace."""
 
@@ -299,20 +309,13 @@ class NftBackend:
             rc, out, err = self._nft.cmd(command)
         else:
             rc, out, err = self._nft.json_cmd(command)
-        if rc != 0:
-            if "Operation not permitted" in err:
-                raise PrivilegeError(what)
-            raise BackendError(f"nft refused {what}: {err.strip() or f'error {rc}'}")
+        _check(what, rc, err)
         return out if isinstance(out, str) else json.dumps(out)
 
     def usable(self) -> bool:
         """Whether the kernel answers nftables requests here."""
-        return self._nft.cmd("list tables")[0] == 0
-
-    def exists(self) -> bool:
-        out = self._run("listing tables", "list tables inet")
-        return any(obj.get("table", {}).get("name") == self.table
-                   for obj in json.loads(out or '{"nftables": []}')["nftables"])
+        rc, _, err = self._nft.cmd(f"list table inet {self.table}")
+        return rc == 0 or _NO_SUCH_TABLE in err
 
     def delete(self) -> None:
         """Remove the table and everything in it: one transaction."""
@@ -320,7 +323,7 @@ class NftBackend:
 
     def structure_problems(self) -> list[str]:
         """natmap's own maps, sets, chains and rules that are missing or changed."""
-        objects = json.loads(self.listing())["nftables"]
+        objects = json.loads(self.listing() or '{"nftables": []}')["nftables"]
         have = {(kind, obj[kind]["name"]) for obj in objects for kind in ("map", "set", "chain") if kind in obj}
         rules: dict[str, int] = {}
         for obj in objects:
@@ -343,16 +346,28 @@ class NftBackend:
         return problems
 
     def rebuild(self, items: set[Any]) -> None:
-        """Replace the table with its skeleton and ``items``: one transaction."""
-        text = (f"delete table inet {self.table}\n" if self.exists() else "")
+        """Replace the table with its skeleton and ``items``: one transaction.
+        (Adding the table first makes deleting it work whether it is there or not.)"""
+        text = f"add table inet {self.table}\ndelete table inet {self.table}\n"
         self._run(f"rebuilding table inet {self.table}", text + self.text(Change(add=tuple(items)), create=True))
 
-    def listing(self) -> str:
-        """The table as nft's JSON text."""
-        return self._run(f"listing table inet {self.table}", f"list table inet {self.table}")
+    def listing(self) -> str | None:
+        """The table as nft's JSON text, or None if there is none.
 
-    def load(self) -> Table:
-        return parse_table(self.listing())
+        Asked with ``list table`` only: ``list tables`` makes libnftables 1.0.6
+        fetch every table's elements, 30 ms when another program's table has
+        10,000 (measured), where ``list table`` costs what natmap's own table holds.
+        """
+        rc, out, err = self._nft.cmd(f"list table inet {self.table}")
+        if rc != 0 and _NO_SUCH_TABLE in err:
+            return None
+        _check(f"listing table inet {self.table}", rc, err)
+        return out
+
+    def read(self) -> Table | None:
+        """The table as the kernel holds it, or None if there is none."""
+        listing = self.listing()
+        return None if listing is None else parse_table(listing)
 
     def generation(self) -> int:
         """The ruleset generation: one more with every committed transaction."""
