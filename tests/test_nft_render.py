@@ -24,14 +24,17 @@ def test_the_binding_fast_path_renders_what_the_general_path_does():
 
 
 def test_the_fast_path_formats_shared_parts_again_when_they_change():
+    any_ip, local_ip = ipaddress.ip_address("0.0.0.0"), ipaddress.ip_address("127.0.0.1")
     shared_ip, other_ip = ipaddress.ip_address("172.30.0.2"), ipaddress.ip_address("172.30.0.3")
-    made = (Binding("web01", "tcp", "0.0.0.0", 8000, shared_ip, 80),
-            Binding("web02", "tcp", "0.0.0.0", 8001, shared_ip, 80),   # same address object, other name
-            Binding("web02", "tcp", "0.0.0.0", 8002, other_ip, 80),    # same name, other address
-            Binding("web01", "tcp", "0.0.0.0", 8003, shared_ip, 81))
-    (line,) = change_text("natmap", Change(add=made)).splitlines()
-    entries = line.removeprefix("add element inet natmap dnat4_any { ").removesuffix(" }").split(", ")
-    assert entries == [_text_entry(next(_elements(b))) for b in made]
+    made = (Binding("web01", "tcp", any_ip, 8000, shared_ip, 80),
+            Binding("web01", "udp", any_ip, 8000, shared_ip, 80),     # the same objects, another protocol
+            Binding("web02", "tcp", any_ip, 8001, shared_ip, 80),     # the same addresses, another name
+            Binding("web02", "tcp", any_ip, 8002, other_ip, 80),      # the same name, another address
+            Binding("web02", "tcp", local_ip, 8003, other_ip, 81))    # another host address
+    any_line, specific_line = change_text("natmap", Change(add=made)).splitlines()
+    entries = any_line.removeprefix("add element inet natmap dnat4_any { ").removesuffix(" }").split(", ")
+    assert entries == [_text_entry(next(_elements(b))) for b in made[:4]]
+    assert specific_line == f"add element inet natmap dnat4 {{ {_text_entry(next(_elements(made[4])))} }}"
 
 
 def test_a_change_renders_deletions_before_additions_in_both_forms():

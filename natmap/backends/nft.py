@@ -206,19 +206,19 @@ def _binding_texts(bindings: list[Binding]) -> dict[str, list[str]]:
     """Each binding's map element as text, by map: the same as _text_entry
     of its _elements, written out, since a big first publish has thousands.
     The bindings of one spec come one after another and share their endpoint
-    and address objects: their common part is formatted once."""
+    and address objects: what they share is formatted once."""
     groups: dict[str, list[str]] = {}
-    endpoint = container_ip = None
+    endpoint = host_ip = container_ip = None
     for b in bindings:
-        if b.endpoint is not endpoint or b.container_ip is not container_ip:
-            endpoint, container_ip = b.endpoint, b.container_ip
+        if b.endpoint is not endpoint or b.host_ip is not host_ip or b.container_ip is not container_ip:
+            endpoint, host_ip, container_ip = b.endpoint, b.host_ip, b.container_ip
+            if host_ip.is_unspecified:  # 0.0.0.0 or ::
+                group, host = groups.setdefault(f"dnat{host_ip.version}_any", []), ""
+            else:
+                group, host = groups.setdefault(f"dnat{host_ip.version}", []), f"{host_ip} . "
             data = f'comment "{endpoint}" : {container_ip} . '
-        version, host, proto, port = b.key
-        if host == 0:  # 0.0.0.0 or ::
-            name, text = f"dnat{version}_any", f"{proto} . {port} {data}{b.container_port}"
-        else:
-            name, text = f"dnat{version}", f"{b.host_ip} . {proto} . {port} {data}{b.container_port}"
-        groups.setdefault(name, []).append(text)
+        _, _, proto, port = b.key
+        group.append(f"{host}{proto} . {port} {data}{b.container_port}")
     return groups
 
 
