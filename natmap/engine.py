@@ -454,9 +454,7 @@ def _log_change(change: Change, backend: str, seconds: float) -> None:
             for item in items:
                 log.info("%s %s", sign, describe(item))
     log.debug("%s: one transaction, %d deleted and %d added, %.1f ms",
-               backend, len(change.delete), len(change.add), seconds * 1000)
-
-
+              backend, len(change.delete), len(change.add), seconds * 1000)
 
 
 def _list(specs: Iterable[str | PortSpec]) -> list[str | PortSpec]:
