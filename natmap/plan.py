@@ -290,7 +290,7 @@ class Table:
 
     def __init__(self, items: Iterable[Item] = ()) -> None:
         self._by_key: dict[tuple, Binding] = {}  # Binding.key: (version, int(host address), proto, port)
-        self._on_port: dict[tuple, int] = {}  # (version, proto, port): how many bindings, any address
+        self._specific: dict[tuple, int] = {}  # (version, proto, port): bindings on a specific address
         self._by_endpoint: dict[str, dict[tuple, Binding]] = {}
         self._by_container: dict[tuple[int, int], str] = {}  # (version, int(address)) -> endpoint
         self.bridges: dict[str, Bridge] = {}
@@ -328,7 +328,7 @@ class Table:
         """An existing binding that would catch the same packets, if any."""
         version, address, proto, port = binding.key
         found = self._by_key.get(binding.key) or self._by_key.get((version, 0, proto, port))
-        if found is None and address == 0 and (version, proto, port) in self._on_port:
+        if found is None and address == 0 and (version, proto, port) in self._specific:
             # 0.0.0.0 or :: against a specific address: rare enough for a search
             found = next(b for b in self._by_key.values() if b.key[0] == version and b.key[2:] == (proto, port))
         return found
@@ -336,7 +336,7 @@ class Table:
     def _taken(self, version: int, address: int, proto: str, port: int) -> bool:
         """Whether a binding already catches packets to this address (0: any), protocol and port."""
         if address == 0:
-            return (version, proto, port) in self._on_port
+            return (version, 0, proto, port) in self._by_key or (version, proto, port) in self._specific
         return (version, address, proto, port) in self._by_key or (version, 0, proto, port) in self._by_key
 
     def __len__(self) -> int:
@@ -573,10 +573,11 @@ class Table:
         return bindings
 
     def _insert(self, binding: Binding) -> None:
-        version, _, proto, port = key = binding.key
+        version, address, proto, port = key = binding.key
         self._by_key[key] = binding
-        port_key = (version, proto, port)
-        self._on_port[port_key] = self._on_port.get(port_key, 0) + 1
+        if address:  # 0.0.0.0 and :: are found by key; the rare others are counted by port
+            port_key = (version, proto, port)
+            self._specific[port_key] = self._specific.get(port_key, 0) + 1
         of_endpoint = self._by_endpoint.get(binding.endpoint)
         if of_endpoint is None:  # (not setdefault: that makes a dict per call)
             of_endpoint = self._by_endpoint[binding.endpoint] = {}
@@ -584,12 +585,13 @@ class Table:
         self._by_container[(version, int(binding.container_ip))] = binding.endpoint
 
     def _remove(self, binding: Binding) -> None:
-        version, _, proto, port = key = binding.key
+        version, address, proto, port = key = binding.key
         del self._by_key[key]
-        port_key = (version, proto, port)
-        self._on_port[port_key] -= 1
-        if not self._on_port[port_key]:
-            del self._on_port[port_key]
+        if address:
+            port_key = (version, proto, port)
+            self._specific[port_key] -= 1
+            if not self._specific[port_key]:
+                del self._specific[port_key]
         del self._by_endpoint[binding.endpoint][key]
         if not self._by_endpoint[binding.endpoint]:
             del self._by_endpoint[binding.endpoint]
