@@ -326,12 +326,12 @@ class Table:
 
     def clash(self, binding: Binding) -> Binding | None:
         """An existing binding that would catch the same packets, if any."""
-        version, address, proto, port = binding.key
-        found = self._by_key.get(binding.key) or self._by_key.get((version, 0, proto, port))
-        if found is None and address == 0 and (version, proto, port) in self._specific:
-            # 0.0.0.0 or :: against a specific address: rare enough for a search
-            found = next(b for b in self._by_key.values() if b.key[0] == version and b.key[2:] == (proto, port))
-        return found
+        if not self._taken(*binding.key):
+            return None
+        version, _, proto, port = binding.key
+        # The same address, else 0.0.0.0 or ::, else (for 0.0.0.0 or ::, rarely) a specific one.
+        return (self._by_key.get(binding.key) or self._by_key.get((version, 0, proto, port))
+                or next(b for b in self._by_key.values() if b.key[0] == version and b.key[2:] == (proto, port)))
 
     def _taken(self, version: int, address: int, proto: str, port: int) -> bool:
         """Whether a binding already catches packets to this address (0: any), protocol and port."""
