@@ -6,10 +6,11 @@ Importing natmap loads no kernel library: pyroute2, python-iptables and
 libnftables are imported only when a backend needs them.
 """
 
-from .engine import NatMap, TableMissingError, Transaction
-from .errors import BackendError, ConflictError, NatmapError, NotFoundError, PrivilegeError, SpecError
+from .engine import NatMap, Transaction
+from .errors import (BackendError, ConflictError, NatmapError, NotFoundError, PrivilegeError, SandboxError,
+                     SpecError, TableMissingError, UnknownInterfaceError)
 from .links import Link, hosts_line, link_env
-from .plan import Binding, Bridge, Change, Drift, Endpoint, Isolation
+from .model import Binding, Bridge, Change, Drift, Endpoint, Isolation
 from .spec import LinkSpec, PortRange, PortSpec, Protocol, validate_name
 
 __all__ = [
@@ -34,9 +35,11 @@ __all__ = [
     "PrivilegeError",
     "Protocol",
     "Sandbox",
+    "SandboxError",
     "SpecError",
     "TableMissingError",
     "Transaction",
+    "UnknownInterfaceError",
     "validate_name",
 ]
 

@@ -21,7 +21,7 @@ from .backends import BACKENDS
 from .engine import NatMap
 from .errors import NatmapError, NotFoundError, SpecError
 from .links import Link
-from .plan import Binding, Change, Endpoint, describe, natural_key
+from .model import Binding, Change, Endpoint, describe, natural_key
 from .spec import LinkSpec, PortSpec, format_ip
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
@@ -150,7 +150,7 @@ def cmd_apply(nm: NatMap, args: argparse.Namespace) -> Output:
 def cmd_plan(nm: NatMap, args: argparse.Namespace) -> Output:
     from .config import Config
 
-    return _change_output(nm.diff(Config.load(args.file)))
+    return _change_output(nm.plan(Config.load(args.file)))
 
 
 def cmd_check(nm: NatMap, args: argparse.Namespace) -> Output:

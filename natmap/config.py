@@ -31,7 +31,7 @@ from typing import Any, Protocol as TypingProtocol
 
 from .errors import SpecError
 from .links import Link
-from .plan import Binding, Endpoint, Table
+from .model import Binding, Endpoint, Table
 from .spec import LinkSpec, PortSpec
 
 __all__ = ["Config", "EndpointConfig"]

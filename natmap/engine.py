@@ -8,7 +8,7 @@ How a change happens, every time:
 2. get the table: from memory if the backend's generation (nftables' counter,
    or natmap's marker rule on iptables) says nothing was committed since
    natmap last read or wrote it, else read from the kernel;
-3. change it in memory (``plan.Table`` checks conflicts and assigns ports and
+3. change it in memory (``model.Table`` checks conflicts and assigns ports and
    journals every step);
 4. apply the net change as one transaction; on any failure, roll the memory
    back, so memory and kernel agree again.
@@ -24,13 +24,13 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
-from . import netlink
+from . import host
 from .backends import make_backend
 from .backends.nft import validate_table
-from .errors import BackendError, NatmapError, NotFoundError, SpecError
+from .errors import BackendError, NatmapError, NotFoundError, SpecError, TableMissingError
 from .links import Link
 from .locking import flocked
-from .plan import (Binding, Bridge, Change, Drift, Endpoint, Isolation, PortPool, Table, describe,
+from .model import (Binding, Bridge, Change, Drift, Endpoint, Isolation, PortPool, Table, describe,
                    validate_ifname)
 from .netns import current as current_netns, entered as entered_netns
 from .spec import PortSpec, Protocol, validate_name
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     from .config import Config
 
-__all__ = ["NatMap", "Transaction", "TableMissingError"]
+__all__ = ["NatMap", "Transaction"]
 
 _NO_LOOPBACK6 = (
     "[::1] bindings cannot work while bridged IPv6 passes the IP hooks "
@@ -51,11 +51,6 @@ _NO_LOOPBACK6 = (
 
 LOCK_DIR = "/run/natmap"
 _LOOPBACK6 = ipaddress.IPv6Address("::1")
-
-
-class TableMissingError(NotFoundError):
-    """The NatMap's table is not in the kernel: nothing was published with it
-    in this network namespace, or someone deleted it."""
 
 
 class NatMap:
@@ -68,13 +63,13 @@ class NatMap:
     """
 
     def __init__(self, table: str = "natmap", *, backend: str = "nft", netns: str | None = None) -> None:
-        self.table = validate_table(table)
+        self.table_name = validate_table(table)
         self.netns = netns
-        self._kernel = netlink.Session()
+        self._kernel = host.Session()
         with entered_netns(netns):
             self._home = current_netns()
-            self._backend = make_backend(backend, self.table, self._kernel)
-        self.backend = self._backend.name
+            self._backend = make_backend(backend, self.table_name, self._kernel)
+        self.backend_name = self._backend.name
         self._bridges: dict[str, Bridge] = {}
         self._cache: Table | None = None
         self._generation: int | None = None
@@ -152,7 +147,7 @@ class NatMap:
         (none if it raises)."""
         return Transaction(self)
 
-    def plan(self, endpoint: Endpoint, specs: Iterable[str | PortSpec] = (), *,
+    def preview(self, endpoint: Endpoint, specs: Iterable[str | PortSpec] = (), *,
              publish_all: bool = False) -> str:
         """What ``publish`` would do, as nft text. Nothing is applied."""
         tx = Transaction(self, dry_run=True)
@@ -167,7 +162,7 @@ class NatMap:
             config.reconcile(tx)
         return tx.change
 
-    def diff(self, config: Config) -> Change:
+    def plan(self, config: Config) -> Change:
         """What :meth:`apply` would change. Nothing is applied."""
         tx = Transaction(self, dry_run=True)
         with tx:
@@ -247,7 +242,7 @@ class NatMap:
             raise NatmapError("a transaction is already open on this NatMap")
         try:
             dev, ino = self._home
-            with flocked(f"{LOCK_DIR}/{dev}-{ino}-{self.table}.lock"):
+            with flocked(f"{LOCK_DIR}/{dev}-{ino}-{self.table_name}.lock"):
                 yield
         finally:
             self._busy.release()
@@ -265,7 +260,7 @@ class NatMap:
                 table = self._load()
                 missing = self._missing
         if missing:
-            raise TableMissingError(f"table inet {self.table} does not exist in this network "
+            raise TableMissingError(f"table inet {self.table_name} does not exist in this network "
                                     "namespace (nothing was published with it yet)")
         return table
 
@@ -306,11 +301,11 @@ class NatMap:
         self._remembered = table  # what natmap itself put in the kernel: check() compares with it
         for bridge in change.added(Bridge):
             # Only now: the localhost guard is in place before 127/8 may be routed.
-            netlink.enable_route_localnet(bridge.name)
+            host.enable_route_localnet(bridge.name)
             if any(net.version == 6 for net in bridge.subnets):
-                netlink.enable_loopback6(bridge.name)
+                host.enable_loopback6(bridge.name)
         if change.added(Isolation):
-            netlink.hook_bridged_traffic()
+            host.hook_bridged_traffic()
         self._kernel.forget_flows(change.deleted(Binding), change.deleted(Link), change.added(Binding))
         self._generation = expected if self._backend.generation() == expected else None
 
@@ -319,19 +314,19 @@ class NatMap:
         known = self._bridges.get(endpoint.bridge)
         if known is None or not all(known.contains(ip) for ip in (endpoint.ip, endpoint.ipv6) if ip):
             with self._ns():
-                known = self._bridges[endpoint.bridge] = netlink.bridge(endpoint.bridge)
+                known = self._bridges[endpoint.bridge] = host.bridge(endpoint.bridge)
         return known
 
     def _pool(self) -> PortPool:
         """Where assigned ports come from, read once per transaction; the
         listening sockets are listed when a port is first assigned, once per protocol."""
         with self._ns():
-            ports, reserved = netlink.port_range(), netlink.reserved_ports()
+            ports, reserved = host.port_range(), host.reserved_ports()
         return PortPool(ports, reserved, functools.cache(self._listening))
 
     def _listening(self, proto: Protocol) -> frozenset[int]:
         with self._ns():
-            return netlink.listening_ports(proto)
+            return host.listening_ports(proto)
 
 
 class Transaction:
@@ -399,7 +394,7 @@ class Transaction:
             self._pool = self._nm._pool()
         if any(spec.host_ip == _LOOPBACK6 for spec in parsed):  # only a spec can name [::1]
             with self._nm._ns():
-                if netlink.bridged_ipv6_hooked():
+                if host.bridged_ipv6_hooked():
                     raise NatmapError(_NO_LOOPBACK6)
         return table.publish(endpoint, parsed, publish_all=publish_all,
                              pool=self._pool, bridge=bridge, prefer=prefer or {})
@@ -427,7 +422,7 @@ class Transaction:
         if any(b.host_ip == _LOOPBACK6 for b in table.bindings()):
             raise NatmapError(_NO_LOOPBACK6)
         with self._nm._ns():
-            netlink.check_bridge_hooks()
+            host.check_bridge_hooks()
         table.isolate(bridge)
 
     def unisolate(self, bridge: str) -> None:

@@ -8,7 +8,8 @@ never need to know which library sits underneath.
 
 from __future__ import annotations
 
-__all__ = ["NatmapError", "SpecError", "ConflictError", "BackendError", "NotFoundError", "PrivilegeError"]
+__all__ = ["NatmapError", "SpecError", "ConflictError", "BackendError", "NotFoundError", "PrivilegeError",
+           "SandboxError", "TableMissingError", "UnknownInterfaceError"]
 
 # How much of a long input an error message shows on each side of the fault.
 _CONTEXT = 40
@@ -55,6 +56,19 @@ class BackendError(NatmapError):
 
 class NotFoundError(NatmapError, LookupError):
     """What a call names is not there: a table, an endpoint, a port, a link."""
+
+
+class TableMissingError(NotFoundError):
+    """The NatMap's table is not in the kernel: nothing was published with it
+    in this network namespace, or someone deleted it."""
+
+
+class UnknownInterfaceError(NotFoundError):
+    """A bridge or interface that does not exist in the namespace."""
+
+
+class SandboxError(NatmapError):
+    """The sandbox could not build or run what was asked."""
 
 
 class PrivilegeError(BackendError, PermissionError):

@@ -28,9 +28,9 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from .errors import NatmapError
+from .errors import SandboxError
 from .netns import entered
-from .plan import Endpoint
+from .model import Endpoint
 from .spec import Protocol
 
 __all__ = ["Sandbox", "Namespace", "Container", "SandboxError"]
@@ -40,10 +40,6 @@ _SOCK_TYPE = {Protocol.TCP: socket.SOCK_STREAM, Protocol.UDP: socket.SOCK_DGRAM,
               Protocol.SCTP: socket.SOCK_STREAM}
 _IPPROTO = {Protocol.TCP: socket.IPPROTO_TCP, Protocol.UDP: socket.IPPROTO_UDP,
             Protocol.SCTP: socket.IPPROTO_SCTP}
-
-
-class SandboxError(NatmapError):
-    """The sandbox could not build or run what was asked."""
 
 
 def _ip_batch(netns: str, commands: Sequence[str]) -> None:
@@ -320,7 +316,7 @@ def _host_sysctls() -> None:
     """Forwarding on; bridged IPv4 through the IP hooks, as on a Docker host.
 
     Bridged IPv6 stays out of them (``bridge-nf-call-ip6tables=0``), which
-    ``[::1]`` bindings need (see ``netlink.bridged_ipv6_hooked``).
+    ``[::1]`` bindings need (see ``host.bridged_ipv6_hooked``).
     """
     _write_sysctls({"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1",
                     "net/bridge/bridge-nf-call-iptables": "1",

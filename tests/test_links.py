@@ -6,7 +6,7 @@ import ipaddress
 import pytest
 
 from natmap import Endpoint, Link, SpecError, hosts_line, link_env
-from natmap.plan import Table
+from natmap.model import Table
 
 IP = "172.17.0.5"
 

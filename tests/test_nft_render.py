@@ -5,7 +5,7 @@ import ipaddress
 
 from natmap import Binding, Endpoint, Isolation
 from natmap.backends.nft import _elements, _text_entry, change_json, change_text
-from natmap.plan import Bridge, Change, Table
+from natmap.model import Bridge, Change, Table
 
 
 def bindings():

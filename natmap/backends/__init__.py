@@ -1,7 +1,7 @@
 """The packet-filter backends: ``nft`` (libnftables, the default) and
 ``iptables`` (python-iptables, the legacy xtables interface). Both render the
-same :class:`~natmap.plan.Change` and read back the same
-:class:`~natmap.plan.Table`; each imports its library only when chosen."""
+same :class:`~natmap.model.Change` and read back the same
+:class:`~natmap.model.Table`; each imports its library only when chosen."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The iptables backend: the same :class:`~natmap.plan.Change` as rules in
+"""The iptables backend: the same :class:`~natmap.model.Change` as rules in
 natmap's own chains, through python-iptables (``iptc``, the legacy xtables
 interface), never by running ``iptables``.
 
@@ -41,7 +41,7 @@ from typing import Any
 from ..errors import BackendError, PrivilegeError
 from ..links import Flow, Link, links_from_flows
 from ..locking import flocked
-from ..plan import Binding, Bridge, Change, Isolation, Item, Table
+from ..model import Binding, Bridge, Change, Isolation, Item, Table
 from ..spec import Protocol
 
 _XTABLES_LOCK = "/run/xtables.lock"  # what the iptables commands lock too

@@ -1,5 +1,5 @@
-"""The nftables backend: a :class:`~natmap.plan.Change` as one libnftables
-transaction, and the kernel table read back as a :class:`~natmap.plan.Table`.
+"""The nftables backend: a :class:`~natmap.model.Change` as one libnftables
+transaction, and the kernel table read back as a :class:`~natmap.model.Table`.
 
 The layout, one ``inet`` table per NatMap::
 
@@ -32,7 +32,7 @@ from collections.abc import Iterator
 
 from ..errors import BackendError, PrivilegeError, SpecError
 from ..links import Flow, Link, links_from_flows
-from ..plan import Binding, Bridge, Change, Isolation, Item, Table
+from ..model import Binding, Bridge, Change, Isolation, Item, Table
 from ..spec import Protocol
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)

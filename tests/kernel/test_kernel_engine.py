@@ -9,7 +9,7 @@ import pytest
 import natmap
 from conftest import delete_behind_natmaps_back, kernel_state
 from natmap import BackendError, ConflictError, SpecError, TableMissingError
-from natmap.netlink import UnknownInterfaceError
+from natmap.host import UnknownInterfaceError
 
 
 def lines(bindings):
@@ -129,7 +129,7 @@ def test_unpublish_stops_new_connections_and_established_udp_flows(sandbox, nm, 
 
 def test_port_reads_back_from_the_kernel_in_docker_order(sandbox, nm, web):
     nm.publish(web.endpoint(expose=["5000"]), ["127.0.0.1:5001:5000", "8080:5000", "53:53/udp"])
-    fresh = natmap.NatMap(netns=sandbox.host.name, backend=nm.backend)  # nothing in memory
+    fresh = natmap.NatMap(netns=sandbox.host.name, backend=nm.backend_name)  # nothing in memory
     assert lines(fresh.port("web01")) == [
         "53/udp -> 0.0.0.0:53", "53/udp -> [::]:53",
         "5000/tcp -> 0.0.0.0:8080", "5000/tcp -> 127.0.0.1:5001", "5000/tcp -> [::]:8080"]
@@ -188,26 +188,26 @@ def test_a_failing_transaction_leaves_the_kernel_as_it_was(sandbox, nm, backend,
 def test_one_transaction_applies_many_changes_at_once(sandbox, nm, backend, web, client):
     db = sandbox.container("db01")
     db.serve(5432)
-    generation = sandbox.host.call(natmap.netlink.nft_generation)
+    generation = sandbox.host.call(natmap.host.nft_generation)
     with nm.transaction() as tx:
         tx.publish(web.endpoint(), ["8080:5000"])
         tx.publish(db.endpoint(), ["5432:5432"])
         tx.unpublish("web01")
         tx.publish(web.endpoint(), ["8081:5000"])
     if backend == "nft":  # the table's skeleton and the change: one nftables transaction
-        assert sandbox.host.call(natmap.netlink.nft_generation) == generation + 1
+        assert sandbox.host.call(natmap.host.nft_generation) == generation + 1
     assert client.request(sandbox.outside_ip, 8081) == "web01 192.0.2.2"
     assert client.request(sandbox.outside_ip, 5432) == "db01 192.0.2.2"
     assert client.request(sandbox.outside_ip, 8080, timeout=0.5) is None
-    generation = sandbox.host.call(natmap.netlink.nft_generation)
+    generation = sandbox.host.call(natmap.host.nft_generation)
     nm.publish(web.endpoint(), ["8082:5000"])
     if backend == "nft":
-        assert sandbox.host.call(natmap.netlink.nft_generation) == generation + 1
+        assert sandbox.host.call(natmap.host.nft_generation) == generation + 1
 
 
 def test_plan_shows_the_change_as_nft_text_and_applies_nothing(sandbox, web):
     nm = natmap.NatMap(netns=sandbox.host.name)
-    text = nm.plan(web.endpoint(), ["8080:5000"])
+    text = nm.preview(web.endpoint(), ["8080:5000"])
     assert "add table inet natmap" in text
     assert 'add element inet natmap dnat4_any { tcp . 8080 comment "web01" : 172.30.0.2 . 5000 }' in text
     assert 'add element inet natmap dnat6_any { tcp . 8080 comment "web01" : fd00:30::2 . 5000 }' in text
@@ -215,7 +215,7 @@ def test_plan_shows_the_change_as_nft_text_and_applies_nothing(sandbox, web):
     # The text is exactly what publishing does: nft -f of it gives the same table.
     sandbox.host.run(["nft", "-f", "-"], input=text, check=True)
     assert lines(nm.port("web01")) == ["5000/tcp -> 0.0.0.0:8080", "5000/tcp -> [::]:8080"]
-    assert nm.plan(web.endpoint(), ["8080:5000"]) == ""
+    assert nm.preview(web.endpoint(), ["8080:5000"]) == ""
 
 
 def test_bad_endpoints_are_refused_before_anything_is_applied(sandbox, nm, web):

@@ -73,7 +73,7 @@ def test_other_programs_chains_in_the_same_tables_are_untouched(sandbox, ipt):
 
 def test_plan_shows_iptables_commands_and_applies_nothing(sandbox, ipt):
     web = sandbox.container("web01")
-    text = ipt.plan(web.endpoint(), ["127.0.0.1:8080:5000"])
+    text = ipt.preview(web.endpoint(), ["127.0.0.1:8080:5000"])
     assert ("iptables -t nat -I NATMAP-DNAT -d 127.0.0.1 -p tcp -m tcp --dport 8080 -m comment "
             '--comment "web01" -j DNAT --to-destination 172.30.0.2:5000') in text.splitlines()
     assert "iptables -t nat -N NATMAP-DNAT" in text.splitlines()

@@ -86,7 +86,7 @@ def test_links_are_read_back_from_the_kernel(sandbox, nm, trio):
         tx.isolate(sandbox.bridge)
         tx.link(web02.endpoint(), db_endpoint(db), "db")
         tx.link(web03.endpoint(), db_endpoint(db), "database")
-    fresh = natmap.NatMap(netns=sandbox.host.name, backend=nm.backend)
+    fresh = natmap.NatMap(netns=sandbox.host.name, backend=nm.backend_name)
     links = fresh.links()
     assert [str(l) for l in links] == ["web02 -> db01:db", "web03 -> db01:database"]
     assert links[0].ports == ((5432, natmap.Protocol.TCP), (5432, natmap.Protocol.UDP))

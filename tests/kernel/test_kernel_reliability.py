@@ -155,7 +155,7 @@ specs = st.one_of(st.text(max_size=40), st.sampled_from(["8080:80", "127.0.0.1::
 def test_random_input_through_plan_only_raises_natmaps_errors(sandbox, name, address, spec):
     nm = natmap.NatMap(netns=sandbox.host.name)
     try:
-        nm.plan(natmap.Endpoint(name, address, sandbox.bridge), [spec])
+        nm.preview(natmap.Endpoint(name, address, sandbox.bridge), [spec])
     except natmap.NatmapError:
         pass
     assert kernel_state(sandbox, "nft") == ""  # plan never applies anything

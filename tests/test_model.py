@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from natmap import Binding, ConflictError, Endpoint, PortRange, PortSpec, SpecError
-from natmap.plan import Bridge, PortPool, Table
+from natmap.model import Bridge, PortPool, Table
 
 BRIDGE = Bridge("natmap0", (ipaddress.ip_network("172.30.0.0/24"), ipaddress.ip_network("fd00:30::/64")))
 POOL = PortPool(PortRange(32768, 32800))

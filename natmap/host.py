@@ -14,9 +14,9 @@ import ipaddress
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from .errors import BackendError, NotFoundError, PrivilegeError
+from .errors import BackendError, PrivilegeError, UnknownInterfaceError
 from .links import Link
-from .plan import Binding, Bridge
+from .model import Binding, Bridge
 from .spec import PortRange, Protocol
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
@@ -28,10 +28,6 @@ _TCP_LISTEN = 10
 # IANA protocol numbers, as socket.IPPROTO_*: importing socket here would be
 # a tenth of the time `natmap port` spends importing natmap.
 _IPPROTO = {Protocol.TCP: 6, Protocol.UDP: 17, Protocol.SCTP: 132}
-
-
-class UnknownInterfaceError(NotFoundError):
-    """A bridge or interface that does not exist in the namespace."""
 
 
 @contextmanager
