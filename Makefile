@@ -22,6 +22,7 @@ bench: deps
 # The long reliability tests at full count (make test runs them reduced).
 stress: deps
 	STRESS=1 $(BIN)/python -m pytest tests/kernel/test_kernel_reliability.py $(PYTEST_ARGS)
+	STRESS=1 $(BIN)/python -m pytest tests/kernel/test_kernel_store.py -k "watch or publishers" $(PYTEST_ARGS)
 
 deps: debs venv bytecode
 

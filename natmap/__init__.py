@@ -9,6 +9,7 @@ libnftables are imported only when a backend needs them.
 from .engine import NatMap, Transaction
 from .errors import (BackendError, ConflictError, NatmapError, NotFoundError, PrivilegeError, SandboxError,
                      SpecError, TableMissingError, UnknownInterfaceError)
+from .errors import DriftError, StoreCorruptError, StoreError
 from .links import Link, hosts_line, link_env
 from .model import Binding, Bridge, Change, Drift, Endpoint, Isolation
 from .spec import LinkSpec, PortRange, PortSpec, Protocol, validate_name
@@ -21,6 +22,7 @@ __all__ = [
     "Config",
     "ConflictError",
     "Drift",
+    "DriftError",
     "Endpoint",
     "hosts_line",
     "Isolation",
@@ -37,6 +39,8 @@ __all__ = [
     "Sandbox",
     "SandboxError",
     "SpecError",
+    "StoreCorruptError",
+    "StoreError",
     "TableMissingError",
     "Transaction",
     "UnknownInterfaceError",

@@ -169,6 +169,38 @@ class DriftFound(NatmapError):
         self.data = data
 
 
+def cmd_repair(nm: NatMap, args: argparse.Namespace) -> Output:
+    drift = nm.repair()
+    return {"repaired": bool(drift), "drift": str(drift)}, [f"repaired: {line}" for line in str(drift).splitlines()
+                                                           if drift] or ["nothing to repair"]
+
+
+def cmd_restore(nm: NatMap, args: argparse.Namespace) -> Output:
+    data, lines = {}, []
+    for table, backend in nm.stored_tables():
+        with NatMap(table=table, backend=backend, netns=args.netns) as each:
+            drift = each.repair()
+        data[f"{table}/{backend}"] = str(drift)
+        lines.append(f"{table} ({backend}): {'restored' if drift else 'intact'}")
+    return data, lines or ["no natmap table is stored for this namespace"]
+
+
+def cmd_adopt(nm: NatMap, args: argparse.Namespace) -> Output:
+    items = nm.adopt()
+    return [describe(i) for i in items], [f"adopted {len(items)} items from the kernel into {nm.state_path}"]
+
+
+def cmd_watch(nm: NatMap, args: argparse.Namespace) -> Output:
+    import signal
+
+    if not args.verbose:
+        _log_to_stderr(1)  # each repair is a line on stderr
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: nm.stop_watching())
+    nm.watch(ready=lambda: print(f"natmap: watching table {nm.table_name}", file=sys.stderr, flush=True))
+    return {"stopped": True}, []
+
+
 def cmd_spec(nm: NatMap | None, args: argparse.Namespace) -> Output:
     lines = ([f"-p {PortSpec.parse(t)}" for t in args.publish]
              + [f"--expose {PortSpec.parse_exposed(t)}" for t in args.expose]
@@ -226,8 +258,16 @@ _COMMANDS: list[tuple[str, Callable[..., Output], str, str, tuple[str, ...], lis
      (), [_arg("file")]),
     ("plan", cmd_plan, "show what apply would change; change nothing", "natmap plan examples/lab.toml",
      (), [_arg("file")]),
-    ("check", cmd_check, "check natmap's table in the kernel: its chains and rules are intact "
-     "(exit 1 and the problems if not)", "natmap check", (), []),
+    ("check", cmd_check, "compare the kernel and host with natmap's store: items, chains, rules, "
+     "host settings (exit 1 and the differences if they differ)", "natmap check", (), []),
+    ("repair", cmd_repair, "make the kernel and host match natmap's store (one transaction); "
+     "print what was repaired", "natmap repair", (), []),
+    ("restore", cmd_restore, "repair every natmap table stored for this namespace (at boot, after "
+     "nft flush ruleset)", "natmap restore", (), []),
+    ("adopt", cmd_adopt, "rebuild natmap's store from the kernel (a lost or damaged store)", "natmap adopt",
+     (), []),
+    ("watch", cmd_watch, "repair natmap's table as soon as nftables change (until SIGTERM/SIGINT)",
+     "natmap watch", (), []),
     ("spec", cmd_spec, "check specs and print them in canonical form",
      "natmap spec -p 127.0.0.1:5001:5000 -p '[::1]::80/udp' --expose 5000 --link db01:db",
      (), [_SPECS, _EXPOSE, _arg("--link", action="append", default=[], metavar="NAME[:ALIAS]")]),

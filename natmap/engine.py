@@ -18,22 +18,24 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
-from . import host
+from . import host, hoststate
 from .backends import make_backend
 from .backends.nft import validate_table
-from .errors import BackendError, NatmapError, NotFoundError, SpecError, TableMissingError
+from .errors import DriftError, NatmapError, NotFoundError, SpecError, TableMissingError
 from .links import Link
 from .locking import flocked
-from .model import (Binding, Bridge, Change, Drift, Endpoint, Isolation, PortPool, Table, describe,
+from .model import (Binding, Bridge, Change, Drift, Endpoint, Isolation, Item, PortPool, Table, describe,
                    validate_ifname)
 from .netns import current as current_netns, entered as entered_netns
 from .spec import PortSpec, Protocol, validate_name
+from .store import Store, default_dir
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
 if TYPE_CHECKING:
@@ -62,7 +64,8 @@ class NatMap:
     ``ip netns add``), entering it only for the length of each call.
     """
 
-    def __init__(self, table: str = "natmap", *, backend: str = "nft", netns: str | None = None) -> None:
+    def __init__(self, table: str = "natmap", *, backend: str = "nft", netns: str | None = None,
+                 state_dir: str | None = None) -> None:
         self.table_name = validate_table(table)
         self.netns = netns
         self._kernel = host.Session()
@@ -70,12 +73,17 @@ class NatMap:
             self._home = current_netns()
             self._backend = make_backend(backend, self.table_name, self._kernel)
         self.backend_name = self._backend.name
+        named = netns or _netns_name(self._home)
+        where = named and ("root" if named == "/" else f"netns-{named}")
+        self.state_path = os.path.join(state_dir or default_dir(named is not None),
+                                       f"{where or 'anon-%d-%d' % self._home}.{self.table_name}."
+                                       f"{self.backend_name}.db")
+        self._store = Store(self.state_path)
         self._bridges: dict[str, Bridge] = {}
-        self._cache: Table | None = None
-        self._generation: int | None = None
+        self._cache: Table | None = None     # the store's items, as of _cache_version
+        self._cache_version: str | None = None
+        self._view: _KernelView | None = None  # the kernel, when it was read for this change
         self._missing = True
-        self._reads = 0
-        self._remembered: Table | None = None
         self._busy = threading.Lock()
 
     # --- the API -------------------------------------------------------------------
@@ -98,11 +106,11 @@ class NatMap:
         the kernel; with ``port`` (``5000``, ``"5000"``, ``"5000/udp"``) only those."""
         validate_name(endpoint, "endpoint name")
         wanted = None if port is None else _container_port(port)
-        return [b for b in self._read().of(endpoint)
+        return [b for b in self._read(endpoint).of(endpoint)
                 if wanted is None or (b.container_port, b.proto) == wanted]
 
     def bindings(self) -> list[Binding]:
-        """Every binding in this instance's table, read back from the kernel."""
+        """Every binding in this instance's table: the store's, as far as the kernel holds them."""
         return self._read().bindings()
 
     def link(self, source: Endpoint | str, target: Endpoint | str, alias: str | None = None, *,
@@ -121,8 +129,8 @@ class NatMap:
             return tx.unlink(source, target)
 
     def links(self) -> list[Link]:
-        """Every link in this instance's table, read back from the kernel (their
-        ``env`` lacks the target's own environment, which the kernel does not keep)."""
+        """Every link in this instance's table: the store's (with the target's
+        environment), as far as the kernel holds them."""
         return self._read().links()
 
     def isolate(self, bridge: str) -> None:
@@ -169,51 +177,103 @@ class NatMap:
             config.reconcile(tx)
         return tx.change
 
-    def check(self) -> Drift:
-        """How the kernel differs from what this NatMap last wrote or read.
-
-        It reads the kernel afresh. What other programs (or other NatMaps)
-        changed since shows as drift; a new NatMap remembers nothing and can
-        only check the structure of the table, and says so.
-        """
+    def check(self, *, strict: bool = False) -> Drift:
+        """How the kernel and the host differ from natmap's store, from any
+        process: every item (missing, unexpected, changed), natmap's chains,
+        rules, sets and maps, what natmap did not write inside its table, the
+        host settings, and a change a dying process left half done. Changes
+        nothing. With ``strict``, raise :class:`DriftError` if there is any."""
         with self._locked(), self._ns():
-            remembered = self._remembered
-            table, missing = self._kernel_table()
-            kernel = table.items()
-            structure = () if missing else tuple(self._backend.structure_problems())
-            self._cache = None  # whatever is there now, read it again next time
-        if remembered is None:  # cannot tell lost from never there
-            return Drift(structure=structure, remembered=False)
-        known = remembered.items()
-        return Drift(missing=tuple(sorted(known - kernel, key=describe)),
-                     unexpected=tuple(sorted(kernel - known, key=describe)),
-                     table_missing=missing and bool(known), structure=structure)
-
-    def repair(self) -> Drift:
-        """Put back what this NatMap remembers, as one rebuild of its table
-        (one transaction on nft); return the drift it repaired. A NatMap that
-        remembers nothing cannot know what is missing: use ``apply()`` with
-        the configuration instead."""
-        drift = self.check()
-        if not drift.remembered:
-            raise NotFoundError("this NatMap remembers nothing to repair from (it is new); "
-                                "apply the configuration instead (natmap apply FILE)")
-        if drift:
-            with self._locked(), self._ns():
-                items = self._remembered.items()
-                self._backend.rebuild(items)
-                self._cache, self._generation, self._missing = Table(items), None, False
-                self._remembered = self._cache
+            drift = self._drift()
+        if strict and drift:
+            raise DriftError(drift)
         return drift
 
-    def remove(self) -> None:
-        """Delete this instance's table, and every binding with it (one transaction)."""
+    def _drift(self) -> Drift:
+        if not self._store.exists():  # never written here: nothing to compare with
+            table, structure, foreign = self._backend.inspect()
+            return Drift(structure=tuple(structure), foreign=tuple(foreign), remembered=False)
+        desired = self._store.items()
+        view = self._view = self._inspect()  # what a repair that follows starts from
+        missing, unexpected = _differences(desired, view.table, self.backend_name)
+        return Drift(missing=missing, unexpected=unexpected, table_missing=view.table is None,
+                     structure=tuple(view.structure), foreign=tuple(view.foreign),
+                     host=tuple(hoststate.problems(desired)),
+                     interrupted=self._store.pending() is not None)
+
+    def repair(self) -> Drift:
+        """Make the kernel and the host match natmap's store (one transaction on
+        nft, one commit per table on iptables, the localhost guard first):
+        put back what is missing, take out what natmap did not write inside
+        its own table, finish a change a dying process left. Never deletes
+        what any natmap process published (every one records it in the
+        store). Returns the drift it repaired."""
         with self._locked(), self._ns():
-            table = self._load()
-            if not self._missing:
-                self._backend.delete()
+            if not self._store.exists():
+                raise NotFoundError(f"no natmap store for table {self.table_name} here ({self.state_path}); "
+                                    "`natmap adopt` makes it from the kernel")
+            drift = self._drift()
+            if drift:
+                _log_drift(drift, "repairing")
+                self._sync(Table(self._store.items()), Change(), force=bool(drift.foreign or drift.structure))
+            return drift
+
+    def adopt(self) -> list[Item]:
+        """Make the store from what the kernel holds now (a lost or damaged
+        store, or a table made before natmap kept one); a damaged store file
+        is kept beside as ``*.damaged``. Returns the items adopted."""
+        with self._locked(), self._ns():
+            table, _, _ = self._backend.inspect()
+            items = sorted(table.items() if table is not None else (), key=describe)
+            try:
+                self._store.replace(items, self._stamp())
+            except NatmapError:
+                self._store.close()
+                os.replace(self.state_path, self.state_path + ".damaged")
+                for suffix in ("-wal", "-shm"):
+                    if os.path.exists(self.state_path + suffix):
+                        os.remove(self.state_path + suffix)
+                self._store.replace(items, self._stamp())
+            self._cache = None
+            return items
+
+    def remove(self) -> None:
+        """Delete this instance's table, and every binding with it (one
+        transaction), and forget it in the store."""
+        with self._locked(), self._ns():
+            table, _, _ = self._backend.inspect()
+            self._backend.delete()
+            if table is not None:
                 self._kernel.forget_flows(table.bindings(), table.links())
-            self._cache, self._generation, self._remembered = None, None, Table()
+            if self._store.exists():
+                self._store.forget()
+            self._cache = None
+
+    def watch(self, *, ready: Callable[[], None] | None = None) -> None:
+        """Repair natmap's table whenever the kernel's nftables change (a
+        flush, a hand edit), until :meth:`stop_watching` is called (from a
+        signal handler or another thread). Listens for nftables' netlink
+        events: no polling. Each repair is logged (INFO on logger ``natmap``)."""
+        from .watch import watch
+
+        watch(self, ready)
+
+    def stored_tables(self) -> list[tuple[str, str]]:
+        """(table, backend) of every natmap table stored for this namespace."""
+        directory, name = os.path.split(self.state_path)
+        prefix = name[: -len(f".{self.table_name}.{self.backend_name}.db")]
+        found = []
+        for entry in sorted(os.listdir(directory)) if os.path.isdir(directory) else ():
+            parts = entry.split(".")
+            if len(parts) == 4 and parts[0] == prefix and parts[3] == "db":
+                found.append((parts[1], parts[2]))
+        return found
+
+    def stop_watching(self) -> None:
+        """End :meth:`watch` (safe from a signal handler)."""
+        from .watch import stop
+
+        stop(self)
 
     def close(self) -> None:
         """Close the netlink sockets this instance keeps open (bindings stay)."""
@@ -247,67 +307,165 @@ class NatMap:
         finally:
             self._busy.release()
 
-    def _read(self) -> Table:
+    def _read(self, endpoint: str | None = None) -> Table:
+        """The store's table as far as the kernel holds it (verified: what the
+        kernel lost is not listed). With ``endpoint``, only its items are
+        taken from the store (an index lookup, whatever the table's size)."""
         with self._ns():
-            self._reads += 1
-            if self._busy.locked() or (self._cache is None and self._reads == 1):
-                # A transaction is changing the cached table, or this is a first
-                # look (say, `natmap port` as a process): read the kernel itself.
-                # The dump is consistent on its own; only remembering it needs
-                # the generation counter (and pyroute2, slow to import).
-                table, missing = self._kernel_table()
-            else:
-                table = self._load()
-                missing = self._missing
-        if missing:
-            raise TableMissingError(f"table inet {self.table_name} does not exist in this network "
-                                    "namespace (nothing was published with it yet)")
+            if not self._store.exists():  # a table made before natmap kept a store
+                table, _, _ = self._backend.inspect()
+                if table is None:
+                    raise TableMissingError(f"table inet {self.table_name} does not exist in this network "
+                                            "namespace (nothing was published with it yet)")
+                return table
+            desired = Table(self._store.of(endpoint)) if endpoint else self._desired()
+            if self._in_sync():
+                return desired
+            table, _, _ = self._backend.inspect()
+        if table is None:
+            if not len(desired) and not desired.items():
+                raise TableMissingError(f"table inet {self.table_name} does not exist in this network "
+                                        "namespace (nothing was published with it yet)")
+            raise TableMissingError(f"table inet {self.table_name} is gone from the kernel; "
+                                    "`natmap repair` puts it back from natmap's store")
+        held = table.items()
+        return Table(i for i in desired.items() if i in held or isinstance(i, Bridge))
+
+    def _desired(self) -> Table:
+        """The store's items as a Table, kept while the store's version stays."""
+        version = self._store.version()
+        if self._cache is None or version is None or version != self._cache_version:
+            self._cache, self._cache_version = Table(self._store.items()), version
+        return self._cache
+
+    def _stamp(self) -> str | None:
+        """The kernel's generation as the store records it: with the boot and
+        the namespace, since a counter starts again at every boot."""
+        generation = self._backend.generation()
+        return None if generation is None else f"{_boot_id()}:{self._home[1]}:{generation}"
+
+    def _in_sync(self) -> bool:
+        """Whether nothing was committed to the kernel since natmap's last change
+        (then the kernel is as natmap left it, and need not be read)."""
+        if not getattr(self._backend, "counts_every_commit", True):
+            return False  # legacy iptables: a hand edit leaves natmap's marker as it was
+        recorded = self._store.get("generation")
+        return recorded is not None and recorded == self._stamp()
+
+    def _inspect(self) -> _KernelView:
+        table, structure, foreign = self._backend.inspect()
+        return _KernelView(table, structure, foreign)
+
+    def _load(self, dry_run: bool = False) -> Table:
+        """The store's table, to change; the kernel read too unless it is in
+        sync; a change a dead process left half done finished first. A dry
+        run writes nothing: without a store it starts from the kernel."""
+        if dry_run and not self._store.exists():
+            self._view = self._inspect()
+            self._missing = self._view.table is None
+            return self._view.table or Table()
+        if not self._store.exists():
+            self._adopt_kernel()
+        if not dry_run:
+            self._recover()
+        table = self._desired()
+        self._view = None if self._in_sync() else self._inspect()
+        self._missing = self._view is not None and self._view.table is None
         return table
 
-    def _load(self) -> Table:
-        """The table, from memory if no transaction was committed since we last saw it."""
-        for _ in range(3):
-            generation = self._backend.generation()
-            if self._cache is not None and generation == self._generation:
-                return self._cache
-            table, missing = self._kernel_table()
-            if self._backend.generation() == generation:
-                self._cache, self._generation, self._missing = table, generation, missing
-                if self._remembered is None:
-                    self._remembered = table
-                return table
-        raise BackendError("the ruleset kept changing while natmap read it")
+    def _adopt_kernel(self) -> None:
+        """No store yet: take what the kernel holds (a table made before natmap kept a store)."""
+        table, _, _ = self._backend.inspect()
+        if table is not None and table.items():
+            _log("adopting %d items of table %s from the kernel into %s", len(table.items()),
+                 self.table_name, self.state_path)
+        self._store.replace(table.items() if table is not None else ())
 
-    def _kernel_table(self) -> tuple[Table, bool]:
-        """The table as the kernel holds it now, and whether it is missing."""
-        table = self._backend.read()
-        return (Table(), True) if table is None else (table, False)
+    def _recover(self) -> None:
+        """A process died between recording a change and finishing it: the
+        store holds the state it meant, so make the kernel and host match it."""
+        pending = self._store.pending()
+        if pending is None:
+            return
+        _log("finishing a change a natmap process left half done (+%d -%d)", len(pending.add), len(pending.delete))
+        self._cache = None
+        self._view = self._inspect()
+        try:
+            self._sync(Table(self._store.items()), Change(), force=bool(self._view.structure))
+        except NatmapError:
+            self._store.undo(pending)  # the kernel refuses it: it never happened
+            raise
 
     def _commit(self, table: Table, change: Change) -> None:
         """Apply ``change``, ``table``'s journaled change, in one transaction, or roll it back."""
-        if not change:
+        if not change and self._view is None:
             table.commit()
             return
-        started = time.perf_counter()
         try:
-            expected = self._backend.apply(change, create=self._missing, generation=self._generation)
+            self._sync(table, change)
         except BaseException:
             table.rollback()
             self._cache = None
             raise
         table.commit()
-        _log_change(change, self._backend.name, time.perf_counter() - started)
+        self._cache_version = self._store.version()
+
+    def _sync(self, table: Table, change: Change, *, force: bool = False) -> None:
+        """Record ``change`` (already in ``table``), make the kernel hold
+        ``table`` (repairing whatever drift ``self._view`` found, in the same
+        kernel transaction), ensure the host settings, mark the change done.
+        ``force``: rebuild the table even if only elements differ."""
+        started = time.perf_counter()
+        target = table.items()
+        hoststate.precheck(target)
+        if change:
+            self._store.begin(change)
+        hoststate.crash_point("store-write")
+        view, self._view = self._view, None
+        before = self._backend.generation()
+        try:
+            applied = self._kernel_change(target, change, view, force)
+        except BaseException:
+            if change:
+                self._store.undo(change)
+            raise
+        hoststate.crash_point("kernel-commit")
+        after = self._backend.generation()
+        _log_change(applied, self._backend.name, time.perf_counter() - started)
+        set_now = hoststate.ensure(target, routes=view is not None or bool(change.added(Bridge)))
+        for what in set_now:
+            _log("host: set %s", what)
+        self._kernel.forget_flows(applied.deleted(Binding), applied.deleted(Link), applied.added(Binding))
+        # Trusted next time only if nobody else committed in between.
+        trusted = after is not None and (not isinstance(before, int) or after == before + 1)
+        self._store.done(self._stamp() if trusted else None)
+        hoststate.crash_point("store-commit")
         self._missing = False
-        self._remembered = table  # what natmap itself put in the kernel: check() compares with it
-        for bridge in change.added(Bridge):
-            # Only now: the localhost guard is in place before 127/8 may be routed.
-            host.enable_route_localnet(bridge.name)
-            if any(net.version == 6 for net in bridge.subnets):
-                host.enable_loopback6(bridge.name)
-        if change.added(Isolation):
-            host.hook_bridged_traffic()
-        self._kernel.forget_flows(change.deleted(Binding), change.deleted(Link), change.added(Binding))
-        self._generation = expected if self._backend.generation() == expected else None
+
+    def _kernel_change(self, target: set[Item], change: Change, view: _KernelView | None,
+                       force: bool) -> Change:
+        """One kernel transaction from what the kernel holds (``view``; None:
+        as natmap left it) to ``target``; returns the change applied."""
+        if view is None:
+            self._backend.apply(change, create=False)
+            return change
+        if view.table is None or view.structure or force:
+            if view.table is not None:
+                _log("rebuilding table %s: %s", self.table_name, "; ".join(view.structure) or "repair")
+            self._backend.rebuild(target)
+            return Change(add=tuple(target), delete=tuple(view.table.items()) if view.table is not None else ())
+        missing, unexpected = _differences(target, view.table, self.backend_name)
+        if any(isinstance(i, Bridge) for i in (*missing, *unexpected)):
+            self._backend.rebuild(target)  # bridges share subnet elements: rebuild, do not patch
+            return Change(add=tuple(target), delete=tuple(view.table.items()))
+        known = set(change.add) | set(change.delete)
+        for item in missing + unexpected:
+            if item not in known:
+                _log("drift repaired: %s %s", "missing" if item in missing else "unexpected", describe(item))
+        fixed = Change(add=missing, delete=unexpected)
+        if fixed:
+            self._backend.apply(fixed, create=False)
+        return fixed
 
     def _bridge(self, endpoint: Endpoint) -> Bridge:
         """The endpoint's bridge: remembered, and read again when it does not fit."""
@@ -351,7 +509,7 @@ class Transaction:
         self._lock.__enter__()
         try:
             with self._nm._ns():
-                self._table = self._nm._load()
+                self._table = self._nm._load(self._dry_run)
         except BaseException:
             self._lock.__exit__(None, None, None)
             raise
@@ -433,6 +591,73 @@ class Transaction:
         if self._table is None:
             raise NatmapError("use the transaction in a with block")
         return self._table
+
+
+class _KernelView:
+    """What the kernel holds, read once for a change or a check."""
+
+    __slots__ = ("table", "structure", "foreign")
+
+    def __init__(self, table: Table | None, structure: list[str], foreign: list[str]) -> None:
+        self.table, self.structure, self.foreign = table, structure, foreign
+
+
+def _differences(desired: Iterable[Item], kernel: Table | None,
+                 backend: str) -> tuple[tuple[Item, ...], tuple[Item, ...]]:
+    """(missing, unexpected): what ``desired`` holds and the kernel does not,
+    and the reverse. A changed item is both (its old form unexpected). On
+    nft the kernel does not keep which subnet is whose, so bridges compare
+    with the union of all bridges' subnets."""
+    want = _comparable(desired, backend)
+    have = _comparable(kernel.items() if kernel is not None else (), backend)
+    return (tuple(sorted((want[k] for k in want.keys() - have.keys()), key=describe)),
+            tuple(sorted((have[k] for k in have.keys() - want.keys()), key=describe)))
+
+
+def _comparable(items: Iterable[Item], backend: str) -> dict[object, Item]:
+    items = list(items)
+    union = frozenset(n for i in items if isinstance(i, Bridge) for n in i.subnets)
+    view: dict[object, Item] = {}
+    for item in items:
+        if isinstance(item, Bridge):
+            view[("bridge", item.name, union if backend == "nft" else frozenset(item.subnets))] = item
+        else:
+            view[item] = item
+    return view
+
+
+def _netns_name(home: tuple[int, int]) -> str | None:
+    """"/" for the root namespace (that of process 1), the `ip netns` name of
+    a named one, None for an anonymous one."""
+    try:
+        st = os.stat("/proc/1/ns/net")
+        if (st.st_dev, st.st_ino) == home:
+            return "/"
+        for name in os.listdir("/run/netns"):
+            st = os.stat(f"/run/netns/{name}")
+            if (st.st_dev, st.st_ino) == home:
+                return name
+    except OSError:
+        pass
+    return None
+
+
+@functools.cache
+def _boot_id() -> str:
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        return f.read().strip()
+
+
+def _log(message: str, *args: object) -> None:
+    """An INFO line on logger ``natmap`` (stderr with -v), if logging is in use."""
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        logging.getLogger("natmap").info(message, *args)
+
+
+def _log_drift(drift: Drift, doing: str) -> None:
+    for line in str(drift).splitlines():
+        _log("%s: %s", doing, line)
 
 
 def _log_change(change: Change, backend: str, seconds: float) -> None:

@@ -9,7 +9,8 @@ never need to know which library sits underneath.
 from __future__ import annotations
 
 __all__ = ["NatmapError", "SpecError", "ConflictError", "BackendError", "NotFoundError", "PrivilegeError",
-           "SandboxError", "TableMissingError", "UnknownInterfaceError"]
+           "SandboxError", "TableMissingError", "UnknownInterfaceError", "StoreError", "StoreCorruptError",
+           "DriftError"]
 
 # How much of a long input an error message shows on each side of the fault.
 _CONTEXT = 40
@@ -65,6 +66,25 @@ class TableMissingError(NotFoundError):
 
 class UnknownInterfaceError(NotFoundError):
     """A bridge or interface that does not exist in the namespace."""
+
+
+class StoreError(NatmapError):
+    """natmap's desired-state store (SQLite, see docs/kernel.md) cannot be read
+    or written: a full disk, a read-only file system, a lock, a bad file."""
+
+
+class StoreCorruptError(StoreError):
+    """The store's file is not a natmap store any more. The kernel's rules are
+    untouched; ``natmap adopt`` rebuilds the store from them."""
+
+
+class DriftError(NatmapError):
+    """The kernel is not what natmap's store says it should be, and the caller
+    asked for strictness (``check(strict=True)``). ``.drift`` says how."""
+
+    def __init__(self, drift: object) -> None:
+        super().__init__(str(drift))
+        self.drift = drift
 
 
 class SandboxError(NatmapError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import functools
 import ipaddress
+import os
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -284,3 +285,43 @@ def _write_sysctl(path: str, value: str) -> None:
         raise PrivilegeError(f"setting {path.replace('/', '.')}") from exc
     except OSError as exc:
         raise BackendError(f"cannot set {path.replace('/', '.')}={value}: {exc.strerror}") from exc
+
+
+# --- the host settings natmap needs, read back (natmap.hoststate keeps them as state) ---
+
+
+def interface_exists(name: str) -> bool:
+    return os.path.exists(f"/proc/sys/net/ipv4/conf/{name}")  # /proc/sys/net is the calling thread's namespace; /sys is not
+
+
+def route_localnet_enabled(bridge_name: str) -> bool:
+    return _sysctl(f"net/ipv4/conf/{bridge_name}/route_localnet").strip() == "1"
+
+
+def bridge_hooks_enabled() -> bool:
+    return all(_sysctl(f"net/bridge/bridge-nf-call-{tool}").strip() == "1" for tool in ("iptables", "ip6tables"))
+
+
+def loopback6_present(bridge_name: str) -> bool:
+    """Whether the local ``::1`` route on ``bridge_name`` (see enable_loopback6) is there."""
+    from socket import AF_INET6
+
+    from pyroute2 import IPRoute
+
+    with _netlink(f"reading the ::1 route on {bridge_name}"), IPRoute() as ipr:
+        index = ipr.link_lookup(ifname=bridge_name)
+        if not index:
+            return False
+        return any(r.get_attr("RTA_DST") == "::1" and r["dst_len"] == 128
+                   for r in ipr.get_routes(family=AF_INET6, table=255, oif=index[0]))
+
+
+def sysctl_writable(path: str) -> None:
+    """Raise (as _write_sysctl would) unless ``path`` under /proc/sys can be
+    written; nothing is written. Asked before a kernel change that needs it."""
+    try:
+        os.close(os.open(f"/proc/sys/{path}", os.O_WRONLY))
+    except PermissionError as exc:
+        raise PrivilegeError(f"setting {path.replace('/', '.')}") from exc
+    except OSError as exc:
+        raise BackendError(f"cannot set {path.replace('/', '.')}: {exc.strerror}") from exc

@@ -219,14 +219,17 @@ def describe(item: Item) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Drift:
-    """How the kernel differs from what a NatMap last wrote or read.
+    """How the kernel (and the host) differ from natmap's store of what should exist.
 
-    ``missing``: what it remembers and the kernel no longer has;
-    ``unexpected``: what the kernel has and it does not remember;
-    ``table_missing``: the whole table is gone; ``structure``: chains or rules
-    of natmap's own that are missing or changed; ``remembered``: whether this
-    NatMap remembers anything at all (a new process does not, and then cannot
-    tell a binding that was lost from one that never was).
+    ``missing``: what the store holds and the kernel does not; ``unexpected``:
+    what the kernel holds in natmap's form and the store does not;
+    ``table_missing``: the whole table is gone; ``structure``: natmap's own
+    chains, rules, sets and maps missing or changed, and objects in its table
+    it did not make; ``foreign``: set elements or rules natmap did not write;
+    ``host``: host settings natmap needs and finds unset (route_localnet,
+    the ``::1`` route, br_netfilter's hooks); ``interrupted``: a natmap
+    process died in the middle of a change; ``remembered``: whether there is
+    a store at all (without one, run ``natmap adopt``).
     """
 
     missing: tuple[Item, ...] = ()
@@ -234,19 +237,28 @@ class Drift:
     table_missing: bool = False
     structure: tuple[str, ...] = ()
     remembered: bool = True
+    foreign: tuple[str, ...] = ()
+    host: tuple[str, ...] = ()
+    interrupted: bool = False
 
     def __bool__(self) -> bool:
-        return bool(self.missing or self.unexpected or self.table_missing or self.structure)
+        return bool(self.missing or self.unexpected or self.table_missing or self.structure
+                    or self.foreign or self.host or self.interrupted)
 
     def __str__(self) -> str:
         lines = []
         if not self.remembered:
-            lines.append("nothing remembered (a new NatMap): only the table's structure was checked")
+            lines.append("nothing stored (no natmap store for this table): only the table's structure "
+                         "was checked; `natmap adopt` makes the store from the kernel")
+        if self.interrupted:
+            lines.append("a natmap process died in the middle of a change (repair finishes it)")
         if self.table_missing:
             lines.append("the table is gone from the kernel")
         lines += [f"structure: {problem}" for problem in self.structure]
         lines += [f"missing: {describe(item)}" for item in self.missing]
         lines += [f"unexpected: {describe(item)}" for item in self.unexpected]
+        lines += [f"foreign: {what}" for what in self.foreign]
+        lines += [f"host: {what}" for what in self.host]
         return "\n".join(lines) or "no drift"
 
 

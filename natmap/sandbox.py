@@ -20,10 +20,14 @@ root namespace: every ``ip`` command it runs names one of its own namespaces.
 
 from __future__ import annotations
 
+import glob
 import ipaddress
+import os
 import secrets
+import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -178,6 +182,7 @@ class Sandbox:
         self.host: Namespace | None = None
         self.namespaces: list[Namespace] = []
         self._next = {"inside": 2, "outside": 2}
+        self._state_dir: str | None = None  # made by this sandbox, removed with it
 
     def __enter__(self) -> Sandbox:
         try:
@@ -209,6 +214,8 @@ class Sandbox:
 
     def start(self) -> None:
         """Make the host namespace, its bridge, the outside link and the sysctls."""
+        if not os.environ.get("NATMAP_STATE_DIR"):  # never /var/lib/natmap for a sandbox
+            self._state_dir = os.environ["NATMAP_STATE_DIR"] = tempfile.mkdtemp(prefix="natmap-sandbox-")
         self.host = self._namespace("host")
         commands = [
             "link set lo up",
@@ -248,11 +255,20 @@ class Sandbox:
         return ns
 
     def close(self) -> None:
-        """Stop what the sandbox started and delete its namespaces. Safe to call twice."""
+        """Stop what the sandbox started and delete its namespaces and natmap's
+        state files for them. Safe to call twice."""
         for ns in reversed(self.namespaces):
             ns.close()
             subprocess.run(["ip", "netns", "del", ns.name], capture_output=True)
+            state_dir = os.environ.get("NATMAP_STATE_DIR")
+            for path in glob.glob(f"{state_dir}/netns-{ns.name}.*") if state_dir else ():
+                os.remove(path)
         self.namespaces.clear()
+        if self._state_dir is not None:
+            if os.environ.get("NATMAP_STATE_DIR") == self._state_dir:
+                del os.environ["NATMAP_STATE_DIR"]
+            shutil.rmtree(self._state_dir, ignore_errors=True)
+            self._state_dir = None
 
     # --- building ------------------------------------------------------------------
 

@@ -42,7 +42,7 @@ from ..errors import BackendError, PrivilegeError
 from ..links import Flow, Link, links_from_flows
 from ..locking import flocked
 from ..model import Binding, Bridge, Change, Isolation, Item, Table
-from ..spec import Protocol
+from ..spec import Protocol, validate_name
 
 _XTABLES_LOCK = "/run/xtables.lock"  # what the iptables commands lock too
 _MARKER = "natmap-generation:"
@@ -103,6 +103,7 @@ class IptablesBackend:
     """python-iptables in the calling thread's network namespace."""
 
     name = "iptables"
+    counts_every_commit = False  # the marker changes with natmap's commits only, not with hand edits
 
     def __init__(self, table: str, session: Any = None) -> None:
         _find_xtables_libdir()
@@ -219,17 +220,29 @@ class IptablesBackend:
         with _xtables_lock():
             return _table(4, "nat").is_chain(self._chain("DNAT"))
 
-    def read(self) -> Table | None:
-        """natmap's chains read back into a :class:`Table`; None if there are none."""
-        return self.load() if self.exists() else None
+    def read(self, foreign: list[str] | None = None) -> Table | None:
+        """natmap's chains read back into a :class:`Table`; None if there are none.
+        A rule natmap did not write is described in ``foreign``, not read."""
+        return self.load(foreign) if self.exists() else None
 
-    def load(self) -> Table:
+    def inspect(self) -> tuple[Table | None, list[str], list[str]]:
+        """The table (None if missing), its structure's problems, the rules natmap did not write."""
+        foreign: list[str] = []
+        return self.read(foreign), self.structure_problems(), foreign
+
+    def load(self, foreign: list[str] | None = None) -> Table:
         """Read natmap's chains back into a :class:`Table`."""
+        foreign = [] if foreign is None else foreign
         with _xtables_lock():
             items: list[Item] = []
             for family in _FAMILIES:
                 nat, filt = _table(family, "nat"), _table(family, "filter")
-                items += [self._read_dnat(r) for r in _chain(nat, self._chain("DNAT")).rules]
+                for rule in _chain(nat, self._chain("DNAT")).rules:
+                    try:
+                        items.append(self._read_dnat(rule))
+                    except (ValueError, KeyError, TypeError, AttributeError):
+                        foreign.append(f"{_name(family)} rule in {self._chain('DNAT')} natmap did not write: "
+                                       f"{_describe_rule(rule, family)}")
                 items += _read_bridges(_chain(nat, self._chain("POSTROUTING")).rules)
                 items += _read_isolation(_chain(filt, self._chain("FORWARD")).rules)
             items += _read_links(_chain(_table(4, "filter"), self._chain("ISOLATION")).rules,
@@ -242,7 +255,8 @@ class IptablesBackend:
         committed: list[tuple[int, str]] = []
         with _xtables_lock():
             steps = self._steps(change, create, self._read_marker(), marker)
-            for family, table_name in _ORDER:
+            # Creating: the localhost guard (raw) first, before anything can DNAT to 127/8.
+            for family, table_name in (_CREATE_ORDER if create else _ORDER):
                 todo = [s for s in steps if s[1:3] == (family, table_name)]
                 if not todo:
                     continue
@@ -302,21 +316,51 @@ class IptablesBackend:
 
     def structure_problems(self) -> list[str]:
         """natmap's own chains, and the jumps to them, that are missing."""
-        problems = []
+        problems: list[str] = []
         with _xtables_lock():
+            if not self._any_chain():
+                return problems  # no table at all: nothing half made
             for verb, family, table_name, what in self._skeleton():
                 table = _table(family, table_name)
                 if verb == "chain" and not table.is_chain(what):
                     problems.append(f"{_name(family)} chain {what} in {table_name} is missing")
-                elif verb == "jump" and table.is_chain(what.chain) and \
+                elif verb == "jump" and table.is_chain(what.target) and \
                         what.build() not in _chain(table, what.chain).rules:
                     problems.append(f"{_name(family)} jump from {what.chain} to {what.target} is missing")
+                elif verb == "add" and table.is_chain(what.chain) and \
+                        what.build() not in _chain(table, what.chain).rules:
+                    problems.append(f"{_name(family)} rule {what.text()} is missing or changed")
+            problems += self._unknown_rules()
         return problems
 
+    def _any_chain(self) -> bool:
+        """Whether any of natmap's chains exists, in any table (also a half-made set)."""
+        return any(c.name.startswith(self.prefix + "-") for family, name in _CREATE_ORDER
+                   for c in _table(family, name).chains)
+
+    def _unknown_rules(self) -> list[str]:
+        """Rules in natmap's chains that are neither its fixed ones nor an item's
+        (every item rule carries a comment), nor the generation marker."""
+        fixed = {(f, t, r.chain): [] for v, f, t, r in self._skeleton() if v == "add"}
+        for v, f, t, r in self._skeleton():
+            if v == "add":
+                fixed[(f, t, r.chain)].append(r.build())
+        unknown = []
+        for family, table_name in _ORDER + [(4, "raw"), (6, "raw")]:
+            table = _table(family, table_name)
+            for chain in table.chains:
+                if not chain.name.startswith(self.prefix + "-") or chain.name == self._chain("GENERATION"):
+                    continue
+                for rule in chain.rules:
+                    if rule not in fixed.get((family, table_name, chain.name), []) and not _comment(rule):
+                        unknown.append(f"{_name(family)} rule in {chain.name} is not natmap's: "
+                                       f"{_describe_rule(rule, family)}")
+        return unknown
+
     def rebuild(self, items: set[Any]) -> None:
-        """Remove natmap's chains and make them again with ``items`` (one commit per table)."""
-        if self.exists():
-            self.delete()
+        """Remove natmap's chains (also a half-made set of them) and make them
+        again with ``items`` (one commit per table, the guard first)."""
+        self.delete()
         self.apply(Change(add=tuple(items)), create=True)
 
     def listing(self) -> str:
@@ -336,6 +380,7 @@ class IptablesBackend:
 
     def _read_dnat(self, rule: Any) -> Binding:
         match = {m.name: m for m in rule.matches}
+        validate_name(match["comment"].comment, "endpoint name")
         proto = Protocol(rule.protocol)
         destination = rule.target.to_destination
         address, _, port = destination.rpartition(":")
@@ -359,6 +404,7 @@ def _find_xtables_libdir() -> None:
 
 
 _ORDER = [(4, "filter"), (6, "filter"), (4, "nat"), (6, "nat"), (4, "raw"), (6, "raw")]
+_CREATE_ORDER = [(4, "raw"), (6, "raw"), (4, "filter"), (6, "filter"), (4, "nat"), (6, "nat")]
 
 
 _NAT_TARGETS = ("DNAT", "MASQUERADE")
@@ -495,6 +541,14 @@ def _read_links(*chains: list[Any]) -> list[Link]:
                     (ipaddress.ip_network(rule.src, strict=False).network_address,
                      ipaddress.ip_network(rule.dst, strict=False).network_address, proto, dport))
     return links_from_flows(flows)
+
+
+def _describe_rule(rule: Any, family: int) -> str:
+    import iptc.easy
+
+    decoded = iptc.easy.decode_iptc_rule(rule, family == 6)
+    decoded.pop("counters", None)
+    return str(decoded)
 
 
 def _xtables_lock() -> Any:

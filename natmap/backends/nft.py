@@ -27,13 +27,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import threading
 from collections import namedtuple
 from collections.abc import Iterator
 
 from ..errors import BackendError, PrivilegeError, SpecError
-from ..links import Flow, Link, links_from_flows
-from ..model import Binding, Bridge, Change, Isolation, Item, Table
-from ..spec import Protocol
+from ..links import Flow, Link, links_from_flows, parse_comment
+from ..model import Binding, Bridge, Change, Isolation, Item, Table, validate_ifname
+from ..spec import Protocol, validate_name
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
 if TYPE_CHECKING:
@@ -232,21 +233,37 @@ def _text_entry(element: _Element) -> str:
 # --- reading back -----------------------------------------------------------------
 
 
-def parse_table(listing: str) -> Table:
-    """The output of ``list table inet NAME`` (JSON) as a :class:`Table`."""
+def parse_table(listing: str, foreign: list[str] | None = None) -> Table:
+    """The output of ``list table inet NAME`` (JSON) as a :class:`Table`.
+
+    An element natmap cannot have written (no comment, a comment that is not
+    a name, a malformed key) is not an item: it is described in ``foreign``
+    and left out, so that nobody's hand edit breaks a read."""
+    foreign = [] if foreign is None else foreign
     try:
         objects = json.loads(listing)["nftables"]
         contents = {body["name"]: body.get("elem", []) for obj in objects
                     for kind in ("map", "set") if kind in obj for body in [obj[kind]]}
-        items: list[Item] = []
-        for name, version in _MAP_VERSION.items():
-            items += [_binding(version, elem) for elem in contents.get(name, [])]
-        items += _bridges(contents)
-        items += _links(contents)
-        items += [Isolation(e["concat"][0]) for e in contents.get("isolated", [])]
-    except (ValueError, KeyError, TypeError, IndexError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         raise BackendError(f"unreadable table listing from nft: {exc!r}") from exc
+    items: list[Item] = []
+    for name, version in _MAP_VERSION.items():
+        items += _each(name, contents.get(name, []), foreign, lambda elem, v=version: _binding(v, elem))
+    items += _bridges(contents, foreign)
+    items += _links(contents, foreign)
+    items += _each("isolated", contents.get("isolated", []), foreign, _isolation)
     return Table(items)
+
+
+def _each(name: str, elements: list[Any], foreign: list[str], read: Any) -> list[Any]:
+    """``read`` of each element of set ``name``; the ones it cannot read go to ``foreign``."""
+    made = []
+    for elem in elements:
+        try:
+            made.append(read(elem))
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            foreign.append(f"element of {name} natmap did not write: {json.dumps(elem, sort_keys=True)}")
+    return made
 
 
 _MAP_VERSION = {"dnat4": 4, "dnat4_any": 4, "dnat6": 6, "dnat6_any": 6}
@@ -259,26 +276,112 @@ def _binding(version: int, elem: list[Any]) -> Binding:
     if len(parts) == 2:
         parts = ["0.0.0.0" if version == 4 else "::", *parts]
     container_ip, container_port = data["concat"]
-    return Binding(entry.get("comment", ""), Protocol(parts[1]), ipaddress.ip_address(parts[0]),
-                   int(parts[2]), ipaddress.ip_address(container_ip), int(container_port))
+    return Binding(validate_name(entry["comment"], "endpoint name"), Protocol(parts[1]),
+                   ipaddress.ip_address(parts[0]), int(parts[2]), ipaddress.ip_address(container_ip),
+                   int(container_port))
 
 
-def _bridges(contents: dict[str, list[Any]]) -> list[Bridge]:
+def _isolation(elem: Any) -> Isolation:
+    inner, outer = elem["concat"]
+    if inner != outer:
+        raise ValueError("not an isolation element")
+    return Isolation(validate_ifname(inner))
+
+
+def _bridges(contents: dict[str, list[Any]], foreign: list[str]) -> list[Bridge]:
     # Which subnet belongs to which bridge is not kept in the kernel; every
     # bridge is read back with all subnets. Only membership matters to the rules.
-    subnets = tuple(ipaddress.ip_network(f"{p['prefix']['addr']}/{p['prefix']['len']}")
-                    for v in _VERSIONS for p in contents.get(f"subnets{v}", []) if "prefix" in p)
-    return [Bridge(name, subnets) for name in contents.get("bridges", [])]
+    subnets = tuple(_each(f"subnets{v}", contents.get(f"subnets{v}", []), foreign, _subnet)
+                    for v in _VERSIONS)
+    names = _each("bridges", contents.get("bridges", []), foreign, validate_ifname)
+    return [Bridge(name, tuple(subnets[0] + subnets[1])) for name in names]
 
 
-def _links(contents: dict[str, list[Any]]) -> list[Link]:
+def _subnet(elem: Any) -> Any:
+    return ipaddress.ip_network(f"{elem['prefix']['addr']}/{elem['prefix']['len']}")
+
+
+def _links(contents: dict[str, list[Any]], foreign: list[str]) -> list[Link]:
     flows: dict[str, list[Flow]] = {}
+
+    def flow(elem: Any) -> None:
+        source, target, proto, port = elem["elem"]["val"]["concat"]
+        comment = elem["elem"]["comment"]
+        Link(*parse_comment(comment), (), (), ())  # a comment natmap writes, or ValueError
+        flows.setdefault(comment, []).append(
+            (ipaddress.ip_address(source), ipaddress.ip_address(target), Protocol(proto), int(port)))
+
     for v in _VERSIONS:
-        for elem in contents.get(f"links{v}", []):
-            source, target, proto, port = elem["elem"]["val"]["concat"]
-            flows.setdefault(elem["elem"]["comment"], []).append(
-                (ipaddress.ip_address(source), ipaddress.ip_address(target), Protocol(proto), int(port)))
+        _each(f"links{v}", contents.get(f"links{v}", []), foreign, flow)
     return links_from_flows(flows)
+
+
+# --- natmap's own objects, compared with what nft makes of the skeleton -----------------
+
+_reference: dict[str, str] = {}
+
+
+def reference_listing(table: str) -> str:
+    """The listing of an empty table as natmap makes it, from this kernel and
+    this libnftables: the skeleton is applied in a scratch network namespace
+    (a thread of its own, which ends with it), never in the caller's."""
+    if table not in _reference:
+        result: list[Any] = []
+        thread = threading.Thread(target=_scratch_listing, args=(table, result), name="natmap-reference")
+        thread.start()
+        thread.join()
+        if not isinstance(result[0], str):
+            raise BackendError(f"cannot build natmap's reference table in a scratch namespace: {result[0]}")
+        _reference[table] = result[0]
+    return _reference[table]
+
+
+def _scratch_listing(table: str, result: list[Any]) -> None:
+    import ctypes
+
+    import nftables
+
+    try:
+        if ctypes.CDLL(None, use_errno=True).unshare(0x40000000) != 0:  # CLONE_NEWNET, this thread only
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET) failed")
+        nft = nftables.Nftables()
+        nft.set_json_output(True)
+        for command in (skeleton(table), f"list table inet {table}"):
+            rc, out, err = nft.cmd(command)
+            _check("building the reference table", rc, err)
+        result.append(out)
+    except Exception as exc:  # handed to the caller's thread
+        result.append(exc)
+
+
+def _structure(listing: str) -> dict[str, str]:
+    """Each object of a table listing but its elements, by a name that says
+    what it is (``chain prerouting``, ``rule prerouting #1``), as canonical JSON."""
+    objects: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    for obj in json.loads(listing)["nftables"]:
+        for kind in ("chain", "set", "map", "rule"):
+            if kind not in obj:
+                continue
+            body = {k: v for k, v in obj[kind].items() if k not in ("handle", "elem", "family", "table")}
+            if kind == "rule":
+                chain = body["chain"]
+                counts[chain] = counts.get(chain, 0) + 1
+                name = f"rule {chain} #{counts[chain]}"
+                body = body["expr"]
+            else:
+                name = f"{kind} {body['name']}"
+            objects[name] = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return objects
+
+
+def compare_structure(expected: dict[str, str], actual: dict[str, str]) -> list[str]:
+    """Each object missing, changed or unexpected, one line each."""
+    problems = [f"{name} is missing: {expected[name]}" for name in expected if name not in actual]
+    problems += [f"{name} changed: {actual[name]} (natmap makes {expected[name]})"
+                 for name in expected if name in actual and actual[name] != expected[name]]
+    problems += [f"{name} is not natmap's: {actual[name]}" for name in actual if name not in expected]
+    return problems
 
 
 _NO_SUCH_TABLE = "No such file or directory"  # libnftables' words for ENOENT
@@ -317,33 +420,21 @@ class NftBackend:
         rc, _, err = self._nft.cmd(f"list table inet {self.table}")
         return rc == 0 or _NO_SUCH_TABLE in err
 
-    def delete(self) -> None:
-        """Remove the table and everything in it: one transaction."""
-        self._run(f"deleting table inet {self.table}", f"delete table inet {self.table}")
+    def structure_problems(self, listing: str | None = None) -> list[str]:
+        """How natmap's table differs from what natmap makes, object by object:
+        every chain (type, hook, priority, policy), every rule with its
+        verdict, every set and map declaration, and any chain, rule, set or
+        map in the table that natmap did not make. ``listing``: the table as
+        :meth:`listing` gave it, if already read."""
+        listing = self.listing() if listing is None else listing
+        if listing is None:
+            return []
+        return compare_structure(_structure(reference_listing(self.table)), _structure(listing))
 
-    def structure_problems(self) -> list[str]:
-        """natmap's own maps, sets, chains and rules that are missing or changed."""
-        objects = json.loads(self.listing() or '{"nftables": []}')["nftables"]
-        have = {(kind, obj[kind]["name"]) for obj in objects for kind in ("map", "set", "chain") if kind in obj}
-        rules: dict[str, int] = {}
-        for obj in objects:
-            if "rule" in obj:
-                rules[obj["rule"]["chain"]] = rules.get(obj["rule"]["chain"], 0) + 1
-        problems = []
-        expected_rules: dict[str, int] = {}
-        for line in skeleton(self.table).splitlines():
-            words = line.split()  # add KIND inet TABLE NAME ...
-            if len(words) < 5:
-                continue
-            kind, name = words[1], words[4]
-            if kind == "rule":
-                expected_rules[name] = expected_rules.get(name, 0) + 1
-            elif kind in ("map", "set", "chain") and (kind, name) not in have:
-                problems.append(f"{kind} {name} is missing")
-        for chain, count in expected_rules.items():
-            if rules.get(chain, 0) != count:
-                problems.append(f"chain {chain} has {rules.get(chain, 0)} rules, not {count}")
-        return problems
+    def delete(self) -> None:
+        """Remove the table and everything in it, whether it is there or not: one transaction."""
+        self._run(f"deleting table inet {self.table}",
+                  f"add table inet {self.table}\ndelete table inet {self.table}\n")
 
     def rebuild(self, items: set[Any]) -> None:
         """Replace the table with its skeleton and ``items``: one transaction.
@@ -364,10 +455,20 @@ class NftBackend:
         _check(f"listing table inet {self.table}", rc, err)
         return out
 
-    def read(self) -> Table | None:
-        """The table as the kernel holds it, or None if there is none."""
+    def read(self, foreign: list[str] | None = None) -> Table | None:
+        """The table as the kernel holds it, or None if there is none; what
+        natmap did not write is described in ``foreign``, not read."""
         listing = self.listing()
-        return None if listing is None else parse_table(listing)
+        return None if listing is None else parse_table(listing, foreign)
+
+    def inspect(self) -> tuple[Table | None, list[str], list[str]]:
+        """The table (None if missing), its structure's problems and the
+        elements natmap did not write, from one listing."""
+        listing = self.listing()
+        if listing is None:
+            return None, [], []
+        foreign: list[str] = []
+        return parse_table(listing, foreign), self.structure_problems(listing), foreign
 
     def generation(self) -> int:
         """The ruleset generation: one more with every committed transaction."""

@@ -4,7 +4,7 @@ back, jumps stay single, other programs' chains stay as they were. Root only."""
 import pytest
 
 import natmap
-from conftest import delete_behind_natmaps_back, kernel_state
+from conftest import kernel_state
 
 
 @pytest.fixture
@@ -18,7 +18,7 @@ def saved(sb, table):
         sb.host.run(["ip6tables-legacy-save", "-t", table]).stdout
 
 
-def test_a_failure_in_the_second_table_rolls_the_first_back(sandbox, ipt):
+def test_a_failure_in_the_second_table_rolls_the_first_back(sandbox, ipt, monkeypatch):
     db, web = sandbox.container("db01"), sandbox.container("web02")
     ipt.publish(db.endpoint(expose=["5432"]), ["5432:5432"])
     ipt.isolate(sandbox.bridge)
@@ -26,15 +26,29 @@ def test_a_failure_in_the_second_table_rolls_the_first_back(sandbox, ipt):
     db.serve(5432)
     assert web.request(db.ip, 5432) is not None
     # Unpublishing db01 removes its link (filter, committed first) and its
-    # bindings (nat, committed second); a binding gone behind natmap's back
-    # makes the nat commit fail, so the filter commit must be undone.
-    delete_behind_natmaps_back(sandbox, "iptables", ipt.port("db01")[0])
+    # bindings (nat, committed second); the nat commit fails (a refusal the
+    # test injects: the filter commit and its undo are the kernel's), so the
+    # filter commit must be undone, and the store must keep the link.
+    from natmap.backends import iptables
+
+    real = iptables._commit
+    calls = []
+
+    def nat_refuses(family, table_name, steps):
+        calls.append(table_name)
+        if table_name == "nat" and calls.count("nat") == 1:
+            raise OSError("injected refusal")
+        return real(family, table_name, steps)
+
     before = kernel_state(sandbox, "iptables")
+    monkeypatch.setattr(iptables, "_commit", nat_refuses)
     with pytest.raises(natmap.BackendError, match="refused the change in table nat"):
         ipt.unpublish("db01")
+    monkeypatch.undo()
     assert kernel_state(sandbox, "iptables") == before
     assert [str(link) for link in ipt.links()] == ["web02 -> db01:db"]
     assert web.request(db.ip, 5432) is not None  # the link still works
+    assert not ipt.check()
 
 
 def test_jumps_to_natmaps_chains_are_never_duplicated(sandbox, ipt):

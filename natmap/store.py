@@ -1,0 +1,268 @@
+"""The desired state on disk: what natmap means to exist, per network
+namespace, table and backend, in SQLite (the standard library's ``sqlite3``).
+
+The kernel is checked against it; it is never a cache of the kernel. One file
+per (namespace, table, backend)::
+
+    /var/lib/natmap/<namespace>.<table>.<backend>.db   the root namespace and
+                                                        `ip netns` named ones
+    /run/natmap/<namespace>.<table>.<backend>.db       anonymous namespaces
+    $NATMAP_STATE_DIR/... or NatMap(state_dir=...)     anywhere else (tests)
+
+Tables::
+
+    items(key PRIMARY KEY, kind, endpoint, data)   one row an item: a binding,
+                                                   a bridge, a link (with its
+                                                   target's env), an isolation
+    meta(name PRIMARY KEY, value)                  version (one more each write),
+                                                   generation (the kernel's, after
+                                                   natmap's last commit), pending
+                                                   (a change begun and not done)
+
+A change is written in two store transactions that bracket the kernel's:
+:meth:`Store.begin` writes the new items and the change as ``pending``; the
+kernel commits; :meth:`Store.done` clears ``pending``. A process killed in
+between leaves ``pending``: the next call sees it and finishes the change
+(the store already holds the state the change meant; see NatMap._recover).
+Every SQLite failure is translated to :class:`~natmap.errors.StoreError`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+from .errors import PrivilegeError, StoreCorruptError, StoreError
+from .links import Link
+from .model import Binding, Bridge, Change, Isolation, Item
+from .spec import Protocol
+
+__all__ = ["Store", "default_dir", "item_key"]
+
+PERSISTENT_DIR = "/var/lib/natmap"  # the root namespace and `ip netns` named ones survive a reboot
+VOLATILE_DIR = "/run/natmap"        # an anonymous namespace does not
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (key TEXT PRIMARY KEY, kind TEXT NOT NULL, endpoint TEXT, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS items_endpoint ON items (endpoint);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def default_dir(named: bool) -> str:
+    """Where the store lives: ``$NATMAP_STATE_DIR`` if set, else
+    ``/var/lib/natmap`` for the root namespace and named ones (``named``),
+    else ``/run/natmap``."""
+    return os.environ.get("NATMAP_STATE_DIR") or (PERSISTENT_DIR if named else VOLATILE_DIR)
+
+
+# --- items as rows -------------------------------------------------------------------
+
+
+def item_key(item: Item) -> str:
+    """The row key: what the kernel looks an item up by (one item a key)."""
+    match item:
+        case Binding():
+            return f"binding {item.version} {item.host_ip} {item.proto.value} {item.host_port}"
+        case Bridge():
+            return f"bridge {item.name}"
+        case Link():
+            return f"link {item.source}>{item.target}"
+        case Isolation():
+            return f"isolation {item.bridge}"
+    raise TypeError(f"not a table item: {item!r}")
+
+
+def _row(item: Item) -> tuple[str, str, str | None, str]:
+    match item:
+        case Binding():
+            data = [item.endpoint, item.proto.value, str(item.host_ip), item.host_port,
+                    str(item.container_ip), item.container_port]
+            return item_key(item), "binding", item.endpoint, json.dumps(data)
+        case Bridge():
+            return item_key(item), "bridge", None, json.dumps([item.name, [str(n) for n in item.subnets]])
+        case Link():
+            data = [item.source, item.target, item.alias, [str(ip) for ip in item.source_ips],
+                    [str(ip) for ip in item.target_ips], [[p, proto.value] for p, proto in item.ports],
+                    list(item.target_env)]
+            return item_key(item), "link", item.source, json.dumps(data)
+        case Isolation():
+            return item_key(item), "isolation", None, json.dumps([item.bridge])
+    raise TypeError(f"not a table item: {item!r}")
+
+
+def _item(kind: str, data: str) -> Item:
+    d = json.loads(data)
+    if kind == "binding":
+        return Binding(d[0], Protocol(d[1]), ipaddress.ip_address(d[2]), d[3], ipaddress.ip_address(d[4]), d[5])
+    if kind == "bridge":
+        return Bridge(d[0], tuple(ipaddress.ip_network(n) for n in d[1]))
+    if kind == "link":
+        return Link(d[0], d[1], d[2], tuple(map(ipaddress.ip_address, d[3])),
+                    tuple(map(ipaddress.ip_address, d[4])), tuple((p, Protocol(proto)) for p, proto in d[5]),
+                    tuple(d[6]))
+    if kind == "isolation":
+        return Isolation(d[0])
+    raise StoreCorruptError(f"unknown item kind {kind!r} in natmap's store")
+
+
+# --- the store -----------------------------------------------------------------------
+
+
+class Store:
+    """One SQLite file: the items natmap means to exist, and its bookkeeping.
+
+    Opened on first use; the file is made 0600 in a 0700 directory. Raises
+    :class:`StoreError` (a full disk, a read-only file system) or
+    :class:`StoreCorruptError` (not a natmap store) from any method.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+
+    def exists(self) -> bool:
+        return os.path.exists(self.path)
+
+    @contextmanager
+    def _translated(self, what: str) -> Iterator[None]:
+        """SQLite's and the file system's errors as natmap's, at one boundary."""
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "not a database" not in str(exc) \
+                    and "malformed" not in str(exc):
+                raise StoreError(f"natmap's store {self.path}: {what} failed: {exc}") from exc
+            raise StoreCorruptError(
+                f"natmap's store {self.path} is damaged ({exc}); the kernel's rules are untouched: "
+                "`natmap adopt` rebuilds the store from them") from exc
+        except PermissionError as exc:
+            raise PrivilegeError(f"{what} in natmap's store {self.path}") from exc
+        except OSError as exc:
+            raise StoreError(f"natmap's store {self.path}: {what} failed: {exc.strerror}") from exc
+
+    def _open(self) -> sqlite3.Connection:
+        if self._db is not None:
+            return self._db
+        with self._translated("opening"):
+            directory = os.path.dirname(self.path)
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            os.chmod(directory, 0o700)
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            # autocommit off by hand: every write below is one explicit transaction
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")  # a committed change survives a power cut
+                db.executescript(_SCHEMA)
+                db.execute("SELECT count(*) FROM items").fetchone()
+            except BaseException:
+                db.close()
+                raise
+            self._db = db
+        return db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @contextmanager
+    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction: all of it, or (on any error) none of it."""
+        db = self._open()
+        with self._translated(what):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("UPDATE meta SET value = value + 1 WHERE name = 'version'")
+                db.execute("INSERT OR IGNORE INTO meta VALUES ('version', 1)")
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+    # --- reading ---------------------------------------------------------------
+
+    def get(self, name: str) -> str | None:
+        with self._translated("reading"):
+            row = self._open().execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def version(self) -> str | None:
+        """Changes with every write, by any process: tells a cached copy it is stale."""
+        return self.get("version")
+
+    def items(self) -> list[Item]:
+        with self._translated("reading"):
+            rows = self._open().execute("SELECT kind, data FROM items").fetchall()
+            return [_item(kind, data) for kind, data in rows]
+
+    def of(self, endpoint: str) -> list[Item]:
+        """The bindings of one endpoint and the links from it (an index lookup)."""
+        with self._translated("reading"):
+            rows = self._open().execute("SELECT kind, data FROM items WHERE endpoint = ?", (endpoint,)).fetchall()
+            return [_item(kind, data) for kind, data in rows]
+
+    def pending(self) -> Change | None:
+        """The change a process began and did not finish (it died), if any."""
+        text = self.get("pending")
+        if text is None:
+            return None
+        with self._translated("reading"):
+            d = json.loads(text)
+            return Change(add=tuple(_item(k, v) for k, v in d["add"]),
+                          delete=tuple(_item(k, v) for k, v in d["delete"]))
+
+    # --- writing ---------------------------------------------------------------
+
+    def begin(self, change: Change) -> None:
+        """Write ``change`` to the items, and record it as pending: one transaction."""
+        with self._write("recording the change") as db:
+            self._change_rows(db, change)
+            pending = {"add": [_row(i)[1::2] for i in change.add],
+                       "delete": [_row(i)[1::2] for i in change.delete]}
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('pending', ?)", (json.dumps(pending),))
+
+    def undo(self, change: Change) -> None:
+        """Take back a change the kernel refused: the inverse change, pending cleared."""
+        with self._write("taking the change back") as db:
+            self._change_rows(db, Change(add=change.delete, delete=change.add))
+            db.execute("DELETE FROM meta WHERE name = 'pending'")
+
+    def done(self, generation: str | None) -> None:
+        """The kernel holds the pending change: clear it, and record the kernel's
+        generation after natmap's commit (None: unknown, read the kernel next time)."""
+        with self._write("finishing the change") as db:
+            db.execute("DELETE FROM meta WHERE name = 'pending'")
+            self._set_generation(db, generation)
+
+    def replace(self, items: Iterable[Item], generation: str | None = None) -> None:
+        """Make the store hold exactly ``items`` (``natmap adopt``): one transaction."""
+        with self._write("replacing the items") as db:
+            db.execute("DELETE FROM items")
+            db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?)", map(_row, items))
+            db.execute("DELETE FROM meta WHERE name = 'pending'")
+            self._set_generation(db, generation)
+
+    def forget(self) -> None:
+        """Nothing is meant to exist any more (``remove()``)."""
+        self.replace(())
+
+    @staticmethod
+    def _set_generation(db: sqlite3.Connection, generation: str | None) -> None:
+        if generation is None:
+            db.execute("DELETE FROM meta WHERE name = 'generation'")
+        else:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('generation', ?)", (generation,))
+
+    @staticmethod
+    def _change_rows(db: sqlite3.Connection, change: Change) -> None:
+        db.executemany("DELETE FROM items WHERE key = ?", ((item_key(i),) for i in change.delete))
+        db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?)", map(_row, change.add))
+        # the generation of before the change says nothing about the kernel after it
+        db.execute("DELETE FROM meta WHERE name = 'generation'")
