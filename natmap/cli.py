@@ -155,7 +155,10 @@ def cmd_plan(nm: NatMap, args: argparse.Namespace) -> Output:
 
 def cmd_check(nm: NatMap, args: argparse.Namespace) -> Output:
     drift = nm.check()
-    data = {"drift": bool(drift), "remembered": drift.remembered, "structure": list(drift.structure)}
+    data = {"drift": bool(drift), "remembered": drift.remembered, "structure": list(drift.structure),
+            "table_missing": drift.table_missing, "interrupted": drift.interrupted,
+            "missing": [describe(i) for i in drift.missing], "unexpected": [describe(i) for i in drift.unexpected],
+            "foreign": list(drift.foreign), "host": list(drift.host)}
     if drift:
         raise DriftFound(str(drift), data)
     return data, [str(drift)]

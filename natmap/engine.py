@@ -1,17 +1,21 @@
 """NatMap: publish, unpublish and read back bindings, one kernel transaction a change.
 
-How a change happens, every time:
+The desired state lives on disk (:mod:`natmap.store`); the kernel is checked
+against it. How a change happens, every time:
 
 1. take the table's lock (``flock`` on ``/run/natmap/<netns>-<table>.lock``,
    released by the kernel if the process dies), so natmap processes change a
    table one at a time;
-2. get the table: from memory if the backend's generation (nftables' counter,
-   or natmap's marker rule on iptables) says nothing was committed since
-   natmap last read or wrote it, else read from the kernel;
-3. change it in memory (``model.Table`` checks conflicts and assigns ports and
-   journals every step);
-4. apply the net change as one transaction; on any failure, roll the memory
-   back, so memory and kernel agree again.
+2. finish a change a dead process left pending in the store, if any;
+3. get the table from the store (kept in memory while the store's version
+   stays), and read the kernel unless its generation is the one recorded
+   after natmap's last commit;
+4. change it in memory (``model.Table`` checks conflicts and assigns ports and
+   journals every step); check that the host settings it needs can be set;
+5. record the change in the store as pending; apply one kernel transaction
+   from what the kernel holds to what the store says (so drift found is
+   repaired in it); ensure the host settings; mark the change done. On a
+   failure the store and the memory are rolled back, so all agree again.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from contextlib import contextmanager
 from . import host, hoststate
 from .backends import make_backend
 from .backends.nft import validate_table
-from .errors import DriftError, NatmapError, NotFoundError, SpecError, TableMissingError
+from .errors import DriftError, NatmapError, NotFoundError, SpecError, StoreCorruptError, TableMissingError
 from .links import Link
 from .locking import flocked
 from .model import (Binding, Bridge, Change, Drift, Endpoint, Isolation, Item, PortPool, Table, describe,
@@ -62,6 +66,9 @@ class NatMap:
     table ``natmap``; ``NatMap(table="lab1")`` gives an independent instance;
     ``NatMap(netns="name")`` works inside the named namespace (as made by
     ``ip netns add``), entering it only for the length of each call.
+    ``state_dir`` is where natmap's store lives (default ``$NATMAP_STATE_DIR``,
+    else ``/var/lib/natmap`` for the root and named namespaces, ``/run/natmap``
+    for anonymous ones); ``state_path`` is the store's file.
     """
 
     def __init__(self, table: str = "natmap", *, backend: str = "nft", netns: str | None = None,
@@ -196,7 +203,7 @@ class NatMap:
         desired = self._store.items()
         view = self._view = self._inspect()  # what a repair that follows starts from
         missing, unexpected = _differences(desired, view.table, self.backend_name)
-        return Drift(missing=missing, unexpected=unexpected, table_missing=view.table is None,
+        return Drift(missing=missing, unexpected=unexpected, table_missing=view.table is None and bool(desired),
                      structure=tuple(view.structure), foreign=tuple(view.foreign),
                      host=tuple(hoststate.problems(desired)),
                      interrupted=self._store.pending() is not None)
@@ -223,11 +230,11 @@ class NatMap:
         store, or a table made before natmap kept one); a damaged store file
         is kept beside as ``*.damaged``. Returns the items adopted."""
         with self._locked(), self._ns():
-            table, _, _ = self._backend.inspect()
+            table = self._backend.read()
             items = sorted(table.items() if table is not None else (), key=describe)
             try:
                 self._store.replace(items, self._stamp())
-            except NatmapError:
+            except StoreCorruptError:
                 self._store.close()
                 os.replace(self.state_path, self.state_path + ".damaged")
                 for suffix in ("-wal", "-shm"):
@@ -241,7 +248,7 @@ class NatMap:
         """Delete this instance's table, and every binding with it (one
         transaction), and forget it in the store."""
         with self._locked(), self._ns():
-            table, _, _ = self._backend.inspect()
+            table = self._backend.read()
             self._backend.delete()
             if table is not None:
                 self._kernel.forget_flows(table.bindings(), table.links())
@@ -264,7 +271,7 @@ class NatMap:
         prefix = name[: -len(f".{self.table_name}.{self.backend_name}.db")]
         found = []
         for entry in sorted(os.listdir(directory)) if os.path.isdir(directory) else ():
-            parts = entry.split(".")
+            parts = entry.rsplit(".", 3)  # a namespace's name may hold dots; the rest cannot
             if len(parts) == 4 and parts[0] == prefix and parts[3] == "db":
                 found.append((parts[1], parts[2]))
         return found
@@ -276,8 +283,9 @@ class NatMap:
         stop(self)
 
     def close(self) -> None:
-        """Close the netlink sockets this instance keeps open (bindings stay)."""
+        """Close the netlink sockets and the store this instance keeps open (bindings stay)."""
         self._kernel.close()
+        self._store.close()
 
     def __enter__(self) -> NatMap:
         return self
@@ -313,15 +321,20 @@ class NatMap:
         taken from the store (an index lookup, whatever the table's size)."""
         with self._ns():
             if not self._store.exists():  # a table made before natmap kept a store
-                table, _, _ = self._backend.inspect()
+                table = self._backend.read()
                 if table is None:
                     raise TableMissingError(f"table inet {self.table_name} does not exist in this network "
                                             "namespace (nothing was published with it yet)")
                 return table
-            desired = Table(self._store.of(endpoint)) if endpoint else self._desired()
+            if endpoint:
+                desired = Table(self._store.of(endpoint))
+            elif self._busy.locked():  # a transaction is changing the cached table: a copy of our own
+                desired = Table(self._store.items())
+            else:
+                desired = self._desired()
             if self._in_sync():
                 return desired
-            table, _, _ = self._backend.inspect()
+            table = self._backend.read()
         if table is None:
             if not len(desired) and not desired.items():
                 raise TableMissingError(f"table inet {self.table_name} does not exist in this network "
@@ -375,7 +388,7 @@ class NatMap:
 
     def _adopt_kernel(self) -> None:
         """No store yet: take what the kernel holds (a table made before natmap kept a store)."""
-        table, _, _ = self._backend.inspect()
+        table = self._backend.read()
         if table is not None and table.items():
             _log("adopting %d items of table %s from the kernel into %s", len(table.items()),
                  self.table_name, self.state_path)
@@ -398,8 +411,10 @@ class NatMap:
 
     def _commit(self, table: Table, change: Change) -> None:
         """Apply ``change``, ``table``'s journaled change, in one transaction, or roll it back."""
-        if not change and self._view is None:
+        if not change and self._view is None:  # the kernel as natmap left it: only the host to ensure
             table.commit()
+            for what in hoststate.ensure(_host_items(table), routes=False):
+                _log("host: set %s", what)
             return
         try:
             self._sync(table, change)
@@ -416,15 +431,14 @@ class NatMap:
         kernel transaction), ensure the host settings, mark the change done.
         ``force``: rebuild the table even if only elements differ."""
         started = time.perf_counter()
-        target = table.items()
-        hoststate.precheck(target)
+        hoststate.precheck(_host_items(table))
         if change:
             self._store.begin(change)
         hoststate.crash_point("store-write")
         view, self._view = self._view, None
         before = self._backend.generation()
         try:
-            applied = self._kernel_change(target, change, view, force)
+            applied = self._kernel_change(table, change, view, force)
         except BaseException:
             if change:
                 self._store.undo(change)
@@ -432,7 +446,7 @@ class NatMap:
         hoststate.crash_point("kernel-commit")
         after = self._backend.generation()
         _log_change(applied, self._backend.name, time.perf_counter() - started)
-        set_now = hoststate.ensure(target, routes=view is not None or bool(change.added(Bridge)))
+        set_now = hoststate.ensure(_host_items(table), routes=view is not None or bool(change.added(Bridge)))
         for what in set_now:
             _log("host: set %s", what)
         self._kernel.forget_flows(applied.deleted(Binding), applied.deleted(Link), applied.added(Binding))
@@ -442,13 +456,14 @@ class NatMap:
         hoststate.crash_point("store-commit")
         self._missing = False
 
-    def _kernel_change(self, target: set[Item], change: Change, view: _KernelView | None,
+    def _kernel_change(self, table: Table, change: Change, view: _KernelView | None,
                        force: bool) -> Change:
         """One kernel transaction from what the kernel holds (``view``; None:
-        as natmap left it) to ``target``; returns the change applied."""
+        as natmap left it) to ``table``; returns the change applied."""
         if view is None:
             self._backend.apply(change, create=False)
             return change
+        target = table.items()
         if view.table is None or view.structure or force:
             if view.table is not None:
                 _log("rebuilding table %s: %s", self.table_name, "; ".join(view.structure) or "repair")
@@ -591,6 +606,11 @@ class Transaction:
         if self._table is None:
             raise NatmapError("use the transaction in a with block")
         return self._table
+
+
+def _host_items(table: Table) -> list[Item]:
+    """What the host settings depend on: the bridges and the isolated ones."""
+    return [*table.bridges.values(), *(Isolation(bridge) for bridge in table.isolated)]
 
 
 class _KernelView:

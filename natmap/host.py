@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import functools
 import ipaddress
+import itertools
 import os
 import threading
 from collections.abc import Iterable, Iterator
@@ -176,14 +177,16 @@ class Session:
     def generation(self) -> int:
         """The nftables ruleset generation: it grows by one with every committed
         transaction, whoever commits it."""
-        from pyroute2.netlink import NLM_F_REQUEST
-        from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_GETGEN, NFTSocket, nft_gen_msg
-
-        with self._lock, _netlink("reading the nftables generation"):
+        # One netlink request on a socket of the standard library's: importing
+        # pyroute2 for it would cost a `natmap port` most of its time.
+        with self._lock, _os_errors("reading the nftables generation"):
             if self._nft is None:
-                self._nft = NFTSocket()
-            answer = self._nft.request_get(nft_gen_msg(), NFT_MSG_GETGEN, NLM_F_REQUEST)
-        return answer[0].get_attr("NFTA_GEN_ID")
+                import socket  # here: `natmap port` in sync needs it, `import natmap.cli` does not
+
+                self._nft = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                          _NETLINK_NETFILTER)
+                self._nft.bind((0, 0))
+            return _nft_genid(self._nft)
 
     def forget_flows(self, removed: Iterable[Binding] = (), links: Iterable[Link] = (),
                      added: Iterable[Binding] = ()) -> int:
@@ -235,6 +238,47 @@ class Session:
                 if sock is not None:
                     sock.close()
             self._nft = self._conntrack = None
+
+
+_NETLINK_NETFILTER = 12
+
+
+@contextmanager
+def _os_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except PermissionError as exc:
+        raise PrivilegeError(what) from exc
+    except OSError as exc:
+        raise BackendError(f"{what}: {exc.strerror or exc}") from exc
+
+_NFT_MSG_GETGEN = (10 << 8) | 16  # NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN
+_NLMSG_ERROR = 2
+_sequence = itertools.count(1)
+
+
+def _nft_genid(sock: Any) -> int:
+    """Ask the kernel for NFTA_GEN_ID: nlmsghdr + nfgenmsg out, the same back
+    with its attributes (little-endian header, big-endian attribute value)."""
+    import struct
+
+    seq = next(_sequence) & 0xFFFFFFFF
+    sock.send(struct.pack("=IHHII", 20, _NFT_MSG_GETGEN, 1, seq, 0) + struct.pack("=BBH", 0, 0, 0))
+    while True:
+        data = sock.recv(65536)
+        length, kind, _, answer_seq, _ = struct.unpack_from("=IHHII", data)
+        if answer_seq != seq:
+            continue  # an answer to an older request that timed out
+        if kind == _NLMSG_ERROR:
+            (code,) = struct.unpack_from("=i", data, 16)
+            raise OSError(-code, os.strerror(-code))
+        offset = 20  # past nlmsghdr (16) and nfgenmsg (4)
+        while offset + 4 <= length:
+            attr_len, attr_type = struct.unpack_from("=HH", data, offset)
+            if attr_type & 0x3FFF == 1:  # NFTA_GEN_ID
+                return int(struct.unpack_from(">I", data, offset + 4)[0])
+            offset += (attr_len + 3) & ~3
+        raise OSError(errno.EPROTO, "no NFTA_GEN_ID in the kernel's answer")
 
 
 def nft_generation() -> int:

@@ -150,13 +150,18 @@ class Store:
         with self._translated("opening"):
             directory = os.path.dirname(self.path)
             os.makedirs(directory, mode=0o700, exist_ok=True)
-            os.chmod(directory, 0o700)
+            if os.stat(directory).st_mode & 0o022:  # never loosen or tighten a directory of others'
+                raise StoreError(f"natmap's state directory {directory} is writable by others; "
+                                 "give natmap a directory of its own (0700)")
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
             # autocommit off by hand: every write below is one explicit transaction
             db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
             try:
                 db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=FULL")  # a committed change survives a power cut
+                # NORMAL: in WAL mode a commit survives the process being killed (what the
+                # pending mark needs); only a power cut can lose the last ones, and it
+                # takes the kernel's rules with it. FULL would fsync twice a change.
+                db.execute("PRAGMA synchronous=NORMAL")
                 db.executescript(_SCHEMA)
                 db.execute("SELECT count(*) FROM items").fetchone()
             except BaseException:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BackendError, PrivilegeError
+from ..hoststate import crash_point
 from ..links import Flow, Link, links_from_flows
 from ..locking import flocked
 from ..model import Binding, Bridge, Change, Isolation, Item, Table
@@ -267,6 +268,7 @@ class IptablesBackend:
                     raise BackendError(f"{_name(family)} refused the change in table {table_name}: "
                                        f"{exc}") from exc
                 committed.append((family, table_name))
+                crash_point(f"iptables-{family}-{table_name}")  # the crash tests' seam
         return marker
 
     def _steps(self, change: Change, create: bool, old: str | None,
@@ -349,7 +351,8 @@ class IptablesBackend:
         for family, table_name in _ORDER + [(4, "raw"), (6, "raw")]:
             table = _table(family, table_name)
             for chain in table.chains:
-                if not chain.name.startswith(self.prefix + "-") or chain.name == self._chain("GENERATION"):
+                if not chain.name.startswith(self.prefix + "-") or \
+                        chain.name in (self._chain("GENERATION"), self._chain("DNAT")):  # DNAT: load()'s foreign
                     continue
                 for rule in chain.rules:
                     if rule not in fixed.get((family, table_name, chain.name), []) and not _comment(rule):

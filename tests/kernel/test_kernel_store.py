@@ -143,27 +143,65 @@ def test_case7_host_settings_are_state_checked_and_restored(sandbox, nm, backend
     assert any("route_localnet is 0" in line for line in nm.check().host)
     nm.repair()
     assert sandbox.host.request("127.0.0.1", 5001) == f"web01 {sandbox.bridge_ip}"
-    # a write ensures it as well
+    # a write ensures it as well, even one that changes nothing (a bridge re-created by a runtime)
     sandbox.host.run(["sh", "-c", f"echo 0 > {sysctl}"], check=True)
-    nm.publish(sandbox.container("db01").endpoint(), ["5432:5432"])
+    nm.publish(web.endpoint(), ["127.0.0.1:5001:5000"])
     assert sandbox.host.request("127.0.0.1", 5001) == f"web01 {sandbox.bridge_ip}"
 
 
-def test_case8_iptables_a_half_made_table_is_seen_and_finished(sandbox, web):
+def test_case7_a_read_only_proc_sys_fails_the_call_before_the_kernel_changes(sandbox, backend, web):
+    publish = [NATMAP, "publish", "web01", "--ip", str(web.ip), "--bridge", sandbox.bridge,
+               "-p", "127.0.0.1:5001:5000", "--backend", backend, "--netns", sandbox.host.name]
+    # a private mount namespace with /proc/sys read-only: a container given only NET_ADMIN
+    readonly = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                'mount --bind /proc/sys /proc/sys && mount -o remount,ro,bind /proc/sys && exec "$@"', "sh"]
+    result = subprocess.run(readonly + publish, capture_output=True, text=True)
+    assert result.returncode != 0 and "route_localnet" in result.stderr, result.stderr
+    nm = natmap.NatMap(netns=sandbox.host.name, backend=backend)
+    assert not nm.check()  # nothing applied, nothing recorded, nothing pending
+    with pytest.raises(natmap.TableMissingError):
+        nm.port("web01")
+    assert subprocess.run(publish, capture_output=True).returncode == 0  # the retry really works
+    assert sandbox.host.request("127.0.0.1", 5001) == f"web01 {sandbox.bridge_ip}"
+
+
+@pytest.mark.parametrize("step", ["iptables-4-raw", "iptables-4-filter", "iptables-6-filter", "iptables-4-nat",
+                                  "kernel-commit"])
+def test_case8_iptables_a_half_made_table_is_seen_and_finished(sandbox, web, step):
     nm = natmap.NatMap(netns=sandbox.host.name, backend="iptables")
-    env = {**os.environ, "NATMAP_CRASH_AT": "kernel-commit"}
-    # a first publish killed after its kernel commit
+    env = {**os.environ, "NATMAP_CRASH_AT": step}
+    # a first publish killed after one of its table commits
     result = subprocess.run([NATMAP, "publish", "web01", "--ip", str(web.ip), "--bridge", sandbox.bridge,
-                             "-p", "8080:5000", "--backend", "iptables", "--netns", sandbox.host.name],
-                            env=env, capture_output=True, text=True)
-    assert result.returncode == -signal.SIGKILL
-    assert nm.check().interrupted
+                             "-p", "8080:5000", "-p", "127.0.0.1:5001:5000", "--backend", "iptables",
+                             "--netns", sandbox.host.name], env=env, capture_output=True, text=True)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    # the guard was committed first: nothing DNATs to 127/8 without it
+    assert "-A NATMAP-GUARD -d 127.0.0.0/8 ! -i lo -j DROP" in \
+        sandbox.host.run(["iptables-legacy-save", "-t", "raw"]).stdout
+    drift = nm.check()
+    assert drift.interrupted and drift
+    assert cli(sandbox, "iptables", "check").returncode == 1
     nm.isolate(sandbox.bridge)  # the next write finishes it: no duplicated rules
     saved = sandbox.host.run(["iptables-legacy-save", "-t", "filter"]).stdout
     assert saved.count("-A NATMAP-ISOLATION -j DROP") == 1
     assert not nm.check()
+    client = sandbox.client("client1")
+    assert client.request(sandbox.outside_ip, 8080) == "web01 192.0.2.2"
     nm.remove()
     assert "NATMAP" not in sandbox.host.run(["iptables-legacy-save"]).stdout
+
+
+def test_case8_iptables_remove_removes_a_half_made_table(sandbox, web):
+    env = {**os.environ, "NATMAP_CRASH_AT": "iptables-4-filter"}
+    result = subprocess.run([NATMAP, "publish", "web01", "--ip", str(web.ip), "--bridge", sandbox.bridge,
+                             "-p", "8080:5000", "--backend", "iptables", "--netns", sandbox.host.name],
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == -signal.SIGKILL
+    assert "NATMAP-FORWARD" in sandbox.host.run(["iptables-legacy-save"]).stdout
+    nm = natmap.NatMap(netns=sandbox.host.name, backend="iptables")
+    nm.remove()
+    assert "NATMAP" not in sandbox.host.run(["iptables-legacy-save"]).stdout
+    assert not nm.check()
 
 
 STEPS = ["store-write", "kernel-commit", "host-route_localnet", "host-loopback6", "host-bridge-hooks",
@@ -263,21 +301,38 @@ PUBLISHER = textwrap.dedent("""
 """)
 
 
+REPAIRER = textwrap.dedent("""
+    import sys, natmap
+    nm = natmap.NatMap(netns=sys.argv[1], backend=sys.argv[2])
+    for line in sys.stdin:  # one repair a line; ends when the test closes stdin
+        try:
+            nm.repair()
+        except natmap.NotFoundError:
+            pass  # no store yet: nothing published
+        except natmap.BackendError:
+            pass  # the ruleset flushed under its read: the next line repairs
+""")
+
+
 def test_two_publishers_a_flusher_and_a_repairer_lose_nothing(sandbox, backend):
     count = 40 if STRESS else 10
     procs = [subprocess.Popen([sys.executable, "-c", PUBLISHER, sandbox.host.name, backend, str(first),
                                str(count), sandbox.bridge]) for first in (10, 100)]
-    repairer = natmap.NatMap(netns=sandbox.host.name, backend=backend)
-    while any(p.poll() is None for p in procs):
-        flush(sandbox, backend)
-        try:
-            repairer.repair()
-        except natmap.NotFoundError:
-            pass  # no store yet: nothing published
+    repairer = subprocess.Popen([sys.executable, "-c", REPAIRER, sandbox.host.name, backend],
+                                stdin=subprocess.PIPE, text=True)
+    try:
+        while any(p.poll() is None for p in procs):
+            flush(sandbox, backend)  # this process is the flusher
+            repairer.stdin.write("repair\n")
+            repairer.stdin.flush()
+    finally:
+        repairer.stdin.close()
+        assert repairer.wait(timeout=60) == 0
     assert [p.wait() for p in procs] == [0, 0]
-    repairer.repair()
-    assert not repairer.check()
-    assert sorted(b.host_port for b in repairer.bindings()) == sorted(
+    nm = natmap.NatMap(netns=sandbox.host.name, backend=backend)
+    nm.repair()
+    assert not nm.check()
+    assert sorted(b.host_port for b in nm.bindings()) == sorted(
         20000 + n for first in (10, 100) for n in range(first, first + count))
 
 

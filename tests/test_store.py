@@ -1,0 +1,68 @@
+"""natmap's store on its own: no kernel, no root needed."""
+
+import ipaddress
+import os
+import stat
+
+import pytest
+
+from natmap import Binding, Bridge, Isolation, Link, Protocol, StoreCorruptError, StoreError
+from natmap.model import Change
+from natmap.store import Store
+
+WEB = Binding("web01", Protocol.TCP, ipaddress.ip_address("0.0.0.0"), 8080,
+              ipaddress.ip_address("172.30.0.2"), 5000)
+BRIDGE = Bridge("natmap0", (ipaddress.ip_network("172.30.0.0/24"), ipaddress.ip_network("fd00:30::/64")))
+LINK = Link("web02", "db01", "db", (ipaddress.ip_address("172.30.0.3"),), (ipaddress.ip_address("172.30.0.2"),),
+            ((5432, Protocol.TCP),), ("PGUSER=me",))
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(str(tmp_path / "state" / "x.natmap.nft.db"))
+    yield s
+    s.close()
+
+
+def test_items_round_trip_with_what_the_kernel_cannot_keep(store):
+    store.begin(Change(add=(WEB, BRIDGE, LINK, Isolation("natmap0"))))
+    store.done("gen")
+    items = store.items()
+    assert set(items) == {WEB, BRIDGE, LINK, Isolation("natmap0")}
+    assert next(i for i in items if isinstance(i, Bridge)).subnets == BRIDGE.subnets  # its own, not all
+    assert next(i for i in items if isinstance(i, Link)).target_env == ("PGUSER=me",)
+    assert store.of("web01") == [WEB] and store.of("nobody") == []
+    assert store.get("generation") == "gen" and store.pending() is None
+
+
+def test_a_change_is_pending_until_done_and_undo_takes_it_back(store):
+    store.begin(Change(add=(WEB,)))
+    assert store.pending() == Change(add=(WEB,)) and store.get("generation") is None
+    store.undo(Change(add=(WEB,)))
+    assert store.items() == [] and store.pending() is None
+    version = store.version()
+    store.begin(Change(add=(WEB,)))
+    assert store.version() != version
+
+
+def test_files_are_0600_in_a_0700_directory(store):
+    store.items()
+    assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(os.path.dirname(store.path)).st_mode) == 0o700
+
+
+def test_a_directory_others_can_write_is_refused_and_left_as_it_was(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    with pytest.raises(StoreError, match="writable by others"):
+        Store(str(shared / "x.natmap.nft.db")).items()
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o1777
+
+
+def test_a_damaged_file_is_one_clear_error(tmp_path):
+    path = tmp_path / "x.natmap.nft.db"
+    tmp_path.chmod(0o700)
+    path.write_bytes(b"not a database at all" * 200)
+    with pytest.raises(StoreCorruptError, match="natmap adopt"):
+        Store(str(path)).items()
