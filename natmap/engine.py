@@ -206,7 +206,7 @@ class NatMap:
         return Drift(missing=missing, unexpected=unexpected, table_missing=view.table is None and bool(desired),
                      structure=tuple(view.structure), foreign=tuple(view.foreign),
                      host=tuple(hoststate.problems(desired)),
-                     interrupted=self._store.pending() is not None)
+                     interrupted=self._store.pending())
 
     def repair(self) -> Drift:
         """Make the kernel and the host match natmap's store (one transaction on
@@ -397,16 +397,15 @@ class NatMap:
     def _recover(self) -> None:
         """A process died between recording a change and finishing it: the
         store holds the state it meant, so make the kernel and host match it."""
-        pending = self._store.pending()
-        if pending is None:
+        if not self._store.pending():
             return
-        _log("finishing a change a natmap process left half done (+%d -%d)", len(pending.add), len(pending.delete))
+        _log("finishing a change a natmap process left half done")
         self._cache = None
         self._view = self._inspect()
         try:
             self._sync(Table(self._store.items()), Change(), force=bool(self._view.structure))
         except NatmapError:
-            self._store.undo(pending)  # the kernel refuses it: it never happened
+            self._store.undo_pending()  # the kernel refuses it: it never happened
             raise
 
     def _commit(self, table: Table, change: Change) -> None:

@@ -64,34 +64,48 @@ def default_dir(named: bool) -> str:
 
 def item_key(item: Item) -> str:
     """The row key: what the kernel looks an item up by (one item a key)."""
-    match item:
-        case Binding():
-            return f"binding {item.version} {item.host_ip} {item.proto.value} {item.host_port}"
-        case Bridge():
-            return f"bridge {item.name}"
-        case Link():
-            return f"link {item.source}>{item.target}"
-        case Isolation():
-            return f"isolation {item.bridge}"
-    raise TypeError(f"not a table item: {item!r}")
+    return _row(item)[0]
 
 
 def _row(item: Item) -> tuple[str, str, str | None, str]:
+    """(key, kind, endpoint, data) of one item."""
     match item:
         case Binding():
-            data = [item.endpoint, item.proto.value, str(item.host_ip), item.host_port,
-                    str(item.container_ip), item.container_port]
-            return item_key(item), "binding", item.endpoint, json.dumps(data)
+            return _rows([item])[0]
         case Bridge():
-            return item_key(item), "bridge", None, json.dumps([item.name, [str(n) for n in item.subnets]])
+            return f"bridge {item.name}", "bridge", None, json.dumps([item.name, [str(n) for n in item.subnets]])
         case Link():
-            data = [item.source, item.target, item.alias, [str(ip) for ip in item.source_ips],
-                    [str(ip) for ip in item.target_ips], [[p, proto.value] for p, proto in item.ports],
-                    list(item.target_env)]
-            return item_key(item), "link", item.source, json.dumps(data)
+            data = json.dumps([item.source, item.target, item.alias, [str(ip) for ip in item.source_ips],
+                               [str(ip) for ip in item.target_ips], [[p, proto.value] for p, proto in item.ports],
+                               list(item.target_env)])
+            return f"link {item.source}>{item.target}", "link", item.source, data
         case Isolation():
-            return item_key(item), "isolation", None, json.dumps([item.bridge])
+            return f"isolation {item.bridge}", "isolation", None, json.dumps([item.bridge])
     raise TypeError(f"not a table item: {item!r}")
+
+
+def _rows(items: Iterable[Item]) -> list[tuple[str, str, str | None, str]]:
+    """Each item's row, as :func:`_row` makes it. A binding's row is written
+    out, not json.dumps'd (names, protocols and addresses hold no character
+    JSON escapes), and the bindings of one spec come one after another and
+    share their address objects: each is formatted once."""
+    rows = []
+    host_ip: object = None
+    container_ip: object = None
+    host_text = container_text = ""
+    for item in items:
+        if type(item) is not Binding:
+            rows.append(_row(item))
+            continue
+        if item.host_ip is not host_ip:
+            host_ip, host_text = item.host_ip, str(item.host_ip)
+        if item.container_ip is not container_ip:
+            container_ip, container_text = item.container_ip, str(item.container_ip)
+        proto = item.proto._value_
+        rows.append((f"binding {item.key[0]} {host_text} {proto} {item.host_port}", "binding", item.endpoint,
+                     f'["{item.endpoint}","{proto}","{host_text}",{item.host_port},'
+                     f'"{container_text}",{item.container_port}]'))
+    return rows
 
 
 def _item(kind: str, data: str) -> Item:
@@ -213,30 +227,37 @@ class Store:
             rows = self._open().execute("SELECT kind, data FROM items WHERE endpoint = ?", (endpoint,)).fetchall()
             return [_item(kind, data) for kind, data in rows]
 
-    def pending(self) -> Change | None:
-        """The change a process began and did not finish (it died), if any."""
-        text = self.get("pending")
-        if text is None:
-            return None
-        with self._translated("reading"):
-            d = json.loads(text)
-            return Change(add=tuple(_item(k, v) for k, v in d["add"]),
-                          delete=tuple(_item(k, v) for k, v in d["delete"]))
+    def pending(self) -> bool:
+        """Whether a process began a change and did not finish it (it died)."""
+        return self.get("pending") is not None
 
-    # --- writing ---------------------------------------------------------------
+        # --- writing ---------------------------------------------------------------
 
     def begin(self, change: Change) -> None:
-        """Write ``change`` to the items, and record it as pending: one transaction."""
+        """Write ``change`` to the items, and record it as pending: one transaction.
+        The pending record holds what :meth:`undo_pending` needs: the keys
+        added and the rows deleted."""
+        added, deleted = _rows(change.add), _rows(change.delete)
         with self._write("recording the change") as db:
-            self._change_rows(db, change)
-            pending = {"add": [_row(i)[1::2] for i in change.add],
-                       "delete": [_row(i)[1::2] for i in change.delete]}
+            self._change_rows(db, added, deleted)
+            pending = {"added": [row[0] for row in added], "deleted": deleted}
             db.execute("INSERT OR REPLACE INTO meta VALUES ('pending', ?)", (json.dumps(pending),))
 
     def undo(self, change: Change) -> None:
         """Take back a change the kernel refused: the inverse change, pending cleared."""
         with self._write("taking the change back") as db:
-            self._change_rows(db, Change(add=change.delete, delete=change.add))
+            self._change_rows(db, _rows(change.delete), _rows(change.add))
+            db.execute("DELETE FROM meta WHERE name = 'pending'")
+
+    def undo_pending(self) -> None:
+        """Take back the pending change a dead process left (the kernel refuses it)."""
+        text = self.get("pending")
+        if text is None:
+            return
+        with self._write("taking the pending change back") as db:
+            pending = json.loads(text)
+            self._change_rows(db, [tuple(row) for row in pending["deleted"]],
+                              [(key, "", None, "") for key in pending["added"]])
             db.execute("DELETE FROM meta WHERE name = 'pending'")
 
     def done(self, generation: str | None) -> None:
@@ -250,7 +271,7 @@ class Store:
         """Make the store hold exactly ``items`` (``natmap adopt``): one transaction."""
         with self._write("replacing the items") as db:
             db.execute("DELETE FROM items")
-            db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?)", map(_row, items))
+            db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?)", _rows(items))
             db.execute("DELETE FROM meta WHERE name = 'pending'")
             self._set_generation(db, generation)
 
@@ -266,8 +287,9 @@ class Store:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('generation', ?)", (generation,))
 
     @staticmethod
-    def _change_rows(db: sqlite3.Connection, change: Change) -> None:
-        db.executemany("DELETE FROM items WHERE key = ?", ((item_key(i),) for i in change.delete))
-        db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?)", map(_row, change.add))
+    def _change_rows(db: sqlite3.Connection, added: list[tuple[str, str, str | None, str]],
+                     deleted: list[tuple[str, str, str | None, str]]) -> None:
+        db.executemany("DELETE FROM items WHERE key = ?", ((row[0],) for row in deleted))
+        db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?)", added)
         # the generation of before the change says nothing about the kernel after it
         db.execute("DELETE FROM meta WHERE name = 'generation'")
