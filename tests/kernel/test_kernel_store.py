@@ -353,3 +353,16 @@ def test_watch_repairs_every_flush_and_stops_on_sigterm(sandbox, web):
         watcher.send_signal(signal.SIGTERM)
         assert watcher.wait(timeout=10) == 0
     assert "watch: repaired" in watcher.stderr.read()
+
+
+def test_a_write_that_repairs_drift_says_so_on_stderr_with_v(sandbox, backend, web):
+    nm = natmap.NatMap(netns=sandbox.host.name, backend=backend)
+    nm.publish(web.endpoint(), ["8080:5000"])
+    victim = nm.port("web01", 5000)[0]
+    delete_behind_natmaps_back(sandbox, backend, victim)
+    db = sandbox.container("db01")
+    result = cli(sandbox, backend, "publish", "db01", "--ip", str(db.ip), "--bridge", sandbox.bridge,
+                 "-p", "5432:5432", "-v")
+    assert result.returncode == 0, result.stderr
+    assert "natmap: drift repaired: missing port web01 5000/tcp -> 0.0.0.0:8080" in result.stderr.splitlines()
+    assert not nm.check()
