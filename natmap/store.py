@@ -219,13 +219,21 @@ class Store:
     def items(self) -> list[Item]:
         with self._translated("reading"):
             rows = self._open().execute("SELECT kind, data FROM items").fetchall()
-            return [_item(kind, data) for kind, data in rows]
+        return self._decoded(rows)
 
     def of(self, endpoint: str) -> list[Item]:
         """The bindings of one endpoint and the links from it (an index lookup)."""
         with self._translated("reading"):
             rows = self._open().execute("SELECT kind, data FROM items WHERE endpoint = ?", (endpoint,)).fetchall()
+        return self._decoded(rows)
+
+    def _decoded(self, rows: list[tuple[str, str]]) -> list[Item]:
+        try:
             return [_item(kind, data) for kind, data in rows]
+        except (ValueError, KeyError, TypeError, IndexError) as exc:  # SpecError is a ValueError
+            raise StoreCorruptError(f"natmap's store {self.path} holds a row natmap did not write ({exc!r}); "
+                                    "the kernel's rules are untouched: `natmap adopt` rebuilds the store "
+                                    "from them") from exc
 
     def pending(self) -> bool:
         """Whether a process began a change and did not finish it (it died)."""

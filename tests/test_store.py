@@ -70,3 +70,10 @@ def test_a_damaged_file_is_one_clear_error(tmp_path):
     path.write_bytes(b"not a database at all" * 200)
     with pytest.raises(StoreCorruptError, match="natmap adopt"):
         Store(str(path)).items()
+
+
+def test_a_row_natmap_did_not_write_is_a_damaged_store(store):
+    store.begin(Change(add=(WEB,)))
+    store._open().execute("UPDATE items SET data = '[\"bad name!\", \"tcp\"]'")
+    with pytest.raises(StoreCorruptError, match="did not write"):
+        store.items()
