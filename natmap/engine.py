@@ -32,7 +32,8 @@ from contextlib import contextmanager
 from . import host, hoststate
 from .backends import make_backend
 from .backends.nft import validate_table
-from .errors import DriftError, NatmapError, NotFoundError, SpecError, StoreCorruptError, TableMissingError
+from .errors import (BackendError, DriftError, NatmapError, NotFoundError, SpecError, StoreCorruptError,
+                     TableMissingError)
 from .links import Link
 from .locking import flocked
 from .model import (Binding, Bridge, Change, Drift, Endpoint, Isolation, Item, PortPool, Table, describe,
@@ -222,7 +223,7 @@ class NatMap:
             drift = self._drift()
             if drift:
                 _log_drift(drift, "repairing")
-                self._sync(Table(self._store.items()), Change(), force=bool(drift.foreign or drift.structure))
+                self._sync_to_store(force=bool(drift.foreign or drift.structure))
             return drift
 
     def adopt(self) -> list[Item]:
@@ -403,10 +404,18 @@ class NatMap:
         self._cache = None
         self._view = self._inspect()
         try:
-            self._sync(Table(self._store.items()), Change(), force=bool(self._view.structure))
+            self._sync_to_store(force=bool(self._view.structure))
         except NatmapError:
             self._store.undo_pending()  # the kernel refuses it: it never happened
             raise
+
+    def _sync_to_store(self, *, force: bool) -> None:
+        """Make the kernel and host hold the store's items (``self._view``: what
+        the kernel holds), and cut the flows a pending change forbids: the
+        process that began it may have died before it could."""
+        deleted = Change(delete=tuple(self._store.pending_deleted()))
+        self._sync(Table(self._store.items()), Change(), force=force)
+        self._kernel.forget_flows(deleted.deleted(Binding), deleted.deleted(Link))
 
     def _commit(self, table: Table, change: Change) -> None:
         """Apply ``change``, ``table``'s journaled change, in one transaction, or roll it back."""
@@ -437,7 +446,16 @@ class NatMap:
         view, self._view = self._view, None
         before = self._backend.generation()
         try:
-            applied = self._kernel_change(table, change, view, force)
+            for attempt in range(3):
+                try:
+                    applied = self._kernel_change(table, change, view, force)
+                    break
+                except BackendError:
+                    # Another program committed between natmap's read and its
+                    # transaction (a flush, say): read the kernel again and redo it.
+                    if attempt == 2 or self._backend.generation() == before:
+                        raise
+                    view, before = self._inspect(), self._backend.generation()
         except BaseException:
             if change:
                 self._store.undo(change)

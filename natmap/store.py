@@ -167,7 +167,12 @@ class Store:
             if os.stat(directory).st_mode & 0o022:  # never loosen or tighten a directory of others'
                 raise StoreError(f"natmap's state directory {directory} is writable by others; "
                                  "give natmap a directory of its own (0700)")
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            try:  # made 0600 here (SQLite makes its -wal and -shm files alike)
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+            except FileExistsError:
+                # Not opened at all: closing any descriptor of the file would drop the
+                # POSIX locks another connection of this process holds on it.
+                pass
             # autocommit off by hand: every write below is one explicit transaction
             db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
             try:
@@ -256,6 +261,11 @@ class Store:
         with self._write("taking the change back") as db:
             self._change_rows(db, _rows(change.delete), _rows(change.add))
             db.execute("DELETE FROM meta WHERE name = 'pending'")
+
+    def pending_deleted(self) -> list[Item]:
+        """What the pending change deleted (its flows are still to be forgotten)."""
+        text = self.get("pending")
+        return [] if text is None else self._decoded([(row[1], row[3]) for row in json.loads(text)["deleted"]])
 
     def undo_pending(self) -> None:
         """Take back the pending change a dead process left (the kernel refuses it)."""
