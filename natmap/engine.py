@@ -21,10 +21,10 @@ import ipaddress
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
-from . import host
+from . import guest, host
 from .backends import make_backend
 from .backends.nft import validate_table
 from .errors import BackendError, NatmapError, NotFoundError, SpecError, TableMissingError
@@ -71,22 +71,29 @@ class NatMap:
             self._backend = make_backend(backend, self.table_name, self._kernel)
         self.backend_name = self._backend.name
         self._bridges: dict[str, Bridge] = {}
+        self._facts: dict[str, Any] = {}  # bridge -> host.interface_facts, read with _bridges
         self._cache: Table | None = None
         self._generation: int | None = None
         self._missing = True
         self._reads = 0
         self._remembered: Table | None = None
         self._busy = threading.Lock()
+        self._forced: set[tuple] = set()  # Binding.key of what publish(force=True) made
 
     # --- the API -------------------------------------------------------------------
 
     def publish(self, endpoint: Endpoint, specs: Iterable[str | PortSpec] = (), *,
-                publish_all: bool = False) -> list[Binding]:
+                publish_all: bool = False, force: bool = False) -> list[Binding]:
         """Publish ``specs`` (``-p`` values) and, with ``publish_all``, every exposed
         port (``-P``) of ``endpoint``. One kernel transaction. Returns the bindings
-        made, assigned ports filled in."""
+        made, assigned ports filled in.
+
+        Raises :class:`ConflictError` when a host port is held by a host socket
+        (as Docker's "address already in use"; ``force=True`` takes it
+        knowingly) or mapped by another natmap table of the namespace, and
+        :class:`SpecError` for addresses Docker refuses (see docs/kernel.md)."""
         with self.transaction() as tx:
-            return tx.publish(endpoint, specs, publish_all=publish_all)
+            return tx.publish(endpoint, specs, publish_all=publish_all, force=force)
 
     def unpublish(self, endpoint: str) -> list[Binding]:
         """Remove every binding of ``endpoint`` and its conntrack entries; return them."""
@@ -181,13 +188,15 @@ class NatMap:
             table, missing = self._kernel_table()
             kernel = table.items()
             structure = () if missing else tuple(self._backend.structure_problems())
+            shadowing = tuple(guest.shadowed([b for b in table.bindings() if b.key not in self._forced],
+                                             functools.cache(host.listeners), host.socket_owner))
             self._cache = None  # whatever is there now, read it again next time
         if remembered is None:  # cannot tell lost from never there
-            return Drift(structure=structure, remembered=False)
+            return Drift(structure=structure, remembered=False, shadowing=shadowing)
         known = remembered.items()
         return Drift(missing=tuple(sorted(known - kernel, key=describe)),
                      unexpected=tuple(sorted(kernel - known, key=describe)),
-                     table_missing=missing and bool(known), structure=structure)
+                     table_missing=missing and bool(known), structure=structure, shadowing=shadowing)
 
     def repair(self) -> Drift:
         """Put back what this NatMap remembers, as one rebuild of its table
@@ -242,7 +251,10 @@ class NatMap:
             raise NatmapError("a transaction is already open on this NatMap")
         try:
             dev, ino = self._home
-            with flocked(f"{LOCK_DIR}/{dev}-{ino}-{self.table_name}.lock"):
+            # The table's lock, then the namespace's: host ports belong to the
+            # namespace, so every writer of every table assigns and commits in turn.
+            with flocked(f"{LOCK_DIR}/{dev}-{ino}-{self.table_name}.lock"), \
+                    flocked(f"{LOCK_DIR}/{dev}-{ino}.lock"):
                 yield
         finally:
             self._busy.release()
@@ -314,19 +326,53 @@ class NatMap:
         known = self._bridges.get(endpoint.bridge)
         if known is None or not all(known.contains(ip) for ip in (endpoint.ip, endpoint.ipv6) if ip):
             with self._ns():
-                known = self._bridges[endpoint.bridge] = host.bridge(endpoint.bridge)
+                facts = self._facts[endpoint.bridge] = host.interface_facts(endpoint.bridge)
+                known = self._bridges[endpoint.bridge] = host.bridge(endpoint.bridge, facts)
         return known
 
-    def _pool(self) -> PortPool:
+    def _pool(self, others: Callable[[], list[tuple[str, Table]]],
+              listeners: Callable[[Protocol], list[host.Listener]]) -> PortPool:
         """Where assigned ports come from, read once per transaction; the
         listening sockets are listed when a port is first assigned, once per protocol."""
         with self._ns():
             ports, reserved = host.port_range(), host.reserved_ports()
-        return PortPool(ports, reserved, functools.cache(self._listening))
+        return PortPool(ports, reserved, functools.cache(functools.partial(self._listening, others, listeners)))
 
-    def _listening(self, proto: Protocol) -> frozenset[int]:
+    def _listening(self, others: Callable[[], list[tuple[str, Table]]],
+                   listeners: Callable[[Protocol], list[host.Listener]], proto: Protocol) -> frozenset[int]:
+        """Ports an assigned one must not be: held by a host socket, or mapped
+        by another natmap table of the namespace."""
+        return frozenset(s.port for s in listeners(proto)) | guest.mapped_ports(others(), proto)
+
+    def _in_ns(self, fn: Callable[..., Any], *args: Any) -> Any:
         with self._ns():
-            return host.listening_ports(proto)
+            return fn(*args)
+
+    def _others(self) -> list[tuple[str, Table]]:
+        """The other natmap tables of the namespace, both backends, found by
+        their markers and read (one listing each). Call in the namespace."""
+        from .backends.iptables import natmap_tables
+
+        others = []
+        for name, comment in host.nft_tables().items():
+            if guest.owner_of(comment) == name and (name, "nft") != (self.table_name, self.backend_name):
+                table = make_backend("nft", name, self._kernel).read()
+                others.append((f"table inet {name} (nft)", table or Table()))
+        for name in natmap_tables():
+            if (name, "iptables") != (self.table_name, self.backend_name):
+                table = make_backend("iptables", name, self._kernel).read()
+                others.append((f"table {name} (iptables)", table or Table()))
+        return others
+
+    def _guard(self, change: Change, forced: set[tuple], others: Callable[[], list[tuple[str, Table]]],
+               listeners: Callable[[Protocol], list[host.Listener]]) -> None:
+        """Raise ConflictError if a binding ``change`` adds takes a host socket's
+        port (unless forced) or another natmap table's."""
+        added = change.added(Binding)
+        if not added:
+            return
+        guest.check_listeners([b for b in added if b.key not in forced], listeners, host.socket_owner)
+        guest.check_other_tables(added, others())
 
 
 class Transaction:
@@ -344,6 +390,11 @@ class Transaction:
         self._pool: PortPool | None = None  # read once per transaction, when first needed
         self._lock: Any = None
         self.change = Change()  # what the transaction did (or, dry, would do)
+        self._forced: set[tuple] = set()  # Binding.key of bindings published with force=True
+        # The namespace's other natmap tables and host sockets, each read once, when first needed.
+        self._others = functools.cache(functools.partial(natmap._in_ns, natmap._others))
+        self._listeners = functools.cache(functools.partial(natmap._in_ns, host.listeners))
+        self._local: frozenset[Any] | None = None  # the namespace's addresses, read once if needed
         self.text = ""          # the same as nft text, for a dry run
 
     def __enter__(self) -> Transaction:
@@ -364,12 +415,18 @@ class Transaction:
                 table.rollback()
                 return
             self.change = table.change()
+            try:
+                self._nm._guard(self.change, self._forced, self._others, self._listeners)
+            except BaseException:
+                table.rollback()
+                raise
             if self._dry_run:
                 self.text = self._nm._backend.text(self.change, create=self._nm._missing)
                 table.rollback()
             else:
                 with self._nm._ns():
                     self._nm._commit(table, self.change)
+                self._nm._forced |= self._forced
         finally:
             self._table = None
             self._lock.__exit__(None, None, None)
@@ -380,7 +437,8 @@ class Transaction:
 
     def publish(self, endpoint: Endpoint, specs: Iterable[str | PortSpec] = (), *,
                 publish_all: bool = False,
-                prefer: Mapping[tuple[Protocol, int], int] | None = None) -> list[Binding]:
+                prefer: Mapping[tuple[Protocol, int], int] | None = None,
+                force: bool = False) -> list[Binding]:
         """As :meth:`NatMap.publish`, applied when the transaction ends. An assigned
         port is ``prefer[(proto, container_port)]`` if that one is free."""
         if not isinstance(endpoint, Endpoint):
@@ -391,13 +449,26 @@ class Transaction:
         # publishes hundreds of endpoints on one bridge.
         bridge = self._nm._bridge(endpoint)
         if self._pool is None:
-            self._pool = self._nm._pool()
+            self._pool = self._nm._pool(self._others, self._listeners)
         if any(spec.host_ip == _LOOPBACK6 for spec in parsed):  # only a spec can name [::1]
             with self._nm._ns():
                 if host.bridged_ipv6_hooked():
                     raise NatmapError(_NO_LOOPBACK6)
-        return table.publish(endpoint, parsed, publish_all=publish_all,
+        self._check_addresses(endpoint, parsed)
+        made = table.publish(endpoint, parsed, publish_all=publish_all,
                              pool=self._pool, bridge=bridge, prefer=prefer or {})
+        if force:
+            self._forced.update(b.key for b in made)
+        return made
+
+    def _check_addresses(self, endpoint: Endpoint, specs: list[PortSpec]) -> None:
+        """Docker's address checks (natmap.guest), the host asked once per transaction."""
+        with self._nm._ns():
+            if self._local is None and any(s.host_ip for s in specs):
+                self._local = host.local_addresses()
+            kind, addresses = self._nm._facts[endpoint.bridge]  # read with the bridge
+            guest.check_addresses(endpoint, specs, bridge_kind=kind, bridge_addresses=addresses,
+                                  local=lambda: self._local, nonlocal_bind=host.nonlocal_bind)
 
     def unpublish(self, endpoint: str) -> list[Binding]:
         """As :meth:`NatMap.unpublish`, applied when the transaction ends."""

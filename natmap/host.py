@@ -45,19 +45,11 @@ def _netlink(what: str) -> Iterator[None]:
         raise PrivilegeError(what) from exc
 
 
-def bridge(name: str) -> Bridge:
-    """The interface ``name`` and the subnets of its addresses."""
-    from pyroute2 import IPRoute
-
-    with _netlink(f"reading interface {name}"), IPRoute() as ipr:
-        index = ipr.link_lookup(ifname=name)
-        if not index:
-            raise UnknownInterfaceError(f"no interface named {name!r} in this network namespace")
-        subnets = tuple(
-            ipaddress.ip_network(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}", strict=False)
-            for msg in ipr.get_addr(index=index[0])
-            if msg.get_attr("IFA_ADDRESS") and not ipaddress.ip_address(msg.get_attr("IFA_ADDRESS")).is_link_local
-        )
+def bridge(name: str, facts: tuple[str | None, tuple[Any, ...]] | None = None) -> Bridge:
+    """The interface ``name`` and the subnets of its addresses (from ``facts``,
+    :func:`interface_facts`' answer, when the caller has it)."""
+    _, addresses = facts or interface_facts(name)
+    subnets = tuple(a.network for a in addresses if not a.ip.is_link_local)
     return Bridge(name, tuple(sorted(set(subnets), key=lambda n: (n.version, n))))
 
 
@@ -85,12 +77,36 @@ def reserved_ports() -> frozenset[int]:
 
 def listening_ports(proto: Protocol) -> frozenset[int]:
     """Local ports with a listening TCP/SCTP socket or a bound UDP socket."""
+    return frozenset(s.port for s in listeners(proto))
+
+
+class Listener:
+    """A host socket holding a port: a listening TCP/SCTP socket or a bound UDP one.
+
+    ``address`` is what it is bound to (``0.0.0.0`` / ``::`` for every
+    address); ``v6only`` whether a ``::`` socket leaves IPv4 alone;
+    ``inode`` the socket's inode, which :func:`socket_owner` maps to a process.
+    """
+
+    __slots__ = ("proto", "address", "port", "v6only", "inode")
+
+    def __init__(self, proto: Protocol, address: Any, port: int, v6only: bool, inode: int) -> None:
+        self.proto, self.address, self.port, self.v6only, self.inode = proto, address, port, v6only, inode
+
+    def __str__(self) -> str:
+        from .spec import format_ip
+
+        return f"{format_ip(self.address)}:{self.port}/{self.proto.value}"
+
+
+def listeners(proto: Protocol) -> list[Listener]:
+    """The host sockets holding a port of ``proto`` (sock_diag, both families)."""
     from socket import AF_INET, AF_INET6
 
     from pyroute2 import DiagSocket
 
     states = (1 << _TCP_LISTEN) if proto is not Protocol.UDP else 0xFFFFFFFF
-    ports: set[int] = set()
+    found: list[Listener] = []
     with _netlink("listing sockets"), DiagSocket() as diag:
         diag.bind()
         for family in (AF_INET, AF_INET6):
@@ -98,8 +114,74 @@ def listening_ports(proto: Protocol) -> frozenset[int]:
                 answers = diag.get_sock_stats(family=family, states=states, protocol=_IPPROTO[proto])
             except OSError:
                 continue  # no diag support for this protocol (sctp_diag not loaded)
-            ports.update(msg["idiag_sport"] for msg in answers)
-    return frozenset(ports)
+            found += [Listener(proto, ipaddress.ip_address(msg["idiag_src"]), msg["idiag_sport"],
+                               bool(msg.get_attr("INET_DIAG_SKV6ONLY")), msg["idiag_inode"])
+                      for msg in answers]
+    return found
+
+
+def socket_owner(inode: int) -> str | None:
+    """``pid 812 (sshd)``: a process holding the socket ``inode``, if /proc tells."""
+    import os
+
+    target = f"socket:[{inode}]"
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") == target for fd in fds):
+                with open(f"/proc/{pid}/comm") as f:
+                    return f"pid {pid} ({f.read().strip()})"
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+    return None
+
+
+def local_addresses() -> frozenset[Any]:
+    """Every address of every interface of the namespace, with its prefix
+    (``ipaddress.ip_interface``: ``10.0.0.1/24``)."""
+    from pyroute2 import IPRoute
+
+    with _netlink("reading addresses"), IPRoute() as ipr:
+        return frozenset(ipaddress.ip_interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
+                         for msg in ipr.get_addr() if msg.get_attr("IFA_ADDRESS"))
+
+
+def nonlocal_bind(version: int) -> bool:
+    """Whether ``net.ipv4.ip_nonlocal_bind`` (or ipv6) lets sockets bind any address."""
+    try:
+        return _sysctl(f"net/ipv{version}/ip_nonlocal_bind").strip() == "1"
+    except OSError:
+        return False
+
+
+def interface_facts(name: str) -> tuple[str | None, tuple[Any, ...]]:
+    """The kind of interface ``name`` (``bridge``, ``veth``, None for a plain
+    one) and its addresses as interfaces (``172.30.0.1/24``)."""
+    from pyroute2 import IPRoute
+
+    with _netlink(f"reading interface {name}"), IPRoute() as ipr:
+        links = ipr.get_links(ifname=name) if ipr.link_lookup(ifname=name) else []
+        if not links:
+            raise UnknownInterfaceError(f"no interface named {name!r} in this network namespace")
+        info = links[0].get_attr("IFLA_LINKINFO")
+        kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+        addresses = tuple(ipaddress.ip_interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
+                          for msg in ipr.get_addr(index=links[0]["index"]) if msg.get_attr("IFA_ADDRESS"))
+    return kind, addresses
+
+
+def nft_tables() -> dict[str, str | None]:
+    """The ``inet`` nftables tables of the namespace and their comments, in one
+    netlink dump (no elements are read, whatever the tables hold)."""
+    from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_GETTABLE, NFTSocket, nfgen_msg
+
+    with _netlink("listing nftables tables"):
+        sock = NFTSocket(nfgen_family=1)  # NFPROTO_INET
+        try:
+            return {msg.get_attr("NFTA_TABLE_NAME"): msg.get_attr("NFTA_TABLE_USERDATA")
+                    for msg in sock.request_get(nfgen_msg(), NFT_MSG_GETTABLE)}
+        finally:
+            sock.close()
 
 
 def enable_route_localnet(bridge_name: str) -> None:

@@ -234,9 +234,11 @@ class Drift:
     table_missing: bool = False
     structure: tuple[str, ...] = ()
     remembered: bool = True
+    shadowing: tuple[str, ...] = ()  # bindings that take a host socket's traffic (natmap.guest)
 
     def __bool__(self) -> bool:
-        return bool(self.missing or self.unexpected or self.table_missing or self.structure)
+        return bool(self.missing or self.unexpected or self.table_missing or self.structure
+                    or self.shadowing)
 
     def __str__(self) -> str:
         lines = []
@@ -245,6 +247,7 @@ class Drift:
         if self.table_missing:
             lines.append("the table is gone from the kernel")
         lines += [f"structure: {problem}" for problem in self.structure]
+        lines += [f"shadowing: {problem}" for problem in self.shadowing]
         lines += [f"missing: {describe(item)}" for item in self.missing]
         lines += [f"unexpected: {describe(item)}" for item in self.unexpected]
         return "\n".join(lines) or "no drift"

@@ -29,8 +29,10 @@ iptables has no maps: the packet path is linear in the number of bindings.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import ipaddress
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -38,7 +40,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import BackendError, PrivilegeError
+from ..errors import BackendError, ConflictError, PrivilegeError
+from ..guest import marker, owner_of
 from ..links import Flow, Link, links_from_flows
 from ..locking import flocked
 from ..model import Binding, Bridge, Change, Isolation, Item, Table
@@ -48,6 +51,7 @@ _XTABLES_LOCK = "/run/xtables.lock"  # what the iptables commands lock too
 _MARKER = "natmap-generation:"
 _LOOPBACK = {4: "127.0.0.0/8", 6: "::1/128"}
 _FAMILIES = (4, 6)
+_PLAIN_TABLE = re.compile(r"[a-z][a-z0-9_]{0,15}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +100,36 @@ class _Rule:
 
 
 def chain_prefix(table: str) -> str:
-    return table.upper()[:16]
+    """The chains' prefix: ``NATMAP`` for table ``natmap``. Upper-casing is
+    one-to-one on lower-case names of up to 16 characters; any other name gets
+    its first 7 characters and a hash (``Lab.1f2e3d4c``), whose ``.`` no plain
+    prefix has. So two tables never share chains by their names (a hash
+    collision is caught by the marker rule, which names the table)."""
+    if _PLAIN_TABLE.fullmatch(table):
+        return table.upper()
+    return f"{table.upper()[:7]}.{hashlib.sha256(table.encode()).hexdigest()[:8]}"
+
+
+def natmap_tables() -> list[str]:
+    """The natmap tables with chains in this namespace's (legacy) iptables, by
+    their marker rules; none without opening iptables when its filter table
+    was never loaded here."""
+    try:
+        with open("/proc/net/ip_tables_names") as f:
+            if "filter" not in f.read().split():
+                return []
+    except OSError:
+        return []
+    _find_xtables_libdir()
+    with _xtables_lock():
+        table = _table(4, "filter")
+        return [name for chain in table.chains if chain.name.endswith("-GENERATION")
+                for name in [_owner(chain)] if name is not None and chain_prefix(name) + "-GENERATION" == chain.name]
+
+
+def _owner(chain: Any) -> str | None:
+    """The table the marker rule of a GENERATION chain names."""
+    return next(filter(None, (owner_of(_comment(rule)) for rule in chain.rules)), None)
 
 
 class IptablesBackend:
@@ -174,6 +207,9 @@ class IptablesBackend:
         forward, isolation = self._chain("FORWARD"), self._chain("ISOLATION")
         local = (("addrtype", (("dst_type", "LOCAL"),)),)
         steps.append(("chain", 4, "filter", self._chain("GENERATION")))
+        # The marker: what proves these chains are natmap's, for this table.
+        steps.append(("add", 4, "filter", _Rule(4, "filter", self._chain("GENERATION"), "RETURN",
+                                                (("comment", (("comment", marker(self.table)),)),))))
         for family in _FAMILIES:
             for table, chain in (("raw", guard), ("nat", dnat), ("nat", post), ("filter", forward),
                                  ("filter", isolation)):
@@ -220,8 +256,29 @@ class IptablesBackend:
             return _table(4, "nat").is_chain(self._chain("DNAT"))
 
     def read(self) -> Table | None:
-        """natmap's chains read back into a :class:`Table`; None if there are none."""
+        """natmap's chains read back into a :class:`Table`; None if there are none.
+        Raises ConflictError if a chain of natmap's names is not natmap's."""
+        problem = self.foreign()
+        if problem:
+            raise ConflictError(f"{problem}; natmap will not use, change or delete it: "
+                                "choose another table name")
         return self.load() if self.exists() else None
+
+    def foreign(self) -> str | None:
+        """What stands in the way of natmap's chains for this table, if anything:
+        a chain of one of their names without natmap's marker for this table."""
+        with _xtables_lock():
+            generation = self._chain("GENERATION")
+            filt = _table(4, "filter")
+            if filt.is_chain(generation):
+                owner = _owner(_chain(filt, generation))
+                return None if owner == self.table else (
+                    f"iptables chain {generation} exists but is not natmap's table {self.table!r}'s "
+                    f"(its marker names {owner!r})")
+            for verb, family, table_name, what in self._skeleton():
+                if verb == "chain" and _table(family, table_name).is_chain(what):
+                    return f"{_name(family)} chain {what} in table {table_name} exists but is not natmap's"
+        return None
 
     def load(self) -> Table:
         """Read natmap's chains back into a :class:`Table`."""
@@ -288,7 +345,8 @@ class IptablesBackend:
         with _xtables_lock():
             for family, table_name in _ORDER + [(4, "raw"), (6, "raw")]:
                 table = _table(family, table_name)
-                ours = [c for c in table.chains if c.name.startswith(self.prefix + "-")]
+                names = {what for verb, f, t, what in self._skeleton() if verb == "chain" and (f, t) == (family, table_name)}
+                ours = [c for c in table.chains if c.name in names]  # exactly natmap's own chains
                 for chain in table.chains:
                     for rule in list(chain.rules):
                         if rule.target.name in {c.name for c in ours}:

@@ -30,7 +30,8 @@ import re
 from collections import namedtuple
 from collections.abc import Iterator
 
-from ..errors import BackendError, PrivilegeError, SpecError
+from ..errors import BackendError, ConflictError, PrivilegeError, SpecError
+from ..guest import marker
 from ..links import Flow, Link, links_from_flows
 from ..model import Binding, Bridge, Change, Isolation, Item, Table
 from ..spec import Protocol
@@ -54,7 +55,10 @@ def validate_table(name: str) -> str:
 def skeleton(table: str) -> str:
     """The table, its maps, sets and chains, as nft text (see the module doc)."""
     t = f"inet {table}"
-    lines = [f"add table {t}"]
+    # The marker, twice: the table's comment (other natmaps find natmap's tables
+    # by it, in one netlink dump) and the bridges set's (it comes with every
+    # listing, which nft 1.0.6's JSON gives without the table's comment).
+    lines = [f'add table {t} {{ comment "{marker(table)}" ; }}']
     for v, addr in ((4, "ipv4_addr"), (6, "ipv6_addr")):
         lines += [
             f"add map {t} dnat{v} {{ type {addr} . inet_proto . inet_service : {addr} . inet_service ; }}",
@@ -63,7 +67,7 @@ def skeleton(table: str) -> str:
             f"add set {t} links{v} {{ type {addr} . {addr} . inet_proto . inet_service ; }}",
         ]
     lines += [
-        f"add set {t} bridges {{ type ifname ; }}",
+        f'add set {t} bridges {{ type ifname ; comment "{marker(table)}" ; }}',
         f"add set {t} isolated {{ type ifname . ifname ; }}",
         # Docker once had 127.0.0.1 bindings reachable from the LAN: drop such
         # packets before NAT can see them.
@@ -281,6 +285,20 @@ def _links(contents: dict[str, list[Any]]) -> list[Link]:
     return links_from_flows(flows)
 
 
+def require_marker(listing: str, table: str) -> None:
+    """Raise ConflictError unless the listed table carries natmap's marker for
+    ``table``: natmap never uses, changes or deletes another program's table."""
+    try:
+        objects = json.loads(listing)["nftables"]
+        comments = [obj["set"].get("comment") for obj in objects if obj.get("set", {}).get("name") == "bridges"]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BackendError(f"unreadable table listing from nft: {exc!r}") from exc
+    if comments != [marker(table)]:
+        raise ConflictError(f"table inet {table} exists but is not natmap's (it lacks the marker "
+                            f"{marker(table)!r}); natmap will not use, change or delete it: "
+                            "choose another table name")
+
+
 _NO_SUCH_TABLE = "No such file or directory"  # libnftables' words for ENOENT
 
 
@@ -367,6 +385,8 @@ class NftBackend:
     def read(self) -> Table | None:
         """The table as the kernel holds it, or None if there is none."""
         listing = self.listing()
+        if listing is not None:
+            require_marker(listing, self.table)
         return None if listing is None else parse_table(listing)
 
     def generation(self) -> int:

@@ -1,0 +1,233 @@
+"""natmap as a guest on a shared host (issue 13): host sockets' ports, other
+natmap tables, other programs' tables and chains, odd addresses. Root only;
+every namespace is the sandbox's own; each case with real traffic, both backends."""
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import natmap
+from conftest import kernel_state
+from natmap import ConflictError, SpecError
+
+from natmap.errors import UnknownInterfaceError
+
+
+@pytest.fixture
+def web(sandbox):
+    container = sandbox.container("web01")
+    container.serve(5000)
+    container.serve(5353, "udp")
+    return container
+
+
+@pytest.fixture
+def client(sandbox):
+    return sandbox.client("client1")
+
+
+def host_listener(sandbox, port, proto="tcp", address="0.0.0.0"):
+    """A host service (think sshd) holding ``port`` in the sandbox's host namespace."""
+    def make():
+        kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+        sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, kind)
+        sock.bind((address, port))
+        if proto == "tcp":
+            sock.listen()
+        return sock
+    return sandbox.host.call(make)
+
+
+# --- 1. a host service's port ---------------------------------------------------------
+
+
+def test_an_explicit_port_a_host_socket_listens_on_is_refused_naming_it(sandbox, nm, web, client):
+    with host_listener(sandbox, 2222):
+        with pytest.raises(ConflictError, match=r"listens on 0\.0\.0\.0:2222/tcp \(pid %d " % os.getpid()):
+            nm.publish(web.endpoint(), ["2222:5000"])
+        with pytest.raises(natmap.TableMissingError):
+            nm.bindings()  # nothing applied
+        # A bound UDP socket on one address holds that address and the wildcard.
+        with host_listener(sandbox, 5353, "udp", "127.0.0.1"):
+            with pytest.raises(ConflictError, match=r"127\.0\.0\.1:5353/udp"):
+                nm.publish(web.endpoint(), ["5353:5353/udp"])
+            nm.publish(web.endpoint(), [f"{sandbox.outside_ip}:5353:5353/udp"])  # another address: free
+
+
+def test_force_takes_a_host_sockets_port_knowingly_and_check_reports_it_to_others(sandbox, nm, web, client):
+    with host_listener(sandbox, 2222):
+        nm.publish(web.endpoint(), ["2222:5000"], force=True)
+        assert client.request(sandbox.outside_ip, 2222) == "web01 192.0.2.2"
+        assert not nm.check()  # this NatMap forced it: no news
+        fresh = natmap.NatMap(netns=sandbox.host.name, backend=nm.backend_name)
+        drift = fresh.check()
+        assert "shadowing: port web01 5000/tcp -> 0.0.0.0:2222 shadows the host socket on 0.0.0.0:2222/tcp" in str(drift)
+
+
+def test_check_reports_a_listener_that_appeared_after_the_binding(sandbox, nm, web):
+    nm.publish(web.endpoint(), ["2222:5000"])
+    assert not nm.check()
+    with host_listener(sandbox, 2222, address="127.0.0.1"):
+        drift = nm.check()
+        assert drift.shadowing and "127.0.0.1:2222/tcp" in drift.shadowing[0]
+    assert not nm.check()
+
+
+def test_assigned_ports_skip_a_dual_stack_listener(sandbox, nm, web):
+    low = int(sandbox.host.run(["sysctl", "-n", "net.ipv4.ip_local_port_range"]).stdout.split()[0])
+    with host_listener(sandbox, low, address="::"):
+        made = nm.publish(web.endpoint(), ["5000"])
+        assert {b.host_port for b in made} == {low + 1}
+
+
+# --- 2. another table's port ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("other_backend", ["nft", "iptables"])
+def test_two_tables_never_hold_one_host_port(sandbox, nm, web, client, other_backend):
+    other_web = sandbox.container("web02")
+    other_web.serve(5000)
+    with natmap.NatMap(table="tb", netns=sandbox.host.name, backend=other_backend) as tb:
+        tb.publish(other_web.endpoint(), ["8080:5000"])
+        with pytest.raises(ConflictError, match=r"endpoint 'web02' in table .*tb \(%s\)" % other_backend):
+            nm.publish(web.endpoint(), ["8080:5000"])
+        assert client.request(sandbox.outside_ip, 8080) == "web02 192.0.2.2"
+        # -P never hands out a port another table maps.
+        theirs = tb.publish(other_web.endpoint(), ["5000"])[0].host_port
+        mine = nm.publish(web.endpoint(), ["5000"])
+        assert theirs not in {b.host_port for b in mine}
+        assert client.request(sandbox.outside_ip, mine[0].host_port) == "web01 192.0.2.2"
+        tb.remove()
+
+
+def test_same_table_name_on_the_other_backend_is_another_table(sandbox, nm, web):
+    other = "iptables" if nm.backend_name == "nft" else "nft"
+    with natmap.NatMap(netns=sandbox.host.name, backend=other) as twin:
+        twin.publish(web.endpoint(), ["8080:5000"])
+        with pytest.raises(ConflictError, match="8080"):
+            nm.publish(web.endpoint(), ["0.0.0.0:8080:5000"])
+        twin.remove()
+
+
+_RACER = textwrap.dedent("""
+    import sys, natmap
+    table, backend, netns, ip, bridge, count = sys.argv[1:]
+    nm = natmap.NatMap(table=table, backend=backend, netns=netns)
+    ports = []
+    for i in range(int(count)):
+        endpoint = natmap.Endpoint("e" + table, ip, bridge, expose=(str(5000 + i),))
+        ports += [b.host_port for b in nm.publish(endpoint, [], publish_all=True)]
+    print(" ".join(map(str, ports)))
+""")
+
+
+def test_concurrent_publish_all_in_two_tables_never_yields_one_port_twice(sandbox, backend):
+    count = 200 if os.environ.get("STRESS") else 30  # make stress: the issue's 200
+    racers = [subprocess.Popen([sys.executable, "-c", _RACER, table, backend, sandbox.host.name,
+                                str(sandbox.subnet.network_address + n), sandbox.bridge, str(count)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for n, table in ((20, "ta"), (21, "tb"))]
+    outputs = [racer.communicate(timeout=600) for racer in racers]
+    assert all(racer.returncode == 0 for racer in racers), [err for _, err in outputs]
+    ports = [set(map(int, out.split())) for out, _ in outputs]
+    assert len(ports[0]) == len(ports[1]) == count
+    assert not ports[0] & ports[1]
+
+
+# --- 3. another program's tables and chains --------------------------------------------
+
+
+def test_an_nft_table_natmap_did_not_make_is_never_used_or_deleted(sandbox, web):
+    sandbox.host.run(["nft", "add table inet natmap; add chain inet natmap mine; "
+                      "add rule inet natmap mine counter accept"], check=True)
+    before = kernel_state(sandbox, "nft")
+    nm = natmap.NatMap(netns=sandbox.host.name)
+    for action in (lambda: nm.publish(web.endpoint(), ["8080:5000"]), nm.remove, nm.bindings):
+        with pytest.raises(ConflictError, match="table inet natmap exists but is not natmap's"):
+            action()
+    assert kernel_state(sandbox, "nft") == before
+
+
+def _save(sandbox, *tables):
+    return "".join(sandbox.host.run(["iptables-legacy-save", "-t", t]).stdout for t in tables)
+
+
+@pytest.mark.parametrize("table", ["docker", "DOCKER"])
+def test_docker_named_tables_leave_a_foreign_docker_user_chain_byte_for_byte(sandbox, web, client, table):
+    sandbox.host.run(["iptables-legacy", "-N", "DOCKER-USER"], check=True)
+    sandbox.host.run(["iptables-legacy", "-A", "DOCKER-USER", "-s", "198.51.100.7", "-j", "DROP"], check=True)
+    before = [line for line in _save(sandbox, "filter").splitlines() if "DOCKER-USER" in line]
+    with natmap.NatMap(table=table, netns=sandbox.host.name, backend="iptables") as nm:
+        nm.publish(web.endpoint(), ["8080:5000"])
+        assert client.request(sandbox.outside_ip, 8080) == "web01 192.0.2.2"
+        nm.check()
+        nm.remove()
+    after = [line for line in _save(sandbox, "filter").splitlines() if "DOCKER-USER" in line]
+    assert after == before
+    assert client.request(sandbox.outside_ip, 8080, timeout=0.5) is None
+
+
+def test_an_existing_chain_of_natmaps_names_is_refused(sandbox, web):
+    sandbox.host.run(["iptables-legacy", "-N", "DOCKER-FORWARD"], check=True)
+    sandbox.host.run(["iptables-legacy", "-A", "DOCKER-FORWARD", "-j", "ACCEPT"], check=True)
+    before = _save(sandbox, "filter", "nat")
+    with natmap.NatMap(table="docker", netns=sandbox.host.name, backend="iptables") as nm:
+        with pytest.raises(ConflictError, match="chain DOCKER-FORWARD in table filter exists but is not natmap's"):
+            nm.publish(web.endpoint(), ["8080:5000"])
+        with pytest.raises(ConflictError):
+            nm.remove()
+    assert _save(sandbox, "filter", "nat") == before
+
+
+def test_tables_differing_in_case_or_past_16_characters_get_their_own_chains(sandbox, web, client):
+    web2 = sandbox.container("web02")
+    web2.serve(5000)
+    names = ["lab", "LAB", "a_very_long_table_name_1", "a_very_long_table_name_2"]
+    nms = [natmap.NatMap(table=name, netns=sandbox.host.name, backend="iptables") for name in names]
+    for n, nm in enumerate(nms):
+        nm.publish(web.endpoint() if n % 2 == 0 else web2.endpoint(), [f"{8080 + n}:5000"])
+    for n, nm in enumerate(nms):
+        assert [str(b) for b in nm.bindings()] == [f"0.0.0.0:{8080 + n}", f"[::]:{8080 + n}"]
+        assert client.request(sandbox.outside_ip, 8080 + n) == f"{'web01' if n % 2 == 0 else 'web02'} 192.0.2.2"
+    for nm in nms:
+        nm.remove()
+        nm.close()
+
+
+# --- 7. odd addresses -------------------------------------------------------------------
+
+
+def test_odd_addresses_are_refused_before_anything_is_applied(sandbox, nm, web):
+    gateway = natmap.Endpoint("gw", sandbox.bridge_ip, sandbox.bridge)
+    network = natmap.Endpoint("net", sandbox.subnet.network_address, sandbox.bridge)
+    broadcast = natmap.Endpoint("bc", sandbox.subnet.broadcast_address, sandbox.bridge)
+    cases = [
+        (gateway, ["9090:80"], "is the address of bridge"),
+        (network, ["9090:80"], "is the network address of bridge"),
+        (broadcast, ["9090:80"], "is the broadcast address of bridge"),
+        (web.endpoint(), ["203.0.113.5:9090:80"], "not an address of this host"),
+        (web.endpoint(), ["224.0.0.1:9090:80"], "multicast or broadcast"),
+        (web.endpoint(), ["255.255.255.255:9090:80"], "multicast or broadcast"),
+        (web.endpoint(), ["192.0.2.255:9090:80"], "is a broadcast address"),
+        (web.endpoint(), ["[ff02::1]:9090:80"], "multicast"),
+    ]
+    for endpoint, specs, message in cases:
+        with pytest.raises(SpecError, match=message):
+            nm.publish(endpoint, specs)
+    with pytest.raises(natmap.TableMissingError):
+        nm.bindings()
+    sandbox.host.run(["ip", "link", "add", "vx0", "type", "veth", "peer", "name", "vx1"], check=True)
+    with pytest.raises(SpecError, match=r"not a bridge \(veth\)"):
+        nm.publish(natmap.Endpoint("xx", "172.30.0.9", "vx0"), ["9090:80"])
+    with pytest.raises(UnknownInterfaceError):
+        nm.publish(natmap.Endpoint("xx", "172.30.0.9", "nosuch0"), ["9090:80"])
+
+
+def test_a_nonlocal_host_ip_is_allowed_when_nonlocal_bind_is_on(sandbox, nm, web):
+    sandbox.host.run(["sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1"], check=True)
+    made = nm.publish(web.endpoint(), ["203.0.113.5:9090:5000"])
+    assert [str(b) for b in made] == ["203.0.113.5:9090"]
