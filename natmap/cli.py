@@ -85,7 +85,8 @@ def _change_output(change: Change) -> Output:
 
 def cmd_publish(nm: NatMap, args: argparse.Namespace) -> Output:
     endpoint = Endpoint(args.name, args.ip, args.bridge, ipv6=args.ipv6, expose=tuple(args.expose))
-    made = nm.publish(endpoint, PortSpec.parse_many(args.publish), publish_all=args.publish_all)
+    made = nm.publish(endpoint, PortSpec.parse_many(args.publish), publish_all=args.publish_all,
+                      force=args.force)
     made.sort(key=Binding.sort_key)
     return [_binding_json(b) for b in made], [b.port_line() for b in made]
 
@@ -155,7 +156,8 @@ def cmd_plan(nm: NatMap, args: argparse.Namespace) -> Output:
 
 def cmd_check(nm: NatMap, args: argparse.Namespace) -> Output:
     drift = nm.check()
-    data = {"drift": bool(drift), "remembered": drift.remembered, "structure": list(drift.structure)}
+    data = {"drift": bool(drift), "remembered": drift.remembered, "structure": list(drift.structure),
+            "shadowing": list(drift.shadowing)}
     if drift:
         raise DriftFound(str(drift), data)
     return data, [str(drift)]
@@ -206,7 +208,8 @@ _COMMANDS: list[tuple[str, Callable[..., Output], str, str, tuple[str, ...], lis
      (), [_arg("name"), _arg("--ip", required=True, help="the endpoint's IPv4 address"),
           _arg("--ipv6", help="the endpoint's IPv6 address, if it has one"),
           _arg("--bridge", required=True, help="the bridge the endpoint is on"), _SPECS, _EXPOSE,
-          _arg("-P", "--publish-all", action="store_true", help="publish every exposed port")]),
+          _arg("-P", "--publish-all", action="store_true", help="publish every exposed port"),
+          _arg("--force", action="store_true", help="take host ports a host socket listens on, knowingly")]),
     ("port", cmd_port, "list an endpoint's bindings (docker port)", "natmap port web01 5000/tcp",
      (), [_arg("name"), _arg("port", nargs="?", metavar="PORT[/PROTO]")]),
     ("ls", cmd_ls, "list endpoints with their PORTS (docker ps)", "natmap ls", ("ps",), []),

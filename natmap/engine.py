@@ -318,8 +318,18 @@ class NatMap:
                 host.enable_loopback6(bridge.name)
         if change.added(Isolation):
             host.hook_bridged_traffic()
-        self._kernel.forget_flows(change.deleted(Binding), change.deleted(Link), change.added(Binding))
+        self._kernel.forget_flows(change.deleted(Binding), change.deleted(Link), change.added(Binding),
+                                  self._isolated_cuts(table, change))
         self._generation = expected if self._backend.generation() == expected else None
+
+    def _isolated_cuts(self, table: Table, change: Change) -> list[host.Isolated]:
+        """For each bridge ``change`` isolates: its subnets and the flows links open there."""
+        allowed = frozenset(flow for link in table.links() for flow in link.flows())
+        return [(self._subnets(isolation.bridge, table), allowed) for isolation in change.added(Isolation)]
+
+    def _subnets(self, name: str, table: Table) -> tuple[Any, ...]:
+        known = table.bridges.get(name) or self._bridges.get(name)
+        return known.subnets if known is not None else host.bridge(name).subnets
 
     def _bridge(self, endpoint: Endpoint) -> Bridge:
         """The endpoint's bridge: remembered, and read again when it does not fit."""

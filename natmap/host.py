@@ -23,6 +23,10 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of
 if TYPE_CHECKING:
     from typing import Any
 
+    # What isolating a bridge cuts: its subnets, and the (source, target, proto,
+    # port) flows links keep open there.
+    Isolated = tuple[tuple[Any, ...], frozenset[tuple[Any, Any, Protocol, int]]]
+
 _FALLBACK_RANGE = PortRange(49153, 65535)
 _TCP_LISTEN = 10
 # IANA protocol numbers, as socket.IPPROTO_*: importing socket here would be
@@ -267,16 +271,23 @@ class Session:
         return answer[0].get_attr("NFTA_GEN_ID")
 
     def forget_flows(self, removed: Iterable[Binding] = (), links: Iterable[Link] = (),
-                     added: Iterable[Binding] = ()) -> int:
+                     added: Iterable[Binding] = (), isolated: Iterable[Isolated] = ()) -> int:
         """Delete the conntrack entries that would keep steering traffic the old way.
 
-        - a ``removed`` binding's: flows to its HOST address (any local one for
-          0.0.0.0 / ::), port and protocol that were translated to its container;
+        Only flows natmap changes qualify: a binding's are those whose ORIGINAL
+        destination is its host address (any of the namespace's own addresses
+        for 0.0.0.0 / ::), what the DNAT catches; flows the host forwards are
+        never touched.
+
+        - a ``removed`` binding's: flows to its host address, port and protocol
+          that were translated to its container;
         - a removed ``link``'s: flows from its source to its target's ports;
-        - an ``added`` binding's stale ones: flows to its host port that go
-          elsewhere (an unanswered UDP flow to the host keeps bypassing a new
-          binding until its entry expires). Only for UDP and SCTP: a TCP flow
-          without an answer is refused at once.
+        - an ``added`` binding's stale ones: unanswered flows to its host port
+          that go elsewhere (an unanswered UDP flow to the host keeps bypassing
+          a new binding until its entry expires). Only for UDP and SCTP: a TCP
+          flow without an answer is refused at once;
+        - an ``isolated`` bridge's: flows between two addresses of its subnets
+          that no link opens (isolation drops their next packets).
 
         The kernel filters the dump by protocol; it still walks its whole hash
         table, about 10 ms here whatever the number of bindings.
@@ -285,10 +296,13 @@ class Session:
         from pyroute2.netlink.exceptions import NetlinkError
         from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
-        matchers = [(b.proto, functools.partial(_translated_for, b)) for b in removed]
+        local = _LazyLocal()
+        matchers = [(b.proto, functools.partial(_translated_for, b, local)) for b in removed]
         matchers += [(proto, functools.partial(_link_flow, (s, t, port)))
                      for link in links for s, t, proto, port in link.flows()]
-        matchers += [(b.proto, functools.partial(_stale_for, b)) for b in added if b.proto is not Protocol.TCP]
+        matchers += [(b.proto, functools.partial(_stale_for, b, local)) for b in added if b.proto is not Protocol.TCP]
+        matchers += [(proto, functools.partial(_isolated_flow, cut, local))
+                     for cut in isolated for proto in Protocol]
         deleted = 0
         if not matchers:
             return deleted
@@ -301,7 +315,7 @@ class Session:
                 # Read them all first: pyroute2 cannot delete while a dump runs.
                 entries = list(ct.dump_entries(tuple_orig=NFCTAttrTuple(proto=_IPPROTO[proto])))
                 for entry in entries:
-                    if any(test(entry.tuple_orig, entry.tuple_reply) for test in tests):
+                    if any(test(entry.tuple_orig, entry.tuple_reply, entry.status) for test in tests):
                         try:
                             ct.delete(entry)
                             deleted += 1
@@ -327,26 +341,56 @@ def nft_generation() -> int:
         session.close()
 
 
-def _to_host_port(binding: Binding, orig: Any) -> bool:
-    """Whether a flow's original direction goes to the binding's host side."""
+class _LazyLocal:
+    """The namespace's own addresses, read on the first question (the
+    conntrack cleanup runs in the namespace, and most changes ask nothing)."""
+
+    def __init__(self) -> None:
+        self._addresses: frozenset[Any] | None = None
+
+    def __contains__(self, address: Any) -> bool:
+        if self._addresses is None:
+            self._addresses = frozenset(i.ip for i in local_addresses())
+        return address.is_loopback or address in self._addresses
+
+
+_SEEN_REPLY = 1 << 1  # IPS_SEEN_REPLY: the flow has been answered
+
+
+def _to_host_port(binding: Binding, local: Any, orig: Any) -> bool:
+    """Whether a flow's original direction goes to the binding's host side: the
+    DNAT would catch it (a wildcard binding catches only the host's own addresses)."""
     address = _ip(orig.daddr)
     if orig.dport != binding.host_port or address is None or address.version != binding.version:
         return False
-    return binding.host_ip.is_unspecified or address == binding.host_ip
+    return address == binding.host_ip or (binding.host_ip.is_unspecified and address in local)
 
 
-def _translated_for(binding: Binding, orig: Any, reply: Any) -> bool:
-    return (_to_host_port(binding, orig)
+def _translated_for(binding: Binding, local: Any, orig: Any, reply: Any, status: int = 0) -> bool:
+    return (_to_host_port(binding, local, orig)
             and _ip(reply.saddr) == binding.container_ip and reply.sport == binding.container_port)
 
 
-def _stale_for(binding: Binding, orig: Any, reply: Any) -> bool:
-    return _to_host_port(binding, orig) and not _translated_for(binding, orig, reply)
+def _stale_for(binding: Binding, local: Any, orig: Any, reply: Any, status: int = 0) -> bool:
+    return (not status & _SEEN_REPLY and _to_host_port(binding, local, orig)
+            and not _translated_for(binding, local, orig, reply))
 
 
-def _link_flow(flow: tuple[Any, Any, int], orig: Any, reply: Any) -> bool:
+def _link_flow(flow: tuple[Any, Any, int], orig: Any, reply: Any, status: int = 0) -> bool:
     source, target, port = flow
     return _ip(orig.saddr) == source and _ip(orig.daddr) == target and orig.dport == port
+
+
+def _isolated_flow(cut: Isolated, local: Any, orig: Any, reply: Any, status: int = 0) -> bool:
+    """A flow between two containers of an isolated bridge that no link opens."""
+    subnets, allowed = cut
+    source, target = _ip(orig.saddr), _ip(orig.daddr)
+    if source is None or target is None or source in local or target in local:
+        return False  # to or from the host itself: isolation does not forbid it
+    if not any(source in net for net in subnets) or not any(target in net for net in subnets):
+        return False
+    proto = next((p for p, number in _IPPROTO.items() if number == orig.proto), None)
+    return (source, target, proto, orig.dport) not in allowed
 
 
 def _ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -231,3 +231,85 @@ def test_a_nonlocal_host_ip_is_allowed_when_nonlocal_bind_is_on(sandbox, nm, web
     sandbox.host.run(["sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1"], check=True)
     made = nm.publish(web.endpoint(), ["203.0.113.5:9090:5000"])
     assert [str(b) for b in made] == ["203.0.113.5:9090"]
+
+
+def test_the_command_refuses_a_host_sockets_port_and_force_takes_it(sandbox, web):
+    natmap_cmd = str(__import__("pathlib").Path(sys.executable).with_name("natmap"))
+    argv = [natmap_cmd, "publish", "web01", "--ip", str(web.ip), "--bridge", sandbox.bridge,
+            "-p", "2222:5000", "--netns", sandbox.host.name]
+    with host_listener(sandbox, 2222):
+        refused = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 1
+        assert "a host socket listens on 0.0.0.0:2222/tcp" in refused.stderr
+        forced = subprocess.run([*argv, "--force"], capture_output=True, text=True, timeout=60)
+        assert (forced.returncode, forced.stdout) == (0, "5000/tcp -> 0.0.0.0:2222\n")
+        check = subprocess.run([natmap_cmd, "check", "--netns", sandbox.host.name], capture_output=True,
+                               text=True, timeout=60)
+        assert check.returncode == 1 and "shadows the host socket on 0.0.0.0:2222/tcp" in check.stderr
+
+
+# --- 5. isolation cuts what it forbids ----------------------------------------------------
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_isolating_cuts_established_flows_between_unlinked_containers_only(sandbox, nm, family):
+    db = sandbox.container("db01")
+    db.serve(5432, "udp")
+    linked, other = sandbox.container("web02"), sandbox.container("web03")
+    db_ip = db.ip if family == 4 else db.ipv6
+    nm.link(linked.endpoint(), db.endpoint(expose=["5432/udp"]), "db")
+    flows = {c.label: c.udp_socket(family) for c in (linked, other)}
+    for c in (linked, other):
+        assert c.request(db_ip, 5432, "udp", sock=flows[c.label]) == f"db01 {c.ip if family == 4 else c.ipv6}"
+    nm.isolate(sandbox.bridge)
+    assert other.request(db_ip, 5432, "udp", sock=flows["web03"], timeout=0.5) is None
+    assert linked.request(db_ip, 5432, "udp", sock=flows["web02"]) is not None
+    for flow in flows.values():
+        flow.close()
+
+
+# --- 6. conntrack cleanup touches only what natmap changes --------------------------------
+
+
+def conntrack_entries(sandbox, dport):
+    """(orig destination, status) of the host's conntrack entries to UDP port ``dport``."""
+    def dump():
+        from pyroute2 import Conntrack
+        from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
+        with Conntrack() as ct:
+            return [(e.tuple_orig.daddr, e.status) for e in ct.dump_entries(tuple_orig=NFCTAttrTuple(proto=17))
+                    if e.tuple_orig.dport == dport]
+    return sandbox.host.call(dump)
+
+
+def test_publishing_leaves_forwarded_flows_to_the_same_port_alone(sandbox, nm, client):
+    client.serve(5353, "udp")
+    resolver = sandbox.container("web01")
+    nm.publish(resolver.endpoint(), ["8080:5000"])  # egress masquerade in place
+    query = resolver.udp_socket()
+    assert resolver.request("192.0.2.2", 5353, "udp", sock=query) == f"client1 {sandbox.outside_ip}"
+    assert [d for d, _ in conntrack_entries(sandbox, 5353)] == ["192.0.2.2"]
+    server = sandbox.container("web02")
+    server.serve(5353, "udp")
+    nm.publish(server.endpoint(), ["5353:5353/udp"])
+    assert [d for d, _ in conntrack_entries(sandbox, 5353)] == ["192.0.2.2"]  # untouched
+    assert client.request(sandbox.outside_ip, 5353, "udp") == "web02 192.0.2.2"
+    query.close()
+
+
+def test_publishing_leaves_answered_flows_to_a_host_service_alone(sandbox, nm, client):
+    server = sandbox.container("web02")
+    nm.publish(server.endpoint(), ["8080:5000"])  # the table's NAT hooks make the host track flows
+    sandbox.host.serve(5353, "udp", family=4)
+    answered, unanswered = client.udp_socket(), client.udp_socket()
+    assert client.request(sandbox.outside_ip, 5353, "udp", sock=answered) == "host 192.0.2.2"
+    assert client.request(sandbox.outside_ip, 5354, "udp", sock=unanswered, timeout=0.3) is None
+    server.serve(5353, "udp")
+    server.serve(5354, "udp")
+    nm.publish(server.endpoint(), ["5353:5353/udp", "5354:5354/udp"], force=True)
+    # The host service keeps its answered flow; the unanswered one now reaches the container.
+    assert client.request(sandbox.outside_ip, 5353, "udp", sock=answered) == "host 192.0.2.2"
+    assert client.request(sandbox.outside_ip, 5354, "udp", sock=unanswered) == "web02 192.0.2.2"
+    answered.close()
+    unanswered.close()
