@@ -335,6 +335,11 @@ class NftBackend:
         rc, _, err = self._nft.cmd(f"list table inet {self.table}")
         return rc == 0 or _NO_SUCH_TABLE in err
 
+    def exists(self) -> bool:
+        """Whether a table of this name is in the kernel (natmap's or not)."""
+        rc, _, _ = self._nft.cmd(f"list table inet {self.table}")
+        return rc == 0
+
     def delete(self) -> None:
         """Remove the table and everything in it: one transaction."""
         self._run(f"deleting table inet {self.table}", f"delete table inet {self.table}")

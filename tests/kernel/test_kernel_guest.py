@@ -313,3 +313,46 @@ def test_publishing_leaves_answered_flows_to_a_host_service_alone(sandbox, nm, c
     assert client.request(sandbox.outside_ip, 5354, "udp", sock=unanswered) == "web02 192.0.2.2"
     answered.close()
     unanswered.close()
+
+
+# --- 8. auto is sticky --------------------------------------------------------------------
+
+
+_AUTO = textwrap.dedent("""
+    import sys
+    if sys.argv[2] == "no-libnftables":
+        sys.modules["nftables"] = None  # as on a host where libnftables fails to load
+    import natmap
+    try:
+        nm = natmap.NatMap(netns=sys.argv[1], backend="auto")
+        print(nm.backend_name, " ".join(str(b) for b in nm.bindings()))
+    except natmap.NatmapError as exc:
+        print("error:", exc)
+""")
+
+
+def auto_in_a_process(sandbox, how="normal"):
+    result = subprocess.run([sys.executable, "-c", _AUTO, sandbox.host.name, how],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_auto_takes_the_backend_the_table_is_on(sandbox, backend, web):
+    with natmap.NatMap(netns=sandbox.host.name, backend=backend) as nm:
+        nm.publish(web.endpoint(), ["8080:5000"])
+    assert auto_in_a_process(sandbox) == f"{backend} 0.0.0.0:8080 [::]:8080"
+    with natmap.NatMap(netns=sandbox.host.name, backend="auto") as auto:
+        assert auto.backend_name == backend
+        auto.publish(web.endpoint(), ["8081:5000"])  # into the same table, not a second copy
+    with natmap.NatMap(netns=sandbox.host.name, backend=backend) as nm:
+        assert len(nm.bindings()) == 4
+
+
+def test_auto_without_libnftables_refuses_an_nft_table_and_otherwise_takes_iptables(sandbox, web):
+    assert auto_in_a_process(sandbox, "no-libnftables") == "error: table inet natmap does not exist " \
+        "in this network namespace (nothing was published with it yet)"
+    with natmap.NatMap(netns=sandbox.host.name) as nm:
+        nm.publish(web.endpoint(), ["8080:5000"])
+    assert auto_in_a_process(sandbox, "no-libnftables").startswith(
+        "error: table inet natmap exists on nft, but libnftables cannot load here")
