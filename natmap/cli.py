@@ -229,8 +229,8 @@ _COMMANDS: list[tuple[str, Callable[..., Output], str, str, tuple[str, ...], lis
      (), [_arg("file")]),
     ("plan", cmd_plan, "show what apply would change; change nothing", "natmap plan examples/lab.toml",
      (), [_arg("file")]),
-    ("check", cmd_check, "check natmap's table in the kernel: its chains and rules are intact "
-     "(exit 1 and the problems if not)", "natmap check", (), []),
+    ("check", cmd_check, "check natmap's table in the kernel: its chains and rules are intact, and "
+     "no binding shadows a host socket (exit 1 and the problems if not)", "natmap check", (), []),
     ("spec", cmd_spec, "check specs and print them in canonical form",
      "natmap spec -p 127.0.0.1:5001:5000 -p '[::1]::80/udp' --expose 5000 --link db01:db",
      (), [_SPECS, _EXPOSE, _arg("--link", action="append", default=[], metavar="NAME[:ALIAS]")]),

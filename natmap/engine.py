@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from . import guest, host
 from .backends import make_backend
 from .backends.nft import validate_table
-from .errors import BackendError, NatmapError, NotFoundError, SpecError, TableMissingError
+from .errors import BackendError, ConflictError, NatmapError, NotFoundError, SpecError, TableMissingError
 from .links import Link
 from .locking import flocked
 from .model import (Binding, Bridge, Change, Drift, Endpoint, Isolation, PortPool, Table, describe,
@@ -363,15 +363,17 @@ class NatMap:
         their markers and read (one listing each). Call in the namespace."""
         from .backends.iptables import natmap_tables
 
+        found = [(f"table inet {name} (nft)", "nft", name) for name, comment in host.nft_tables().items()
+                 if guest.owner_of(comment) == name]
+        found += [(f"table {name} (iptables)", "iptables", name) for name in natmap_tables()]
         others = []
-        for name, comment in host.nft_tables().items():
-            if guest.owner_of(comment) == name and (name, "nft") != (self.table_name, self.backend_name):
-                table = make_backend("nft", name, self._kernel).read()
-                others.append((f"table inet {name} (nft)", table or Table()))
-        for name in natmap_tables():
-            if (name, "iptables") != (self.table_name, self.backend_name):
-                table = make_backend("iptables", name, self._kernel).read()
-                others.append((f"table {name} (iptables)", table or Table()))
+        for label, backend, name in found:
+            if (name, backend) != (self.table_name, self.backend_name):
+                try:
+                    table = make_backend(backend, name, self._kernel).read()
+                except ConflictError:
+                    continue  # a half-marked table: not natmap's to count
+                others.append((label, table or Table()))
         return others
 
     def _guard(self, change: Change, forced: set[tuple], others: Callable[[], list[tuple[str, Table]]],

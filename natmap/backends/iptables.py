@@ -121,6 +121,10 @@ def natmap_tables() -> list[str]:
     except OSError:
         return []
     _find_xtables_libdir()
+    try:
+        import iptc  # noqa: F401
+    except (ImportError, OSError):  # no python-iptables here: it cannot have made chains either
+        return []
     with _xtables_lock():
         table = _table(4, "filter")
         return [name for chain in table.chains if chain.name.endswith("-GENERATION")
