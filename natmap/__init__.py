@@ -10,7 +10,7 @@ from .engine import NatMap, Transaction
 from .errors import (BackendError, ConflictError, NatmapError, NotFoundError, PrivilegeError, SandboxError,
                      SpecError, TableMissingError, UnknownInterfaceError)
 from .links import Link, hosts_line, link_env
-from .model import Binding, Bridge, Change, Drift, Endpoint, Isolation
+from .model import Binding, Bridge, Change, Drift, Endpoint, Gateway, Isolation
 from .spec import LinkSpec, PortRange, PortSpec, Protocol, validate_name
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "ConflictError",
     "Drift",
     "Endpoint",
+    "Gateway",
     "hosts_line",
     "Isolation",
     "Link",

@@ -142,6 +142,12 @@ def cmd_isolate(nm: NatMap, args: argparse.Namespace) -> Output:
     return {"bridge": args.bridge, "isolated": not args.open}, []
 
 
+def cmd_gateway(nm: NatMap, args: argparse.Namespace) -> Output:
+    gateway = nm.set_gateway(args.bridge, args.mode, args.trust)
+    return {"bridge": gateway.bridge, "mode": gateway.mode, "trusted_interfaces": list(gateway.trusted)}, \
+        [describe(gateway)]
+
+
 def cmd_apply(nm: NatMap, args: argparse.Namespace) -> Output:
     from .config import Config  # tomllib: only for the commands that read files
 
@@ -225,6 +231,12 @@ _COMMANDS: list[tuple[str, Callable[..., Output], str, str, tuple[str, ...], lis
     ("links", cmd_links, "list the links", "natmap links", (), []),
     ("isolate", cmd_isolate, "close inter-container traffic on a bridge (--icc=false)", "natmap isolate natmap0",
      (), [_arg("bridge"), _arg("--open", action="store_true", help="open it again instead")]),
+    ("gateway", cmd_gateway, "set how routed traffic reaches a bridge's containers (Docker 28's gateway "
+     "modes): nat drops it unless published or from a trusted interface; nat-unprotected lets it pass",
+     "natmap gateway natmap0 --mode nat --trust eth1",
+     (), [_arg("bridge"), _arg("--mode", default="nat", choices=("nat", "nat-unprotected")),
+          _arg("--trust", action="append", default=[], metavar="INTERFACE",
+               help="a host interface whose routed traffic may reach the containers")]),
     ("apply", cmd_apply, "make the table match a TOML file, in one transaction", "natmap apply examples/lab.toml",
      (), [_arg("file")]),
     ("plan", cmd_plan, "show what apply would change; change nothing", "natmap plan examples/lab.toml",

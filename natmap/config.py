@@ -2,6 +2,8 @@
 
     [bridges.natmap0]
     isolate = true                  # Docker's --icc=false
+    gateway_mode = "nat"            # or "nat-unprotected" (Docker 28's gateway modes)
+    trusted_interfaces = ["eth1"]   # routed traffic from these reaches containers directly
 
     [endpoints.db01]
     ip = "172.30.0.3"
@@ -31,13 +33,13 @@ from typing import Any, Protocol as TypingProtocol
 
 from .errors import SpecError
 from .links import Link
-from .model import Binding, Endpoint, Table
+from .model import Binding, Endpoint, Gateway, Table
 from .spec import LinkSpec, PortSpec
 
 __all__ = ["Config", "EndpointConfig"]
 
 _ENDPOINT_KEYS = {"ip", "ipv6", "bridge", "expose", "publish", "publish_all", "links"}
-_BRIDGE_KEYS = {"isolate"}
+_BRIDGE_KEYS = {"isolate", "gateway_mode", "trusted_interfaces"}
 
 
 class _Transaction(TypingProtocol):
@@ -50,6 +52,7 @@ class _Transaction(TypingProtocol):
     def link(self, source: Endpoint, target: Endpoint, alias: str | None = None) -> Link: ...
     def isolate(self, bridge: str) -> None: ...
     def unisolate(self, bridge: str) -> None: ...
+    def set_gateway(self, bridge: str, mode: str = "nat", trusted_interfaces: Any = ()) -> Gateway: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,7 @@ class EndpointConfig:
 class Config:
     endpoints: tuple[EndpointConfig, ...]
     isolated: frozenset[str]
+    gateways: tuple[Gateway, ...] = ()  # bridges not in the default gateway mode
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
@@ -88,7 +92,7 @@ class Config:
                 isolated.add(name)
         endpoints = tuple(_endpoint(name, settings, f"{source}: endpoints.{name}")
                           for name, settings in _table(data.get("endpoints", {}), source, "endpoints").items())
-        config = cls(endpoints, frozenset(isolated))
+        config = cls(endpoints, frozenset(isolated), _gateways(bridges, source))
         config._check_links(source)
         return config
 
@@ -124,6 +128,24 @@ class Config:
             tx.unisolate(bridge)
         for bridge in sorted(self.isolated - table.isolated):
             tx.isolate(bridge)
+        wanted_gateways = {g.bridge: g for g in self.gateways}
+        for bridge in sorted(set(table.gateways) - set(wanted_gateways)):
+            tx.set_gateway(bridge)
+        for gateway in self.gateways:
+            tx.set_gateway(gateway.bridge, gateway.mode, gateway.trusted)
+
+
+def _gateways(bridges: Mapping[str, Any], source: str) -> tuple[Gateway, ...]:
+    """The ``gateway_mode`` / ``trusted_interfaces`` of each bridge, where not the default."""
+    gateways = []
+    for name, settings in bridges.items():
+        where = f"{source}: bridges.{name}"
+        mode = _typed(settings.get("gateway_mode", "nat"), str, f"{where}.gateway_mode")
+        trusted = _typed(settings.get("trusted_interfaces", []), list, f"{where}.trusted_interfaces")
+        gateway = Gateway(name, mode, tuple(_typed(i, str, f"{where}.trusted_interfaces") for i in trusted))
+        if not gateway.default:
+            gateways.append(gateway)
+    return tuple(gateways)
 
 
 def _endpoint(name: str, settings: Any, where: str) -> EndpointConfig:

@@ -30,7 +30,7 @@ from .backends.nft import validate_table
 from .errors import BackendError, ConflictError, NatmapError, NotFoundError, SpecError, TableMissingError
 from .links import Link
 from .locking import flocked
-from .model import (Binding, Bridge, Change, Drift, Endpoint, Isolation, PortPool, Table, describe,
+from .model import (Binding, Bridge, Change, Drift, Endpoint, Gateway, Isolation, PortPool, Table, describe,
                    validate_ifname)
 from .netns import current as current_netns, entered as entered_netns
 from .spec import PortSpec, Protocol, validate_name
@@ -144,6 +144,18 @@ class NatMap:
         """Open inter-container traffic on ``bridge`` again (Docker's default)."""
         with self.transaction() as tx:
             tx.unisolate(bridge)
+
+    def set_gateway(self, bridge: str, mode: str = "nat", trusted_interfaces: Sequence[str] = ()) -> Gateway:
+        """How traffic routed from outside reaches ``bridge``'s containers, as
+        Docker 28's gateway modes: ``nat`` (the default: only published ports
+        and replies; and any flow from a ``trusted_interfaces`` interface) or
+        ``nat-unprotected`` (everything routed passes). Returns the setting."""
+        with self.transaction() as tx:
+            return tx.set_gateway(bridge, mode, trusted_interfaces)
+
+    def gateways(self) -> list[Gateway]:
+        """The bridges not in the default ``nat`` mode, read back from the kernel."""
+        return sorted(self._read().gateways.values(), key=lambda g: g.bridge)
 
     def isolated(self) -> list[str]:
         """The bridges whose inter-container traffic is closed, read back from the kernel."""
@@ -325,10 +337,12 @@ class NatMap:
     def _isolated_cuts(self, table: Table, change: Change) -> list[host.Isolated]:
         """For each bridge ``change`` isolates: its subnets and the flows links open there."""
         allowed = frozenset(flow for link in table.links() for flow in link.flows())
-        return [(self._subnets(isolation.bridge, table), allowed) for isolation in change.added(Isolation)]
+        return [(self._subnets(isolation.bridge), allowed) for isolation in change.added(Isolation)]
 
-    def _subnets(self, name: str, table: Table) -> tuple[Any, ...]:
-        known = table.bridges.get(name) or self._bridges.get(name)
+    def _subnets(self, name: str) -> tuple[Any, ...]:
+        """The bridge's own subnets, from the host (nft reads every bridge back
+        with every bridge's subnets). Call in the namespace."""
+        known = self._bridges.get(name)
         return known.subnets if known is not None else host.bridge(name).subnets
 
     def _bridge(self, endpoint: Endpoint) -> Bridge:
@@ -507,6 +521,12 @@ class Transaction:
         with self._nm._ns():
             host.check_bridge_hooks()
         table.isolate(bridge)
+
+    def set_gateway(self, bridge: str, mode: str = "nat", trusted_interfaces: Sequence[str] = ()) -> Gateway:
+        """As :meth:`NatMap.set_gateway`, applied when the transaction ends."""
+        gateway = Gateway(validate_ifname(bridge), mode, tuple(trusted_interfaces))
+        self._require().set_gateway(gateway)
+        return gateway
 
     def unisolate(self, bridge: str) -> None:
         """As :meth:`NatMap.unisolate`, applied when the transaction ends."""

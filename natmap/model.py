@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     T = TypeVar("T")
 
-__all__ = ["Binding", "Bridge", "Change", "Drift", "Endpoint", "Isolation", "PortPool", "Table"]
+__all__ = ["Binding", "Bridge", "Change", "Drift", "Endpoint", "Gateway", "Isolation", "PortPool", "Table"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -202,8 +202,39 @@ class Isolation:
     bridge: str
 
 
+GATEWAY_MODES = ("nat", "nat-unprotected")
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    """How traffic routed from outside reaches the containers of ``bridge``,
+    as Docker 28's ``com.docker.network.bridge.gateway_mode_ipv4/ipv6``.
+
+    ``nat`` (the default, never stored): new flows from any interface but a
+    bridge of the table are dropped unless published (DNATed), or they come
+    from one of the ``trusted`` host interfaces. ``nat-unprotected``: they
+    all pass (natmap before Docker 28). Docker's ``routed`` is not supported.
+    """
+
+    bridge: str
+    mode: str = "nat"
+    trusted: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        validate_ifname(self.bridge)
+        if self.mode not in GATEWAY_MODES:
+            raise SpecError(f"unknown gateway mode (choose {', '.join(GATEWAY_MODES)})", str(self.mode))
+        if isinstance(self.trusted, str):
+            raise SpecError("trusted interfaces are a list of names", self.trusted)
+        object.__setattr__(self, "trusted", tuple(sorted(set(map(validate_ifname, self.trusted)))))
+
+    @property
+    def default(self) -> bool:
+        return self.mode == "nat" and not self.trusted
+
+
 # What a table holds, each one or more kernel elements.
-Item = Binding | Bridge | Link | Isolation
+Item = Binding | Bridge | Link | Isolation | Gateway
 
 
 def describe(item: Item) -> str:
@@ -214,6 +245,8 @@ def describe(item: Item) -> str:
         return f"link {item}"
     if isinstance(item, Isolation):
         return f"isolate {item.bridge}"
+    if isinstance(item, Gateway):
+        return f"gateway {item.bridge} {item.mode}" + "".join(f" trusted {i}" for i in item.trusted)
     return f"bridge {item.name} {' '.join(map(str, item.subnets))}"
 
 
@@ -299,6 +332,7 @@ class Table:
         self.bridges: dict[str, Bridge] = {}
         self._links: dict[tuple[str, str], Link] = {}
         self.isolated: set[str] = set()
+        self.gateways: dict[str, Gateway] = {}  # only bridges not in the default mode
         # Runs of one verb (a big publish is one run): the steps since the last commit.
         self._journal: list[tuple[Verb, list[Item]]] = []
         self._next_port: dict[Protocol, int] = {}
@@ -325,7 +359,7 @@ class Table:
     def items(self) -> set[Item]:
         """Everything the table holds: bindings, bridges, links, isolated bridges."""
         return {*self._by_key.values(), *self.bridges.values(), *self._links.values(),
-                *(Isolation(bridge) for bridge in self.isolated)}
+                *(Isolation(bridge) for bridge in self.isolated), *self.gateways.values()}
 
     def clash(self, binding: Binding) -> Binding | None:
         """An existing binding that would catch the same packets, if any."""
@@ -423,6 +457,16 @@ class Table:
         if (bridge in self.isolated) != closed:
             self._do(Verb.ADD if closed else Verb.DELETE, Isolation(bridge))
 
+    def set_gateway(self, gateway: Gateway) -> None:
+        """Put ``gateway.bridge`` in ``gateway``'s mode (the default one is kept as no item)."""
+        existing = self.gateways.get(gateway.bridge)
+        if existing == gateway or (existing is None and gateway.default):
+            return
+        if existing is not None:
+            self._do(Verb.DELETE, existing)
+        if not gateway.default:
+            self._do(Verb.ADD, gateway)
+
     def change(self) -> Change:
         """The net change journaled since the last :meth:`commit` or :meth:`rollback`."""
         if len(self._journal) == 1:  # already net: nothing is added (or deleted) twice in a row
@@ -474,6 +518,11 @@ class Table:
                 self._links[(item.source, item.target)] = item
             else:
                 del self._links[(item.source, item.target)]
+        elif isinstance(item, Gateway):
+            if add:
+                self.gateways[item.bridge] = item
+            else:
+                del self.gateways[item.bridge]
         else:
             (self.isolated.add if add else self.isolated.discard)(item.bridge)
 

@@ -44,7 +44,7 @@ from ..errors import BackendError, ConflictError, PrivilegeError
 from ..guest import marker, owner_of
 from ..links import Flow, Link, links_from_flows
 from ..locking import flocked
-from ..model import Binding, Bridge, Change, Isolation, Item, Table
+from ..model import Binding, Bridge, Change, Gateway, Isolation, Item, Table
 from ..spec import Protocol
 
 _XTABLES_LOCK = "/run/xtables.lock"  # what the iptables commands lock too
@@ -171,6 +171,8 @@ class IptablesBackend:
                 yield _Rule(source.version, "filter", self._chain("ISOLATION"), "ACCEPT",
                             ((proto.value, (("dport", str(port)),)), ("comment", (("comment", item.comment),))),
                             (("src", str(source)), ("dst", str(target)), ("protocol", proto.value)), first=True)
+        elif isinstance(item, Gateway):
+            yield from self._gateway_rules(item)
         else:
             for family in _FAMILIES:
                 yield _Rule(family, "filter", self._chain("FORWARD"), self._chain("ISOLATION"),
@@ -194,6 +196,7 @@ class IptablesBackend:
             subnets = [n for n in bridge.subnets if n.version == family]
             if not subnets:
                 continue
+            yield from self._protect_rules(bridge, family)
             yield _Rule(family, "nat", chain, "MASQUERADE", (comment,),
                         (("src", _LOOPBACK[family]), ("out_interface", bridge.name)))
             for net in subnets:
@@ -202,6 +205,27 @@ class IptablesBackend:
                             (("src", str(net)), ("out_interface", bridge.name)))
                 yield _Rule(family, "nat", chain, "MASQUERADE", (comment,),
                             (("src", str(net)), ("out_interface", f"!{bridge.name}")))
+
+    def _protect_rules(self, bridge: Bridge, family: int) -> Iterator[_Rule]:
+        """Docker 28's direct-access protection for one bridge: new flows into
+        it go to PROTECT, and flows from it are no concern of PROTECT's."""
+        comment = ("comment", (("comment", f"bridge:{bridge.name}"),))
+        yield _Rule(family, "filter", self._chain("FORWARD"), self._chain("PROTECT"),
+                    (("conntrack", (("ctstate", "NEW"),)), comment), (("out_interface", bridge.name),))
+        yield _Rule(family, "filter", self._chain("PROTECT"), "RETURN", (comment,),
+                    (("in_interface", bridge.name),), first=True)
+
+    def _gateway_rules(self, gateway: Gateway) -> Iterator[_Rule]:
+        """What lets routed traffic through PROTECT to one bridge: its mode, trusted interfaces."""
+        comment = ("comment", (("comment", f"gateway:{gateway.bridge}:{gateway.mode}"),))
+        for family in _FAMILIES:
+            if gateway.mode == "nat-unprotected":
+                yield _Rule(family, "filter", self._chain("PROTECT"), "RETURN", (comment,),
+                            (("out_interface", gateway.bridge),), first=True)
+            for interface in gateway.trusted:
+                yield _Rule(family, "filter", self._chain("PROTECT"), "RETURN",
+                            (("comment", (("comment", f"trusted:{gateway.bridge}"),)),),
+                            (("in_interface", interface), ("out_interface", gateway.bridge)), first=True)
 
     def _skeleton(self) -> list[tuple[str, int, str, Any]]:
         """The chains, their fixed rules and the jumps to them, both families,
@@ -216,7 +240,7 @@ class IptablesBackend:
                                                 (("comment", (("comment", marker(self.table)),)),))))
         for family in _FAMILIES:
             for table, chain in (("raw", guard), ("nat", dnat), ("nat", post), ("filter", forward),
-                                 ("filter", isolation)):
+                                 ("filter", isolation), ("filter", self._chain("PROTECT"))):
                 steps.append(("chain", family, table, chain))
             rules = [
                 _Rule(family, "raw", guard, "DROP", (), (("dst", _LOOPBACK[family]), ("in_interface", "!lo"))),
@@ -228,6 +252,7 @@ class IptablesBackend:
                                 (("protocol", "icmpv6"),))
                           for kind in ("neighbour-solicitation", "neighbour-advertisement")]
             rules.append(_Rule(family, "filter", isolation, "DROP"))
+            rules.append(_Rule(family, "filter", self._chain("PROTECT"), "DROP"))
             steps += [("add", r.family, r.table, r) for r in rules]
             jumps = [_Rule(family, "raw", "PREROUTING", guard, first=True),
                      _Rule(family, "nat", "PREROUTING", dnat, local),
@@ -293,6 +318,7 @@ class IptablesBackend:
                 items += [self._read_dnat(r) for r in _chain(nat, self._chain("DNAT")).rules]
                 items += _read_bridges(_chain(nat, self._chain("POSTROUTING")).rules)
                 items += _read_isolation(_chain(filt, self._chain("FORWARD")).rules)
+                items += _read_gateways(_chain(filt, self._chain("PROTECT")).rules)
             items += _read_links(_chain(_table(4, "filter"), self._chain("ISOLATION")).rules,
                                  _chain(_table(6, "filter"), self._chain("ISOLATION")).rules)
         return Table(_merge_bridges(items))
@@ -543,6 +569,19 @@ def _merge_bridges(items: list[Item]) -> list[Item]:
 
 def _read_isolation(rules: list[Any]) -> list[Isolation]:
     return [Isolation(c[len("isolate:"):]) for c in map(_comment, rules) if c and c.startswith("isolate:")]
+
+
+def _read_gateways(rules: list[Any]) -> list[Gateway]:
+    modes: dict[str, str] = {}
+    trusted: dict[str, list[str]] = {}
+    for rule in rules:
+        comment = _comment(rule) or ""
+        if comment.startswith("gateway:"):
+            _, bridge, mode = comment.split(":", 2)
+            modes[bridge] = mode
+        elif comment.startswith("trusted:"):
+            trusted.setdefault(comment[len("trusted:"):], []).append(rule.in_interface)
+    return [Gateway(b, modes.get(b, "nat"), tuple(trusted.get(b, ()))) for b in sorted({*modes, *trusted})]
 
 
 def _read_links(*chains: list[Any]) -> list[Link]:

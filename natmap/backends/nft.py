@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from ..errors import BackendError, ConflictError, PrivilegeError, SpecError
 from ..guest import marker
 from ..links import Flow, Link, links_from_flows
-from ..model import Binding, Bridge, Change, Isolation, Item, Table
+from ..model import Binding, Bridge, Change, Gateway, Isolation, Item, Table
 from ..spec import Protocol
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
@@ -69,6 +69,8 @@ def skeleton(table: str) -> str:
     lines += [
         f'add set {t} bridges {{ type ifname ; comment "{marker(table)}" ; }}',
         f"add set {t} isolated {{ type ifname . ifname ; }}",
+        f"add set {t} unprotected {{ type ifname ; }}",
+        f"add set {t} trusted {{ type ifname . ifname ; }}",
         # Docker once had 127.0.0.1 bindings reachable from the LAN: drop such
         # packets before NAT can see them.
         f"add chain {t} localhost_guard {{ type filter hook prerouting priority raw ; policy accept ; }}",
@@ -105,6 +107,14 @@ def skeleton(table: str) -> str:
         f"add rule {t} isolation ip saddr . ip daddr . meta l4proto . th dport @links4 accept",
         f"add rule {t} isolation ip6 saddr . ip6 daddr . meta l4proto . th dport @links6 accept",
         f"add rule {t} isolation drop",
+        # Docker 28's direct-access protection: new flows routed into a bridge
+        # from elsewhere than the table's bridges pass only if DNATed (accepted
+        # above), if the bridge is nat-unprotected, or from a trusted interface.
+        f"add chain {t} protect",
+        f"add rule {t} forward oifname @bridges iifname != @bridges ct state new jump protect",
+        f"add rule {t} protect oifname @unprotected return",
+        f"add rule {t} protect iifname . oifname @trusted return",
+        f"add rule {t} protect drop",
     ]
     return "\n".join(lines) + "\n"
 
@@ -136,8 +146,27 @@ def _elements(item: Item) -> Iterator[_Element]:
     elif isinstance(item, Link):
         for source, target, proto, port in item.flows():
             yield _Element(f"links{source.version}", (source, target, proto, port), None, item.comment)
+    elif isinstance(item, Gateway):
+        yield from _gateway_elements(item)
     else:
         yield _Element("isolated", (_Ifname(item.bridge), _Ifname(item.bridge)))
+
+
+def _gateway_elements(gateway: Gateway) -> Iterator[_Element]:
+    if gateway.mode == "nat-unprotected":
+        yield _Element("unprotected", (_Ifname(gateway.bridge),))
+    for interface in gateway.trusted:
+        yield _Element("trusted", (_Ifname(interface), _Ifname(gateway.bridge)))
+
+
+def _gateways(contents: dict[str, list[Any]]) -> list[Gateway]:
+    unprotected = set(contents.get("unprotected", []))
+    trusted: dict[str, list[str]] = {}
+    for elem in contents.get("trusted", []):
+        interface, bridge = elem["concat"]
+        trusted.setdefault(bridge, []).append(interface)
+    return [Gateway(b, "nat-unprotected" if b in unprotected else "nat", tuple(trusted.get(b, ())))
+            for b in sorted(unprotected | set(trusted))]
 
 
 def _json_value(part: Any) -> Any:
@@ -198,7 +227,7 @@ def change_text(table: str, change: Change) -> str:
     """The same change as nft text, one command a line (``nft -f`` reads it)."""
     lines = [f"delete element inet {table} {name} {{ {', '.join(_text_parts(e.key) for e in elements)} }}"
              for name, elements in _grouped(change.delete).items()]
-    others = (*change.added(Bridge), *change.added(Link), *change.added(Isolation))
+    others = (*change.added(Bridge), *change.added(Link), *change.added(Isolation), *change.added(Gateway))
     lines += [f"add element inet {table} {name} {{ {', '.join(_text_entry(e) for e in elements)} }}"
               for name, elements in _grouped(others).items()]
     lines += [f"add element inet {table} {name} {{ {', '.join(entries)} }}"
@@ -248,6 +277,7 @@ def parse_table(listing: str) -> Table:
         items += _bridges(contents)
         items += _links(contents)
         items += [Isolation(e["concat"][0]) for e in contents.get("isolated", [])]
+        items += _gateways(contents)
     except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise BackendError(f"unreadable table listing from nft: {exc!r}") from exc
     return Table(items)

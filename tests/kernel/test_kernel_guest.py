@@ -12,22 +12,9 @@ import pytest
 
 import natmap
 from conftest import kernel_state
+from test_kernel_engine import client, web  # noqa: F401 (the same fixtures: web01 serving, client1 outside)
 from natmap import ConflictError, SpecError
-
 from natmap.errors import UnknownInterfaceError
-
-
-@pytest.fixture
-def web(sandbox):
-    container = sandbox.container("web01")
-    container.serve(5000)
-    container.serve(5353, "udp")
-    return container
-
-
-@pytest.fixture
-def client(sandbox):
-    return sandbox.client("client1")
 
 
 def host_listener(sandbox, port, proto="tcp", address="0.0.0.0"):
@@ -356,3 +343,44 @@ def test_auto_without_libnftables_refuses_an_nft_table_and_otherwise_takes_iptab
         nm.publish(web.endpoint(), ["8080:5000"])
     assert auto_in_a_process(sandbox, "no-libnftables").startswith(
         "error: table inet natmap exists on nft, but libnftables cannot load here")
+
+
+# --- 4. unpublished container ports: Docker 28's direct-access protection -----------------
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_routed_access_to_unpublished_ports_follows_the_gateway_mode(sandbox, nm, web, client, family):
+    web.serve(9999)
+    direct = str(web.ip if family == 4 else web.ipv6)
+    outside = str(sandbox.outside_ip if family == 4 else sandbox.outside_ip6)
+    seen = "192.0.2.2" if family == 4 else "2001:db8:2::2"
+    nm.publish(web.endpoint(), ["8080:5000"])
+    modes = [("nat", (), False), ("nat-unprotected", (), True), ("nat", ("nmout",), True), ("nat", (), False)]
+    for mode, trusted, open_ in modes:
+        nm.set_gateway(sandbox.bridge, mode, trusted)
+        assert (client.request(direct, 9999, timeout=0.5) is not None) is open_, (mode, trusted)
+        assert client.request(outside, 8080) == f"web01 {seen}"        # published: always
+    assert nm.gateways() == []
+    client.serve(9000)  # the container's own flows and their replies: untouched
+    assert web.request(seen, 9000) == f"client1 {sandbox.outside_ip if family == 4 else sandbox.outside_ip6}"
+
+
+def test_gateway_settings_read_back_and_come_from_the_toml_file(sandbox, nm, web, client, tmp_path):
+    web.serve(9999)
+    nm.set_gateway(sandbox.bridge, "nat", ["nmout"])
+    fresh = natmap.NatMap(netns=sandbox.host.name, backend=nm.backend_name)
+    assert fresh.gateways() == [natmap.Gateway(sandbox.bridge, "nat", ("nmout",))]
+    path = tmp_path / "lab.toml"
+    path.write_text(textwrap.dedent(f"""
+        [bridges.{sandbox.bridge}]
+        gateway_mode = "nat-unprotected"
+        [endpoints.web01]
+        ip = "{web.ip}"
+        bridge = "{sandbox.bridge}"
+        publish = ["8080:5000"]
+    """))
+    change = fresh.apply(natmap.Config.load(path))
+    assert f"gateway {sandbox.bridge} nat-unprotected" in [natmap.model.describe(i) for i in change.add]
+    assert client.request(str(web.ip), 9999) == "web01 192.0.2.2"
+    with pytest.raises(SpecError, match="unknown gateway mode"):
+        nm.set_gateway(sandbox.bridge, "routed")
