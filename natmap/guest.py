@@ -9,6 +9,7 @@ kernel is asked, and tests can pass facts of their own.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 
@@ -61,8 +62,9 @@ def check_listeners(bindings: Iterable[Binding], listeners: Callable[[Protocol],
     socket holds, naming the socket and (where /proc tells) its process, as
     Docker's "address already in use". ``listeners(proto)`` lists the sockets;
     ``owner(inode)`` names a socket's process."""
+    by_port = _by_port(listeners)
     for binding in bindings:
-        listener = next((s for s in listeners(binding.proto) if overlaps(binding, s)), None)
+        listener = next((s for s in by_port(binding.proto).get(binding.host_port, ()) if overlaps(binding, s)), None)
         if listener is not None:
             who = owner(listener.inode)
             raise ConflictError(
@@ -76,13 +78,25 @@ def shadowed(bindings: Iterable[Binding], listeners: Callable[[Protocol], Sequen
     """One line per binding that catches the packets of a host socket (which
     may have appeared after the binding was made)."""
     lines = []
+    by_port = _by_port(listeners)
     for binding in bindings:
-        for listener in listeners(binding.proto):
+        for listener in by_port(binding.proto).get(binding.host_port, ()):
             if overlaps(binding, listener):
                 who = owner(listener.inode)
                 lines.append(f"port {binding.endpoint} {binding.port_line()} shadows the host socket "
                              f"on {listener}{f' ({who})' if who else ''}")
     return lines
+
+
+def _by_port(listeners: Callable[[Protocol], Sequence[Listener]]) -> Callable[[Protocol], dict[int, list[Listener]]]:
+    """The sockets of a protocol by port, grouped once: a big change checks thousands of bindings."""
+    @functools.cache
+    def grouped(proto: Protocol) -> dict[int, list[Listener]]:
+        ports: dict[int, list[Listener]] = {}
+        for listener in listeners(proto):
+            ports.setdefault(listener.port, []).append(listener)
+        return ports
+    return grouped
 
 
 # --- other natmap tables ------------------------------------------------------------
@@ -104,7 +118,8 @@ def check_other_tables(bindings: Iterable[Binding], others: Sequence[tuple[str, 
 def mapped_ports(others: Sequence[tuple[str, Table]], proto: Protocol) -> frozenset[int]:
     """The host ports of ``proto`` other natmap tables map, on any address:
     an assigned port is never one of them."""
-    return frozenset(b.host_port for _, table in others for b in table.bindings() if b.proto is proto)
+    return frozenset(b.host_port for _, table in others for b in table.items()
+                     if isinstance(b, Binding) and b.proto is proto)  # items(): bindings() sorts
 
 
 # --- addresses -----------------------------------------------------------------------
