@@ -319,7 +319,13 @@ def require_marker(listing: str, table: str) -> None:
     """Raise ConflictError unless the listed table carries natmap's marker for
     ``table``: natmap never uses, changes or deletes another program's table."""
     try:
-        objects = json.loads(listing)["nftables"]
+        # Decode only the bridges set's object where libnftables writes it: a
+        # big table's listing is decoded once already, by parse_table.
+        start = listing.find('{"set": {"family": "inet", "name": "bridges",')
+        if start >= 0:
+            objects = [json.JSONDecoder().raw_decode(listing, start)[0]]
+        else:
+            objects = json.loads(listing)["nftables"]
         comments = [obj["set"].get("comment") for obj in objects if obj.get("set", {}).get("name") == "bridges"]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise BackendError(f"unreadable table listing from nft: {exc!r}") from exc
