@@ -386,3 +386,15 @@ def test_gateway_settings_read_back_and_come_from_the_toml_file(sandbox, nm, web
     assert client.request(str(web.ip), 9999) == "web01 192.0.2.2"
     with pytest.raises(SpecError, match="unknown gateway mode"):
         nm.set_gateway(sandbox.bridge, "routed")
+
+
+def test_the_gateway_command_sets_and_prints_the_mode(sandbox, web, client):
+    web.serve(9999)
+    natmap_cmd = str(__import__("pathlib").Path(sys.executable).with_name("natmap"))
+    subprocess.run([natmap_cmd, "publish", "web01", "--ip", str(web.ip), "--bridge", sandbox.bridge, "-p",
+                    "8080:5000", "--netns", sandbox.host.name], check=True, capture_output=True, timeout=60)
+    assert client.request(str(web.ip), 9999, timeout=0.5) is None
+    result = subprocess.run([natmap_cmd, "gateway", sandbox.bridge, "--trust", "nmout", "--netns",
+                             sandbox.host.name], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout) == (0, f"gateway {sandbox.bridge} nat trusted nmout\n")
+    assert client.request(str(web.ip), 9999) == "web01 192.0.2.2"
