@@ -7,8 +7,9 @@ libnftables are imported only when a backend needs them.
 """
 
 from .engine import NatMap, Transaction
-from .errors import (BackendError, ConflictError, NatmapError, NotFoundError, PrivilegeError, SandboxError,
-                     SpecError, TableMissingError, UnknownInterfaceError)
+from .errors import (BackendError, ConflictError, DriftError, Loopback6Error, NatmapError, NotFoundError,
+                     PrivilegeError, SandboxError, SpecError, TableMissingError, TransactionClosedError,
+                     TransactionOpenError, UnknownInterfaceError, UsageError, WrongNamespaceError)
 from .links import Link, hosts_line, link_env
 from .model import Binding, Bridge, Change, Drift, Endpoint, Isolation
 from .spec import LinkSpec, PortRange, PortSpec, Protocol, validate_name
@@ -21,12 +22,14 @@ __all__ = [
     "Config",
     "ConflictError",
     "Drift",
+    "DriftError",
     "Endpoint",
     "hosts_line",
     "Isolation",
     "Link",
     "link_env",
     "LinkSpec",
+    "Loopback6Error",
     "NatMap",
     "NatmapError",
     "NotFoundError",
@@ -39,8 +42,12 @@ __all__ = [
     "SpecError",
     "TableMissingError",
     "Transaction",
+    "TransactionClosedError",
+    "TransactionOpenError",
     "UnknownInterfaceError",
+    "UsageError",
     "validate_name",
+    "WrongNamespaceError",
 ]
 
 __version__ = "0.1.0"

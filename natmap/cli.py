@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from . import __version__
 from .backends import BACKENDS
 from .engine import NatMap
-from .errors import NatmapError, NotFoundError, SpecError
+from .errors import DriftError, NatmapError, NotFoundError, SpecError
 from .links import Link
 from .model import Binding, Change, Endpoint, describe, natural_key
 from .spec import LinkSpec, PortSpec, format_ip
@@ -157,16 +157,8 @@ def cmd_check(nm: NatMap, args: argparse.Namespace) -> Output:
     drift = nm.check()
     data = {"drift": bool(drift), "remembered": drift.remembered, "structure": list(drift.structure)}
     if drift:
-        raise DriftFound(str(drift), data)
+        raise DriftError(str(drift), data)
     return data, [str(drift)]
-
-
-class DriftFound(NatmapError):
-    """``natmap check`` found the table not as natmap made it."""
-
-    def __init__(self, text: str, data: dict[str, Any]) -> None:
-        super().__init__(text)
-        self.data = data
 
 
 def cmd_spec(nm: NatMap | None, args: argparse.Namespace) -> Output:

@@ -24,10 +24,11 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
-from . import host
 from .backends import make_backend
 from .backends.nft import validate_table
-from .errors import BackendError, NatmapError, NotFoundError, SpecError, TableMissingError
+from .errors import (BackendError, Loopback6Error, NotFoundError, SpecError, TableMissingError,
+                     TransactionClosedError, TransactionOpenError, WrongNamespaceError)
+from .host import Session
 from .links import Link
 from .locking import flocked
 from .model import (Binding, Bridge, Change, Drift, Endpoint, Isolation, PortPool, Table, describe,
@@ -39,7 +40,9 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of
 if TYPE_CHECKING:
     from typing import Any
 
+    from .backends.base import Backend, Generation
     from .config import Config
+    from .host import Host
 
 __all__ = ["NatMap", "Transaction"]
 
@@ -60,19 +63,29 @@ class NatMap:
     table ``natmap``; ``NatMap(table="lab1")`` gives an independent instance;
     ``NatMap(netns="name")`` works inside the named namespace (as made by
     ``ip netns add``), entering it only for the length of each call.
+
+    The seams, for tests and for other packet filters or hosts: ``backend``
+    is a backend's name (``nft``, ``iptables``, ``auto``) or an object that
+    implements :class:`natmap.backends.base.Backend` (such as its
+    ``FakeBackend``); ``host`` an object that implements
+    :class:`natmap.host.Host` (such as ``FakeHost``), by default the real
+    host; ``lock_dir`` where the tables' lock files live.
     """
 
-    def __init__(self, table: str = "natmap", *, backend: str = "nft", netns: str | None = None) -> None:
+    def __init__(self, table: str = "natmap", *, backend: str | Backend = "nft", netns: str | None = None,
+                 host: Host | None = None, lock_dir: str = LOCK_DIR) -> None:
         self.table_name = validate_table(table)
         self.netns = netns
-        self._kernel = host.Session()
+        self._kernel: Host = Session() if host is None else host
+        self._lock_dir = lock_dir
         with entered_netns(netns):
             self._home = current_netns()
-            self._backend = make_backend(backend, self.table_name, self._kernel)
+            self._backend: Backend = (make_backend(backend, self.table_name) if isinstance(backend, str)
+                                      else backend)
         self.backend_name = self._backend.name
         self._bridges: dict[str, Bridge] = {}
         self._cache: Table | None = None
-        self._generation: int | None = None
+        self._generation: Generation = None
         self._missing = True
         self._reads = 0
         self._remembered: Table | None = None
@@ -218,6 +231,7 @@ class NatMap:
     def close(self) -> None:
         """Close the netlink sockets this instance keeps open (bindings stay)."""
         self._kernel.close()
+        self._backend.close()
 
     def __enter__(self) -> NatMap:
         return self
@@ -232,17 +246,17 @@ class NatMap:
         """Run in this instance's namespace, and never anywhere else."""
         with entered_netns(self.netns):
             if current_netns() != self._home:
-                raise NatmapError("this NatMap belongs to another network namespace than the "
+                raise WrongNamespaceError("this NatMap belongs to another network namespace than the "
                                   "calling thread's (pass netns= to work in another one)")
             yield
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
         if not self._busy.acquire(blocking=False):
-            raise NatmapError("a transaction is already open on this NatMap")
+            raise TransactionOpenError("a transaction is already open on this NatMap")
         try:
             dev, ino = self._home
-            with flocked(f"{LOCK_DIR}/{dev}-{ino}-{self.table_name}.lock"):
+            with flocked(f"{self._lock_dir}/{dev}-{ino}-{self.table_name}.lock"):
                 yield
         finally:
             self._busy.release()
@@ -301,11 +315,11 @@ class NatMap:
         self._remembered = table  # what natmap itself put in the kernel: check() compares with it
         for bridge in change.added(Bridge):
             # Only now: the localhost guard is in place before 127/8 may be routed.
-            host.enable_route_localnet(bridge.name)
+            self._kernel.enable_route_localnet(bridge.name)
             if any(net.version == 6 for net in bridge.subnets):
-                host.enable_loopback6(bridge.name)
+                self._kernel.enable_loopback6(bridge.name)
         if change.added(Isolation):
-            host.hook_bridged_traffic()
+            self._kernel.hook_bridged_traffic()
         self._kernel.forget_flows(change.deleted(Binding), change.deleted(Link), change.added(Binding))
         self._generation = expected if self._backend.generation() == expected else None
 
@@ -314,19 +328,19 @@ class NatMap:
         known = self._bridges.get(endpoint.bridge)
         if known is None or not all(known.contains(ip) for ip in (endpoint.ip, endpoint.ipv6) if ip):
             with self._ns():
-                known = self._bridges[endpoint.bridge] = host.bridge(endpoint.bridge)
+                known = self._bridges[endpoint.bridge] = self._kernel.bridge(endpoint.bridge)
         return known
 
     def _pool(self) -> PortPool:
         """Where assigned ports come from, read once per transaction; the
         listening sockets are listed when a port is first assigned, once per protocol."""
         with self._ns():
-            ports, reserved = host.port_range(), host.reserved_ports()
+            ports, reserved = self._kernel.port_range(), self._kernel.reserved_ports()
         return PortPool(ports, reserved, functools.cache(self._listening))
 
     def _listening(self, proto: Protocol) -> frozenset[int]:
         with self._ns():
-            return host.listening_ports(proto)
+            return self._kernel.listening_ports(proto)
 
 
 class Transaction:
@@ -394,8 +408,8 @@ class Transaction:
             self._pool = self._nm._pool()
         if any(spec.host_ip == _LOOPBACK6 for spec in parsed):  # only a spec can name [::1]
             with self._nm._ns():
-                if host.bridged_ipv6_hooked():
-                    raise NatmapError(_NO_LOOPBACK6)
+                if self._nm._kernel.bridged_ipv6_hooked():
+                    raise Loopback6Error(_NO_LOOPBACK6)
         return table.publish(endpoint, parsed, publish_all=publish_all,
                              pool=self._pool, bridge=bridge, prefer=prefer or {})
 
@@ -420,9 +434,9 @@ class Transaction:
         table = self._require()
         validate_ifname(bridge)
         if any(b.host_ip == _LOOPBACK6 for b in table.bindings()):
-            raise NatmapError(_NO_LOOPBACK6)
+            raise Loopback6Error(_NO_LOOPBACK6)
         with self._nm._ns():
-            host.check_bridge_hooks()
+            self._nm._kernel.check_bridge_hooks()
         table.isolate(bridge)
 
     def unisolate(self, bridge: str) -> None:
@@ -431,7 +445,7 @@ class Transaction:
 
     def _require(self) -> Table:
         if self._table is None:
-            raise NatmapError("use the transaction in a with block")
+            raise TransactionClosedError("use the transaction in a with block")
         return self._table
 
 
@@ -462,6 +476,6 @@ def _container_port(port: int | str) -> tuple[int, Protocol]:
     """``5000``, ``"5000"`` or ``"5000/udp"`` as (port, protocol); no proto means tcp."""
     spec = PortSpec.parse_exposed(str(port))
     if len(spec.container_ports) != 1:
-        raise SpecError("a port, not a range", str(port))
+        raise SpecError("a port, not a range", str(port), None)
     return spec.container_ports.start, spec.proto
 

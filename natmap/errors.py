@@ -1,15 +1,36 @@
 """natmap's one error tree.
 
-Everything natmap raises on purpose is a :class:`NatmapError`. Errors from the
-libraries natmap drives (libnftables, python-iptables, pyroute2) are
-translated where natmap calls them, with ``raise ... from exc``, so callers
-never need to know which library sits underneath.
+Everything natmap raises on purpose is a :class:`NatmapError`, one class per
+condition::
+
+    NatmapError
+    ├── SpecError (ValueError)          a spec, name or value natmap cannot read
+    ├── ConflictError                   collides with what is there (a port, a name)
+    ├── NotFoundError (LookupError)     what a call names is not there
+    │   ├── TableMissingError           the NatMap's table is not in the kernel
+    │   └── UnknownInterfaceError       no such bridge or interface
+    ├── BackendError                    the packet filter or the kernel refused or failed
+    │   └── PrivilegeError (PermissionError)  ... for want of CAP_NET_ADMIN
+    ├── Loopback6Error                  [::1] bindings while bridged IPv6 is hooked
+    ├── DriftError                      the kernel is not as natmap made it (natmap check)
+    ├── UsageError                      the API used in a way it cannot serve
+    │   ├── TransactionOpenError        a transaction is already open on the NatMap
+    │   ├── TransactionClosedError      a transaction used outside its with block
+    │   └── WrongNamespaceError         a NatMap called from another network namespace
+    └── SandboxError                    the sandbox could not build or run what was asked
+
+Errors from the libraries natmap drives are translated at one boundary per
+library, with ``raise ... from exc``, so callers never need to know which
+library sits underneath: libnftables in ``natmap/backends/nft.py``
+(``_check``), python-iptables in ``natmap/backends/iptables.py``
+(``_iptc_errors``), pyroute2 in ``natmap/host.py`` (``_netlink``).
 """
 
 from __future__ import annotations
 
 __all__ = ["NatmapError", "SpecError", "ConflictError", "BackendError", "NotFoundError", "PrivilegeError",
-           "SandboxError", "TableMissingError", "UnknownInterfaceError"]
+           "SandboxError", "TableMissingError", "UnknownInterfaceError", "Loopback6Error", "DriftError",
+           "UsageError", "TransactionOpenError", "TransactionClosedError", "WrongNamespaceError"]
 
 # How much of a long input an error message shows on each side of the fault.
 _CONTEXT = 40
@@ -28,16 +49,26 @@ class SpecError(NatmapError, ValueError):
         invalid port 70000 (must be 0-65535) in '70000:80'
             70000:80
             ^^^^^
+
+    A check of a whole value outside the grammar (a table or interface name,
+    an address) has no columns to point at: it is raised with ``start=None``
+    and prints the message and the quoted value only. ``start`` and ``end``
+    are then None.
     """
 
-    def __init__(self, message: str, text: str, start: int = 0, end: int | None = None) -> None:
+    def __init__(self, message: str, text: str, start: int | None = 0, end: int | None = None) -> None:
         self.message = message
         self.text = text
-        self.start = max(0, min(start, len(text)))
-        self.end = max(self.start + 1, end if end is not None else self.start + 1)
+        self.start: int | None = None
+        self.end: int | None = None
+        if start is not None:
+            self.start = max(0, min(start, len(text)))
+            self.end = max(self.start + 1, end if end is not None else self.start + 1)
         super().__init__(message, text, self.start, self.end)
 
     def __str__(self) -> str:
+        if self.start is None or self.end is None:
+            return f"{self.message} in {_quote(self.text)}"
         shown, caret_at, caret_len = _excerpt(self.text, self.start, self.end)
         return (
             f"{self.message} in {_quote(self.text)}\n"
@@ -65,6 +96,39 @@ class TableMissingError(NotFoundError):
 
 class UnknownInterfaceError(NotFoundError):
     """A bridge or interface that does not exist in the namespace."""
+
+
+class Loopback6Error(NatmapError):
+    """A ``[::1]`` binding cannot work with the namespace's settings: while
+    bridged IPv6 passes the IP hooks (``net.bridge.bridge-nf-call-ip6tables=1``,
+    which isolating a bridge turns on), br_netfilter turns replies back to
+    ``::1`` before the kernel's loopback check drops them."""
+
+
+class DriftError(NatmapError):
+    """The kernel is not as natmap made it (``natmap check``); ``data`` holds
+    the drift as the command's JSON output gives it."""
+
+    def __init__(self, text: str, data: dict[str, object] | None = None) -> None:
+        super().__init__(text)
+        self.data = data or {}
+
+
+class UsageError(NatmapError):
+    """natmap's API was used in a way it cannot serve."""
+
+
+class TransactionOpenError(UsageError):
+    """A transaction is already open on this NatMap (one at a time per instance)."""
+
+
+class TransactionClosedError(UsageError):
+    """A transaction was used outside its ``with`` block."""
+
+
+class WrongNamespaceError(UsageError):
+    """A NatMap was called from a thread in another network namespace than
+    the one it was made for (pass ``netns=`` to work in another one)."""
 
 
 class SandboxError(NatmapError):

@@ -1,9 +1,16 @@
-"""Everything natmap asks the kernel besides the packet filter, through pyroute2:
-interfaces and addresses, listening sockets, sysctls, conntrack, and the
-nftables generation counter.
+"""The host seam: everything natmap asks of the host besides the packet filter.
+
+:class:`Host` declares what the engine needs: the facts (a bridge and its
+subnets; the port pool: ``ip_local_port_range``, ``ip_local_reserved_ports``,
+listening sockets; whether br_netfilter hooks bridged IPv6), the settings it
+makes (``route_localnet`` and the ``::1`` route on a bridge, the bridge hooks
+sysctls) and conntrack cleanup. :class:`Session` is the real host, through
+pyroute2 and ``/proc/sys``; :class:`FakeHost` holds one in memory, for tests
+of the engine that need no root.
 
 Every function acts in the calling thread's network namespace. pyroute2 is
-imported on first use, so ``import natmap`` stays light.
+imported on first use, so ``import natmap`` stays light; its errors become
+natmap's in one place, :func:`_netlink`.
 """
 
 from __future__ import annotations
@@ -21,7 +28,63 @@ from .spec import PortRange, Protocol
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
 if TYPE_CHECKING:
-    from typing import Any
+    from collections.abc import Mapping
+    from typing import Any, Protocol as _Protocol
+
+    class Host(_Protocol):
+        """What the engine asks of the host it runs on (``NatMap(host=...)``).
+
+        Declared for type checkers only: importing ``typing`` at run time
+        would cost every ``natmap`` command. Every call acts in the calling
+        thread's network namespace. Errors are natmap's:
+        :class:`~natmap.UnknownInterfaceError`, :class:`~natmap.BackendError`,
+        :class:`~natmap.PrivilegeError`.
+        """
+
+        def bridge(self, name: str) -> Bridge:
+            """The interface ``name`` and the subnets of its addresses."""
+            ...
+
+        def port_range(self) -> PortRange:
+            """Where assigned ports come from (``ip_local_port_range``)."""
+            ...
+
+        def reserved_ports(self) -> frozenset[int]:
+            """Ports never assigned (``ip_local_reserved_ports``)."""
+            ...
+
+        def listening_ports(self, proto: Protocol) -> frozenset[int]:
+            """Local ports with a listening (or bound UDP) socket."""
+            ...
+
+        def enable_route_localnet(self, bridge_name: str) -> None:
+            """Let 127.0.0.0/8 traffic be routed to the bridge (after the guard is in place)."""
+            ...
+
+        def enable_loopback6(self, bridge_name: str) -> None:
+            """Add the local ``::1`` route on the bridge that replies to [::1] need."""
+            ...
+
+        def check_bridge_hooks(self) -> None:
+            """Raise unless br_netfilter can pass bridged traffic through the IP hooks."""
+            ...
+
+        def hook_bridged_traffic(self) -> None:
+            """Pass bridged IPv4 and IPv6 through the IP hooks (``bridge-nf-call-*``)."""
+            ...
+
+        def bridged_ipv6_hooked(self) -> bool:
+            """Whether bridged IPv6 passes the IP hooks (``bridge-nf-call-ip6tables``)."""
+            ...
+
+        def forget_flows(self, removed: Iterable[Binding] = (), links: Iterable[Link] = (),
+                         added: Iterable[Binding] = ()) -> int:
+            """Delete the conntrack entries a change makes stale; return how many."""
+            ...
+
+        def close(self) -> None:
+            """Close what the host keeps open (sockets)."""
+            ...
 
 _FALLBACK_RANGE = PortRange(49153, 65535)
 _TCP_LISTEN = 10
@@ -162,27 +225,43 @@ def bridged_ipv6_hooked() -> bool:
 
 
 class Session:
-    """Netlink sockets kept open for the calls natmap makes on every change:
-    the nftables generation and conntrack. Opening a pyroute2 socket costs more
-    than using one. Each socket belongs to the namespace it was opened in, so
-    a session must only be used in one namespace (NatMap sees to that)."""
+    """The real :class:`Host`: the functions of this module, and a conntrack
+    socket kept open for the cleanup natmap does on every change (opening a
+    pyroute2 socket costs more than using one). The socket belongs to the
+    namespace it was opened in, so a session must only be used in one
+    namespace (NatMap sees to that)."""
 
     def __init__(self) -> None:
-        self._nft: Any = None
         self._conntrack: Any = None
         self._lock = threading.Lock()
 
-    def generation(self) -> int:
-        """The nftables ruleset generation: it grows by one with every committed
-        transaction, whoever commits it."""
-        from pyroute2.netlink import NLM_F_REQUEST
-        from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_GETGEN, NFTSocket, nft_gen_msg
+    # The facts and settings: this module's functions (see each one).
+    def bridge(self, name: str) -> Bridge:
+        return bridge(name)
 
-        with self._lock, _netlink("reading the nftables generation"):
-            if self._nft is None:
-                self._nft = NFTSocket()
-            answer = self._nft.request_get(nft_gen_msg(), NFT_MSG_GETGEN, NLM_F_REQUEST)
-        return answer[0].get_attr("NFTA_GEN_ID")
+    def port_range(self) -> PortRange:
+        return port_range()
+
+    def reserved_ports(self) -> frozenset[int]:
+        return reserved_ports()
+
+    def listening_ports(self, proto: Protocol) -> frozenset[int]:
+        return listening_ports(proto)
+
+    def enable_route_localnet(self, bridge_name: str) -> None:
+        enable_route_localnet(bridge_name)
+
+    def enable_loopback6(self, bridge_name: str) -> None:
+        enable_loopback6(bridge_name)
+
+    def check_bridge_hooks(self) -> None:
+        check_bridge_hooks()
+
+    def hook_bridged_traffic(self) -> None:
+        hook_bridged_traffic()
+
+    def bridged_ipv6_hooked(self) -> bool:
+        return bridged_ipv6_hooked()
 
     def forget_flows(self, removed: Iterable[Binding] = (), links: Iterable[Link] = (),
                      added: Iterable[Binding] = ()) -> int:
@@ -230,19 +309,90 @@ class Session:
 
     def close(self) -> None:
         with self._lock:
-            for sock in (self._nft, self._conntrack):
-                if sock is not None:
-                    sock.close()
-            self._nft = self._conntrack = None
+            if self._conntrack is not None:
+                self._conntrack.close()
+            self._conntrack = None
 
 
-def nft_generation() -> int:
-    """The generation, read once on a socket of its own."""
-    session = Session()
-    try:
-        return session.generation()
-    finally:
-        session.close()
+class FakeHost:
+    """A :class:`Host` held in memory, for tests of the engine that need no root.
+
+    Its facts are what the test gives: ``bridges``; the port pool (``ports``,
+    ``reserved``, ``listening`` ports by protocol); whether br_netfilter is
+    there (``br_netfilter``) and bridged IPv6 passes the IP hooks
+    (``bridged_ipv6``). What natmap sets is recorded: ``route_localnet`` and
+    ``loopback6`` (bridge names), ``bridged_ipv4``/``bridged_ipv6`` (turned on
+    by :meth:`hook_bridged_traffic`), ``forgotten`` (the arguments of each
+    :meth:`forget_flows`). ``events`` names every call, in order (share one
+    list with a ``FakeBackend`` to see the order of both).
+    """
+
+    def __init__(self, bridges: Iterable[Bridge] = (), *, ports: PortRange = _FALLBACK_RANGE,
+                 reserved: Iterable[int] = (), listening: Mapping[Protocol, Iterable[int]] | None = None,
+                 br_netfilter: bool = True, bridged_ipv6: bool = False,
+                 events: list[str] | None = None) -> None:
+        self.bridges = {b.name: b for b in bridges}
+        self.ports = ports
+        self.reserved = frozenset(reserved)
+        self.listening = {proto: frozenset(p) for proto, p in (listening or {}).items()}
+        self.br_netfilter = br_netfilter
+        self.bridged_ipv4 = False
+        self.bridged_ipv6 = bridged_ipv6
+        self.route_localnet: set[str] = set()
+        self.loopback6: set[str] = set()
+        self.forgotten: list[tuple[list[Binding], list[Link], list[Binding]]] = []
+        self.closed = False
+        self.events = [] if events is None else events
+
+    def bridge(self, name: str) -> Bridge:
+        self.events.append("host.bridge")
+        if name not in self.bridges:
+            raise UnknownInterfaceError(f"no interface named {name!r} in this network namespace")
+        return self.bridges[name]
+
+    def port_range(self) -> PortRange:
+        self.events.append("host.port_range")
+        return self.ports
+
+    def reserved_ports(self) -> frozenset[int]:
+        self.events.append("host.reserved_ports")
+        return self.reserved
+
+    def listening_ports(self, proto: Protocol) -> frozenset[int]:
+        self.events.append("host.listening_ports")
+        return self.listening.get(proto, frozenset())
+
+    def enable_route_localnet(self, bridge_name: str) -> None:
+        self.events.append("host.enable_route_localnet")
+        self.route_localnet.add(self.bridge(bridge_name).name)
+
+    def enable_loopback6(self, bridge_name: str) -> None:
+        self.events.append("host.enable_loopback6")
+        self.loopback6.add(self.bridge(bridge_name).name)
+
+    def check_bridge_hooks(self) -> None:
+        self.events.append("host.check_bridge_hooks")
+        if not self.br_netfilter:
+            raise BackendError("isolating a bridge needs br_netfilter "
+                               "(net.bridge.bridge-nf-call-iptables is missing)")
+
+    def hook_bridged_traffic(self) -> None:
+        self.events.append("host.hook_bridged_traffic")
+        self.check_bridge_hooks()
+        self.bridged_ipv4 = self.bridged_ipv6 = True
+
+    def bridged_ipv6_hooked(self) -> bool:
+        self.events.append("host.bridged_ipv6_hooked")
+        return self.bridged_ipv6
+
+    def forget_flows(self, removed: Iterable[Binding] = (), links: Iterable[Link] = (),
+                     added: Iterable[Binding] = ()) -> int:
+        self.events.append("host.forget_flows")
+        self.forgotten.append((list(removed), list(links), list(added)))
+        return 0
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def _to_host_port(binding: Binding, orig: Any) -> bool:

@@ -113,7 +113,7 @@ class Link:
         validate_name(self.target, "endpoint name")
         validate_alias(self.alias)
         if self.source == self.target:
-            raise SpecError("an endpoint cannot link to itself", self.source)
+            raise SpecError("an endpoint cannot link to itself", self.source, None)
 
     def __str__(self) -> str:
         return f"{self.source} -> {self.target}:{self.alias}"

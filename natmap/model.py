@@ -24,9 +24,14 @@ from .spec import IPAddress, PortRange, PortSpec, Protocol, format_ip, validate_
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
 if TYPE_CHECKING:
-    from typing import TypeVar
+    from typing import TypeVar, assert_never
 
     T = TypeVar("T")
+else:
+    def assert_never(value: object) -> None:
+        """typing.assert_never at run time, without importing typing: after a
+        ``match`` on every kind of :data:`Item`, where mypy names a forgotten one."""
+        raise AssertionError(f"unhandled kind of item: {type(value).__name__}")
 
 __all__ = ["Binding", "Bridge", "Change", "Drift", "Endpoint", "Isolation", "PortPool", "Table"]
 
@@ -41,7 +46,7 @@ _ADDRESS_TYPES = (ipaddress.IPv4Address, ipaddress.IPv6Address)
 def validate_ifname(name: str) -> str:
     """Return ``name`` if it can be a Linux interface name, else raise SpecError."""
     if not isinstance(name, str) or not _IFNAME.fullmatch(name):
-        raise SpecError("invalid interface name (1-15 of [A-Za-z0-9_.-], a letter or digit first)", str(name))
+        raise SpecError("invalid interface name (1-15 of [A-Za-z0-9_.-], a letter or digit first)", str(name), None)
     return name
 
 
@@ -80,9 +85,9 @@ def _host_address(value: object, version: int, what: str) -> IPAddress:
     try:
         ip = ipaddress.ip_address(value)  # type: ignore[arg-type]
     except ValueError:
-        raise SpecError(f"invalid {what} address", str(value)) from None
+        raise SpecError(f"invalid {what} address", str(value), None) from None
     if ip.version != version or ip.is_unspecified or ip.is_loopback or ip.is_multicast:
-        raise SpecError(f"{what} must be a unicast IPv{version} address", str(value))
+        raise SpecError(f"{what} must be a unicast IPv{version} address", str(value), None)
     return ip
 
 
@@ -208,13 +213,17 @@ Item = Binding | Bridge | Link | Isolation
 
 def describe(item: Item) -> str:
     """One item as a person reads it: ``port web01 5000/tcp -> 0.0.0.0:8080``."""
-    if isinstance(item, Binding):
-        return f"port {item.endpoint} {item.port_line()}"
-    if isinstance(item, Link):
-        return f"link {item}"
-    if isinstance(item, Isolation):
-        return f"isolate {item.bridge}"
-    return f"bridge {item.name} {' '.join(map(str, item.subnets))}"
+    match item:
+        case Binding():
+            return f"port {item.endpoint} {item.port_line()}"
+        case Bridge():
+            return f"bridge {item.name} {' '.join(map(str, item.subnets))}"
+        case Link():
+            return f"link {item}"
+        case Isolation():
+            return f"isolate {item.bridge}"
+        case _:
+            assert_never(item)
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,20 +468,23 @@ class Table:
     def _apply(self, verb: Verb, item: Item) -> None:
         """Change the indexes, and nothing else."""
         add = verb is Verb.ADD
-        if isinstance(item, Binding):
-            (self._insert if add else self._remove)(item)
-        elif isinstance(item, Bridge):
-            if add:
-                self.bridges[item.name] = item
-            else:
-                del self.bridges[item.name]
-        elif isinstance(item, Link):
-            if add:
-                self._links[(item.source, item.target)] = item
-            else:
-                del self._links[(item.source, item.target)]
-        else:
-            (self.isolated.add if add else self.isolated.discard)(item.bridge)
+        match item:
+            case Binding():
+                (self._insert if add else self._remove)(item)
+            case Bridge():
+                if add:
+                    self.bridges[item.name] = item
+                else:
+                    del self.bridges[item.name]
+            case Link():
+                if add:
+                    self._links[(item.source, item.target)] = item
+                else:
+                    del self._links[(item.source, item.target)]
+            case Isolation():
+                (self.isolated.add if add else self.isolated.discard)(item.bridge)
+            case _:
+                assert_never(item)
 
     # --- the steps -------------------------------------------------------------
 
@@ -495,7 +507,7 @@ class Table:
                 raise SpecError(
                     f"{address} of endpoint {endpoint.name!r} is in no subnet of bridge "
                     f"{bridge.name} ({', '.join(map(str, bridge.subnets)) or 'no addresses'})",
-                    str(address))
+                    str(address), None)
         if bridge.name not in self.bridges:  # bridges are long-lived: added once, kept
             self._do(Verb.ADD, bridge)
 
@@ -534,7 +546,7 @@ class Table:
         if spec.host_ip is not None:
             if endpoint.address(spec.host_ip.version) is None:
                 raise SpecError(f"endpoint {endpoint.name!r} has no IPv{spec.host_ip.version} "
-                                f"address for host IP {spec.host_ip}", str(spec))
+                                f"address for host IP {spec.host_ip}", str(spec), None)
             return [spec.host_ip]
         return [_ANY[v] for v in (4, 6) if endpoint.address(v) is not None]
 

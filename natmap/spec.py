@@ -65,10 +65,10 @@ class PortRange:
         if self.end is None:
             object.__setattr__(self, "end", self.start)
         if not all(type(p) is int for p in (self.start, self.end)):
-            raise SpecError("port numbers must be int", f"{self.start!r}-{self.end!r}")
+            raise SpecError("port numbers must be int", f"{self.start!r}-{self.end!r}", None)
         if not (1 <= self.start <= self.end <= MAX_PORT):
             raise SpecError(f"invalid port range (need 1 <= start <= end <= {MAX_PORT})",
-                            f"{self.start}-{self.end}")
+                            f"{self.start}-{self.end}", None)
 
     @classmethod
     def parse(cls, text: str) -> PortRange:
@@ -118,7 +118,7 @@ class PortSpec:
             object.__setattr__(self, "host_ip", _ip(_Span.of(self.host_ip)))
         object.__setattr__(self, "proto", _proto(_Span.of(str(self.proto))))
         if not _ranges_fit(self.host_ports, self.container_ports):
-            raise SpecError(_length_message(self.host_ports, self.container_ports), str(self))
+            raise SpecError(_length_message(self.host_ports, self.container_ports), str(self), None)
 
     @classmethod
     def parse(cls, text: str) -> PortSpec:

@@ -1,7 +1,9 @@
 """The packet-filter backends: ``nft`` (libnftables, the default) and
-``iptables`` (python-iptables, the legacy xtables interface). Both render the
-same :class:`~natmap.model.Change` and read back the same
-:class:`~natmap.model.Table`; each imports its library only when chosen."""
+``iptables`` (python-iptables, the legacy xtables interface). Both implement
+:class:`~natmap.backends.base.Backend`, the seam the engine calls through:
+they render the same :class:`~natmap.model.Change` and read back the same
+:class:`~natmap.model.Table`; each imports its library only when chosen.
+``base.FakeBackend`` holds a table in memory, for tests."""
 
 from __future__ import annotations
 
@@ -9,21 +11,21 @@ from ..errors import BackendError, NatmapError, SpecError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
 if TYPE_CHECKING:
-    from typing import Any
+    from .base import Backend
 
 BACKENDS = ("nft", "iptables", "auto")
 
 
-def make_backend(name: str, table: str, session: Any) -> Any:
+def make_backend(name: str, table: str) -> Backend:
     """The backend called ``name``; ``auto`` is nft when libnftables loads and
     the kernel answers it, else iptables."""
     if name not in BACKENDS:
-        raise SpecError(f"unknown backend (choose {', '.join(BACKENDS)})", str(name))
+        raise SpecError(f"unknown backend (choose {', '.join(BACKENDS)})", str(name), None)
     if name in ("nft", "auto"):
         try:
             from .nft import NftBackend
 
-            backend = NftBackend(table, session)
+            backend = NftBackend(table)
             if name == "nft" or backend.usable():
                 return backend
         except NatmapError:
@@ -34,7 +36,7 @@ def make_backend(name: str, table: str, session: Any) -> Any:
     try:
         from .iptables import IptablesBackend
 
-        return IptablesBackend(table, session)
+        return IptablesBackend(table)
     except NatmapError:
         raise
     except (ImportError, OSError) as exc:

@@ -27,17 +27,21 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import threading
 from collections import namedtuple
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from ..errors import BackendError, PrivilegeError, SpecError
+from ..host import _netlink
 from ..links import Flow, Link, links_from_flows
-from ..model import Binding, Bridge, Change, Isolation, Item, Table
+from ..model import Binding, Bridge, Change, Isolation, Item, Table, assert_never
 from ..spec import Protocol
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
 if TYPE_CHECKING:
     from typing import Any
+
+    from .base import Generation
 
 _TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
 _VERSIONS = (4, 6)
@@ -47,7 +51,7 @@ def validate_table(name: str) -> str:
     """Return ``name`` if it is a usable table name (an nft identifier, <= 32 chars)."""
     if not isinstance(name, str) or not _TABLE_NAME.fullmatch(name):
         raise SpecError("invalid table name (a letter, then letters, digits or '_'; "
-                        "at most 32 characters)", str(name))
+                        "at most 32 characters)", str(name), None)
     return name
 
 
@@ -120,20 +124,94 @@ _Element = namedtuple("_Element", "set key data comment", defaults=(None, None))
 
 def _elements(item: Item) -> Iterator[_Element]:
     """The kernel elements that make up one item of the table."""
-    if isinstance(item, Binding):
-        key: tuple[Any, ...] = (item.proto, item.host_port)
-        suffix = "_any" if item.host_ip.is_unspecified else ""
-        yield _Element(f"dnat{item.version}{suffix}", key if suffix else (item.host_ip, *key),
-                       (item.container_ip, item.container_port), item.endpoint)
-    elif isinstance(item, Bridge):
-        yield _Element("bridges", (_Ifname(item.name),))
-        for net in item.subnets:
-            yield _Element(f"subnets{net.version}", (net,))
-    elif isinstance(item, Link):
-        for source, target, proto, port in item.flows():
-            yield _Element(f"links{source.version}", (source, target, proto, port), None, item.comment)
-    else:
-        yield _Element("isolated", (_Ifname(item.bridge), _Ifname(item.bridge)))
+    match item:
+        case Binding():
+            return _binding_elements(item)
+        case Bridge():
+            return _bridge_elements(item)
+        case Link():
+            return _link_elements(item)
+        case Isolation():
+            return _isolation_elements(item)
+        case _:
+            assert_never(item)
+
+
+def _read_items(contents: dict[str, list[Any]]) -> list[Item]:
+    """Every item of the table, from the elements of its sets and maps by name."""
+    return [*_read_bindings(contents), *_read_bridges(contents), *_read_links(contents),
+            *_read_isolation(contents)]
+
+
+# Each kind of item: how it is written as elements, and read back from them.
+
+def _binding_elements(b: Binding) -> Iterator[_Element]:
+    """One element of ``dnat4``/``dnat6`` (a specific host address) or of
+    ``dnat4_any``/``dnat6_any`` (0.0.0.0 or ::), commented with the endpoint."""
+    key: tuple[Any, ...] = (b.proto, b.host_port)
+    suffix = "_any" if b.host_ip.is_unspecified else ""
+    yield _Element(f"dnat{b.version}{suffix}", key if suffix else (b.host_ip, *key),
+                   (b.container_ip, b.container_port), b.endpoint)
+
+
+_MAP_VERSION = {"dnat4": 4, "dnat4_any": 4, "dnat6": 6, "dnat6_any": 6}
+
+
+def _read_bindings(contents: dict[str, list[Any]]) -> Iterator[Binding]:
+    for name, version in _MAP_VERSION.items():
+        for elem in contents.get(name, []):
+            yield _binding(version, elem)
+
+
+def _binding(version: int, elem: list[Any]) -> Binding:
+    key, data = elem
+    entry = key["elem"]
+    parts = entry["val"]["concat"]
+    if len(parts) == 2:
+        parts = ["0.0.0.0" if version == 4 else "::", *parts]
+    container_ip, container_port = data["concat"]
+    return Binding(entry.get("comment", ""), Protocol(parts[1]), ipaddress.ip_address(parts[0]),
+                   int(parts[2]), ipaddress.ip_address(container_ip), int(container_port))
+
+
+def _bridge_elements(bridge: Bridge) -> Iterator[_Element]:
+    """Its name in ``bridges``, its subnets in ``subnets4``/``subnets6``."""
+    yield _Element("bridges", (_Ifname(bridge.name),))
+    for net in bridge.subnets:
+        yield _Element(f"subnets{net.version}", (net,))
+
+
+def _read_bridges(contents: dict[str, list[Any]]) -> list[Bridge]:
+    # Which subnet belongs to which bridge is not kept in the kernel; every
+    # bridge is read back with all subnets. Only membership matters to the rules.
+    subnets = tuple(ipaddress.ip_network(f"{p['prefix']['addr']}/{p['prefix']['len']}")
+                    for v in _VERSIONS for p in contents.get(f"subnets{v}", []) if "prefix" in p)
+    return [Bridge(name, subnets) for name in contents.get("bridges", [])]
+
+
+def _link_elements(link: Link) -> Iterator[_Element]:
+    """Each flow one element of ``links4``/``links6``, commented ``source>target:alias``."""
+    for source, target, proto, port in link.flows():
+        yield _Element(f"links{source.version}", (source, target, proto, port), None, link.comment)
+
+
+def _read_links(contents: dict[str, list[Any]]) -> list[Link]:
+    flows: dict[str, list[Flow]] = {}
+    for v in _VERSIONS:
+        for elem in contents.get(f"links{v}", []):
+            source, target, proto, port = elem["elem"]["val"]["concat"]
+            flows.setdefault(elem["elem"]["comment"], []).append(
+                (ipaddress.ip_address(source), ipaddress.ip_address(target), Protocol(proto), int(port)))
+    return links_from_flows(flows)
+
+
+def _isolation_elements(isolation: Isolation) -> Iterator[_Element]:
+    """``BRIDGE . BRIDGE`` in ``isolated``: traffic in and out of the same bridge."""
+    yield _Element("isolated", (_Ifname(isolation.bridge), _Ifname(isolation.bridge)))
+
+
+def _read_isolation(contents: dict[str, list[Any]]) -> list[Isolation]:
+    return [Isolation(e["concat"][0]) for e in contents.get("isolated", [])]
 
 
 def _json_value(part: Any) -> Any:
@@ -238,47 +316,10 @@ def parse_table(listing: str) -> Table:
         objects = json.loads(listing)["nftables"]
         contents = {body["name"]: body.get("elem", []) for obj in objects
                     for kind in ("map", "set") if kind in obj for body in [obj[kind]]}
-        items: list[Item] = []
-        for name, version in _MAP_VERSION.items():
-            items += [_binding(version, elem) for elem in contents.get(name, [])]
-        items += _bridges(contents)
-        items += _links(contents)
-        items += [Isolation(e["concat"][0]) for e in contents.get("isolated", [])]
+        items = _read_items(contents)
     except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise BackendError(f"unreadable table listing from nft: {exc!r}") from exc
     return Table(items)
-
-
-_MAP_VERSION = {"dnat4": 4, "dnat4_any": 4, "dnat6": 6, "dnat6_any": 6}
-
-
-def _binding(version: int, elem: list[Any]) -> Binding:
-    key, data = elem
-    entry = key["elem"]
-    parts = entry["val"]["concat"]
-    if len(parts) == 2:
-        parts = ["0.0.0.0" if version == 4 else "::", *parts]
-    container_ip, container_port = data["concat"]
-    return Binding(entry.get("comment", ""), Protocol(parts[1]), ipaddress.ip_address(parts[0]),
-                   int(parts[2]), ipaddress.ip_address(container_ip), int(container_port))
-
-
-def _bridges(contents: dict[str, list[Any]]) -> list[Bridge]:
-    # Which subnet belongs to which bridge is not kept in the kernel; every
-    # bridge is read back with all subnets. Only membership matters to the rules.
-    subnets = tuple(ipaddress.ip_network(f"{p['prefix']['addr']}/{p['prefix']['len']}")
-                    for v in _VERSIONS for p in contents.get(f"subnets{v}", []) if "prefix" in p)
-    return [Bridge(name, subnets) for name in contents.get("bridges", [])]
-
-
-def _links(contents: dict[str, list[Any]]) -> list[Link]:
-    flows: dict[str, list[Flow]] = {}
-    for v in _VERSIONS:
-        for elem in contents.get(f"links{v}", []):
-            source, target, proto, port = elem["elem"]["val"]["concat"]
-            flows.setdefault(elem["elem"]["comment"], []).append(
-                (ipaddress.ip_address(source), ipaddress.ip_address(target), Protocol(proto), int(port)))
-    return links_from_flows(flows)
 
 
 _NO_SUCH_TABLE = "No such file or directory"  # libnftables' words for ENOENT
@@ -292,15 +333,16 @@ def _check(what: str, rc: int, err: str) -> None:
 
 
 class NftBackend:
-    """libnftables in the calling thread's network namespace."""
+    """The :class:`~natmap.backends.base.Backend` on libnftables, in the
+    calling thread's network namespace."""
 
     name = "nft"
 
-    def __init__(self, table: str, session: Any) -> None:
+    def __init__(self, table: str) -> None:
         import nftables
 
         self.table = validate_table(table)
-        self._session = session  # netlink.Session: the generation counter
+        self._generation = _GenerationCounter()
         self._nft = nftables.Nftables()
         self._nft.set_json_output(True)
 
@@ -345,7 +387,7 @@ class NftBackend:
                 problems.append(f"chain {chain} has {rules.get(chain, 0)} rules, not {count}")
         return problems
 
-    def rebuild(self, items: set[Any]) -> None:
+    def rebuild(self, items: Iterable[Item]) -> None:
         """Replace the table with its skeleton and ``items``: one transaction.
         (Adding the table first makes deleting it work whether it is there or not.)"""
         text = f"add table inet {self.table}\ndelete table inet {self.table}\n"
@@ -371,9 +413,9 @@ class NftBackend:
 
     def generation(self) -> int:
         """The ruleset generation: one more with every committed transaction."""
-        return self._session.generation()
+        return self._generation.read()
 
-    def apply(self, change: Change, *, create: bool = False, generation: object = None) -> object:
+    def apply(self, change: Change, *, create: bool = False, generation: Generation = None) -> Generation:
         """The whole change as one kernel transaction; with ``create``, the
         table's skeleton too, in the same transaction (then as text, since
         JSON cannot declare the maps: see the module doc). Returns the
@@ -387,3 +429,44 @@ class NftBackend:
     def text(self, change: Change, *, create: bool = False) -> str:
         """The change as nft text; with ``create``, preceded by the skeleton."""
         return (skeleton(self.table) if create else "") + change_text(self.table, change)
+
+    def close(self) -> None:
+        """Close the netlink socket the generation is read on."""
+        self._generation.close()
+
+
+class _GenerationCounter:
+    """nftables' ruleset generation (``NFT_MSG_GETGEN``): it grows by one with
+    every committed transaction, whoever commits it. libnftables does not
+    tell it, so it is asked through pyroute2, on a socket kept open (opening
+    one costs more than using it) in the namespace of the first call."""
+
+    def __init__(self) -> None:
+        self._socket: Any = None
+        self._lock = threading.Lock()
+
+    def read(self) -> int:
+        from pyroute2.netlink import NLM_F_REQUEST
+        from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_GETGEN, NFTSocket, nft_gen_msg
+
+        with self._lock, _netlink("reading the nftables generation"):
+            if self._socket is None:
+                self._socket = NFTSocket()
+            answer = self._socket.request_get(nft_gen_msg(), NFT_MSG_GETGEN, NLM_F_REQUEST)
+        return int(answer[0].get_attr("NFTA_GEN_ID"))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._socket is not None:
+                self._socket.close()
+            self._socket = None
+
+
+def ruleset_generation() -> int:
+    """The calling thread's namespace's nftables generation, read once on a
+    socket of its own (tests compare it before and after a change)."""
+    counter = _GenerationCounter()
+    try:
+        return counter.read()
+    finally:
+        counter.close()

@@ -188,21 +188,21 @@ def test_a_failing_transaction_leaves_the_kernel_as_it_was(sandbox, nm, backend,
 def test_one_transaction_applies_many_changes_at_once(sandbox, nm, backend, web, client):
     db = sandbox.container("db01")
     db.serve(5432)
-    generation = sandbox.host.call(natmap.host.nft_generation)
+    generation = sandbox.host.call(natmap.backends.nft.ruleset_generation)
     with nm.transaction() as tx:
         tx.publish(web.endpoint(), ["8080:5000"])
         tx.publish(db.endpoint(), ["5432:5432"])
         tx.unpublish("web01")
         tx.publish(web.endpoint(), ["8081:5000"])
     if backend == "nft":  # the table's skeleton and the change: one nftables transaction
-        assert sandbox.host.call(natmap.host.nft_generation) == generation + 1
+        assert sandbox.host.call(natmap.backends.nft.ruleset_generation) == generation + 1
     assert client.request(sandbox.outside_ip, 8081) == "web01 192.0.2.2"
     assert client.request(sandbox.outside_ip, 5432) == "db01 192.0.2.2"
     assert client.request(sandbox.outside_ip, 8080, timeout=0.5) is None
-    generation = sandbox.host.call(natmap.host.nft_generation)
+    generation = sandbox.host.call(natmap.backends.nft.ruleset_generation)
     nm.publish(web.endpoint(), ["8082:5000"])
     if backend == "nft":
-        assert sandbox.host.call(natmap.host.nft_generation) == generation + 1
+        assert sandbox.host.call(natmap.backends.nft.ruleset_generation) == generation + 1
 
 
 def test_plan_shows_the_change_as_nft_text_and_applies_nothing(sandbox, web):
