@@ -80,8 +80,8 @@ class NatMap:
         self._lock_dir = lock_dir
         with entered_netns(netns):
             self._home = current_netns()
-            self._backend: Backend = (make_backend(backend, self.table_name) if isinstance(backend, str)
-                                      else backend)
+            self._backend: Backend = (backend if not isinstance(backend, str) and hasattr(backend, "apply")
+                                      else make_backend(backend, self.table_name))
         self.backend_name = self._backend.name
         self._bridges: dict[str, Bridge] = {}
         self._cache: Table | None = None
@@ -247,7 +247,7 @@ class NatMap:
         with entered_netns(self.netns):
             if current_netns() != self._home:
                 raise WrongNamespaceError("this NatMap belongs to another network namespace than the "
-                                  "calling thread's (pass netns= to work in another one)")
+                                          "calling thread's (pass netns= to work in another one)")
             yield
 
     @contextmanager

@@ -16,9 +16,9 @@ if TYPE_CHECKING:
 BACKENDS = ("nft", "iptables", "auto")
 
 
-def make_backend(name: str, table: str) -> Backend:
+def make_backend(name: object, table: str) -> Backend:
     """The backend called ``name``; ``auto`` is nft when libnftables loads and
-    the kernel answers it, else iptables."""
+    the kernel answers it, else iptables. Any other name is a SpecError."""
     if name not in BACKENDS:
         raise SpecError(f"unknown backend (choose {', '.join(BACKENDS)})", str(name), None)
     if name in ("nft", "auto"):

@@ -35,7 +35,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, assert_never
@@ -152,25 +152,15 @@ def chain_prefix(table: str) -> str:
     return table.upper()[:16]
 
 
-class IptablesBackend:
-    """The :class:`~natmap.backends.base.Backend` on python-iptables, in the
-    calling thread's network namespace."""
-
-    name = "iptables"
+class Layout:
+    """natmap's chains and rules for one table, as data (see the module doc):
+    each kind of item's rules written and read back side by side, the
+    skeleton, and a change as steps or as iptables commands. No iptc: the
+    rendering is tested without root."""
 
     def __init__(self, table: str) -> None:
-        _find_xtables_libdir()
-        import iptc  # noqa: F401  (fail here, clearly, if python-iptables cannot load)
-
-        # Without CAP_NET_ADMIN, libxtables' extension checks call exit():
-        # open a table first, which fails cleanly.
-        with _xtables_lock():
-            _table(4, "filter")
-        _prepare_extensions()
-
         self.table = table
         self.prefix = chain_prefix(table)
-        self._marker: str | None = None
 
     def _chain(self, name: str) -> str:
         return f"{self.prefix}-{name}"
@@ -191,11 +181,16 @@ class IptablesBackend:
             case _:
                 assert_never(item)
 
-    def _read_items(self, nat: Any, filt: Any) -> list[Item]:
-        """Every item of one family but links (which span both), read from its chains."""
-        return [*map(self._read_dnat, _chain(nat, self._chain("DNAT")).rules),
-                *self._read_bridges(_chain(nat, self._chain("POSTROUTING")).rules),
-                *self._read_isolation(_chain(filt, self._chain("FORWARD")).rules)]
+    def read_items(self, rules_of: Callable[[int, str, str], list[Any]]) -> list[Item]:
+        """Every item, read back from the rules of natmap's chains, which
+        ``rules_of(family, table, chain)`` gives (as python-iptables does)."""
+        items: list[Item] = []
+        for family in _FAMILIES:
+            items += map(self._read_dnat, rules_of(family, "nat", self._chain("DNAT")))
+            items += self._read_bridges(rules_of(family, "nat", self._chain("POSTROUTING")))
+            items += self._read_isolation(rules_of(family, "filter", self._chain("FORWARD")))
+        items += self._read_links(*(rules_of(family, "filter", self._chain("ISOLATION")) for family in _FAMILIES))
+        return _merge_bridges(items)
 
     def _dnat(self, b: Binding) -> _Rule:
         """A binding: one DNAT rule in NATMAP-DNAT, commented with its endpoint."""
@@ -317,7 +312,39 @@ class IptablesBackend:
         return _Rule(4, "filter", self._chain("GENERATION"), "RETURN",
                      (("comment", (("comment", _MARKER + marker),)),))
 
-    # --- the backend interface ------------------------------------------------------
+    def _steps(self, change: Change, create: bool, old: str | None, marker: str) -> list[_Step]:
+        """In order: the skeleton, deletions, additions, the marker."""
+        steps = self._skeleton() if create else []
+        for item in change.delete:
+            steps += [_Step.of(Verb.DELETE, r) for r in self.rules(item)]
+        for item in change.add:
+            steps += [_Step.of(Verb.ADD, r) for r in self.rules(item)]
+        if old is not None:
+            steps.append(_Step.of(Verb.DELETE, self._marker_rule(old)))
+        steps.append(_Step.of(Verb.ADD, self._marker_rule(marker)))
+        return steps
+
+    def text(self, change: Change, *, create: bool = False) -> str:
+        """The change as iptables commands, one a line (the marker left out)."""
+        return "".join(f"{step.text()}\n" for step in self._steps(change, create, None, "")[:-1])
+
+
+class IptablesBackend(Layout):
+    """The :class:`~natmap.backends.base.Backend` on python-iptables, in the
+    calling thread's network namespace."""
+
+    name = "iptables"
+
+    def __init__(self, table: str) -> None:
+        _find_xtables_libdir()
+        import iptc  # noqa: F401  (fail here, clearly, if python-iptables cannot load)
+
+        # Without CAP_NET_ADMIN, libxtables' extension checks call exit():
+        # open a table first, which fails cleanly.
+        with _xtables_lock():
+            _table(4, "filter")
+        _prepare_extensions()
+        super().__init__(table)
 
     def generation(self) -> Generation:
         """The marker of the last transaction (None if the chains are missing)."""
@@ -341,12 +368,15 @@ class IptablesBackend:
     def load(self) -> Table:
         """Read natmap's chains back into a :class:`Table`."""
         with _iptc_errors("reading natmap's chains"), _xtables_lock():
-            items: list[Item] = []
-            for family in _FAMILIES:
-                items += self._read_items(_table(family, "nat"), _table(family, "filter"))
-            items += self._read_links(_chain(_table(4, "filter"), self._chain("ISOLATION")).rules,
-                                 _chain(_table(6, "filter"), self._chain("ISOLATION")).rules)
-        return Table(_merge_bridges(items))
+            tables: dict[tuple[int, str], Any] = {}
+
+            def rules_of(family: int, table_name: str, chain: str) -> list[Any]:
+                if (family, table_name) not in tables:
+                    tables[(family, table_name)] = _table(family, table_name)
+                return list(_chain(tables[(family, table_name)], chain).rules)
+
+            items = self.read_items(rules_of)
+        return Table(items)
 
     def apply(self, change: Change, *, create: bool = False, generation: Generation = None) -> Generation:
         """Commit the change table by table (see the module doc); return the new marker."""
@@ -367,26 +397,10 @@ class IptablesBackend:
                 committed.append((family, table_name))
         return marker
 
-    def _steps(self, change: Change, create: bool, old: str | None, marker: str) -> list[_Step]:
-        """In order: the skeleton, deletions, additions, the marker."""
-        steps = self._skeleton() if create else []
-        for item in change.delete:
-            steps += [_Step.of(Verb.DELETE, r) for r in self.rules(item)]
-        for item in change.add:
-            steps += [_Step.of(Verb.ADD, r) for r in self.rules(item)]
-        if old is not None:
-            steps.append(_Step.of(Verb.DELETE, self._marker_rule(old)))
-        steps.append(_Step.of(Verb.ADD, self._marker_rule(marker)))
-        return steps
-
     def _restore(self, committed: list[tuple[int, str]], steps: list[_Step]) -> None:
         """Undo the commits already made, newest first, by committing their inverse."""
         for family, table_name in reversed(committed):
             _commit(family, table_name, undo(steps, family, table_name))
-
-    def text(self, change: Change, *, create: bool = False) -> str:
-        """The change as iptables commands, one a line (the marker left out)."""
-        return "".join(f"{step.text()}\n" for step in self._steps(change, create, None, "")[:-1])
 
     def delete(self) -> None:
         """Remove natmap's chains and the jumps to them, every table, both families."""

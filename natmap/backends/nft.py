@@ -272,7 +272,7 @@ def change_text(table: str, change: Change) -> str:
     """The same change as nft text, one command a line (``nft -f`` reads it)."""
     lines = [f"delete element inet {table} {name} {{ {', '.join(_text_parts(e.key) for e in elements)} }}"
              for name, elements in _grouped(change.delete).items()]
-    others = (*change.added(Bridge), *change.added(Link), *change.added(Isolation))
+    others: tuple[Item, ...] = (*change.added(Bridge), *change.added(Link), *change.added(Isolation))
     lines += [f"add element inet {table} {name} {{ {', '.join(_text_entry(e) for e in elements)} }}"
               for name, elements in _grouped(others).items()]
     lines += [f"add element inet {table} {name} {{ {', '.join(entries)} }}"

@@ -7,7 +7,7 @@ import socket
 import pytest
 
 import natmap
-from conftest import delete_behind_natmaps_back, kernel_state
+from helpers import delete_behind_natmaps_back, kernel_state
 from natmap import BackendError, ConflictError, SpecError, TableMissingError
 from natmap.host import UnknownInterfaceError
 
