@@ -24,7 +24,7 @@ from .spec import IPAddress, PortRange, PortSpec, Protocol, format_ip, validate_
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
 if TYPE_CHECKING:
-    from typing import TypeVar, assert_never
+    from typing import TypeVar, assert_never as assert_never  # re-exported: the backends match on items too
 
     T = TypeVar("T")
 else:
