@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import natmap
 from natmap import (BackendError, Binding, ConflictError, Endpoint, Isolation, Loopback6Error, NatMap, PortRange,
@@ -322,3 +324,41 @@ def test_the_fake_backend_refuses_what_the_kernel_refuses():
     with pytest.raises(BackendError, match="not there"):
         fake.apply(natmap.Change(delete=(Binding("x1", "tcp", "0.0.0.0", 1, "10.0.0.1", 1),)))
     assert fake.dump() == "port other 80/tcp -> 0.0.0.0:8080" and fake.generation() == 1
+
+
+# --- any run of changes -------------------------------------------------------------
+
+OPS = st.lists(st.tuples(st.sampled_from(["publish", "unpublish", "fail", "elsewhere", "transaction"]),
+                         st.integers(0, 3), st.integers(8000, 8003)), max_size=15)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=OPS)
+def test_memory_and_the_table_agree_after_any_run_of_changes(tmp_path_factory, ops):
+    backend = FakeBackend()
+    nm = NatMap(backend=backend, host=FakeHost([BRIDGE]), lock_dir=str(tmp_path_factory.getbasetemp()))
+
+    def endpoint(i):
+        return Endpoint(f"ep{i}", f"172.30.0.{10 + i}", "natmap0")
+
+    for op, i, port in ops:
+        before = backend.dump()
+        try:
+            if op == "publish":
+                nm.publish(endpoint(i), [f"{port}:80"])
+            elif op == "unpublish":
+                nm.unpublish(f"ep{i}")
+            elif op == "fail":
+                backend.fail_next("apply")
+                nm.publish(endpoint(i), [f"{port}:81"])
+            elif op == "elsewhere":  # another writer, on ports natmap's endpoints do not use here
+                backend.commit_elsewhere(add=[Binding(f"x{i}", "tcp", "0.0.0.0", 9000 + i, f"172.30.0.{50 + i}", 80)])
+            else:
+                with nm.transaction() as tx:
+                    tx.unpublish(f"ep{i}")
+                    tx.publish(endpoint(i), [f"{port}:80"])
+                    tx.publish(endpoint((i + 1) % 4), [f"{port + 1}:80"])
+        except (ConflictError, BackendError):
+            assert backend.dump() == before  # all of it or none of it
+        kernel = {item for item in backend.items or () if isinstance(item, Binding)}
+        assert set(nm.bindings() if backend.items is not None else ()) == kernel
