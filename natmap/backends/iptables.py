@@ -382,7 +382,7 @@ class IptablesBackend(Layout):
         """Commit the change table by table (see the module doc); return the new marker."""
         marker = secrets.token_hex(6)
         committed: list[tuple[int, str]] = []
-        with _iptc_errors("restoring after a failed change"), _xtables_lock():
+        with _iptc_errors("applying the change"), _xtables_lock():
             steps = self._steps(change, create, self._read_marker(), marker)
             for family, table_name in _ORDER:
                 todo = [s for s in steps if (s.family, s.table) == (family, table_name)]
