@@ -13,6 +13,11 @@ from .links import Link, hosts_line, link_env
 from .model import Binding, Bridge, Change, Drift, Endpoint, Isolation
 from .spec import LinkSpec, PortRange, PortSpec, Protocol, validate_name
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports them on first use
+    from .config import Config
+    from .sandbox import Sandbox
+
 __all__ = [
     "BackendError",
     "Binding",

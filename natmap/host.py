@@ -182,7 +182,7 @@ class Session:
             if self._nft is None:
                 self._nft = NFTSocket()
             answer = self._nft.request_get(nft_gen_msg(), NFT_MSG_GETGEN, NLM_F_REQUEST)
-        return answer[0].get_attr("NFTA_GEN_ID")
+        return int(answer[0].get_attr("NFTA_GEN_ID"))
 
     def forget_flows(self, removed: Iterable[Binding] = (), links: Iterable[Link] = (),
                      added: Iterable[Binding] = ()) -> int:
@@ -264,7 +264,7 @@ def _stale_for(binding: Binding, orig: Any, reply: Any) -> bool:
 
 def _link_flow(flow: tuple[Any, Any, int], orig: Any, reply: Any) -> bool:
     source, target, port = flow
-    return _ip(orig.saddr) == source and _ip(orig.daddr) == target and orig.dport == port
+    return bool(_ip(orig.saddr) == source and _ip(orig.daddr) == target and orig.dport == port)
 
 
 def _ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

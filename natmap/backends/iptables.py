@@ -217,7 +217,7 @@ class IptablesBackend:
 
     def exists(self) -> bool:
         with _xtables_lock():
-            return _table(4, "nat").is_chain(self._chain("DNAT"))
+            return bool(_table(4, "nat").is_chain(self._chain("DNAT")))
 
     def read(self) -> Table | None:
         """natmap's chains read back into a :class:`Table`; None if there are none."""
@@ -446,7 +446,7 @@ def _find_marker(chain: Any) -> str | None:
     for rule in chain.rules:
         for match in rule.matches:
             if match.name == "comment" and match.comment.startswith(_MARKER):
-                return match.comment[len(_MARKER):]
+                return str(match.comment[len(_MARKER):])
     return None
 
 

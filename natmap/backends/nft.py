@@ -194,7 +194,7 @@ def change_text(table: str, change: Change) -> str:
     """The same change as nft text, one command a line (``nft -f`` reads it)."""
     lines = [f"delete element inet {table} {name} {{ {', '.join(_text_parts(e.key) for e in elements)} }}"
              for name, elements in _grouped(change.delete).items()]
-    others = (*change.added(Bridge), *change.added(Link), *change.added(Isolation))
+    others: tuple[Item, ...] = (*change.added(Bridge), *change.added(Link), *change.added(Isolation))
     lines += [f"add element inet {table} {name} {{ {', '.join(_text_entry(e) for e in elements)} }}"
               for name, elements in _grouped(others).items()]
     lines += [f"add element inet {table} {name} {{ {', '.join(entries)} }}"
@@ -362,7 +362,7 @@ class NftBackend:
         if rc != 0 and _NO_SUCH_TABLE in err:
             return None
         _check(f"listing table inet {self.table}", rc, err)
-        return out
+        return str(out)
 
     def read(self) -> Table | None:
         """The table as the kernel holds it, or None if there is none."""
@@ -371,7 +371,7 @@ class NftBackend:
 
     def generation(self) -> int:
         """The ruleset generation: one more with every committed transaction."""
-        return self._session.generation()
+        return int(self._session.generation())
 
     def apply(self, change: Change, *, create: bool = False, generation: object = None) -> object:
         """The whole change as one kernel transaction; with ``create``, the
