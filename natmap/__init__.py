@@ -51,15 +51,17 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> object:
-    # Imported on first use: they pull in tomllib, subprocess and threads,
-    # which `import natmap` (and `natmap port`) do not need.
-    if name == "Config":
-        from .config import Config
+if not TYPE_CHECKING:  # hidden from type checkers, which would take any name as valid
 
-        return Config
-    if name == "Sandbox":
-        from .sandbox import Sandbox
+    def __getattr__(name: str) -> object:
+        # Imported on first use: they pull in tomllib, subprocess and threads,
+        # which `import natmap` (and `natmap port`) do not need.
+        if name == "Config":
+            from .config import Config
 
-        return Sandbox
-    raise AttributeError(f"module 'natmap' has no attribute {name!r}")
+            return Config
+        if name == "Sandbox":
+            from .sandbox import Sandbox
+
+            return Sandbox
+        raise AttributeError(f"module 'natmap' has no attribute {name!r}")

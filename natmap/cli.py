@@ -265,7 +265,8 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 def _terminal_width() -> int:
     try:
-        return int(os.environ.get("COLUMNS", "")) or os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        return (int(os.environ.get("COLUMNS", ""))  # no sys.__stdout__ (None): AttributeError, caught
+                or os.get_terminal_size(sys.__stdout__.fileno()).columns)  # type: ignore[union-attr]
     except (ValueError, OSError, AttributeError):
         return 80
 

@@ -299,7 +299,8 @@ class Table:
     """
 
     def __init__(self, items: Iterable[Item] = ()) -> None:
-        self._by_key: dict[tuple[int, int, str, int], Binding] = {}  # Binding.key: (version, int(host address), proto, port)
+        # Binding.key: (version, int(host address), proto, port)
+        self._by_key: dict[tuple[int, int, str, int], Binding] = {}
         self._specific: dict[tuple[int, str, int], int] = {}  # (version, proto, port): bindings on a specific address
         self._by_endpoint: dict[str, dict[tuple[int, int, str, int], Binding]] = {}
         self._by_container: dict[tuple[int, int], str] = {}  # (version, int(address)) -> endpoint
