@@ -33,8 +33,9 @@ def mypy_errors(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("typed")
     snippets: dict[Path, tuple[Path, int]] = {}  # snippet file -> (document, first code line)
     for document in DOCUMENTS:
+        module = re.sub(r"\W", "_", str(document.relative_to(ROOT)))  # docs/links.md: docs_links_md
         for first_line, code in python_blocks(document):
-            path = tmp / f"{document.stem.lower()}_line{first_line}.py"
+            path = tmp / f"{module}_line{first_line}.py"
             path.write_text(PRELUDE + code)
             snippets[path.resolve()] = (document, first_line)
     out, err, status = api.run([
