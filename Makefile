@@ -1,6 +1,6 @@
 # natmap's two commands: `make demo` and `make test` (run as root on Debian).
 # Each installs what it needs when it is missing: Debian packages, then a
-# .venv with natmap in editable mode and its test extra.
+# .venv with natmap in editable mode and its test and iptables extras.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -46,7 +46,7 @@ venv: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[test,iptables]'
 	touch $@
 
 clean:

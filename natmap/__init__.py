@@ -14,6 +14,11 @@ from .links import Link, hosts_line, link_env
 from .model import Binding, Bridge, Change, Drift, Endpoint, Isolation
 from .spec import LinkSpec, PortRange, PortSpec, Protocol, validate_name
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports them on first use
+    from .config import Config
+    from .sandbox import Sandbox
+
 __all__ = [
     "BackendError",
     "Binding",
@@ -53,15 +58,17 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> object:
-    # Imported on first use: they pull in tomllib, subprocess and threads,
-    # which `import natmap` (and `natmap port`) do not need.
-    if name == "Config":
-        from .config import Config
+if not TYPE_CHECKING:  # hidden from type checkers, which would take any name as valid
 
-        return Config
-    if name == "Sandbox":
-        from .sandbox import Sandbox
+    def __getattr__(name: str) -> object:
+        # Imported on first use: they pull in tomllib, subprocess and threads,
+        # which `import natmap` (and `natmap port`) do not need.
+        if name == "Config":
+            from .config import Config
 
-        return Sandbox
-    raise AttributeError(f"module 'natmap' has no attribute {name!r}")
+            return Config
+        if name == "Sandbox":
+            from .sandbox import Sandbox
+
+            return Sandbox
+        raise AttributeError(f"module 'natmap' has no attribute {name!r}")

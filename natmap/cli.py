@@ -22,13 +22,14 @@ from .engine import NatMap
 from .errors import DriftError, NatmapError, NotFoundError, SpecError
 from .links import Link
 from .model import Binding, Change, Endpoint, describe, natural_key
-from .spec import LinkSpec, PortSpec, format_ip
+from .spec import IPAddress, LinkSpec, PortSpec, Protocol, format_ip
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
 if TYPE_CHECKING:
     from typing import Any
 
     Output = tuple[Any, list[str]]  # (what --json prints, the lines to print otherwise)
+    Argument = tuple[tuple[str, ...], dict[str, Any]]  # (flags, add_argument's options)
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_PRIVILEGE = 0, 1, 2, 3, 4
 
@@ -40,13 +41,13 @@ def ps_ports(bindings: Iterable[Binding]) -> str:
     """``docker ps``'s PORTS column: ``0.0.0.0:32768->5000/tcp, [::]:32768->5000/tcp``;
     consecutive ports that map one to one are shown as one range, as Docker does."""
     entries = []
-    groups: dict[tuple, list[Binding]] = {}
-    for b in bindings:
-        groups.setdefault((b.host_ip.version, b.host_ip, b.proto), []).append(b)
+    groups: dict[tuple[int, IPAddress, Protocol], list[Binding]] = {}
+    for binding in bindings:
+        groups.setdefault((binding.host_ip.version, binding.host_ip, binding.proto), []).append(binding)
     for (_, host_ip, proto), members in sorted(groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1]), kv[0][2])):
         members.sort(key=lambda b: b.container_port)
         run = [members[0]]
-        for b in members[1:] + [None]:  # type: ignore[list-item]
+        for b in [*members[1:], None]:
             if b is not None and (b.host_port, b.container_port) == (run[-1].host_port + 1, run[-1].container_port + 1):
                 run.append(b)
                 continue
@@ -192,7 +193,7 @@ _SPECS = _arg("-p", "--publish", action="append", default=[], metavar="SPEC",
 _EXPOSE = _arg("--expose", action="append", default=[], metavar="PORT[/PROTO]")
 
 # name, function, help, example, aliases, arguments
-_COMMANDS: list[tuple[str, Callable[..., Output], str, str, tuple[str, ...], list]] = [
+_COMMANDS: list[tuple[str, Callable[..., Output], str, str, tuple[str, ...], list[Argument]]] = [
     ("publish", cmd_publish, "publish an endpoint's ports (docker run -p/-P)",
      "natmap publish web01 --ip 172.30.0.2 --bridge natmap0 -p 127.0.0.1:5001:5000 -p 8080:5000 --expose 5000 -P",
      (), [_arg("name"), _arg("--ip", required=True, help="the endpoint's IPv4 address"),
@@ -256,7 +257,8 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 def _terminal_width() -> int:
     try:
-        return int(os.environ.get("COLUMNS", "")) or os.get_terminal_size(sys.__stdout__.fileno()).columns
+        return (int(os.environ.get("COLUMNS", ""))  # no sys.__stdout__ (None): AttributeError, caught
+                or os.get_terminal_size(sys.__stdout__.fileno()).columns)  # type: ignore[union-attr]
     except (ValueError, OSError, AttributeError):
         return 80
 

@@ -208,7 +208,7 @@ class NatMap:
         remembers nothing cannot know what is missing: use ``apply()`` with
         the configuration instead."""
         drift = self.check()
-        if not drift.remembered:
+        if not drift.remembered or self._remembered is None:
             raise NotFoundError("this NatMap remembers nothing to repair from (it is new); "
                                 "apply the configuration instead (natmap apply FILE)")
         if drift:

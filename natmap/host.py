@@ -414,7 +414,7 @@ def _stale_for(binding: Binding, orig: Any, reply: Any) -> bool:
 
 def _link_flow(flow: tuple[Any, Any, int], orig: Any, reply: Any) -> bool:
     source, target, port = flow
-    return _ip(orig.saddr) == source and _ip(orig.daddr) == target and orig.dport == port
+    return bool(_ip(orig.saddr) == source and _ip(orig.daddr) == target and orig.dport == port)
 
 
 def _ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

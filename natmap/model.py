@@ -19,14 +19,17 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from .errors import ConflictError, NotFoundError, SpecError
-from .links import Link, exposed_ports
+from .links import Link, Port, exposed_ports
 from .spec import IPAddress, PortRange, PortSpec, Protocol, format_ip, validate_name
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
 if TYPE_CHECKING:
     from typing import TypeVar, assert_never as assert_never  # re-exported: the backends match on items too
 
+    from _typeshed import SupportsAllComparisons
+
     T = TypeVar("T")
+    A = TypeVar("A", ipaddress.IPv4Address, ipaddress.IPv6Address)
 else:
     def assert_never(value: object) -> None:
         """typing.assert_never at run time, without importing typing: after a
@@ -39,7 +42,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Linux interface names: at most 15 bytes, no '/', ':' or white space.
 _IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
-_ANY = {4: ipaddress.IPv4Address("0.0.0.0"), 6: ipaddress.IPv6Address("::")}
+_ANY: dict[int, IPAddress] = {4: ipaddress.IPv4Address("0.0.0.0"), 6: ipaddress.IPv6Address("::")}
 _ADDRESS_TYPES = (ipaddress.IPv4Address, ipaddress.IPv6Address)
 
 
@@ -50,44 +53,50 @@ def validate_ifname(name: str) -> str:
     return name
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Endpoint:
     """A container (or VM, or sandbox) whose ports are published.
 
     ``ip`` is its IPv4 address on ``bridge``; ``ipv6`` its IPv6 address there,
     if it has one; ``expose`` the ports ``publish_all`` publishes (``"5000"``,
-    ``"53/udp"`` or parsed :class:`PortSpec` values).
+    ``"53/udp"`` or parsed :class:`PortSpec` values). As with :mod:`ipaddress`,
+    the constructor takes text or values and the attributes hold values:
+    ``Endpoint("web01", "172.30.0.2", "natmap0").ip`` is an ``IPv4Address``.
+    Raises :class:`SpecError` for a bad name, bridge, address or port.
     """
 
     name: str
     ip: ipaddress.IPv4Address
     bridge: str
-    ipv6: ipaddress.IPv6Address | None = None
-    expose: tuple[PortSpec, ...] = ()
+    ipv6: ipaddress.IPv6Address | None
+    expose: tuple[PortSpec, ...]
 
-    def __post_init__(self) -> None:
-        validate_name(self.name, "endpoint name")
-        validate_ifname(self.bridge)
-        object.__setattr__(self, "ip", _host_address(self.ip, 4, "ip"))
-        if self.ipv6 is not None:
-            object.__setattr__(self, "ipv6", _host_address(self.ipv6, 6, "ipv6"))
-        exposed = tuple(p if isinstance(p, PortSpec) else PortSpec.parse_exposed(p)
-                        for p in self.expose)
-        object.__setattr__(self, "expose", exposed)
+    def __init__(self, name: str, ip: str | ipaddress.IPv4Address, bridge: str,
+                 ipv6: str | ipaddress.IPv6Address | None = None,
+                 expose: Iterable[str | PortSpec] = ()) -> None:
+        set_ = object.__setattr__  # frozen: the fields are set once, here
+        set_(self, "name", validate_name(name, "endpoint name"))
+        set_(self, "bridge", validate_ifname(bridge))
+        set_(self, "ip", _host_address(ip, ipaddress.IPv4Address, "ip"))
+        set_(self, "ipv6", None if ipv6 is None else _host_address(ipv6, ipaddress.IPv6Address, "ipv6"))
+        if isinstance(expose, str):  # one spec, not its characters
+            expose = (expose,)
+        set_(self, "expose", tuple(p if isinstance(p, PortSpec) else PortSpec.parse_exposed(p)
+                                   for p in expose))
 
     def address(self, version: int) -> IPAddress | None:
         """The endpoint's address of IP version 4 or 6, if it has one."""
         return self.ip if version == 4 else self.ipv6
 
 
-def _host_address(value: object, version: int, what: str) -> IPAddress:
+def _host_address(value: object, kind: type[A], what: str) -> A:
     """An endpoint address: a unicast address of the given IP version."""
     try:
         ip = ipaddress.ip_address(value)  # type: ignore[arg-type]
     except ValueError:
         raise SpecError(f"invalid {what} address", str(value), None) from None
-    if ip.version != version or ip.is_unspecified or ip.is_loopback or ip.is_multicast:
-        raise SpecError(f"{what} must be a unicast IPv{version} address", str(value), None)
+    if not isinstance(ip, kind) or ip.is_unspecified or ip.is_loopback or ip.is_multicast:
+        raise SpecError(f"{what} must be a unicast IPv{kind(0).version} address", str(value), None)
     return ip
 
 
@@ -165,8 +174,9 @@ class Binding:
         """One entry of ``docker ps``'s PORTS column: ``0.0.0.0:32768->5000/tcp``."""
         return f"{self}->{self.container_port_text}"
 
-    def sort_key(self) -> object:
-        """The order ``docker port`` prints in: a natural sort of :meth:`port_line`."""
+    def sort_key(self) -> SupportsAllComparisons:
+        """The order ``docker port`` prints in: a natural sort of :meth:`port_line`
+        (``sorted(bindings, key=Binding.sort_key)``)."""
         return natural_key(self.port_line())
 
 
@@ -298,9 +308,10 @@ class Table:
     """
 
     def __init__(self, items: Iterable[Item] = ()) -> None:
-        self._by_key: dict[tuple, Binding] = {}  # Binding.key: (version, int(host address), proto, port)
-        self._specific: dict[tuple, int] = {}  # (version, proto, port): bindings on a specific address
-        self._by_endpoint: dict[str, dict[tuple, Binding]] = {}
+        # Binding.key: (version, int(host address), proto, port)
+        self._by_key: dict[tuple[int, int, str, int], Binding] = {}
+        self._specific: dict[tuple[int, str, int], int] = {}  # (version, proto, port): bindings on a specific address
+        self._by_endpoint: dict[str, dict[tuple[int, int, str, int], Binding]] = {}
         self._by_container: dict[tuple[int, int], str] = {}  # (version, int(address)) -> endpoint
         self.bridges: dict[str, Bridge] = {}
         self._links: dict[tuple[str, str], Link] = {}
@@ -404,7 +415,7 @@ class Table:
         self._do(Verb.ADD, link)
         return link
 
-    def _linkable(self, endpoint: Endpoint | str) -> tuple[str, tuple[IPAddress, ...], tuple]:
+    def _linkable(self, endpoint: Endpoint | str) -> tuple[str, tuple[IPAddress, ...], tuple[Port, ...]]:
         """Name, addresses and exposed ports of a link's end."""
         if isinstance(endpoint, Endpoint):
             self._check_identity(endpoint)
@@ -527,6 +538,7 @@ class Table:
         made: list[Binding] = []
         for host_ip in host_ips:
             (host_port, container_port), container_ip = pairs[0], endpoint.address(host_ip.version)
+            assert container_ip is not None  # _host_ips gives only the endpoint's own families
             first = Binding(endpoint.name, spec.proto, host_ip, host_port, container_ip, container_port)
             made += first._on_ports(pairs)
         return self._add_all(made)

@@ -39,5 +39,11 @@ def make_backend(name: object, table: str) -> Backend:
         return IptablesBackend(table)
     except NatmapError:
         raise
+    except ModuleNotFoundError as exc:
+        if exc.name != "iptc":
+            raise
+        # python-iptables is an extra (it builds a C extension): say how to get it.
+        raise BackendError(f"the iptables backend needs python-iptables: pip install 'natmap[iptables]'"
+                           f"{'' if name == 'iptables' else ' (and the nft backend is not usable here)'}") from exc
     except (ImportError, OSError) as exc:
         raise BackendError(f"the iptables backend needs python-iptables and libxtables: {exc}") from exc

@@ -560,7 +560,7 @@ def _find_marker(chain: Any) -> str | None:
     for rule in chain.rules:
         for match in rule.matches:
             if match.name == "comment" and match.comment.startswith(_MARKER):
-                return match.comment[len(_MARKER):]
+                return str(match.comment[len(_MARKER):])
     return None
 
 

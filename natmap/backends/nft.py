@@ -404,7 +404,7 @@ class NftBackend:
         if rc != 0 and _NO_SUCH_TABLE in err:
             return None
         _check(f"listing table inet {self.table}", rc, err)
-        return out
+        return str(out)
 
     def read(self) -> Table | None:
         """The table as the kernel holds it, or None if there is none."""
