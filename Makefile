@@ -7,6 +7,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.natmap-installed
 DEBS   := nftables iptables libnftables1 iproute2 conntrack
+# podman with its CNI backend, for the CNI plugin's proof (tests/kernel/test_kernel_cni_podman.py)
+CNI_DEBS := podman containernetworking-plugins busybox-static runc
 
 .PHONY: test demo bench stress deps debs venv bytecode clean
 
@@ -33,7 +35,7 @@ bytecode: venv
 
 # Only the packages that are missing, so a machine that has them needs no network.
 debs:
-	@missing=""; for p in $(DEBS); do \
+	@missing=""; for p in $(DEBS) $(CNI_DEBS); do \
 	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
