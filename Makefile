@@ -10,7 +10,7 @@ DEBS   := nftables iptables libnftables1 iproute2 conntrack
 # podman with its CNI backend, for the CNI plugin's proof (tests/kernel/test_kernel_cni_podman.py)
 CNI_DEBS := podman containernetworking-plugins busybox-static runc
 
-.PHONY: test demo bench stress deps debs venv bytecode clean
+.PHONY: test demo bench bench-cni stress deps debs venv bytecode clean
 
 test: deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -20,6 +20,10 @@ demo: deps
 
 bench: deps
 	$(BIN)/python bench/bench.py
+
+# podman run + rm through natmap-cni vs the stock portmap (about 4 minutes).
+bench-cni: deps
+	$(BIN)/python bench/cni_bench.py
 
 # The long reliability tests at full count (make test runs them reduced).
 stress: deps

@@ -535,10 +535,14 @@ def run(environ: Mapping[str, str], stdin: bytes, plugin: Plugin | None = None) 
             if command == "ADD":
                 return 0, json.dumps(plugin.add(call))
             {"DEL": plugin.delete, "CHECK": plugin.check, "GC": plugin.gc, "STATUS": plugin.status}[command](call)
+        except CniError:
+            raise
         except NatmapError as exc:
             raise _natmap_error(exc) from exc
         except OSError as exc:
             raise CniError(IO_FAILURE, str(exc)) from exc
+        except Exception as exc:  # a runtime reads stdout as JSON, whatever went wrong
+            raise CniError(NATMAP_FAILED, f"{type(exc).__name__}: {exc}") from exc
         return 0, ""
     except CniError as exc:
         return 1, json.dumps(exc.json(version))

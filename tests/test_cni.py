@@ -260,3 +260,15 @@ def test_endpoint_names_are_valid_and_deterministic(container_id, ifname, networ
 def test_endpoint_name_shows_the_short_id():
     cid = "3f741d6dcf8be17d6948b5ffa6978cc85d84f3cbcf1bdf10f0cd96ad13e45a8e"
     assert cni.endpoint_name("podman", cid, "eth0").startswith(cni.network_prefix("podman") + "3f741d6dcf8b-eth0-")
+
+
+def test_an_unexpected_failure_is_still_cni_error_json():
+    def crash(name):
+        raise RuntimeError("netlink went away")
+
+    plugin = cni.Plugin(FakeNatMap(), is_bridge=crash)
+    conf = {"cniVersion": "1.0.0", "name": "podman", "type": "natmap", "prevResult": PREV,
+            "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80}]}}
+    status, out = cni.run(ENV, json.dumps(conf).encode(), plugin)
+    assert status == 1 and json.loads(out) == {"cniVersion": "1.0.0", "code": 102,
+                                               "msg": "RuntimeError: netlink went away"}
