@@ -38,7 +38,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
-__all__ = ["CniError", "NetConf", "PortMapping", "endpoint_name", "main", "SUPPORTED_VERSIONS"]
+from natmap import (ConflictError, Endpoint, NatMap, NatmapError, SpecError, TableMissingError, Transaction,
+                    __version__)
+
+__all__ = ["CniError", "NetConf", "Plugin", "PortMapping", "SUPPORTED_VERSIONS", "endpoint_name", "main",
+           "network_prefix", "run"]
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 _CHECK_SINCE = "0.4.0"       # CHECK came with spec 0.4.0
@@ -61,7 +65,7 @@ NATMAP_FAILED = 102          # any other natmap error (the kernel refused, no pr
 # The keys of a network configuration this plugin reads; any other is refused
 # (SPEC.md lets plugins refuse unknown fields). ``args`` is the runtime's, to ignore.
 _KEYS = frozenset({"cniVersion", "cniVersions", "name", "type", "args", "capabilities", "runtimeConfig",
-                   "prevResult", "table", "backend", "snat", "masqAll", "conditionsV4", "conditionsV6",
+                   "prevResult", "table", "backend", "bridge", "snat", "masqAll", "conditionsV4", "conditionsV6",
                    # GC's list of live attachments; libcni sends it under both names (cni#1101)
                    "cni.dev/valid-attachments", "cni.dev/attachments"})
 _BACKENDS = ("nft", "iptables", "auto")
@@ -123,11 +127,15 @@ class PortMapping:
                 raise CniError(INVALID_CONFIG, f"invalid hostIP {host_ip!r} in {entry}") from None
         return cls(ports[0], ports[1], protocol.lower(), host_ip)
 
-    def spec(self) -> str:
-        """The mapping as a natmap ``-p`` spec: ``[::1]:8080:80/tcp``."""
+    def spec(self, through: PortMapping | None = None) -> str:
+        """The mapping as a natmap ``-p`` spec: ``[::1]:8080:80/tcp``; with
+        ``through``, the range from this mapping to that one: ``8080-8089:80-89/tcp``."""
         ip = "" if self.host_ip is None else (
             f"[{self.host_ip}]:" if self.host_ip.version == 6 else f"{self.host_ip}:")
-        return f"{ip}{self.host_port}:{self.container_port}/{self.protocol}"
+        host, container = str(self.host_port), str(self.container_port)
+        if through is not None and through != self:
+            host, container = f"{host}-{through.host_port}", f"{container}-{through.container_port}"
+        return f"{ip}{host}:{container}/{self.protocol}"
 
 
 @dataclass(frozen=True)
@@ -135,7 +143,8 @@ class NetConf:
     """The plugin's network configuration (stdin), read and checked.
 
     ``table`` and ``backend`` choose where natmap publishes (defaults ``natmap``
-    and ``nft``). portmap's ``snat`` (default true) and ``masqAll`` (default
+    and ``nft``); ``bridge`` names the host's bridge when the first host-side
+    interface in ``prevResult`` is not it. portmap's ``snat`` (default true) and ``masqAll`` (default
     false) are accepted at the values natmap's behaviour matches, and
     ``conditionsV4``/``conditionsV6`` only empty: natmap has no free-form
     match; a mapping's ``hostIP`` limits the addresses.
@@ -145,6 +154,7 @@ class NetConf:
     network: str
     table: str = "natmap"
     backend: str = "nft"
+    bridge: str | None = None
     mappings: tuple[PortMapping, ...] = ()
     prev_result: dict[str, Any] | None = None
     valid_attachments: tuple[tuple[str, str], ...] | None = None
@@ -175,10 +185,13 @@ class NetConf:
         backend = conf.get("backend", "nft")
         if backend not in _BACKENDS:
             raise CniError(INVALID_CONFIG, f"invalid backend {backend!r} (choose {', '.join(_BACKENDS)})")
+        bridge = conf.get("bridge")
+        if bridge is not None and not isinstance(bridge, str):
+            raise CniError(INVALID_CONFIG, f"invalid bridge {bridge!r} (an interface name)")
         prev = conf.get("prevResult")
         if prev is not None and not isinstance(prev, dict):
             raise CniError(INVALID_CONFIG, "prevResult must be an object")
-        return cls(version, name, table, backend, _mappings(conf.get("runtimeConfig")), prev,
+        return cls(version, name, table, backend, bridge, _mappings(conf.get("runtimeConfig")), prev,
                    _attachments(conf))
 
 
@@ -263,12 +276,13 @@ class Attachment:
     ipv6: ipaddress.IPv6Address | None
 
 
-def attachment_of(prev: Mapping[str, Any], ifname: str,
-                  is_bridge: Callable[[str], bool]) -> Attachment:
+def attachment_of(prev: Mapping[str, Any], ifname: str, bridge: str | None = None) -> Attachment:
     """Read ``prevResult``: the container's first IPv4 and IPv6 address (as
     portmap chooses them: skipping ``ips`` whose ``interface`` is not the
-    sandbox interface ``ifname``), and the first host-side interface (no
-    ``sandbox``) that ``is_bridge``. Raise :class:`CniError` (code 7)."""
+    sandbox interface ``ifname``), and the host-side bridge: ``bridge`` if the
+    configuration names it, else the first interface without a ``sandbox``
+    (the bridge plugin lists its bridge first, then the host's veth). Raise
+    :class:`CniError` (code 7)."""
     interfaces = prev.get("interfaces") or []
     ips = prev.get("ips") or []
     if not isinstance(interfaces, list) or not isinstance(ips, list):
@@ -288,25 +302,14 @@ def attachment_of(prev: Mapping[str, Any], ifname: str,
     if 4 not in found:
         raise CniError(INVALID_CONFIG, f"prevResult gives no IPv4 address for interface {ifname!r}; "
                        "natmap publishes to a container's IPv4 address (and its IPv6 one, if any)")
-    hosts = [i.get("name") for i in interfaces if isinstance(i, dict) and not i.get("sandbox")]
-    bridge = next((name for name in hosts if isinstance(name, str) and is_bridge(name)), None)
     if bridge is None:
-        raise CniError(INVALID_CONFIG, "prevResult names no host-side bridge (interfaces "
-                       f"{hosts}); natmap-cni follows the bridge plugin in a conflist")
+        hosts = [i.get("name") for i in interfaces
+                 if isinstance(i, dict) and not i.get("sandbox") and isinstance(i.get("name"), str)]
+        if not hosts:
+            raise CniError(INVALID_CONFIG, "prevResult names no host-side interface; natmap-cni follows "
+                           "the bridge plugin in a conflist (or name the bridge: \"bridge\": \"cni0\")")
+        bridge = hosts[0]
     return Attachment(bridge, found[4], found.get(6))
-
-
-def _is_bridge(name: str) -> bool:
-    """Whether ``name`` is a Linux bridge in this network namespace (pyroute2)."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        links = ipr.link("get", ifname=name) if ipr.link_lookup(ifname=name) else []
-    for link in links:
-        info = link.get_attr("IFLA_LINKINFO")
-        if info is not None and info.get_attr("IFLA_INFO_KIND") == "bridge":
-            return True
-    return False
 
 
 # --- the commands --------------------------------------------------------------------
@@ -360,20 +363,18 @@ def _version(text: str) -> tuple[int, ...]:
 
 class Plugin:
     """The commands, on natmap's public API. ``natmap_factory(table=, backend=)``
-    makes the :class:`natmap.NatMap` (a seam for tests); ``is_bridge`` says
-    whether a host interface is a bridge."""
+    makes the :class:`natmap.NatMap` (a seam for tests)."""
 
-    def __init__(self, natmap_factory: Callable[..., Any] | None = None,
-                 is_bridge: Callable[[str], bool] = _is_bridge) -> None:
+    def __init__(self, natmap_factory: Callable[..., Any] | None = None) -> None:
         self._factory = natmap_factory
-        self._is_bridge = is_bridge
 
     def natmap(self, conf: NetConf) -> Any:
-        if self._factory is not None:
-            return self._factory(table=conf.table, backend=conf.backend)
-        from natmap import NatMap
+        return (self._factory or NatMap)(table=conf.table, backend=conf.backend)
 
-        return NatMap(conf.table, backend=conf.backend)
+    def endpoint(self, call: Call, prev: Mapping[str, Any]) -> Endpoint:
+        """The attachment as a natmap endpoint, from ``prevResult``."""
+        where = attachment_of(prev, call.ifname, call.conf.bridge)
+        return Endpoint(call.endpoint, where.ip, where.bridge, ipv6=where.ipv6)
 
     def add(self, call: Call) -> dict[str, Any]:
         """Publish the mappings (one transaction, replacing the attachment's
@@ -383,10 +384,7 @@ class Plugin:
             raise CniError(INVALID_CONFIG, "no prevResult: natmap-cni is a chained plugin "
                            "(put it after bridge in a conflist)")
         if call.conf.mappings:
-            where = attachment_of(prev, call.ifname, self._is_bridge)
-            from natmap import Endpoint
-
-            endpoint = Endpoint(call.endpoint, where.ip, where.bridge, ipv6=where.ipv6)
+            endpoint = self.endpoint(call, prev)
             specs = _specs(call.conf.mappings, endpoint)
             with self.natmap(call.conf) as nm, nm.transaction() as tx:
                 tx.unpublish(call.endpoint)
@@ -397,8 +395,6 @@ class Plugin:
 
     def delete(self, call: Call) -> None:
         """Unpublish the attachment's bindings; nothing to do is success."""
-        from natmap import TableMissingError
-
         with self.natmap(call.conf) as nm:
             try:
                 nm.unpublish(call.endpoint)
@@ -408,8 +404,6 @@ class Plugin:
     def check(self, call: Call) -> None:
         """Raise :class:`CniError` (101) unless the kernel holds exactly the
         bindings ADD would publish for this attachment now."""
-        from natmap import Endpoint, TableMissingError, Transaction
-
         prev = call.conf.prev_result
         if prev is None:
             raise CniError(INVALID_CONFIG, "CHECK needs prevResult")
@@ -420,8 +414,7 @@ class Plugin:
                 have = set()
             want: set[Any] = set()
             if call.conf.mappings:
-                where = attachment_of(prev, call.ifname, self._is_bridge)
-                endpoint = Endpoint(call.endpoint, where.ip, where.bridge, ipv6=where.ipv6)
+                endpoint = self.endpoint(call, prev)
                 dry = Transaction(nm, dry_run=True)  # what ADD would publish; nothing applied
                 with dry:
                     dry.unpublish(call.endpoint)
@@ -435,8 +428,6 @@ class Plugin:
     def gc(self, call: Call) -> None:
         """Unpublish every endpoint of this network whose attachment is not in
         ``cni.dev/valid-attachments`` (one transaction)."""
-        from natmap import TableMissingError
-
         valid = call.conf.valid_attachments
         if valid is None:
             raise CniError(INVALID_CONFIG, "GC needs cni.dev/valid-attachments")
@@ -455,52 +446,36 @@ class Plugin:
 
     def status(self, call: Call) -> None:
         """Ready when natmap's backend loads here (libnftables or python-iptables)."""
-        from natmap import NatmapError
-
         try:
             self.natmap(call.conf).close()
         except NatmapError as exc:
             raise CniError(PLUGIN_NOT_AVAILABLE, f"natmap cannot work here: {exc}") from exc
 
 
-def _specs(mappings: tuple[PortMapping, ...], endpoint: Any) -> list[str]:
+def _specs(mappings: tuple[PortMapping, ...], endpoint: Endpoint) -> list[str]:
     """The mappings as natmap specs, leaving out those whose hostIP's family the
     container has no address of (portmap forwards those nowhere either).
 
     Runtimes send a range (``podman run -p 8080-9079:8080-9079``) as one entry
     a port; consecutive entries become one range spec again, which natmap
-    reads a thousand times faster than a thousand specs.
+    reads much faster than a thousand specs.
     """
     usable = sorted((m for m in mappings
                      if m.host_ip is None or endpoint.address(m.host_ip.version) is not None),
                     key=lambda m: (str(m.host_ip), m.protocol, m.host_port))
-    specs: list[str] = []
-    run: list[PortMapping] = []
-    for m in usable + [None]:  # type: ignore[list-item]
-        last = run[-1] if run else None
-        if (m is not None and last is not None and (m.host_ip, m.protocol) == (last.host_ip, last.protocol)
+    runs: list[list[PortMapping]] = []
+    for m in usable:
+        last = runs[-1][-1] if runs else None
+        if (last is not None and (m.host_ip, m.protocol) == (last.host_ip, last.protocol)
                 and m.host_port == last.host_port + 1 and m.container_port == last.container_port + 1):
-            run.append(m)
-            continue
-        if run:
-            specs.append(_range_spec(run[0], run[-1]))
-        run = [m] if m is not None else []
-    return specs
-
-
-def _range_spec(first: PortMapping, last: PortMapping) -> str:
-    """``first`` to ``last`` (consecutive on both sides) as one spec: ``8080-8089:80-89/tcp``."""
-    if first is last:
-        return first.spec()
-    ip = first.spec()[: -len(f"{first.host_port}:{first.container_port}/{first.protocol}")]
-    return (f"{ip}{first.host_port}-{last.host_port}:"
-            f"{first.container_port}-{last.container_port}/{first.protocol}")
+            runs[-1].append(m)
+        else:
+            runs.append([m])
+    return [run[0].spec(through=run[-1]) for run in runs]
 
 
 def _natmap_error(exc: Exception) -> CniError:
     """natmap's errors as CNI errors (the one boundary where they are translated)."""
-    from natmap import ConflictError, SpecError
-
     if isinstance(exc, ConflictError):
         return CniError(PORT_CONFLICT, str(exc))
     if isinstance(exc, SpecError):
@@ -510,8 +485,6 @@ def _natmap_error(exc: Exception) -> CniError:
 
 def run(environ: Mapping[str, str], stdin: bytes, plugin: Plugin | None = None) -> tuple[int, str]:
     """One invocation: the exit status and what goes to stdout (JSON or nothing)."""
-    from natmap import NatmapError, __version__
-
     command = environ.get("CNI_COMMAND", "")
     version = "1.1.0"
     try:

@@ -84,7 +84,7 @@ def call(conf=None, env=None, fake=None, **overrides):
             conf.pop(key, None)
         else:
             conf[key] = value
-    plugin = cni.Plugin(fake or FakeNatMap(), is_bridge=lambda name: name == "cni0")
+    plugin = cni.Plugin(fake or FakeNatMap())
     status, out = cni.run({**ENV, **(env or {})}, json.dumps(conf).encode(), plugin)
     return status, json.loads(out) if out else None
 
@@ -129,6 +129,14 @@ def test_ips_of_other_interfaces_are_not_the_containers():
     fake = FakeNatMap()
     assert call(fake=fake, prevResult=prev)[0] == 0
     assert str(fake.transactions[0][1][1].ip) == "10.1.0.5"
+
+
+def test_the_bridge_is_the_first_host_side_interface_or_the_named_one():
+    fake = FakeNatMap()
+    assert call(fake=fake)[0] == 0 and fake.transactions[0][1][1].bridge == "cni0"
+    fake = FakeNatMap()
+    assert call(fake=fake, conf={"bridge": "br-pods"})[0] == 0
+    assert fake.transactions[0][1][1].bridge == "br-pods"
 
 
 def test_table_and_backend_from_the_config():
@@ -209,7 +217,8 @@ def test_status_reports_natmap_unavailable_as_50():
     ({}, {"CNI_COMMAND": ""}, 4, "CNI_COMMAND is not set"),
     ({"prevResult": None}, {}, 7, "chained plugin"),
     ({"prevResult": {**PREV, "ips": PREV["ips"][1:]}}, {}, 7, "no IPv4 address"),
-    ({"prevResult": {**PREV, "interfaces": PREV["interfaces"][1:]}}, {}, 7, "no host-side bridge"),
+    ({"prevResult": {**PREV, "interfaces": PREV["interfaces"][2:]}}, {}, 7, "no host-side interface"),
+    ({"bridge": 7}, {}, 7, "invalid bridge"),
     ({"runtimeConfig": {"portMappings": [{"hostPort": 0, "containerPort": 80}]}}, {}, 7, "invalid hostPort 0"),
     ({"runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 70000}]}}, {}, 7, "invalid containerPort"),
     ({"runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80, "protocol": "icmp"}]}}, {}, 7,
@@ -263,10 +272,10 @@ def test_endpoint_name_shows_the_short_id():
 
 
 def test_an_unexpected_failure_is_still_cni_error_json():
-    def crash(name):
+    def crash(table, backend):
         raise RuntimeError("netlink went away")
 
-    plugin = cni.Plugin(FakeNatMap(), is_bridge=crash)
+    plugin = cni.Plugin(crash)
     conf = {"cniVersion": "1.0.0", "name": "podman", "type": "natmap", "prevResult": PREV,
             "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80}]}}
     status, out = cni.run(ENV, json.dumps(conf).encode(), plugin)
