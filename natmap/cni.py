@@ -160,9 +160,11 @@ class NetConf:
     valid_attachments: tuple[tuple[str, str], ...] | None = None
 
     @classmethod
-    def parse(cls, data: bytes | str) -> NetConf:
+    def parse(cls, data: bytes | str, *, deleting: bool = False) -> NetConf:
         """Read stdin's JSON; raise :class:`CniError` with code 6 (not JSON),
-        1 (an unsupported version), 2 (an unknown or unsupported key) or 7."""
+        1 (an unsupported version), 2 (an unknown or unsupported key) or 7.
+        ``deleting``: the mappings are not needed and not read, so that DEL
+        cleans up after an ADD that failed on them."""
         try:
             conf = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -191,8 +193,8 @@ class NetConf:
         prev = conf.get("prevResult")
         if prev is not None and not isinstance(prev, dict):
             raise CniError(INVALID_CONFIG, "prevResult must be an object")
-        return cls(version, name, table, backend, bridge, _mappings(conf.get("runtimeConfig")), prev,
-                   _attachments(conf))
+        mappings = () if deleting else _mappings(conf.get("runtimeConfig"))
+        return cls(version, name, table, backend, bridge, mappings, prev, _attachments(conf))
 
 
 def _check_portmap_options(conf: Mapping[str, Any]) -> None:
@@ -500,7 +502,7 @@ def run(environ: Mapping[str, str], stdin: bytes, plugin: Plugin | None = None) 
                 version = "1.1.0"
         except (ValueError, AttributeError, UnicodeDecodeError):
             pass
-        conf = NetConf.parse(stdin)
+        conf = NetConf.parse(stdin, deleting=command == "DEL")
         version = conf.cni_version
         call = _read_call(command, conf, environ)
         plugin = plugin or Plugin()

@@ -281,3 +281,11 @@ def test_an_unexpected_failure_is_still_cni_error_json():
     status, out = cni.run(ENV, json.dumps(conf).encode(), plugin)
     assert status == 1 and json.loads(out) == {"cniVersion": "1.0.0", "code": 102,
                                                "msg": "RuntimeError: netlink went away"}
+
+
+def test_del_cleans_up_after_an_add_that_failed_on_its_mappings():
+    bad = {"portMappings": [{"hostPort": 0, "containerPort": 80}]}
+    assert call(runtimeConfig=bad)[1]["code"] == 7
+    fake = FakeNatMap()
+    assert call(fake=fake, env={"CNI_COMMAND": "DEL"}, runtimeConfig=bad) == (0, None)
+    assert fake.transactions == [[("unpublish", cni.endpoint_name("podman", "c0ffee", "eth0"))]]
