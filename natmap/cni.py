@@ -110,12 +110,14 @@ class PortMapping:
         unknown = set(entry) - {"hostPort", "containerPort", "protocol", "hostIP"}
         if unknown:
             raise CniError(INVALID_CONFIG, f"unknown key {sorted(unknown)[0]!r} in portMappings entry {entry}")
-        ports = [entry.get(key) for key in ("hostPort", "containerPort")]
-        for key, port in zip(("hostPort", "containerPort"), ports):
+        ports: list[int] = []
+        for key in ("hostPort", "containerPort"):
+            port = entry.get(key)
             # portmap refuses 0 as well: a runtime names the host port; natmap
             # could assign one, but the result has no place to tell it.
             if type(port) is not int or not 0 < port < 65536:
                 raise CniError(INVALID_CONFIG, f"invalid {key} {port!r} (must be 1-65535) in {entry}")
+            ports.append(port)
         protocol = entry.get("protocol") or "tcp"
         if not isinstance(protocol, str) or protocol.lower() not in _PROTOCOLS:
             raise CniError(INVALID_CONFIG, f"invalid protocol {protocol!r} (tcp, udp or sctp) in {entry}")
@@ -305,8 +307,8 @@ def attachment_of(prev: Mapping[str, Any], ifname: str, bridge: str | None = Non
         raise CniError(INVALID_CONFIG, f"prevResult gives no IPv4 address for interface {ifname!r}; "
                        "natmap publishes to a container's IPv4 address (and its IPv6 one, if any)")
     if bridge is None:
-        hosts = [i.get("name") for i in interfaces
-                 if isinstance(i, dict) and not i.get("sandbox") and isinstance(i.get("name"), str)]
+        hosts: list[str] = [i["name"] for i in interfaces
+                            if isinstance(i, dict) and not i.get("sandbox") and isinstance(i.get("name"), str)]
         if not hosts:
             raise CniError(INVALID_CONFIG, "prevResult names no host-side interface; natmap-cni follows "
                            "the bridge plugin in a conflist (or name the bridge: \"bridge\": \"cni0\")")

@@ -9,7 +9,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import delete_behind_natmaps_back
+
+try:
+    from helpers import delete_behind_natmaps_back
+except ImportError:  # where tests/kernel/helpers.py is not there yet
+    from conftest import delete_behind_natmaps_back
 
 import natmap
 from natmap.cni import endpoint_name
