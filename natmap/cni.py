@@ -528,8 +528,10 @@ def run(environ: Mapping[str, str], stdin: bytes, plugin: Plugin | None = None) 
 def main(environ: Mapping[str, str] | None = None, stdin: IO[bytes] | None = None,
          stdout: IO[str] | None = None) -> int:
     """The ``natmap-cni`` executable: read env and stdin, print the answer, exit with its status."""
-    status, out = run(os.environ if environ is None else environ,
-                      (stdin or sys.stdin.buffer).read())
+    environ = os.environ if environ is None else environ
+    # Without CNI_COMMAND nobody is feeding stdin (someone ran it by hand): do not wait for it.
+    data = (stdin or sys.stdin.buffer).read() if environ.get("CNI_COMMAND") else b""
+    status, out = run(environ, data)
     if out:
         print(out, file=stdout or sys.stdout)
     return status
