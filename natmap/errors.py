@@ -9,7 +9,8 @@ never need to know which library sits underneath.
 from __future__ import annotations
 
 __all__ = ["NatmapError", "SpecError", "ConflictError", "BackendError", "NotFoundError", "PrivilegeError",
-           "SandboxError", "TableMissingError", "UnknownInterfaceError"]
+           "SandboxError", "TableMissingError", "UnknownInterfaceError", "ConfigError", "LockError",
+           "LockTimeoutError", "NestedTransactionError"]
 
 # How much of a long input an error message shows on each side of the fault.
 _CONTEXT = 40
@@ -69,6 +70,30 @@ class UnknownInterfaceError(NotFoundError):
 
 class SandboxError(NatmapError):
     """The sandbox could not build or run what was asked."""
+
+
+class ConfigError(NatmapError, ValueError):
+    """A declarative file natmap cannot read: missing, not UTF-8, not TOML,
+    nested too deeply. Its message starts with the file's name."""
+
+
+class LockError(NatmapError):
+    """natmap's table lock cannot be taken: its directory is unsafe or unusable."""
+
+
+class LockTimeoutError(LockError):
+    """Another process (``pid``, when the kernel names it) held the table's
+    lock for longer than the NatMap's ``lock_timeout``."""
+
+    def __init__(self, message: str, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+class NestedTransactionError(LockError):
+    """A call that changes a table, made by the thread that already holds
+    that table's lock (inside a ``with nm.transaction():`` block, through the
+    same or another NatMap): waiting would never end, so natmap refuses."""
 
 
 class PrivilegeError(BackendError, PermissionError):

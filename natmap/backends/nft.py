@@ -24,16 +24,21 @@ which creates the table, goes as nft text (skeleton and elements in one
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
+import os
 import re
+import sys
 from collections import namedtuple
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 from ..errors import BackendError, PrivilegeError, SpecError
 from ..links import Flow, Link, links_from_flows
 from ..model import Binding, Bridge, Change, Isolation, Item, Table
 from ..spec import Protocol
+from .nft_keywords import KEYWORDS
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
 if TYPE_CHECKING:
@@ -44,10 +49,13 @@ _VERSIONS = (4, 6)
 
 
 def validate_table(name: str) -> str:
-    """Return ``name`` if it is a usable table name (an nft identifier, <= 32 chars)."""
+    """Return ``name`` if it is a usable table name (an nft identifier, <= 32
+    chars, not one of nft's keywords: see :mod:`.nft_keywords`)."""
     if not isinstance(name, str) or not _TABLE_NAME.fullmatch(name):
         raise SpecError("invalid table name (a letter, then letters, digits or '_'; "
                         "at most 32 characters)", str(name))
+    if name in KEYWORDS:
+        raise SpecError("invalid table name: nftables reads it as a keyword", name, 0, len(name))
     return name
 
 
@@ -291,30 +299,89 @@ def _check(what: str, rc: int, err: str) -> None:
         raise BackendError(f"nft refused {what}: {err.strip() or f'error {rc}'}")
 
 
+@functools.cache
+def _nftables_class() -> Any:
+    """libnftables' Python binding, its Nftables class made safe to fail:
+    the binding's ``__del__`` frees a context that a failed ``__init__``
+    never made, which prints a traceback at exit. Raises ImportError or
+    OSError when either is missing (make_backend says what to install)."""
+    import ctypes
+
+    import nftables
+
+    ctypes.CDLL("libnftables.so.1")  # what Nftables() loads: fail here, before any Nftables exists
+
+    class Nftables(nftables.Nftables):  # type: ignore[misc]
+        def __del__(self) -> None:
+            if "_Nftables__ctx" in self.__dict__:
+                super().__del__()
+
+    return Nftables
+
+
+@contextmanager
+def _stderr_captured(into: list[str]) -> Iterator[None]:
+    """Catch what C code writes to file descriptor 2 during the block (libnftables
+    prints "Operation not permitted (you must be root)" there itself, past its
+    error buffer) and append it to ``into``."""
+    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)  # never blocks the writer
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(write_end, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(write_end)
+        chunks = []
+        while chunk := _read_some(read_end):
+            chunks.append(chunk)
+        os.close(read_end)
+        into.append(b"".join(chunks).decode(errors="replace"))
+
+
+def _read_some(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except BlockingIOError:
+        return b""
+
+
 class NftBackend:
     """libnftables in the calling thread's network namespace."""
 
     name = "nft"
 
     def __init__(self, table: str, session: Any) -> None:
-        import nftables
-
         self.table = validate_table(table)
         self._session = session  # netlink.Session: the generation counter
-        self._nft = nftables.Nftables()
+        self._nft = _nftables_class()()
         self._nft.set_json_output(True)
 
+    def _call(self, command: str | dict[str, Any]) -> tuple[int, Any, str]:
+        """libnftables' (rc, output, errors), what it printed itself among the errors."""
+        printed: list[str] = []
+        try:
+            with _stderr_captured(printed):
+                if isinstance(command, str):
+                    rc, out, err = self._nft.cmd(command)
+                else:
+                    rc, out, err = self._nft.json_cmd(command)
+        except UnicodeDecodeError as exc:  # another program's bytes in natmap's table
+            raise BackendError(f"nft answered what is not UTF-8: {exc}") from exc
+        if printed[0] and rc == 0:
+            sys.stderr.write(printed[0])  # not libnftables' (another thread's): pass it on
+        return rc, out, printed[0] + (err or "")
+
     def _run(self, what: str, command: str | dict[str, Any]) -> str:
-        if isinstance(command, str):
-            rc, out, err = self._nft.cmd(command)
-        else:
-            rc, out, err = self._nft.json_cmd(command)
+        rc, out, err = self._call(command)
         _check(what, rc, err)
         return out if isinstance(out, str) else json.dumps(out)
 
     def usable(self) -> bool:
         """Whether the kernel answers nftables requests here."""
-        rc, _, err = self._nft.cmd(f"list table inet {self.table}")
+        rc, _, err = self._call(f"list table inet {self.table}")
         return rc == 0 or _NO_SUCH_TABLE in err
 
     def delete(self) -> None:
@@ -358,7 +425,7 @@ class NftBackend:
         fetch every table's elements, 30 ms when another program's table has
         10,000 (measured), where ``list table`` costs what natmap's own table holds.
         """
-        rc, out, err = self._nft.cmd(f"list table inet {self.table}")
+        rc, out, err = self._call(f"list table inet {self.table}")
         if rc != 0 and _NO_SUCH_TABLE in err:
             return None
         _check(f"listing table inet {self.table}", rc, err)
