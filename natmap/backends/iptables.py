@@ -29,12 +29,13 @@ iptables has no maps: the packet path is linear in the number of bindings.
 from __future__ import annotations
 
 import ctypes
+import functools
 import ipaddress
 import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +94,19 @@ class _Rule:
         for option, value in self.target_args:
             words += [f"--{option.replace('_', '-')}", value]
         return f"{'ip6tables' if self.family == 6 else 'iptables'} -t {self.table} " + " ".join(words)
+
+
+def _translated(method: Callable[..., Any]) -> Callable[..., Any]:
+    """python-iptables' errors as BackendError: the one boundary where they are translated."""
+    @functools.wraps(method)
+    def translated(*args: Any, **kwargs: Any) -> Any:
+        import iptc
+
+        try:
+            return method(*args, **kwargs)
+        except (iptc.IPTCError, iptc.XTablesError) as exc:
+            raise BackendError(f"iptables: {exc}") from exc
+    return translated
 
 
 def chain_prefix(table: str) -> str:
@@ -204,6 +218,7 @@ class IptablesBackend:
 
     # --- the backend interface ------------------------------------------------------
 
+    @_translated
     def generation(self) -> str | None:
         """The marker of the last transaction (None if the chains are missing)."""
         with _xtables_lock():
@@ -215,6 +230,7 @@ class IptablesBackend:
             return None
         return _find_marker(_chain(table, self._chain("GENERATION")))
 
+    @_translated
     def exists(self) -> bool:
         with _xtables_lock():
             return _table(4, "nat").is_chain(self._chain("DNAT"))
@@ -223,19 +239,21 @@ class IptablesBackend:
         """natmap's chains read back into a :class:`Table`; None if there are none."""
         return self.load() if self.exists() else None
 
+    @_translated
     def load(self) -> Table:
         """Read natmap's chains back into a :class:`Table`."""
         with _xtables_lock():
             items: list[Item] = []
             for family in _FAMILIES:
                 nat, filt = _table(family, "nat"), _table(family, "filter")
-                items += [self._read_dnat(r) for r in _chain(nat, self._chain("DNAT")).rules]
+                items += [b for b in map(self._read_dnat, _chain(nat, self._chain("DNAT")).rules) if b]
                 items += _read_bridges(_chain(nat, self._chain("POSTROUTING")).rules)
                 items += _read_isolation(_chain(filt, self._chain("FORWARD")).rules)
             items += _read_links(_chain(_table(4, "filter"), self._chain("ISOLATION")).rules,
                                  _chain(_table(6, "filter"), self._chain("ISOLATION")).rules)
         return Table(_merge_bridges(items))
 
+    @_translated
     def apply(self, change: Change, *, create: bool = False, generation: object = None) -> str:
         """Commit the change table by table (see the module doc); return the new marker."""
         marker = secrets.token_hex(6)
@@ -283,6 +301,7 @@ class IptablesBackend:
                        if verb != "chain" else f"{_name(family)} -t {table} -N {what}\n"
                        for verb, family, table, what in steps)
 
+    @_translated
     def delete(self) -> None:
         """Remove natmap's chains and the jumps to them, every table, both families."""
         with _xtables_lock():
@@ -300,6 +319,7 @@ class IptablesBackend:
                 table.commit()
                 table.refresh()
 
+    @_translated
     def structure_problems(self) -> list[str]:
         """natmap's own chains, and the jumps to them, that are missing."""
         problems = []
@@ -308,9 +328,15 @@ class IptablesBackend:
                 table = _table(family, table_name)
                 if verb == "chain" and not table.is_chain(what):
                     problems.append(f"{_name(family)} chain {what} in {table_name} is missing")
-                elif verb == "jump" and table.is_chain(what.chain) and \
+                elif verb == "jump" and table.is_chain(what.chain) and table.is_chain(what.target) and \
                         what.build() not in _chain(table, what.chain).rules:
                     problems.append(f"{_name(family)} jump from {what.chain} to {what.target} is missing")
+            for family in _FAMILIES:
+                nat = _table(family, "nat")
+                if nat.is_chain(self._chain("DNAT")):
+                    foreign = [r for r in _chain(nat, self._chain("DNAT")).rules if self._read_dnat(r) is None]
+                    problems += [f"{_name(family)} chain {self._chain('DNAT')} has a rule natmap did not make: "
+                                 f"{_decoded(r, family)}" for r in foreign]
         return problems
 
     def rebuild(self, items: set[Any]) -> None:
@@ -319,6 +345,7 @@ class IptablesBackend:
             self.delete()
         self.apply(Change(add=tuple(items)), create=True)
 
+    @_translated
     def listing(self) -> str:
         """Every rule of the tables natmap uses, both families (for comparing kernel states)."""
         import iptc.easy
@@ -334,14 +361,19 @@ class IptablesBackend:
                         lines.append(f"{_name(family)} {table_name} {chain.name} {rule_d}")
             return "\n".join(lines)
 
-    def _read_dnat(self, rule: Any) -> Binding:
-        match = {m.name: m for m in rule.matches}
-        proto = Protocol(rule.protocol)
-        destination = rule.target.to_destination
-        address, _, port = destination.rpartition(":")
-        host = rule.dst.split("/")[0]
-        return Binding(match["comment"].comment, proto, ipaddress.ip_address(host),
-                       int(match[proto.value].dport), ipaddress.ip_address(address.strip("[]")), int(port))
+    def _read_dnat(self, rule: Any) -> Binding | None:
+        """The binding a DNAT rule is; None for a rule natmap does not write
+        (another program's: :meth:`structure_problems` reports it)."""
+        try:
+            match = {m.name: m for m in rule.matches}
+            proto = Protocol(rule.protocol)
+            destination = rule.target.to_destination
+            address, _, port = destination.rpartition(":")
+            host = rule.dst.split("/")[0]
+            return Binding(match["comment"].comment, proto, ipaddress.ip_address(host),
+                           int(match[proto.value].dport), ipaddress.ip_address(address.strip("[]")), int(port))
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+            return None
 
 
 def _find_xtables_libdir() -> None:
@@ -489,12 +521,28 @@ def _read_links(*chains: list[Any]) -> list[Link]:
         for rule in rules:
             comment = _comment(rule)
             if comment and ">" in comment:
-                proto = Protocol(rule.protocol)
-                dport = next(int(m.dport) for m in rule.matches if m.name == proto.value)
-                flows.setdefault(comment, []).append(
-                    (ipaddress.ip_network(rule.src, strict=False).network_address,
-                     ipaddress.ip_network(rule.dst, strict=False).network_address, proto, dport))
+                try:
+                    proto = Protocol(rule.protocol)
+                    dport = next(int(m.dport) for m in rule.matches if m.name == proto.value)
+                    flow = (ipaddress.ip_network(rule.src, strict=False).network_address,
+                            ipaddress.ip_network(rule.dst, strict=False).network_address, proto, dport)
+                    links_from_flows({comment: [flow]})  # natmap's source>target:alias, or raises
+                except (ValueError, TypeError, StopIteration):
+                    continue  # not natmap's, whatever its comment says
+                flows.setdefault(comment, []).append(flow)
     return links_from_flows(flows)
+
+
+def _decoded(rule: Any, family: int) -> str:
+    import iptc.easy
+
+    try:
+        decoded = iptc.easy.decode_iptc_rule(rule, family == 6)
+        decoded.pop("counters", None)
+        return str(decoded)
+    except Exception:  # noqa: BLE001  (only words for a message)
+        return "(unreadable)"
+
 
 
 def _xtables_lock() -> Any:

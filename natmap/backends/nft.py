@@ -240,21 +240,40 @@ def _text_entry(element: _Element) -> str:
 # --- reading back -----------------------------------------------------------------
 
 
-def parse_table(listing: str) -> Table:
-    """The output of ``list table inet NAME`` (JSON) as a :class:`Table`."""
+def parse_table(listing: str, foreign: list[str] | None = None) -> Table:
+    """The output of ``list table inet NAME`` (JSON) as a :class:`Table`.
+
+    Elements natmap does not write (another program's) are left out, and
+    described in ``foreign`` if given: they never break a read.
+    """
+    foreign = [] if foreign is None else foreign
     try:
         objects = json.loads(listing)["nftables"]
         contents = {body["name"]: body.get("elem", []) for obj in objects
                     for kind in ("map", "set") if kind in obj for body in [obj[kind]]}
-        items: list[Item] = []
-        for name, version in _MAP_VERSION.items():
-            items += [_binding(version, elem) for elem in contents.get(name, [])]
-        items += _bridges(contents)
-        items += _links(contents)
-        items += [Isolation(e["concat"][0]) for e in contents.get("isolated", [])]
     except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise BackendError(f"unreadable table listing from nft: {exc!r}") from exc
+    items: list[Item] = []
+    for name, version in _MAP_VERSION.items():
+        items += _readable(functools.partial(_binding, version), contents, name, foreign)
+    items += _bridges(contents, foreign)
+    items += _links(contents, foreign)
+    items += _readable(lambda e: Isolation(e["concat"][0]), contents, "isolated", foreign)
     return Table(items)
+
+
+def _readable(convert: Any, contents: dict[str, Any], name: str, foreign: list[str]) -> list[Any]:
+    """``convert`` of each element of set ``name`` that natmap could have written."""
+    elements = contents.get(name, [])
+    if not isinstance(elements, list):
+        elements = [elements]
+    converted = []
+    for elem in elements:
+        try:
+            converted.append(convert(elem))
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            foreign.append(f"{name} has an element natmap did not make: {json.dumps(elem)}")
+    return converted
 
 
 _MAP_VERSION = {"dnat4": 4, "dnat4_any": 4, "dnat6": 6, "dnat6_any": 6}
@@ -271,21 +290,27 @@ def _binding(version: int, elem: list[Any]) -> Binding:
                    int(parts[2]), ipaddress.ip_address(container_ip), int(container_port))
 
 
-def _bridges(contents: dict[str, list[Any]]) -> list[Bridge]:
+def _bridges(contents: dict[str, list[Any]], foreign: list[str]) -> list[Bridge]:
     # Which subnet belongs to which bridge is not kept in the kernel; every
     # bridge is read back with all subnets. Only membership matters to the rules.
-    subnets = tuple(ipaddress.ip_network(f"{p['prefix']['addr']}/{p['prefix']['len']}")
-                    for v in _VERSIONS for p in contents.get(f"subnets{v}", []) if "prefix" in p)
-    return [Bridge(name, subnets) for name in contents.get("bridges", [])]
+    subnets = tuple(net for v in _VERSIONS for net in _readable(
+        lambda p: ipaddress.ip_network(f"{p['prefix']['addr']}/{p['prefix']['len']}"),
+        contents, f"subnets{v}", foreign))
+    return _readable(lambda name: Bridge(name, subnets), contents, "bridges", foreign)
 
 
-def _links(contents: dict[str, list[Any]]) -> list[Link]:
+def _links(contents: dict[str, list[Any]], foreign: list[str]) -> list[Link]:
+    def flow(elem: Any) -> tuple[str, Flow]:
+        source, target, proto, port = elem["elem"]["val"]["concat"]
+        comment, one = elem["elem"]["comment"], (ipaddress.ip_address(source), ipaddress.ip_address(target),
+                                                 Protocol(proto), int(port))
+        links_from_flows({comment: [one]})  # natmap's source>target:alias, or raises
+        return comment, one
+
     flows: dict[str, list[Flow]] = {}
     for v in _VERSIONS:
-        for elem in contents.get(f"links{v}", []):
-            source, target, proto, port = elem["elem"]["val"]["concat"]
-            flows.setdefault(elem["elem"]["comment"], []).append(
-                (ipaddress.ip_address(source), ipaddress.ip_address(target), Protocol(proto), int(port)))
+        for comment, one in _readable(flow, contents, f"links{v}", foreign):
+            flows.setdefault(comment, []).append(one)
     return links_from_flows(flows)
 
 
@@ -396,7 +421,8 @@ class NftBackend:
         for obj in objects:
             if "rule" in obj:
                 rules[obj["rule"]["chain"]] = rules.get(obj["rule"]["chain"], 0) + 1
-        problems = []
+        problems: list[str] = []
+        parse_table(self.listing() or '{"nftables": []}', problems)  # others' elements
         expected_rules: dict[str, int] = {}
         for line in skeleton(self.table).splitlines():
             words = line.split()  # add KIND inet TABLE NAME ...
