@@ -7,8 +7,9 @@ libnftables are imported only when a backend needs them.
 """
 
 from .engine import NatMap, Transaction
-from .errors import (BackendError, ConflictError, NatmapError, NotFoundError, PrivilegeError, SandboxError,
-                     SpecError, TableMissingError, UnknownInterfaceError)
+from .errors import (BackendError, ConfigError, ConflictError, LockError, LockTimeoutError, NatmapError,
+                     NestedTransactionError, NotFoundError, PrivilegeError, SandboxError, SpecError,
+                     TableMissingError, UnknownInterfaceError)
 from .links import Link, hosts_line, link_env
 from .model import Binding, Bridge, Change, Drift, Endpoint, Isolation
 from .spec import LinkSpec, PortRange, PortSpec, Protocol, validate_name
@@ -19,6 +20,7 @@ __all__ = [
     "Bridge",
     "Change",
     "Config",
+    "ConfigError",
     "ConflictError",
     "Drift",
     "Endpoint",
@@ -27,8 +29,11 @@ __all__ = [
     "Link",
     "link_env",
     "LinkSpec",
+    "LockError",
+    "LockTimeoutError",
     "NatMap",
     "NatmapError",
+    "NestedTransactionError",
     "NotFoundError",
     "PortRange",
     "PortSpec",
