@@ -87,7 +87,7 @@ class NatMap:
             raise SpecError("give netns (a name) or netns_path (a path), not both", str(netns))
         self.netns = None if netns is None else validate_netns(netns)
         self.netns_path = None if netns_path is None else os.fspath(netns_path)
-        if not isinstance(lock_timeout, (int, float)) or not lock_timeout >= 0:
+        if not isinstance(lock_timeout, (int, float)) or not 0 <= lock_timeout <= threading.TIMEOUT_MAX:
             raise SpecError("lock_timeout is a number of seconds, 0 or more", str(lock_timeout))
         self.lock_timeout = float(lock_timeout)
         self.lock_dir = os.fspath(lock_dir) if lock_dir is not None else os.environ.get("NATMAP_LOCK_DIR", LOCK_DIR)
