@@ -371,8 +371,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _JSON_ARGV[0] = "--json" in argv
     rest, specs = _pull_specs(argv)
-    if specs:
-        rest += ["-p", specs[0]]  # argparse still says whether this command takes -p at all
+    if specs:  # argparse still says whether this command takes -p at all
+        at = rest.index("--") if "--" in rest else len(rest)
+        rest[at:at] = ["-p", specs[0]]
     args = _parser(rest).parse_args(rest)
     if specs:
         args.publish = specs

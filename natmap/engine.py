@@ -73,8 +73,8 @@ class NatMap:
     once instead of waiting for itself.
 
     Processes: changes to one table take turns through a lock file in
-    ``lock_dir`` (default ``$NATMAP_LOCK_DIR`` or ``/run/natmap``, made mode 0700, refused with a
-    :class:`LockError` if another user could use it). A wait for another
+    ``lock_dir`` (default ``$NATMAP_LOCK_DIR``, else ``/run/natmap``; made mode
+    0700, refused with a :class:`LockError` if another user could use it). A wait for another
     process or thread ends after ``lock_timeout`` seconds (default 30) with a
     :class:`LockTimeoutError` naming the holder's PID.
     """
@@ -86,11 +86,11 @@ class NatMap:
         if netns is not None and netns_path is not None:
             raise SpecError("give netns (a name) or netns_path (a path), not both", str(netns))
         self.netns = None if netns is None else validate_netns(netns)
-        self.netns_path = None if netns_path is None else os.fspath(netns_path)
+        self.netns_path = None if netns_path is None else _path(netns_path, "netns_path")
         if not isinstance(lock_timeout, (int, float)) or not 0 <= lock_timeout <= threading.TIMEOUT_MAX:
             raise SpecError("lock_timeout is a number of seconds, 0 or more", str(lock_timeout))
         self.lock_timeout = float(lock_timeout)
-        self.lock_dir = os.fspath(lock_dir) if lock_dir is not None else os.environ.get("NATMAP_LOCK_DIR", LOCK_DIR)
+        self.lock_dir = os.environ.get("NATMAP_LOCK_DIR", LOCK_DIR) if lock_dir is None else _path(lock_dir, "lock_dir")
         self._busy = threading.RLock()  # the calls' turns (see the class doc)
         self._owner: int | None = None   # the thread in a transaction, if one is
         self._lock_path = ""             # the table's lock file, while it is held
@@ -504,6 +504,17 @@ def _log_change(change: Change, backend: str, seconds: float) -> None:
                 log.info("%s %s", sign, describe(item))
     log.debug("%s: one transaction, %d deleted and %d added, %.1f ms",
               backend, len(change.delete), len(change.add), seconds * 1000)
+
+
+def _path(value: Any, what: str) -> str:
+    """A path argument as text (``str`` or ``os.PathLike``)."""
+    try:
+        path = os.fspath(value)
+    except TypeError:
+        raise SpecError(f"{what} is a path", repr(value)) from None
+    if not isinstance(path, str) or not path or "\0" in path:
+        raise SpecError(f"{what} is a path", repr(value))
+    return path
 
 
 def _list(specs: Iterable[str | PortSpec]) -> list[str | PortSpec]:

@@ -30,6 +30,7 @@ import json
 import os
 import re
 import sys
+import threading
 from collections import namedtuple
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -344,26 +345,36 @@ def _nftables_class() -> Any:
     return Nftables
 
 
+_STDERR = threading.Lock()  # file descriptor 2 is the process's: one capture at a time
+
+
 @contextmanager
 def _stderr_captured(into: list[str]) -> Iterator[None]:
     """Catch what C code writes to file descriptor 2 during the block (libnftables
     prints "Operation not permitted (you must be root)" there itself, past its
-    error buffer) and append it to ``into``."""
-    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)  # never blocks the writer
-    sys.stderr.flush()
-    saved = os.dup(2)
-    os.dup2(write_end, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(write_end)
-        chunks = []
-        while chunk := _read_some(read_end):
-            chunks.append(chunk)
-        os.close(read_end)
-        into.append(b"".join(chunks).decode(errors="replace"))
+    error buffer) and append it to ``into``. Without a descriptor 2, nothing to catch."""
+    with _STDERR:
+        try:
+            saved = os.dup(2)
+        except OSError:
+            into.append("")
+            yield
+            return
+        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)  # never blocks the writer
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        os.dup2(write_end, 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(write_end)
+            chunks = []
+            while chunk := _read_some(read_end):
+                chunks.append(chunk)
+            os.close(read_end)
+            into.append(b"".join(chunks).decode(errors="replace"))
 
 
 def _read_some(fd: int) -> bytes:
@@ -395,7 +406,7 @@ class NftBackend:
                     rc, out, err = self._nft.json_cmd(command)
         except UnicodeDecodeError as exc:  # another program's bytes in natmap's table
             raise BackendError(f"nft answered what is not UTF-8: {exc}") from exc
-        if printed[0] and rc == 0:
+        if printed[0] and rc == 0 and sys.stderr is not None:
             sys.stderr.write(printed[0])  # not libnftables' (another thread's): pass it on
         return rc, out, printed[0] + (err or "")
 
