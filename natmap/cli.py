@@ -3,7 +3,7 @@
 Exit codes: 0 done; 1 the change failed (a conflict, the kernel refused,
 the table's lock was held too long); 2 bad input (a spec, a name, a file,
 the command line); 3 nothing found (no such port, no table yet); 4 not
-privileged (natmap needs CAP_NET_ADMIN).
+privileged (natmap needs CAP_NET_ADMIN); 130 interrupted (Ctrl-C).
 Errors go to stderr in one line (grammar errors add the input with a caret
 under the fault); with ``--json`` as one JSON object.
 """
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     Output = tuple[Any, list[str]]  # (what --json prints, the lines to print otherwise)
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_PRIVILEGE = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED = 130  # as a shell reports SIGINT
 
 
 # --- Docker's text forms -------------------------------------------------------------
@@ -392,6 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, RecursionError, MemoryError) as exc:  # a fault natmap did not foresee: still one line
         _report(exc, args.json)
         return EXIT_FAILED
+    except KeyboardInterrupt:  # Ctrl-C, say while waiting for a lock
+        _report(NatmapError("interrupted"), args.json)
+        return EXIT_INTERRUPTED
     if args.json:
         print(json.dumps(data, indent=2))
     elif lines:

@@ -171,6 +171,12 @@ def test_the_command_says_whom_it_waits_for_and_gives_up(sandbox, backend, stopp
     as_json = run_natmap("check", "--netns", sandbox.host.name, "--backend", backend, "--lock-timeout", "0.2",
                          "--json", code=1)
     assert json.loads(as_json.stderr)["kind"] == "LockTimeoutError"
+    waiting = subprocess.Popen([NATMAP, "unpublish", "web01", "--netns", sandbox.host.name, "--backend", backend,
+                                "-v"], stderr=subprocess.PIPE, text=True)
+    assert waiting.stderr.readline().startswith("natmap: waiting for the lock")
+    waiting.send_signal(signal.SIGINT)  # Ctrl-C
+    assert waiting.wait(timeout=30) == 130
+    assert waiting.stderr.read() == "natmap: interrupted\n"
 
 
 # --- 4. the lock directory -----------------------------------------------------------------------
