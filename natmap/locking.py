@@ -40,7 +40,7 @@ _LONGEST_NAP = 0.02  # seconds between two looks at a held lock
 # Which thread holds which lock file, across every NatMap of the process:
 # flock does not conflict within one open file, but two NatMaps open the
 # file twice, and a thread waiting for itself would wait forever.
-_held: dict[str, int] = {}
+_held: dict[tuple[int, int], int] = {}  # (device, inode) of the file: thread ident
 _held_guard = threading.Lock()
 
 
@@ -56,15 +56,17 @@ def flocked(path: str, *, timeout: float = LOCK_TIMEOUT,
     :class:`NestedTransactionError`.
     """
     me = threading.get_ident()
-    with _held_guard:
-        if _held.get(path) == me:
-            raise NestedTransactionError(
-                f"this thread already holds the lock {path}: a change inside a transaction "
-                "goes through that transaction (tx.publish(...)), not through another call")
     deadline = time.monotonic() + timeout
     while True:
         fd = _open(path)
         try:
+            st = os.fstat(fd)
+            key = (st.st_dev, st.st_ino)  # the file, however the path is spelled
+            with _held_guard:
+                if _held.get(key) == me:
+                    raise NestedTransactionError(
+                        f"this thread already holds the lock {path}: a change inside a transaction "
+                        "goes through that transaction (tx.publish(...)), not through another call")
             _wait(fd, path, deadline, timeout, waiting)
             if _still_at(fd, path):
                 break
@@ -74,12 +76,12 @@ def flocked(path: str, *, timeout: float = LOCK_TIMEOUT,
         os.close(fd)  # removed (see sweep) while we waited: lock the file there now
         waiting = None
     with _held_guard:
-        _held[path] = me
+        _held[key] = me
     try:
         yield
     finally:
         with _held_guard:
-            _held.pop(path, None)
+            _held.pop(key, None)
         os.close(fd)
 
 

@@ -109,9 +109,14 @@ def test_nested_use_in_one_thread_raises_at_once(sandbox, nm, backend):
     web = sandbox.container("web01").endpoint()
     other = natmap.NatMap(netns=sandbox.host.name, backend=backend)
     nm.publish(web, ["7070:70"])
+    spelled_otherwise = natmap.NatMap(netns=sandbox.host.name, backend=backend,
+                                      lock_dir=os.environ["NATMAP_LOCK_DIR"] + "/../" +
+                                      os.path.basename(os.environ["NATMAP_LOCK_DIR"]))
     with nm.transaction() as tx:
         tx.publish(web, ["8080:80"])
         started = time.monotonic()
+        with pytest.raises(natmap.NestedTransactionError):
+            spelled_otherwise.unpublish("web01")
         with pytest.raises(natmap.NestedTransactionError, match="already holds the lock"):
             other.publish(web, ["9090:80"])
         with pytest.raises(natmap.NestedTransactionError, match="already in a transaction on this NatMap"):
