@@ -214,7 +214,7 @@ _COMMON = [
     _arg("--lock-timeout", type=float, default=30.0, metavar="SECONDS",
          help="give up waiting for another process's lock of the table after this long (default: 30)"),
     _arg("--json", action="store_true", help="machine-readable output"),
-    _arg("-v", "--verbose", action="count", default=0, help="log each change to stderr (-vv: and each kernel batch)"),
+    _arg("-v", "--verbose", action="count", default=0, help="log each change, and whom a change waits for, to stderr (-vv: and each kernel batch)"),
 ]
 _SPECS = _arg("-p", "--publish", action="append", default=[], metavar="SPEC",
               help="[IP:][HOST_PORT:]CONTAINER_PORT[/PROTO], as docker run -p")

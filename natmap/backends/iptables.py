@@ -124,9 +124,9 @@ class IptablesBackend:
 
         # Without CAP_NET_ADMIN, libxtables' extension checks call exit():
         # open a table first, which fails cleanly.
-        with _xtables_lock():
+        with _xtables_lock():  # which also makes threads take turns with libxtables' globals
             _table(4, "filter")
-        _prepare_extensions()
+            _prepare_extensions()
 
         self.table = table
         self.prefix = chain_prefix(table)

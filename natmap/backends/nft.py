@@ -345,7 +345,10 @@ def _nftables_class() -> Any:
     return Nftables
 
 
-_STDERR = threading.Lock()  # file descriptor 2 is the process's: one capture at a time
+# File descriptor 2 is the process's: one capture at a time. This also makes
+# every libnftables call in the process take turns, which its contexts, made
+# for one thread each, want anyway.
+_LIBNFTABLES = threading.Lock()
 
 
 @contextmanager
@@ -353,7 +356,7 @@ def _stderr_captured(into: list[str]) -> Iterator[None]:
     """Catch what C code writes to file descriptor 2 during the block (libnftables
     prints "Operation not permitted (you must be root)" there itself, past its
     error buffer) and append it to ``into``. Without a descriptor 2, nothing to catch."""
-    with _STDERR:
+    with _LIBNFTABLES:
         try:
             saved = os.dup(2)
         except OSError:
@@ -392,7 +395,8 @@ class NftBackend:
     def __init__(self, table: str, session: Any) -> None:
         self.table = validate_table(table)
         self._session = session  # netlink.Session: the generation counter
-        self._nft = _nftables_class()()
+        with _LIBNFTABLES:
+            self._nft = _nftables_class()()
         self._nft.set_json_output(True)
 
     def _call(self, command: str | dict[str, Any]) -> tuple[int, Any, str]:

@@ -103,6 +103,32 @@ def test_two_writer_threads_wait_their_turn(sandbox, nm, backend):
     assert natmap.NatMap(netns=sandbox.host.name, backend=backend).bindings() == nm.bindings()
 
 
+def test_natmaps_of_one_table_in_many_threads_take_turns(sandbox, backend):
+    endpoints = [sandbox.container(f"w{i}").endpoint() for i in range(3)]
+    faults = []
+
+    def writer(endpoint, port):
+        try:
+            nm = natmap.NatMap(netns=sandbox.host.name, backend=backend)
+            for _ in range(8 if backend == "nft" else 4):
+                nm.publish(endpoint, [f"{port}:80"])
+                nm.links()
+                assert len(nm.port(endpoint.name)) == 2
+                nm.unpublish(endpoint.name)
+            nm.publish(endpoint, [f"{port}:80"])
+        except Exception as exc:  # noqa: BLE001
+            faults.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(e, 8000 + i)) for i, e in enumerate(endpoints)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert faults == []
+    reader = natmap.NatMap(netns=sandbox.host.name, backend=backend)
+    assert sorted(b.host_port for b in reader.bindings()) == [8000, 8000, 8001, 8001, 8002, 8002]
+
+
 # --- 2. nested use in one thread --------------------------------------------------------------
 
 def test_nested_use_in_one_thread_raises_at_once(sandbox, nm, backend):
