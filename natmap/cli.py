@@ -280,11 +280,11 @@ class _Parser(argparse.ArgumentParser):
     """argparse, its errors in natmap's form: one line (``--json``: one JSON object), exit 2."""
 
     def error(self, message: str) -> NoReturn:
-        _report(UsageError(f"{message} (see {self.prog} --help)"), _JSON_ARGV[0])
+        _report(CommandLineError(f"{message} (see {self.prog} --help)"), _JSON_ARGV[0])
         sys.exit(EXIT_BAD_INPUT)
 
 
-class UsageError(NatmapError):
+class CommandLineError(NatmapError):
     """The command line does not parse."""
 
 
@@ -310,7 +310,7 @@ def _terminal_width() -> int:
 def _exit_code(exc: BaseException) -> int:
     if isinstance(exc, PermissionError):
         return EXIT_PRIVILEGE
-    if isinstance(exc, (SpecError, UsageError, ValueError, TypeError)):
+    if isinstance(exc, (SpecError, CommandLineError, ValueError, TypeError)):
         return EXIT_BAD_INPUT
     if isinstance(exc, NotFoundError):
         return EXIT_NOT_FOUND
@@ -368,9 +368,14 @@ def _pull_specs(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return rest, specs
 
 
+def wants_json(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` asks for ``--json`` (before any ``--``): known before argparse is."""
+    return "--json" in argv[:argv.index("--")] if "--" in argv else "--json" in argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    _JSON_ARGV[0] = "--json" in argv
+    _JSON_ARGV[0] = wants_json(argv)
     rest, specs = _pull_specs(argv)
     if specs:  # argparse still says whether this command takes -p at all
         at = rest.index("--") if "--" in rest else len(rest)
