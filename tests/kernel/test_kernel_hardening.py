@@ -239,6 +239,23 @@ def test_the_lock_directory_is_made_private_and_a_bad_one_refused(sandbox, tmp_p
     assert one_error_line(result.stderr).endswith("is not a directory; remove it")
 
 
+@pytest.mark.parametrize("options, words", [("ro", "Read-only file system"),
+                                            ("size=64k,nr_inodes=2", "No space left on device")])
+def test_a_read_only_or_full_lock_directory_is_one_clear_error(sandbox, tmp_path, options, words):
+    """In a mount namespace of its own, so the mount is this test's alone."""
+    web = sandbox.container("web01")
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    script = (f"mount -t tmpfs -o {options} natmap-test {mount} && mkdir -p {mount}/filler 2>/dev/null; "
+              f'exec "$@"')
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", NATMAP,
+                             "publish", "web01", "--ip", str(web.ip), "--bridge", sandbox.bridge, "-p", "8080:80",
+                             "--netns", sandbox.host.name], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "NATMAP_LOCK_DIR": f"{mount}/locks"})
+    assert result.returncode == 1, result.stderr
+    assert words in one_error_line(result.stderr)
+
+
 def test_a_planted_symlink_is_refused(sandbox, tmp_path):
     web = sandbox.container("web01").endpoint()
     locks = tmp_path / "locks"
