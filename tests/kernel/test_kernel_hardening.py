@@ -80,51 +80,40 @@ def test_readers_and_writers_share_one_natmap_without_a_crash(sandbox, nm, backe
     assert sorted(str(b) for b in nm.port("web01")) == ["0.0.0.0:8080", "[::]:8080"]
 
 
-def test_two_writer_threads_wait_their_turn(sandbox, nm, backend):
-    endpoints = [sandbox.container(f"w{i}").endpoint() for i in range(2)]
+def in_threads(work, *arguments):
+    """Run ``work(*args)`` in a thread for each args, all at once; return the faults."""
     faults = []
 
-    def writer(endpoint, port):
+    def guarded(*args):
         try:
-            for _ in range(15 if backend == "nft" else 6):
-                nm.publish(endpoint, [f"{port}:80"])
-                nm.unpublish(endpoint.name)
-            nm.publish(endpoint, [f"{port}:80"])
-        except Exception as exc:  # noqa: BLE001
+            work(*args)
+        except Exception as exc:  # noqa: BLE001  (any fault fails the test)
             faults.append(exc)
 
-    threads = [threading.Thread(target=writer, args=(e, 8000 + i)) for i, e in enumerate(endpoints)]
+    threads = [threading.Thread(target=guarded, args=args) for args in arguments]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=300)
-    assert faults == []  # no "a transaction is already open"
-    assert sorted(b.host_port for b in nm.bindings()) == [8000, 8000, 8001, 8001]
-    assert natmap.NatMap(netns=sandbox.host.name, backend=backend).bindings() == nm.bindings()
+        assert not t.is_alive(), "a thread hangs"
+    return faults
 
 
-def test_natmaps_of_one_table_in_many_threads_take_turns(sandbox, backend):
+@pytest.mark.parametrize("shared", [True, False], ids=["one-natmap", "a-natmap-each"])
+def test_writer_threads_on_one_table_take_turns(sandbox, backend, shared):
     endpoints = [sandbox.container(f"w{i}").endpoint() for i in range(3)]
-    faults = []
+    one = natmap.NatMap(netns=sandbox.host.name, backend=backend)
 
     def writer(endpoint, port):
-        try:
-            nm = natmap.NatMap(netns=sandbox.host.name, backend=backend)
-            for _ in range(8 if backend == "nft" else 4):
-                nm.publish(endpoint, [f"{port}:80"])
-                nm.links()
-                assert len(nm.port(endpoint.name)) == 2
-                nm.unpublish(endpoint.name)
+        nm = one if shared else natmap.NatMap(netns=sandbox.host.name, backend=backend)
+        for _ in range(8 if backend == "nft" else 4):
             nm.publish(endpoint, [f"{port}:80"])
-        except Exception as exc:  # noqa: BLE001
-            faults.append(exc)
+            nm.links()
+            assert len(nm.port(endpoint.name)) == 2
+            nm.unpublish(endpoint.name)
+        nm.publish(endpoint, [f"{port}:80"])
 
-    threads = [threading.Thread(target=writer, args=(e, 8000 + i)) for i, e in enumerate(endpoints)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert faults == []
+    assert in_threads(writer, *[(e, 8000 + i) for i, e in enumerate(endpoints)]) == []  # none "already open"
     reader = natmap.NatMap(netns=sandbox.host.name, backend=backend)
     assert sorted(b.host_port for b in reader.bindings()) == [8000, 8000, 8001, 8001, 8002, 8002]
 
