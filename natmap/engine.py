@@ -388,7 +388,9 @@ class Transaction:
 
     Use it as ``with nm.transaction() as tx:``; the change is applied when the
     block ends, and nothing is applied if it raises. The table's lock is held
-    for the whole block.
+    for the whole block: other threads' and processes' changes to the table
+    wait for it (reads do not), and a change made in the block other than
+    through ``tx`` raises :class:`NestedTransactionError`.
     """
 
     def __init__(self, natmap: NatMap, *, dry_run: bool = False) -> None:
