@@ -27,7 +27,7 @@ bench-cni: deps
 
 # The long reliability tests at full count (make test runs them reduced).
 stress: deps
-	STRESS=1 $(BIN)/python -m pytest tests/kernel/test_kernel_reliability.py $(PYTEST_ARGS)
+	STRESS=1 $(BIN)/python -m pytest tests/kernel/test_kernel_reliability.py tests/kernel/test_kernel_fuzz.py $(PYTEST_ARGS)
 
 deps: debs venv bytecode
 

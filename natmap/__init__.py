@@ -7,9 +7,10 @@ libnftables are imported only when a backend needs them.
 """
 
 from .engine import NatMap, Transaction
-from .errors import (BackendError, ConflictError, DriftError, Loopback6Error, NatmapError, NotFoundError,
-                     PrivilegeError, SandboxError, SpecError, TableMissingError, TransactionClosedError,
-                     TransactionOpenError, UnknownInterfaceError, UsageError, WrongNamespaceError)
+from .errors import (BackendError, ConfigError, ConflictError, DriftError, LockError, LockTimeoutError,
+                     Loopback6Error, NatmapError, NestedTransactionError, NotFoundError, PrivilegeError,
+                     SandboxError, SpecError, TableMissingError, TransactionClosedError, TransactionOpenError,
+                     UnknownInterfaceError, UsageError, WrongNamespaceError)
 from .links import Link, hosts_line, link_env
 from .model import Binding, Bridge, Change, Drift, Endpoint, Isolation
 from .spec import LinkSpec, PortRange, PortSpec, Protocol, validate_name
@@ -25,6 +26,7 @@ __all__ = [
     "Bridge",
     "Change",
     "Config",
+    "ConfigError",
     "ConflictError",
     "Drift",
     "DriftError",
@@ -34,9 +36,12 @@ __all__ = [
     "Link",
     "link_env",
     "LinkSpec",
+    "LockError",
+    "LockTimeoutError",
     "Loopback6Error",
     "NatMap",
     "NatmapError",
+    "NestedTransactionError",
     "NotFoundError",
     "PortRange",
     "PortSpec",

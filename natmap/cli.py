@@ -1,10 +1,11 @@
 """The ``natmap`` command: Docker's port publishing and links, in Docker's words.
 
-Exit codes: 0 done; 1 the change failed (a conflict, the kernel refused);
-2 bad input (a spec, a name, a file, the command line); 3 nothing found (no
-such port, no table yet); 4 not privileged (natmap needs CAP_NET_ADMIN).
+Exit codes: 0 done; 1 the change failed (a conflict, the kernel refused,
+the table's lock was held too long); 2 bad input (a spec, a name, a file,
+the command line); 3 nothing found (no such port, no table yet); 4 not
+privileged (natmap needs CAP_NET_ADMIN); 130 interrupted (Ctrl-C).
 Errors go to stderr in one line (grammar errors add the input with a caret
-under the fault); with ``--json`` as a JSON object.
+under the fault); with ``--json`` as one JSON object.
 """
 
 from __future__ import annotations
@@ -19,19 +20,20 @@ from collections.abc import Callable, Iterable, Sequence
 from . import __version__
 from .backends import BACKENDS
 from .engine import NatMap
-from .errors import DriftError, NatmapError, NotFoundError, SpecError
+from .errors import ConfigError, DriftError, NatmapError, NotFoundError, SpecError
 from .links import Link
 from .model import Binding, Change, Endpoint, describe, natural_key
 from .spec import IPAddress, LinkSpec, PortSpec, Protocol, format_ip
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, NoReturn
 
     Output = tuple[Any, list[str]]  # (what --json prints, the lines to print otherwise)
     Argument = tuple[tuple[str, ...], dict[str, Any]]  # (flags, add_argument's options)
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_PRIVILEGE = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED = 130  # as a shell reports SIGINT
 
 
 # --- Docker's text forms -------------------------------------------------------------
@@ -86,7 +88,8 @@ def _change_output(change: Change) -> Output:
 
 def cmd_publish(nm: NatMap, args: argparse.Namespace) -> Output:
     endpoint = Endpoint(args.name, args.ip, args.bridge, ipv6=args.ipv6, expose=tuple(args.expose))
-    made = nm.publish(endpoint, PortSpec.parse_many(args.publish), publish_all=args.publish_all)
+    specs = PortSpec.parse_many(args.publish + _spec_lines(args.publish_file))
+    made = nm.publish(endpoint, specs, publish_all=args.publish_all)
     made.sort(key=Binding.sort_key)
     return [_binding_json(b) for b in made], [b.port_line() for b in made]
 
@@ -162,8 +165,22 @@ def cmd_check(nm: NatMap, args: argparse.Namespace) -> Output:
     return data, [str(drift)]
 
 
+def _spec_lines(path: str | None) -> list[str]:
+    """The specs of a ``--publish-file``: one a line; blank lines and ``#`` comments skipped."""
+    if path is None:
+        return []
+    try:
+        with open(path, encoding="utf-8") as specs:
+            lines = [line.split("#", 1)[0].strip() for line in specs]
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+    return [line for line in lines if line]
+
+
 def cmd_spec(nm: NatMap | None, args: argparse.Namespace) -> Output:
-    lines = ([f"-p {PortSpec.parse(t)}" for t in args.publish]
+    lines = ([f"-p {PortSpec.parse(t)}" for t in args.publish + _spec_lines(args.publish_file)]
              + [f"--expose {PortSpec.parse_exposed(t)}" for t in args.expose]
              + [f"--link {LinkSpec.parse(t)}" for t in args.link])
     return lines, lines
@@ -184,12 +201,18 @@ def _arg(*flags: str, **options: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
 _COMMON = [
     _arg("--table", default="natmap", help="natmap's table (default: natmap)"),
     _arg("--backend", default="nft", choices=BACKENDS, help="packet filter backend: nft (default), iptables, or auto"),
-    _arg("--netns", help="work inside this network namespace (ip netns add NAME)"),
+    _arg("--netns", help="work inside this network namespace (a name, as ip netns add NAME makes it)"),
+    _arg("--netns-path", metavar="PATH", help="work inside the network namespace this file is "
+         "(/proc/PID/ns/net, a bind mount); not with --netns"),
+    _arg("--lock-timeout", type=float, default=30.0, metavar="SECONDS",
+         help="give up waiting for another process's lock of the table after this long (default: 30)"),
     _arg("--json", action="store_true", help="machine-readable output"),
-    _arg("-v", "--verbose", action="count", default=0, help="log each change to stderr (-vv: and each kernel batch)"),
+    _arg("-v", "--verbose", action="count", default=0, help="log each change, and whom a change waits for, to stderr (-vv: and each kernel batch)"),
 ]
 _SPECS = _arg("-p", "--publish", action="append", default=[], metavar="SPEC",
               help="[IP:][HOST_PORT:]CONTAINER_PORT[/PROTO], as docker run -p")
+_SPEC_FILE = _arg("--publish-file", metavar="FILE",
+                  help="more -p specs, one a line ('#' starts a comment): for thousands of them")
 _EXPOSE = _arg("--expose", action="append", default=[], metavar="PORT[/PROTO]")
 
 # name, function, help, example, aliases, arguments
@@ -198,7 +221,7 @@ _COMMANDS: list[tuple[str, Callable[..., Output], str, str, tuple[str, ...], lis
      "natmap publish web01 --ip 172.30.0.2 --bridge natmap0 -p 127.0.0.1:5001:5000 -p 8080:5000 --expose 5000 -P",
      (), [_arg("name"), _arg("--ip", required=True, help="the endpoint's IPv4 address"),
           _arg("--ipv6", help="the endpoint's IPv6 address, if it has one"),
-          _arg("--bridge", required=True, help="the bridge the endpoint is on"), _SPECS, _EXPOSE,
+          _arg("--bridge", required=True, help="the bridge the endpoint is on"), _SPECS, _SPEC_FILE, _EXPOSE,
           _arg("-P", "--publish-all", action="store_true", help="publish every exposed port")]),
     ("port", cmd_port, "list an endpoint's bindings (docker port)", "natmap port web01 5000/tcp",
      (), [_arg("name"), _arg("port", nargs="?", metavar="PORT[/PROTO]")]),
@@ -223,14 +246,14 @@ _COMMANDS: list[tuple[str, Callable[..., Output], str, str, tuple[str, ...], lis
      "(exit 1 and the problems if not)", "natmap check", (), []),
     ("spec", cmd_spec, "check specs and print them in canonical form",
      "natmap spec -p 127.0.0.1:5001:5000 -p '[::1]::80/udp' --expose 5000 --link db01:db",
-     (), [_SPECS, _EXPOSE, _arg("--link", action="append", default=[], metavar="NAME[:ALIAS]")]),
+     (), [_SPECS, _SPEC_FILE, _EXPOSE, _arg("--link", action="append", default=[], metavar="NAME[:ALIAS]")]),
 ]
 
 
 def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     """The parser for ``argv``: when it names a command, only that command's
     parser is built (building all twelve is a tenth of ``natmap port``'s time)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="natmap", formatter_class=_Formatter,
         description="Docker-style port publishing and links on nftables, without Docker.",
         epilog=__doc__.split("\n\n", 1)[1])
@@ -244,6 +267,21 @@ def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
             sub.add_argument(*flags, **options)
         sub.set_defaults(func=func)
     return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, its errors in natmap's form: one line (``--json``: one JSON object), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        _report(CommandLineError(f"{message} (see {self.prog} --help)"), _JSON_ARGV[0])
+        sys.exit(EXIT_BAD_INPUT)
+
+
+class CommandLineError(NatmapError):
+    """The command line does not parse."""
+
+
+_JSON_ARGV = [False]  # whether the argv being parsed asks for --json (main sets it)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -266,7 +304,7 @@ def _terminal_width() -> int:
 def _exit_code(exc: BaseException) -> int:
     if isinstance(exc, PermissionError):
         return EXIT_PRIVILEGE
-    if isinstance(exc, (SpecError, ValueError, TypeError, OSError)):
+    if isinstance(exc, (SpecError, CommandLineError, ValueError, TypeError)):
         return EXIT_BAD_INPUT
     if isinstance(exc, NotFoundError):
         return EXIT_NOT_FOUND
@@ -285,25 +323,78 @@ def _log_to_stderr(verbosity: int) -> None:
         log.addHandler(handler)
 
 
+def _report(exc: BaseException, as_json: bool) -> None:
+    """The error on stderr: ``natmap: MESSAGE`` on one line (a grammar error
+    adds the input and a caret under the fault), or one JSON object."""
+    text = str(exc)
+    if not isinstance(exc, (SpecError, DriftError)):  # others' messages (nft's) may span lines
+        text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    lines = text.splitlines() or [type(exc).__name__]
+    if as_json:
+        print(json.dumps({"error": lines[0], "kind": type(exc).__name__, "detail": text}), file=sys.stderr)
+    else:
+        print(f"natmap: {text}", file=sys.stderr)
+
+
+def _pull_specs(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """argv without its ``-p``/``--publish`` options, and their values in order.
+    argparse takes time quadratic in the number of options (20,000 -p: a
+    minute); this is linear, and argparse sees one ``-p`` at most."""
+    rest: list[str] = []
+    specs: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest += argv[i:]
+            break
+        if arg in ("-p", "--publish") and i + 1 < len(argv):
+            specs.append(argv[i + 1])
+            i += 2
+            continue
+        if arg.startswith("--publish="):
+            specs.append(arg[len("--publish="):])
+        elif arg.startswith("-p") and not arg.startswith("--") and len(arg) > 2:
+            specs.append(arg[2:])
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, specs
+
+
+def wants_json(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` asks for ``--json`` (before any ``--``): known before argparse is."""
+    return "--json" in argv[:argv.index("--")] if "--" in argv else "--json" in argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = _parser(argv).parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _JSON_ARGV[0] = wants_json(argv)
+    rest, specs = _pull_specs(argv)
+    if specs:  # argparse still says whether this command takes -p at all
+        at = rest.index("--") if "--" in rest else len(rest)
+        rest[at:at] = ["-p", specs[0]]
+    args = _parser(rest).parse_args(rest)
+    if specs:
+        args.publish = specs
     if args.verbose:
         _log_to_stderr(args.verbose)
     try:
         if args.func is cmd_spec:
             data, lines = cmd_spec(None, args)
         else:
-            with NatMap(table=args.table, backend=args.backend, netns=args.netns) as nm:
+            with NatMap(table=args.table, backend=args.backend, netns=args.netns, netns_path=args.netns_path,
+                        lock_timeout=args.lock_timeout) as nm:
                 data, lines = args.func(nm, args)
-    except (NatmapError, ValueError, TypeError, OSError) as exc:
-        code = _exit_code(exc)
-        if args.json:
-            print(json.dumps({"error": str(exc).splitlines()[0], "kind": type(exc).__name__,
-                              "detail": str(exc)}), file=sys.stderr)
-        else:
-            print(f"natmap: {exc}", file=sys.stderr)
-        return code
+    except (NatmapError, ValueError, TypeError) as exc:
+        _report(exc, args.json)
+        return _exit_code(exc)
+    except (OSError, RecursionError, MemoryError) as exc:  # a fault natmap did not foresee: still one line
+        _report(exc, args.json)
+        return EXIT_FAILED
+    except KeyboardInterrupt:  # Ctrl-C, say while waiting for a lock
+        _report(NatmapError("interrupted"), args.json)
+        return EXIT_INTERRUPTED
     if args.json:
         print(json.dumps(data, indent=2))
     elif lines:

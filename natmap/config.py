@@ -23,15 +23,16 @@ had assigned before. Pure: reading the file is the only I/O.
 
 from __future__ import annotations
 
+import reprlib
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol as TypingProtocol
 
-from .errors import SpecError
+from .errors import ConfigError, SpecError
 from .links import Link
-from .model import Binding, Endpoint, Table
+from .model import Binding, Endpoint, Table, validate_ifname
 from .spec import LinkSpec, PortSpec
 
 __all__ = ["Config", "EndpointConfig"]
@@ -69,22 +70,40 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
-        """Read a TOML file; any mistake in it is a :class:`SpecError` naming the place."""
-        text = Path(path).read_text()
+        """Read a TOML file (UTF-8). Whatever is wrong with it is a
+        :class:`ConfigError` (the file cannot be read, is not UTF-8 or not
+        TOML) or a :class:`SpecError` naming the file and the key path, as in
+        ``lab.toml: endpoints.web01.publish[2]: invalid port ...`` (list
+        indexes count from 0)."""
+        try:
+            raw = Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from exc
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start} is {raw[exc.start]:#04x})") from exc
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise SpecError(f"{path}: {exc}", text) from exc
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        except RecursionError as exc:  # tomllib recurses once per nested array or inline table
+            raise ConfigError(f"{path}: arrays or tables nested too deeply") from exc
         return cls.from_dict(data, str(path))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> Config:
+        """The configuration the mapping (TOML's shape) describes; mistakes as in :meth:`load`."""
+        if not isinstance(data, Mapping):
+            raise SpecError(f"{source}: must be a table", _shown(data))
         _only(data, {"bridges", "endpoints"}, source)
         bridges = _table(data.get("bridges", {}), source, "bridges")
         isolated = set()
         for name, settings in bridges.items():
-            _only(settings, _BRIDGE_KEYS, f"{source}: bridges.{name}")
-            if _typed(settings.get("isolate", False), bool, f"{source}: bridges.{name}.isolate"):
+            where = f"{source}: bridges.{name}"
+            _parsed(validate_ifname, name, where)
+            _only(_table(settings, source, f"bridges.{name}"), _BRIDGE_KEYS, where)
+            if _typed(settings.get("isolate", False), bool, f"{where}.isolate"):
                 isolated.add(name)
         endpoints = tuple(_endpoint(name, settings, f"{source}: endpoints.{name}")
                           for name, settings in _table(data.get("endpoints", {}), source, "endpoints").items())
@@ -128,25 +147,43 @@ class Config:
 
 def _endpoint(name: str, settings: Any, where: str) -> EndpointConfig:
     if not isinstance(settings, Mapping):
-        raise SpecError(f"{where} must be a table", str(settings))
+        raise SpecError(f"{where} must be a table", _shown(settings))
     _only(settings, _ENDPOINT_KEYS, where)
     for key in ("ip", "bridge"):
         if key not in settings:
             raise SpecError(f"{where} needs {key} = ...", name)
-    publish = tuple(PortSpec.parse(_typed(s, str, f"{where}.publish"))
-                    for s in _typed(settings.get("publish", []), list, f"{where}.publish"))
-    expose = [PortSpec.parse_exposed(_typed(s, str, f"{where}.expose"))
-              for s in _typed(settings.get("expose", []), list, f"{where}.expose")]
+    publish = tuple(_each(PortSpec.parse, settings, "publish", where))
+    expose = _each(PortSpec.parse_exposed, settings, "expose", where)
     # As with docker run, a published container port is exposed too (links open it).
     expose += [PortSpec(None, None, spec.container_ports, spec.proto) for spec in publish]
-    endpoint = Endpoint(name, _typed(settings["ip"], str, f"{where}.ip"),
-                        _typed(settings["bridge"], str, f"{where}.bridge"),
-                        ipv6=_typed(settings.get("ipv6"), (str, type(None)), f"{where}.ipv6"),
-                        expose=tuple(dict.fromkeys(expose)))
-    links = tuple(LinkSpec.parse(_typed(s, str, f"{where}.links"))
-                  for s in _typed(settings.get("links", []), list, f"{where}.links"))
+    endpoint = _parsed(lambda _: Endpoint(
+        name, _typed(settings["ip"], str, f"{where}.ip"), _typed(settings["bridge"], str, f"{where}.bridge"),
+        ipv6=_typed(settings.get("ipv6"), (str, type(None)), f"{where}.ipv6"),
+        expose=tuple(dict.fromkeys(expose))), name, where)
+    links = tuple(_each(LinkSpec.parse, settings, "links", where))
     return EndpointConfig(endpoint, publish,
                           _typed(settings.get("publish_all", False), bool, f"{where}.publish_all"), links)
+
+
+def _each(parse: Callable[[str], Any], settings: Mapping[str, Any], key: str, where: str) -> list[Any]:
+    """``parse`` of each string of the list ``settings[key]``; a fault names its place."""
+    return [_parsed(parse, _typed(value, str, f"{where}.{key}[{i}]"), f"{where}.{key}[{i}]")
+            for i, value in enumerate(_typed(settings.get(key, []), list, f"{where}.{key}"))]
+
+
+def _parsed(parse: Callable[[Any], Any], value: Any, where: str) -> Any:
+    """``parse(value)``; its SpecError again, the place in the file put in front."""
+    try:
+        return parse(value)
+    except SpecError as exc:
+        if exc.message.startswith(where):  # placed already (a _typed inside)
+            raise
+        raise SpecError(f"{where}: {exc.message}", exc.text, exc.start, exc.end) from exc
+
+
+def _shown(value: Any) -> str:
+    """A value as an error shows it: short, however big or deep it is."""
+    return reprlib.repr(value) if not isinstance(value, str) else value
 
 
 def _only(settings: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -158,11 +195,11 @@ def _only(settings: Mapping[str, Any], allowed: set[str], where: str) -> None:
 
 def _table(value: Any, where: str, key: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
-        raise SpecError(f"{where}: {key} must be a table", str(value))
+        raise SpecError(f"{where}: {key} must be a table", _shown(value))
     return value
 
 
 def _typed(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
     if not isinstance(value, kind):
-        raise SpecError(f"{where} has the wrong type ({type(value).__name__})", str(value))
+        raise SpecError(f"{where} has the wrong type ({type(value).__name__})", _shown(value))
     return value

@@ -3,8 +3,8 @@
 How a change happens, every time:
 
 1. take the table's lock (``flock`` on ``/run/natmap/<netns>-<table>.lock``,
-   released by the kernel if the process dies), so natmap processes change a
-   table one at a time;
+   released by the kernel if the process dies; see :mod:`natmap.locking`), so
+   natmap processes change a table one at a time;
 2. get the table: from memory if the backend's generation (nftables' counter,
    or natmap's marker rule on iptables) says nothing was committed since
    natmap last read or wrote it, else read from the kernel;
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 import sys
 import threading
 import time
@@ -26,14 +27,14 @@ from contextlib import contextmanager
 
 from .backends import make_backend
 from .backends.nft import validate_table
-from .errors import (BackendError, Loopback6Error, NotFoundError, SpecError, TableMissingError,
-                     TransactionClosedError, TransactionOpenError, WrongNamespaceError)
+from .errors import (BackendError, LockTimeoutError, Loopback6Error, NestedTransactionError, NotFoundError,
+                     SpecError, TableMissingError, TransactionClosedError, WrongNamespaceError)
 from .host import Session
 from .links import Link
-from .locking import flocked
+from .locking import LOCK_DIR, LOCK_TIMEOUT, describe_holder, discard, table_lock
 from .model import (Binding, Bridge, Change, Drift, Endpoint, Isolation, PortPool, Table, describe,
                    validate_ifname)
-from .netns import current as current_netns, entered as entered_netns
+from .netns import current as current_netns, entered as entered_netns, validate_name as validate_netns
 from .spec import PortSpec, Protocol, validate_name
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
@@ -52,7 +53,6 @@ _NO_LOOPBACK6 = (
     "br_netfilter turns replies back to ::1 before the kernel's loopback check drops "
     "them; publish on 127.0.0.1, or keep that sysctl at 0 and bridges unisolated")
 
-LOCK_DIR = "/run/natmap"
 _LOOPBACK6 = ipaddress.IPv6Address("::1")
 
 
@@ -62,23 +62,49 @@ class NatMap:
     ``NatMap()`` works in the calling thread's current network namespace with
     table ``natmap``; ``NatMap(table="lab1")`` gives an independent instance;
     ``NatMap(netns="name")`` works inside the named namespace (as made by
-    ``ip netns add``), entering it only for the length of each call.
+    ``ip netns add``; a name, never a path), ``NatMap(netns_path="/proc/PID/ns/net")``
+    inside the namespace that file is; either is entered only for the length
+    of each call.
+
+    Threads: a NatMap may be shared between threads. Its calls take turns on
+    the instance: a change waits while another thread's change (or
+    transaction) runs, and a read never uses libnftables or the netlink
+    sockets at the same time as another call. A thread that calls a change on
+    a table while it holds that table's lock, inside ``with nm.transaction():``
+    through this or another NatMap, gets a :class:`NestedTransactionError` at
+    once instead of waiting for itself.
+
+    Processes: changes to one table take turns through a lock file in
+    ``lock_dir`` (default ``$NATMAP_LOCK_DIR``, else ``/run/natmap``; made mode
+    0700, refused with a :class:`LockError` if another user could use it). A wait for another
+    process or thread ends after ``lock_timeout`` seconds (default 30) with a
+    :class:`LockTimeoutError` naming the holder's PID.
 
     The seams, for tests and for other packet filters or hosts: ``backend``
     is a backend's name (``nft``, ``iptables``, ``auto``) or an object that
     implements :class:`natmap.backends.base.Backend` (such as its
     ``FakeBackend``); ``host`` an object that implements
     :class:`natmap.host.Host` (such as ``FakeHost``), by default the real
-    host; ``lock_dir`` where the tables' lock files live.
+    host.
     """
 
     def __init__(self, table: str = "natmap", *, backend: str | Backend = "nft", netns: str | None = None,
-                 host: Host | None = None, lock_dir: str = LOCK_DIR) -> None:
+                 netns_path: str | None = None, host: Host | None = None, lock_timeout: float = LOCK_TIMEOUT,
+                 lock_dir: str | None = None) -> None:
         self.table_name = validate_table(table)
-        self.netns = netns
+        if netns is not None and netns_path is not None:
+            raise SpecError("give netns (a name) or netns_path (a path), not both", str(netns))
+        self.netns = None if netns is None else validate_netns(netns)
+        self.netns_path = None if netns_path is None else _path(netns_path, "netns_path")
+        if not isinstance(lock_timeout, (int, float)) or not 0 <= lock_timeout <= threading.TIMEOUT_MAX:
+            raise SpecError("lock_timeout is a number of seconds, 0 or more", str(lock_timeout))
+        self.lock_timeout = float(lock_timeout)
+        self.lock_dir = os.environ.get("NATMAP_LOCK_DIR", LOCK_DIR) if lock_dir is None else _path(lock_dir, "lock_dir")
+        self._busy = threading.RLock()  # the calls' turns (see the class doc)
+        self._owner: int | None = None   # the thread in a transaction, if one is
+        self._lock_path = ""             # the table's lock file, while it is held
         self._kernel: Host = Session() if host is None else host
-        self._lock_dir = lock_dir
-        with entered_netns(netns):
+        with entered_netns(self.netns, ns_path=self.netns_path):
             self._home = current_netns()
             self._backend: Backend = (backend if not isinstance(backend, str) and hasattr(backend, "apply")
                                       else make_backend(backend, self.table_name))
@@ -89,7 +115,6 @@ class NatMap:
         self._missing = True
         self._reads = 0
         self._remembered: Table | None = None
-        self._busy = threading.Lock()
 
     # --- the API -------------------------------------------------------------------
 
@@ -227,11 +252,13 @@ class NatMap:
                 self._backend.delete()
                 self._kernel.forget_flows(table.bindings(), table.links())
             self._cache, self._generation, self._remembered = None, None, Table()
+            discard(self._lock_path)  # the table is gone, and its lock with it
 
     def close(self) -> None:
         """Close the netlink sockets this instance keeps open (bindings stay)."""
-        self._kernel.close()
-        self._backend.close()
+        with self._turn():
+            self._kernel.close()
+            self._backend.close()
 
     def __enter__(self) -> NatMap:
         return self
@@ -244,27 +271,51 @@ class NatMap:
     @contextmanager
     def _ns(self) -> Iterator[None]:
         """Run in this instance's namespace, and never anywhere else."""
-        with entered_netns(self.netns):
+        with entered_netns(self.netns, ns_path=self.netns_path):
             if current_netns() != self._home:
                 raise WrongNamespaceError("this NatMap belongs to another network namespace than the "
                                           "calling thread's (pass netns= to work in another one)")
             yield
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
-        if not self._busy.acquire(blocking=False):
-            raise TransactionOpenError("a transaction is already open on this NatMap")
+    def _turn(self) -> Iterator[None]:
+        """This thread's turn on the instance (again, if it has it already)."""
+        if not self._busy.acquire(timeout=self.lock_timeout):
+            raise LockTimeoutError(f"another thread of this process kept this NatMap busy for more than "
+                                   f"{self.lock_timeout:g} s", os.getpid())
         try:
-            dev, ino = self._home
-            with flocked(f"{self._lock_dir}/{dev}-{ino}-{self.table_name}.lock"):
-                yield
+            yield
         finally:
             self._busy.release()
 
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The instance and the table's lock file, for a change."""
+        if self._owner == threading.get_ident():
+            raise NestedTransactionError(
+                "this thread is already in a transaction on this NatMap: make the change through "
+                "that transaction (tx.publish(...)), or after its with block")
+        with self._turn():
+            self._owner = threading.get_ident()
+            try:
+                with table_lock(self.lock_dir, self._home, self.table_name, timeout=self.lock_timeout,
+                                waiting=self._log_wait) as self._lock_path:
+                    yield
+            finally:
+                self._owner = None
+
+    def _log_wait(self, pid: int | None) -> None:
+        """Say (at INFO: ``natmap -v``) that a change waits for another process."""
+        logging = sys.modules.get("logging")  # see _log_change
+        if logging is not None:
+            logging.getLogger("natmap").info(
+                "waiting for the lock of table %s, held by %s (at most %g s)",
+                self.table_name, describe_holder(pid), self.lock_timeout)
+
     def _read(self) -> Table:
-        with self._ns():
+        with self._turn(), self._ns():
             self._reads += 1
-            if self._busy.locked() or (self._cache is None and self._reads == 1):
+            if self._owner is not None or (self._cache is None and self._reads == 1):
                 # A transaction is changing the cached table, or this is a first
                 # look (say, `natmap port` as a process): read the kernel itself.
                 # The dump is consistent on its own; only remembering it needs
@@ -348,7 +399,9 @@ class Transaction:
 
     Use it as ``with nm.transaction() as tx:``; the change is applied when the
     block ends, and nothing is applied if it raises. The table's lock is held
-    for the whole block.
+    for the whole block: other threads' and processes' changes to the table
+    wait for it (reads do not), and a change made in the block other than
+    through ``tx`` raises :class:`NestedTransactionError`.
     """
 
     def __init__(self, natmap: NatMap, *, dry_run: bool = False) -> None:
@@ -464,6 +517,17 @@ def _log_change(change: Change, backend: str, seconds: float) -> None:
                 log.info("%s %s", sign, describe(item))
     log.debug("%s: one transaction, %d deleted and %d added, %.1f ms",
               backend, len(change.delete), len(change.add), seconds * 1000)
+
+
+def _path(value: Any, what: str) -> str:
+    """A path argument as text (``str`` or ``os.PathLike``)."""
+    try:
+        path = os.fspath(value)
+    except TypeError:
+        raise SpecError(f"{what} is a path", repr(value)) from None
+    if not isinstance(path, str) or not path or "\0" in path:
+        raise SpecError(f"{what} is a path", repr(value))
+    return path
 
 
 def _list(specs: Iterable[str | PortSpec]) -> list[str | PortSpec]:

@@ -5,6 +5,7 @@ condition::
 
     NatmapError
     ├── SpecError (ValueError)          a spec, name or value natmap cannot read
+    ├── ConfigError (ValueError)        a declarative file natmap cannot read (names file and key)
     ├── ConflictError                   collides with what is there (a port, a name)
     ├── NotFoundError (LookupError)     what a call names is not there
     │   ├── TableMissingError           the NatMap's table is not in the kernel
@@ -15,8 +16,11 @@ condition::
     ├── DriftError                      the kernel is not as natmap made it (natmap check)
     ├── UsageError                      the API used in a way it cannot serve
     │   ├── TransactionOpenError        a transaction is already open on the NatMap
+    │   │   └── NestedTransactionError  ... by this thread, on this table: waiting would never end
     │   ├── TransactionClosedError      a transaction used outside its with block
     │   └── WrongNamespaceError         a NatMap called from another network namespace
+    ├── LockError                       the table's lock directory is unsafe or unusable
+    │   └── LockTimeoutError            another process (pid) held the lock past lock_timeout
     └── SandboxError                    the sandbox could not build or run what was asked
 
 Errors from the libraries natmap drives are translated at one boundary per
@@ -30,7 +34,8 @@ from __future__ import annotations
 
 __all__ = ["NatmapError", "SpecError", "ConflictError", "BackendError", "NotFoundError", "PrivilegeError",
            "SandboxError", "TableMissingError", "UnknownInterfaceError", "Loopback6Error", "DriftError",
-           "UsageError", "TransactionOpenError", "TransactionClosedError", "WrongNamespaceError"]
+           "UsageError", "TransactionOpenError", "TransactionClosedError", "WrongNamespaceError",
+           "ConfigError", "LockError", "LockTimeoutError", "NestedTransactionError"]
 
 # How much of a long input an error message shows on each side of the fault.
 _CONTEXT = 40
@@ -133,6 +138,30 @@ class WrongNamespaceError(UsageError):
 
 class SandboxError(NatmapError):
     """The sandbox could not build or run what was asked."""
+
+
+class ConfigError(NatmapError, ValueError):
+    """A declarative file natmap cannot read: missing, not UTF-8, not TOML,
+    nested too deeply. Its message starts with the file's name."""
+
+
+class LockError(NatmapError):
+    """natmap's table lock cannot be taken: its directory is unsafe or unusable."""
+
+
+class LockTimeoutError(LockError):
+    """Another process (``pid``, when the kernel names it) held the table's
+    lock for longer than the NatMap's ``lock_timeout``."""
+
+    def __init__(self, message: str, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+class NestedTransactionError(TransactionOpenError):
+    """A call that changes a table, made by the thread that already holds
+    that table's lock (inside a ``with nm.transaction():`` block, through the
+    same or another NatMap): waiting would never end, so natmap refuses."""
 
 
 class PrivilegeError(BackendError, PermissionError):

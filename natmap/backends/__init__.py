@@ -32,7 +32,9 @@ def make_backend(name: object, table: str) -> Backend:
             raise
         except (ImportError, OSError) as exc:
             if name == "nft":
-                raise BackendError(f"the nft backend needs libnftables and its Python binding: {exc}") from exc
+                raise BackendError("the nft backend needs libnftables and its Python binding: install the "
+                                   "Debian package libnftables1 and the binding (Debian's python3-nftables, "
+                                   f"or pip install pip-nftables), or use --backend iptables ({exc})") from exc
     try:
         from .iptables import IptablesBackend
 

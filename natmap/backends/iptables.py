@@ -186,7 +186,7 @@ class Layout:
         ``rules_of(family, table, chain)`` gives (as python-iptables does)."""
         items: list[Item] = []
         for family in _FAMILIES:
-            items += map(self._read_dnat, rules_of(family, "nat", self._chain("DNAT")))
+            items += [b for b in map(self._read_dnat, rules_of(family, "nat", self._chain("DNAT"))) if b]
             items += self._read_bridges(rules_of(family, "nat", self._chain("POSTROUTING")))
             items += self._read_isolation(rules_of(family, "filter", self._chain("FORWARD")))
         items += self._read_links(*(rules_of(family, "filter", self._chain("ISOLATION")) for family in _FAMILIES))
@@ -205,14 +205,19 @@ class Layout:
                      first=not b.host_ip.is_unspecified)
 
     @staticmethod
-    def _read_dnat(rule: Any) -> Binding:
-        match = {m.name: m for m in rule.matches}
-        proto = Protocol(rule.protocol)
-        destination = rule.target.to_destination
-        address, _, port = destination.rpartition(":")
-        host = rule.dst.split("/")[0]
-        return Binding(match["comment"].comment, proto, ipaddress.ip_address(host),
-                       int(match[proto.value].dport), ipaddress.ip_address(address.strip("[]")), int(port))
+    def _read_dnat(rule: Any) -> Binding | None:
+        """The binding a DNAT rule is; None for a rule natmap does not write
+        (another program's: :meth:`structure_problems` reports it)."""
+        try:
+            match = {m.name: m for m in rule.matches}
+            proto = Protocol(rule.protocol)
+            destination = rule.target.to_destination
+            address, _, port = destination.rpartition(":")
+            host = rule.dst.split("/")[0]
+            return Binding(match["comment"].comment, proto, ipaddress.ip_address(host),
+                           int(match[proto.value].dport), ipaddress.ip_address(address.strip("[]")), int(port))
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+            return None
 
     def _bridge_rules(self, bridge: Bridge) -> Iterator[_Rule]:
         """A bridge: localhost, hairpin and egress masquerade in NATMAP-POSTROUTING,
@@ -257,11 +262,15 @@ class Layout:
             for rule in rules:
                 comment = _comment(rule)
                 if comment and ">" in comment:
-                    proto = Protocol(rule.protocol)
-                    dport = next(int(m.dport) for m in rule.matches if m.name == proto.value)
-                    flows.setdefault(comment, []).append(
-                        (ipaddress.ip_network(rule.src, strict=False).network_address,
-                         ipaddress.ip_network(rule.dst, strict=False).network_address, proto, dport))
+                    try:
+                        proto = Protocol(rule.protocol)
+                        dport = next(int(m.dport) for m in rule.matches if m.name == proto.value)
+                        flow = (ipaddress.ip_network(rule.src, strict=False).network_address,
+                                ipaddress.ip_network(rule.dst, strict=False).network_address, proto, dport)
+                        links_from_flows({comment: [flow]})  # natmap's source>target:alias, or raises
+                    except (ValueError, TypeError, StopIteration):
+                        continue  # not natmap's, whatever its comment says
+                    flows.setdefault(comment, []).append(flow)
         return links_from_flows(flows)
 
     def _isolation_rules(self, isolation: Isolation) -> Iterator[_Rule]:
@@ -341,9 +350,9 @@ class IptablesBackend(Layout):
 
         # Without CAP_NET_ADMIN, libxtables' extension checks call exit():
         # open a table first, which fails cleanly.
-        with _xtables_lock():
+        with _xtables_lock():  # which also makes threads take turns with libxtables' globals
             _table(4, "filter")
-        _prepare_extensions()
+            _prepare_extensions()
         super().__init__(table)
 
     def generation(self) -> Generation:
@@ -428,9 +437,16 @@ class IptablesBackend(Layout):
                 if step.verb is Verb.CHAIN and not table.is_chain(step.chain):
                     problems.append(f"{_name(step.family)} chain {step.chain} in {step.table} is missing")
                 elif step.verb is Verb.JUMP and table.is_chain(step.chain) and \
+                        table.is_chain(step.needs_rule().target) and \
                         step.needs_rule().build() not in _chain(table, step.chain).rules:
                     problems.append(f"{_name(step.family)} jump from {step.chain} to "
                                     f"{step.needs_rule().target} is missing")
+            for family in _FAMILIES:
+                nat = _table(family, "nat")
+                if nat.is_chain(self._chain("DNAT")):
+                    foreign = [r for r in _chain(nat, self._chain("DNAT")).rules if self._read_dnat(r) is None]
+                    problems += [f"{_name(family)} chain {self._chain('DNAT')} has a rule natmap did not make: "
+                                 f"{_decoded(r, family)}" for r in foreign]
         return problems
 
     def rebuild(self, items: Iterable[Item]) -> None:
@@ -579,6 +595,18 @@ def _merge_bridges(items: list[Item]) -> list[Item]:
             others.append(item)
     bridges = [Bridge(n, tuple(sorted(s, key=lambda n: (n.version, n)))) for n, s in merged.items()]
     return [*bridges, *others]
+
+
+def _decoded(rule: Any, family: int) -> str:
+    """A foreign rule in words, for a drift message."""
+    import iptc.easy
+
+    try:
+        decoded = iptc.easy.decode_iptc_rule(rule, family == 6)
+        decoded.pop("counters", None)
+        return str(decoded)
+    except Exception:  # noqa: BLE001  (only words for a message)
+        return "(unreadable)"
 
 
 def _xtables_lock() -> Any:

@@ -24,18 +24,23 @@ which creates the table, goes as nft text (skeleton and elements in one
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
+import os
 import re
+import sys
 import threading
 from collections import namedtuple
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from ..errors import BackendError, PrivilegeError, SpecError
 from ..host import _netlink
 from ..links import Flow, Link, links_from_flows
 from ..model import Binding, Bridge, Change, Isolation, Item, Table, assert_never
 from ..spec import Protocol
+from .nft_keywords import KEYWORDS
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
 if TYPE_CHECKING:
@@ -48,10 +53,13 @@ _VERSIONS = (4, 6)
 
 
 def validate_table(name: str) -> str:
-    """Return ``name`` if it is a usable table name (an nft identifier, <= 32 chars)."""
+    """Return ``name`` if it is a usable table name (an nft identifier, <= 32
+    chars, not one of nft's keywords: see :mod:`.nft_keywords`)."""
     if not isinstance(name, str) or not _TABLE_NAME.fullmatch(name):
         raise SpecError("invalid table name (a letter, then letters, digits or '_'; "
                         "at most 32 characters)", str(name), None)
+    if name in KEYWORDS:
+        raise SpecError("invalid table name: nftables reads it as a keyword", name, None)
     return name
 
 
@@ -137,10 +145,25 @@ def _elements(item: Item) -> Iterator[_Element]:
             assert_never(item)
 
 
-def _read_items(contents: dict[str, list[Any]]) -> list[Item]:
-    """Every item of the table, from the elements of its sets and maps by name."""
-    return [*_read_bindings(contents), *_read_bridges(contents), *_read_links(contents),
-            *_read_isolation(contents)]
+def _read_items(contents: dict[str, list[Any]], foreign: list[str]) -> list[Item]:
+    """Every item of the table, from the elements of its sets and maps by name;
+    what natmap could not have written is described in ``foreign`` instead."""
+    return [*_read_bindings(contents, foreign), *_read_bridges(contents, foreign),
+            *_read_links(contents, foreign), *_read_isolation(contents, foreign)]
+
+
+def _readable(convert: Any, contents: dict[str, Any], name: str, foreign: list[str]) -> list[Any]:
+    """``convert`` of each element of set ``name`` that natmap could have written."""
+    elements = contents.get(name, [])
+    if not isinstance(elements, list):
+        elements = [elements]
+    converted = []
+    for elem in elements:
+        try:
+            converted.append(convert(elem))
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            foreign.append(f"{name} has an element natmap did not make: {json.dumps(elem)}")
+    return converted
 
 
 # Each kind of item: how it is written as elements, and read back from them.
@@ -157,10 +180,9 @@ def _binding_elements(b: Binding) -> Iterator[_Element]:
 _MAP_VERSION = {"dnat4": 4, "dnat4_any": 4, "dnat6": 6, "dnat6_any": 6}
 
 
-def _read_bindings(contents: dict[str, list[Any]]) -> Iterator[Binding]:
+def _read_bindings(contents: dict[str, list[Any]], foreign: list[str]) -> Iterator[Binding]:
     for name, version in _MAP_VERSION.items():
-        for elem in contents.get(name, []):
-            yield _binding(version, elem)
+        yield from _readable(functools.partial(_binding, version), contents, name, foreign)
 
 
 def _binding(version: int, elem: list[Any]) -> Binding:
@@ -181,12 +203,14 @@ def _bridge_elements(bridge: Bridge) -> Iterator[_Element]:
         yield _Element(f"subnets{net.version}", (net,))
 
 
-def _read_bridges(contents: dict[str, list[Any]]) -> list[Bridge]:
+def _read_bridges(contents: dict[str, list[Any]], foreign: list[str]) -> list[Bridge]:
     # Which subnet belongs to which bridge is not kept in the kernel; every
     # bridge is read back with all subnets. Only membership matters to the rules.
-    subnets = tuple(ipaddress.ip_network(f"{p['prefix']['addr']}/{p['prefix']['len']}")
-                    for v in _VERSIONS for p in contents.get(f"subnets{v}", []) if "prefix" in p)
-    return [Bridge(name, subnets) for name in contents.get("bridges", [])]
+    subnets = tuple(net for v in _VERSIONS for net in _readable(
+        lambda p: ipaddress.ip_network(f"{p['prefix']['addr']}/{p['prefix']['len']}"),
+        contents, f"subnets{v}", foreign))
+    bridges: list[Bridge] = _readable(lambda name: Bridge(name, subnets), contents, "bridges", foreign)
+    return bridges
 
 
 def _link_elements(link: Link) -> Iterator[_Element]:
@@ -195,13 +219,18 @@ def _link_elements(link: Link) -> Iterator[_Element]:
         yield _Element(f"links{source.version}", (source, target, proto, port), None, link.comment)
 
 
-def _read_links(contents: dict[str, list[Any]]) -> list[Link]:
+def _read_links(contents: dict[str, list[Any]], foreign: list[str]) -> list[Link]:
+    def flow(elem: Any) -> tuple[str, Flow]:
+        source, target, proto, port = elem["elem"]["val"]["concat"]
+        comment, one = elem["elem"]["comment"], (ipaddress.ip_address(source), ipaddress.ip_address(target),
+                                                 Protocol(proto), int(port))
+        links_from_flows({comment: [one]})  # natmap's source>target:alias, or raises
+        return comment, one
+
     flows: dict[str, list[Flow]] = {}
     for v in _VERSIONS:
-        for elem in contents.get(f"links{v}", []):
-            source, target, proto, port = elem["elem"]["val"]["concat"]
-            flows.setdefault(elem["elem"]["comment"], []).append(
-                (ipaddress.ip_address(source), ipaddress.ip_address(target), Protocol(proto), int(port)))
+        for comment, one in _readable(flow, contents, f"links{v}", foreign):
+            flows.setdefault(comment, []).append(one)
     return links_from_flows(flows)
 
 
@@ -210,8 +239,9 @@ def _isolation_elements(isolation: Isolation) -> Iterator[_Element]:
     yield _Element("isolated", (_Ifname(isolation.bridge), _Ifname(isolation.bridge)))
 
 
-def _read_isolation(contents: dict[str, list[Any]]) -> list[Isolation]:
-    return [Isolation(e["concat"][0]) for e in contents.get("isolated", [])]
+def _read_isolation(contents: dict[str, list[Any]], foreign: list[str]) -> list[Isolation]:
+    isolated: list[Isolation] = _readable(lambda e: Isolation(e["concat"][0]), contents, "isolated", foreign)
+    return isolated
 
 
 def _json_value(part: Any) -> Any:
@@ -310,16 +340,20 @@ def _text_entry(element: _Element) -> str:
 # --- reading back -----------------------------------------------------------------
 
 
-def parse_table(listing: str) -> Table:
-    """The output of ``list table inet NAME`` (JSON) as a :class:`Table`."""
+def parse_table(listing: str, foreign: list[str] | None = None) -> Table:
+    """The output of ``list table inet NAME`` (JSON) as a :class:`Table`.
+
+    Elements natmap does not write (another program's) are left out, and
+    described in ``foreign`` if given: they never break a read.
+    """
+    foreign = [] if foreign is None else foreign
     try:
         objects = json.loads(listing)["nftables"]
         contents = {body["name"]: body.get("elem", []) for obj in objects
                     for kind in ("map", "set") if kind in obj for body in [obj[kind]]}
-        items = _read_items(contents)
     except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise BackendError(f"unreadable table listing from nft: {exc!r}") from exc
-    return Table(items)
+    return Table(_read_items(contents, foreign))
 
 
 _NO_SUCH_TABLE = "No such file or directory"  # libnftables' words for ENOENT
@@ -332,6 +366,68 @@ def _check(what: str, rc: int, err: str) -> None:
         raise BackendError(f"nft refused {what}: {err.strip() or f'error {rc}'}")
 
 
+@functools.cache
+def _nftables_class() -> Any:
+    """libnftables' Python binding, its Nftables class made safe to fail:
+    the binding's ``__del__`` frees a context that a failed ``__init__``
+    never made, which prints a traceback at exit. Raises ImportError or
+    OSError when either is missing (make_backend says what to install)."""
+    import ctypes
+
+    import nftables
+
+    ctypes.CDLL("libnftables.so.1")  # what Nftables() loads: fail here, before any Nftables exists
+
+    class Nftables(nftables.Nftables):  # type: ignore[misc]
+        def __del__(self) -> None:
+            if "_Nftables__ctx" in self.__dict__:
+                super().__del__()
+
+    return Nftables
+
+
+# File descriptor 2 is the process's: one capture at a time. This also makes
+# every libnftables call in the process take turns, which its contexts, made
+# for one thread each, want anyway.
+_LIBNFTABLES = threading.Lock()
+
+
+@contextmanager
+def _stderr_captured(into: list[str]) -> Iterator[None]:
+    """Catch what C code writes to file descriptor 2 during the block (libnftables
+    prints "Operation not permitted (you must be root)" there itself, past its
+    error buffer) and append it to ``into``. Without a descriptor 2, nothing to catch."""
+    with _LIBNFTABLES:
+        try:
+            saved = os.dup(2)
+        except OSError:
+            into.append("")
+            yield
+            return
+        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)  # never blocks the writer
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        os.dup2(write_end, 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(write_end)
+            chunks = []
+            while chunk := _read_some(read_end):
+                chunks.append(chunk)
+            os.close(read_end)
+            into.append(b"".join(chunks).decode(errors="replace"))
+
+
+def _read_some(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except BlockingIOError:
+        return b""
+
+
 class NftBackend:
     """The :class:`~natmap.backends.base.Backend` on libnftables, in the
     calling thread's network namespace."""
@@ -339,24 +435,35 @@ class NftBackend:
     name = "nft"
 
     def __init__(self, table: str) -> None:
-        import nftables
-
         self.table = validate_table(table)
         self._generation = _GenerationCounter()
-        self._nft = nftables.Nftables()
+        with _LIBNFTABLES:
+            self._nft = _nftables_class()()
         self._nft.set_json_output(True)
 
+    def _call(self, command: str | dict[str, Any]) -> tuple[int, Any, str]:
+        """libnftables' (rc, output, errors), what it printed itself among the errors."""
+        printed: list[str] = []
+        try:
+            with _stderr_captured(printed):
+                if isinstance(command, str):
+                    rc, out, err = self._nft.cmd(command)
+                else:
+                    rc, out, err = self._nft.json_cmd(command)
+        except UnicodeDecodeError as exc:  # another program's bytes in natmap's table
+            raise BackendError(f"nft answered what is not UTF-8: {exc}") from exc
+        if printed[0] and rc == 0 and sys.stderr is not None:
+            sys.stderr.write(printed[0])  # not libnftables' (another thread's): pass it on
+        return rc, out, printed[0] + (err or "")
+
     def _run(self, what: str, command: str | dict[str, Any]) -> str:
-        if isinstance(command, str):
-            rc, out, err = self._nft.cmd(command)
-        else:
-            rc, out, err = self._nft.json_cmd(command)
+        rc, out, err = self._call(command)
         _check(what, rc, err)
         return out if isinstance(out, str) else json.dumps(out)
 
     def usable(self) -> bool:
         """Whether the kernel answers nftables requests here."""
-        rc, _, err = self._nft.cmd(f"list table inet {self.table}")
+        rc, _, err = self._call(f"list table inet {self.table}")
         return rc == 0 or _NO_SUCH_TABLE in err
 
     def delete(self) -> None:
@@ -371,7 +478,8 @@ class NftBackend:
         for obj in objects:
             if "rule" in obj:
                 rules[obj["rule"]["chain"]] = rules.get(obj["rule"]["chain"], 0) + 1
-        problems = []
+        problems: list[str] = []
+        parse_table(self.listing() or '{"nftables": []}', problems)  # others' elements
         expected_rules: dict[str, int] = {}
         for line in skeleton(self.table).splitlines():
             words = line.split()  # add KIND inet TABLE NAME ...
@@ -400,7 +508,7 @@ class NftBackend:
         fetch every table's elements, 30 ms when another program's table has
         10,000 (measured), where ``list table`` costs what natmap's own table holds.
         """
-        rc, out, err = self._nft.cmd(f"list table inet {self.table}")
+        rc, out, err = self._call(f"list table inet {self.table}")
         if rc != 0 and _NO_SUCH_TABLE in err:
             return None
         _check(f"listing table inet {self.table}", rc, err)

@@ -3,6 +3,7 @@ Every test that takes ``nm`` runs once per backend."""
 
 import os
 import shutil
+import tempfile
 
 import pytest
 
@@ -23,6 +24,22 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.kernel)
             if reason:
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def lock_dir():
+    """natmap's lock files in a directory of the test run's own, removed after
+    it (the commands the tests run inherit it), never in /run/natmap."""
+    path = tempfile.mkdtemp(prefix="natmap-locks-")
+    os.chmod(path, 0o700)
+    saved = os.environ.get("NATMAP_LOCK_DIR")
+    os.environ["NATMAP_LOCK_DIR"] = path
+    yield path
+    if saved is None:
+        del os.environ["NATMAP_LOCK_DIR"]
+    else:
+        os.environ["NATMAP_LOCK_DIR"] = saved
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

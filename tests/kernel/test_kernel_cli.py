@@ -101,7 +101,7 @@ def test_every_command_speaks_json(sandbox, web):
      "natmap: no interface named 'nosuch0' in this network namespace"),
     (["port", "web01"], 3,
      "natmap: table inet natmap does not exist in this network namespace (nothing was published with it yet)"),
-    (["apply", "/nonexistent.toml"], 2, "natmap: [Errno 2] No such file or directory: '/nonexistent.toml'"),
+    (["apply", "/nonexistent.toml"], 2, "natmap: /nonexistent.toml: cannot read it: No such file or directory"),
 ])
 def test_bad_input_gives_one_clear_line_and_the_documented_code(sandbox, args, code, first_line):
     result = natmap(sandbox, *args, code=code)
