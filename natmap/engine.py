@@ -30,7 +30,7 @@ from .backends.nft import validate_table
 from .errors import BackendError, NatmapError, NotFoundError, SpecError, TableMissingError
 from .links import Link
 from .locking import flocked
-from .model import (Binding, Bridge, Change, Drift, Endpoint, Isolation, PortPool, Table, describe,
+from .model import (Binding, Bridge, Change, Drift, Endpoint, Isolation, PortPool, Slot, Table, describe,
                    validate_ifname)
 from .netns import current as current_netns, entered as entered_netns
 from .spec import PortSpec, Protocol, validate_name
@@ -89,9 +89,10 @@ class NatMap:
             return tx.publish(endpoint, specs, publish_all=publish_all)
 
     def unpublish(self, endpoint: str) -> list[Binding]:
-        """Remove every binding of ``endpoint`` and its conntrack entries; return them."""
+        """Remove every binding of ``endpoint`` and its conntrack entries; return them,
+        in ``docker port`` order."""
         with self.transaction() as tx:
-            return tx.unpublish(endpoint)
+            return sorted(tx.unpublish(endpoint), key=Binding.sort_key)
 
     def port(self, endpoint: str, port: int | str | None = None) -> list[Binding]:
         """The bindings of ``endpoint`` as ``docker port`` lists them, read back from
@@ -380,9 +381,10 @@ class Transaction:
 
     def publish(self, endpoint: Endpoint, specs: Iterable[str | PortSpec] = (), *,
                 publish_all: bool = False,
-                prefer: Mapping[tuple[Protocol, int], int] | None = None) -> list[Binding]:
+                prefer: Mapping[Slot, Sequence[int]] | None = None) -> list[Binding]:
         """As :meth:`NatMap.publish`, applied when the transaction ends. An assigned
-        port is ``prefer[(proto, container_port)]`` if that one is free."""
+        port is the first free one of ``prefer[(host_ip, proto, container_port)]``
+        (``host_ip`` 0.0.0.0 for a spec without one), if any is."""
         if not isinstance(endpoint, Endpoint):
             raise TypeError(f"expected a natmap.Endpoint, got {type(endpoint).__name__}")
         parsed = [s if isinstance(s, PortSpec) else PortSpec.parse(s) for s in _list(specs)]

@@ -10,7 +10,6 @@ kernel, no I/O, no pyroute2, iptc or nftables.
 from __future__ import annotations
 
 import enum
-import functools
 import ipaddress
 import itertools
 import re
@@ -205,6 +204,18 @@ class Isolation:
 # What a table holds, each one or more kernel elements.
 Item = Binding | Bridge | Link | Isolation
 
+# What an assigned port is remembered by: host IP (0.0.0.0 for every address), protocol, container port.
+Slot = tuple[IPAddress, Protocol, int]
+
+
+def preferred(bindings: Iterable[Binding]) -> dict[Slot, list[int]]:
+    """The host ports ``bindings`` have, by slot, lowest first: what
+    :meth:`Table.publish` should assign again to publish them the same way."""
+    ports: dict[Slot, list[int]] = {}
+    for b in bindings:
+        ports.setdefault((b.host_ip, b.proto, b.container_port), []).append(b.host_port)
+    return {slot: sorted(set(p)) for slot, p in ports.items()}
+
 
 def describe(item: Item) -> str:
     """One item as a person reads it: ``port web01 5000/tcp -> 0.0.0.0:8080``."""
@@ -299,6 +310,10 @@ class Table:
         # Runs of one verb (a big publish is one run): the steps since the last commit.
         self._journal: list[tuple[Verb, list[Item]]] = []
         self._next_port: dict[Protocol, int] = {}
+        self._committed_next_port: dict[Protocol, int] = {}  # what rollback() restores
+        self._links_of: dict[str, set[tuple[str, str]]] = {}  # endpoint -> keys of its links
+        self._addresses_of: dict[str, list[tuple[int, int]]] = {}  # endpoint -> its _by_container keys
+        self._requests: dict[str, tuple[object, frozenset[Binding]]] = {}  # see remember()
         for item in items:
             self._apply(Verb.ADD, item)
 
@@ -311,6 +326,10 @@ class Table:
     def of(self, endpoint: str) -> list[Binding]:
         """The bindings of one endpoint, in ``docker port`` order."""
         return sorted(self._by_endpoint.get(endpoint, {}).values(), key=Binding.sort_key)
+
+    def bindings_of(self, endpoint: str) -> list[Binding]:
+        """The bindings of one endpoint, in no particular order (:meth:`of` sorts them)."""
+        return list(self._by_endpoint.get(endpoint, {}).values())
 
     def endpoints(self) -> list[str]:
         return sorted(self._by_endpoint)
@@ -347,11 +366,12 @@ class Table:
     def publish(self, endpoint: Endpoint, specs: Sequence[PortSpec], *,
                 publish_all: bool = False, pool: PortPool = PortPool(),
                 bridge: Bridge | None = None,
-                prefer: Mapping[tuple[Protocol, int], int] = MappingProxyType({})) -> list[Binding]:
+                prefer: Mapping[Slot, Sequence[int]] = MappingProxyType({})) -> list[Binding]:
         """Add the bindings ``specs`` (and ``-P``) ask for; return them, ports assigned.
 
-        An assigned port is ``prefer[(proto, container_port)]`` when that one is
-        free (so re-applying a configuration keeps its ports). Raises
+        An assigned port is the first free one of ``prefer[(host_ip, proto,
+        container_port)]`` (``host_ip`` 0.0.0.0 for a spec without one), so
+        re-applying a configuration keeps its ports (see :func:`preferred`). Raises
         :class:`ConflictError` when a binding would catch packets an existing
         one catches, or when the name belongs to another address. A binding
         already there, the same in every field, is returned again.
@@ -368,14 +388,32 @@ class Table:
 
     def unpublish(self, endpoint: str) -> list[Binding]:
         """Remove every binding and every link of ``endpoint``; return the
-        bindings (none if unknown)."""
-        removed = self.of(endpoint)
+        bindings (none if unknown), in no particular order."""
+        removed = self.bindings_of(endpoint)
+        steps = self._steps(Verb.DELETE)
         for binding in removed:
-            self._do(Verb.DELETE, binding)
-        for link in self.links():
-            if endpoint in (link.source, link.target):
-                self._do(Verb.DELETE, link)
+            self._remove(binding)  # what _do does, without its dispatch: a big unpublish has thousands
+            steps.append(binding)
+        for key in sorted(self._links_of.get(endpoint, ())):
+            self._do(Verb.DELETE, self._links[key])
         return removed
+
+    def remember(self, endpoint: str, request: object, made: Iterable[Binding]) -> None:
+        """Note that publishing ``request`` (any value: Config uses the
+        endpoint, its specs and -P) gave ``endpoint`` the bindings ``made``."""
+        self._requests[endpoint] = (request, frozenset(made))
+
+    def holds(self, endpoint: str, request: object) -> bool:
+        """Whether ``endpoint`` holds exactly what publishing ``request`` gave it:
+        publishing it again would give the same (its ports are its own). Only
+        what :meth:`remember` noted in this process counts."""
+        noted = self._requests.get(endpoint)
+        return (noted is not None and noted[0] == request
+                and noted[1] == frozenset(self._by_endpoint.get(endpoint, {}).values()))
+
+    def knows(self, endpoint: str) -> bool:
+        """Whether ``endpoint`` has a binding or a link here."""
+        return endpoint in self._by_endpoint or endpoint in self._links_of
 
     def link(self, source: Endpoint | str, target: Endpoint | str, alias: str | None = None,
              target_env: Sequence[str] = ()) -> Link:
@@ -386,6 +424,10 @@ class Table:
         target_name, target_ips, ports = self._linkable(target)
         link = Link(source_name, target_name, alias or target_name, source_ips, target_ips,
                     ports, tuple(target_env))
+        if not link.ports:
+            raise SpecError(f"{target_name!r} exposes no ports: a link to it would open nothing (and "
+                            "the kernel would keep nothing of it); expose or publish a port of it first",
+                            target_name)
         existing = self._links.get((link.source, link.target))
         if existing == link:
             return link
@@ -438,13 +480,17 @@ class Table:
     def commit(self) -> None:
         """The journaled change is now in the kernel: forget the journal."""
         self._journal.clear()
+        self._committed_next_port = dict(self._next_port)
 
     def rollback(self) -> None:
-        """Undo every journaled step, newest first."""
+        """Undo every journaled step, newest first, and the port cursor's moves:
+        a dry run (``NatMap.plan``, ``preview``) leaves nothing a later call sees."""
         for verb, items in reversed(self._journal):
             for item in reversed(items):
                 self._apply(Verb.DELETE if verb is Verb.ADD else Verb.ADD, item)
         self._journal.clear()
+        self._next_port = dict(self._committed_next_port)
+        self._requests.clear()
 
     def _do(self, verb: Verb, item: Item) -> None:
         self._apply(verb, item)
@@ -467,10 +513,17 @@ class Table:
             else:
                 del self.bridges[item.name]
         elif isinstance(item, Link):
+            key = (item.source, item.target)
             if add:
-                self._links[(item.source, item.target)] = item
+                self._links[key] = item
+                for name in key:
+                    self._links_of.setdefault(name, set()).add(key)
             else:
-                del self._links[(item.source, item.target)]
+                del self._links[key]
+                for name in key:
+                    self._links_of[name].discard(key)
+                    if not self._links_of[name]:
+                        del self._links_of[name]
         else:
             (self.isolated.add if add else self.isolated.discard)(item.bridge)
 
@@ -500,15 +553,15 @@ class Table:
             self._do(Verb.ADD, bridge)
 
     def _publish_spec(self, endpoint: Endpoint, spec: PortSpec, pool: PortPool,
-                      prefer: Mapping[tuple[Protocol, int], int]) -> list[Binding]:
+                      prefer: Mapping[Slot, Sequence[int]]) -> list[Binding]:
         host_ips = self._host_ips(endpoint, spec)
         host = spec.host_ports
         if host is None:
-            ports = [self._assign(spec.proto, host_ips, pool, prefer=prefer.get((spec.proto, port)))
+            ports = [self._assign(spec.proto, host_ips, pool, prefer=prefer.get((host_ips[0], spec.proto, port), ()))
                      for port in spec.container_ports]
         elif len(host) != len(spec.container_ports):  # a pool to pick one port from
             ports = [self._assign(spec.proto, host_ips, pool, within=host,
-                                  prefer=prefer.get((spec.proto, spec.container_ports.start)))]
+                                  prefer=prefer.get((host_ips[0], spec.proto, spec.container_ports.start), ()))]
         else:
             ports = list(host)
         pairs = list(zip(ports, spec.container_ports))
@@ -520,7 +573,7 @@ class Table:
         return self._add_all(made)
 
     def _publish_exposed(self, endpoint: Endpoint, pool: PortPool,
-                         prefer: Mapping[tuple[Protocol, int], int]) -> list[Binding]:
+                         prefer: Mapping[Slot, Sequence[int]]) -> list[Binding]:
         published = {(b.proto, b.container_port) for b in self._by_endpoint.get(endpoint.name, {}).values()}
         made = []
         for exposed in endpoint.expose:
@@ -539,20 +592,20 @@ class Table:
         return [_ANY[v] for v in (4, 6) if endpoint.address(v) is not None]
 
     def _assign(self, proto: Protocol, host_ips: list[IPAddress], pool: PortPool,
-                within: PortRange | None = None, prefer: int | None = None) -> int:
+                within: PortRange | None = None, prefer: Sequence[int] = ()) -> int:
         """A free port, the same for every host IP (Docker gives IPv4 and IPv6 one
-        port): ``prefer`` if it is free, else the next free one in turn."""
+        port): the first free one of ``prefer``, else the next free one in turn."""
         ports = within or pool.ports
         listening = pool.listening(proto)
         start = self._next_port.get(proto, ports.start) if within is None else ports.start
         if start not in ports:
             start = ports.start
-        preferred = [prefer] if prefer is not None and prefer in ports else []
+        preferred = [port for port in prefer if port in ports]
         for port in itertools.chain(preferred, _wrapping(ports, start)):
             if port in pool.reserved or port in listening:
                 continue
             if not any(self._taken(ip.version, int(ip), proto.value, port) for ip in host_ips):
-                if within is None and port != prefer:
+                if within is None and port not in preferred:
                     self._next_port[proto] = port + 1
                 return port
         raise ConflictError(f"no free host port for {proto.value} in {ports}")
@@ -582,7 +635,10 @@ class Table:
         if of_endpoint is None:  # (not setdefault: that makes a dict per call)
             of_endpoint = self._by_endpoint[binding.endpoint] = {}
         of_endpoint[key] = binding
-        self._by_container[(version, int(binding.container_ip))] = binding.endpoint
+        address = (binding.container_ip.version, int(binding.container_ip))
+        if address not in self._by_container:
+            self._by_container[address] = binding.endpoint
+            self._addresses_of.setdefault(binding.endpoint, []).append(address)
 
     def _remove(self, binding: Binding) -> None:
         version, address, proto, port = key = binding.key
@@ -593,10 +649,10 @@ class Table:
             if not self._specific[port_key]:
                 del self._specific[port_key]
         del self._by_endpoint[binding.endpoint][key]
-        if not self._by_endpoint[binding.endpoint]:
+        if not self._by_endpoint[binding.endpoint]:  # its addresses are free for another name
             del self._by_endpoint[binding.endpoint]
-            self._by_container = {ip: name for ip, name in self._by_container.items()
-                                  if name != binding.endpoint}
+            for address in self._addresses_of.pop(binding.endpoint):
+                del self._by_container[address]
 
 
 def _wrapping(ports: PortRange, start: int) -> Iterator[int]:
@@ -604,16 +660,14 @@ def _wrapping(ports: PortRange, start: int) -> Iterator[int]:
     yield from range(ports.start, start)
 
 
-def _natural_compare(a: str, b: str) -> int:
-    """Docker's ``sortorder.NaturalLess`` as a comparison: runs of digits
-    compare as numbers when both sides have one, everything else as text."""
-    for x, y in zip(_CHUNKS.findall(a), _CHUNKS.findall(b)):
-        if x.isdigit() and y.isdigit() and int(x) != int(y):
-            return -1 if int(x) < int(y) else 1
-        if x != y:
-            return -1 if x < y else 1
-    return (len(a) > len(b)) - (len(a) < len(b))
+def natural_key(text: str) -> tuple[tuple[str, int, str] | tuple[str], ...]:
+    """A sort key giving Docker's ``sortorder.NaturalLess`` order: runs of
+    digits compare as numbers when both sides have one, everything else as
+    text. A run of digits keys as ("0", number, run): "0" sorts against a text
+    run exactly as any digit does, since text runs hold no digits."""
+    return tuple(("0", int(chunk), chunk) if chunk[0] in _DIGITS else (chunk,)
+                 for chunk in _CHUNKS.findall(text))
 
 
+_DIGITS = frozenset("0123456789")
 _CHUNKS = re.compile(r"[0-9]+|[^0-9]+")
-natural_key = functools.cmp_to_key(_natural_compare)
