@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from . import host
 from .backends import make_backend
 from .backends.nft import validate_table
-from .errors import BackendError, NatmapError, NotFoundError, SpecError, TableMissingError
+from .errors import BackendError, NatmapError, NotFoundError, SpecError
 from .links import Link
 from .locking import flocked
 from .model import (Binding, Bridge, Change, Drift, Endpoint, Isolation, PortPool, Slot, Table, describe,
@@ -51,6 +51,7 @@ _NO_LOOPBACK6 = (
 
 LOCK_DIR = "/run/natmap"
 _LOOPBACK6 = ipaddress.IPv6Address("::1")
+_ANY6 = ipaddress.IPv6Address("::")
 
 
 class NatMap:
@@ -84,26 +85,38 @@ class NatMap:
                 publish_all: bool = False) -> list[Binding]:
         """Publish ``specs`` (``-p`` values) and, with ``publish_all``, every exposed
         port (``-P``) of ``endpoint``. One kernel transaction. Returns the bindings
-        made, assigned ports filled in."""
+        made, assigned ports filled in, in ``docker port`` order (as :meth:`port`)."""
         with self.transaction() as tx:
-            return tx.publish(endpoint, specs, publish_all=publish_all)
+            return sorted(tx.publish(endpoint, specs, publish_all=publish_all), key=Binding.sort_key)
 
     def unpublish(self, endpoint: str) -> list[Binding]:
-        """Remove every binding of ``endpoint`` and its conntrack entries; return them,
-        in ``docker port`` order."""
+        """Remove every binding and link of ``endpoint`` and their conntrack
+        entries; return the bindings, in ``docker port`` order. Raises
+        :class:`NotFoundError` if ``endpoint`` has neither here (``docker rm``'s
+        "No such container")."""
         with self.transaction() as tx:
             return sorted(tx.unpublish(endpoint), key=Binding.sort_key)
 
     def port(self, endpoint: str, port: int | str | None = None) -> list[Binding]:
         """The bindings of ``endpoint`` as ``docker port`` lists them, read back from
-        the kernel; with ``port`` (``5000``, ``"5000"``, ``"5000/udp"``) only those."""
+        the kernel; with ``port`` (``5000``, ``"5000"``, ``"5000/udp"``) only those.
+
+        Raises :class:`NotFoundError` when ``endpoint`` has no binding or link
+        here ("No such endpoint: NAME"), or ``port`` none of its bindings
+        ("No public port '5000/tcp' published for NAME", as ``docker port``)."""
         validate_name(endpoint, "endpoint name")
         wanted = None if port is None else _container_port(port)
-        return [b for b in self._read().of(endpoint)
-                if wanted is None or (b.container_port, b.proto) == wanted]
+        table = self._read()
+        if not table.knows(endpoint):
+            raise NotFoundError(f"No such endpoint: {endpoint}")
+        found = [b for b in table.of(endpoint) if wanted is None or (b.container_port, b.proto) == wanted]
+        if wanted is not None and not found:
+            raise NotFoundError(f"No public port '{wanted[0]}/{wanted[1].value}' published for {endpoint}")
+        return found
 
     def bindings(self) -> list[Binding]:
-        """Every binding in this instance's table, read back from the kernel."""
+        """Every binding in this instance's table, read back from the kernel (none
+        when the table does not exist yet)."""
         return self._read().bindings()
 
     def link(self, source: Endpoint | str, target: Endpoint | str, alias: str | None = None, *,
@@ -116,8 +129,9 @@ class NatMap:
         with self.transaction() as tx:
             return tx.link(source, target, alias, target_env=target_env)
 
-    def unlink(self, source: str, target: str) -> Link | None:
-        """Close the link from ``source`` to ``target`` and its open flows; return it."""
+    def unlink(self, source: str, target: str) -> Link:
+        """Close the link from ``source`` to ``target`` and its open flows; return it.
+        Raises :class:`NotFoundError` if there is no such link."""
         with self.transaction() as tx:
             return tx.unlink(source, target)
 
@@ -182,13 +196,14 @@ class NatMap:
             table, missing = self._kernel_table()
             kernel = table.items()
             structure = () if missing else tuple(self._backend.structure_problems())
+            notes = _loopback6_notes(table)
             self._cache = None  # whatever is there now, read it again next time
         if remembered is None:  # cannot tell lost from never there
-            return Drift(structure=structure, remembered=False)
+            return Drift(structure=structure, remembered=False, notes=notes)
         known = remembered.items()
         return Drift(missing=tuple(sorted(known - kernel, key=describe)),
                      unexpected=tuple(sorted(kernel - known, key=describe)),
-                     table_missing=missing and bool(known), structure=structure)
+                     table_missing=missing and bool(known), structure=structure, notes=notes)
 
     def repair(self) -> Drift:
         """Put back what this NatMap remembers, as one rebuild of its table
@@ -256,14 +271,9 @@ class NatMap:
                 # look (say, `natmap port` as a process): read the kernel itself.
                 # The dump is consistent on its own; only remembering it needs
                 # the generation counter (and pyroute2, slow to import).
-                table, missing = self._kernel_table()
-            else:
-                table = self._load()
-                missing = self._missing
-        if missing:
-            raise TableMissingError(f"table inet {self.table_name} does not exist in this network "
-                                    "namespace (nothing was published with it yet)")
-        return table
+                # A table not made yet holds nothing: reading it is not an error.
+                return self._kernel_table()[0]
+            return self._load()
 
     def _load(self) -> Table:
         """The table, from memory if no transaction was committed since we last saw it."""
@@ -404,18 +414,24 @@ class Transaction:
     def unpublish(self, endpoint: str) -> list[Binding]:
         """As :meth:`NatMap.unpublish`, applied when the transaction ends."""
         validate_name(endpoint, "endpoint name")
-        return self._require().unpublish(endpoint)
+        table = self._require()
+        if not table.knows(endpoint):
+            raise NotFoundError(f"No such endpoint: {endpoint}")
+        return table.unpublish(endpoint)
 
     def link(self, source: Endpoint | str, target: Endpoint | str, alias: str | None = None, *,
              target_env: Sequence[str] = ()) -> Link:
         """As :meth:`NatMap.link`, applied when the transaction ends."""
         return self._require().link(source, target, alias, target_env)
 
-    def unlink(self, source: str, target: str) -> Link | None:
+    def unlink(self, source: str, target: str) -> Link:
         """As :meth:`NatMap.unlink`, applied when the transaction ends."""
         validate_name(source, "endpoint name")
         validate_name(target, "endpoint name")
-        return self._require().unlink(source, target)
+        link = self._require().unlink(source, target)
+        if link is None:
+            raise NotFoundError(f"No such link: {source} is not linked to {target}")
+        return link
 
     def isolate(self, bridge: str) -> None:
         """As :meth:`NatMap.isolate`, applied when the transaction ends."""
@@ -435,6 +451,18 @@ class Transaction:
         if self._table is None:
             raise NatmapError("use the transaction in a with block")
         return self._table
+
+
+def _loopback6_notes(table: Table) -> tuple[str, ...]:
+    """Why ``[::1]`` gets no answer from ``[::]`` bindings, when it does not
+    (called in the table's namespace)."""
+    ports = sorted({str(b) for b in table.bindings() if b.host_ip == _ANY6})
+    if not ports or not host.bridged_ipv6_hooked():
+        return ()
+    return (f"{', '.join(ports)} get no answer from clients on [::1] while bridged IPv6 passes the IP "
+            "hooks (net.bridge.bridge-nf-call-ip6tables=1, which isolating a bridge turns on): br_netfilter "
+            "turns the replies back to ::1 before the kernel's loopback check drops them; connect to "
+            "127.0.0.1 or another IPv6 address of the host, or keep that sysctl at 0 and bridges unisolated",)
 
 
 def _log_change(change: Change, backend: str, seconds: float) -> None:
