@@ -137,7 +137,7 @@ def cmd_ls(nm: NatMap, args: argparse.Namespace) -> Output:
             by_endpoint.setdefault(entry.endpoint.name, [])
     names = sorted(by_endpoint)
     if args.quiet:
-        return _document(endpoints=names), names
+        return _document(names=names), names
     data, rows = [], [("ENDPOINT", "ADDRESSES", "PORTS")]
     for name in names:
         bindings = by_endpoint[name]
@@ -203,7 +203,8 @@ def cmd_check(nm: NatMap, args: argparse.Namespace) -> Output:
 def _drift_json(drift: Drift) -> dict[str, Any]:
     return _document(drift=bool(drift), remembered=drift.remembered, table_missing=drift.table_missing,
                      missing=[_item_json(i) for i in drift.missing],
-                     unexpected=[_item_json(i) for i in drift.unexpected], structure=list(drift.structure))
+                     unexpected=[_item_json(i) for i in drift.unexpected], structure=list(drift.structure),
+                     notes=list(drift.notes))
 
 
 class DriftFound(NatmapError):
@@ -302,7 +303,7 @@ COMMANDS: list[Command] = [
     Command("port", cmd_port, "list an endpoint's bindings (docker port)", "natmap port web01 5000/tcp",
             [_NAME, _arg("port", nargs="?", metavar="PORT[/PROTO]",
                          help="only this container port (no /PROTO: tcp); prints the host side only")]),
-    Command("ls", cmd_ls, "list endpoints with docker ps's PORTS column", "natmap ps -f examples/lab.toml",
+    Command("ls", cmd_ls, "list endpoints with docker ps's PORTS column", "natmap ls -f examples/lab.toml",
             [_arg("-q", "--quiet", action="store_true", help="only the endpoint names"),
              _arg("-f", "--file", metavar="FILE",
                   help="a declarative file: also list its endpoints' exposed ports that have no binding")],
