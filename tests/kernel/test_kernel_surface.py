@@ -212,3 +212,18 @@ def test_the_readme_quick_start_runs_as_written():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[:3] == printed
+
+
+def test_dry_runs_show_what_the_real_run_then_does(sandbox, nm):
+    web = sandbox.container("web01")
+    endpoint = web.endpoint()
+    assert "32768" in nm.preview(endpoint, ["::5000"])
+    assert "32768" in nm.preview(endpoint, ["::5000"])  # the preview moved no cursor
+    assert [b.host_port for b in nm.publish(endpoint, ["::5000"])] == [32768, 32768]
+    config = Config.from_dict({"endpoints": {
+        "web01": {"ip": str(web.ip), "ipv6": str(web.ipv6), "bridge": sandbox.bridge, "publish": ["::5000"]},
+        "db01": {"ip": "172.30.0.9", "bridge": sandbox.bridge, "publish": ["::5432"]}}})
+    planned = nm.plan(config)
+    assert nm.plan(config) == planned
+    assert nm.apply(config) == planned
+    assert [b.host_port for b in nm.port("db01")] == [32769]
