@@ -87,7 +87,7 @@ class NatMap:
         port (``-P``) of ``endpoint``. One kernel transaction. Returns the bindings
         made, assigned ports filled in, in ``docker port`` order (as :meth:`port`)."""
         with self.transaction() as tx:
-            return sorted(tx.publish(endpoint, specs, publish_all=publish_all), key=Binding.sort_key)
+            return tx.publish(endpoint, specs, publish_all=publish_all)
 
     def unpublish(self, endpoint: str) -> list[Binding]:
         """Remove every binding and link of ``endpoint`` and their conntrack
@@ -95,7 +95,7 @@ class NatMap:
         :class:`NotFoundError` if ``endpoint`` has neither here (``docker rm``'s
         "No such container")."""
         with self.transaction() as tx:
-            return sorted(tx.unpublish(endpoint), key=Binding.sort_key)
+            return tx.unpublish(endpoint)
 
     def port(self, endpoint: str, port: int | str | None = None) -> list[Binding]:
         """The bindings of ``endpoint`` as ``docker port`` lists them, read back from
@@ -408,8 +408,9 @@ class Transaction:
             with self._nm._ns():
                 if host.bridged_ipv6_hooked():
                     raise NatmapError(_NO_LOOPBACK6)
-        return table.publish(endpoint, parsed, publish_all=publish_all,
+        made = table.publish(endpoint, parsed, publish_all=publish_all,
                              pool=self._pool, bridge=bridge, prefer=prefer or {})
+        return sorted(made, key=Binding.sort_key)
 
     def unpublish(self, endpoint: str) -> list[Binding]:
         """As :meth:`NatMap.unpublish`, applied when the transaction ends."""
@@ -417,7 +418,7 @@ class Transaction:
         table = self._require()
         if not table.knows(endpoint):
             raise NotFoundError(f"No such endpoint: {endpoint}")
-        return table.unpublish(endpoint)
+        return sorted(table.unpublish(endpoint), key=Binding.sort_key)
 
     def link(self, source: Endpoint | str, target: Endpoint | str, alias: str | None = None, *,
              target_env: Sequence[str] = ()) -> Link:
@@ -456,10 +457,11 @@ class Transaction:
 def _loopback6_notes(table: Table) -> tuple[str, ...]:
     """Why ``[::1]`` gets no answer from ``[::]`` bindings, when it does not
     (called in the table's namespace)."""
-    ports = sorted({str(b) for b in table.bindings() if b.host_ip == _ANY6})
+    ports = [str(b) for b in sorted({b for b in table.bindings() if b.host_ip == _ANY6},
+                                   key=lambda b: (b.host_port, b.proto.value))]
     if not ports or not host.bridged_ipv6_hooked():
         return ()
-    return (f"{', '.join(ports)} get no answer from clients on [::1] while bridged IPv6 passes the IP "
+    return (f"clients on [::1] get no answer from {', '.join(ports)} while bridged IPv6 passes the IP "
             "hooks (net.bridge.bridge-nf-call-ip6tables=1, which isolating a bridge turns on): br_netfilter "
             "turns the replies back to ::1 before the kernel's loopback check drops them; connect to "
             "127.0.0.1 or another IPv6 address of the host, or keep that sysctl at 0 and bridges unisolated",)

@@ -404,7 +404,7 @@ class Table:
         """Remove every binding and every link of ``endpoint``; return the
         bindings (none if unknown), in no particular order."""
         removed = self.bindings_of(endpoint)
-        steps = self._steps(Verb.DELETE)
+        steps = self._steps(Verb.DELETE) if removed else []
         for binding in removed:
             self._remove(binding)  # what _do does, without its dispatch: a big unpublish has thousands
             steps.append(binding)
