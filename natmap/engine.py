@@ -21,7 +21,7 @@ import ipaddress
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from . import host
@@ -196,7 +196,7 @@ class NatMap:
             table, missing = self._kernel_table()
             kernel = table.items()
             structure = () if missing else tuple(self._backend.structure_problems())
-            notes = _loopback6_notes(table)
+            notes = _loopback6_notes(table, host.bridged_ipv6_hooked)
             self._cache = None  # whatever is there now, read it again next time
         if remembered is None:  # cannot tell lost from never there
             return Drift(structure=structure, remembered=False, notes=notes)
@@ -454,12 +454,13 @@ class Transaction:
         return self._table
 
 
-def _loopback6_notes(table: Table) -> tuple[str, ...]:
-    """Why ``[::1]`` gets no answer from ``[::]`` bindings, when it does not
-    (called in the table's namespace)."""
+def _loopback6_notes(table: Table, hooked: Callable[[], bool]) -> tuple[str, ...]:
+    """Why ``[::1]`` gets no answer from ``[::]`` bindings, when it does not;
+    ``hooked`` says whether bridged IPv6 passes the IP hooks (called in the
+    table's namespace)."""
     ports = [str(b) for b in sorted({b for b in table.bindings() if b.host_ip == _ANY6},
                                    key=lambda b: (b.host_port, b.proto.value))]
-    if not ports or not host.bridged_ipv6_hooked():
+    if not ports or not hooked():
         return ()
     return (f"clients on [::1] get no answer from {', '.join(ports)} while bridged IPv6 passes the IP "
             "hooks (net.bridge.bridge-nf-call-ip6tables=1, which isolating a bridge turns on): br_netfilter "
