@@ -125,7 +125,7 @@ def test_every_commands_json_is_the_documented_shape(sandbox, tmp_path):
         assert valid("error", result.stderr)["error"]["kind"] == kind
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 @given(config=configs(max_endpoints=3))
 def test_apply_then_plan_is_empty_in_the_kernel(sandbox, config):
     # One namespace for every example: each apply starts from the one before.
@@ -134,6 +134,9 @@ def test_apply_then_plan_is_empty_in_the_kernel(sandbox, config):
             nm.apply(config)
         except ConflictError:
             assume(False)
+        except natmap.NatmapError as exc:  # [::1] once a bridge was isolated: refused, docs/kernel.md
+            assume("bridge-nf-call-ip6tables" not in str(exc))
+            raise
         assert not nm.plan(config)
     with natmap.NatMap(netns=sandbox.host.name) as fresh:  # a new process reads the kernel
         assert not fresh.plan(config)
