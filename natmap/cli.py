@@ -129,19 +129,22 @@ def cmd_ls(nm: NatMap, args: argparse.Namespace) -> Output:
     for b in nm.bindings():
         by_endpoint.setdefault(b.endpoint, []).append(b)
     exposed: dict[str, tuple[PortSpec, ...]] = {}
+    known: dict[str, set[str]] = {}  # the file's addresses of its endpoints
     if args.file:  # the file knows what is exposed without a binding (docker compose -f FILE ps)
         from .config import Config
 
         for entry in Config.load(args.file).endpoints:
-            exposed[entry.endpoint.name] = entry.endpoint.expose
-            by_endpoint.setdefault(entry.endpoint.name, [])
+            endpoint = entry.endpoint
+            exposed[endpoint.name] = endpoint.expose
+            known[endpoint.name] = {str(ip) for ip in (endpoint.ip, endpoint.ipv6) if ip}
+            by_endpoint.setdefault(endpoint.name, [])
     names = sorted(by_endpoint)
     if args.quiet:
         return _document(names=names), names
     data, rows = [], [("ENDPOINT", "ADDRESSES", "PORTS")]
     for name in names:
         bindings = by_endpoint[name]
-        addresses = sorted({str(b.container_ip) for b in bindings}, key=natural_key)
+        addresses = sorted({str(b.container_ip) for b in bindings} | known.get(name, set()), key=natural_key)
         bound = {(b.container_port, b.proto) for b in bindings}
         unbound = [{"port": port, "proto": spec.proto.value} for spec in exposed.get(name, ())
                    for port in spec.container_ports if (port, spec.proto) not in bound]

@@ -114,6 +114,10 @@ def test_every_commands_json_is_the_documented_shape(sandbox, tmp_path):
     planned = valid("plan", j("plan", str(lab)).stdout)
     assert {item["kind"] for item in planned["add"]} >= {"binding", "link"}
     assert valid("apply", j("apply", str(lab)).stdout)["add"] == planned["add"]
+    lab.write_text(lab.read_text() + '\n[endpoints.web09]\nip = "172.30.0.9"\nbridge = "natmap0"\nexpose = ["9000"]\n')
+    listed = valid("ls", j("ps", "-f", str(lab)).stdout)["endpoints"]
+    assert listed[-1] == {"endpoint": "web09", "addresses": ["172.30.0.9"], "bindings": [],
+                          "exposed": [{"port": 9000, "proto": "tcp"}]}
     valid("spec", j("spec", "-p", "published=8000-8010,target=80", "--expose", "53/udp", "--link", "db01:db").stdout)
     valid("version", j("version").stdout)
     valid("help", j("help", "ps").stdout)
@@ -167,7 +171,7 @@ links = ["web01:web"]
     assert ps[1].split(None, 3)[3] == (
         "9000/tcp, 0.0.0.0:8080->80/tcp, [::]:8080->80/tcp, 0.0.0.0:32768->5000/tcp, "
         "127.0.0.1:32769->5000/tcp, [::]:32768->5000/tcp")
-    assert ps[2].split() == ["web02"]  # in the file, nothing published or exposed
+    assert ps[2].split() == ["web02", "172.30.0.3"]  # in the file, nothing published or exposed
 
 
 def test_ps_shows_what_docker_ps_shows(sandbox):
