@@ -7,7 +7,7 @@ libnftables are imported only when a backend needs them.
 """
 
 from .engine import NatMap, Transaction
-from .errors import (BackendError, ConfigError, ConflictError, DriftError, LockError, LockTimeoutError,
+from .errors import (BackendError, CommandLineError, ConfigError, ConflictError, DriftError, LockError, LockTimeoutError,
                      Loopback6Error, NatmapError, NestedTransactionError, NotFoundError, PrivilegeError,
                      SandboxError, SpecError, TableMissingError, TransactionClosedError, TransactionOpenError,
                      UnknownInterfaceError, UsageError, WrongNamespaceError)
@@ -25,6 +25,7 @@ __all__ = [
     "Binding",
     "Bridge",
     "Change",
+    "CommandLineError",
     "Config",
     "ConfigError",
     "ConflictError",

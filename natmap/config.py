@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import reprlib
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol as TypingProtocol
 
 from .errors import ConfigError, SpecError
 from .links import Link
-from .model import Binding, Endpoint, Table, validate_ifname
+from .model import Binding, Endpoint, Slot, Table, preferred, validate_ifname
 from .spec import LinkSpec, PortSpec
 
 __all__ = ["Config", "EndpointConfig"]
@@ -46,9 +46,10 @@ class _Transaction(TypingProtocol):
 
     def table(self) -> Table: ...
     def publish(self, endpoint: Endpoint, specs: list[PortSpec], *, publish_all: bool,
-                prefer: Mapping[Any, int]) -> list[Binding]: ...
+                prefer: Mapping[Slot, Sequence[int]]) -> list[Binding]: ...
     def unpublish(self, endpoint: str) -> list[Binding]: ...
     def link(self, source: Endpoint, target: Endpoint, alias: str | None = None) -> Link: ...
+    def unlink(self, source: str, target: str) -> Link: ...
     def isolate(self, bridge: str) -> None: ...
     def unisolate(self, bridge: str) -> None: ...
 
@@ -122,27 +123,52 @@ class Config:
     def reconcile(self, tx: _Transaction) -> None:
         """Make ``tx``'s table match this configuration.
 
-        Each endpoint is unpublished and published again in the same
-        transaction; whatever comes back the same cancels out, so the kernel
-        sees only what changed, and assigned ports stay as they were while free.
+        An endpoint whose entry and bindings are as this process last
+        published them is left alone. Any other is unpublished and published
+        again in the same transaction, its assigned ports preferred again
+        (:func:`natmap.model.preferred`): whatever comes back the same cancels
+        out, so the kernel sees only what changed, and applying an unchanged
+        file changes nothing.
         """
         table = tx.table()
         wanted = {e.endpoint.name: e for e in self.endpoints}
+        kept: set[str] = set()  # endpoints left alone, and so their links
         for name in table.endpoints() + [l.source for l in table.links()] + [l.target for l in table.links()]:
-            if name not in wanted:
+            if name not in wanted and table.knows(name):
                 tx.unpublish(name)
         for entry in self.endpoints:
-            before = table.of(entry.endpoint.name)
-            tx.unpublish(entry.endpoint.name)
-            tx.publish(entry.endpoint, list(entry.publish), publish_all=entry.publish_all,
-                       prefer={(b.proto, b.container_port): b.host_port for b in before})
-        for entry in self.endpoints:
-            for link in entry.links:
-                tx.link(entry.endpoint, wanted[link.name].endpoint, link.alias)
+            name, request = entry.endpoint.name, (entry.endpoint, entry.publish, entry.publish_all)
+            if entry.endpoint.bridge in table.bridges and table.holds(name, request):
+                kept.add(name)
+                continue
+            before = table.bindings_of(name)
+            if table.knows(name):
+                tx.unpublish(name)
+            made = tx.publish(entry.endpoint, list(entry.publish), publish_all=entry.publish_all,
+                              prefer=preferred(before))
+            table.remember(name, request, made)
+        self._reconcile_links(tx, wanted, kept)
         for bridge in sorted(table.isolated - self.isolated):
             tx.unisolate(bridge)
         for bridge in sorted(self.isolated - table.isolated):
             tx.isolate(bridge)
+
+    def _reconcile_links(self, tx: _Transaction, wanted: Mapping[str, EndpointConfig], kept: set[str]) -> None:
+        """Remove the links the file does not have; add those it has. A link
+        between two endpoints left alone is as it was: its addresses and ports
+        come from them."""
+        table = tx.table()
+        links = {(entry.endpoint.name, link.name): link for entry in self.endpoints for link in entry.links}
+        there = set()
+        for link in table.links():
+            spec = links.get((link.source, link.target))
+            if spec is None or spec.alias != link.alias:
+                tx.unlink(link.source, link.target)
+            elif link.source in kept and link.target in kept:
+                there.add((link.source, link.target))
+        for (source, target), spec in links.items():
+            if (source, target) not in there:
+                tx.link(wanted[source].endpoint, wanted[target].endpoint, spec.alias)
 
 
 def _endpoint(name: str, settings: Any, where: str) -> EndpointConfig:

@@ -22,17 +22,17 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from .backends import make_backend
 from .backends.nft import validate_table
 from .errors import (BackendError, LockTimeoutError, Loopback6Error, NestedTransactionError, NotFoundError,
-                     SpecError, TableMissingError, TransactionClosedError, WrongNamespaceError)
+                     SpecError, TransactionClosedError, WrongNamespaceError)
 from .host import Session
 from .links import Link
 from .locking import LOCK_DIR, LOCK_TIMEOUT, describe_holder, discard, table_lock
-from .model import (Binding, Bridge, Change, Drift, Endpoint, Isolation, PortPool, Table, describe,
+from .model import (Binding, Bridge, Change, Drift, Endpoint, Isolation, PortPool, Slot, Table, describe,
                    validate_ifname)
 from .netns import current as current_netns, entered as entered_netns, validate_name as validate_netns
 from .spec import PortSpec, Protocol, validate_name
@@ -54,6 +54,7 @@ _NO_LOOPBACK6 = (
     "them; publish on 127.0.0.1, or keep that sysctl at 0 and bridges unisolated")
 
 _LOOPBACK6 = ipaddress.IPv6Address("::1")
+_ANY6 = ipaddress.IPv6Address("::")
 
 
 class NatMap:
@@ -122,25 +123,38 @@ class NatMap:
                 publish_all: bool = False) -> list[Binding]:
         """Publish ``specs`` (``-p`` values) and, with ``publish_all``, every exposed
         port (``-P``) of ``endpoint``. One kernel transaction. Returns the bindings
-        made, assigned ports filled in."""
+        made, assigned ports filled in, in ``docker port`` order (as :meth:`port`)."""
         with self.transaction() as tx:
             return tx.publish(endpoint, specs, publish_all=publish_all)
 
     def unpublish(self, endpoint: str) -> list[Binding]:
-        """Remove every binding of ``endpoint`` and its conntrack entries; return them."""
+        """Remove every binding and link of ``endpoint`` and their conntrack
+        entries; return the bindings, in ``docker port`` order. Raises
+        :class:`NotFoundError` if ``endpoint`` has neither here (``docker rm``'s
+        "No such container")."""
         with self.transaction() as tx:
             return tx.unpublish(endpoint)
 
     def port(self, endpoint: str, port: int | str | None = None) -> list[Binding]:
         """The bindings of ``endpoint`` as ``docker port`` lists them, read back from
-        the kernel; with ``port`` (``5000``, ``"5000"``, ``"5000/udp"``) only those."""
+        the kernel; with ``port`` (``5000``, ``"5000"``, ``"5000/udp"``) only those.
+
+        Raises :class:`NotFoundError` when ``endpoint`` has no binding or link
+        here ("No such endpoint: NAME"), or ``port`` none of its bindings
+        ("No public port '5000/tcp' published for NAME", as ``docker port``)."""
         validate_name(endpoint, "endpoint name")
         wanted = None if port is None else _container_port(port)
-        return [b for b in self._read().of(endpoint)
-                if wanted is None or (b.container_port, b.proto) == wanted]
+        table = self._read()
+        if not table.knows(endpoint):
+            raise NotFoundError(f"No such endpoint: {endpoint}")
+        found = [b for b in table.of(endpoint) if wanted is None or (b.container_port, b.proto) == wanted]
+        if wanted is not None and not found:
+            raise NotFoundError(f"No public port '{wanted[0]}/{wanted[1].value}' published for {endpoint}")
+        return found
 
     def bindings(self) -> list[Binding]:
-        """Every binding in this instance's table, read back from the kernel."""
+        """Every binding in this instance's table, read back from the kernel (none
+        when the table does not exist yet)."""
         return self._read().bindings()
 
     def link(self, source: Endpoint | str, target: Endpoint | str, alias: str | None = None, *,
@@ -153,8 +167,9 @@ class NatMap:
         with self.transaction() as tx:
             return tx.link(source, target, alias, target_env=target_env)
 
-    def unlink(self, source: str, target: str) -> Link | None:
-        """Close the link from ``source`` to ``target`` and its open flows; return it."""
+    def unlink(self, source: str, target: str) -> Link:
+        """Close the link from ``source`` to ``target`` and its open flows; return it.
+        Raises :class:`NotFoundError` if there is no such link."""
         with self.transaction() as tx:
             return tx.unlink(source, target)
 
@@ -219,13 +234,14 @@ class NatMap:
             table, missing = self._kernel_table()
             kernel = table.items()
             structure = () if missing else tuple(self._backend.structure_problems())
+            notes = _loopback6_notes(table, self._kernel.bridged_ipv6_hooked)
             self._cache = None  # whatever is there now, read it again next time
         if remembered is None:  # cannot tell lost from never there
-            return Drift(structure=structure, remembered=False)
+            return Drift(structure=structure, remembered=False, notes=notes)
         known = remembered.items()
         return Drift(missing=tuple(sorted(known - kernel, key=describe)),
                      unexpected=tuple(sorted(kernel - known, key=describe)),
-                     table_missing=missing and bool(known), structure=structure)
+                     table_missing=missing and bool(known), structure=structure, notes=notes)
 
     def repair(self) -> Drift:
         """Put back what this NatMap remembers, as one rebuild of its table
@@ -320,14 +336,9 @@ class NatMap:
                 # look (say, `natmap port` as a process): read the kernel itself.
                 # The dump is consistent on its own; only remembering it needs
                 # the generation counter (and pyroute2, slow to import).
-                table, missing = self._kernel_table()
-            else:
-                table = self._load()
-                missing = self._missing
-        if missing:
-            raise TableMissingError(f"table inet {self.table_name} does not exist in this network "
-                                    "namespace (nothing was published with it yet)")
-        return table
+                # A table not made yet holds nothing: reading it is not an error.
+                return self._kernel_table()[0]
+            return self._load()
 
     def _load(self) -> Table:
         """The table, from memory if no transaction was committed since we last saw it."""
@@ -447,9 +458,10 @@ class Transaction:
 
     def publish(self, endpoint: Endpoint, specs: Iterable[str | PortSpec] = (), *,
                 publish_all: bool = False,
-                prefer: Mapping[tuple[Protocol, int], int] | None = None) -> list[Binding]:
+                prefer: Mapping[Slot, Sequence[int]] | None = None) -> list[Binding]:
         """As :meth:`NatMap.publish`, applied when the transaction ends. An assigned
-        port is ``prefer[(proto, container_port)]`` if that one is free."""
+        port is the first free one of ``prefer[(host_ip, proto, container_port)]``
+        (``host_ip`` 0.0.0.0 for a spec without one), if any is."""
         if not isinstance(endpoint, Endpoint):
             raise TypeError(f"expected a natmap.Endpoint, got {type(endpoint).__name__}")
         parsed = [s if isinstance(s, PortSpec) else PortSpec.parse(s) for s in _list(specs)]
@@ -463,24 +475,31 @@ class Transaction:
             with self._nm._ns():
                 if self._nm._kernel.bridged_ipv6_hooked():
                     raise Loopback6Error(_NO_LOOPBACK6)
-        return table.publish(endpoint, parsed, publish_all=publish_all,
+        made = table.publish(endpoint, parsed, publish_all=publish_all,
                              pool=self._pool, bridge=bridge, prefer=prefer or {})
+        return sorted(made, key=Binding.sort_key)
 
     def unpublish(self, endpoint: str) -> list[Binding]:
         """As :meth:`NatMap.unpublish`, applied when the transaction ends."""
         validate_name(endpoint, "endpoint name")
-        return self._require().unpublish(endpoint)
+        table = self._require()
+        if not table.knows(endpoint):
+            raise NotFoundError(f"No such endpoint: {endpoint}")
+        return sorted(table.unpublish(endpoint), key=Binding.sort_key)
 
     def link(self, source: Endpoint | str, target: Endpoint | str, alias: str | None = None, *,
              target_env: Sequence[str] = ()) -> Link:
         """As :meth:`NatMap.link`, applied when the transaction ends."""
         return self._require().link(source, target, alias, target_env)
 
-    def unlink(self, source: str, target: str) -> Link | None:
+    def unlink(self, source: str, target: str) -> Link:
         """As :meth:`NatMap.unlink`, applied when the transaction ends."""
         validate_name(source, "endpoint name")
         validate_name(target, "endpoint name")
-        return self._require().unlink(source, target)
+        link = self._require().unlink(source, target)
+        if link is None:
+            raise NotFoundError(f"No such link: {source} is not linked to {target}")
+        return link
 
     def isolate(self, bridge: str) -> None:
         """As :meth:`NatMap.isolate`, applied when the transaction ends."""
@@ -500,6 +519,20 @@ class Transaction:
         if self._table is None:
             raise TransactionClosedError("use the transaction in a with block")
         return self._table
+
+
+def _loopback6_notes(table: Table, hooked: Callable[[], bool]) -> tuple[str, ...]:
+    """Why ``[::1]`` gets no answer from ``[::]`` bindings, when it does not;
+    ``hooked`` says whether bridged IPv6 passes the IP hooks (called in the
+    table's namespace)."""
+    ports = [str(b) for b in sorted({b for b in table.bindings() if b.host_ip == _ANY6},
+                                   key=lambda b: (b.host_port, b.proto.value))]
+    if not ports or not hooked():
+        return ()
+    return (f"clients on [::1] get no answer from {', '.join(ports)} while bridged IPv6 passes the IP "
+            "hooks (net.bridge.bridge-nf-call-ip6tables=1, which isolating a bridge turns on): br_netfilter "
+            "turns the replies back to ::1 before the kernel's loopback check drops them; connect to "
+            "127.0.0.1 or another IPv6 address of the host, or keep that sysctl at 0 and bridges unisolated",)
 
 
 def _log_change(change: Change, backend: str, seconds: float) -> None:

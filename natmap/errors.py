@@ -14,6 +14,7 @@ condition::
     │   └── PrivilegeError (PermissionError)  ... for want of CAP_NET_ADMIN
     ├── Loopback6Error                  [::1] bindings while bridged IPv6 is hooked
     ├── DriftError                      the kernel is not as natmap made it (natmap check)
+    ├── CommandLineError                the natmap command line does not parse
     ├── UsageError                      the API used in a way it cannot serve
     │   ├── TransactionOpenError        a transaction is already open on the NatMap
     │   │   └── NestedTransactionError  ... by this thread, on this table: waiting would never end
@@ -35,7 +36,7 @@ from __future__ import annotations
 __all__ = ["NatmapError", "SpecError", "ConflictError", "BackendError", "NotFoundError", "PrivilegeError",
            "SandboxError", "TableMissingError", "UnknownInterfaceError", "Loopback6Error", "DriftError",
            "UsageError", "TransactionOpenError", "TransactionClosedError", "WrongNamespaceError",
-           "ConfigError", "LockError", "LockTimeoutError", "NestedTransactionError"]
+           "ConfigError", "CommandLineError", "LockError", "LockTimeoutError", "NestedTransactionError"]
 
 # How much of a long input an error message shows on each side of the fault.
 _CONTEXT = 40
@@ -117,6 +118,10 @@ class DriftError(NatmapError):
     def __init__(self, text: str, data: dict[str, object] | None = None) -> None:
         super().__init__(text)
         self.data = data or {}
+
+
+class CommandLineError(NatmapError):
+    """The ``natmap`` command line does not parse (the command exits 2)."""
 
 
 class UsageError(NatmapError):

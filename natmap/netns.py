@@ -55,8 +55,8 @@ def entered(name: str | None = None, *, ns_path: str | None = None) -> Iterator[
     if name is None and ns_path is None:
         yield
         return
-    where = path(name) if ns_path is None else ns_path
-    shown = repr(name if ns_path is None else ns_path)
+    where = ns_path if ns_path is not None else path(name or "")
+    shown = repr(ns_path if ns_path is not None else name)
     try:
         target = os.open(where, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
