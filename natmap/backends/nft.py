@@ -59,7 +59,7 @@ def validate_table(name: str) -> str:
         raise SpecError("invalid table name (a letter, then letters, digits or '_'; "
                         "at most 32 characters)", str(name), None)
     if name in KEYWORDS:
-        raise SpecError("invalid table name: nftables reads it as a keyword", name, None)
+        raise SpecError("invalid table name: nftables reads it as a keyword", name, 0, len(name))
     return name
 
 
