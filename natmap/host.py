@@ -1,9 +1,16 @@
-"""Everything natmap asks the kernel besides the packet filter, through pyroute2:
-interfaces and addresses, listening sockets, sysctls, conntrack, and the
-nftables generation counter.
+"""The host seam: everything natmap asks of the host besides the packet filter.
+
+:class:`Host` declares what the engine needs: the facts (a bridge and its
+subnets; the port pool: ``ip_local_port_range``, ``ip_local_reserved_ports``,
+listening sockets; whether br_netfilter hooks bridged IPv6), the settings it
+makes (``route_localnet`` and the ``::1`` route on a bridge, the bridge hooks
+sysctls) and conntrack cleanup. :class:`Session` is the real host, through
+pyroute2 and ``/proc/sys``; :class:`FakeHost` holds one in memory, for tests
+of the engine that need no root.
 
 Every function acts in the calling thread's network namespace. pyroute2 is
-imported on first use, so ``import natmap`` stays light.
+imported on first use, so ``import natmap`` stays light; its errors become
+natmap's in one place, :func:`_netlink`.
 """
 
 from __future__ import annotations
@@ -16,12 +23,95 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from .errors import BackendError, PrivilegeError, UnknownInterfaceError
 from .links import Link
-from .model import Binding, Bridge
+from .model import Binding, Bridge, Table
 from .spec import PortRange, Protocol
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
 if TYPE_CHECKING:
-    from typing import Any
+    from collections.abc import Mapping
+    from typing import Any, Protocol as _Protocol
+
+    class Host(_Protocol):
+        """What the engine asks of the host it runs on (``NatMap(host=...)``).
+
+        Declared for type checkers only: importing ``typing`` at run time
+        would cost every ``natmap`` command. Every call acts in the calling
+        thread's network namespace. Errors are natmap's:
+        :class:`~natmap.UnknownInterfaceError`, :class:`~natmap.BackendError`,
+        :class:`~natmap.PrivilegeError`.
+        """
+
+        def bridge(self, name: str) -> Bridge:
+            """The interface ``name`` and the subnets of its addresses."""
+            ...
+
+        def port_range(self) -> PortRange:
+            """Where assigned ports come from (``ip_local_port_range``)."""
+            ...
+
+        def reserved_ports(self) -> frozenset[int]:
+            """Ports never assigned (``ip_local_reserved_ports``)."""
+            ...
+
+        def listening_ports(self, proto: Protocol) -> frozenset[int]:
+            """Local ports with a listening (or bound UDP) socket."""
+            ...
+
+        def interface_facts(self, name: str) -> tuple[str | None, tuple[Any, ...]]:
+            """The kind of interface ``name`` (``bridge``, None for a plain one)
+            and its addresses as ``ipaddress`` interfaces (``172.30.0.1/24``)."""
+            ...
+
+        def listeners(self, proto: Protocol) -> list[Listener]:
+            """The host sockets holding a port of ``proto``."""
+            ...
+
+        def socket_owner(self, inode: int) -> str | None:
+            """``pid 812 (sshd)``: a process holding the socket ``inode``, if known."""
+            ...
+
+        def local_addresses(self) -> frozenset[Any]:
+            """Every address of every interface, as ``ipaddress`` interfaces."""
+            ...
+
+        def nonlocal_bind(self, version: int) -> bool:
+            """Whether ``net.ipv{version}.ip_nonlocal_bind`` lets sockets bind any address."""
+            ...
+
+        def natmap_tables(self, exclude: tuple[str, str]) -> list[tuple[str, Table]]:
+            """The natmap tables of the namespace on either backend, found by
+            their markers and read, as (label, table), but ``exclude``
+            (backend name, table name)."""
+            ...
+
+        def enable_route_localnet(self, bridge_name: str) -> None:
+            """Let 127.0.0.0/8 traffic be routed to the bridge (after the guard is in place)."""
+            ...
+
+        def enable_loopback6(self, bridge_name: str) -> None:
+            """Add the local ``::1`` route on the bridge that replies to [::1] need."""
+            ...
+
+        def check_bridge_hooks(self) -> None:
+            """Raise unless br_netfilter can pass bridged traffic through the IP hooks."""
+            ...
+
+        def hook_bridged_traffic(self) -> None:
+            """Pass bridged IPv4 and IPv6 through the IP hooks (``bridge-nf-call-*``)."""
+            ...
+
+        def bridged_ipv6_hooked(self) -> bool:
+            """Whether bridged IPv6 passes the IP hooks (``bridge-nf-call-ip6tables``)."""
+            ...
+
+        def forget_flows(self, removed: Iterable[Binding] = (), links: Iterable[Link] = (),
+                         added: Iterable[Binding] = (), isolated: Iterable[Isolated] = ()) -> int:
+            """Delete the conntrack entries a change makes stale; return how many."""
+            ...
+
+        def close(self) -> None:
+            """Close what the host keeps open (sockets)."""
+            ...
 
     # What isolating a bridge cuts: its subnets, and the (source, target, proto,
     # port) flows links keep open there.
@@ -49,10 +139,9 @@ def _netlink(what: str) -> Iterator[None]:
         raise PrivilegeError(what) from exc
 
 
-def bridge(name: str, facts: tuple[str | None, tuple[Any, ...]] | None = None) -> Bridge:
-    """The interface ``name`` and the subnets of its addresses (from ``facts``,
-    :func:`interface_facts`' answer, when the caller has it)."""
-    _, addresses = facts or interface_facts(name)
+def bridge(name: str) -> Bridge:
+    """The interface ``name`` and the subnets of its addresses."""
+    _, addresses = interface_facts(name)
     subnets = tuple(a.network for a in addresses if not a.ip.is_link_local)
     return Bridge(name, tuple(sorted(set(subnets), key=lambda n: (n.version, n))))
 
@@ -188,6 +277,32 @@ def nft_tables() -> dict[str, str | None]:
             sock.close()
 
 
+def natmap_tables(exclude: tuple[str, str]) -> list[tuple[str, Table]]:
+    """The natmap tables of the namespace, both backends, found by their
+    markers (nft: the table's comment; iptables: the marker rule) and read,
+    as (label, table); but ``exclude``, (backend name, table name)."""
+    from .backends import make_backend
+    from .backends.iptables import natmap_tables as iptables_tables
+    from .errors import ConflictError
+    from .guest import owner_of
+
+    found = [(f"table inet {name} (nft)", "nft", name) for name, comment in nft_tables().items()
+             if owner_of(comment) == name]
+    found += [(f"table {name} (iptables)", "iptables", name) for name in iptables_tables()]
+    others = []
+    for label, backend, name in found:
+        if (backend, name) != exclude:
+            reader = make_backend(backend, name)
+            try:
+                table = reader.read()
+            except ConflictError:
+                continue  # a half-marked table: not natmap's to count
+            finally:
+                reader.close()
+            others.append((label, table or Table()))
+    return others
+
+
 def enable_route_localnet(bridge_name: str) -> None:
     """Let 127.0.0.0/8 traffic be routed to ``bridge_name`` (localhost bindings)."""
     path = f"net/ipv4/conf/{bridge_name}/route_localnet"
@@ -248,27 +363,61 @@ def bridged_ipv6_hooked() -> bool:
 
 
 class Session:
-    """Netlink sockets kept open for the calls natmap makes on every change:
-    the nftables generation and conntrack. Opening a pyroute2 socket costs more
-    than using one. Each socket belongs to the namespace it was opened in, so
-    a session must only be used in one namespace (NatMap sees to that)."""
+    """The real :class:`Host`: the functions of this module, and a conntrack
+    socket kept open for the cleanup natmap does on every change (opening a
+    pyroute2 socket costs more than using one). The socket belongs to the
+    namespace it was opened in, so a session must only be used in one
+    namespace (NatMap sees to that)."""
 
     def __init__(self) -> None:
-        self._nft: Any = None
         self._conntrack: Any = None
         self._lock = threading.Lock()
 
-    def generation(self) -> int:
-        """The nftables ruleset generation: it grows by one with every committed
-        transaction, whoever commits it."""
-        from pyroute2.netlink import NLM_F_REQUEST
-        from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_GETGEN, NFTSocket, nft_gen_msg
+    # The facts and settings: this module's functions (see each one).
+    def bridge(self, name: str) -> Bridge:
+        return bridge(name)
 
-        with self._lock, _netlink("reading the nftables generation"):
-            if self._nft is None:
-                self._nft = NFTSocket()
-            answer = self._nft.request_get(nft_gen_msg(), NFT_MSG_GETGEN, NLM_F_REQUEST)
-        return answer[0].get_attr("NFTA_GEN_ID")
+    def port_range(self) -> PortRange:
+        return port_range()
+
+    def reserved_ports(self) -> frozenset[int]:
+        return reserved_ports()
+
+    def listening_ports(self, proto: Protocol) -> frozenset[int]:
+        return listening_ports(proto)
+
+    def interface_facts(self, name: str) -> tuple[str | None, tuple[Any, ...]]:
+        return interface_facts(name)
+
+    def listeners(self, proto: Protocol) -> list[Listener]:
+        return listeners(proto)
+
+    def socket_owner(self, inode: int) -> str | None:
+        return socket_owner(inode)
+
+    def local_addresses(self) -> frozenset[Any]:
+        return local_addresses()
+
+    def nonlocal_bind(self, version: int) -> bool:
+        return nonlocal_bind(version)
+
+    def natmap_tables(self, exclude: tuple[str, str]) -> list[tuple[str, Table]]:
+        return natmap_tables(exclude)
+
+    def enable_route_localnet(self, bridge_name: str) -> None:
+        enable_route_localnet(bridge_name)
+
+    def enable_loopback6(self, bridge_name: str) -> None:
+        enable_loopback6(bridge_name)
+
+    def check_bridge_hooks(self) -> None:
+        check_bridge_hooks()
+
+    def hook_bridged_traffic(self) -> None:
+        hook_bridged_traffic()
+
+    def bridged_ipv6_hooked(self) -> bool:
+        return bridged_ipv6_hooked()
 
     def forget_flows(self, removed: Iterable[Binding] = (), links: Iterable[Link] = (),
                      added: Iterable[Binding] = (), isolated: Iterable[Isolated] = ()) -> int:
@@ -326,19 +475,136 @@ class Session:
 
     def close(self) -> None:
         with self._lock:
-            for sock in (self._nft, self._conntrack):
-                if sock is not None:
-                    sock.close()
-            self._nft = self._conntrack = None
+            if self._conntrack is not None:
+                self._conntrack.close()
+            self._conntrack = None
 
 
-def nft_generation() -> int:
-    """The generation, read once on a socket of its own."""
-    session = Session()
-    try:
-        return session.generation()
-    finally:
-        session.close()
+class FakeHost:
+    """A :class:`Host` held in memory, for tests of the engine that need no root.
+
+    Its facts are what the test gives: ``bridges``; the port pool (``ports``,
+    ``reserved``, ``listening`` ports by protocol); whether br_netfilter is
+    there (``br_netfilter``) and bridged IPv6 passes the IP hooks
+    (``bridged_ipv6``). The guest facts (natmap.guest): ``sockets``, host
+    sockets as :class:`Listener` values (a ``listening`` port is also a
+    socket on every address, of no known process); ``interfaces``, more
+    interfaces by name as (kind, addresses) beside the bridges (kind
+    ``bridge``, no address); ``addresses``, every local address as an
+    ``ipaddress`` interface; ``nonlocal_bind``; ``others``, the namespace's
+    other natmap tables as (label, Table). What natmap sets is recorded:
+    ``route_localnet`` and ``loopback6`` (bridge names),
+    ``bridged_ipv4``/``bridged_ipv6`` (turned on by
+    :meth:`hook_bridged_traffic`), ``forgotten`` (the removed, links and added
+    arguments of each :meth:`forget_flows`) and ``cut`` (its isolated ones).
+    ``events`` names every call, in order (share one list with a
+    ``FakeBackend`` to see the order of both).
+    """
+
+    def __init__(self, bridges: Iterable[Bridge] = (), *, ports: PortRange = _FALLBACK_RANGE,
+                 reserved: Iterable[int] = (), listening: Mapping[Protocol, Iterable[int]] | None = None,
+                 br_netfilter: bool = True, bridged_ipv6: bool = False,
+                 sockets: Iterable[Listener] = (),
+                 interfaces: Mapping[str, tuple[str | None, tuple[Any, ...]]] | None = None,
+                 addresses: Iterable[Any] = (), nonlocal_bind: bool = False,
+                 others: Iterable[tuple[str, Table]] = (),
+                 events: list[str] | None = None) -> None:
+        self.bridges = {b.name: b for b in bridges}
+        self.ports = ports
+        self.reserved = frozenset(reserved)
+        self.listening = {proto: frozenset(p) for proto, p in (listening or {}).items()}
+        self.sockets = list(sockets)
+        self.interfaces = dict(interfaces or {})
+        self.addresses = frozenset(addresses)
+        self.nonlocal_ok = nonlocal_bind
+        self.others = list(others)
+        self.cut: list[list[Isolated]] = []
+        self.br_netfilter = br_netfilter
+        self.bridged_ipv4 = False
+        self.bridged_ipv6 = bridged_ipv6
+        self.route_localnet: set[str] = set()
+        self.loopback6: set[str] = set()
+        self.forgotten: list[tuple[list[Binding], list[Link], list[Binding]]] = []
+        self.closed = False
+        self.events = [] if events is None else events
+
+    def bridge(self, name: str) -> Bridge:
+        self.events.append("host.bridge")
+        if name not in self.bridges:
+            raise UnknownInterfaceError(f"no interface named {name!r} in this network namespace")
+        return self.bridges[name]
+
+    def port_range(self) -> PortRange:
+        self.events.append("host.port_range")
+        return self.ports
+
+    def reserved_ports(self) -> frozenset[int]:
+        self.events.append("host.reserved_ports")
+        return self.reserved
+
+    def listening_ports(self, proto: Protocol) -> frozenset[int]:
+        self.events.append("host.listening_ports")
+        return self.listening.get(proto, frozenset())
+
+    def interface_facts(self, name: str) -> tuple[str | None, tuple[Any, ...]]:
+        self.events.append("host.interface_facts")
+        if name in self.interfaces:
+            return self.interfaces[name]
+        self.bridge(name)  # UnknownInterfaceError if there is none
+        return "bridge", ()
+
+    def listeners(self, proto: Protocol) -> list[Listener]:
+        self.events.append("host.listeners")
+        wildcard = ipaddress.IPv4Address(0)
+        return ([s for s in self.sockets if s.proto is proto]
+                + [Listener(proto, wildcard, port, False, 0) for port in sorted(self.listening.get(proto, ()))])
+
+    def socket_owner(self, inode: int) -> str | None:
+        return None
+
+    def local_addresses(self) -> frozenset[Any]:
+        self.events.append("host.local_addresses")
+        return self.addresses
+
+    def nonlocal_bind(self, version: int) -> bool:
+        return self.nonlocal_ok
+
+    def natmap_tables(self, exclude: tuple[str, str]) -> list[tuple[str, Table]]:
+        self.events.append("host.natmap_tables")
+        return list(self.others)
+
+    def enable_route_localnet(self, bridge_name: str) -> None:
+        self.events.append("host.enable_route_localnet")
+        self.route_localnet.add(self.bridge(bridge_name).name)
+
+    def enable_loopback6(self, bridge_name: str) -> None:
+        self.events.append("host.enable_loopback6")
+        self.loopback6.add(self.bridge(bridge_name).name)
+
+    def check_bridge_hooks(self) -> None:
+        self.events.append("host.check_bridge_hooks")
+        if not self.br_netfilter:
+            raise BackendError("isolating a bridge needs br_netfilter "
+                               "(net.bridge.bridge-nf-call-iptables is missing)")
+
+    def hook_bridged_traffic(self) -> None:
+        self.events.append("host.hook_bridged_traffic")
+        self.check_bridge_hooks()
+        self.bridged_ipv4 = self.bridged_ipv6 = True
+
+    def bridged_ipv6_hooked(self) -> bool:
+        self.events.append("host.bridged_ipv6_hooked")
+        return self.bridged_ipv6
+
+    def forget_flows(self, removed: Iterable[Binding] = (), links: Iterable[Link] = (),
+                     added: Iterable[Binding] = (), isolated: Iterable[Isolated] = ()) -> int:
+        self.events.append("host.forget_flows")
+        self.forgotten.append((list(removed), list(links), list(added)))
+        self.cut.append(list(isolated))
+        return 0
+
+    def close(self) -> None:
+        self.closed = True
 
 
 class _LazyLocal:
@@ -378,7 +644,7 @@ def _stale_for(binding: Binding, local: Any, orig: Any, reply: Any, status: int 
 
 def _link_flow(flow: tuple[Any, Any, int], orig: Any, reply: Any, status: int = 0) -> bool:
     source, target, port = flow
-    return _ip(orig.saddr) == source and _ip(orig.daddr) == target and orig.dport == port
+    return bool(_ip(orig.saddr) == source and _ip(orig.daddr) == target and orig.dport == port)
 
 
 def _isolated_flow(cut: Isolated, local: Any, orig: Any, reply: Any, status: int = 0) -> bool:

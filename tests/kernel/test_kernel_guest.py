@@ -3,6 +3,7 @@ natmap tables, other programs' tables and chains, odd addresses. Root only;
 every namespace is the sandbox's own; each case with real traffic, both backends."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import textwrap
 import pytest
 
 import natmap
-from conftest import kernel_state
+from helpers import kernel_state
 from test_kernel_engine import client, web  # noqa: F401 (the same fixtures: web01 serving, client1 outside)
 from natmap import ConflictError, SpecError
 from natmap.errors import UnknownInterfaceError
@@ -36,8 +37,7 @@ def test_an_explicit_port_a_host_socket_listens_on_is_refused_naming_it(sandbox,
     with host_listener(sandbox, 2222):
         with pytest.raises(ConflictError, match=r"listens on 0\.0\.0\.0:2222/tcp \(pid %d " % os.getpid()):
             nm.publish(web.endpoint(), ["2222:5000"])
-        with pytest.raises(natmap.TableMissingError):
-            nm.bindings()  # nothing applied
+        assert nm.bindings() == []  # nothing applied
         # A bound UDP socket on one address holds that address and the wildcard.
         with host_listener(sandbox, 5353, "udp", "127.0.0.1"):
             with pytest.raises(ConflictError, match=r"127\.0\.0\.1:5353/udp"):
@@ -140,9 +140,10 @@ def test_an_nft_table_natmap_did_not_make_is_never_used_or_deleted(sandbox, web)
 
 
 def _save(sandbox, *tables):
-    """The tables as iptables-legacy-save prints them, without its timestamp comments."""
+    """The tables as iptables-legacy-save prints them, without its timestamp
+    comments and the policies' packet counters (the namespace's own traffic moves them)."""
     saved = "".join(sandbox.host.run(["iptables-legacy-save", "-t", t]).stdout for t in tables)
-    return "\n".join(line for line in saved.splitlines() if not line.startswith("#"))
+    return "\n".join(re.sub(r"\[\d+:\d+\]$", "", line) for line in saved.splitlines() if not line.startswith("#"))
 
 
 @pytest.mark.parametrize("table", ["docker", "DOCKER"])
@@ -207,8 +208,7 @@ def test_odd_addresses_are_refused_before_anything_is_applied(sandbox, nm, web):
     for endpoint, specs, message in cases:
         with pytest.raises(SpecError, match=message):
             nm.publish(endpoint, specs)
-    with pytest.raises(natmap.TableMissingError):
-        nm.bindings()
+    assert nm.bindings() == []  # nothing applied
     sandbox.host.run(["ip", "link", "add", "vx0", "type", "veth", "peer", "name", "vx1"], check=True)
     with pytest.raises(SpecError, match=r"not a bridge \(veth\)"):
         nm.publish(natmap.Endpoint("xx", "172.30.0.9", "vx0"), ["9090:80"])
@@ -339,8 +339,7 @@ def test_auto_takes_the_backend_the_table_is_on(sandbox, backend, web):
 
 
 def test_auto_without_libnftables_refuses_an_nft_table_and_otherwise_takes_iptables(sandbox, web):
-    assert auto_in_a_process(sandbox, "no-libnftables") == "error: table inet natmap does not exist " \
-        "in this network namespace (nothing was published with it yet)"
+    assert auto_in_a_process(sandbox, "no-libnftables") == "iptables"  # no table yet: iptables, holding nothing
     with natmap.NatMap(netns=sandbox.host.name) as nm:
         nm.publish(web.endpoint(), ["8080:5000"])
     assert auto_in_a_process(sandbox, "no-libnftables").startswith(
