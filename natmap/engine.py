@@ -4,8 +4,8 @@ The desired state lives on disk (:mod:`natmap.store`); the kernel is checked
 against it. How a change happens, every time:
 
 1. take the table's lock (``flock`` on ``/run/natmap/<netns>-<table>.lock``,
-   released by the kernel if the process dies), so natmap processes change a
-   table one at a time;
+   released by the kernel if the process dies; see :mod:`natmap.locking`), so
+   natmap processes change a table one at a time;
 2. finish a change a dead process left pending in the store, if any;
 3. get the table from the store (kept in memory while the store's version
    stays), and read the kernel unless its generation is the one recorded
@@ -29,16 +29,18 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
-from . import host, hoststate
+from . import guest, hoststate
 from .backends import make_backend
 from .backends.nft import validate_table
-from .errors import (BackendError, DriftError, NatmapError, NotFoundError, SpecError, StoreCorruptError,
-                     TableMissingError)
+from .errors import (BackendError, DriftError, LockTimeoutError, Loopback6Error, NatmapError,
+                     NestedTransactionError, NotFoundError, SpecError, StoreCorruptError, TransactionClosedError,
+                     WrongNamespaceError)
+from .host import Session
 from .links import Link
-from .locking import flocked
-from .model import (Binding, Bridge, Change, Drift, Endpoint, Isolation, Item, PortPool, Table, describe,
-                   validate_ifname)
-from .netns import current as current_netns, entered as entered_netns
+from .locking import LOCK_DIR, LOCK_TIMEOUT, describe_holder, discard, namespace_lock, table_lock
+from .model import (Binding, Bridge, Change, Drift, Endpoint, Gateway, Isolation, Item, PortPool, Slot, Table,
+                    describe, validate_ifname)
+from .netns import current as current_netns, entered as entered_netns, validate_name as validate_netns
 from .spec import PortSpec, Protocol, validate_name
 from .store import Store, default_dir
 
@@ -46,7 +48,9 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of
 if TYPE_CHECKING:
     from typing import Any
 
+    from .backends.base import Backend, Generation
     from .config import Config
+    from .host import Host, Isolated, Listener
 
 __all__ = ["NatMap", "Transaction"]
 
@@ -56,8 +60,8 @@ _NO_LOOPBACK6 = (
     "br_netfilter turns replies back to ::1 before the kernel's loopback check drops "
     "them; publish on 127.0.0.1, or keep that sysctl at 0 and bridges unisolated")
 
-LOCK_DIR = "/run/natmap"
 _LOOPBACK6 = ipaddress.IPv6Address("::1")
+_ANY6 = ipaddress.IPv6Address("::")
 
 
 class NatMap:
@@ -66,20 +70,56 @@ class NatMap:
     ``NatMap()`` works in the calling thread's current network namespace with
     table ``natmap``; ``NatMap(table="lab1")`` gives an independent instance;
     ``NatMap(netns="name")`` works inside the named namespace (as made by
-    ``ip netns add``), entering it only for the length of each call.
+    ``ip netns add``; a name, never a path), ``NatMap(netns_path="/proc/PID/ns/net")``
+    inside the namespace that file is; either is entered only for the length
+    of each call.
+
+    Threads: a NatMap may be shared between threads. Its calls take turns on
+    the instance: a change waits while another thread's change (or
+    transaction) runs, and a read never uses libnftables or the netlink
+    sockets at the same time as another call. A thread that calls a change on
+    a table while it holds that table's lock, inside ``with nm.transaction():``
+    through this or another NatMap, gets a :class:`NestedTransactionError` at
+    once instead of waiting for itself.
+
+    Processes: changes to one table take turns through a lock file in
+    ``lock_dir`` (default ``$NATMAP_LOCK_DIR``, else ``/run/natmap``; made mode
+    0700, refused with a :class:`LockError` if another user could use it). A wait for another
+    process or thread ends after ``lock_timeout`` seconds (default 30) with a
+    :class:`LockTimeoutError` naming the holder's PID.
+
+    The seams, for tests and for other packet filters or hosts: ``backend``
+    is a backend's name (``nft``, ``iptables``, ``auto``) or an object that
+    implements :class:`natmap.backends.base.Backend` (such as its
+    ``FakeBackend``); ``host`` an object that implements
+    :class:`natmap.host.Host` (such as ``FakeHost``), by default the real
+    host.
+
     ``state_dir`` is where natmap's store lives (default ``$NATMAP_STATE_DIR``,
     else ``/var/lib/natmap`` for the root and named namespaces, ``/run/natmap``
     for anonymous ones); ``state_path`` is the store's file.
     """
 
-    def __init__(self, table: str = "natmap", *, backend: str = "nft", netns: str | None = None,
-                 state_dir: str | None = None) -> None:
+    def __init__(self, table: str = "natmap", *, backend: str | Backend = "nft", netns: str | None = None,
+                 netns_path: str | None = None, host: Host | None = None, lock_timeout: float = LOCK_TIMEOUT,
+                 lock_dir: str | None = None, state_dir: str | None = None) -> None:
         self.table_name = validate_table(table)
-        self.netns = netns
-        self._kernel = host.Session()
-        with entered_netns(netns):
+        if netns is not None and netns_path is not None:
+            raise SpecError("give netns (a name) or netns_path (a path), not both", str(netns))
+        self.netns = None if netns is None else validate_netns(netns)
+        self.netns_path = None if netns_path is None else _path(netns_path, "netns_path")
+        if not isinstance(lock_timeout, (int, float)) or not 0 <= lock_timeout <= threading.TIMEOUT_MAX:
+            raise SpecError("lock_timeout is a number of seconds, 0 or more", str(lock_timeout))
+        self.lock_timeout = float(lock_timeout)
+        self.lock_dir = os.environ.get("NATMAP_LOCK_DIR", LOCK_DIR) if lock_dir is None else _path(lock_dir, "lock_dir")
+        self._busy = threading.RLock()  # the calls' turns (see the class doc)
+        self._owner: int | None = None   # the thread in a transaction, if one is
+        self._lock_path = ""             # the table's lock file, while it is held
+        self._kernel: Host = Session() if host is None else host
+        with entered_netns(self.netns, ns_path=self.netns_path):
             self._home = current_netns()
-            self._backend = make_backend(backend, self.table_name, self._kernel)
+            self._backend: Backend = (backend if not isinstance(backend, str) and hasattr(backend, "apply")
+                                      else make_backend(backend, self.table_name))
         self.backend_name = self._backend.name
         named = netns or _netns_name(self._home)
         where = named and ("root" if named == "/" else f"netns-{named}")
@@ -88,37 +128,57 @@ class NatMap:
                                        f"{self.backend_name}.db")
         self._store = Store(self.state_path)
         self._bridges: dict[str, Bridge] = {}
+        self._facts: dict[str, tuple[str | None, tuple[Any, ...]]] = {}  # bridge -> its kind and addresses
+        self._forced: set[tuple[int, int, str, int]] = set()  # Binding.key of what publish(force=True) made
         self._cache: Table | None = None     # the store's items, as of _cache_version
         self._cache_version: str | None = None
         self._view: _KernelView | None = None  # the kernel, when it was read for this change
+        self._seen: Generation = None          # the generation when this change began
         self._missing = True
-        self._busy = threading.Lock()
 
     # --- the API -------------------------------------------------------------------
 
     def publish(self, endpoint: Endpoint, specs: Iterable[str | PortSpec] = (), *,
-                publish_all: bool = False) -> list[Binding]:
+                publish_all: bool = False, force: bool = False) -> list[Binding]:
         """Publish ``specs`` (``-p`` values) and, with ``publish_all``, every exposed
         port (``-P``) of ``endpoint``. One kernel transaction. Returns the bindings
-        made, assigned ports filled in."""
+        made, assigned ports filled in, in ``docker port`` order (as :meth:`port`).
+
+        Raises :class:`ConflictError` when a host port is held by a host socket
+        (as Docker's "address already in use"; ``force=True`` takes it
+        knowingly) or mapped by another natmap table of the namespace, and
+        :class:`SpecError` for addresses Docker refuses (see docs/kernel.md)."""
         with self.transaction() as tx:
-            return tx.publish(endpoint, specs, publish_all=publish_all)
+            return tx.publish(endpoint, specs, publish_all=publish_all, force=force)
 
     def unpublish(self, endpoint: str) -> list[Binding]:
-        """Remove every binding of ``endpoint`` and its conntrack entries; return them."""
+        """Remove every binding and link of ``endpoint`` and their conntrack
+        entries; return the bindings, in ``docker port`` order. Raises
+        :class:`NotFoundError` if ``endpoint`` has neither here (``docker rm``'s
+        "No such container")."""
         with self.transaction() as tx:
             return tx.unpublish(endpoint)
 
     def port(self, endpoint: str, port: int | str | None = None) -> list[Binding]:
         """The bindings of ``endpoint`` as ``docker port`` lists them, read back from
-        the kernel; with ``port`` (``5000``, ``"5000"``, ``"5000/udp"``) only those."""
+        the kernel; with ``port`` (``5000``, ``"5000"``, ``"5000/udp"``) only those.
+
+        Raises :class:`NotFoundError` when ``endpoint`` has no binding or link
+        here ("No such endpoint: NAME"), or ``port`` none of its bindings
+        ("No public port '5000/tcp' published for NAME", as ``docker port``)."""
         validate_name(endpoint, "endpoint name")
         wanted = None if port is None else _container_port(port)
-        return [b for b in self._read(endpoint).of(endpoint)
-                if wanted is None or (b.container_port, b.proto) == wanted]
+        table = self._read(endpoint)
+        if not table.knows(endpoint):
+            raise NotFoundError(f"No such endpoint: {endpoint}")
+        found = [b for b in table.of(endpoint) if wanted is None or (b.container_port, b.proto) == wanted]
+        if wanted is not None and not found:
+            raise NotFoundError(f"No public port '{wanted[0]}/{wanted[1].value}' published for {endpoint}")
+        return found
 
     def bindings(self) -> list[Binding]:
-        """Every binding in this instance's table: the store's, as far as the kernel holds them."""
+        """Every binding in this instance's table: the store's, as far as the kernel
+        holds them (none when the table does not exist yet)."""
         return self._read().bindings()
 
     def link(self, source: Endpoint | str, target: Endpoint | str, alias: str | None = None, *,
@@ -131,8 +191,9 @@ class NatMap:
         with self.transaction() as tx:
             return tx.link(source, target, alias, target_env=target_env)
 
-    def unlink(self, source: str, target: str) -> Link | None:
-        """Close the link from ``source`` to ``target`` and its open flows; return it."""
+    def unlink(self, source: str, target: str) -> Link:
+        """Close the link from ``source`` to ``target`` and its open flows; return it.
+        Raises :class:`NotFoundError` if there is no such link."""
         with self.transaction() as tx:
             return tx.unlink(source, target)
 
@@ -153,6 +214,18 @@ class NatMap:
         """Open inter-container traffic on ``bridge`` again (Docker's default)."""
         with self.transaction() as tx:
             tx.unisolate(bridge)
+
+    def set_gateway(self, bridge: str, mode: str = "nat", trusted_interfaces: Sequence[str] = ()) -> Gateway:
+        """How traffic routed from outside reaches ``bridge``'s containers, as
+        Docker 28's gateway modes: ``nat`` (the default: only published ports
+        and replies; and any flow from a ``trusted_interfaces`` interface) or
+        ``nat-unprotected`` (everything routed passes). Returns the setting."""
+        with self.transaction() as tx:
+            return tx.set_gateway(bridge, mode, trusted_interfaces)
+
+    def gateways(self) -> list[Gateway]:
+        """The bridges not in the default ``nat`` mode, read back from the kernel."""
+        return sorted(self._read().gateways.values(), key=lambda g: g.bridge)
 
     def isolated(self) -> list[str]:
         """The bridges whose inter-container traffic is closed, read back from the kernel."""
@@ -200,14 +273,23 @@ class NatMap:
     def _drift(self) -> Drift:
         if not self._store.exists():  # never written here: nothing to compare with
             table, structure, foreign = self._backend.inspect()
-            return Drift(structure=tuple(structure), foreign=tuple(foreign), remembered=False)
+            return Drift(structure=tuple(structure), foreign=tuple(foreign), remembered=False,
+                         **self._advice(table or Table()))
         desired = self._store.items()
         view = self._view = self._inspect()  # what a repair that follows starts from
         missing, unexpected = _differences(desired, view.table, self.backend_name)
         return Drift(missing=missing, unexpected=unexpected, table_missing=view.table is None and bool(desired),
                      structure=tuple(view.structure), foreign=tuple(view.foreign),
-                     host=tuple(hoststate.problems(desired)),
-                     interrupted=self._store.pending())
+                     host=tuple(hoststate.problems(self._kernel, desired)),
+                     interrupted=self._store.pending(), **self._advice(view.table or Table()))
+
+    def _advice(self, table: Table) -> dict[str, Any]:
+        """Drift's notes (the [::1] advice) and shadowing (bindings that take a
+        host socket's traffic, natmap.guest) for what the kernel holds."""
+        return {"notes": _loopback6_notes(table, self._kernel.bridged_ipv6_hooked),
+                "shadowing": tuple(guest.shadowed([b for b in table.bindings() if b.key not in self._forced],
+                                                  functools.cache(self._kernel.listeners),
+                                                  self._kernel.socket_owner))}
 
     def repair(self) -> Drift:
         """Make the kernel and the host match natmap's store (one transaction on
@@ -249,13 +331,16 @@ class NatMap:
         """Delete this instance's table, and every binding with it (one
         transaction), and forget it in the store."""
         with self._locked(), self._ns():
+            self._backend.claimed = self._store.exists()
             table = self._backend.read()
-            self._backend.delete()
+            if table is not None or self._backend.structure_problems():  # also a half-made table
+                self._backend.delete()
             if table is not None:
                 self._kernel.forget_flows(table.bindings(), table.links())
             if self._store.exists():
                 self._store.forget()
             self._cache = None
+            discard(self._lock_path)  # the table is gone, and its lock with it
 
     def watch(self, *, ready: Callable[[], None] | None = None) -> None:
         """Repair natmap's table whenever the kernel's nftables change (a
@@ -285,8 +370,10 @@ class NatMap:
 
     def close(self) -> None:
         """Close the netlink sockets and the store this instance keeps open (bindings stay)."""
-        self._kernel.close()
-        self._store.close()
+        with self._turn():
+            self._kernel.close()
+            self._backend.close()
+            self._store.close()
 
     def __enter__(self) -> NatMap:
         return self
@@ -299,49 +386,70 @@ class NatMap:
     @contextmanager
     def _ns(self) -> Iterator[None]:
         """Run in this instance's namespace, and never anywhere else."""
-        with entered_netns(self.netns):
+        with entered_netns(self.netns, ns_path=self.netns_path):
             if current_netns() != self._home:
-                raise NatmapError("this NatMap belongs to another network namespace than the "
-                                  "calling thread's (pass netns= to work in another one)")
+                raise WrongNamespaceError("this NatMap belongs to another network namespace than the "
+                                          "calling thread's (pass netns= to work in another one)")
             yield
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
-        if not self._busy.acquire(blocking=False):
-            raise NatmapError("a transaction is already open on this NatMap")
+    def _turn(self) -> Iterator[None]:
+        """This thread's turn on the instance (again, if it has it already)."""
+        if not self._busy.acquire(timeout=self.lock_timeout):
+            raise LockTimeoutError(f"another thread of this process kept this NatMap busy for more than "
+                                   f"{self.lock_timeout:g} s", os.getpid())
         try:
-            dev, ino = self._home
-            with flocked(f"{LOCK_DIR}/{dev}-{ino}-{self.table_name}.lock"):
-                yield
+            yield
         finally:
             self._busy.release()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The instance and the table's lock file, for a change."""
+        if self._owner == threading.get_ident():
+            raise NestedTransactionError(
+                "this thread is already in a transaction on this NatMap: make the change through "
+                "that transaction (tx.publish(...)), or after its with block")
+        with self._turn():
+            self._owner = threading.get_ident()
+            try:
+                with table_lock(self.lock_dir, self._home, self.table_name, timeout=self.lock_timeout,
+                                waiting=self._log_wait) as self._lock_path:
+                    # Then the namespace's: host ports belong to the namespace, so
+                    # every writer of every table assigns and commits in turn.
+                    with namespace_lock(self.lock_dir, self._home, timeout=self.lock_timeout,
+                                        waiting=self._log_wait):
+                        yield
+            finally:
+                self._owner = None
+
+    def _log_wait(self, pid: int | None) -> None:
+        """Say (at INFO: ``natmap -v``) that a change waits for another process."""
+        logging = sys.modules.get("logging")  # see _log_change
+        if logging is not None:
+            logging.getLogger("natmap").info(
+                "waiting for the lock of table %s, held by %s (at most %g s)",
+                self.table_name, describe_holder(pid), self.lock_timeout)
 
     def _read(self, endpoint: str | None = None) -> Table:
         """The store's table as far as the kernel holds it (verified: what the
         kernel lost is not listed). With ``endpoint``, only its items are
         taken from the store (an index lookup, whatever the table's size)."""
-        with self._ns():
-            if not self._store.exists():  # a table made before natmap kept a store
-                table = self._backend.read()
-                if table is None:
-                    raise TableMissingError(f"table inet {self.table_name} does not exist in this network "
-                                            "namespace (nothing was published with it yet)")
-                return table
+        with self._turn(), self._ns():
+            if not self._store.exists():  # a table made before natmap kept a store, or none yet
+                return self._backend.read() or Table()
             if endpoint:
                 desired = Table(self._store.of(endpoint))
-            elif self._busy.locked():  # a transaction is changing the cached table: a copy of our own
+            elif self._owner is not None:  # a transaction is changing the cached table: a copy of our own
                 desired = Table(self._store.items())
             else:
                 desired = self._desired()
             if self._in_sync():
                 return desired
+            self._backend.claimed = True  # the store exists
             table = self._backend.read()
-        if table is None:
-            if not len(desired) and not desired.items():
-                raise TableMissingError(f"table inet {self.table_name} does not exist in this network "
-                                        "namespace (nothing was published with it yet)")
-            raise TableMissingError(f"table inet {self.table_name} is gone from the kernel; "
-                                    "`natmap repair` puts it back from natmap's store")
+        if table is None:  # not made yet, or gone (`natmap check` says so): it holds nothing
+            return Table()
         held = table.items()
         return Table(i for i in desired.items() if i in held or isinstance(i, Bridge))
 
@@ -352,21 +460,25 @@ class NatMap:
             self._cache, self._cache_version = Table(self._store.items()), version
         return self._cache
 
-    def _stamp(self) -> str | None:
-        """The kernel's generation as the store records it: with the boot and
-        the namespace, since a counter starts again at every boot."""
-        generation = self._backend.generation()
+    def _stamp(self, generation: Generation = None) -> str | None:
+        """The kernel's generation (now, unless given) as the store records it:
+        with the boot and the namespace, since a counter starts again at every boot."""
+        generation = self._backend.generation() if generation is None else generation
         return None if generation is None else f"{_boot_id()}:{self._home[1]}:{generation}"
 
     def _in_sync(self) -> bool:
         """Whether nothing was committed to the kernel since natmap's last change
-        (then the kernel is as natmap left it, and need not be read)."""
-        if not getattr(self._backend, "counts_every_commit", True):
+        (then the kernel is as natmap left it, and need not be read). The
+        generation read is kept: a change compares the one after its commit
+        with it, so a commit by anyone in between is never missed."""
+        self._seen = self._backend.generation()
+        if not self._backend.counts_every_commit:
             return False  # legacy iptables: a hand edit leaves natmap's marker as it was
         recorded = self._store.get("generation")
-        return recorded is not None and recorded == self._stamp()
+        return recorded is not None and recorded == self._stamp(self._seen)
 
     def _inspect(self) -> _KernelView:
+        self._backend.claimed = self._store.exists()
         table, structure, foreign = self._backend.inspect()
         return _KernelView(table, structure, foreign)
 
@@ -421,7 +533,7 @@ class NatMap:
         """Apply ``change``, ``table``'s journaled change, in one transaction, or roll it back."""
         if not change and self._view is None:  # the kernel as natmap left it: only the host to ensure
             table.commit()
-            for what in hoststate.ensure(_host_items(table), routes=False):
+            for what in hoststate.ensure(self._kernel, _host_items(table), routes=False):
                 _log("host: set %s", what)
             return
         try:
@@ -439,12 +551,12 @@ class NatMap:
         kernel transaction), ensure the host settings, mark the change done.
         ``force``: rebuild the table even if only elements differ."""
         started = time.perf_counter()
-        hoststate.precheck(_host_items(table))
+        hoststate.precheck(self._kernel, _host_items(table))
         if change:
             self._store.begin(change)
         hoststate.crash_point("store-write")
         view, self._view = self._view, None
-        before = self._backend.generation()
+        before, self._seen = (self._backend.generation() if self._seen is None else self._seen), None
         try:
             for attempt in range(3):
                 try:
@@ -463,10 +575,11 @@ class NatMap:
         hoststate.crash_point("kernel-commit")
         after = self._backend.generation()
         _log_change(applied, self._backend.name, time.perf_counter() - started)
-        set_now = hoststate.ensure(_host_items(table), routes=view is not None or bool(change.added(Bridge)))
+        set_now = hoststate.ensure(self._kernel, _host_items(table), routes=view is not None or bool(change.added(Bridge)))
         for what in set_now:
             _log("host: set %s", what)
-        self._kernel.forget_flows(applied.deleted(Binding), applied.deleted(Link), applied.added(Binding))
+        self._kernel.forget_flows(applied.deleted(Binding), applied.deleted(Link), applied.added(Binding),
+                                  self._isolated_cuts(table, applied))
         # Trusted next time only if nobody else committed in between.
         trusted = after is not None and (not isinstance(before, int) or after == before + 1)
         self._store.done(self._stamp() if trusted else None)
@@ -481,6 +594,10 @@ class NatMap:
             self._backend.apply(change, create=False)
             return change
         target = table.items()
+        if view.table is None and not view.structure:  # not made yet (or gone): made with its items
+            made = Change(add=tuple(sorted(target, key=describe)))
+            self._backend.apply(made, create=True)
+            return made
         if view.table is None or view.structure or force:
             if view.table is not None:
                 _log("rebuilding table %s: %s", self.table_name, "; ".join(view.structure) or "repair")
@@ -499,24 +616,60 @@ class NatMap:
             self._backend.apply(fixed, create=False)
         return fixed
 
+    def _isolated_cuts(self, table: Table, change: Change) -> list[Isolated]:
+        """For each bridge ``change`` isolates: its subnets and the flows links open there."""
+        allowed = frozenset(flow for link in table.links() for flow in link.flows())
+        return [(self._subnets(isolation.bridge), allowed) for isolation in change.added(Isolation)]
+
+    def _subnets(self, name: str) -> tuple[Any, ...]:
+        """The bridge's own subnets, from the host (nft reads every bridge back
+        with every bridge's subnets). Call in the namespace."""
+        known = self._bridges.get(name)
+        return known.subnets if known is not None else self._kernel.bridge(name).subnets
+
     def _bridge(self, endpoint: Endpoint) -> Bridge:
-        """The endpoint's bridge: remembered, and read again when it does not fit."""
+        """The endpoint's bridge: remembered, and read again when it does not fit
+        (with its kind and addresses, which :func:`guest.check_addresses` needs)."""
         known = self._bridges.get(endpoint.bridge)
         if known is None or not all(known.contains(ip) for ip in (endpoint.ip, endpoint.ipv6) if ip):
             with self._ns():
-                known = self._bridges[endpoint.bridge] = host.bridge(endpoint.bridge)
+                self._facts[endpoint.bridge] = self._kernel.interface_facts(endpoint.bridge)
+                known = self._bridges[endpoint.bridge] = self._kernel.bridge(endpoint.bridge)
         return known
 
-    def _pool(self) -> PortPool:
+    def _pool(self, others: Callable[[], list[tuple[str, Table]]],
+              listeners: Callable[[Protocol], list[Listener]]) -> PortPool:
         """Where assigned ports come from, read once per transaction; the
         listening sockets are listed when a port is first assigned, once per protocol."""
         with self._ns():
-            ports, reserved = host.port_range(), host.reserved_ports()
-        return PortPool(ports, reserved, functools.cache(self._listening))
+            ports, reserved = self._kernel.port_range(), self._kernel.reserved_ports()
+        return PortPool(ports, reserved, functools.cache(functools.partial(self._listening, others, listeners)))
 
-    def _listening(self, proto: Protocol) -> frozenset[int]:
+    def _listening(self, others: Callable[[], list[tuple[str, Table]]],
+                   listeners: Callable[[Protocol], list[Listener]], proto: Protocol) -> frozenset[int]:
+        """Ports an assigned one must not be: held by a host socket, or mapped
+        by another natmap table of the namespace."""
+        return frozenset(s.port for s in listeners(proto)) | guest.mapped_ports(others(), proto)
+
+    def _in_ns(self, fn: Callable[..., Any], *args: Any) -> Any:
         with self._ns():
-            return host.listening_ports(proto)
+            return fn(*args)
+
+    def _others(self) -> list[tuple[str, Table]]:
+        """The other natmap tables of the namespace, both backends, found by
+        their markers and read. Call in the namespace."""
+        return self._kernel.natmap_tables(exclude=(self.backend_name, self.table_name))
+
+    def _guard(self, change: Change, forced: set[tuple[int, int, str, int]],
+               others: Callable[[], list[tuple[str, Table]]],
+               listeners: Callable[[Protocol], list[Listener]]) -> None:
+        """Raise ConflictError if a binding ``change`` adds takes a host socket's
+        port (unless forced) or another natmap table's."""
+        added = change.added(Binding)
+        if not added:
+            return
+        guest.check_listeners([b for b in added if b.key not in forced], listeners, self._kernel.socket_owner)
+        guest.check_other_tables(added, others())
 
 
 class Transaction:
@@ -524,7 +677,9 @@ class Transaction:
 
     Use it as ``with nm.transaction() as tx:``; the change is applied when the
     block ends, and nothing is applied if it raises. The table's lock is held
-    for the whole block.
+    for the whole block: other threads' and processes' changes to the table
+    wait for it (reads do not), and a change made in the block other than
+    through ``tx`` raises :class:`NestedTransactionError`.
     """
 
     def __init__(self, natmap: NatMap, *, dry_run: bool = False) -> None:
@@ -534,6 +689,13 @@ class Transaction:
         self._pool: PortPool | None = None  # read once per transaction, when first needed
         self._lock: Any = None
         self.change = Change()  # what the transaction did (or, dry, would do)
+        self._forced: set[tuple[int, int, str, int]] = set()  # Binding.key of bindings published with force=True
+        # The namespace's other natmap tables and host sockets, each read once, when first needed.
+        self._others: Callable[[], list[tuple[str, Table]]] = functools.cache(
+            functools.partial(natmap._in_ns, natmap._others))
+        self._listeners: Callable[[Protocol], list[Listener]] = functools.cache(
+            functools.partial(natmap._in_ns, natmap._kernel.listeners))
+        self._local: frozenset[Any] | None = None  # the namespace's addresses, read once if needed
         self.text = ""          # the same as nft text, for a dry run
 
     def __enter__(self) -> Transaction:
@@ -554,12 +716,18 @@ class Transaction:
                 table.rollback()
                 return
             self.change = table.change()
+            try:
+                self._nm._guard(self.change, self._forced, self._others, self._listeners)
+            except BaseException:
+                table.rollback()
+                raise
             if self._dry_run:
                 self.text = self._nm._backend.text(self.change, create=self._nm._missing)
                 table.rollback()
             else:
                 with self._nm._ns():
                     self._nm._commit(table, self.change)
+                self._nm._forced |= self._forced
         finally:
             self._table = None
             self._lock.__exit__(None, None, None)
@@ -570,9 +738,11 @@ class Transaction:
 
     def publish(self, endpoint: Endpoint, specs: Iterable[str | PortSpec] = (), *,
                 publish_all: bool = False,
-                prefer: Mapping[tuple[Protocol, int], int] | None = None) -> list[Binding]:
+                prefer: Mapping[Slot, Sequence[int]] | None = None,
+                force: bool = False) -> list[Binding]:
         """As :meth:`NatMap.publish`, applied when the transaction ends. An assigned
-        port is ``prefer[(proto, container_port)]`` if that one is free."""
+        port is the first free one of ``prefer[(host_ip, proto, container_port)]``
+        (``host_ip`` 0.0.0.0 for a spec without one), if any is."""
         if not isinstance(endpoint, Endpoint):
             raise TypeError(f"expected a natmap.Endpoint, got {type(endpoint).__name__}")
         parsed = [s if isinstance(s, PortSpec) else PortSpec.parse(s) for s in _list(specs)]
@@ -581,39 +751,65 @@ class Transaction:
         # publishes hundreds of endpoints on one bridge.
         bridge = self._nm._bridge(endpoint)
         if self._pool is None:
-            self._pool = self._nm._pool()
+            self._pool = self._nm._pool(self._others, self._listeners)
         if any(spec.host_ip == _LOOPBACK6 for spec in parsed):  # only a spec can name [::1]
             with self._nm._ns():
-                if host.bridged_ipv6_hooked():
-                    raise NatmapError(_NO_LOOPBACK6)
-        return table.publish(endpoint, parsed, publish_all=publish_all,
+                if self._nm._kernel.bridged_ipv6_hooked():
+                    raise Loopback6Error(_NO_LOOPBACK6)
+        self._check_addresses(endpoint, parsed)
+        made = table.publish(endpoint, parsed, publish_all=publish_all,
                              pool=self._pool, bridge=bridge, prefer=prefer or {})
+        if force:
+            self._forced.update(b.key for b in made)
+        return sorted(made, key=Binding.sort_key)
+
+    def _check_addresses(self, endpoint: Endpoint, specs: list[PortSpec]) -> None:
+        """Docker's address checks (natmap.guest), the host asked once per transaction."""
+        kernel = self._nm._kernel
+        with self._nm._ns():
+            if self._local is None and any(s.host_ip for s in specs):
+                self._local = kernel.local_addresses()
+            kind, addresses = self._nm._facts[endpoint.bridge]  # read with the bridge
+            guest.check_addresses(endpoint, specs, bridge_kind=kind, bridge_addresses=addresses,
+                                  local=lambda: self._local or frozenset(), nonlocal_bind=kernel.nonlocal_bind)
 
     def unpublish(self, endpoint: str) -> list[Binding]:
         """As :meth:`NatMap.unpublish`, applied when the transaction ends."""
         validate_name(endpoint, "endpoint name")
-        return self._require().unpublish(endpoint)
+        table = self._require()
+        if not table.knows(endpoint):
+            raise NotFoundError(f"No such endpoint: {endpoint}")
+        return sorted(table.unpublish(endpoint), key=Binding.sort_key)
 
     def link(self, source: Endpoint | str, target: Endpoint | str, alias: str | None = None, *,
              target_env: Sequence[str] = ()) -> Link:
         """As :meth:`NatMap.link`, applied when the transaction ends."""
         return self._require().link(source, target, alias, target_env)
 
-    def unlink(self, source: str, target: str) -> Link | None:
+    def unlink(self, source: str, target: str) -> Link:
         """As :meth:`NatMap.unlink`, applied when the transaction ends."""
         validate_name(source, "endpoint name")
         validate_name(target, "endpoint name")
-        return self._require().unlink(source, target)
+        link = self._require().unlink(source, target)
+        if link is None:
+            raise NotFoundError(f"No such link: {source} is not linked to {target}")
+        return link
 
     def isolate(self, bridge: str) -> None:
         """As :meth:`NatMap.isolate`, applied when the transaction ends."""
         table = self._require()
         validate_ifname(bridge)
         if any(b.host_ip == _LOOPBACK6 for b in table.bindings()):
-            raise NatmapError(_NO_LOOPBACK6)
+            raise Loopback6Error(_NO_LOOPBACK6)
         with self._nm._ns():
-            host.check_bridge_hooks()
+            self._nm._kernel.check_bridge_hooks()
         table.isolate(bridge)
+
+    def set_gateway(self, bridge: str, mode: str = "nat", trusted_interfaces: Sequence[str] = ()) -> Gateway:
+        """As :meth:`NatMap.set_gateway`, applied when the transaction ends."""
+        gateway = Gateway(validate_ifname(bridge), mode, tuple(trusted_interfaces))
+        self._require().set_gateway(gateway)
+        return gateway
 
     def unisolate(self, bridge: str) -> None:
         """As :meth:`NatMap.unisolate`, applied when the transaction ends."""
@@ -621,7 +817,7 @@ class Transaction:
 
     def _require(self) -> Table:
         if self._table is None:
-            raise NatmapError("use the transaction in a with block")
+            raise TransactionClosedError("use the transaction in a with block")
         return self._table
 
 
@@ -695,6 +891,18 @@ def _log(message: str, *args: object) -> None:
 def _log_drift(drift: Drift, doing: str) -> None:
     for line in str(drift).splitlines():
         _log("%s: %s", doing, line)
+def _loopback6_notes(table: Table, hooked: Callable[[], bool]) -> tuple[str, ...]:
+    """Why ``[::1]`` gets no answer from ``[::]`` bindings, when it does not;
+    ``hooked`` says whether bridged IPv6 passes the IP hooks (called in the
+    table's namespace)."""
+    ports = [str(b) for b in sorted({b for b in table.bindings() if b.host_ip == _ANY6},
+                                   key=lambda b: (b.host_port, b.proto.value))]
+    if not ports or not hooked():
+        return ()
+    return (f"clients on [::1] get no answer from {', '.join(ports)} while bridged IPv6 passes the IP "
+            "hooks (net.bridge.bridge-nf-call-ip6tables=1, which isolating a bridge turns on): br_netfilter "
+            "turns the replies back to ::1 before the kernel's loopback check drops them; connect to "
+            "127.0.0.1 or another IPv6 address of the host, or keep that sysctl at 0 and bridges unisolated",)
 
 
 def _log_change(change: Change, backend: str, seconds: float) -> None:
@@ -714,6 +922,17 @@ def _log_change(change: Change, backend: str, seconds: float) -> None:
               backend, len(change.delete), len(change.add), seconds * 1000)
 
 
+def _path(value: Any, what: str) -> str:
+    """A path argument as text (``str`` or ``os.PathLike``)."""
+    try:
+        path = os.fspath(value)
+    except TypeError:
+        raise SpecError(f"{what} is a path", repr(value)) from None
+    if not isinstance(path, str) or not path or "\0" in path:
+        raise SpecError(f"{what} is a path", repr(value))
+    return path
+
+
 def _list(specs: Iterable[str | PortSpec]) -> list[str | PortSpec]:
     if isinstance(specs, (str, PortSpec)):
         raise TypeError("specs is a list of -p values, e.g. ['8080:80']")
@@ -724,6 +943,6 @@ def _container_port(port: int | str) -> tuple[int, Protocol]:
     """``5000``, ``"5000"`` or ``"5000/udp"`` as (port, protocol); no proto means tcp."""
     spec = PortSpec.parse_exposed(str(port))
     if len(spec.container_ports) != 1:
-        raise SpecError("a port, not a range", str(port))
+        raise SpecError("a port, not a range", str(port), None)
     return spec.container_ports.start, spec.proto
 

@@ -16,7 +16,10 @@ import os
 import signal
 from collections.abc import Iterable
 
-from . import host
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .host import Host
+
 from .model import Bridge, Isolation, Item
 
 __all__ = ["crash_point", "ensure", "precheck", "problems"]
@@ -35,7 +38,7 @@ def _needed(items: Iterable[Item]) -> tuple[list[Bridge], bool]:
     return [i for i in items if isinstance(i, Bridge)], any(isinstance(i, Isolation) for i in items)
 
 
-def problems(items: Iterable[Item]) -> list[str]:
+def problems(host: Host, items: Iterable[Item]) -> list[str]:
     """What is not set as the items need, one line each."""
     bridges, isolated = _needed(items)
     found = []
@@ -56,7 +59,7 @@ def problems(items: Iterable[Item]) -> list[str]:
     return found
 
 
-def precheck(items: Iterable[Item]) -> None:
+def precheck(host: Host, items: Iterable[Item]) -> None:
     """Raise, before any kernel change, if a setting the items need cannot be
     written (``/proc/sys`` read-only, no privilege). Nothing is written."""
     bridges, isolated = _needed(items)
@@ -69,7 +72,7 @@ def precheck(items: Iterable[Item]) -> None:
             host.sysctl_writable("net/bridge/bridge-nf-call-iptables")
 
 
-def ensure(items: Iterable[Item], *, routes: bool = True) -> list[str]:
+def ensure(host: Host, items: Iterable[Item], *, routes: bool = True) -> list[str]:
     """Set what the items need and is not set; return what was set. With
     ``routes=False`` the ``::1`` routes are left to repair (a netlink round
     trip per bridge): a write ensures them only when it adds a bridge."""

@@ -38,7 +38,7 @@ from contextlib import contextmanager
 
 from .errors import PrivilegeError, StoreCorruptError, StoreError
 from .links import Link
-from .model import Binding, Bridge, Change, Isolation, Item
+from .model import Binding, Bridge, Change, Gateway, Isolation, Item, assert_never
 from .spec import Protocol
 
 __all__ = ["Store", "default_dir", "item_key"]
@@ -81,7 +81,11 @@ def _row(item: Item) -> tuple[str, str, str | None, str]:
             return f"link {item.source}>{item.target}", "link", item.source, data
         case Isolation():
             return f"isolation {item.bridge}", "isolation", None, json.dumps([item.bridge])
-    raise TypeError(f"not a table item: {item!r}")
+        case Gateway():
+            return (f"gateway {item.bridge}", "gateway", None,
+                    json.dumps([item.bridge, item.mode, list(item.trusted)]))
+        case _:
+            assert_never(item)
 
 
 def _rows(items: Iterable[Item]) -> list[tuple[str, str, str | None, str]]:
@@ -114,6 +118,8 @@ def _item(kind: str, data: str) -> Item:
         return Binding(d[0], Protocol(d[1]), ipaddress.ip_address(d[2]), d[3], ipaddress.ip_address(d[4]), d[5])
     if kind == "bridge":
         return Bridge(d[0], tuple(ipaddress.ip_network(n) for n in d[1]))
+    if kind == "gateway":
+        return Gateway(d[0], d[1], tuple(d[2]))
     if kind == "link":
         return Link(d[0], d[1], d[2], tuple(map(ipaddress.ip_address, d[3])),
                     tuple(map(ipaddress.ip_address, d[4])), tuple((p, Protocol(proto)) for p, proto in d[5]),

@@ -53,7 +53,7 @@ def watch(nm: NatMap, ready: Callable[[], None] | None = None) -> None:
             if ready is not None:
                 ready()
             while True:
-                readable, _, _ = select.select([sock, read_end], [], [])
+                readable, _, _ = select.select([sock.fileno(), read_end], [], [])
                 if read_end in readable:
                     return
                 _drain(sock)

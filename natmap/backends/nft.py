@@ -24,38 +24,54 @@ which creates the table, goes as nft text (skeleton and elements in one
 
 from __future__ import annotations
 
+import errno
+import functools
 import ipaddress
+import itertools
 import json
+import os
 import re
+import sys
 import threading
 from collections import namedtuple
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
-from ..errors import BackendError, PrivilegeError, SpecError
-from ..links import Flow, Link, links_from_flows, parse_comment
-from ..model import Binding, Bridge, Change, Isolation, Item, Table, validate_ifname
-from ..spec import Protocol, validate_name
+from ..errors import BackendError, ConflictError, PrivilegeError, SpecError
+from ..guest import marker
+from ..links import Flow, Link, links_from_flows
+from ..model import Binding, Bridge, Change, Gateway, Isolation, Item, Table, assert_never, validate_ifname
+from ..spec import Protocol
+from .nft_keywords import KEYWORDS
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
 if TYPE_CHECKING:
     from typing import Any
+
+    from .base import Generation
 
 _TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
 _VERSIONS = (4, 6)
 
 
 def validate_table(name: str) -> str:
-    """Return ``name`` if it is a usable table name (an nft identifier, <= 32 chars)."""
+    """Return ``name`` if it is a usable table name (an nft identifier, <= 32
+    chars, not one of nft's keywords: see :mod:`.nft_keywords`)."""
     if not isinstance(name, str) or not _TABLE_NAME.fullmatch(name):
         raise SpecError("invalid table name (a letter, then letters, digits or '_'; "
-                        "at most 32 characters)", str(name))
+                        "at most 32 characters)", str(name), None)
+    if name in KEYWORDS:
+        raise SpecError("invalid table name: nftables reads it as a keyword", name, 0, len(name))
     return name
 
 
 def skeleton(table: str) -> str:
     """The table, its maps, sets and chains, as nft text (see the module doc)."""
     t = f"inet {table}"
-    lines = [f"add table {t}"]
+    # The marker, twice: the table's comment (other natmaps find natmap's tables
+    # by it, in one netlink dump) and the bridges set's (it comes with every
+    # listing, which nft 1.0.6's JSON gives without the table's comment).
+    lines = [f'add table {t} {{ comment "{marker(table)}" ; }}']
     for v, addr in ((4, "ipv4_addr"), (6, "ipv6_addr")):
         lines += [
             f"add map {t} dnat{v} {{ type {addr} . inet_proto . inet_service : {addr} . inet_service ; }}",
@@ -64,8 +80,10 @@ def skeleton(table: str) -> str:
             f"add set {t} links{v} {{ type {addr} . {addr} . inet_proto . inet_service ; }}",
         ]
     lines += [
-        f"add set {t} bridges {{ type ifname ; }}",
+        f'add set {t} bridges {{ type ifname ; comment "{marker(table)}" ; }}',
         f"add set {t} isolated {{ type ifname . ifname ; }}",
+        f"add set {t} unprotected {{ type ifname ; }}",
+        f"add set {t} trusted {{ type ifname . ifname ; }}",
         # Docker once had 127.0.0.1 bindings reachable from the LAN: drop such
         # packets before NAT can see them.
         f"add chain {t} localhost_guard {{ type filter hook prerouting priority raw ; policy accept ; }}",
@@ -102,6 +120,14 @@ def skeleton(table: str) -> str:
         f"add rule {t} isolation ip saddr . ip daddr . meta l4proto . th dport @links4 accept",
         f"add rule {t} isolation ip6 saddr . ip6 daddr . meta l4proto . th dport @links6 accept",
         f"add rule {t} isolation drop",
+        # Docker 28's direct-access protection: new flows routed into a bridge
+        # from elsewhere than the table's bridges pass only if DNATed (accepted
+        # above), if the bridge is nat-unprotected, or from a trusted interface.
+        f"add chain {t} protect",
+        f"add rule {t} forward oifname @bridges iifname != @bridges ct state new jump protect",
+        f"add rule {t} protect oifname @unprotected return",
+        f"add rule {t} protect iifname . oifname @trusted return",
+        f"add rule {t} protect drop",
     ]
     return "\n".join(lines) + "\n"
 
@@ -121,20 +147,141 @@ _Element = namedtuple("_Element", "set key data comment", defaults=(None, None))
 
 def _elements(item: Item) -> Iterator[_Element]:
     """The kernel elements that make up one item of the table."""
-    if isinstance(item, Binding):
-        key: tuple[Any, ...] = (item.proto, item.host_port)
-        suffix = "_any" if item.host_ip.is_unspecified else ""
-        yield _Element(f"dnat{item.version}{suffix}", key if suffix else (item.host_ip, *key),
-                       (item.container_ip, item.container_port), item.endpoint)
-    elif isinstance(item, Bridge):
-        yield _Element("bridges", (_Ifname(item.name),))
-        for net in item.subnets:
-            yield _Element(f"subnets{net.version}", (net,))
-    elif isinstance(item, Link):
-        for source, target, proto, port in item.flows():
-            yield _Element(f"links{source.version}", (source, target, proto, port), None, item.comment)
-    else:
-        yield _Element("isolated", (_Ifname(item.bridge), _Ifname(item.bridge)))
+    match item:
+        case Binding():
+            return _binding_elements(item)
+        case Bridge():
+            return _bridge_elements(item)
+        case Link():
+            return _link_elements(item)
+        case Isolation():
+            return _isolation_elements(item)
+        case Gateway():
+            return _gateway_elements(item)
+        case _:
+            assert_never(item)
+
+
+def _read_items(contents: dict[str, list[Any]], foreign: list[str]) -> list[Item]:
+    """Every item of the table, from the elements of its sets and maps by name;
+    what natmap could not have written is described in ``foreign`` instead."""
+    return [*_read_bindings(contents, foreign), *_read_bridges(contents, foreign),
+            *_read_links(contents, foreign), *_read_isolation(contents, foreign),
+            *_read_gateways(contents, foreign)]
+
+
+def _readable(convert: Any, contents: dict[str, Any], name: str, foreign: list[str]) -> list[Any]:
+    """``convert`` of each element of set ``name`` that natmap could have written."""
+    elements = contents.get(name, [])
+    if not isinstance(elements, list):
+        elements = [elements]
+    converted = []
+    for elem in elements:
+        try:
+            converted.append(convert(elem))
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            foreign.append(f"{name} has an element natmap did not make: {json.dumps(elem)}")
+    return converted
+
+
+# Each kind of item: how it is written as elements, and read back from them.
+
+def _binding_elements(b: Binding) -> Iterator[_Element]:
+    """One element of ``dnat4``/``dnat6`` (a specific host address) or of
+    ``dnat4_any``/``dnat6_any`` (0.0.0.0 or ::), commented with the endpoint."""
+    key: tuple[Any, ...] = (b.proto, b.host_port)
+    suffix = "_any" if b.host_ip.is_unspecified else ""
+    yield _Element(f"dnat{b.version}{suffix}", key if suffix else (b.host_ip, *key),
+                   (b.container_ip, b.container_port), b.endpoint)
+
+
+_MAP_VERSION = {"dnat4": 4, "dnat4_any": 4, "dnat6": 6, "dnat6_any": 6}
+
+
+def _read_bindings(contents: dict[str, list[Any]], foreign: list[str]) -> Iterator[Binding]:
+    for name, version in _MAP_VERSION.items():
+        yield from _readable(functools.partial(_binding, version), contents, name, foreign)
+
+
+def _binding(version: int, elem: list[Any]) -> Binding:
+    key, data = elem
+    entry = key["elem"]
+    parts = entry["val"]["concat"]
+    if len(parts) == 2:
+        parts = ["0.0.0.0" if version == 4 else "::", *parts]
+    container_ip, container_port = data["concat"]
+    return Binding(entry.get("comment", ""), Protocol(parts[1]), ipaddress.ip_address(parts[0]),
+                   int(parts[2]), ipaddress.ip_address(container_ip), int(container_port))
+
+
+def _bridge_elements(bridge: Bridge) -> Iterator[_Element]:
+    """Its name in ``bridges``, its subnets in ``subnets4``/``subnets6``."""
+    yield _Element("bridges", (_Ifname(bridge.name),))
+    for net in bridge.subnets:
+        yield _Element(f"subnets{net.version}", (net,))
+
+
+def _read_bridges(contents: dict[str, list[Any]], foreign: list[str]) -> list[Bridge]:
+    # Which subnet belongs to which bridge is not kept in the kernel; every
+    # bridge is read back with all subnets. Only membership matters to the rules.
+    subnets = tuple(net for v in _VERSIONS for net in _readable(
+        lambda p: ipaddress.ip_network(f"{p['prefix']['addr']}/{p['prefix']['len']}"),
+        contents, f"subnets{v}", foreign))
+    bridges: list[Bridge] = _readable(lambda name: Bridge(name, subnets), contents, "bridges", foreign)
+    return bridges
+
+
+def _link_elements(link: Link) -> Iterator[_Element]:
+    """Each flow one element of ``links4``/``links6``, commented ``source>target:alias``."""
+    for source, target, proto, port in link.flows():
+        yield _Element(f"links{source.version}", (source, target, proto, port), None, link.comment)
+
+
+def _read_links(contents: dict[str, list[Any]], foreign: list[str]) -> list[Link]:
+    def flow(elem: Any) -> tuple[str, Flow]:
+        source, target, proto, port = elem["elem"]["val"]["concat"]
+        comment, one = elem["elem"]["comment"], (ipaddress.ip_address(source), ipaddress.ip_address(target),
+                                                 Protocol(proto), int(port))
+        links_from_flows({comment: [one]})  # natmap's source>target:alias, or raises
+        return comment, one
+
+    flows: dict[str, list[Flow]] = {}
+    for v in _VERSIONS:
+        for comment, one in _readable(flow, contents, f"links{v}", foreign):
+            flows.setdefault(comment, []).append(one)
+    return links_from_flows(flows)
+
+
+def _isolation_elements(isolation: Isolation) -> Iterator[_Element]:
+    """``BRIDGE . BRIDGE`` in ``isolated``: traffic in and out of the same bridge."""
+    yield _Element("isolated", (_Ifname(isolation.bridge), _Ifname(isolation.bridge)))
+
+
+def _read_isolation(contents: dict[str, list[Any]], foreign: list[str]) -> list[Isolation]:
+    isolated: list[Isolation] = _readable(lambda e: Isolation(e["concat"][0]), contents, "isolated", foreign)
+    return isolated
+
+
+def _gateway_elements(gateway: Gateway) -> Iterator[_Element]:
+    """A bridge not in the default mode: its name in ``unprotected``
+    (``nat-unprotected``), each trusted interface ``IFACE . BRIDGE`` in ``trusted``."""
+    if gateway.mode == "nat-unprotected":
+        yield _Element("unprotected", (_Ifname(gateway.bridge),))
+    for interface in gateway.trusted:
+        yield _Element("trusted", (_Ifname(interface), _Ifname(gateway.bridge)))
+
+
+def _read_gateways(contents: dict[str, list[Any]], foreign: list[str]) -> list[Gateway]:
+    def pair(elem: Any) -> tuple[str, str]:
+        interface, bridge = elem["concat"]
+        return validate_ifname(interface), validate_ifname(bridge)
+
+    unprotected = set(_readable(validate_ifname, contents, "unprotected", foreign))
+    trusted: dict[str, list[str]] = {}
+    for interface, bridge in _readable(pair, contents, "trusted", foreign):
+        trusted.setdefault(bridge, []).append(interface)
+    return [Gateway(b, "nat-unprotected" if b in unprotected else "nat", tuple(trusted.get(b, ())))
+            for b in sorted(unprotected | set(trusted))]
 
 
 def _json_value(part: Any) -> Any:
@@ -195,7 +342,8 @@ def change_text(table: str, change: Change) -> str:
     """The same change as nft text, one command a line (``nft -f`` reads it)."""
     lines = [f"delete element inet {table} {name} {{ {', '.join(_text_parts(e.key) for e in elements)} }}"
              for name, elements in _grouped(change.delete).items()]
-    others = (*change.added(Bridge), *change.added(Link), *change.added(Isolation))
+    others: tuple[Item, ...] = (*change.added(Bridge), *change.added(Link), *change.added(Isolation),
+                                *change.added(Gateway))
     lines += [f"add element inet {table} {name} {{ {', '.join(_text_entry(e) for e in elements)} }}"
               for name, elements in _grouped(others).items()]
     lines += [f"add element inet {table} {name} {{ {', '.join(entries)} }}"
@@ -236,84 +384,37 @@ def _text_entry(element: _Element) -> str:
 def parse_table(listing: str, foreign: list[str] | None = None) -> Table:
     """The output of ``list table inet NAME`` (JSON) as a :class:`Table`.
 
-    An element natmap cannot have written (no comment, a comment that is not
-    a name, a malformed key) is not an item: it is described in ``foreign``
-    and left out, so that nobody's hand edit breaks a read."""
+    Elements natmap does not write (another program's) are left out, and
+    described in ``foreign`` if given: they never break a read.
+    """
     foreign = [] if foreign is None else foreign
     try:
         objects = json.loads(listing)["nftables"]
         contents = {body["name"]: body.get("elem", []) for obj in objects
                     for kind in ("map", "set") if kind in obj for body in [obj[kind]]}
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise BackendError(f"unreadable table listing from nft: {exc!r}") from exc
-    items: list[Item] = []
-    for name, version in _MAP_VERSION.items():
-        items += _each(name, contents.get(name, []), foreign, lambda elem, v=version: _binding(v, elem))
-    items += _bridges(contents, foreign)
-    items += _links(contents, foreign)
-    items += _each("isolated", contents.get("isolated", []), foreign, _isolation)
-    return Table(items)
+    return Table(_read_items(contents, foreign))
 
 
-def _each(name: str, elements: list[Any], foreign: list[str], read: Any) -> list[Any]:
-    """``read`` of each element of set ``name``; the ones it cannot read go to ``foreign``."""
-    made = []
-    for elem in elements:
-        try:
-            made.append(read(elem))
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-            foreign.append(f"element of {name} natmap did not write: {json.dumps(elem, sort_keys=True)}")
-    return made
-
-
-_MAP_VERSION = {"dnat4": 4, "dnat4_any": 4, "dnat6": 6, "dnat6_any": 6}
-
-
-def _binding(version: int, elem: list[Any]) -> Binding:
-    key, data = elem
-    entry = key["elem"]
-    parts = entry["val"]["concat"]
-    if len(parts) == 2:
-        parts = ["0.0.0.0" if version == 4 else "::", *parts]
-    container_ip, container_port = data["concat"]
-    return Binding(validate_name(entry["comment"], "endpoint name"), Protocol(parts[1]),
-                   ipaddress.ip_address(parts[0]), int(parts[2]), ipaddress.ip_address(container_ip),
-                   int(container_port))
-
-
-def _isolation(elem: Any) -> Isolation:
-    inner, outer = elem["concat"]
-    if inner != outer:
-        raise ValueError("not an isolation element")
-    return Isolation(validate_ifname(inner))
-
-
-def _bridges(contents: dict[str, list[Any]], foreign: list[str]) -> list[Bridge]:
-    # Which subnet belongs to which bridge is not kept in the kernel; every
-    # bridge is read back with all subnets. Only membership matters to the rules.
-    subnets = tuple(_each(f"subnets{v}", contents.get(f"subnets{v}", []), foreign, _subnet)
-                    for v in _VERSIONS)
-    names = _each("bridges", contents.get("bridges", []), foreign, validate_ifname)
-    return [Bridge(name, tuple(subnets[0] + subnets[1])) for name in names]
-
-
-def _subnet(elem: Any) -> Any:
-    return ipaddress.ip_network(f"{elem['prefix']['addr']}/{elem['prefix']['len']}")
-
-
-def _links(contents: dict[str, list[Any]], foreign: list[str]) -> list[Link]:
-    flows: dict[str, list[Flow]] = {}
-
-    def flow(elem: Any) -> None:
-        source, target, proto, port = elem["elem"]["val"]["concat"]
-        comment = elem["elem"]["comment"]
-        Link(*parse_comment(comment), (), (), ())  # a comment natmap writes, or ValueError
-        flows.setdefault(comment, []).append(
-            (ipaddress.ip_address(source), ipaddress.ip_address(target), Protocol(proto), int(port)))
-
-    for v in _VERSIONS:
-        _each(f"links{v}", contents.get(f"links{v}", []), foreign, flow)
-    return links_from_flows(flows)
+def require_marker(listing: str, table: str) -> None:
+    """Raise ConflictError unless the listed table carries natmap's marker for
+    ``table``: natmap never uses, changes or deletes another program's table."""
+    try:
+        # Decode only the bridges set's object where libnftables writes it: a
+        # big table's listing is decoded once already, by parse_table.
+        start = listing.find('{"set": {"family": "inet", "name": "bridges",')
+        if start >= 0:
+            objects = [json.JSONDecoder().raw_decode(listing, start)[0]]
+        else:
+            objects = json.loads(listing)["nftables"]
+        comments = [obj["set"].get("comment") for obj in objects if obj.get("set", {}).get("name") == "bridges"]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BackendError(f"unreadable table listing from nft: {exc!r}") from exc
+    if comments != [marker(table)]:
+        raise ConflictError(f"table inet {table} exists but is not natmap's (it lacks the marker "
+                            f"{marker(table)!r}); natmap will not use, change or delete it: "
+                            "choose another table name")
 
 
 # --- natmap's own objects, compared with what nft makes of the skeleton -----------------
@@ -394,37 +495,119 @@ def _check(what: str, rc: int, err: str) -> None:
         raise BackendError(f"nft refused {what}: {err.strip() or f'error {rc}'}")
 
 
+@functools.cache
+def _nftables_class() -> Any:
+    """libnftables' Python binding, its Nftables class made safe to fail:
+    the binding's ``__del__`` frees a context that a failed ``__init__``
+    never made, which prints a traceback at exit. Raises ImportError or
+    OSError when either is missing (make_backend says what to install)."""
+    import ctypes
+
+    import nftables
+
+    ctypes.CDLL("libnftables.so.1")  # what Nftables() loads: fail here, before any Nftables exists
+
+    class Nftables(nftables.Nftables):  # type: ignore[misc]
+        def __del__(self) -> None:
+            if "_Nftables__ctx" in self.__dict__:
+                super().__del__()
+
+    return Nftables
+
+
+# File descriptor 2 is the process's: one capture at a time. This also makes
+# every libnftables call in the process take turns, which its contexts, made
+# for one thread each, want anyway.
+_LIBNFTABLES = threading.Lock()
+
+
+@contextmanager
+def _stderr_captured(into: list[str]) -> Iterator[None]:
+    """Catch what C code writes to file descriptor 2 during the block (libnftables
+    prints "Operation not permitted (you must be root)" there itself, past its
+    error buffer) and append it to ``into``. Without a descriptor 2, nothing to catch."""
+    with _LIBNFTABLES:
+        try:
+            saved = os.dup(2)
+        except OSError:
+            into.append("")
+            yield
+            return
+        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)  # never blocks the writer
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        os.dup2(write_end, 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(write_end)
+            chunks = []
+            while chunk := _read_some(read_end):
+                chunks.append(chunk)
+            os.close(read_end)
+            into.append(b"".join(chunks).decode(errors="replace"))
+
+
+def _read_some(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except BlockingIOError:
+        return b""
+
+
 class NftBackend:
-    """libnftables in the calling thread's network namespace."""
+    """The :class:`~natmap.backends.base.Backend` on libnftables, in the
+    calling thread's network namespace."""
 
     name = "nft"
+    counts_every_commit = True  # the kernel's generation counts every commit, anyone's
+    claimed = False  # natmap's store remembers the table (nft's marker goes only with the whole table)
 
-    def __init__(self, table: str, session: Any) -> None:
-        import nftables
-
+    def __init__(self, table: str) -> None:
         self.table = validate_table(table)
-        self._session = session  # netlink.Session: the generation counter
-        self._nft = nftables.Nftables()
+        self._generation = _GenerationCounter()
+        with _LIBNFTABLES:
+            self._nft = _nftables_class()()
         self._nft.set_json_output(True)
 
+    def _call(self, command: str | dict[str, Any]) -> tuple[int, Any, str]:
+        """libnftables' (rc, output, errors), what it printed itself among the errors."""
+        printed: list[str] = []
+        try:
+            with _stderr_captured(printed):
+                if isinstance(command, str):
+                    rc, out, err = self._nft.cmd(command)
+                else:
+                    rc, out, err = self._nft.json_cmd(command)
+        except UnicodeDecodeError as exc:  # another program's bytes in natmap's table
+            raise BackendError(f"nft answered what is not UTF-8: {exc}") from exc
+        if printed[0] and rc == 0 and sys.stderr is not None:
+            sys.stderr.write(printed[0])  # not libnftables' (another thread's): pass it on
+        return rc, out, printed[0] + (err or "")
+
     def _run(self, what: str, command: str | dict[str, Any]) -> str:
-        if isinstance(command, str):
-            rc, out, err = self._nft.cmd(command)
-        else:
-            rc, out, err = self._nft.json_cmd(command)
+        rc, out, err = self._call(command)
         _check(what, rc, err)
         return out if isinstance(out, str) else json.dumps(out)
 
     def usable(self) -> bool:
         """Whether the kernel answers nftables requests here."""
-        rc, _, err = self._nft.cmd(f"list table inet {self.table}")
+        rc, _, err = self._call(f"list table inet {self.table}")
         return rc == 0 or _NO_SUCH_TABLE in err
+
+    def exists(self) -> bool:
+        """Whether a table of this name is in the kernel (natmap's or not)."""
+        rc, _, _ = self._call(f"list table inet {self.table}")
+        return rc == 0
 
     def structure_problems(self, listing: str | None = None) -> list[str]:
         """How natmap's table differs from what natmap makes, object by object:
         every chain (type, hook, priority, policy), every rule with its
         verdict, every set and map declaration, and any chain, rule, set or
-        map in the table that natmap did not make. ``listing``: the table as
+        map in the table that natmap did not make (the elements natmap did not
+        write are :meth:`inspect`'s foreign ones). ``listing``: the table as
         :meth:`listing` gave it, if already read."""
         listing = self.listing() if listing is None else listing
         if listing is None:
@@ -436,7 +619,7 @@ class NftBackend:
         self._run(f"deleting table inet {self.table}",
                   f"add table inet {self.table}\ndelete table inet {self.table}\n")
 
-    def rebuild(self, items: set[Any]) -> None:
+    def rebuild(self, items: Iterable[Item]) -> None:
         """Replace the table with its skeleton and ``items``: one transaction.
         (Adding the table first makes deleting it work whether it is there or not.)"""
         text = f"add table inet {self.table}\ndelete table inet {self.table}\n"
@@ -449,16 +632,18 @@ class NftBackend:
         fetch every table's elements, 30 ms when another program's table has
         10,000 (measured), where ``list table`` costs what natmap's own table holds.
         """
-        rc, out, err = self._nft.cmd(f"list table inet {self.table}")
+        rc, out, err = self._call(f"list table inet {self.table}")
         if rc != 0 and _NO_SUCH_TABLE in err:
             return None
         _check(f"listing table inet {self.table}", rc, err)
-        return out
+        return str(out)
 
     def read(self, foreign: list[str] | None = None) -> Table | None:
         """The table as the kernel holds it, or None if there is none; what
         natmap did not write is described in ``foreign``, not read."""
         listing = self.listing()
+        if listing is not None:
+            require_marker(listing, self.table)
         return None if listing is None else parse_table(listing, foreign)
 
     def inspect(self) -> tuple[Table | None, list[str], list[str]]:
@@ -467,14 +652,15 @@ class NftBackend:
         listing = self.listing()
         if listing is None:
             return None, [], []
+        require_marker(listing, self.table)
         foreign: list[str] = []
         return parse_table(listing, foreign), self.structure_problems(listing), foreign
 
     def generation(self) -> int:
         """The ruleset generation: one more with every committed transaction."""
-        return self._session.generation()
+        return self._generation.read()
 
-    def apply(self, change: Change, *, create: bool = False, generation: object = None) -> object:
+    def apply(self, change: Change, *, create: bool = False, generation: Generation = None) -> Generation:
         """The whole change as one kernel transaction; with ``create``, the
         table's skeleton too, in the same transaction (then as text, since
         JSON cannot declare the maps: see the module doc). Returns the
@@ -488,3 +674,87 @@ class NftBackend:
     def text(self, change: Change, *, create: bool = False) -> str:
         """The change as nft text; with ``create``, preceded by the skeleton."""
         return (skeleton(self.table) if create else "") + change_text(self.table, change)
+
+    def close(self) -> None:
+        """Close the netlink socket the generation is read on."""
+        self._generation.close()
+
+
+class _GenerationCounter:
+    """nftables' ruleset generation (``NFT_MSG_GETGEN``): it grows by one with
+    every committed transaction, whoever commits it. libnftables does not
+    tell it, so it is asked with one netlink request on a socket of the
+    standard library's (importing pyroute2 for it would cost a ``natmap
+    port`` most of its time), kept open (opening one costs more than using
+    it) in the namespace of the first call."""
+
+    def __init__(self) -> None:
+        self._socket: Any = None
+        self._lock = threading.Lock()
+
+    def read(self) -> int:
+        with self._lock, _os_errors("reading the nftables generation"):
+            if self._socket is None:
+                import socket  # here: `natmap port` in sync needs it, `import natmap.cli` does not
+
+                self._socket = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                             _NETLINK_NETFILTER)
+                self._socket.bind((0, 0))
+            return _nft_genid(self._socket)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._socket is not None:
+                self._socket.close()
+            self._socket = None
+
+
+_NETLINK_NETFILTER = 12
+_NFT_MSG_GETGEN = (10 << 8) | 16  # NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN
+_NLMSG_ERROR = 2
+_sequence = itertools.count(1)
+
+
+@contextmanager
+def _os_errors(what: str) -> Iterator[None]:
+    """Translate the netlink socket's errors into natmap's at this boundary."""
+    try:
+        yield
+    except PermissionError as exc:
+        raise PrivilegeError(what) from exc
+    except OSError as exc:
+        raise BackendError(f"{what}: {exc.strerror or exc}") from exc
+
+
+def _nft_genid(sock: Any) -> int:
+    """Ask the kernel for NFTA_GEN_ID: nlmsghdr + nfgenmsg out, the same back
+    with its attributes (little-endian header, big-endian attribute value)."""
+    import struct
+
+    seq = next(_sequence) & 0xFFFFFFFF
+    sock.send(struct.pack("=IHHII", 20, _NFT_MSG_GETGEN, 1, seq, 0) + struct.pack("=BBH", 0, 0, 0))
+    while True:
+        data = sock.recv(65536)
+        length, kind, _, answer_seq, _ = struct.unpack_from("=IHHII", data)
+        if answer_seq != seq:
+            continue  # an answer to an older request that timed out
+        if kind == _NLMSG_ERROR:
+            (code,) = struct.unpack_from("=i", data, 16)
+            raise OSError(-code, os.strerror(-code))
+        offset = 20  # past nlmsghdr (16) and nfgenmsg (4)
+        while offset + 4 <= length:
+            attr_len, attr_type = struct.unpack_from("=HH", data, offset)
+            if attr_type & 0x3FFF == 1:  # NFTA_GEN_ID
+                return int(struct.unpack_from(">I", data, offset + 4)[0])
+            offset += (attr_len + 3) & ~3
+        raise OSError(errno.EPROTO, "no NFTA_GEN_ID in the kernel's answer")
+
+
+def ruleset_generation() -> int:
+    """The calling thread's namespace's nftables generation, read once on a
+    socket of its own (tests compare it before and after a change)."""
+    counter = _GenerationCounter()
+    try:
+        return counter.read()
+    finally:
+        counter.close()
