@@ -23,7 +23,13 @@ of ``CNI_CONTAINERID`` (what ``podman ps`` shows), ``<hash>`` a hash of the
 whole container ID and interface name (so long IDs that share a prefix stay
 apart). See :func:`endpoint_name`.
 
-Only natmap's public API is used; ``main`` is the ``natmap-cni`` console script.
+A plugin process makes one natmap transaction and ends, so it uses natmap
+through two of its seams (:class:`CniHost`, :class:`OneCommandBackend`) that
+take what the runtime already said from ``prevResult`` and skip what only a
+long-lived NatMap needs: pyroute2, which natmap asks the kernel through,
+costs a quarter of a second to import, more than all the rest of an ADD.
+``main`` is the ``natmap-cni`` console script (``natmap_cni.console``, which
+answers VERSION before natmap is imported at all).
 """
 
 from __future__ import annotations
@@ -36,15 +42,25 @@ import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import IO, Any
 
-from natmap import (ConflictError, Endpoint, NatMap, NatmapError, SpecError, TableMissingError, Transaction,
-                    __version__)
+from natmap import (Bridge, ConflictError, Endpoint, NatMap, NatmapError, Protocol, SpecError, TableMissingError,
+                    Transaction, __version__)
+from natmap.backends import make_backend
+from natmap.host import Session
+from natmap_cni import SUPPORTED_VERSIONS, version_answer  # the executable's entry, which answers VERSION
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (every plugin process would)
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import IO, Any
+
+    from natmap import Binding, Link
+    from natmap.backends.base import Backend, Generation
+    from natmap.model import Change, Item, Table
 
 __all__ = ["CniError", "NetConf", "Plugin", "PortMapping", "SUPPORTED_VERSIONS", "endpoint_name", "main",
            "network_prefix", "run"]
 
-SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 _CHECK_SINCE = "0.4.0"       # CHECK came with spec 0.4.0
 _GC_SINCE = "1.1.0"          # GC and STATUS came with 1.1.0
 
@@ -272,12 +288,14 @@ def endpoint_name(network: str, container_id: str, ifname: str) -> str:
 
 @dataclass(frozen=True)
 class Attachment:
-    """Where the previous plugin put the container: the host-side bridge and the
-    container's addresses on the interface ``CNI_IFNAME``."""
+    """Where the previous plugin put the container: the host-side bridge, the
+    container's addresses on the interface ``CNI_IFNAME``, and their subnets
+    (which the bridge plugin's gateway addresses on the bridge share)."""
 
     bridge: str
     ip: ipaddress.IPv4Address
     ipv6: ipaddress.IPv6Address | None
+    subnets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 
 def attachment_of(prev: Mapping[str, Any], ifname: str, bridge: str | None = None) -> Attachment:
@@ -286,23 +304,37 @@ def attachment_of(prev: Mapping[str, Any], ifname: str, bridge: str | None = Non
     sandbox interface ``ifname``), and the host-side bridge: ``bridge`` if the
     configuration names it, else the first interface without a ``sandbox``
     (the bridge plugin lists its bridge first, then the host's veth). Raise
-    :class:`CniError` (code 7)."""
+    :class:`CniError` (code 7).
+
+    Both shapes of result are read: 0.3.x/0.4.0's ``ips`` entries carry a
+    ``version`` ("4"/"6") and may lack ``interface``; 1.x's have neither
+    ``version`` nor need it. An address is CIDR text (``10.88.0.5/16``), as
+    the specification has it: its prefix gives the bridge's subnet.
+    """
     interfaces = prev.get("interfaces") or []
     ips = prev.get("ips") or []
     if not isinstance(interfaces, list) or not isinstance(ips, list):
         raise CniError(INVALID_CONFIG, "prevResult's interfaces and ips must be lists")
-    found: dict[int, Any] = {}
+    found: dict[int, ipaddress.IPv4Interface | ipaddress.IPv6Interface] = {}
     for entry in ips:
-        index = entry.get("interface") if isinstance(entry, dict) else None
-        if isinstance(index, int) and 0 <= index < len(interfaces):
+        if not isinstance(entry, dict):
+            raise CniError(INVALID_CONFIG, f"invalid entry in prevResult's ips: {entry!r}")
+        index = entry.get("interface")
+        if index is not None:
+            if type(index) is not int or not 0 <= index < len(interfaces):
+                raise CniError(INVALID_CONFIG, f"prevResult's ips entry {entry!r} names no interface "
+                               f"of the {len(interfaces)} in prevResult")
             iface = interfaces[index]
             if not isinstance(iface, dict) or iface.get("name") != ifname or not iface.get("sandbox"):
                 continue
+        address = entry.get("address")
         try:
-            address = ipaddress.ip_interface(entry["address"]).ip
-        except (TypeError, KeyError, ValueError):
-            raise CniError(INVALID_CONFIG, f"invalid address in prevResult's ips: {entry!r}") from None
-        found.setdefault(address.version, address)
+            if not isinstance(address, str) or "/" not in address:
+                raise ValueError(address)
+            found.setdefault(ipaddress.ip_interface(address).version, ipaddress.ip_interface(address))
+        except ValueError:
+            raise CniError(INVALID_CONFIG, f"invalid address in prevResult's ips: {entry!r} "
+                           "(CIDR text, such as \"10.88.0.5/16\")") from None
     if 4 not in found:
         raise CniError(INVALID_CONFIG, f"prevResult gives no IPv4 address for interface {ifname!r}; "
                        "natmap publishes to a container's IPv4 address (and its IPv6 one, if any)")
@@ -313,7 +345,9 @@ def attachment_of(prev: Mapping[str, Any], ifname: str, bridge: str | None = Non
             raise CniError(INVALID_CONFIG, "prevResult names no host-side interface; natmap-cni follows "
                            "the bridge plugin in a conflist (or name the bridge: \"bridge\": \"cni0\")")
         bridge = hosts[0]
-    return Attachment(bridge, found[4], found.get(6))
+    ipv6 = found.get(6)
+    return Attachment(bridge, ipaddress.IPv4Address(found[4].ip), None if ipv6 is None else
+                      ipaddress.IPv6Address(ipv6.ip), tuple(i.network for i in found.values()))
 
 
 # --- the commands --------------------------------------------------------------------
@@ -365,20 +399,117 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split("."))
 
 
+# --- natmap for one command ------------------------------------------------------
+
+
+class CniHost(Session):
+    """natmap's host (:class:`natmap.host.Session`) as a plugin process sees
+    it: what ``prevResult`` already says is not asked again, and pyroute2 is
+    imported only for what only netlink answers.
+
+    - :meth:`bridge`: the bridges ``prevResult`` describes (name -> subnets
+      of the container's addresses, where the bridge plugin puts its gateway
+      addresses) when the interface is there; any other is asked of the kernel;
+    - :meth:`forget_flows`: nothing to forget (an ADD of TCP ports, a
+      namespace that tracks no connection) opens no conntrack socket.
+
+    The rest (``/proc/sys`` reads and writes, and the rare netlink calls:
+    listening sockets for an assigned port, the ``::1`` route of a new IPv6
+    bridge) is Session's.
+    """
+
+    def __init__(self, bridges: Iterable[Bridge] = ()) -> None:
+        super().__init__()
+        self._known = {b.name: b for b in bridges}
+
+    def bridge(self, name: str) -> Bridge:
+        known = self._known.get(name)
+        # /proc/sys/net is the calling thread's namespace's (/sys/class/net is the mounter's).
+        if known is not None and os.path.isdir(f"/proc/sys/net/ipv4/conf/{name}"):
+            return known
+        return super().bridge(name)  # UnknownInterfaceError if it is not there
+
+    def forget_flows(self, removed: Iterable[Binding] = (), links: Iterable[Link] = (),
+                     added: Iterable[Binding] = ()) -> int:
+        removed, links = list(removed), list(links)
+        added = [b for b in added if b.proto is not Protocol.TCP]  # Session skips these too
+        if not (removed or links or added) or _tracked() == 0:
+            return 0
+        return super().forget_flows(removed, links, added)
+
+
+def _tracked() -> int | None:
+    """How many connections the namespace's conntrack holds (None: not known)."""
+    try:
+        with open("/proc/sys/net/netfilter/nf_conntrack_count") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+class OneCommandBackend:
+    """A backend (:class:`natmap.backends.base.Backend`) for a NatMap that
+    makes ONE transaction and ends, as a plugin process does: ``generation``
+    is None ("not known"), everything else is ``backend``'s.
+
+    The generation only lets a NatMap trust the table it cached at its last
+    transaction; a NatMap without one reads the table from the kernel
+    anyway (one consistent nftables dump, under natmap's lock). Reading
+    nftables' counter needs pyroute2. Give this to a NatMap used for one
+    transaction only: a second one could trust a table cached by the first.
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self.name = backend.name
+
+    def generation(self) -> Generation:
+        return None
+
+    def read(self) -> Table | None:
+        return self._backend.read()
+
+    def apply(self, change: Change, *, create: bool = False, generation: Generation = None) -> Generation:
+        self._backend.apply(change, create=create)
+        return None
+
+    def text(self, change: Change, *, create: bool = False) -> str:
+        return self._backend.text(change, create=create)
+
+    def structure_problems(self) -> list[str]:
+        return self._backend.structure_problems()
+
+    def rebuild(self, items: Iterable[Item]) -> None:
+        self._backend.rebuild(items)
+
+    def delete(self) -> None:
+        self._backend.delete()
+
+    def close(self) -> None:
+        self._backend.close()
+
+
+def one_command_natmap(table: str, backend: str, bridges: Iterable[Bridge] = ()) -> NatMap:
+    """The NatMap of one plugin command: natmap's ``backend`` (the nft one
+    without its generation counter) and :class:`CniHost` knowing ``bridges``."""
+    made = make_backend(backend, table)
+    return NatMap(table=table, backend=OneCommandBackend(made) if made.name == "nft" else made,
+                  host=CniHost(bridges))
+
+
 class Plugin:
-    """The commands, on natmap's public API. ``natmap_factory(table=, backend=)``
-    makes the :class:`natmap.NatMap` (a seam for tests)."""
+    """The commands, on natmap's API. ``natmap_factory(table=, backend=,
+    bridges=)`` makes the :class:`natmap.NatMap` for one command (a seam for
+    tests; by default :func:`one_command_natmap`). Each command makes one
+    NatMap and one transaction on it."""
 
     def __init__(self, natmap_factory: Callable[..., Any] | None = None) -> None:
-        self._factory = natmap_factory
+        self._factory = natmap_factory or one_command_natmap
 
-    def natmap(self, conf: NetConf) -> Any:
-        return (self._factory or NatMap)(table=conf.table, backend=conf.backend)
-
-    def endpoint(self, call: Call, prev: Mapping[str, Any]) -> Endpoint:
-        """The attachment as a natmap endpoint, from ``prevResult``."""
-        where = attachment_of(prev, call.ifname, call.conf.bridge)
-        return Endpoint(call.endpoint, where.ip, where.bridge, ipv6=where.ipv6)
+    def natmap(self, conf: NetConf, where: Attachment | None = None) -> Any:
+        bridges = () if where is None else (
+            Bridge(where.bridge, tuple(sorted(set(where.subnets), key=lambda n: (n.version, n)))),)
+        return self._factory(table=conf.table, backend=conf.backend, bridges=bridges)
 
     def add(self, call: Call) -> dict[str, Any]:
         """Publish the mappings (one transaction, replacing the attachment's
@@ -388,9 +519,10 @@ class Plugin:
             raise CniError(INVALID_CONFIG, "no prevResult: natmap-cni is a chained plugin "
                            "(put it after bridge in a conflist)")
         if call.conf.mappings:
-            endpoint = self.endpoint(call, prev)
+            where = attachment_of(prev, call.ifname, call.conf.bridge)
+            endpoint = Endpoint(call.endpoint, where.ip, where.bridge, ipv6=where.ipv6)
             specs = _specs(call.conf.mappings, endpoint)
-            with self.natmap(call.conf) as nm, nm.transaction() as tx:
+            with self.natmap(call.conf, where) as nm, nm.transaction() as tx:
                 tx.unpublish(call.endpoint)
                 tx.publish(endpoint, specs)
         else:
@@ -407,21 +539,20 @@ class Plugin:
 
     def check(self, call: Call) -> None:
         """Raise :class:`CniError` (101) unless the kernel holds exactly the
-        bindings ADD would publish for this attachment now."""
+        bindings ADD would publish for this attachment now (one dry
+        transaction: the kernel's table, read once under the lock)."""
         prev = call.conf.prev_result
         if prev is None:
             raise CniError(INVALID_CONFIG, "CHECK needs prevResult")
-        with self.natmap(call.conf) as nm:
-            try:
-                have = set(nm.port(call.endpoint))
-            except TableMissingError:
-                have = set()
-            want: set[Any] = set()
-            if call.conf.mappings:
-                endpoint = self.endpoint(call, prev)
-                dry = Transaction(nm, dry_run=True)  # what ADD would publish; nothing applied
-                with dry:
-                    dry.unpublish(call.endpoint)
+        where = attachment_of(prev, call.ifname, call.conf.bridge) if call.conf.mappings else None
+        with self.natmap(call.conf, where) as nm:
+            dry = Transaction(nm, dry_run=True)  # what ADD would publish; nothing applied
+            with dry:
+                have = set(dry.table().of(call.endpoint))
+                dry.unpublish(call.endpoint)
+                want: set[Any] = set()
+                if where is not None:
+                    endpoint = Endpoint(call.endpoint, where.ip, where.bridge, ipv6=where.ipv6)
                     want = set(dry.publish(endpoint, _specs(call.conf.mappings, endpoint)))
         if have != want:
             missing = sorted(f"{b}->{b.container_port}/{b.proto.value}" for b in want - have)
@@ -431,22 +562,17 @@ class Plugin:
 
     def gc(self, call: Call) -> None:
         """Unpublish every endpoint of this network whose attachment is not in
-        ``cni.dev/valid-attachments`` (one transaction)."""
+        ``cni.dev/valid-attachments`` (one transaction, which also reads the table)."""
         valid = call.conf.valid_attachments
         if valid is None:
             raise CniError(INVALID_CONFIG, "GC needs cni.dev/valid-attachments")
         keep = {endpoint_name(call.conf.network, cid, ifname) for cid, ifname in valid}
         prefix = network_prefix(call.conf.network)
-        with self.natmap(call.conf) as nm:
-            try:
-                stale = {b.endpoint for b in nm.bindings()
-                         if b.endpoint.startswith(prefix) and b.endpoint not in keep}
-            except TableMissingError:
-                return
-            if stale:
-                with nm.transaction() as tx:
-                    for name in sorted(stale):
-                        tx.unpublish(name)
+        with self.natmap(call.conf) as nm, nm.transaction() as tx:
+            stale = {b.endpoint for b in tx.table().bindings()
+                     if b.endpoint.startswith(prefix) and b.endpoint not in keep}
+            for name in sorted(stale):
+                tx.unpublish(name)
 
     def status(self, call: Call) -> None:
         """Ready when natmap's backend loads here (libnftables or python-iptables)."""
@@ -493,7 +619,7 @@ def run(environ: Mapping[str, str], stdin: bytes, plugin: Plugin | None = None) 
     version = "1.1.0"
     try:
         if command == "VERSION":
-            return 0, json.dumps({"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)})
+            return 0, version_answer()
         if command not in ("ADD", "DEL", "CHECK", "GC", "STATUS"):
             raise CniError(INVALID_ENVIRONMENT, f"unknown CNI_COMMAND {command!r}" if command
                            else f"CNI_COMMAND is not set (natmap-cni {__version__} is a CNI plugin: "

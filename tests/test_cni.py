@@ -31,8 +31,8 @@ class FakeNatMap:
     def __init__(self, fail=None, existing=()):
         self.transactions, self.fail, self.existing, self.closed = [], fail, list(existing), 0
 
-    def __call__(self, table, backend):
-        self.table, self.backend = table, backend
+    def __call__(self, table, backend, bridges=()):
+        self.table, self.backend, self.bridges = table, backend, list(bridges)
         return self
 
     def __enter__(self):
@@ -55,6 +55,9 @@ class FakeNatMap:
 
             def __exit__(self, *exc):
                 pass
+
+            def table(self):
+                return fake
 
             def unpublish(self, name):
                 calls.append(("unpublish", name))
@@ -190,7 +193,7 @@ def test_gc_accepts_libcnis_second_name():
 
 
 def test_status_reports_natmap_unavailable_as_50():
-    def broken(table, backend):
+    def broken(table, backend, bridges):
         raise natmap.BackendError("the nft backend needs libnftables")
 
     plugin = cni.Plugin(broken)
@@ -217,7 +220,9 @@ def test_status_reports_natmap_unavailable_as_50():
     ({}, {"CNI_COMMAND": ""}, 4, "CNI_COMMAND is not set"),
     ({"prevResult": None}, {}, 7, "chained plugin"),
     ({"prevResult": {**PREV, "ips": PREV["ips"][1:]}}, {}, 7, "no IPv4 address"),
-    ({"prevResult": {**PREV, "interfaces": PREV["interfaces"][2:]}}, {}, 7, "no host-side interface"),
+    ({"prevResult": {**PREV, "interfaces": PREV["interfaces"][2:], "ips": [{"address": "10.1.0.5/16",
+                                                                        "interface": 0}]}},
+     {}, 7, "no host-side interface"),
     ({"bridge": 7}, {}, 7, "invalid bridge"),
     ({"runtimeConfig": {"portMappings": [{"hostPort": 0, "containerPort": 80}]}}, {}, 7, "invalid hostPort 0"),
     ({"runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 70000}]}}, {}, 7, "invalid containerPort"),
@@ -278,7 +283,7 @@ def test_endpoint_name_shows_the_short_id():
 
 
 def test_an_unexpected_failure_is_still_cni_error_json():
-    def crash(table, backend):
+    def crash(table, backend, bridges):
         raise RuntimeError("netlink went away")
 
     plugin = cni.Plugin(crash)
