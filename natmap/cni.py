@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from natmap import (Bridge, ConflictError, Endpoint, NatMap, NatmapError, Protocol, SpecError, TableMissingError,
                     Transaction, __version__)
 from natmap.backends import make_backend
+from natmap.backends.nft import validate_table
 from natmap.host import Session
 from natmap_cni import SUPPORTED_VERSIONS, version_answer  # the executable's entry, which answers VERSION
 
@@ -137,13 +138,28 @@ class PortMapping:
         protocol = entry.get("protocol") or "tcp"
         if not isinstance(protocol, str) or protocol.lower() not in _PROTOCOLS:
             raise CniError(INVALID_CONFIG, f"invalid protocol {protocol!r} (tcp, udp or sctp) in {entry}")
-        host_ip = entry.get("hostIP") or None
-        if host_ip is not None:
+        text = entry.get("hostIP")
+        host_ip = None
+        if text not in (None, ""):  # runtimes send "" for every address, as portmap reads it
             try:
-                host_ip = ipaddress.ip_address(host_ip)
+                if not isinstance(text, str) or "%" in text:  # no zone: a host IP is the host's own
+                    raise ValueError(text)
+                host_ip = ipaddress.ip_address(text)
             except ValueError:
-                raise CniError(INVALID_CONFIG, f"invalid hostIP {host_ip!r} in {entry}") from None
+                raise CniError(INVALID_CONFIG, f"invalid hostIP {text!r} in {entry} (an IPv4 or "
+                               "IPv6 address, such as \"127.0.0.1\")") from None
+            if isinstance(host_ip, ipaddress.IPv6Address) and host_ip.ipv4_mapped:
+                host_ip = host_ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1, as natmap reads it
         return cls(ports[0], ports[1], protocol.lower(), host_ip)
+
+    def overlaps(self, other: PortMapping) -> bool:
+        """Whether both take the same host port on some address (and protocol)."""
+        if (self.protocol, self.host_port) != (other.protocol, other.host_port):
+            return False
+        if self.host_ip is None or other.host_ip is None:
+            return True
+        return self.host_ip.version == other.host_ip.version and (
+            self.host_ip == other.host_ip or self.host_ip.is_unspecified or other.host_ip.is_unspecified)
 
     def spec(self, through: PortMapping | None = None) -> str:
         """The mapping as a natmap ``-p`` spec: ``[::1]:8080:80/tcp``; with
@@ -178,18 +194,19 @@ class NetConf:
     valid_attachments: tuple[tuple[str, str], ...] | None = None
 
     @classmethod
-    def parse(cls, data: bytes | str, *, deleting: bool = False) -> NetConf:
-        """Read stdin's JSON; raise :class:`CniError` with code 6 (not JSON),
-        1 (an unsupported version), 2 (an unknown or unsupported key) or 7.
-        ``deleting``: the mappings are not needed and not read, so that DEL
-        cleans up after an ADD that failed on them."""
-        try:
-            conf = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CniError(UNDECODABLE, f"the network configuration is not JSON: {exc}") from None
+    def parse(cls, data: bytes | str | object, *, deleting: bool = False) -> NetConf:
+        """Read stdin's JSON (or what :func:`decode` made of it); raise
+        :class:`CniError` with code 6 (not JSON), 1 (an unsupported
+        version), 2 (an unknown or unsupported key) or 7. ``deleting``:
+        neither the mappings nor ``prevResult`` are needed and neither is
+        read, so that DEL cleans up after an ADD that failed on them."""
+        conf = decode(data) if isinstance(data, (bytes, str)) else data
         if not isinstance(conf, dict):
             raise CniError(UNDECODABLE, "the network configuration must be a JSON object")
         version = conf.get("cniVersion")
+        if version is None:
+            raise CniError(INCOMPATIBLE_VERSION, "cniVersion is missing from the network configuration",
+                           f"natmap-cni supports {', '.join(SUPPORTED_VERSIONS)}")
         if version not in SUPPORTED_VERSIONS:
             raise CniError(INCOMPATIBLE_VERSION, f"unsupported cniVersion {version!r}",
                            f"natmap-cni supports {', '.join(SUPPORTED_VERSIONS)}")
@@ -202,17 +219,30 @@ class NetConf:
         if not isinstance(name, str) or not _CONTAINER_ID.match(name):
             raise CniError(INVALID_CONFIG, f"invalid network name {name!r}")
         table = conf.get("table", "natmap")
+        try:
+            validate_table(table)
+        except SpecError as exc:
+            raise CniError(INVALID_CONFIG, f"invalid table {table!r}: {exc.message}") from None
         backend = conf.get("backend", "nft")
         if backend not in _BACKENDS:
             raise CniError(INVALID_CONFIG, f"invalid backend {backend!r} (choose {', '.join(_BACKENDS)})")
         bridge = conf.get("bridge")
         if bridge is not None and not isinstance(bridge, str):
             raise CniError(INVALID_CONFIG, f"invalid bridge {bridge!r} (an interface name)")
-        prev = conf.get("prevResult")
+        prev = None if deleting else conf.get("prevResult")
         if prev is not None and not isinstance(prev, dict):
             raise CniError(INVALID_CONFIG, "prevResult must be an object")
         mappings = () if deleting else _mappings(conf.get("runtimeConfig"))
         return cls(version, name, table, backend, bridge, mappings, prev, _attachments(conf))
+
+
+def decode(data: bytes | str) -> object:
+    """stdin's JSON; :class:`CniError` code 6 if it is not JSON (or nests
+    deeper than Python's recursion limit)."""
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise CniError(UNDECODABLE, f"the network configuration is not JSON: {str(exc)[:200]}") from None
 
 
 def _check_portmap_options(conf: Mapping[str, Any]) -> None:
@@ -241,10 +271,21 @@ def _mappings(runtime_config: object) -> tuple[PortMapping, ...]:
         return ()
     if not isinstance(runtime_config, dict):
         raise CniError(INVALID_CONFIG, "runtimeConfig must be an object")
-    entries = runtime_config.get("portMappings") or []
+    entries = runtime_config.get("portMappings")
+    if entries is None:
+        return ()
     if not isinstance(entries, list):
         raise CniError(INVALID_CONFIG, "runtimeConfig.portMappings must be a list")
-    return tuple(dict.fromkeys(PortMapping.from_json(entry) for entry in entries))
+    mappings = tuple(dict.fromkeys(PortMapping.from_json(entry) for entry in entries))
+    by_port: dict[tuple[str, int], list[PortMapping]] = {}
+    for m in mappings:
+        same = by_port.setdefault((m.protocol, m.host_port), [])
+        for other in same:
+            if m.overlaps(other):  # natmap would call it a conflict with the container itself
+                raise CniError(INVALID_CONFIG, f"host port {m.host_port}/{m.protocol} is mapped twice in "
+                               f"portMappings: to {other.container_port} and to {m.container_port}")
+        same.append(m)
+    return mappings
 
 
 def _attachments(conf: Mapping[str, Any]) -> tuple[tuple[str, str], ...] | None:
@@ -624,13 +665,10 @@ def run(environ: Mapping[str, str], stdin: bytes, plugin: Plugin | None = None) 
             raise CniError(INVALID_ENVIRONMENT, f"unknown CNI_COMMAND {command!r}" if command
                            else f"CNI_COMMAND is not set (natmap-cni {__version__} is a CNI plugin: "
                                 "a container runtime runs it)")
-        try:
-            version = json.loads(stdin).get("cniVersion") or version
-            if version not in SUPPORTED_VERSIONS:
-                version = "1.1.0"
-        except (ValueError, AttributeError, UnicodeDecodeError):
-            pass
-        conf = NetConf.parse(stdin, deleting=command == "DEL")
+        data = decode(stdin)
+        if isinstance(data, dict) and data.get("cniVersion") in SUPPORTED_VERSIONS:
+            version = data["cniVersion"]  # errors from here on in the caller's version
+        conf = NetConf.parse(data, deleting=command in ("DEL", "GC", "STATUS"))
         version = conf.cni_version
         call = _read_call(command, conf, environ)
         plugin = plugin or Plugin()

@@ -300,3 +300,90 @@ def test_del_cleans_up_after_an_add_that_failed_on_its_mappings():
     fake = FakeNatMap()
     assert call(fake=fake, env={"CNI_COMMAND": "DEL"}, runtimeConfig=bad) == (0, None)
     assert fake.transactions == [[("unpublish", cni.endpoint_name("podman", "c0ffee", "eth0"))]]
+
+
+# --- hostile and malformed input: each kind of fault is CNI error JSON with its code, and nothing changes
+
+
+def _mapping(**fields):
+    return {"runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, **fields}]}}
+
+
+@pytest.mark.parametrize("conf, code, words", [
+    # wrong types where a runtime or an attacker could put them
+    (_mapping(hostIP=5), 7, "invalid hostIP 5"),          # ip_address(5) would be 0.0.0.5
+    (_mapping(hostIP=0), 7, "invalid hostIP 0"),          # falsy, but not "every address"
+    (_mapping(hostIP=False), 7, "invalid hostIP False"),
+    (_mapping(hostIP="fe80::1%eth0"), 7, "invalid hostIP"),
+    (_mapping(hostIP="[::1]"), 7, "invalid hostIP"),
+    (_mapping(hostPort=True), 7, "invalid hostPort True"),
+    (_mapping(hostPort=8080.0), 7, "invalid hostPort"),
+    (_mapping(hostPort="8080"), 7, "invalid hostPort"),
+    (_mapping(protocol=6), 7, "invalid protocol"),
+    ({"runtimeConfig": {"portMappings": {}}}, 7, "must be a list"),
+    ({"runtimeConfig": []}, 7, "runtimeConfig must be an object"),
+    ({"table": "a;b"}, 7, "invalid table"),
+    ({"table": 5}, 7, "invalid table"),
+    ({"cniVersion": None}, 1, "cniVersion is missing"),
+    ({"cniVersion": 1}, 1, "unsupported cniVersion"),
+    # the same host port twice in one request: not a conflict with the container itself
+    ({"runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80},
+                                         {"hostPort": 8080, "containerPort": 81}]}}, 7, "mapped twice"),
+    ({"runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "hostIP": "127.0.0.1"},
+                                         {"hostPort": 8080, "containerPort": 81, "hostIP": "0.0.0.0"}]}},
+     7, "mapped twice"),
+    # prevResult shapes that name no usable address
+    ({"prevResult": {**PREV, "ips": [{"address": "10.1.0.5", "interface": 2}]}}, 7, "CIDR"),
+    ({"prevResult": {**PREV, "ips": [{"address": 5, "interface": 2}]}}, 7, "invalid address"),
+    ({"prevResult": {**PREV, "ips": [5]}}, 7, "invalid entry"),
+    ({"prevResult": {**PREV, "ips": [{"address": "10.1.0.5/16", "interface": 7}]}}, 7, "names no interface"),
+    ({"prevResult": {**PREV, "ips": [{"address": "10.1.0.5/16", "interface": "2"}]}}, 7, "names no interface"),
+    ({"prevResult": {**PREV, "ips": [{"address": "10.1.0.5/16", "interface": True}]}}, 7, "names no interface"),
+    ({"prevResult": {**PREV, "ips": PREV["ips"][1:]}}, 7, "no IPv4 address"),  # an IPv6-only container
+])
+def test_hostile_configurations_are_refused_with_their_code(conf, code, words):
+    fake = FakeNatMap()
+    status, out = call(conf=conf, fake=fake)
+    assert status == 1 and out["code"] == code and words in out["msg"], out
+    assert fake.transactions == []
+
+
+@pytest.mark.parametrize("data", [b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
+                                  b"\xff\xfe\x00", b"", b'{"cniVersion": "1.0.0", "x": ' + b"9" * 5000 + b"}"])
+def test_stdin_that_breaks_the_json_reader_is_code_6(data):
+    status, out = cni.run(ENV, data, cni.Plugin(FakeNatMap()))
+    assert status == 1 and json.loads(out)["code"] == 6
+
+
+def test_a_v4_mapped_host_ip_is_the_ipv4_address():
+    fake = FakeNatMap()
+    prev = {**PREV, "ips": PREV["ips"][:1]}  # no IPv6 address: still published, on 127.0.0.1
+    assert call(conf=_mapping(hostIP="::ffff:127.0.0.1"), prevResult=prev, fake=fake)[0] == 0
+    assert fake.transactions[0][1][2] == ["127.0.0.1:8080:80/tcp"]
+
+
+@pytest.mark.parametrize("garbage", [5, [], {"ips": "x"}, {"ips": [{"address": 7}]}])
+def test_del_gc_status_ignore_a_garbled_prev_result(garbage):
+    fake = FakeNatMap()
+    assert call(fake=fake, env={"CNI_COMMAND": "DEL"}, prevResult=garbage) == (0, None)
+    assert fake.transactions == [[("unpublish", cni.endpoint_name("podman", "c0ffee", "eth0"))]]
+    assert call(fake=FakeNatMap(), env={"CNI_COMMAND": "GC"}, prevResult=garbage,
+                conf={"cniVersion": "1.1.0", "cni.dev/valid-attachments": []}) == (0, None)
+
+
+def test_the_bridge_subnets_come_from_prev_result():
+    """ADD hands natmap the bridge as prevResult describes it (no netlink query)."""
+    fake = FakeNatMap()
+    assert call(fake=fake)[0] == 0
+    assert [(b.name, [str(n) for n in b.subnets]) for b in fake.bridges] == [("cni0", ["10.1.0.0/16", "fd00::/64"])]
+
+
+def test_version_is_answered_without_importing_natmap():
+    plugin = Path(sys.executable).parent / "natmap-cni"
+    probe = ("import runpy, sys; sys.argv = [sys.argv[0]];"
+             "\ntry: runpy.run_path(%r, run_name='__main__')\nexcept SystemExit: pass\n"
+             "print('natmap' in sys.modules, file=sys.stderr)" % str(plugin))
+    done = subprocess.run([sys.executable, "-c", probe], input="{}", capture_output=True, text=True,
+                          env={"CNI_COMMAND": "VERSION"})
+    assert json.loads(done.stdout)["supportedVersions"] == list(cni.SUPPORTED_VERSIONS)
+    assert done.stderr.strip() == "False"
