@@ -581,12 +581,17 @@ class Plugin:
     def check(self, call: Call) -> None:
         """Raise :class:`CniError` (101) unless the kernel holds exactly the
         bindings ADD would publish for this attachment now (one dry
-        transaction: the kernel's table, read once under the lock)."""
+        transaction: the kernel's table, read once under the lock), and
+        natmap's chains and rules that forward them are whole."""
         prev = call.conf.prev_result
         if prev is None:
             raise CniError(INVALID_CONFIG, "CHECK needs prevResult")
         where = attachment_of(prev, call.ifname, call.conf.bridge) if call.conf.mappings else None
         with self.natmap(call.conf, where) as nm:
+            # natmap's own chains and rules first: bindings in maps nothing reads forward nothing
+            broken = nm.check().structure
+            if broken:
+                raise CniError(CHECK_FAILED, f"natmap's table {call.conf.table} is damaged", "; ".join(broken))
             dry = Transaction(nm, dry_run=True)  # what ADD would publish; nothing applied
             with dry:
                 have = set(dry.table().of(call.endpoint))
