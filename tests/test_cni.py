@@ -387,3 +387,21 @@ def test_version_is_answered_without_importing_natmap():
                           env={"CNI_COMMAND": "VERSION"})
     assert json.loads(done.stdout)["supportedVersions"] == list(cni.SUPPORTED_VERSIONS)
     assert done.stderr.strip() == "False"
+
+
+def test_the_documented_conflists_are_accepted():
+    """What a runtime sends natmap's entry of each conflist in docs/cni.md, with a mapping: an ADD."""
+    sys.path.insert(0, str(Path(__file__).parent / "kernel"))
+    from podman_harness import documented_conflists
+
+    conflists = documented_conflists()
+    assert len(conflists) == 2  # podman's (also containerd's), and a Kubernetes node's
+    for conflist in conflists:
+        [entry] = [p for p in conflist["plugins"] if p["type"] == "natmap"]
+        fake = FakeNatMap()
+        conf = {"cniVersion": conflist["cniVersion"], "name": conflist["name"], **entry,
+                "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]},
+                "prevResult": PREV}
+        status, out = cni.run(ENV, json.dumps(conf).encode(), cni.Plugin(fake))
+        assert status == 0, out
+        assert fake.table == entry.get("table", "natmap")

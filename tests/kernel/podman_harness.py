@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,15 @@ NETWORK = "natmaptest"
 SUBNET, GATEWAY = "10.89.7.0/24", "10.89.7.1"
 BRIDGE = "cnibr7"
 ULIMITS = ("--ulimit", "nproc=1024:1024", "--ulimit", "nofile=1024:1024")
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "cni.md"
+
+
+def documented_conflists() -> list[dict]:
+    """The conflists docs/cni.md shows, in its order (podman's first), as a newcomer copies them."""
+    blocks = re.findall(r"```json\n(.*?)```", DOCS.read_text(), flags=re.S)
+    return [conf for conf in map(json.loads, blocks) if "plugins" in conf]
 
 
 def missing() -> str | None:
