@@ -451,8 +451,9 @@ class CniHost(Session):
     - :meth:`bridge`: the bridges ``prevResult`` describes (name -> subnets
       of the container's addresses, where the bridge plugin puts its gateway
       addresses) when the interface is there; any other is asked of the kernel;
-    - :meth:`forget_flows`: nothing to forget (an ADD of TCP ports, a
-      namespace that tracks no connection) opens no conntrack socket.
+    - :meth:`forget_flows`: nothing to forget (an ADD of TCP ports, a DEL
+      of a container no tracked connection answers from, as
+      ``/proc/net/nf_conntrack`` shows) opens no conntrack socket.
 
     The rest (``/proc/sys`` reads and writes, and the rare netlink calls:
     listening sockets for an assigned port, the ``::1`` route of a new IPv6
@@ -474,18 +475,33 @@ class CniHost(Session):
                      added: Iterable[Binding] = ()) -> int:
         removed, links = list(removed), list(links)
         added = [b for b in added if b.proto is not Protocol.TCP]  # Session skips these too
-        if not (removed or links or added) or _tracked() == 0:
+        if not (removed or links or added):
             return 0
+        tracked = _tracked()
+        if tracked is not None:
+            # A flow of a removed binding answers from its container's address;
+            # a stale one of an added binding goes to its host port.
+            removed = [b for b in removed if f"src={_proc_ip(b.container_ip)} " in tracked]
+            added = [b for b in added if f"dport={b.host_port} " in tracked]
+            if not (removed or links or added):
+                return 0
         return super().forget_flows(removed, links, added)
 
 
-def _tracked() -> int | None:
-    """How many connections the namespace's conntrack holds (None: not known)."""
+def _tracked() -> str | None:
+    """The namespace's conntrack table as ``/proc/net/nf_conntrack`` shows it
+    (None where the kernel has no such file). Only a filter: which flows to
+    delete pyroute2 decides, on its netlink dump."""
     try:
-        with open("/proc/sys/net/netfilter/nf_conntrack_count") as f:
-            return int(f.read())
-    except (OSError, ValueError):
+        with open("/proc/net/nf_conntrack") as f:
+            return f.read()
+    except OSError:
         return None
+
+
+def _proc_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """An address as /proc/net/nf_conntrack prints it (the kernel's %pI4 / %pI6: IPv6 unabbreviated)."""
+    return ip.exploded if ip.version == 6 else str(ip)
 
 
 class OneCommandBackend:

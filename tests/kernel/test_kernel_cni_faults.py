@@ -137,3 +137,30 @@ def test_gc_with_garbage_attachments_changes_nothing(sandbox, cni, backend):
         status, out = cni("GC", version="1.1.0", extra={"cni.dev/valid-attachments": garbage})
         assert (status, out["code"]) == (1, 7), out
     assert bindings(sandbox, backend) == before
+
+
+def tracked(sandbox, *args):
+    """The host namespace's conntrack entries that match ``args`` (conntrack -L filters)."""
+    listed = sandbox.host.run(["conntrack", "-L", *args], capture_output=True, text=True)
+    return [line for line in listed.stdout.splitlines() if "=" in line]
+
+
+def test_del_forgets_the_containers_flows_and_udp_add_the_stale_ones(sandbox, cni, backend):
+    """natmap-cni looks at /proc/net/nf_conntrack before it opens a conntrack
+    socket: the flows it must forget are forgotten all the same."""
+    web = sandbox.container("web01")
+    web.serve(5353, "udp")
+    client = sandbox.client("client1")
+    other = sandbox.container("web02")
+    assert cni("ADD", other, [mapping(8080)])[0] == 0  # natmap's table there: conntrack tracks the host's flows
+    sock = client.udp_socket()  # one flow: the same source port each time
+    # before the binding: the host itself is asked, nobody answers, the entry stays
+    assert client.request(sandbox.outside_ip, 5353, "udp", sock=sock, timeout=0.3) is None
+    assert tracked(sandbox, "-p", "udp", "--orig-port-dst", "5353")
+    assert cni("ADD", web, [mapping(5353, 5353, "udp")])[0] == 0
+    # the stale entry was forgotten, so the same flow now reaches the container
+    assert client.request(sandbox.outside_ip, 5353, "udp", sock=sock) == "web01 192.0.2.2"
+    assert tracked(sandbox, "-p", "udp", "--reply-src", str(web.ip))
+    assert cni("DEL", web) == (0, None)
+    assert tracked(sandbox, "-p", "udp", "--reply-src", str(web.ip)) == []
+    sock.close()
