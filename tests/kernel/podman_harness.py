@@ -64,11 +64,13 @@ def natmap_cni() -> str:
 
 
 class Podman:
-    """podman in ``host_netns``, publishing through ``plugin`` ("natmap" or "portmap")."""
+    """podman in ``host_netns``, publishing through ``plugin`` ("natmap" or "portmap");
+    ``executable`` is the natmap-cni to install (default: :func:`natmap_cni`)."""
 
     def __init__(self, host_netns: str, plugin: str = "natmap", *, backend: str = "nft",
-                 table: str = "natmap") -> None:
+                 table: str = "natmap", executable: str | None = None) -> None:
         self.host_netns, self.plugin, self.backend, self.table = host_netns, plugin, backend, table
+        self.executable = executable or natmap_cni()
         self.tmp = Path(tempfile.mkdtemp(prefix="natmap-podman-"))
         self.env = {**os.environ, "CONTAINERS_CONF": str(self.tmp / "containers.conf"),
                     "NATMAP_STATE_DIR": str(self.tmp / "natmap-state")}
@@ -94,7 +96,7 @@ class Podman:
         for name in ("bridge", "host-local", "portmap", "loopback"):
             (tmp / "plugins" / name).symlink_to(f"{CNI_DIR}/{name}")
         # docs/cni.md's install step: natmap-cni under the name the conflist's "type" gives
-        (tmp / "plugins/natmap").symlink_to(natmap_cni())
+        (tmp / "plugins/natmap").symlink_to(self.executable)
         (tmp / "net" / f"{NETWORK}.conflist").write_text(json.dumps(self.conflist(), indent=1))
         (tmp / "containers.conf").write_text(
             "[network]\n"
