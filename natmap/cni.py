@@ -338,6 +338,10 @@ class Attachment:
     ipv6: ipaddress.IPv6Address | None
     subnets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
+    def endpoint(self, name: str) -> Endpoint:
+        """The attachment as the natmap endpoint ``name``."""
+        return Endpoint(name, self.ip, self.bridge, ipv6=self.ipv6)
+
 
 def attachment_of(prev: Mapping[str, Any], ifname: str, bridge: str | None = None) -> Attachment:
     """Read ``prevResult``: the container's first IPv4 and IPv6 address (as
@@ -372,10 +376,11 @@ def attachment_of(prev: Mapping[str, Any], ifname: str, bridge: str | None = Non
         try:
             if not isinstance(address, str) or "/" not in address:
                 raise ValueError(address)
-            found.setdefault(ipaddress.ip_interface(address).version, ipaddress.ip_interface(address))
+            interface = ipaddress.ip_interface(address)
         except ValueError:
             raise CniError(INVALID_CONFIG, f"invalid address in prevResult's ips: {entry!r} "
                            "(CIDR text, such as \"10.88.0.5/16\")") from None
+        found.setdefault(interface.version, interface)
     if 4 not in found:
         raise CniError(INVALID_CONFIG, f"prevResult gives no IPv4 address for interface {ifname!r}; "
                        "natmap publishes to a container's IPv4 address (and its IPv6 one, if any)")
@@ -577,7 +582,7 @@ class Plugin:
                            "(put it after bridge in a conflist)")
         if call.conf.mappings:
             where = attachment_of(prev, call.ifname, call.conf.bridge)
-            endpoint = Endpoint(call.endpoint, where.ip, where.bridge, ipv6=where.ipv6)
+            endpoint = where.endpoint(call.endpoint)
             specs = _specs(call.conf.mappings, endpoint)
             with self.natmap(call.conf, where) as nm, nm.transaction() as tx:
                 tx.unpublish(call.endpoint)
@@ -614,7 +619,7 @@ class Plugin:
                 dry.unpublish(call.endpoint)
                 want: set[Any] = set()
                 if where is not None:
-                    endpoint = Endpoint(call.endpoint, where.ip, where.bridge, ipv6=where.ipv6)
+                    endpoint = where.endpoint(call.endpoint)
                     want = set(dry.publish(endpoint, _specs(call.conf.mappings, endpoint)))
         if have != want:
             missing = sorted(f"{b}->{b.container_port}/{b.proto.value}" for b in want - have)
