@@ -105,8 +105,9 @@ def plugin_cpu(sb: Sandbox, plugin: str) -> str:
     med = {k: statistics.median(v) * 1000 for k, v in cpu.items()}
     return (f"One natmap-cni process, CPU (median of 5, 1 port): VERSION {med['VERSION']:.0f} ms, "
             f"ADD {med['ADD']:.0f} ms, DEL {med['DEL']:.0f} ms; importing pyroute2 alone costs "
-            f"{med['pyroute2']:.0f} ms: VERSION and a TCP ADD do without it, a DEL needs it to forget "
-            "the connections it tracks. podman runs VERSION then ADD for `run`, VERSION then DEL for `rm`.")
+            f"{med['pyroute2']:.0f} ms: VERSION and a TCP ADD do without it, a DEL (or a UDP ADD) needs it "
+            "only when a tracked connection is to be forgotten. podman runs VERSION then ADD for `run`, "
+            "VERSION then DEL for `rm`.")
 
 
 def main() -> None:
