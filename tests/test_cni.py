@@ -405,3 +405,26 @@ def test_the_documented_conflists_are_accepted():
         status, out = cni.run(ENV, json.dumps(conf).encode(), cni.Plugin(fake))
         assert status == 0, out
         assert fake.table == entry.get("table", "natmap")
+
+
+@pytest.mark.parametrize("prev, ip, ipv6", [
+    # 0.3.x / 0.4.0: "version" in each ips entry; 0.3.x results may leave out "interface"
+    ({"cniVersion": "0.4.0", "interfaces": PREV["interfaces"],
+      "ips": [{"version": "4", "address": "10.1.0.5/16", "gateway": "10.1.0.1", "interface": 2}]},
+     "10.1.0.5", "None"),
+    ({"cniVersion": "0.3.1", "interfaces": PREV["interfaces"][:1],
+      "ips": [{"version": "4", "address": "10.1.0.6/16"}, {"version": "6", "address": "fd00::6/64"}]},
+     "10.1.0.6", "fd00::6"),
+    # two addresses of a family on the interface: the first, as portmap takes it
+    ({**PREV, "ips": [{"address": "10.1.0.7/16", "interface": 2}, *PREV["ips"]]}, "10.1.0.7", "fd00::5"),
+    # two sandbox interfaces: CNI_IFNAME's (net1) only
+    ({**PREV, "interfaces": [*PREV["interfaces"], {"name": "net1", "sandbox": "/run/netns/c0ffee"}],
+      "ips": [*PREV["ips"], {"address": "10.2.0.9/24", "interface": 3}]}, "10.2.0.9", "None"),
+])
+def test_prev_result_shapes_of_every_version(prev, ip, ipv6):
+    fake = FakeNatMap()
+    ifname = "net1" if ip == "10.2.0.9" else "eth0"
+    status, out = call(fake=fake, prevResult=prev, env={"CNI_IFNAME": ifname})
+    assert status == 0, out
+    endpoint = fake.transactions[0][1][1]
+    assert (str(endpoint.ip), str(endpoint.ipv6)) == (ip, ipv6)
