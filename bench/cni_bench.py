@@ -121,10 +121,9 @@ def main() -> None:
              "after one warm-up round; natmap-cni installed as pip installs it (bench/cni_bench.py).", "",
              "| ports | rounds | natmap run | portmap run | portmap / natmap | natmap rm | portmap rm |",
              "|---|---|---|---|---|---|---|"]
-    venv = Path(tempfile.mkdtemp(prefix="natmap-cni-installed-"))
-    executable = installed(venv)
-    with Sandbox() as sb1, Sandbox() as sb2, \
-            Podman(sb1.host.name, "natmap", executable=executable) as natmap_pm, \
+    # the installed copy goes with its temporary directory, whatever happens
+    with tempfile.TemporaryDirectory(prefix="natmap-cni-installed-") as venv, Sandbox() as sb1, Sandbox() as sb2, \
+            Podman(sb1.host.name, "natmap", executable=installed(Path(venv) / "venv")) as natmap_pm, \
             Podman(sb2.host.name, "portmap") as portmap_pm:
         harness = {"natmap": natmap_pm, "portmap": portmap_pm}
         for plugin in PLUGINS:
@@ -145,8 +144,7 @@ def main() -> None:
             lines.append(f"| {ports} | {ROUNDS[ports]} | {med['natmap']:.2f} | {med['portmap']:.2f} | "
                          f"{med['portmap'] / med['natmap']:.2f}x | {med_rm['natmap']:.2f} | "
                          f"{med_rm['portmap']:.2f} |")
-        lines += ["", plugin_cpu(sb1, executable)]
-    shutil.rmtree(venv)
+        lines += ["", plugin_cpu(sb1, natmap_pm.executable)]
     lines += ["", "Load average (1 min) at the start and the end: "
               f"{load[0]:.1f} and {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (a shared machine: "
               "the ratios, measured in turns, are the point).",
