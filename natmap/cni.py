@@ -43,8 +43,8 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from natmap import (Bridge, ConflictError, Endpoint, NatMap, NatmapError, Protocol, SpecError, TableMissingError,
-                    Transaction, __version__)
+from natmap import (Bridge, ConflictError, Endpoint, LockTimeoutError, NatMap, NatmapError, NotFoundError, Protocol,
+                    SpecError, Transaction, __version__)
 from natmap.backends import make_backend
 from natmap.backends.nft import validate_table
 from natmap.host import Session
@@ -585,7 +585,7 @@ class Plugin:
             endpoint = where.endpoint(call.endpoint)
             specs = _specs(call.conf.mappings, endpoint)
             with self.natmap(call.conf, where) as nm, nm.transaction() as tx:
-                tx.unpublish(call.endpoint)
+                _forget(tx, call.endpoint)
                 tx.publish(endpoint, specs)
         else:
             self.delete(call)  # a repeated ADD without mappings leaves none behind
@@ -596,7 +596,7 @@ class Plugin:
         with self.natmap(call.conf) as nm:
             try:
                 nm.unpublish(call.endpoint)
-            except TableMissingError:
+            except NotFoundError:  # no such endpoint (or no table yet): DEL is idempotent
                 pass
 
     def check(self, call: Call) -> None:
@@ -616,7 +616,7 @@ class Plugin:
             dry = Transaction(nm, dry_run=True)  # what ADD would publish; nothing applied
             with dry:
                 have = set(dry.table().of(call.endpoint))
-                dry.unpublish(call.endpoint)
+                _forget(dry, call.endpoint)
                 want: set[Any] = set()
                 if where is not None:
                     endpoint = where.endpoint(call.endpoint)
@@ -671,8 +671,19 @@ def _specs(mappings: tuple[PortMapping, ...], endpoint: Endpoint) -> list[str]:
     return [run[0].spec(through=run[-1]) for run in runs]
 
 
+def _forget(tx: Transaction, endpoint: str) -> None:
+    """Unpublish ``endpoint`` in ``tx`` if it has bindings: an attachment's
+    first ADD has none (natmap names a missing endpoint a NotFoundError)."""
+    try:
+        tx.unpublish(endpoint)
+    except NotFoundError:
+        pass
+
+
 def _natmap_error(exc: Exception) -> CniError:
     """natmap's errors as CNI errors (the one boundary where they are translated)."""
+    if isinstance(exc, LockTimeoutError):  # another process holds the table: the runtime may retry
+        return CniError(TRY_AGAIN_LATER, str(exc))
     if isinstance(exc, ConflictError):
         return CniError(PORT_CONFLICT, str(exc))
     if isinstance(exc, SpecError):

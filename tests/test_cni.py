@@ -428,3 +428,11 @@ def test_prev_result_shapes_of_every_version(prev, ip, ipv6):
     assert status == 0, out
     endpoint = fake.transactions[0][1][1]
     assert (str(endpoint.ip), str(endpoint.ipv6)) == (ip, ipv6)
+
+
+def test_a_held_table_lock_is_try_again_later_not_a_failure():
+    from natmap import LockTimeoutError
+    from natmap.cni import TRY_AGAIN_LATER, _natmap_error
+
+    error = _natmap_error(LockTimeoutError("the table's lock was held for more than 30 s", 1234))
+    assert error.code == TRY_AGAIN_LATER == 11
