@@ -98,7 +98,8 @@ class NatMap:
             raise SpecError("give netns (a name) or netns_path (a path), not both", str(netns))
         self.netns = None if netns is None else validate_netns(netns)
         self.netns_path = None if netns_path is None else _path(netns_path, "netns_path")
-        if not isinstance(lock_timeout, (int, float)) or not 0 <= lock_timeout <= threading.TIMEOUT_MAX:
+        if (isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float))
+                or not 0 <= lock_timeout <= threading.TIMEOUT_MAX):
             raise SpecError("lock_timeout is a number of seconds, 0 or more", str(lock_timeout))
         self.lock_timeout = float(lock_timeout)
         self.lock_dir = os.environ.get("NATMAP_LOCK_DIR", LOCK_DIR) if lock_dir is None else _path(lock_dir, "lock_dir")
@@ -474,9 +475,11 @@ class Transaction:
 
     Use it as ``with nm.transaction() as tx:``; the change is applied when the
     block ends, and nothing is applied if it raises. The table's lock is held
-    for the whole block: other threads' and processes' changes to the table
-    wait for it (reads do not), and a change made in the block other than
-    through ``tx`` raises :class:`NestedTransactionError`.
+    for the whole block: other processes' changes to the table wait for it
+    (their reads do not), other threads' calls on this NatMap wait for their
+    turn, changes and reads alike (a NatMap of their own reads at once), and a
+    change made in the block other than through ``tx`` raises
+    :class:`NestedTransactionError`.
     """
 
     def __init__(self, natmap: NatMap, *, dry_run: bool = False) -> None:
