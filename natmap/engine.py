@@ -603,6 +603,7 @@ class Transaction:
             raise Loopback6Error(_NO_LOOPBACK6)
         with self._nm._ns():
             self._nm._kernel.check_bridge_hooks()
+            _require_bridge(bridge, self._nm._kernel.interface_facts(bridge)[0])  # UnknownInterfaceError too
         table.isolate(bridge)
 
     def set_gateway(self, bridge: str, mode: str = "nat", trusted_interfaces: Sequence[str] = ()) -> Gateway:
@@ -633,6 +634,13 @@ def _loopback6_notes(table: Table, hooked: Callable[[], bool]) -> tuple[str, ...
             "hooks (net.bridge.bridge-nf-call-ip6tables=1, which isolating a bridge turns on): br_netfilter "
             "turns the replies back to ::1 before the kernel's loopback check drops them; connect to "
             "127.0.0.1 or another IPv6 address of the host, or keep that sysctl at 0 and bridges unisolated",)
+
+
+def _require_bridge(name: str, kind: str | None) -> None:
+    """Raise :class:`SpecError` unless the interface ``name`` is a bridge:
+    isolating a veth or ``lo`` would close nothing and say it had."""
+    if kind != "bridge":
+        raise SpecError(f"interface {name} is not a bridge ({kind or 'a plain interface'})", name, None)
 
 
 def _log_change(change: Change, backend: str, seconds: float) -> None:

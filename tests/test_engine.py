@@ -414,3 +414,17 @@ def test_a_gateway_mode_is_an_item_of_the_table(nm, backend):
     assert nm.gateways() == [gateway] and gateway in backend.items
     nm.set_gateway("natmap0")  # the default mode is no item
     assert nm.gateways() == [] and backend.dump() == ""
+
+
+def test_isolate_refuses_what_is_not_a_bridge_and_changes_nothing(backend, tmp_path):
+    import ipaddress
+
+    host = FakeHost([BRIDGE], interfaces={"veth1": ("veth", (ipaddress.ip_interface("10.0.0.1/24"),))})
+    nm = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    nm.publish(WEB, ["8080:5000"])
+    before = backend.dump()
+    with pytest.raises(natmap.SpecError, match="veth1 is not a bridge"):
+        nm.isolate("veth1")
+    with pytest.raises(natmap.UnknownInterfaceError, match="nosuch0"):
+        nm.isolate("nosuch0")
+    assert backend.dump() == before and nm.isolated() == []
