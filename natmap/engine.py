@@ -95,7 +95,7 @@ class NatMap:
                  lock_dir: str | None = None) -> None:
         self.table_name = validate_table(table)
         if netns is not None and netns_path is not None:
-            raise SpecError("give netns (a name) or netns_path (a path), not both", str(netns))
+            raise SpecError("give netns (--netns, a name) or netns_path (--netns-path, a path), not both", str(netns), None)
         self.netns = None if netns is None else validate_netns(netns)
         self.netns_path = None if netns_path is None else _path(netns_path, "netns_path")
         if (isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float))
