@@ -97,9 +97,10 @@ class NatMap:
         """The bindings of ``endpoint`` as ``docker port`` lists them, read back from
         the kernel; with ``port`` (``5000``, ``"5000"``, ``"5000/udp"``) only those."""
         validate_name(endpoint, "endpoint name")
-        wanted = None if port is None else _container_port(port)
-        return [b for b in self._read().of(endpoint)
-                if wanted is None or (b.container_port, b.proto) == wanted]
+        if port is None:
+            return self._read().of(endpoint)  # type: ignore[return-value]  # a Sequence: ranges expand when read
+        number, proto = _container_port(port)
+        return self._read().on(endpoint, number, proto)
 
     def bindings(self) -> list[Binding]:
         """Every binding in this instance's table, read back from the kernel."""
@@ -392,7 +393,7 @@ class Transaction:
         bridge = self._nm._bridge(endpoint)
         if self._pool is None:
             self._pool = self._nm._pool()
-        if any(spec.host_ip == _LOOPBACK6 for spec in parsed):  # only a spec can name [::1]
+        if any(spec.host_ip is not None and spec.host_ip == _LOOPBACK6 for spec in parsed):  # only a spec can name [::1]
             with self._nm._ns():
                 if host.bridged_ipv6_hooked():
                     raise NatmapError(_NO_LOOPBACK6)

@@ -6,6 +6,9 @@ The layout, one ``inet`` table per NatMap::
     map dnat4      ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service
     map dnat4_any             inet_proto . inet_service : ipv4_addr . inet_service
     map dnat6 / dnat6_any     the same for IPv6
+    map dnat4_ports    ipv4_addr . inet_proto . inet_service : ipv4_addr  (flags interval)
+    map dnat4_ports_any           inet_proto . inet_service : ipv4_addr  (flags interval)
+    map dnat6_ports / dnat6_ports_any   the same for IPv6
     set bridges, subnets4, subnets6   what to masquerade
     set isolated       ifname . ifname: bridges closed to inter-container traffic
     set links4 / links6  source . target . proto . port: the flows links open
@@ -13,7 +16,9 @@ The layout, one ``inet`` table per NatMap::
 Each binding is ONE map element whose comment is its endpoint's name (each
 link flow one set element, commented ``source>target:alias``), so a lookup
 costs the same at any size and everything can be read back from the kernel.
-Specific host addresses are looked up before 0.0.0.0 / ::.
+Specific host addresses are looked up before 0.0.0.0 / ::. A same-port range
+(``-p 10000-20000:10000-20000``) is ONE element of a ``_ports`` interval map
+whose data is the container's address only: the DNAT keeps the port.
 
 nftables 1.0.6 (Debian 12) cannot declare a map whose data is a
 concatenation in JSON: it silently makes a plain set. So the first change,
@@ -59,6 +64,8 @@ def skeleton(table: str) -> str:
         lines += [
             f"add map {t} dnat{v} {{ type {addr} . inet_proto . inet_service : {addr} . inet_service ; }}",
             f"add map {t} dnat{v}_any {{ type inet_proto . inet_service : {addr} . inet_service ; }}",
+            f"add map {t} dnat{v}_ports {{ type {addr} . inet_proto . inet_service : {addr} ; flags interval ; }}",
+            f"add map {t} dnat{v}_ports_any {{ type inet_proto . inet_service : {addr} ; flags interval ; }}",
             f"add set {t} subnets{v} {{ type {addr} ; flags interval ; }}",
             f"add set {t} links{v} {{ type {addr} . {addr} . inet_proto . inet_service ; }}",
         ]
@@ -75,6 +82,10 @@ def skeleton(table: str) -> str:
         f"add rule {t} published meta nfproto ipv4 dnat ip to meta l4proto . th dport map @dnat4_any",
         f"add rule {t} published dnat ip6 to ip6 daddr . meta l4proto . th dport map @dnat6",
         f"add rule {t} published meta nfproto ipv6 dnat ip6 to meta l4proto . th dport map @dnat6_any",
+        f"add rule {t} published dnat ip to ip daddr . meta l4proto . th dport map @dnat4_ports",
+        f"add rule {t} published meta nfproto ipv4 dnat ip to meta l4proto . th dport map @dnat4_ports_any",
+        f"add rule {t} published dnat ip6 to ip6 daddr . meta l4proto . th dport map @dnat6_ports",
+        f"add rule {t} published meta nfproto ipv6 dnat ip6 to meta l4proto . th dport map @dnat6_ports_any",
         f"add chain {t} prerouting {{ type nat hook prerouting priority dstnat ; policy accept ; }}",
         f"add rule {t} prerouting fib daddr type local jump published",
         f"add chain {t} output {{ type nat hook output priority -100 ; policy accept ; }}",
@@ -112,6 +123,13 @@ class _Ifname(str):
     """An interface name: quoted in nft text."""
 
 
+class _Ports(namedtuple("_Ports", "first last")):
+    """A port range as an interval map's key part: ``first-last``."""
+
+    def __str__(self) -> str:
+        return f"{self.first}-{self.last}"
+
+
 # One element of one set or map: the set's name, the element's key (a tuple of
 # parts), its data (maps: a tuple) and its comment. A named tuple: tens of
 # thousands are made per big change.
@@ -120,7 +138,9 @@ _Element = namedtuple("_Element", "set key data comment", defaults=(None, None))
 
 def _elements(item: Item) -> Iterator[_Element]:
     """The kernel elements that make up one item of the table."""
-    if isinstance(item, Binding):
+    if isinstance(item, Binding) and item.count > 1:
+        yield _range_element(item)
+    elif isinstance(item, Binding):
         key: tuple[Any, ...] = (item.proto, item.host_port)
         suffix = "_any" if item.host_ip.is_unspecified else ""
         yield _Element(f"dnat{item.version}{suffix}", key if suffix else (item.host_ip, *key),
@@ -136,7 +156,17 @@ def _elements(item: Item) -> Iterator[_Element]:
         yield _Element("isolated", (_Ifname(item.bridge), _Ifname(item.bridge)))
 
 
+def _range_element(b: Binding) -> _Element:
+    """A same-port range: one interval element mapped to the container's address."""
+    key: tuple[Any, ...] = (b.proto, _Ports(b.host_port, b.last_port))
+    suffix = "_any" if b.host_ip.is_unspecified else ""
+    return _Element(f"dnat{b.version}_ports{suffix}", key if suffix else (b.host_ip, *key),
+                    (b.container_ip,), b.endpoint)
+
+
 def _json_value(part: Any) -> Any:
+    if isinstance(part, _Ports):
+        return {"range": list(part)}
     if isinstance(part, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
         return {"prefix": {"addr": str(part.network_address), "len": part.prefixlen}}
     if isinstance(part, int):
@@ -194,11 +224,13 @@ def change_text(table: str, change: Change) -> str:
     """The same change as nft text, one command a line (``nft -f`` reads it)."""
     lines = [f"delete element inet {table} {name} {{ {', '.join(_text_parts(e.key) for e in elements)} }}"
              for name, elements in _grouped(change.delete).items()]
-    others = (*change.added(Bridge), *change.added(Link), *change.added(Isolation))
+    ranges = [b for b in change.added(Binding) if b.count > 1]
+    others = (*change.added(Bridge), *change.added(Link), *change.added(Isolation), *ranges)
     lines += [f"add element inet {table} {name} {{ {', '.join(_text_entry(e) for e in elements)} }}"
               for name, elements in _grouped(others).items()]
+    singles = [b for b in change.added(Binding) if b.count == 1] if ranges else change.added(Binding)
     lines += [f"add element inet {table} {name} {{ {', '.join(entries)} }}"
-              for name, entries in _binding_texts(change.added(Binding)).items()]
+              for name, entries in _binding_texts(singles).items()]
     return "\n".join(lines) + ("\n" if lines else "")
 
 
@@ -241,6 +273,7 @@ def parse_table(listing: str) -> Table:
         items: list[Item] = []
         for name, version in _MAP_VERSION.items():
             items += [_binding(version, elem) for elem in contents.get(name, [])]
+            items += [_range_binding(version, elem) for elem in contents.get(f"{name[:5]}_ports{name[5:]}", [])]
         items += _bridges(contents)
         items += _links(contents)
         items += [Isolation(e["concat"][0]) for e in contents.get("isolated", [])]
@@ -261,6 +294,19 @@ def _binding(version: int, elem: list[Any]) -> Binding:
     container_ip, container_port = data["concat"]
     return Binding(entry.get("comment", ""), Protocol(parts[1]), ipaddress.ip_address(parts[0]),
                    int(parts[2]), ipaddress.ip_address(container_ip), int(container_port))
+
+
+def _range_binding(version: int, elem: list[Any]) -> Binding:
+    """An element of a ``_ports`` interval map: a same-port range."""
+    key, container_ip = elem
+    entry = key["elem"]
+    parts = entry["val"]["concat"]
+    if len(parts) == 2:
+        parts = ["0.0.0.0" if version == 4 else "::", *parts]
+    ports = parts[2]
+    first, last = ports["range"] if isinstance(ports, dict) else (ports, ports)
+    return Binding(entry.get("comment", ""), Protocol(parts[1]), ipaddress.ip_address(parts[0]),
+                   int(first), ipaddress.ip_address(container_ip), int(first), int(last) - int(first) + 1)
 
 
 def _bridges(contents: dict[str, list[Any]]) -> list[Bridge]:
