@@ -21,7 +21,7 @@ from .backends import BACKENDS
 from .engine import NatMap
 from .errors import NatmapError, NotFoundError, SpecError
 from .links import Link
-from .model import Binding, Change, Endpoint, describe, natural_key
+from .model import Binding, Bindings, Change, Endpoint, describe, natural_key
 from .spec import LinkSpec, PortSpec, format_ip
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
@@ -47,11 +47,12 @@ def ps_ports(bindings: Iterable[Binding]) -> str:
         members.sort(key=lambda b: b.container_port)
         run = [members[0]]
         for b in members[1:] + [None]:  # type: ignore[list-item]
-            if b is not None and (b.host_port, b.container_port) == (run[-1].host_port + 1, run[-1].container_port + 1):
+            last = run[-1]  # a port, or a same-port range (count ports)
+            if b is not None and (b.host_port, b.container_port) == (last.last_port + 1, last.container_port + last.count):
                 run.append(b)
                 continue
-            host = _span(run[0].host_port, run[-1].host_port)
-            container = _span(run[0].container_port, run[-1].container_port)
+            host = _span(run[0].host_port, last.last_port)
+            container = _span(run[0].container_port, last.container_port + last.count - 1)
             entries.append(f"{format_ip(host_ip)}:{host}->{container}/{proto.value}")
             if b is not None:
                 run = [b]
@@ -102,12 +103,14 @@ def cmd_port(nm: NatMap, args: argparse.Namespace) -> Output:
 
 def cmd_ls(nm: NatMap, args: argparse.Namespace) -> Output:
     by_endpoint: dict[str, list[Binding]] = {}
-    for b in nm.bindings():
+    bindings = nm.bindings()
+    for b in bindings.held if isinstance(bindings, Bindings) else bindings:  # ranges unexpanded
         by_endpoint.setdefault(b.endpoint, []).append(b)
     rows = [(name, ", ".join(sorted({str(b.container_ip) for b in bs}, key=natural_key)), ps_ports(bs))
             for name, bs in sorted(by_endpoint.items())]
     data = [{"endpoint": n, "addresses": a.split(", "), "ports": p,
-             "bindings": [_binding_json(b) for b in by_endpoint[n]]} for n, a, p in rows]
+             "bindings": [_binding_json(one) for b in by_endpoint[n] for one in b.expand()]}
+            for n, a, p in rows] if args.json else []
     return data, _columns([("ENDPOINT", "ADDRESSES", "PORTS"), *rows])
 
 

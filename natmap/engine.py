@@ -213,7 +213,8 @@ class NatMap:
             table = self._load()
             if not self._missing:
                 self._backend.delete()
-                self._kernel.forget_flows(table.bindings(), table.links())
+                held = [b for b in table.items() if isinstance(b, Binding)]  # ranges as they are
+                self._kernel.forget_flows(held, table.links())
             self._cache, self._generation, self._remembered = None, None, Table()
 
     def close(self) -> None:

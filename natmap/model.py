@@ -707,6 +707,11 @@ class Bindings(Sequence[Binding]):
             self._expanded = _expand_in_order(self._held)
         return self._expanded
 
+    @property
+    def held(self) -> list[Binding]:
+        """The bindings as the table holds them: same-port ranges as one each."""
+        return list(self._held)
+
     def __len__(self) -> int:
         return sum(b.count for b in self._held) if self._expanded is None else len(self._expanded)
 

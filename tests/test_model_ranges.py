@@ -129,3 +129,13 @@ def test_the_bindings_of_a_range_are_a_sequence_equal_to_the_list():
     singles = [Binding("web01", "tcp", "0.0.0.0", p, "172.30.0.2", p) for p in (100, 101, 102)]
     assert len(made) == 3 and made == singles and list(made) == singles and made[-1] == singles[-1]
     assert table.of("web01") == singles == table.bindings()
+
+
+def test_ps_merges_a_range_with_its_neighbours_as_docker_does():
+    from natmap.cli import ps_ports
+
+    table = Table()
+    publish(table, ep(ipv6=False), ["10000-20000:10000-20000/udp", "20001:20001/udp", "20003:20003/udp"])
+    held = [b for b in table.items() if isinstance(b, Binding)]
+    assert ps_ports(held) == "0.0.0.0:10000-20001->10000-20001/udp, 0.0.0.0:20003->20003/udp"
+    assert ps_ports(held) == ps_ports(table.bindings())

@@ -7,8 +7,8 @@ The layout, one ``inet`` table per NatMap::
     map dnat4_any             inet_proto . inet_service : ipv4_addr . inet_service
     map dnat6 / dnat6_any     the same for IPv6
     map dnat4_ports    ipv4_addr . inet_proto . inet_service : ipv4_addr  (flags interval)
-    map dnat4_ports_any           inet_proto . inet_service : ipv4_addr  (flags interval)
-    map dnat6_ports / dnat6_ports_any   the same for IPv6
+    map dnat4_ports_any_tcp (_udp, _sctp)      inet_service : ipv4_addr  (flags interval)
+    map dnat6_ports, dnat6_ports_any_*  the same for IPv6
     set bridges, subnets4, subnets6   what to masquerade
     set isolated       ifname . ifname: bridges closed to inter-container traffic
     set links4 / links6  source . target . proto . port: the flows links open
@@ -18,7 +18,10 @@ link flow one set element, commented ``source>target:alias``), so a lookup
 costs the same at any size and everything can be read back from the kernel.
 Specific host addresses are looked up before 0.0.0.0 / ::. A same-port range
 (``-p 10000-20000:10000-20000``) is ONE element of a ``_ports`` interval map
-whose data is the container's address only: the DNAT keeps the port.
+whose data is the container's address only: the DNAT keeps the port. On any
+address, one map a protocol keyed on the port alone: a lookup in an interval
+map keyed on a concatenation (nftables' pipapo) passed 0.69x the new flows of
+an exact match here, one keyed on the port alone 0.95x.
 
 nftables 1.0.6 (Debian 12) cannot declare a map whose data is a
 concatenation in JSON: it silently makes a plain set. So the first change,
@@ -65,7 +68,8 @@ def skeleton(table: str) -> str:
             f"add map {t} dnat{v} {{ type {addr} . inet_proto . inet_service : {addr} . inet_service ; }}",
             f"add map {t} dnat{v}_any {{ type inet_proto . inet_service : {addr} . inet_service ; }}",
             f"add map {t} dnat{v}_ports {{ type {addr} . inet_proto . inet_service : {addr} ; flags interval ; }}",
-            f"add map {t} dnat{v}_ports_any {{ type inet_proto . inet_service : {addr} ; flags interval ; }}",
+            *(f"add map {t} dnat{v}_ports_any_{p} {{ type inet_service : {addr} ; flags interval ; }}"
+              for p in Protocol),
             f"add set {t} subnets{v} {{ type {addr} ; flags interval ; }}",
             f"add set {t} links{v} {{ type {addr} . {addr} . inet_proto . inet_service ; }}",
         ]
@@ -83,9 +87,9 @@ def skeleton(table: str) -> str:
         f"add rule {t} published dnat ip6 to ip6 daddr . meta l4proto . th dport map @dnat6",
         f"add rule {t} published meta nfproto ipv6 dnat ip6 to meta l4proto . th dport map @dnat6_any",
         f"add rule {t} published dnat ip to ip daddr . meta l4proto . th dport map @dnat4_ports",
-        f"add rule {t} published meta nfproto ipv4 dnat ip to meta l4proto . th dport map @dnat4_ports_any",
         f"add rule {t} published dnat ip6 to ip6 daddr . meta l4proto . th dport map @dnat6_ports",
-        f"add rule {t} published meta nfproto ipv6 dnat ip6 to meta l4proto . th dport map @dnat6_ports_any",
+        *(f"add rule {t} published meta nfproto ipv{v} meta l4proto {p} dnat ip{'' if v == 4 else '6'} to "
+          f"th dport map @dnat{v}_ports_any_{p}" for v in _VERSIONS for p in Protocol),
         f"add chain {t} prerouting {{ type nat hook prerouting priority dstnat ; policy accept ; }}",
         f"add rule {t} prerouting fib daddr type local jump published",
         f"add chain {t} output {{ type nat hook output priority -100 ; policy accept ; }}",
@@ -158,10 +162,10 @@ def _elements(item: Item) -> Iterator[_Element]:
 
 def _range_element(b: Binding) -> _Element:
     """A same-port range: one interval element mapped to the container's address."""
-    key: tuple[Any, ...] = (b.proto, _Ports(b.host_port, b.last_port))
-    suffix = "_any" if b.host_ip.is_unspecified else ""
-    return _Element(f"dnat{b.version}_ports{suffix}", key if suffix else (b.host_ip, *key),
-                    (b.container_ip,), b.endpoint)
+    ports = _Ports(b.host_port, b.last_port)
+    if b.host_ip.is_unspecified:
+        return _Element(f"dnat{b.version}_ports_any_{b.proto.value}", (ports,), (b.container_ip,), b.endpoint)
+    return _Element(f"dnat{b.version}_ports", (b.host_ip, b.proto, ports), (b.container_ip,), b.endpoint)
 
 
 def _json_value(part: Any) -> Any:
@@ -273,7 +277,10 @@ def parse_table(listing: str) -> Table:
         items: list[Item] = []
         for name, version in _MAP_VERSION.items():
             items += [_binding(version, elem) for elem in contents.get(name, [])]
-            items += [_range_binding(version, elem) for elem in contents.get(f"{name[:5]}_ports{name[5:]}", [])]
+        for version in _VERSIONS:
+            items += [_range_binding(version, None, elem) for elem in contents.get(f"dnat{version}_ports", [])]
+            items += [_range_binding(version, proto, elem) for proto in Protocol
+                      for elem in contents.get(f"dnat{version}_ports_any_{proto.value}", [])]
         items += _bridges(contents)
         items += _links(contents)
         items += [Isolation(e["concat"][0]) for e in contents.get("isolated", [])]
@@ -296,13 +303,15 @@ def _binding(version: int, elem: list[Any]) -> Binding:
                    int(parts[2]), ipaddress.ip_address(container_ip), int(container_port))
 
 
-def _range_binding(version: int, elem: list[Any]) -> Binding:
-    """An element of a ``_ports`` interval map: a same-port range."""
+def _range_binding(version: int, proto: Protocol | None, elem: list[Any]) -> Binding:
+    """An element of a ``_ports`` interval map (``proto``: of a map on any
+    address, keyed on the port alone): a same-port range."""
     key, container_ip = elem
     entry = key["elem"]
-    parts = entry["val"]["concat"]
-    if len(parts) == 2:
-        parts = ["0.0.0.0" if version == 4 else "::", *parts]
+    if proto is None:
+        parts = entry["val"]["concat"]
+    else:
+        parts = ["0.0.0.0" if version == 4 else "::", proto.value, entry["val"]]
     ports = parts[2]
     first, last = ports["range"] if isinstance(ports, dict) else (ports, ports)
     return Binding(entry.get("comment", ""), Protocol(parts[1]), ipaddress.ip_address(parts[0]),
