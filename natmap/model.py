@@ -727,6 +727,9 @@ class Bindings(Sequence[Binding]):
         return NotImplemented
 
     def sort(self, *, key: Callable[[Binding], object] | None = None, reverse: bool = False) -> None:
+        if key is Binding.sort_key and not reverse:  # the order it is in (a natural sort takes seconds)
+            self._list()
+            return
         self._list().sort(key=key, reverse=reverse)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:

@@ -129,6 +129,10 @@ def test_the_bindings_of_a_range_are_a_sequence_equal_to_the_list():
     singles = [Binding("web01", "tcp", "0.0.0.0", p, "172.30.0.2", p) for p in (100, 101, 102)]
     assert len(made) == 3 and made == singles and list(made) == singles and made[-1] == singles[-1]
     assert table.of("web01") == singles == table.bindings()
+    made.sort(key=Binding.sort_key)
+    assert made == singles
+    made.sort(key=lambda b: -b.host_port)
+    assert made == singles[::-1]
 
 
 def test_ps_merges_a_range_with_its_neighbours_as_docker_does():
