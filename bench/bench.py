@@ -580,8 +580,9 @@ SCALE_NOTES = """\
   spec, a quarter of the full parser's) and the model (about 8 us a binding:
   the Binding value, the conflict check, four indexes, the journal). Both
   measured with the machine quiet; 10,000 of them are 100-120 ms against a
-  floor of 40-80 ms. Reaching 1.5x needs a model that does not make a Python
-  object a binding (columns of ints per transaction); not done.
+  floor of 40-80 ms. The shifted range of 10,000 (one element a port) costs
+  the same model per binding. Reaching 1.5x needs a model that does not make
+  a Python object a binding (columns of ints per transaction); not done.
 - **`natmap port NAME` with 10,000 others <= 1.5x with 10.** The kernel cannot
   be asked for one endpoint's elements: the comment is not a key. `list
   table` makes libnftables format all 10,000 elements (about 40% of the time)
@@ -601,11 +602,19 @@ SCALE_NOTES = """\
   start and natmap's import (section 5) plus a read: it holds when the
   machine is quiet and not when other jobs load it (see `python -c pass`
   in section 5 against its usual 18 ms).
-- **New flows through a 65,535-port element >= 0.9x a single port.** On any
-  address the range is an element of a per-protocol map keyed on the port
-  alone: a map keyed on a concatenation with intervals (nftables' pipapo)
-  measured slower. Single runs of this measurement wander by +-30% on a
-  loaded machine (section 4's N=1 against N=10,000 shows the same noise).
+- **New flows through a 65,535-port element >= 0.9x a single port.** Not
+  explained yet. On any address the range is an element of a per-protocol map
+  keyed on the port alone. The same layouts written by hand (`nft -f`) and
+  measured in turns in one script passed the same rate: exact element 55k/s,
+  interval map keyed on proto . port 56k/s, natmap's layout 58k/s, keyed on
+  the port alone 57k/s (2026-11-30, loaded machine); through natmap in this
+  section it measured 0.50x-0.77x in three runs, and 1.3x in one run with
+  the range measured first. Something in the sequence (publish, flush,
+  flows, remove) differs between the two; not found by the deadline.
+- **Targets of sections 1-6 that held before** (full apply 1.35x, flows at
+  N=10,000, `natmap port`) did not in the 2026-11-30 run: other engineers'
+  test suites loaded both cores (`python -c pass` 57 ms instead of 18), and
+  Python start-up and the garbage collector suffer more than libnftables.
 """
 
 
