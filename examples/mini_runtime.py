@@ -9,17 +9,19 @@ natmap calls are the ones a runtime makes. Run as root:
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 
 import natmap
-from natmap.sandbox import Container, Sandbox
+from natmap.sandbox import Container, Namespace, Sandbox
 
 
 @dataclass
 class Running:
     container: Container
     endpoint: natmap.Endpoint
-    bindings: list = field(default_factory=list)
+    bindings: list[natmap.Binding] = field(default_factory=list)
 
 
 class MiniRuntime:
@@ -28,7 +30,8 @@ class MiniRuntime:
         self.nm = natmap.NatMap(netns=sandbox.host.name)
         self.running: dict[str, Running] = {}
 
-    def run(self, name, argv, *, publish=(), expose=(), publish_all=False, links=()):
+    def run(self, name: str, argv: Sequence[str], *, publish: Iterable[str] = (), expose: Iterable[str] = (),
+            publish_all: bool = False, links: Iterable[str] = ()) -> list[natmap.Binding]:
         """docker run --name NAME -p ... --expose ... [-P] --link ... ARGV"""
         container = self.sandbox.container(name)
         container.spawn(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -41,7 +44,7 @@ class MiniRuntime:
         self.running[name] = Running(container, endpoint, bindings)
         return bindings
 
-    def stop(self, name):
+    def stop(self, name: str) -> list[natmap.Binding]:
         """docker rm -f NAME: its bindings, links and conntrack entries go with it."""
         running = self.running.pop(name)
         removed = self.nm.unpublish(name)
@@ -49,7 +52,7 @@ class MiniRuntime:
         return removed
 
 
-def wait_for(ns, host, port):
+def wait_for(ns: Namespace, host: IPv4Address, port: int) -> bool:
     for _ in range(100):
         if ns.request(host, port, payload=b"GET / HTTP/1.0\r\n\r\n", timeout=0.2):
             return True
@@ -57,7 +60,7 @@ def wait_for(ns, host, port):
     return False
 
 
-def main():
+def main() -> None:
     with Sandbox() as sb:
         runtime = MiniRuntime(sb)
         client = sb.client("client1")

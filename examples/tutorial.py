@@ -12,9 +12,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from ipaddress import IPv4Address
 from pathlib import Path
 
-from natmap.sandbox import Sandbox
+from natmap.sandbox import Container, Namespace, Sandbox
 
 NATMAP = str(Path(sys.executable).with_name("natmap"))
 
@@ -33,11 +34,11 @@ Server(("::", int(sys.argv[1])), Hello).serve_forever()
 """
 
 
-def say(text):
+def say(text: str) -> None:
     print(f"\n# {text}")
 
 
-def natmap(sb, *args, show=True):
+def natmap(sb: Sandbox, *args: str, show: bool = True) -> str:
     """Run `natmap ARGS` in the sandbox's host namespace, show it as a shell would."""
     if show:
         print(f"$ natmap {' '.join(args)}")
@@ -50,19 +51,20 @@ def natmap(sb, *args, show=True):
     return result.stdout
 
 
-def http_get(ns, host, port):
+def http_get(ns: Namespace, host: str | IPv4Address, port: int | str) -> str:
     """GET / from inside a namespace: the body, or what went wrong."""
     url = f"http://{'[%s]' % host if ':' in str(host) else host}:{port}/"
 
-    def get():
+    def get() -> str:
         try:
-            return urllib.request.urlopen(url, timeout=1).read().decode().strip()
+            body: bytes = urllib.request.urlopen(url, timeout=1).read()
+            return body.decode().strip()
         except OSError as exc:
             return f"no answer ({getattr(exc, 'reason', exc)})"
     return ns.call(get)
 
 
-def start_webapp(container, port):
+def start_webapp(container: Container, port: int) -> None:
     container.spawn([sys.executable, "-c", WEBAPP, str(port)])
     for _ in range(100):  # up in well under a second
         if container.request("127.0.0.1", port, payload=b"GET / HTTP/1.0\r\n\r\n", timeout=0.2):
@@ -71,7 +73,7 @@ def start_webapp(container, port):
     raise SystemExit(f"the web app in {container.label} did not start")
 
 
-def main():
+def main() -> None:
     if os.geteuid() != 0:
         raise SystemExit("the demo makes network namespaces: run it as root (sudo make demo)")
     started = time.monotonic()

@@ -7,28 +7,43 @@ libnftables are imported only when a backend needs them.
 """
 
 from .engine import NatMap, Transaction
-from .errors import (BackendError, ConflictError, NatmapError, NotFoundError, PrivilegeError, SandboxError,
-                     SpecError, TableMissingError, UnknownInterfaceError)
+from .errors import (BackendError, CommandLineError, ConfigError, ConflictError, DriftError, LockError, LockTimeoutError,
+                     Loopback6Error, NatmapError, NestedTransactionError, NotFoundError, PrivilegeError,
+                     SandboxError, SpecError, TableMissingError, TransactionClosedError, TransactionOpenError,
+                     UnknownInterfaceError, UsageError, WrongNamespaceError)
 from .links import Link, hosts_line, link_env
-from .model import Binding, Bridge, Change, Drift, Endpoint, Isolation
+from .model import Binding, Bridge, Change, Drift, Endpoint, Gateway, Isolation
 from .spec import LinkSpec, PortRange, PortSpec, Protocol, validate_name
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:  # what type checkers see; at run time __getattr__ imports them on first use
+    from .config import Config
+    from .sandbox import Sandbox
 
 __all__ = [
     "BackendError",
     "Binding",
     "Bridge",
     "Change",
+    "CommandLineError",
     "Config",
+    "ConfigError",
     "ConflictError",
     "Drift",
+    "DriftError",
     "Endpoint",
+    "Gateway",
     "hosts_line",
     "Isolation",
     "Link",
     "link_env",
     "LinkSpec",
+    "LockError",
+    "LockTimeoutError",
+    "Loopback6Error",
     "NatMap",
     "NatmapError",
+    "NestedTransactionError",
     "NotFoundError",
     "PortRange",
     "PortSpec",
@@ -39,22 +54,28 @@ __all__ = [
     "SpecError",
     "TableMissingError",
     "Transaction",
+    "TransactionClosedError",
+    "TransactionOpenError",
     "UnknownInterfaceError",
+    "UsageError",
     "validate_name",
+    "WrongNamespaceError",
 ]
 
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> object:
-    # Imported on first use: they pull in tomllib, subprocess and threads,
-    # which `import natmap` (and `natmap port`) do not need.
-    if name == "Config":
-        from .config import Config
+if not TYPE_CHECKING:  # hidden from type checkers, which would take any name as valid
 
-        return Config
-    if name == "Sandbox":
-        from .sandbox import Sandbox
+    def __getattr__(name: str) -> object:
+        # Imported on first use: they pull in tomllib, subprocess and threads,
+        # which `import natmap` (and `natmap port`) do not need.
+        if name == "Config":
+            from .config import Config
 
-        return Sandbox
-    raise AttributeError(f"module 'natmap' has no attribute {name!r}")
+            return Config
+        if name == "Sandbox":
+            from .sandbox import Sandbox
+
+            return Sandbox
+        raise AttributeError(f"module 'natmap' has no attribute {name!r}")

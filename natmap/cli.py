@@ -1,10 +1,16 @@
 """The ``natmap`` command: Docker's port publishing and links, in Docker's words.
 
-Exit codes: 0 done; 1 the change failed (a conflict, the kernel refused);
-2 bad input (a spec, a name, a file, the command line); 3 nothing found (no
-such port, no table yet); 4 not privileged (natmap needs CAP_NET_ADMIN).
-Errors go to stderr in one line (grammar errors add the input with a caret
-under the fault); with ``--json`` as a JSON object.
+Global options (--table, --netns, --netns-path, --backend, --lock-timeout,
+--json, -v) go before the command, as with docker, git and kubectl, or after it.
+
+Exit codes: 0 done; 1 the change failed (a conflict, the kernel refused, the
+table's lock was held too long; natmap check: drift found); 2 bad input (a
+spec, a name, a file, the command line); 3 not found (no such endpoint, port,
+link or interface); 4 not privileged (natmap needs CAP_NET_ADMIN); 130
+interrupted (Ctrl-C). Listing commands (ps, links) find
+nothing to list on a fresh host, and that is not an error. Errors go to
+stderr in one line (grammar errors add the input with a caret under the
+fault); with --json as one JSON object (docs/json.md).
 """
 
 from __future__ import annotations
@@ -14,53 +20,38 @@ import gc
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from . import __version__
 from .backends import BACKENDS
 from .engine import NatMap
-from .errors import NatmapError, NotFoundError, SpecError
+from .errors import (BackendError, CommandLineError, ConfigError, ConflictError, DriftError, NatmapError,
+                     NotFoundError, PrivilegeError, SpecError)
 from .links import Link
-from .model import Binding, Bindings, Change, Endpoint, describe, natural_key
-from .spec import LinkSpec, PortSpec, format_ip
+from .model import (Binding, Bindings, Bridge, Change, Drift, Endpoint, Gateway, Isolation, Item, assert_never,
+                    describe, natural_key)
+from .spec import LinkSpec, PortSpec
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, NoReturn
 
     Output = tuple[Any, list[str]]  # (what --json prints, the lines to print otherwise)
+    Argument = tuple[tuple[str, ...], dict[str, Any]]  # (flags, add_argument's options)
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_FOUND, EXIT_PRIVILEGE = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED = 130  # as a shell reports SIGINT
+
+# The version of the --json shapes (docs/json.md): every document carries it.
+JSON_VERSION = 1
 
 
-# --- Docker's text forms -------------------------------------------------------------
+# --- --json: the shapes docs/json.md describes --------------------------------------------
 
 
-def ps_ports(bindings: Iterable[Binding]) -> str:
-    """``docker ps``'s PORTS column: ``0.0.0.0:32768->5000/tcp, [::]:32768->5000/tcp``;
-    consecutive ports that map one to one are shown as one range, as Docker does."""
-    entries = []
-    groups: dict[tuple, list[Binding]] = {}
-    for b in bindings:
-        groups.setdefault((b.host_ip.version, b.host_ip, b.proto), []).append(b)
-    for (_, host_ip, proto), members in sorted(groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1]), kv[0][2])):
-        members.sort(key=lambda b: b.container_port)
-        run = [members[0]]
-        for b in members[1:] + [None]:  # type: ignore[list-item]
-            last = run[-1]  # a port, or a same-port range (count ports)
-            if b is not None and (b.host_port, b.container_port) == (last.last_port + 1, last.container_port + last.count):
-                run.append(b)
-                continue
-            host = _span(run[0].host_port, last.last_port)
-            container = _span(run[0].container_port, last.container_port + last.count - 1)
-            entries.append(f"{format_ip(host_ip)}:{host}->{container}/{proto.value}")
-            if b is not None:
-                run = [b]
-    return ", ".join(sorted(entries, key=natural_key))
-
-
-def _span(start: int, end: int) -> str:
-    return str(start) if start == end else f"{start}-{end}"
+def _document(**fields: Any) -> dict[str, Any]:
+    return {"version": JSON_VERSION, **fields}
 
 
 def _binding_json(b: Binding) -> dict[str, Any]:
@@ -71,14 +62,58 @@ def _binding_json(b: Binding) -> dict[str, Any]:
 
 def _link_json(link: Link) -> dict[str, Any]:
     return {"source": link.source, "target": link.target, "alias": link.alias,
-            "ports": [f"{port}/{proto.value}" for port, proto in link.ports],
+            "source_ips": [str(ip) for ip in link.source_ips],
+            "target_ips": [str(ip) for ip in link.target_ips],
+            "ports": [{"port": port, "proto": proto.value} for port, proto in link.ports],
             "hosts_line": link.hosts_line, "env": link.env}
+
+
+def _item_json(item: Item) -> dict[str, Any]:
+    match item:
+        case Binding():  # a same-port range is one item: count ports from host_port on
+            return {"kind": "binding", **_binding_json(item), **({"count": item.count} if item.count > 1 else {})}
+        case Link():
+            return {"kind": "link", "source": item.source, "target": item.target, "alias": item.alias,
+                    "ports": [{"port": port, "proto": proto.value} for port, proto in item.ports]}
+        case Isolation():
+            return {"kind": "isolation", "bridge": item.bridge}
+        case Gateway():
+            return {"kind": "gateway", **_gateway_json(item)}
+        case Bridge():
+            return {"kind": "bridge", "name": item.name, "subnets": [str(net) for net in item.subnets]}
+        case _:
+            assert_never(item)
+
+
+def _spec_json(spec: PortSpec) -> dict[str, Any]:
+    return {"spec": str(spec), "host_ip": None if spec.host_ip is None else str(spec.host_ip),
+            "host_ports": None if spec.host_ports is None else [spec.host_ports.start, spec.host_ports.end],
+            "container_ports": [spec.container_ports.start, spec.container_ports.end],
+            "proto": spec.proto.value}
 
 
 def _change_output(change: Change) -> Output:
     lines = [f"- {describe(i)}" for i in change.delete] + [f"+ {describe(i)}" for i in change.add]
-    return ({"delete": [describe(i) for i in change.delete],
-             "add": [describe(i) for i in change.add]}, lines)
+    return (_document(delete=[_item_json(i) for i in change.delete], add=[_item_json(i) for i in change.add]),
+            lines)
+
+
+# Error kinds: stable names, whatever class raised (docs/json.md).
+_ERROR_KINDS: list[tuple[type[BaseException], str]] = [
+    (PrivilegeError, "privilege"), (PermissionError, "privilege"), (SpecError, "bad_input"),
+    (NotFoundError, "not_found"), (ConflictError, "conflict"), (BackendError, "backend"),
+    (DriftError, "drift"), (CommandLineError, "bad_input"), (ValueError, "bad_input"), (TypeError, "bad_input"),
+]
+
+
+def error_kind(exc: BaseException) -> str:
+    """The stable ``kind`` of an error in --json output."""
+    return next((kind for cls, kind in _ERROR_KINDS if isinstance(exc, cls)), "failed")
+
+
+def _error_json(exc: BaseException) -> dict[str, Any]:
+    text = str(exc)
+    return _document(error={"kind": error_kind(exc), "message": text.splitlines()[0], "detail": text})
 
 
 # --- the commands ----------------------------------------------------------------------
@@ -86,62 +121,88 @@ def _change_output(change: Change) -> Output:
 
 def cmd_publish(nm: NatMap, args: argparse.Namespace) -> Output:
     endpoint = Endpoint(args.name, args.ip, args.bridge, ipv6=args.ipv6, expose=tuple(args.expose))
-    made = nm.publish(endpoint, PortSpec.parse_many(args.publish), publish_all=args.publish_all)
-    made.sort(key=Binding.sort_key)
-    return [_binding_json(b) for b in made], [b.port_line() for b in made]
+    specs = PortSpec.parse_many(args.publish + _spec_lines(args.publish_file))
+    made = nm.publish(endpoint, specs, publish_all=args.publish_all, force=args.force)
+    return _document(bindings=[_binding_json(b) for b in made]), [b.port_line() for b in made]
 
 
 def cmd_port(nm: NatMap, args: argparse.Namespace) -> Output:
     bindings = nm.port(args.name, args.port)
-    if args.port is None:
-        return [_binding_json(b) for b in bindings], [b.port_line() for b in bindings]
-    if not bindings:
-        spec = PortSpec.parse_exposed(args.port)
-        raise NotFoundError(f"No public port '{spec.container_ports}/{spec.proto.value}' published for {args.name}")
-    return [_binding_json(b) for b in bindings], [str(b) for b in bindings]
+    lines = [b.port_line() for b in bindings] if args.port is None else [str(b) for b in bindings]
+    return _document(endpoint=args.name, bindings=[_binding_json(b) for b in bindings]), lines
 
 
 def cmd_ls(nm: NatMap, args: argparse.Namespace) -> Output:
+    from .docker_format import ps_ports
+
     by_endpoint: dict[str, list[Binding]] = {}
     bindings = nm.bindings()
     for b in bindings.held if isinstance(bindings, Bindings) else bindings:  # ranges unexpanded
         by_endpoint.setdefault(b.endpoint, []).append(b)
-    rows = [(name, ", ".join(sorted({str(b.container_ip) for b in bs}, key=natural_key)), ps_ports(bs))
-            for name, bs in sorted(by_endpoint.items())]
-    data = [{"endpoint": n, "addresses": a.split(", "), "ports": p,
-             "bindings": [_binding_json(one) for b in by_endpoint[n] for one in b.expand()]}
-            for n, a, p in rows] if args.json else []
-    return data, _columns([("ENDPOINT", "ADDRESSES", "PORTS"), *rows])
+    exposed: dict[str, tuple[PortSpec, ...]] = {}
+    known: dict[str, set[str]] = {}  # the file's addresses of its endpoints
+    if args.file:  # the file knows what is exposed without a binding (docker compose -f FILE ps)
+        from .config import Config
+
+        for entry in Config.load(args.file).endpoints:
+            endpoint = entry.endpoint
+            exposed[endpoint.name] = endpoint.expose
+            known[endpoint.name] = {str(ip) for ip in (endpoint.ip, endpoint.ipv6) if ip}
+            by_endpoint.setdefault(endpoint.name, [])
+    names = sorted(by_endpoint)
+    if args.quiet:
+        return _document(names=names), names
+    data, rows = [], [("ENDPOINT", "ADDRESSES", "PORTS")]
+    for name in names:
+        held = by_endpoint[name]
+        addresses = sorted({str(b.container_ip) for b in held} | known.get(name, set()), key=natural_key)
+        bound = {(port, b.proto) for b in held if exposed.get(name)
+                 for port in range(b.container_port, b.container_port + b.count)}
+        unbound = [{"port": port, "proto": spec.proto.value} for spec in exposed.get(name, ())
+                   for port in spec.container_ports if (port, spec.proto) not in bound]
+        if args.json:  # one a port: a same-port range expanded only here
+            data.append({"endpoint": name, "addresses": addresses,
+                         "bindings": [_binding_json(one) for b in held for one in b.expand()], "exposed": unbound})
+        rows.append((name, ", ".join(addresses), ps_ports(held, exposed.get(name, ()))))
+    return _document(endpoints=data), _columns(rows)
 
 
 def cmd_unpublish(nm: NatMap, args: argparse.Namespace) -> Output:
     removed = nm.unpublish(args.name)
-    return [_binding_json(b) for b in removed], [b.port_line() for b in removed]
+    return _document(endpoint=args.name, bindings=[_binding_json(b) for b in removed]), \
+        [b.port_line() for b in removed]
 
 
 def cmd_link(nm: NatMap, args: argparse.Namespace) -> Output:
     target = LinkSpec.parse(args.target)
     link = nm.link(args.source, target.name, target.alias, target_env=args.env)
-    return _link_json(link), [link.hosts_line.replace("\t", " "), *link.env]
+    return _document(link=_link_json(link)), [link.hosts_line.replace("\t", " "), *link.env]
 
 
 def cmd_unlink(nm: NatMap, args: argparse.Namespace) -> Output:
     link = nm.unlink(args.source, args.target)
-    if link is None:
-        raise NotFoundError(f"{args.source} is not linked to {args.target}")
-    return _link_json(link), [str(link)]
+    return _document(link=_link_json(link)), [str(link)]
 
 
 def cmd_links(nm: NatMap, args: argparse.Namespace) -> Output:
     links = nm.links()
     rows = [(l.source, l.target, l.alias, ", ".join(f"{p}/{proto.value}" for p, proto in l.ports))
             for l in links]
-    return [_link_json(l) for l in links], _columns([("SOURCE", "TARGET", "ALIAS", "PORTS"), *rows])
+    return _document(links=[_link_json(l) for l in links]), _columns([("SOURCE", "TARGET", "ALIAS", "PORTS"), *rows])
 
 
 def cmd_isolate(nm: NatMap, args: argparse.Namespace) -> Output:
     (nm.unisolate if args.open else nm.isolate)(args.bridge)
-    return {"bridge": args.bridge, "isolated": not args.open}, []
+    return _document(bridge=args.bridge, isolated=not args.open), []
+
+
+def cmd_gateway(nm: NatMap, args: argparse.Namespace) -> Output:
+    gateway = nm.set_gateway(args.bridge, args.mode, args.trust)
+    return _document(**_gateway_json(gateway)), [describe(gateway)]
+
+
+def _gateway_json(gateway: Gateway) -> dict[str, Any]:
+    return {"bridge": gateway.bridge, "mode": gateway.mode, "trusted_interfaces": list(gateway.trusted)}
 
 
 def cmd_apply(nm: NatMap, args: argparse.Namespace) -> Output:
@@ -158,28 +219,65 @@ def cmd_plan(nm: NatMap, args: argparse.Namespace) -> Output:
 
 def cmd_check(nm: NatMap, args: argparse.Namespace) -> Output:
     drift = nm.check()
-    data = {"drift": bool(drift), "remembered": drift.remembered, "structure": list(drift.structure)}
+    data = _drift_json(drift)
     if drift:
-        raise DriftFound(str(drift), data)
+        raise DriftError(str(drift), data)
     return data, [str(drift)]
 
 
-class DriftFound(NatmapError):
-    """``natmap check`` found the table not as natmap made it."""
-
-    def __init__(self, text: str, data: dict[str, Any]) -> None:
-        super().__init__(text)
-        self.data = data
-
-
-def cmd_spec(nm: NatMap | None, args: argparse.Namespace) -> Output:
-    lines = ([f"-p {PortSpec.parse(t)}" for t in args.publish]
-             + [f"--expose {PortSpec.parse_exposed(t)}" for t in args.expose]
-             + [f"--link {LinkSpec.parse(t)}" for t in args.link])
-    return lines, lines
+def _drift_json(drift: Drift) -> dict[str, Any]:
+    return _document(drift=bool(drift), remembered=drift.remembered, table_missing=drift.table_missing,
+                     missing=[_item_json(i) for i in drift.missing],
+                     unexpected=[_item_json(i) for i in drift.unexpected], structure=list(drift.structure),
+                     notes=list(drift.notes), shadowing=list(drift.shadowing))
 
 
-def _columns(rows: list[tuple[str, ...]]) -> list[str]:
+def _spec_lines(path: str | None) -> list[str]:
+    """The specs of a ``--publish-file``: one a line; blank lines and ``#`` comments skipped."""
+    if path is None:
+        return []
+    try:
+        with open(path, encoding="utf-8") as specs:
+            lines = [line.split("#", 1)[0].strip() for line in specs]
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+    return [line for line in lines if line]
+
+
+def cmd_spec(args: argparse.Namespace) -> Output:
+    publish = [PortSpec.parse(t) for t in args.publish + _spec_lines(args.publish_file)]
+    expose = [PortSpec.parse_exposed(t) for t in args.expose]
+    links = [LinkSpec.parse(t) for t in args.link]
+    lines = [f"-p {s}" for s in publish] + [f"--expose {s}" for s in expose] + [f"--link {s}" for s in links]
+    return _document(publish=[_spec_json(s) for s in publish], expose=[_spec_json(s) for s in expose],
+                     link=[{"link": str(l), "name": l.name, "alias": l.alias} for l in links]), lines
+
+
+def cmd_version(args: argparse.Namespace) -> Output:
+    return _document(natmap=__version__), [f"natmap {__version__}"]
+
+
+def cmd_help(args: argparse.Namespace) -> Output:
+    if args.topic is None:
+        text = _build(COMMANDS)[0].format_help()
+    else:
+        wanted = [c for c in COMMANDS if args.topic in (c.name, *c.aliases)]
+        if not wanted:
+            raise SpecError("no such command (natmap help lists them)", args.topic)
+        text = _build(wanted)[1][args.topic].format_help()
+    return _document(help=text), [text.rstrip("\n")]
+
+
+def cmd_completion(args: argparse.Namespace) -> Output:
+    from .completion import script
+
+    text = script(_build(COMMANDS)[0], args.shell)
+    return _document(shell=args.shell, script=text), [text.rstrip("\n")]
+
+
+def _columns(rows: Sequence[tuple[str, ...]]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["   ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
 
@@ -191,69 +289,163 @@ def _arg(*flags: str, **options: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
     return flags, options
 
 
-_COMMON = [
-    _arg("--table", default="natmap", help="natmap's table (default: natmap)"),
+# Accepted before the command (docker --host ..., git -C ...) and after it.
+GLOBAL_OPTIONS = [
+    _arg("--table", default="natmap", metavar="NAME", help="natmap's table (default: natmap)"),
     _arg("--backend", default="nft", choices=BACKENDS, help="packet filter backend: nft (default), iptables, or auto"),
-    _arg("--netns", help="work inside this network namespace (ip netns add NAME)"),
-    _arg("--json", action="store_true", help="machine-readable output"),
-    _arg("-v", "--verbose", action="count", default=0, help="log each change to stderr (-vv: and each kernel batch)"),
+    _arg("--netns", metavar="NAME", help="work inside this network namespace (a name, as ip netns add NAME makes it)"),
+    _arg("--netns-path", metavar="PATH", help="work inside the network namespace this file is "
+         "(/proc/PID/ns/net, a bind mount); not with --netns"),
+    _arg("--lock-timeout", type=float, default=30.0, metavar="SECONDS",
+         help="give up waiting for another process's lock of the table after this long (default: 30)"),
+    _arg("--json", action="store_true", help="machine-readable output (docs/json.md)"),
+    _arg("-v", "--verbose", action="count", default=0,
+         help="log each change, and whom a change waits for, to stderr (-vv: and each kernel batch)"),
 ]
+_VALUED = {flag for flags, options in GLOBAL_OPTIONS if options.get("metavar") or options.get("choices")
+           for flag in flags}
 _SPECS = _arg("-p", "--publish", action="append", default=[], metavar="SPEC",
-              help="[IP:][HOST_PORT:]CONTAINER_PORT[/PROTO], as docker run -p")
-_EXPOSE = _arg("--expose", action="append", default=[], metavar="PORT[/PROTO]")
+              help="[IP:][HOST_PORT:]CONTAINER_PORT[/PROTO], or the long form target=PORT,published=PORT[-PORT],"
+                   "protocol=PROTO,host_ip=IP; as docker run -p")
+_SPEC_FILE = _arg("--publish-file", metavar="FILE",
+                  help="more -p specs, one a line ('#' starts a comment): for thousands of them")
+_EXPOSE = _arg("--expose", action="append", default=[], metavar="PORT[/PROTO]",
+               help="a port (or range) the endpoint serves: -P publishes it, links open it")
+_NAME = _arg("name", help="the endpoint (container) name")
 
-# name, function, help, example, aliases, arguments
-_COMMANDS: list[tuple[str, Callable[..., Output], str, str, tuple[str, ...], list]] = [
-    ("publish", cmd_publish, "publish an endpoint's ports (docker run -p/-P)",
-     "natmap publish web01 --ip 172.30.0.2 --bridge natmap0 -p 127.0.0.1:5001:5000 -p 8080:5000 --expose 5000 -P",
-     (), [_arg("name"), _arg("--ip", required=True, help="the endpoint's IPv4 address"),
-          _arg("--ipv6", help="the endpoint's IPv6 address, if it has one"),
-          _arg("--bridge", required=True, help="the bridge the endpoint is on"), _SPECS, _EXPOSE,
-          _arg("-P", "--publish-all", action="store_true", help="publish every exposed port")]),
-    ("port", cmd_port, "list an endpoint's bindings (docker port)", "natmap port web01 5000/tcp",
-     (), [_arg("name"), _arg("port", nargs="?", metavar="PORT[/PROTO]")]),
-    ("ls", cmd_ls, "list endpoints with their PORTS (docker ps)", "natmap ls", ("ps",), []),
-    ("unpublish", cmd_unpublish, "remove every binding and link of an endpoint", "natmap unpublish web01",
-     (), [_arg("name")]),
-    ("link", cmd_link, "link SOURCE to TARGET (docker run --link TARGET:ALIAS); both must be published: "
-     "their addresses and published ports are read from the table", "natmap link web02 db01:web02Todb01",
-     (), [_arg("source"), _arg("target", metavar="TARGET[:ALIAS]"),
-          _arg("--env", action="append", default=[], metavar="NAME=VALUE",
-               help="the target's environment, for the link's _ENV_ variables")]),
-    ("unlink", cmd_unlink, "remove the link from SOURCE to TARGET", "natmap unlink web02 db01",
-     (), [_arg("source"), _arg("target")]),
-    ("links", cmd_links, "list the links", "natmap links", (), []),
-    ("isolate", cmd_isolate, "close inter-container traffic on a bridge (--icc=false)", "natmap isolate natmap0",
-     (), [_arg("bridge"), _arg("--open", action="store_true", help="open it again instead")]),
-    ("apply", cmd_apply, "make the table match a TOML file, in one transaction", "natmap apply examples/lab.toml",
-     (), [_arg("file")]),
-    ("plan", cmd_plan, "show what apply would change; change nothing", "natmap plan examples/lab.toml",
-     (), [_arg("file")]),
-    ("check", cmd_check, "check natmap's table in the kernel: its chains and rules are intact "
-     "(exit 1 and the problems if not)", "natmap check", (), []),
-    ("spec", cmd_spec, "check specs and print them in canonical form",
-     "natmap spec -p 127.0.0.1:5001:5000 -p '[::1]::80/udp' --expose 5000 --link db01:db",
-     (), [_SPECS, _EXPOSE, _arg("--link", action="append", default=[], metavar="NAME[:ALIAS]")]),
+
+@dataclass(frozen=True)
+class Command:
+    """One ``natmap`` command. Adding a command is adding one of these to COMMANDS."""
+
+    name: str
+    func: Callable[..., Output]
+    help: str
+    example: str
+    arguments: list[Argument] = field(default_factory=list)
+    aliases: tuple[str, ...] = ()
+    kernel: bool = True  # runs with a NatMap (func(nm, args)); else func(args)
+
+
+COMMANDS: list[Command] = [
+    Command("publish", cmd_publish, "publish an endpoint's ports (docker run -p/-P)",
+            "natmap publish web01 --ip 172.30.0.2 --bridge natmap0 -p 127.0.0.1:5001:5000 -p 8080:5000 "
+            "--expose 5000 -P",
+            [_NAME, _arg("--ip", required=True, help="the endpoint's IPv4 address"),
+             _arg("--ipv6", help="the endpoint's IPv6 address, if it has one"),
+             _arg("--bridge", required=True, help="the bridge the endpoint is on"), _SPECS, _SPEC_FILE, _EXPOSE,
+             _arg("-P", "--publish-all", action="store_true", help="publish every exposed port"),
+             _arg("--force", action="store_true",
+                  help="take host ports a host socket listens on, knowingly (else a conflict, as Docker's "
+                       "'address already in use')")]),
+    Command("port", cmd_port, "list an endpoint's bindings (docker port)", "natmap port web01 5000/tcp",
+            [_NAME, _arg("port", nargs="?", metavar="PORT[/PROTO]",
+                         help="only this container port (no /PROTO: tcp); prints the host side only")]),
+    Command("ls", cmd_ls, "list endpoints with docker ps's PORTS column", "natmap ls -f examples/lab.toml",
+            [_arg("-q", "--quiet", action="store_true", help="only the endpoint names"),
+             _arg("-f", "--file", metavar="FILE",
+                  help="a declarative file: also list its endpoints' exposed ports that have no binding")],
+            aliases=("ps",)),
+    Command("unpublish", cmd_unpublish, "remove every binding and link of an endpoint",
+            "natmap unpublish web01", [_NAME]),
+    Command("link", cmd_link, "link SOURCE to TARGET (docker run --link TARGET:ALIAS); both must be published: "
+            "their addresses and published ports are read from the table", "natmap link web02 db01:web02Todb01",
+            [_arg("source", help="the endpoint that may reach the target"),
+             _arg("target", metavar="TARGET[:ALIAS]", help="the endpoint it may reach, and its alias there"),
+             _arg("--env", action="append", default=[], metavar="NAME=VALUE",
+                  help="the target's environment, for the link's _ENV_ variables")]),
+    Command("unlink", cmd_unlink, "remove the link from SOURCE to TARGET", "natmap unlink web02 db01",
+            [_arg("source", help="the linked endpoint"), _arg("target", help="the endpoint it is linked to")]),
+    Command("links", cmd_links, "list the links", "natmap links"),
+    Command("isolate", cmd_isolate, "close inter-container traffic on a bridge (--icc=false)",
+            "natmap isolate natmap0",
+            [_arg("bridge", help="the bridge"), _arg("--open", action="store_true", help="open it again instead")]),
+    Command("gateway", cmd_gateway, "set how routed traffic reaches a bridge's containers (Docker 28's "
+            "gateway modes): nat drops it unless published or from a trusted interface; nat-unprotected "
+            "lets it pass", "natmap gateway natmap0 --mode nat --trust eth1",
+            [_arg("bridge", help="the bridge"),
+             _arg("--mode", default="nat", choices=("nat", "nat-unprotected"), help="the gateway mode"),
+             _arg("--trust", action="append", default=[], metavar="INTERFACE",
+                  help="a host interface whose routed traffic may reach the containers (repeatable)")]),
+    Command("apply", cmd_apply, "make the table match a TOML file, in one transaction",
+            "natmap apply examples/lab.toml", [_arg("file", help="the declarative file (README: Declarative files)")]),
+    Command("plan", cmd_plan, "show what apply would change; change nothing", "natmap plan examples/lab.toml",
+            [_arg("file", help="the declarative file")]),
+    Command("check", cmd_check, "check natmap's table in the kernel: its chains and rules are intact, "
+            "and no binding shadows a host socket (exit 1 and the problems if not)", "natmap check"),
+    Command("spec", cmd_spec, "check specs and print them in canonical form",
+            "natmap spec -p 127.0.0.1:5001:5000 -p '[::1]::80/udp' --expose 5000 --link db01:db",
+            [_SPECS, _SPEC_FILE, _EXPOSE, _arg("--link", action="append", default=[], metavar="NAME[:ALIAS]",
+                                   help="a --link value")], kernel=False),
+    Command("version", cmd_version, "print natmap's version", "natmap version", kernel=False),
+    Command("help", cmd_help, "show the help of natmap or of one command", "natmap help ps",
+            [_arg("topic", nargs="?", metavar="COMMAND", help="the command")], kernel=False),
+    Command("completion", cmd_completion, "print a shell completion script (README: Shell completion)",
+            "natmap completion bash > /etc/bash_completion.d/natmap",
+            [_arg("shell", choices=("bash", "zsh"), help="the shell")], kernel=False),
 ]
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names: its first word that is neither a global
+    option nor a global option's value."""
+    takes_value = False
+    for arg in argv:
+        if takes_value:
+            takes_value = False
+        elif arg in _VALUED:
+            takes_value = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
 
 
 def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     """The parser for ``argv``: when it names a command, only that command's
-    parser is built (building all twelve is a tenth of ``natmap port``'s time)."""
-    parser = argparse.ArgumentParser(
+    parser is built (building them all is a tenth of ``natmap port``'s time)."""
+    name = _command_of(argv)
+    wanted = [c for c in COMMANDS if name in (c.name, *c.aliases)]
+    if name == "help":  # natmap help CMD: CMD's parser is built by cmd_help
+        wanted = [c for c in COMMANDS if c.name == "help"]
+    return _build(wanted or COMMANDS)[0]
+
+
+def _build(commands: list[Command]) -> tuple[_Parser, dict[str, argparse.ArgumentParser]]:
+    parser = _Parser(
         prog="natmap", formatter_class=_Formatter,
         description="Docker-style port publishing and links on nftables, without Docker.",
         epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--version", action="version", version=f"natmap {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    wanted = [c for c in _COMMANDS if argv and argv[0] in (c[0], *c[4])] or _COMMANDS
-    for name, func, help, example, aliases, arguments in wanted:
-        sub = commands.add_parser(name, help=help, description=help, aliases=list(aliases),
-                                  epilog=f"example:\n  {example}", formatter_class=_Formatter)
-        for flags, options in arguments + _COMMON:
+    parser.add_argument("-V", "--version", action="version", version=f"natmap {__version__}")
+    for flags, options in GLOBAL_OPTIONS:
+        parser.add_argument(*flags, **options)
+    verbs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subs: dict[str, argparse.ArgumentParser] = {}
+    for command in commands:
+        sub = verbs.add_parser(command.name, help=command.help, description=command.help,
+                               aliases=list(command.aliases), epilog=f"example:\n  {command.example}",
+                               formatter_class=_Formatter)
+        for flags, options in command.arguments:
             sub.add_argument(*flags, **options)
-        sub.set_defaults(func=func)
-    return parser
+        group = sub.add_argument_group("global options (also accepted before the command)")
+        for flags, options in GLOBAL_OPTIONS:
+            # SUPPRESS: a global option given before the command is not reset by the subparser's default.
+            group.add_argument(*flags, **{**options, "default": argparse.SUPPRESS})
+        sub.set_defaults(command=command)
+        for alias in command.aliases:
+            subs[alias] = sub
+        subs[command.name] = sub
+    return parser, subs
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, its errors in natmap's form: one line (``--json``: one JSON object), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        _report(CommandLineError(f"{message} (see {self.prog} --help)"), _JSON_ARGV[0])
+        sys.exit(EXIT_BAD_INPUT)
+
+
+_JSON_ARGV = [False]  # whether the argv being parsed asks for --json (main sets it)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -267,7 +459,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 def _terminal_width() -> int:
     try:
-        return int(os.environ.get("COLUMNS", "")) or os.get_terminal_size(sys.__stdout__.fileno()).columns
+        return int(os.environ.get("COLUMNS", "")) or os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
     except (ValueError, OSError, AttributeError):
         return 80
 
@@ -275,10 +467,10 @@ def _terminal_width() -> int:
 def _exit_code(exc: BaseException) -> int:
     if isinstance(exc, PermissionError):
         return EXIT_PRIVILEGE
-    if isinstance(exc, (SpecError, ValueError, TypeError, OSError)):
-        return EXIT_BAD_INPUT
-    if isinstance(exc, NotFoundError):
+    if isinstance(exc, NotFoundError):  # before OSError: FileNotFoundError is bad input, LookupError is not
         return EXIT_NOT_FOUND
+    if isinstance(exc, (SpecError, CommandLineError, ValueError, TypeError)):
+        return EXIT_BAD_INPUT
     return EXIT_FAILED
 
 
@@ -294,25 +486,81 @@ def _log_to_stderr(verbosity: int) -> None:
         log.addHandler(handler)
 
 
+def _report(exc: BaseException, as_json: bool) -> None:
+    """The error on stderr: ``natmap: MESSAGE`` on one line (a grammar error
+    adds the input and a caret under the fault; drift lists what differs), or
+    one JSON object (docs/json.md)."""
+    text = str(exc)
+    if not isinstance(exc, (SpecError, DriftError)):  # others' messages (nft's) may span lines
+        text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    if as_json:
+        print(json.dumps(_error_json(exc)), file=sys.stderr)
+        if isinstance(exc, DriftError):
+            print(json.dumps(exc.data, indent=2))
+    else:
+        print(f"natmap: {text or type(exc).__name__}", file=sys.stderr)
+
+
+def _pull_specs(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """argv without its ``-p``/``--publish`` options, and their values in order.
+    argparse takes time quadratic in the number of options (20,000 -p: a
+    minute); this is linear, and argparse sees one ``-p`` at most."""
+    rest: list[str] = []
+    specs: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest += argv[i:]
+            break
+        if arg in ("-p", "--publish") and i + 1 < len(argv):
+            specs.append(argv[i + 1])
+            i += 2
+            continue
+        if arg.startswith("--publish="):
+            specs.append(arg[len("--publish="):])
+        elif arg.startswith("-p") and not arg.startswith("--") and len(arg) > 2:
+            specs.append(arg[2:])
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, specs
+
+
+def wants_json(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` asks for ``--json`` (before any ``--``): known before argparse is."""
+    return "--json" in argv[:argv.index("--")] if "--" in argv else "--json" in argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = _parser(argv).parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _JSON_ARGV[0] = wants_json(argv)
+    rest, specs = _pull_specs(argv)
+    if specs:  # argparse still says whether this command takes -p at all
+        at = rest.index("--") if "--" in rest else len(rest)
+        rest[at:at] = ["-p", specs[0]]
+    args = _parser(rest).parse_args(rest)
+    if specs:
+        args.publish = specs
     if args.verbose:
         _log_to_stderr(args.verbose)
+    command: Command = args.command
     try:
-        if args.func is cmd_spec:
-            data, lines = cmd_spec(None, args)
+        if not command.kernel:
+            data, lines = command.func(args)
         else:
-            with NatMap(table=args.table, backend=args.backend, netns=args.netns) as nm:
-                data, lines = args.func(nm, args)
-    except (NatmapError, ValueError, TypeError, OSError) as exc:
-        code = _exit_code(exc)
-        if args.json:
-            print(json.dumps({"error": str(exc).splitlines()[0], "kind": type(exc).__name__,
-                              "detail": str(exc)}), file=sys.stderr)
-        else:
-            print(f"natmap: {exc}", file=sys.stderr)
-        return code
+            with NatMap(table=args.table, backend=args.backend, netns=args.netns, netns_path=args.netns_path,
+                        lock_timeout=args.lock_timeout) as nm:
+                data, lines = command.func(nm, args)
+    except (NatmapError, ValueError, TypeError) as exc:
+        _report(exc, args.json)
+        return _exit_code(exc)
+    except (OSError, RecursionError, MemoryError) as exc:  # a fault natmap did not foresee: still one line
+        _report(exc, args.json)
+        return EXIT_FAILED
+    except KeyboardInterrupt:  # Ctrl-C, say while waiting for a lock
+        _report(NatmapError("interrupted"), args.json)
+        return EXIT_INTERRUPTED
     if args.json:
         print(json.dumps(data, indent=2))
     elif lines:

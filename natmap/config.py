@@ -2,6 +2,8 @@
 
     [bridges.natmap0]
     isolate = true                  # Docker's --icc=false
+    gateway_mode = "nat"            # or "nat-unprotected" (Docker 28's gateway modes)
+    trusted_interfaces = ["eth1"]   # routed traffic from these reaches containers directly
 
     [endpoints.db01]
     ip = "172.30.0.3"
@@ -23,21 +25,22 @@ had assigned before. Pure: reading the file is the only I/O.
 
 from __future__ import annotations
 
+import reprlib
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol as TypingProtocol
 
-from .errors import SpecError
+from .errors import ConfigError, SpecError
 from .links import Link
-from .model import Binding, Endpoint, Table
+from .model import Binding, Endpoint, Gateway, Slot, Table, preferred, validate_ifname
 from .spec import LinkSpec, PortSpec
 
 __all__ = ["Config", "EndpointConfig"]
 
 _ENDPOINT_KEYS = {"ip", "ipv6", "bridge", "expose", "publish", "publish_all", "links"}
-_BRIDGE_KEYS = {"isolate"}
+_BRIDGE_KEYS = {"isolate", "gateway_mode", "trusted_interfaces"}
 
 
 class _Transaction(TypingProtocol):
@@ -45,11 +48,13 @@ class _Transaction(TypingProtocol):
 
     def table(self) -> Table: ...
     def publish(self, endpoint: Endpoint, specs: list[PortSpec], *, publish_all: bool,
-                prefer: Mapping[Any, int]) -> list[Binding]: ...
+                prefer: Mapping[Slot, Sequence[int]]) -> list[Binding]: ...
     def unpublish(self, endpoint: str) -> list[Binding]: ...
     def link(self, source: Endpoint, target: Endpoint, alias: str | None = None) -> Link: ...
+    def unlink(self, source: str, target: str) -> Link: ...
     def isolate(self, bridge: str) -> None: ...
     def unisolate(self, bridge: str) -> None: ...
+    def set_gateway(self, bridge: str, mode: str = "nat", trusted_interfaces: Any = ()) -> Gateway: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,29 +71,48 @@ class EndpointConfig:
 class Config:
     endpoints: tuple[EndpointConfig, ...]
     isolated: frozenset[str]
+    gateways: tuple[Gateway, ...] = ()  # bridges not in the default gateway mode
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
-        """Read a TOML file; any mistake in it is a :class:`SpecError` naming the place."""
-        text = Path(path).read_text()
+        """Read a TOML file (UTF-8). Whatever is wrong with it is a
+        :class:`ConfigError` (the file cannot be read, is not UTF-8 or not
+        TOML) or a :class:`SpecError` naming the file and the key path, as in
+        ``lab.toml: endpoints.web01.publish[2]: invalid port ...`` (list
+        indexes count from 0)."""
+        try:
+            raw = Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from exc
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start} is {raw[exc.start]:#04x})") from exc
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise SpecError(f"{path}: {exc}", text) from exc
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        except RecursionError as exc:  # tomllib recurses once per nested array or inline table
+            raise ConfigError(f"{path}: arrays or tables nested too deeply") from exc
         return cls.from_dict(data, str(path))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> Config:
+        """The configuration the mapping (TOML's shape) describes; mistakes as in :meth:`load`."""
+        if not isinstance(data, Mapping):
+            raise SpecError(f"{source}: must be a table", _shown(data))
         _only(data, {"bridges", "endpoints"}, source)
         bridges = _table(data.get("bridges", {}), source, "bridges")
         isolated = set()
         for name, settings in bridges.items():
-            _only(settings, _BRIDGE_KEYS, f"{source}: bridges.{name}")
-            if _typed(settings.get("isolate", False), bool, f"{source}: bridges.{name}.isolate"):
+            where = f"{source}: bridges.{name}"
+            _parsed(validate_ifname, name, where)
+            _only(_table(settings, source, f"bridges.{name}"), _BRIDGE_KEYS, where)
+            if _typed(settings.get("isolate", False), bool, f"{where}.isolate"):
                 isolated.add(name)
         endpoints = tuple(_endpoint(name, settings, f"{source}: endpoints.{name}")
                           for name, settings in _table(data.get("endpoints", {}), source, "endpoints").items())
-        config = cls(endpoints, frozenset(isolated))
+        config = cls(endpoints, frozenset(isolated), _gateways(bridges, source))
         config._check_links(source)
         return config
 
@@ -103,50 +127,114 @@ class Config:
     def reconcile(self, tx: _Transaction) -> None:
         """Make ``tx``'s table match this configuration.
 
-        Each endpoint is unpublished and published again in the same
-        transaction; whatever comes back the same cancels out, so the kernel
-        sees only what changed, and assigned ports stay as they were while free.
+        An endpoint whose entry and bindings are as this process last
+        published them is left alone. Any other is unpublished and published
+        again in the same transaction, its assigned ports preferred again
+        (:func:`natmap.model.preferred`): whatever comes back the same cancels
+        out, so the kernel sees only what changed, and applying an unchanged
+        file changes nothing.
         """
         table = tx.table()
         wanted = {e.endpoint.name: e for e in self.endpoints}
+        kept: set[str] = set()  # endpoints left alone, and so their links
         for name in table.endpoints() + [l.source for l in table.links()] + [l.target for l in table.links()]:
-            if name not in wanted:
+            if name not in wanted and table.knows(name):
                 tx.unpublish(name)
         for entry in self.endpoints:
-            before = table.of(entry.endpoint.name)
-            tx.unpublish(entry.endpoint.name)
-            tx.publish(entry.endpoint, list(entry.publish), publish_all=entry.publish_all,
-                       prefer={(b.proto, b.container_port): b.host_port for b in before})
-        for entry in self.endpoints:
-            for link in entry.links:
-                tx.link(entry.endpoint, wanted[link.name].endpoint, link.alias)
+            name, request = entry.endpoint.name, (entry.endpoint, entry.publish, entry.publish_all)
+            if entry.endpoint.bridge in table.bridges and table.holds(name, request):
+                kept.add(name)
+                continue
+            before = table.bindings_of(name)
+            if table.knows(name):
+                tx.unpublish(name)
+            made = tx.publish(entry.endpoint, list(entry.publish), publish_all=entry.publish_all,
+                              prefer=preferred(before))
+            table.remember(name, request, made)
+        self._reconcile_links(tx, wanted, kept)
         for bridge in sorted(table.isolated - self.isolated):
             tx.unisolate(bridge)
         for bridge in sorted(self.isolated - table.isolated):
             tx.isolate(bridge)
+        wanted_gateways = {g.bridge: g for g in self.gateways}
+        for bridge in sorted(set(table.gateways) - set(wanted_gateways)):
+            tx.set_gateway(bridge)
+        for gateway in self.gateways:
+            tx.set_gateway(gateway.bridge, gateway.mode, gateway.trusted)
+
+
+    def _reconcile_links(self, tx: _Transaction, wanted: Mapping[str, EndpointConfig], kept: set[str]) -> None:
+        """Remove the links the file does not have; add those it has. A link
+        between two endpoints left alone is as it was: its addresses and ports
+        come from them."""
+        table = tx.table()
+        links = {(entry.endpoint.name, link.name): link for entry in self.endpoints for link in entry.links}
+        there = set()
+        for link in table.links():
+            spec = links.get((link.source, link.target))
+            if spec is None or spec.alias != link.alias:
+                tx.unlink(link.source, link.target)
+            elif link.source in kept and link.target in kept:
+                there.add((link.source, link.target))
+        for (source, target), spec in links.items():
+            if (source, target) not in there:
+                tx.link(wanted[source].endpoint, wanted[target].endpoint, spec.alias)
+
+
+def _gateways(bridges: Mapping[str, Any], source: str) -> tuple[Gateway, ...]:
+    """The ``gateway_mode`` / ``trusted_interfaces`` of each bridge, where not the default."""
+    gateways = []
+    for name, settings in bridges.items():
+        where = f"{source}: bridges.{name}"
+        mode = _typed(settings.get("gateway_mode", "nat"), str, f"{where}.gateway_mode")
+        trusted = _typed(settings.get("trusted_interfaces", []), list, f"{where}.trusted_interfaces")
+        interfaces = tuple(_parsed(validate_ifname, _typed(i, str, f"{where}.trusted_interfaces[{n}]"),
+                                   f"{where}.trusted_interfaces[{n}]") for n, i in enumerate(trusted))
+        gateway = _parsed(lambda m: Gateway(name, m, interfaces), mode, f"{where}.gateway_mode")
+        if not gateway.default:
+            gateways.append(gateway)
+    return tuple(gateways)
 
 
 def _endpoint(name: str, settings: Any, where: str) -> EndpointConfig:
     if not isinstance(settings, Mapping):
-        raise SpecError(f"{where} must be a table", str(settings))
+        raise SpecError(f"{where} must be a table", _shown(settings))
     _only(settings, _ENDPOINT_KEYS, where)
     for key in ("ip", "bridge"):
         if key not in settings:
             raise SpecError(f"{where} needs {key} = ...", name)
-    publish = tuple(PortSpec.parse(_typed(s, str, f"{where}.publish"))
-                    for s in _typed(settings.get("publish", []), list, f"{where}.publish"))
-    expose = [PortSpec.parse_exposed(_typed(s, str, f"{where}.expose"))
-              for s in _typed(settings.get("expose", []), list, f"{where}.expose")]
+    publish = tuple(_each(PortSpec.parse, settings, "publish", where))
+    expose = _each(PortSpec.parse_exposed, settings, "expose", where)
     # As with docker run, a published container port is exposed too (links open it).
     expose += [PortSpec(None, None, spec.container_ports, spec.proto) for spec in publish]
-    endpoint = Endpoint(name, _typed(settings["ip"], str, f"{where}.ip"),
-                        _typed(settings["bridge"], str, f"{where}.bridge"),
-                        ipv6=_typed(settings.get("ipv6"), (str, type(None)), f"{where}.ipv6"),
-                        expose=tuple(dict.fromkeys(expose)))
-    links = tuple(LinkSpec.parse(_typed(s, str, f"{where}.links"))
-                  for s in _typed(settings.get("links", []), list, f"{where}.links"))
+    endpoint = _parsed(lambda _: Endpoint(
+        name, _typed(settings["ip"], str, f"{where}.ip"), _typed(settings["bridge"], str, f"{where}.bridge"),
+        ipv6=_typed(settings.get("ipv6"), (str, type(None)), f"{where}.ipv6"),
+        expose=tuple(dict.fromkeys(expose))), name, where)
+    links = tuple(_each(LinkSpec.parse, settings, "links", where))
     return EndpointConfig(endpoint, publish,
                           _typed(settings.get("publish_all", False), bool, f"{where}.publish_all"), links)
+
+
+def _each(parse: Callable[[str], Any], settings: Mapping[str, Any], key: str, where: str) -> list[Any]:
+    """``parse`` of each string of the list ``settings[key]``; a fault names its place."""
+    return [_parsed(parse, _typed(value, str, f"{where}.{key}[{i}]"), f"{where}.{key}[{i}]")
+            for i, value in enumerate(_typed(settings.get(key, []), list, f"{where}.{key}"))]
+
+
+def _parsed(parse: Callable[[Any], Any], value: Any, where: str) -> Any:
+    """``parse(value)``; its SpecError again, the place in the file put in front."""
+    try:
+        return parse(value)
+    except SpecError as exc:
+        if exc.message.startswith(where):  # placed already (a _typed inside)
+            raise
+        raise SpecError(f"{where}: {exc.message}", exc.text, exc.start, exc.end) from exc
+
+
+def _shown(value: Any) -> str:
+    """A value as an error shows it: short, however big or deep it is."""
+    return reprlib.repr(value) if not isinstance(value, str) else value
 
 
 def _only(settings: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -158,11 +246,11 @@ def _only(settings: Mapping[str, Any], allowed: set[str], where: str) -> None:
 
 def _table(value: Any, where: str, key: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
-        raise SpecError(f"{where}: {key} must be a table", str(value))
+        raise SpecError(f"{where}: {key} must be a table", _shown(value))
     return value
 
 
 def _typed(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
     if not isinstance(value, kind):
-        raise SpecError(f"{where} has the wrong type ({type(value).__name__})", str(value))
+        raise SpecError(f"{where} has the wrong type ({type(value).__name__})", _shown(value))
     return value

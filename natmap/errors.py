@@ -1,15 +1,42 @@
 """natmap's one error tree.
 
-Everything natmap raises on purpose is a :class:`NatmapError`. Errors from the
-libraries natmap drives (libnftables, python-iptables, pyroute2) are
-translated where natmap calls them, with ``raise ... from exc``, so callers
-never need to know which library sits underneath.
+Everything natmap raises on purpose is a :class:`NatmapError`, one class per
+condition::
+
+    NatmapError
+    ├── SpecError (ValueError)          a spec, name or value natmap cannot read
+    ├── ConfigError (ValueError)        a declarative file natmap cannot read (names file and key)
+    ├── ConflictError                   collides with what is there (a port, a name)
+    ├── NotFoundError (LookupError)     what a call names is not there
+    │   ├── TableMissingError           the NatMap's table is not in the kernel
+    │   └── UnknownInterfaceError       no such bridge or interface
+    ├── BackendError                    the packet filter or the kernel refused or failed
+    │   └── PrivilegeError (PermissionError)  ... for want of CAP_NET_ADMIN
+    ├── Loopback6Error                  [::1] bindings while bridged IPv6 is hooked
+    ├── DriftError                      the kernel is not as natmap made it (natmap check)
+    ├── CommandLineError                the natmap command line does not parse
+    ├── UsageError                      the API used in a way it cannot serve
+    │   ├── TransactionOpenError        a transaction is already open on the NatMap
+    │   │   └── NestedTransactionError  ... by this thread, on this table: waiting would never end
+    │   ├── TransactionClosedError      a transaction used outside its with block
+    │   └── WrongNamespaceError         a NatMap called from another network namespace
+    ├── LockError                       the table's lock directory is unsafe or unusable
+    │   └── LockTimeoutError            another process (pid) held the lock past lock_timeout
+    └── SandboxError                    the sandbox could not build or run what was asked
+
+Errors from the libraries natmap drives are translated at one boundary per
+library, with ``raise ... from exc``, so callers never need to know which
+library sits underneath: libnftables in ``natmap/backends/nft.py``
+(``_check``), python-iptables in ``natmap/backends/iptables.py``
+(``_iptc_errors``), pyroute2 in ``natmap/host.py`` (``_netlink``).
 """
 
 from __future__ import annotations
 
 __all__ = ["NatmapError", "SpecError", "ConflictError", "BackendError", "NotFoundError", "PrivilegeError",
-           "SandboxError", "TableMissingError", "UnknownInterfaceError"]
+           "SandboxError", "TableMissingError", "UnknownInterfaceError", "Loopback6Error", "DriftError",
+           "UsageError", "TransactionOpenError", "TransactionClosedError", "WrongNamespaceError",
+           "ConfigError", "CommandLineError", "LockError", "LockTimeoutError", "NestedTransactionError"]
 
 # How much of a long input an error message shows on each side of the fault.
 _CONTEXT = 40
@@ -28,16 +55,26 @@ class SpecError(NatmapError, ValueError):
         invalid port 70000 (must be 0-65535) in '70000:80'
             70000:80
             ^^^^^
+
+    A check of a whole value outside the grammar (a table or interface name,
+    an address) has no columns to point at: it is raised with ``start=None``
+    and prints the message and the quoted value only. ``start`` and ``end``
+    are then None.
     """
 
-    def __init__(self, message: str, text: str, start: int = 0, end: int | None = None) -> None:
+    def __init__(self, message: str, text: str, start: int | None = 0, end: int | None = None) -> None:
         self.message = message
         self.text = text
-        self.start = max(0, min(start, len(text)))
-        self.end = max(self.start + 1, end if end is not None else self.start + 1)
+        self.start: int | None = None
+        self.end: int | None = None
+        if start is not None:
+            self.start = max(0, min(start, len(text)))
+            self.end = max(self.start + 1, end if end is not None else self.start + 1)
         super().__init__(message, text, self.start, self.end)
 
     def __str__(self) -> str:
+        if self.start is None or self.end is None:
+            return f"{self.message} in {_quote(self.text)}"
         shown, caret_at, caret_len = _excerpt(self.text, self.start, self.end)
         return (
             f"{self.message} in {_quote(self.text)}\n"
@@ -67,8 +104,69 @@ class UnknownInterfaceError(NotFoundError):
     """A bridge or interface that does not exist in the namespace."""
 
 
+class Loopback6Error(NatmapError):
+    """A ``[::1]`` binding cannot work with the namespace's settings: while
+    bridged IPv6 passes the IP hooks (``net.bridge.bridge-nf-call-ip6tables=1``,
+    which isolating a bridge turns on), br_netfilter turns replies back to
+    ``::1`` before the kernel's loopback check drops them."""
+
+
+class DriftError(NatmapError):
+    """The kernel is not as natmap made it (``natmap check``); ``data`` holds
+    the drift as the command's JSON output gives it."""
+
+    def __init__(self, text: str, data: dict[str, object] | None = None) -> None:
+        super().__init__(text)
+        self.data = data or {}
+
+
+class CommandLineError(NatmapError):
+    """The ``natmap`` command line does not parse (the command exits 2)."""
+
+
+class UsageError(NatmapError):
+    """natmap's API was used in a way it cannot serve."""
+
+
+class TransactionOpenError(UsageError):
+    """A transaction is already open on this NatMap (one at a time per instance)."""
+
+
+class TransactionClosedError(UsageError):
+    """A transaction was used outside its ``with`` block."""
+
+
+class WrongNamespaceError(UsageError):
+    """A NatMap was called from a thread in another network namespace than
+    the one it was made for (pass ``netns=`` to work in another one)."""
+
+
 class SandboxError(NatmapError):
     """The sandbox could not build or run what was asked."""
+
+
+class ConfigError(NatmapError, ValueError):
+    """A declarative file natmap cannot read: missing, not UTF-8, not TOML,
+    nested too deeply. Its message starts with the file's name."""
+
+
+class LockError(NatmapError):
+    """natmap's table lock cannot be taken: its directory is unsafe or unusable."""
+
+
+class LockTimeoutError(LockError):
+    """Another process (``pid``, when the kernel names it) held the table's
+    lock for longer than the NatMap's ``lock_timeout``."""
+
+    def __init__(self, message: str, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+class NestedTransactionError(TransactionOpenError):
+    """A call that changes a table, made by the thread that already holds
+    that table's lock (inside a ``with nm.transaction():`` block, through the
+    same or another NatMap): waiting would never end, so natmap refuses."""
 
 
 class PrivilegeError(BackendError, PermissionError):

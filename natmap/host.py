@@ -1,9 +1,16 @@
-"""Everything natmap asks the kernel besides the packet filter, through pyroute2:
-interfaces and addresses, listening sockets, sysctls, conntrack, and the
-nftables generation counter.
+"""The host seam: everything natmap asks of the host besides the packet filter.
+
+:class:`Host` declares what the engine needs: the facts (a bridge and its
+subnets; the port pool: ``ip_local_port_range``, ``ip_local_reserved_ports``,
+listening sockets; whether br_netfilter hooks bridged IPv6), the settings it
+makes (``route_localnet`` and the ``::1`` route on a bridge, the bridge hooks
+sysctls) and conntrack cleanup. :class:`Session` is the real host, through
+pyroute2 and ``/proc/sys``; :class:`FakeHost` holds one in memory, for tests
+of the engine that need no root.
 
 Every function acts in the calling thread's network namespace. pyroute2 is
-imported on first use, so ``import natmap`` stays light.
+imported on first use, so ``import natmap`` stays light; its errors become
+natmap's in one place, :func:`_netlink`.
 """
 
 from __future__ import annotations
@@ -16,12 +23,99 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from .errors import BackendError, PrivilegeError, UnknownInterfaceError
 from .links import Link
-from .model import Binding, Bridge
+from .model import Binding, Bridge, Table
 from .spec import PortRange, Protocol
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
 if TYPE_CHECKING:
-    from typing import Any
+    from collections.abc import Mapping
+    from typing import Any, Protocol as _Protocol
+
+    class Host(_Protocol):
+        """What the engine asks of the host it runs on (``NatMap(host=...)``).
+
+        Declared for type checkers only: importing ``typing`` at run time
+        would cost every ``natmap`` command. Every call acts in the calling
+        thread's network namespace. Errors are natmap's:
+        :class:`~natmap.UnknownInterfaceError`, :class:`~natmap.BackendError`,
+        :class:`~natmap.PrivilegeError`.
+        """
+
+        def bridge(self, name: str) -> Bridge:
+            """The interface ``name`` and the subnets of its addresses."""
+            ...
+
+        def port_range(self) -> PortRange:
+            """Where assigned ports come from (``ip_local_port_range``)."""
+            ...
+
+        def reserved_ports(self) -> frozenset[int]:
+            """Ports never assigned (``ip_local_reserved_ports``)."""
+            ...
+
+        def listening_ports(self, proto: Protocol) -> frozenset[int]:
+            """Local ports with a listening (or bound UDP) socket."""
+            ...
+
+        def interface_facts(self, name: str) -> tuple[str | None, tuple[Any, ...]]:
+            """The kind of interface ``name`` (``bridge``, None for a plain one)
+            and its addresses as ``ipaddress`` interfaces (``172.30.0.1/24``)."""
+            ...
+
+        def listeners(self, proto: Protocol) -> list[Listener]:
+            """The host sockets holding a port of ``proto``."""
+            ...
+
+        def socket_owner(self, inode: int) -> str | None:
+            """``pid 812 (sshd)``: a process holding the socket ``inode``, if known."""
+            ...
+
+        def local_addresses(self) -> frozenset[Any]:
+            """Every address of every interface, as ``ipaddress`` interfaces."""
+            ...
+
+        def nonlocal_bind(self, version: int) -> bool:
+            """Whether ``net.ipv{version}.ip_nonlocal_bind`` lets sockets bind any address."""
+            ...
+
+        def natmap_tables(self, exclude: tuple[str, str]) -> list[tuple[str, Table]]:
+            """The natmap tables of the namespace on either backend, found by
+            their markers and read, as (label, table), but ``exclude``
+            (backend name, table name)."""
+            ...
+
+        def enable_route_localnet(self, bridge_name: str) -> None:
+            """Let 127.0.0.0/8 traffic be routed to the bridge (after the guard is in place)."""
+            ...
+
+        def enable_loopback6(self, bridge_name: str) -> None:
+            """Add the local ``::1`` route on the bridge that replies to [::1] need."""
+            ...
+
+        def check_bridge_hooks(self) -> None:
+            """Raise unless br_netfilter can pass bridged traffic through the IP hooks."""
+            ...
+
+        def hook_bridged_traffic(self) -> None:
+            """Pass bridged IPv4 and IPv6 through the IP hooks (``bridge-nf-call-*``)."""
+            ...
+
+        def bridged_ipv6_hooked(self) -> bool:
+            """Whether bridged IPv6 passes the IP hooks (``bridge-nf-call-ip6tables``)."""
+            ...
+
+        def forget_flows(self, removed: Iterable[Binding] = (), links: Iterable[Link] = (),
+                         added: Iterable[Binding] = (), isolated: Iterable[Isolated] = ()) -> int:
+            """Delete the conntrack entries a change makes stale; return how many."""
+            ...
+
+        def close(self) -> None:
+            """Close what the host keeps open (sockets)."""
+            ...
+
+    # What isolating a bridge cuts: its subnets, and the (source, target, proto,
+    # port) flows links keep open there.
+    Isolated = tuple[tuple[Any, ...], frozenset[tuple[Any, Any, Protocol, int]]]
 
 _FALLBACK_RANGE = PortRange(49153, 65535)
 _TCP_LISTEN = 10
@@ -47,17 +141,8 @@ def _netlink(what: str) -> Iterator[None]:
 
 def bridge(name: str) -> Bridge:
     """The interface ``name`` and the subnets of its addresses."""
-    from pyroute2 import IPRoute
-
-    with _netlink(f"reading interface {name}"), IPRoute() as ipr:
-        index = ipr.link_lookup(ifname=name)
-        if not index:
-            raise UnknownInterfaceError(f"no interface named {name!r} in this network namespace")
-        subnets = tuple(
-            ipaddress.ip_network(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}", strict=False)
-            for msg in ipr.get_addr(index=index[0])
-            if msg.get_attr("IFA_ADDRESS") and not ipaddress.ip_address(msg.get_attr("IFA_ADDRESS")).is_link_local
-        )
+    _, addresses = interface_facts(name)
+    subnets = tuple(a.network for a in addresses if not a.ip.is_link_local)
     return Bridge(name, tuple(sorted(set(subnets), key=lambda n: (n.version, n))))
 
 
@@ -85,12 +170,36 @@ def reserved_ports() -> frozenset[int]:
 
 def listening_ports(proto: Protocol) -> frozenset[int]:
     """Local ports with a listening TCP/SCTP socket or a bound UDP socket."""
+    return frozenset(s.port for s in listeners(proto))
+
+
+class Listener:
+    """A host socket holding a port: a listening TCP/SCTP socket or a bound UDP one.
+
+    ``address`` is what it is bound to (``0.0.0.0`` / ``::`` for every
+    address); ``v6only`` whether a ``::`` socket leaves IPv4 alone;
+    ``inode`` the socket's inode, which :func:`socket_owner` maps to a process.
+    """
+
+    __slots__ = ("proto", "address", "port", "v6only", "inode")
+
+    def __init__(self, proto: Protocol, address: Any, port: int, v6only: bool, inode: int) -> None:
+        self.proto, self.address, self.port, self.v6only, self.inode = proto, address, port, v6only, inode
+
+    def __str__(self) -> str:
+        from .spec import format_ip
+
+        return f"{format_ip(self.address)}:{self.port}/{self.proto.value}"
+
+
+def listeners(proto: Protocol) -> list[Listener]:
+    """The host sockets holding a port of ``proto`` (sock_diag, both families)."""
     from socket import AF_INET, AF_INET6
 
     from pyroute2 import DiagSocket
 
     states = (1 << _TCP_LISTEN) if proto is not Protocol.UDP else 0xFFFFFFFF
-    ports: set[int] = set()
+    found: list[Listener] = []
     with _netlink("listing sockets"), DiagSocket() as diag:
         diag.bind()
         for family in (AF_INET, AF_INET6):
@@ -98,8 +207,100 @@ def listening_ports(proto: Protocol) -> frozenset[int]:
                 answers = diag.get_sock_stats(family=family, states=states, protocol=_IPPROTO[proto])
             except OSError:
                 continue  # no diag support for this protocol (sctp_diag not loaded)
-            ports.update(msg["idiag_sport"] for msg in answers)
-    return frozenset(ports)
+            found += [Listener(proto, ipaddress.ip_address(msg["idiag_src"]), msg["idiag_sport"],
+                               bool(msg.get_attr("INET_DIAG_SKV6ONLY")), msg["idiag_inode"])
+                      for msg in answers]
+    return found
+
+
+def socket_owner(inode: int) -> str | None:
+    """``pid 812 (sshd)``: a process holding the socket ``inode``, if /proc tells."""
+    import os
+
+    target = f"socket:[{inode}]"
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") == target for fd in fds):
+                with open(f"/proc/{pid}/comm") as f:
+                    return f"pid {pid} ({f.read().strip()})"
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+    return None
+
+
+def local_addresses() -> frozenset[Any]:
+    """Every address of every interface of the namespace, with its prefix
+    (``ipaddress.ip_interface``: ``10.0.0.1/24``)."""
+    from pyroute2 import IPRoute
+
+    with _netlink("reading addresses"), IPRoute() as ipr:
+        return frozenset(ipaddress.ip_interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
+                         for msg in ipr.get_addr() if msg.get_attr("IFA_ADDRESS"))
+
+
+def nonlocal_bind(version: int) -> bool:
+    """Whether ``net.ipv4.ip_nonlocal_bind`` (or ipv6) lets sockets bind any address."""
+    try:
+        return _sysctl(f"net/ipv{version}/ip_nonlocal_bind").strip() == "1"
+    except OSError:
+        return False
+
+
+def interface_facts(name: str) -> tuple[str | None, tuple[Any, ...]]:
+    """The kind of interface ``name`` (``bridge``, ``veth``, None for a plain
+    one) and its addresses as interfaces (``172.30.0.1/24``)."""
+    from pyroute2 import IPRoute
+
+    with _netlink(f"reading interface {name}"), IPRoute() as ipr:
+        links = ipr.get_links(ifname=name) if ipr.link_lookup(ifname=name) else []
+        if not links:
+            raise UnknownInterfaceError(f"no interface named {name!r} in this network namespace")
+        info = links[0].get_attr("IFLA_LINKINFO")
+        kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+        addresses = tuple(ipaddress.ip_interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
+                          for msg in ipr.get_addr(index=links[0]["index"]) if msg.get_attr("IFA_ADDRESS"))
+    return kind, addresses
+
+
+def nft_tables() -> dict[str, str | None]:
+    """The ``inet`` nftables tables of the namespace and their comments, in one
+    netlink dump (no elements are read, whatever the tables hold)."""
+    from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_GETTABLE, NFTSocket, nfgen_msg
+
+    with _netlink("listing nftables tables"):
+        sock = NFTSocket(nfgen_family=1)  # NFPROTO_INET
+        try:
+            return {msg.get_attr("NFTA_TABLE_NAME"): msg.get_attr("NFTA_TABLE_USERDATA")
+                    for msg in sock.request_get(nfgen_msg(), NFT_MSG_GETTABLE)}
+        finally:
+            sock.close()
+
+
+def natmap_tables(exclude: tuple[str, str]) -> list[tuple[str, Table]]:
+    """The natmap tables of the namespace, both backends, found by their
+    markers (nft: the table's comment; iptables: the marker rule) and read,
+    as (label, table); but ``exclude``, (backend name, table name)."""
+    from .backends import make_backend
+    from .backends.iptables import natmap_tables as iptables_tables
+    from .errors import ConflictError
+    from .guest import owner_of
+
+    found = [(f"table inet {name} (nft)", "nft", name) for name, comment in nft_tables().items()
+             if owner_of(comment) == name]
+    found += [(f"table {name} (iptables)", "iptables", name) for name in iptables_tables()]
+    others = []
+    for label, backend, name in found:
+        if (backend, name) != exclude:
+            reader = make_backend(backend, name)
+            try:
+                table = reader.read()
+            except ConflictError:
+                continue  # a half-marked table: not natmap's to count
+            finally:
+                reader.close()
+            others.append((label, table or Table()))
+    return others
 
 
 def enable_route_localnet(bridge_name: str) -> None:
@@ -162,39 +363,80 @@ def bridged_ipv6_hooked() -> bool:
 
 
 class Session:
-    """Netlink sockets kept open for the calls natmap makes on every change:
-    the nftables generation and conntrack. Opening a pyroute2 socket costs more
-    than using one. Each socket belongs to the namespace it was opened in, so
-    a session must only be used in one namespace (NatMap sees to that)."""
+    """The real :class:`Host`: the functions of this module, and a conntrack
+    socket kept open for the cleanup natmap does on every change (opening a
+    pyroute2 socket costs more than using one). The socket belongs to the
+    namespace it was opened in, so a session must only be used in one
+    namespace (NatMap sees to that)."""
 
     def __init__(self) -> None:
-        self._nft: Any = None
         self._conntrack: Any = None
         self._lock = threading.Lock()
 
-    def generation(self) -> int:
-        """The nftables ruleset generation: it grows by one with every committed
-        transaction, whoever commits it."""
-        from pyroute2.netlink import NLM_F_REQUEST
-        from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_GETGEN, NFTSocket, nft_gen_msg
+    # The facts and settings: this module's functions (see each one).
+    def bridge(self, name: str) -> Bridge:
+        return bridge(name)
 
-        with self._lock, _netlink("reading the nftables generation"):
-            if self._nft is None:
-                self._nft = NFTSocket()
-            answer = self._nft.request_get(nft_gen_msg(), NFT_MSG_GETGEN, NLM_F_REQUEST)
-        return answer[0].get_attr("NFTA_GEN_ID")
+    def port_range(self) -> PortRange:
+        return port_range()
+
+    def reserved_ports(self) -> frozenset[int]:
+        return reserved_ports()
+
+    def listening_ports(self, proto: Protocol) -> frozenset[int]:
+        return listening_ports(proto)
+
+    def interface_facts(self, name: str) -> tuple[str | None, tuple[Any, ...]]:
+        return interface_facts(name)
+
+    def listeners(self, proto: Protocol) -> list[Listener]:
+        return listeners(proto)
+
+    def socket_owner(self, inode: int) -> str | None:
+        return socket_owner(inode)
+
+    def local_addresses(self) -> frozenset[Any]:
+        return local_addresses()
+
+    def nonlocal_bind(self, version: int) -> bool:
+        return nonlocal_bind(version)
+
+    def natmap_tables(self, exclude: tuple[str, str]) -> list[tuple[str, Table]]:
+        return natmap_tables(exclude)
+
+    def enable_route_localnet(self, bridge_name: str) -> None:
+        enable_route_localnet(bridge_name)
+
+    def enable_loopback6(self, bridge_name: str) -> None:
+        enable_loopback6(bridge_name)
+
+    def check_bridge_hooks(self) -> None:
+        check_bridge_hooks()
+
+    def hook_bridged_traffic(self) -> None:
+        hook_bridged_traffic()
+
+    def bridged_ipv6_hooked(self) -> bool:
+        return bridged_ipv6_hooked()
 
     def forget_flows(self, removed: Iterable[Binding] = (), links: Iterable[Link] = (),
-                     added: Iterable[Binding] = ()) -> int:
+                     added: Iterable[Binding] = (), isolated: Iterable[Isolated] = ()) -> int:
         """Delete the conntrack entries that would keep steering traffic the old way.
 
-        - a ``removed`` binding's: flows to its HOST address (any local one for
-          0.0.0.0 / ::), port and protocol that were translated to its container;
+        Only flows natmap changes qualify: a binding's are those whose ORIGINAL
+        destination is its host address (any of the namespace's own addresses
+        for 0.0.0.0 / ::), what the DNAT catches; flows the host forwards are
+        never touched.
+
+        - a ``removed`` binding's: flows to its host address, port and protocol
+          that were translated to its container;
         - a removed ``link``'s: flows from its source to its target's ports;
-        - an ``added`` binding's stale ones: flows to its host port that go
-          elsewhere (an unanswered UDP flow to the host keeps bypassing a new
-          binding until its entry expires). Only for UDP and SCTP: a TCP flow
-          without an answer is refused at once.
+        - an ``added`` binding's stale ones: unanswered flows to its host port
+          that go elsewhere (an unanswered UDP flow to the host keeps bypassing
+          a new binding until its entry expires). Only for UDP and SCTP: a TCP
+          flow without an answer is refused at once;
+        - an ``isolated`` bridge's: flows between two addresses of its subnets
+          that no link opens (isolation drops their next packets).
 
         The kernel walks its whole hash table for a dump, about 10 ms here
         whatever the number of bindings, and hands back only the entries of
@@ -208,12 +450,15 @@ class Session:
         from pyroute2 import Conntrack
         from pyroute2.netlink.exceptions import NetlinkError
 
+        local = _LazyLocal()
         # (proto, original destination port, test): each test matches flows to one port
-        # (None: to a port of a same-port range).
-        translated = [_matcher(_translated_for, b) for b in removed]
-        matchers = [(proto, port, functools.partial(_link_flow, (s, t, port)))
-                    for link in links for s, t, proto, port in link.flows()]
-        matchers += [_matcher(_stale_for, b) for b in added if b.proto is not Protocol.TCP]
+        # (None: to any port, as a same-port range's or an isolated bridge's).
+        translated = [_matcher(_translated_for, b, local) for b in removed]
+        matchers: list[tuple[Protocol, int | None, Any]] = [
+            (proto, port, functools.partial(_link_flow, (s, t, port))) for link in links for s, t, proto, port in link.flows()]
+        matchers += [_matcher(_stale_for, b, local) for b in added if b.proto is not Protocol.TCP]
+        matchers += [(proto, None, functools.partial(_isolated_flow, cut, local))
+                     for cut in isolated for proto in Protocol]
         deleted = 0
         if not (matchers or translated):
             return deleted
@@ -225,7 +470,7 @@ class Session:
                 for proto, tests_of in _tests_by_port(group).items():
                     for entry in _entries(ct, proto, nat_only):
                         tests = [*tests_of.get(entry.tuple_orig.dport, ()), *tests_of.get(None, ())]
-                        if not tests or not any(test(entry.tuple_orig, entry.tuple_reply) for test in tests):
+                        if not any(test(entry.tuple_orig, entry.tuple_reply, entry.status) for test in tests):
                             continue
                         try:
                             ct.delete(entry)
@@ -237,19 +482,136 @@ class Session:
 
     def close(self) -> None:
         with self._lock:
-            for sock in (self._nft, self._conntrack):
-                if sock is not None:
-                    sock.close()
-            self._nft = self._conntrack = None
+            if self._conntrack is not None:
+                self._conntrack.close()
+            self._conntrack = None
 
 
-def nft_generation() -> int:
-    """The generation, read once on a socket of its own."""
-    session = Session()
-    try:
-        return session.generation()
-    finally:
-        session.close()
+class FakeHost:
+    """A :class:`Host` held in memory, for tests of the engine that need no root.
+
+    Its facts are what the test gives: ``bridges``; the port pool (``ports``,
+    ``reserved``, ``listening`` ports by protocol); whether br_netfilter is
+    there (``br_netfilter``) and bridged IPv6 passes the IP hooks
+    (``bridged_ipv6``). The guest facts (natmap.guest): ``sockets``, host
+    sockets as :class:`Listener` values (a ``listening`` port is also a
+    socket on every address, of no known process); ``interfaces``, more
+    interfaces by name as (kind, addresses) beside the bridges (kind
+    ``bridge``, no address); ``addresses``, every local address as an
+    ``ipaddress`` interface; ``nonlocal_bind``; ``others``, the namespace's
+    other natmap tables as (label, Table). What natmap sets is recorded:
+    ``route_localnet`` and ``loopback6`` (bridge names),
+    ``bridged_ipv4``/``bridged_ipv6`` (turned on by
+    :meth:`hook_bridged_traffic`), ``forgotten`` (the removed, links and added
+    arguments of each :meth:`forget_flows`) and ``cut`` (its isolated ones).
+    ``events`` names every call, in order (share one list with a
+    ``FakeBackend`` to see the order of both).
+    """
+
+    def __init__(self, bridges: Iterable[Bridge] = (), *, ports: PortRange = _FALLBACK_RANGE,
+                 reserved: Iterable[int] = (), listening: Mapping[Protocol, Iterable[int]] | None = None,
+                 br_netfilter: bool = True, bridged_ipv6: bool = False,
+                 sockets: Iterable[Listener] = (),
+                 interfaces: Mapping[str, tuple[str | None, tuple[Any, ...]]] | None = None,
+                 addresses: Iterable[Any] = (), nonlocal_bind: bool = False,
+                 others: Iterable[tuple[str, Table]] = (),
+                 events: list[str] | None = None) -> None:
+        self.bridges = {b.name: b for b in bridges}
+        self.ports = ports
+        self.reserved = frozenset(reserved)
+        self.listening = {proto: frozenset(p) for proto, p in (listening or {}).items()}
+        self.sockets = list(sockets)
+        self.interfaces = dict(interfaces or {})
+        self.addresses = frozenset(addresses)
+        self.nonlocal_ok = nonlocal_bind
+        self.others = list(others)
+        self.cut: list[list[Isolated]] = []
+        self.br_netfilter = br_netfilter
+        self.bridged_ipv4 = False
+        self.bridged_ipv6 = bridged_ipv6
+        self.route_localnet: set[str] = set()
+        self.loopback6: set[str] = set()
+        self.forgotten: list[tuple[list[Binding], list[Link], list[Binding]]] = []
+        self.closed = False
+        self.events = [] if events is None else events
+
+    def bridge(self, name: str) -> Bridge:
+        self.events.append("host.bridge")
+        if name not in self.bridges:
+            raise UnknownInterfaceError(f"no interface named {name!r} in this network namespace")
+        return self.bridges[name]
+
+    def port_range(self) -> PortRange:
+        self.events.append("host.port_range")
+        return self.ports
+
+    def reserved_ports(self) -> frozenset[int]:
+        self.events.append("host.reserved_ports")
+        return self.reserved
+
+    def listening_ports(self, proto: Protocol) -> frozenset[int]:
+        self.events.append("host.listening_ports")
+        return self.listening.get(proto, frozenset())
+
+    def interface_facts(self, name: str) -> tuple[str | None, tuple[Any, ...]]:
+        self.events.append("host.interface_facts")
+        if name in self.interfaces:
+            return self.interfaces[name]
+        self.bridge(name)  # UnknownInterfaceError if there is none
+        return "bridge", ()
+
+    def listeners(self, proto: Protocol) -> list[Listener]:
+        self.events.append("host.listeners")
+        wildcard = ipaddress.IPv4Address(0)
+        return ([s for s in self.sockets if s.proto is proto]
+                + [Listener(proto, wildcard, port, False, 0) for port in sorted(self.listening.get(proto, ()))])
+
+    def socket_owner(self, inode: int) -> str | None:
+        return None
+
+    def local_addresses(self) -> frozenset[Any]:
+        self.events.append("host.local_addresses")
+        return self.addresses
+
+    def nonlocal_bind(self, version: int) -> bool:
+        return self.nonlocal_ok
+
+    def natmap_tables(self, exclude: tuple[str, str]) -> list[tuple[str, Table]]:
+        self.events.append("host.natmap_tables")
+        return list(self.others)
+
+    def enable_route_localnet(self, bridge_name: str) -> None:
+        self.events.append("host.enable_route_localnet")
+        self.route_localnet.add(self.bridge(bridge_name).name)
+
+    def enable_loopback6(self, bridge_name: str) -> None:
+        self.events.append("host.enable_loopback6")
+        self.loopback6.add(self.bridge(bridge_name).name)
+
+    def check_bridge_hooks(self) -> None:
+        self.events.append("host.check_bridge_hooks")
+        if not self.br_netfilter:
+            raise BackendError("isolating a bridge needs br_netfilter "
+                               "(net.bridge.bridge-nf-call-iptables is missing)")
+
+    def hook_bridged_traffic(self) -> None:
+        self.events.append("host.hook_bridged_traffic")
+        self.check_bridge_hooks()
+        self.bridged_ipv4 = self.bridged_ipv6 = True
+
+    def bridged_ipv6_hooked(self) -> bool:
+        self.events.append("host.bridged_ipv6_hooked")
+        return self.bridged_ipv6
+
+    def forget_flows(self, removed: Iterable[Binding] = (), links: Iterable[Link] = (),
+                     added: Iterable[Binding] = (), isolated: Iterable[Isolated] = ()) -> int:
+        self.events.append("host.forget_flows")
+        self.forgotten.append((list(removed), list(links), list(added)))
+        self.cut.append(list(isolated))
+        return 0
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def _tests_by_port(matchers: Iterable[tuple[Protocol, int | None, Any]]) -> dict[Protocol, dict[int | None, list[Any]]]:
@@ -262,16 +624,18 @@ def _tests_by_port(matchers: Iterable[tuple[Protocol, int | None, Any]]) -> dict
     return by_port
 
 
-def _matcher(test: Any, binding: Binding) -> tuple[Protocol, int | None, Any]:
+def _matcher(test: Any, binding: Binding, local: Any) -> tuple[Protocol, int | None, Any]:
+    """A binding's test (guest's predicate: which flows qualify) keyed for the
+    indexed loop (how fast): on its port, or on None for a same-port range."""
     if binding.count == 1:
-        return binding.proto, binding.host_port, functools.partial(test, binding)
-    return binding.proto, None, functools.partial(_in_range, test, binding)
+        return binding.proto, binding.host_port, functools.partial(test, binding, local)
+    return binding.proto, None, functools.partial(_in_range, test, binding, local)
 
 
-def _in_range(test: Any, binding: Binding, orig: Any, reply: Any) -> bool:
+def _in_range(test: Any, binding: Binding, local: Any, orig: Any, reply: Any, status: int = 0) -> bool:
     """``test`` for the one port of a same-port range that a flow goes to."""
     port = orig.dport
-    return binding.host_port <= port <= binding.last_port and test(binding.at(port), orig, reply)
+    return binding.host_port <= port <= binding.last_port and bool(test(binding.at(port), local, orig, reply, status))
 
 
 def _entries(ct: Any, proto: Protocol, nat_only: bool) -> list[Any]:
@@ -295,26 +659,56 @@ _ENTRY_ATTRS = ("CTA_TUPLE_ORIG", "CTA_TUPLE_REPLY", "CTA_STATUS", "CTA_TIMEOUT"
                 "CTA_MARK", "CTA_ID", "CTA_USE", "CTA_ZONE")
 
 
-def _to_host_port(binding: Binding, orig: Any) -> bool:
-    """Whether a flow's original direction goes to the binding's host side."""
+class _LazyLocal:
+    """The namespace's own addresses, read on the first question (the
+    conntrack cleanup runs in the namespace, and most changes ask nothing)."""
+
+    def __init__(self) -> None:
+        self._addresses: frozenset[Any] | None = None
+
+    def __contains__(self, address: Any) -> bool:
+        if self._addresses is None:
+            self._addresses = frozenset(i.ip for i in local_addresses())
+        return address.is_loopback or address in self._addresses
+
+
+_SEEN_REPLY = 1 << 1  # IPS_SEEN_REPLY: the flow has been answered
+
+
+def _to_host_port(binding: Binding, local: Any, orig: Any) -> bool:
+    """Whether a flow's original direction goes to the binding's host side: the
+    DNAT would catch it (a wildcard binding catches only the host's own addresses)."""
     address = _ip(orig.daddr)
     if orig.dport != binding.host_port or address is None or address.version != binding.version:
         return False
-    return binding.host_ip.is_unspecified or address == binding.host_ip
+    return address == binding.host_ip or (binding.host_ip.is_unspecified and address in local)
 
 
-def _translated_for(binding: Binding, orig: Any, reply: Any) -> bool:
-    return (_to_host_port(binding, orig)
+def _translated_for(binding: Binding, local: Any, orig: Any, reply: Any, status: int = 0) -> bool:
+    return (_to_host_port(binding, local, orig)
             and _ip(reply.saddr) == binding.container_ip and reply.sport == binding.container_port)
 
 
-def _stale_for(binding: Binding, orig: Any, reply: Any) -> bool:
-    return _to_host_port(binding, orig) and not _translated_for(binding, orig, reply)
+def _stale_for(binding: Binding, local: Any, orig: Any, reply: Any, status: int = 0) -> bool:
+    return (not status & _SEEN_REPLY and _to_host_port(binding, local, orig)
+            and not _translated_for(binding, local, orig, reply))
 
 
-def _link_flow(flow: tuple[Any, Any, int], orig: Any, reply: Any) -> bool:
+def _link_flow(flow: tuple[Any, Any, int], orig: Any, reply: Any, status: int = 0) -> bool:
     source, target, port = flow
-    return _ip(orig.saddr) == source and _ip(orig.daddr) == target and orig.dport == port
+    return bool(_ip(orig.saddr) == source and _ip(orig.daddr) == target and orig.dport == port)
+
+
+def _isolated_flow(cut: Isolated, local: Any, orig: Any, reply: Any, status: int = 0) -> bool:
+    """A flow between two containers of an isolated bridge that no link opens."""
+    subnets, allowed = cut
+    source, target = _ip(orig.saddr), _ip(orig.daddr)
+    if source is None or target is None or source in local or target in local:
+        return False  # to or from the host itself: isolation does not forbid it
+    if not any(source in net for net in subnets) or not any(target in net for net in subnets):
+        return False
+    proto = next((p for p, number in _IPPROTO.items() if number == orig.proto), None)
+    return (source, target, proto, orig.dport) not in allowed
 
 
 def _ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -113,7 +113,13 @@ class Link:
         validate_name(self.target, "endpoint name")
         validate_alias(self.alias)
         if self.source == self.target:
-            raise SpecError("an endpoint cannot link to itself", self.source)
+            raise SpecError("an endpoint cannot link to itself", self.source, None)
+        # A link is kept in the kernel as its flows, which pair addresses of one
+        # IP version: an address with no partner of its version is no part of it
+        # (an IPv4-only source links to the IPv4 address of a dual-stack target).
+        shared = {ip.version for ip in self.source_ips} & {ip.version for ip in self.target_ips}
+        object.__setattr__(self, "source_ips", tuple(ip for ip in self.source_ips if ip.version in shared))
+        object.__setattr__(self, "target_ips", tuple(ip for ip in self.target_ips if ip.version in shared))
 
     def __str__(self) -> str:
         return f"{self.source} -> {self.target}:{self.alias}"

@@ -10,7 +10,6 @@ kernel, no I/O, no pyroute2, iptc or nftables.
 from __future__ import annotations
 
 import enum
-import functools
 import ipaddress
 import itertools
 import re
@@ -19,70 +18,84 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from .errors import ConflictError, NotFoundError, SpecError
-from .links import Link, exposed_ports
+from .links import Link, Port, exposed_ports
 from .spec import IPAddress, PortRange, PortSpec, Protocol, format_ip, validate_name
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
 if TYPE_CHECKING:
-    from typing import TypeVar
+    from typing import TypeVar, assert_never as assert_never  # re-exported: the backends match on items too
+
+    from _typeshed import SupportsAllComparisons
 
     T = TypeVar("T")
+    A = TypeVar("A", ipaddress.IPv4Address, ipaddress.IPv6Address)
+else:
+    def assert_never(value: object) -> None:
+        """typing.assert_never at run time, without importing typing: after a
+        ``match`` on every kind of :data:`Item`, where mypy names a forgotten one."""
+        raise AssertionError(f"unhandled kind of item: {type(value).__name__}")
 
-__all__ = ["Binding", "Bindings", "Bridge", "Change", "Drift", "Endpoint", "Isolation", "PortPool", "Table"]
+__all__ = ["Binding", "Bindings", "Bridge", "Change", "Drift", "Endpoint", "Gateway", "Isolation", "PortPool", "Table"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Linux interface names: at most 15 bytes, no '/', ':' or white space.
 _IFNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
-_ANY = {4: ipaddress.IPv4Address("0.0.0.0"), 6: ipaddress.IPv6Address("::")}
+_ANY: dict[int, IPAddress] = {4: ipaddress.IPv4Address("0.0.0.0"), 6: ipaddress.IPv6Address("::")}
 _ADDRESS_TYPES = (ipaddress.IPv4Address, ipaddress.IPv6Address)
 
 
 def validate_ifname(name: str) -> str:
     """Return ``name`` if it can be a Linux interface name, else raise SpecError."""
     if not isinstance(name, str) or not _IFNAME.fullmatch(name):
-        raise SpecError("invalid interface name (1-15 of [A-Za-z0-9_.-], a letter or digit first)", str(name))
+        raise SpecError("invalid interface name (1-15 of [A-Za-z0-9_.-], a letter or digit first)", str(name), None)
     return name
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Endpoint:
     """A container (or VM, or sandbox) whose ports are published.
 
     ``ip`` is its IPv4 address on ``bridge``; ``ipv6`` its IPv6 address there,
     if it has one; ``expose`` the ports ``publish_all`` publishes (``"5000"``,
-    ``"53/udp"`` or parsed :class:`PortSpec` values).
+    ``"53/udp"`` or parsed :class:`PortSpec` values). As with :mod:`ipaddress`,
+    the constructor takes text or values and the attributes hold values:
+    ``Endpoint("web01", "172.30.0.2", "natmap0").ip`` is an ``IPv4Address``.
+    Raises :class:`SpecError` for a bad name, bridge, address or port.
     """
 
     name: str
     ip: ipaddress.IPv4Address
     bridge: str
-    ipv6: ipaddress.IPv6Address | None = None
-    expose: tuple[PortSpec, ...] = ()
+    ipv6: ipaddress.IPv6Address | None
+    expose: tuple[PortSpec, ...]
 
-    def __post_init__(self) -> None:
-        validate_name(self.name, "endpoint name")
-        validate_ifname(self.bridge)
-        object.__setattr__(self, "ip", _host_address(self.ip, 4, "ip"))
-        if self.ipv6 is not None:
-            object.__setattr__(self, "ipv6", _host_address(self.ipv6, 6, "ipv6"))
-        exposed = tuple(p if isinstance(p, PortSpec) else PortSpec.parse_exposed(p)
-                        for p in self.expose)
-        object.__setattr__(self, "expose", exposed)
+    def __init__(self, name: str, ip: str | ipaddress.IPv4Address, bridge: str,
+                 ipv6: str | ipaddress.IPv6Address | None = None,
+                 expose: Iterable[str | PortSpec] = ()) -> None:
+        set_ = object.__setattr__  # frozen: the fields are set once, here
+        set_(self, "name", validate_name(name, "endpoint name"))
+        set_(self, "bridge", validate_ifname(bridge))
+        set_(self, "ip", _host_address(ip, ipaddress.IPv4Address, "ip"))
+        set_(self, "ipv6", None if ipv6 is None else _host_address(ipv6, ipaddress.IPv6Address, "ipv6"))
+        if isinstance(expose, str):  # one spec, not its characters
+            expose = (expose,)
+        set_(self, "expose", tuple(p if isinstance(p, PortSpec) else PortSpec.parse_exposed(p)
+                                   for p in expose))
 
     def address(self, version: int) -> IPAddress | None:
         """The endpoint's address of IP version 4 or 6, if it has one."""
         return self.ip if version == 4 else self.ipv6
 
 
-def _host_address(value: object, version: int, what: str) -> IPAddress:
+def _host_address(value: object, kind: type[A], what: str) -> A:
     """An endpoint address: a unicast address of the given IP version."""
     try:
         ip = ipaddress.ip_address(value)  # type: ignore[arg-type]
     except ValueError:
-        raise SpecError(f"invalid {what} address", str(value)) from None
-    if ip.version != version or ip.is_unspecified or ip.is_loopback or ip.is_multicast:
-        raise SpecError(f"{what} must be a unicast IPv{version} address", str(value))
+        raise SpecError(f"invalid {what} address", str(value), None) from None
+    if not isinstance(ip, kind) or ip.is_unspecified or ip.is_loopback or ip.is_multicast:
+        raise SpecError(f"{what} must be a unicast IPv{kind(0).version} address", str(value), None)
     return ip
 
 
@@ -191,9 +204,19 @@ class Binding:
         """One entry of ``docker ps``'s PORTS column: ``0.0.0.0:32768->5000/tcp``."""
         return f"{self}->{self.container_port_text}"
 
-    def sort_key(self) -> object:
-        """The order ``docker port`` prints in: a natural sort of :meth:`port_line`."""
-        return natural_key(self.port_line())
+    def sort_key(self) -> SupportsAllComparisons:
+        """The order ``docker port`` prints in: a natural sort of :meth:`port_line`.
+
+        Equal to ``natural_key(self.port_line())``, built from parts: the
+        middle (``/tcp -> 0.0.0.0:``) is keyed once per protocol and address,
+        since formatting addresses is most of the cost with thousands."""
+        version, address, proto, port = self.key
+        middle = _MIDDLE_KEYS.get((version, address, proto))
+        if middle is None:
+            middle = _MIDDLE_KEYS[(version, address, proto)] = natural_key(
+                f"/{proto} -> {format_ip(self.host_ip)}:")
+        return (("0", self.container_port, str(self.container_port)), *middle,
+                ("0", port, str(port)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,19 +256,68 @@ class Isolation:
     bridge: str
 
 
+GATEWAY_MODES = ("nat", "nat-unprotected")
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    """How traffic routed from outside reaches the containers of ``bridge``,
+    as Docker 28's ``com.docker.network.bridge.gateway_mode_ipv4/ipv6``.
+
+    ``nat`` (the default, never stored): new flows from any interface but a
+    bridge of the table are dropped unless published (DNATed), or they come
+    from one of the ``trusted`` host interfaces. ``nat-unprotected``: they
+    all pass (natmap before Docker 28). Docker's ``routed`` is not supported.
+    """
+
+    bridge: str
+    mode: str = "nat"
+    trusted: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        validate_ifname(self.bridge)
+        if self.mode not in GATEWAY_MODES:
+            raise SpecError(f"unknown gateway mode (choose {', '.join(GATEWAY_MODES)})", str(self.mode))
+        if isinstance(self.trusted, str):
+            raise SpecError("trusted interfaces are a list of names", self.trusted)
+        object.__setattr__(self, "trusted", tuple(sorted(set(map(validate_ifname, self.trusted)))))
+
+    @property
+    def default(self) -> bool:
+        return self.mode == "nat" and not self.trusted
+
+
 # What a table holds, each one or more kernel elements.
-Item = Binding | Bridge | Link | Isolation
+Item = Binding | Bridge | Link | Isolation | Gateway
+
+# What an assigned port is remembered by: host IP (0.0.0.0 for every address), protocol, container port.
+Slot = tuple[IPAddress, Protocol, int]
+
+
+def preferred(bindings: Iterable[Binding]) -> dict[Slot, list[int]]:
+    """The host ports ``bindings`` have, by slot, lowest first: what
+    :meth:`Table.publish` should assign again to publish them the same way."""
+    ports: dict[Slot, list[int]] = {}
+    for b in bindings:
+        ports.setdefault((b.host_ip, b.proto, b.container_port), []).append(b.host_port)
+    return {slot: sorted(set(p)) for slot, p in ports.items()}
 
 
 def describe(item: Item) -> str:
     """One item as a person reads it: ``port web01 5000/tcp -> 0.0.0.0:8080``."""
-    if isinstance(item, Binding):
-        return f"port {item.endpoint} {item.port_line()}"
-    if isinstance(item, Link):
-        return f"link {item}"
-    if isinstance(item, Isolation):
-        return f"isolate {item.bridge}"
-    return f"bridge {item.name} {' '.join(map(str, item.subnets))}"
+    match item:
+        case Binding():
+            return f"port {item.endpoint} {item.port_line()}"
+        case Bridge():
+            return f"bridge {item.name} {' '.join(map(str, item.subnets))}"
+        case Link():
+            return f"link {item}"
+        case Isolation():
+            return f"isolate {item.bridge}"
+        case Gateway():
+            return f"gateway {item.bridge} {item.mode}" + "".join(f" trusted {i}" for i in item.trusted)
+        case _:
+            assert_never(item)
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,7 +329,10 @@ class Drift:
     ``table_missing``: the whole table is gone; ``structure``: chains or rules
     of natmap's own that are missing or changed; ``remembered``: whether this
     NatMap remembers anything at all (a new process does not, and then cannot
-    tell a binding that was lost from one that never was).
+    tell a binding that was lost from one that never was); ``shadowing``: bindings
+    that catch a host socket's traffic (natmap.guest); ``notes``: what
+    works other than one would expect, though nothing drifted (it does not
+    make the drift true).
     """
 
     missing: tuple[Item, ...] = ()
@@ -265,9 +340,12 @@ class Drift:
     table_missing: bool = False
     structure: tuple[str, ...] = ()
     remembered: bool = True
+    notes: tuple[str, ...] = ()
+    shadowing: tuple[str, ...] = ()  # bindings that take a host socket's traffic (natmap.guest)
 
     def __bool__(self) -> bool:
-        return bool(self.missing or self.unexpected or self.table_missing or self.structure)
+        return bool(self.missing or self.unexpected or self.table_missing or self.structure
+                    or self.shadowing)
 
     def __str__(self) -> str:
         lines = []
@@ -276,8 +354,10 @@ class Drift:
         if self.table_missing:
             lines.append("the table is gone from the kernel")
         lines += [f"structure: {problem}" for problem in self.structure]
+        lines += [f"shadowing: {problem}" for problem in self.shadowing]
         lines += [f"missing: {describe(item)}" for item in self.missing]
         lines += [f"unexpected: {describe(item)}" for item in self.unexpected]
+        lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines) or "no drift"
 
 
@@ -320,20 +400,26 @@ class Table:
     """
 
     def __init__(self, items: Iterable[Item] = ()) -> None:
-        self._by_key: dict[tuple, Binding] = {}  # Binding.key: (version, int(host address), proto, port)
-        self._specific: dict[tuple, int] = {}  # (version, proto, port): bindings on a specific address
+        # Binding.key: (version, int(host address), proto, port)
+        self._by_key: dict[tuple[int, int, str, int], Binding] = {}
+        self._specific: dict[tuple[int, str, int], int] = {}  # (version, proto, port): bindings on a specific address
         # Same-port ranges (count > 1), by (version, proto); they are few. And
         # the single ports, by (version, proto), counted: what a range is checked against.
-        self._ranges: dict[tuple[int, str], dict[tuple, Binding]] = {}
+        self._ranges: dict[tuple[int, str], dict[tuple[int, int, str, int], Binding]] = {}
         self._ports: dict[tuple[int, str], dict[int, int]] = {}
-        self._by_endpoint: dict[str, dict[tuple, Binding]] = {}
+        self._by_endpoint: dict[str, dict[tuple[int, int, str, int], Binding]] = {}
         self._by_container: dict[tuple[int, int], str] = {}  # (version, int(address)) -> endpoint
         self.bridges: dict[str, Bridge] = {}
         self._links: dict[tuple[str, str], Link] = {}
         self.isolated: set[str] = set()
+        self.gateways: dict[str, Gateway] = {}  # only bridges not in the default mode
         # Runs of one verb (a big publish is one run): the steps since the last commit.
         self._journal: list[tuple[Verb, list[Item]]] = []
         self._next_port: dict[Protocol, int] = {}
+        self._committed_next_port: dict[Protocol, int] = {}  # what rollback() restores
+        self._links_of: dict[str, set[tuple[str, str]]] = {}  # endpoint -> keys of its links
+        self._addresses_of: dict[str, list[tuple[int, int]]] = {}  # endpoint -> its _by_container keys
+        self._requests: dict[str, tuple[object, frozenset[Binding]]] = {}  # see remember()
         for item in items:
             self._apply(Verb.ADD, item)
 
@@ -341,11 +427,11 @@ class Table:
 
     def bindings(self) -> list[Binding] | Bindings:
         """Every binding, one a port (ranges expanded), in ``docker port`` order."""
-        return _docker_order(self._by_key.values())
+        return docker_order(self._by_key.values())
 
     def of(self, endpoint: str) -> list[Binding] | Bindings:
         """The bindings of one endpoint, one a port, in ``docker port`` order."""
-        return _docker_order(self._by_endpoint.get(endpoint, {}).values())
+        return docker_order(self._by_endpoint.get(endpoint, {}).values())
 
     def on(self, endpoint: str, port: int, proto: Protocol) -> list[Binding]:
         """The bindings of one endpoint's container port (``docker port NAME 5000``),
@@ -353,6 +439,16 @@ class Table:
         found = [b if b.count == 1 else b.at(port) for b in self._by_endpoint.get(endpoint, {}).values()
                  if b.proto == proto and b.container_port <= port < b.container_port + b.count]
         return sorted(found, key=Binding.sort_key)
+
+    def held_bindings(self) -> list[Binding]:
+        """Every binding, in no particular order, same-port ranges as they are
+        held (one each): what to check or clean per kernel element."""
+        return list(self._by_key.values())
+
+    def bindings_of(self, endpoint: str) -> list[Binding]:
+        """The bindings of one endpoint, in no particular order, same-port ranges as
+        they are held (:meth:`of` expands and sorts them)."""
+        return list(self._by_endpoint.get(endpoint, {}).values())
 
     def endpoints(self) -> list[str]:
         return sorted(self._by_endpoint)
@@ -364,7 +460,7 @@ class Table:
     def items(self) -> set[Item]:
         """Everything the table holds: bindings, bridges, links, isolated bridges."""
         return {*self._by_key.values(), *self.bridges.values(), *self._links.values(),
-                *(Isolation(bridge) for bridge in self.isolated)}
+                *(Isolation(bridge) for bridge in self.isolated), *self.gateways.values()}
 
     def clash(self, binding: Binding) -> Binding | None:
         """An existing binding that would catch some of the same packets, if any."""
@@ -379,7 +475,7 @@ class Table:
                       else (p for p in range(first, last + 1) if p in ports))
         return next(filter(None, (self._single_at((version, address, proto, p)) for p in candidates)), None)
 
-    def _single_at(self, key: tuple) -> Binding | None:
+    def _single_at(self, key: tuple[int, int, str, int]) -> Binding | None:
         """The binding (not a range) that catches packets to ``key``'s address (0: any) and port."""
         if not self._taken_single(*key):
             return None
@@ -413,11 +509,12 @@ class Table:
     def publish(self, endpoint: Endpoint, specs: Sequence[PortSpec], *,
                 publish_all: bool = False, pool: PortPool = PortPool(),
                 bridge: Bridge | None = None,
-                prefer: Mapping[tuple[Protocol, int], int] = MappingProxyType({})) -> list[Binding]:
+                prefer: Mapping[Slot, Sequence[int]] = MappingProxyType({})) -> list[Binding]:
         """Add the bindings ``specs`` (and ``-P``) ask for; return them, ports assigned.
 
-        An assigned port is ``prefer[(proto, container_port)]`` when that one is
-        free (so re-applying a configuration keeps its ports). Raises
+        An assigned port is the first free one of ``prefer[(host_ip, proto,
+        container_port)]`` (``host_ip`` 0.0.0.0 for a spec without one), so
+        re-applying a configuration keeps its ports (see :func:`preferred`). Raises
         :class:`ConflictError` when a binding would catch packets an existing
         one catches, or when the name belongs to another address. A binding
         already there, the same in every field, is returned again.
@@ -430,18 +527,38 @@ class Table:
             made += self._publish_spec(endpoint, spec, pool, prefer)
         if publish_all:
             made += self._publish_exposed(endpoint, pool, prefer)
-        return made if all(b.count == 1 for b in made) else Bindings(made)
+        return made if all(b.count == 1 for b in made) else Bindings(made)  # type: ignore[return-value]
 
     def unpublish(self, endpoint: str) -> list[Binding]:
         """Remove every binding and every link of ``endpoint``; return the
-        bindings (none if unknown)."""
-        removed = self.of(endpoint)
-        for binding in list(self._by_endpoint.get(endpoint, {}).values()):  # ranges as they are held
-            self._do(Verb.DELETE, binding)
-        for link in self.links():
-            if endpoint in (link.source, link.target):
-                self._do(Verb.DELETE, link)
+        bindings (none if unknown), in no particular order, same-port ranges as
+        they are held (:func:`docker_order` lists them as ``docker port`` does)."""
+        removed = self.bindings_of(endpoint)
+        steps = self._steps(Verb.DELETE) if removed else []
+        for binding in removed:
+            self._remove(binding)  # what _do does, without its dispatch: a big unpublish has thousands
+            steps.append(binding)
+        for key in sorted(self._links_of.get(endpoint, ())):
+            self._do(Verb.DELETE, self._links[key])
         return removed
+
+    def remember(self, endpoint: str, request: object, made: Iterable[Binding]) -> None:
+        """Note that publishing ``request`` (any value: Config uses the
+        endpoint, its specs and -P) gave ``endpoint`` the bindings ``made``."""
+        held = made.held if isinstance(made, Bindings) else made  # ranges as the table holds them
+        self._requests[endpoint] = (request, frozenset(held))
+
+    def holds(self, endpoint: str, request: object) -> bool:
+        """Whether ``endpoint`` holds exactly what publishing ``request`` gave it:
+        publishing it again would give the same (its ports are its own). Only
+        what :meth:`remember` noted in this process counts."""
+        noted = self._requests.get(endpoint)
+        return (noted is not None and noted[0] == request
+                and noted[1] == frozenset(self._by_endpoint.get(endpoint, {}).values()))
+
+    def knows(self, endpoint: str) -> bool:
+        """Whether ``endpoint`` has a binding or a link here."""
+        return endpoint in self._by_endpoint or endpoint in self._links_of
 
     def link(self, source: Endpoint | str, target: Endpoint | str, alias: str | None = None,
              target_env: Sequence[str] = ()) -> Link:
@@ -452,6 +569,10 @@ class Table:
         target_name, target_ips, ports = self._linkable(target)
         link = Link(source_name, target_name, alias or target_name, source_ips, target_ips,
                     ports, tuple(target_env))
+        if not link.ports:
+            raise SpecError(f"{target_name!r} exposes no ports: a link to it would open nothing (and "
+                            "the kernel would keep nothing of it); expose or publish a port of it first",
+                            target_name)
         existing = self._links.get((link.source, link.target))
         if existing == link:
             return link
@@ -461,7 +582,7 @@ class Table:
         self._do(Verb.ADD, link)
         return link
 
-    def _linkable(self, endpoint: Endpoint | str) -> tuple[str, tuple[IPAddress, ...], tuple]:
+    def _linkable(self, endpoint: Endpoint | str) -> tuple[str, tuple[IPAddress, ...], tuple[Port, ...]]:
         """Name, addresses and exposed ports of a link's end."""
         if isinstance(endpoint, Endpoint):
             self._check_identity(endpoint)
@@ -486,6 +607,16 @@ class Table:
         if (bridge in self.isolated) != closed:
             self._do(Verb.ADD if closed else Verb.DELETE, Isolation(bridge))
 
+    def set_gateway(self, gateway: Gateway) -> None:
+        """Put ``gateway.bridge`` in ``gateway``'s mode (the default one is kept as no item)."""
+        existing = self.gateways.get(gateway.bridge)
+        if existing == gateway or (existing is None and gateway.default):
+            return
+        if existing is not None:
+            self._do(Verb.DELETE, existing)
+        if not gateway.default:
+            self._do(Verb.ADD, gateway)
+
     def change(self) -> Change:
         """The net change journaled since the last :meth:`commit` or :meth:`rollback`."""
         if len(self._journal) == 1:  # already net: nothing is added (or deleted) twice in a row
@@ -504,13 +635,17 @@ class Table:
     def commit(self) -> None:
         """The journaled change is now in the kernel: forget the journal."""
         self._journal.clear()
+        self._committed_next_port = dict(self._next_port)
 
     def rollback(self) -> None:
-        """Undo every journaled step, newest first."""
+        """Undo every journaled step, newest first, and the port cursor's moves:
+        a dry run (``NatMap.plan``, ``preview``) leaves nothing a later call sees."""
         for verb, items in reversed(self._journal):
             for item in reversed(items):
                 self._apply(Verb.DELETE if verb is Verb.ADD else Verb.ADD, item)
         self._journal.clear()
+        self._next_port = dict(self._committed_next_port)
+        self._requests.clear()
 
     def _do(self, verb: Verb, item: Item) -> None:
         self._apply(verb, item)
@@ -525,20 +660,35 @@ class Table:
     def _apply(self, verb: Verb, item: Item) -> None:
         """Change the indexes, and nothing else."""
         add = verb is Verb.ADD
-        if isinstance(item, Binding):
-            (self._insert if add else self._remove)(item)
-        elif isinstance(item, Bridge):
-            if add:
-                self.bridges[item.name] = item
-            else:
-                del self.bridges[item.name]
-        elif isinstance(item, Link):
-            if add:
-                self._links[(item.source, item.target)] = item
-            else:
-                del self._links[(item.source, item.target)]
-        else:
-            (self.isolated.add if add else self.isolated.discard)(item.bridge)
+        match item:
+            case Binding():
+                (self._insert if add else self._remove)(item)
+            case Bridge():
+                if add:
+                    self.bridges[item.name] = item
+                else:
+                    del self.bridges[item.name]
+            case Link():
+                key = (item.source, item.target)
+                if add:
+                    self._links[key] = item
+                    for name in key:
+                        self._links_of.setdefault(name, set()).add(key)
+                else:
+                    del self._links[key]
+                    for name in key:
+                        self._links_of[name].discard(key)
+                        if not self._links_of[name]:
+                            del self._links_of[name]
+            case Isolation():
+                (self.isolated.add if add else self.isolated.discard)(item.bridge)
+            case Gateway():
+                if add:
+                    self.gateways[item.bridge] = item
+                else:
+                    del self.gateways[item.bridge]
+            case _:
+                assert_never(item)
 
     # --- the steps -------------------------------------------------------------
 
@@ -561,31 +711,33 @@ class Table:
                 raise SpecError(
                     f"{address} of endpoint {endpoint.name!r} is in no subnet of bridge "
                     f"{bridge.name} ({', '.join(map(str, bridge.subnets)) or 'no addresses'})",
-                    str(address))
+                    str(address), None)
         if bridge.name not in self.bridges:  # bridges are long-lived: added once, kept
             self._do(Verb.ADD, bridge)
 
     def _publish_spec(self, endpoint: Endpoint, spec: PortSpec, pool: PortPool,
-                      prefer: Mapping[tuple[Protocol, int], int]) -> list[Binding]:
+                      prefer: Mapping[Slot, Sequence[int]]) -> list[Binding]:
         host_ips = self._host_ips(endpoint, spec)
         host = spec.host_ports
         made: list[Binding] = []
         if host is not None and len(host) > 1 and host == spec.container_ports:  # a same-port range
             for host_ip in host_ips:
-                made.append(Binding(endpoint.name, spec.proto, host_ip, host.start,
-                                    endpoint.address(host_ip.version), host.start, len(host)))
+                container_ip = endpoint.address(host_ip.version)
+                assert container_ip is not None  # _host_ips gives only the endpoint's own families
+                made.append(Binding(endpoint.name, spec.proto, host_ip, host.start, container_ip, host.start, len(host)))
             return self._add_all(made)
         if host is None:
-            ports = [self._assign(spec.proto, host_ips, pool, prefer=prefer.get((spec.proto, port)))
+            ports = [self._assign(spec.proto, host_ips, pool, prefer=prefer.get((host_ips[0], spec.proto, port), ()))
                      for port in spec.container_ports]
         elif len(host) != len(spec.container_ports):  # a pool to pick one port from
             ports = [self._assign(spec.proto, host_ips, pool, within=host,
-                                  prefer=prefer.get((spec.proto, spec.container_ports.start)))]
+                                  prefer=prefer.get((host_ips[0], spec.proto, spec.container_ports.start), ()))]
         else:
             ports = list(host)
         pairs = list(zip(ports, spec.container_ports))
         for host_ip in host_ips:
             (host_port, container_port), container_ip = pairs[0], endpoint.address(host_ip.version)
+            assert container_ip is not None  # _host_ips gives only the endpoint's own families
             first = Binding(endpoint.name, spec.proto, host_ip, host_port, container_ip, container_port)
             if len(pairs) == 1:  # most specs: one port
                 made.append(first)
@@ -594,7 +746,7 @@ class Table:
         return self._add_all(made)
 
     def _publish_exposed(self, endpoint: Endpoint, pool: PortPool,
-                         prefer: Mapping[tuple[Protocol, int], int]) -> list[Binding]:
+                         prefer: Mapping[Slot, Sequence[int]]) -> list[Binding]:
         published = {(b.proto, port) for b in self._by_endpoint.get(endpoint.name, {}).values()
                      for port in range(b.container_port, b.container_port + b.count)}
         made = []
@@ -609,25 +761,25 @@ class Table:
         if spec.host_ip is not None:
             if endpoint.address(spec.host_ip.version) is None:
                 raise SpecError(f"endpoint {endpoint.name!r} has no IPv{spec.host_ip.version} "
-                                f"address for host IP {spec.host_ip}", str(spec))
+                                f"address for host IP {spec.host_ip}", str(spec), None)
             return [spec.host_ip]
         return [_ANY[v] for v in (4, 6) if endpoint.address(v) is not None]
 
     def _assign(self, proto: Protocol, host_ips: list[IPAddress], pool: PortPool,
-                within: PortRange | None = None, prefer: int | None = None) -> int:
+                within: PortRange | None = None, prefer: Sequence[int] = ()) -> int:
         """A free port, the same for every host IP (Docker gives IPv4 and IPv6 one
-        port): ``prefer`` if it is free, else the next free one in turn."""
+        port): the first free one of ``prefer``, else the next free one in turn."""
         ports = within or pool.ports
         listening = pool.listening(proto)
         start = self._next_port.get(proto, ports.start) if within is None else ports.start
         if start not in ports:
             start = ports.start
-        preferred = [prefer] if prefer is not None and prefer in ports else []
+        preferred = [port for port in prefer if port in ports]
         for port in itertools.chain(preferred, _wrapping(ports, start)):
             if port in pool.reserved or port in listening:
                 continue
             if not any(self._taken(ip.version, int(ip), proto.value, port) for ip in host_ips):
-                if within is None and port != prefer:
+                if within is None and port not in preferred:
                     self._next_port[proto] = port + 1
                 return port
         raise ConflictError(f"no free host port for {proto.value} in {ports}")
@@ -641,7 +793,11 @@ class Table:
             if existing is None:
                 self._insert(binding)  # what _do does, without its dispatch: a big publish has thousands
                 steps.append(binding)
-            elif existing != binding:
+            elif existing == binding:
+                continue
+            elif existing.endpoint == binding.endpoint:
+                raise ConflictError(_self_conflict(binding, existing))
+            else:
                 raise ConflictError(
                     f"{binding}/{binding.proto.value} for endpoint {binding.endpoint!r} conflicts with "
                     f"{existing}/{existing.proto.value} of endpoint {existing.endpoint!r}")
@@ -664,7 +820,10 @@ class Table:
         if of_endpoint is None:  # (not setdefault: that makes a dict per call)
             of_endpoint = self._by_endpoint[binding.endpoint] = {}
         of_endpoint[key] = binding
-        self._by_container[(version, int(binding.container_ip))] = binding.endpoint
+        container = (binding.container_ip.version, int(binding.container_ip))
+        if container not in self._by_container:
+            self._by_container[container] = binding.endpoint
+            self._addresses_of.setdefault(binding.endpoint, []).append(container)
 
     def _remove(self, binding: Binding) -> None:
         version, address, proto, port = key = binding.key
@@ -684,10 +843,20 @@ class Table:
             if not self._specific[port_key]:
                 del self._specific[port_key]
         del self._by_endpoint[binding.endpoint][key]
-        if not self._by_endpoint[binding.endpoint]:
+        if not self._by_endpoint[binding.endpoint]:  # its addresses are free for another name
             del self._by_endpoint[binding.endpoint]
-            self._by_container = {ip: name for ip, name in self._by_container.items()
-                                  if name != binding.endpoint}
+            for container in self._addresses_of.pop(binding.endpoint):
+                del self._by_container[container]
+
+
+def _self_conflict(binding: Binding, existing: Binding) -> str:
+    """The message for two bindings of one endpoint that catch the same packets
+    (``-p 9000:80 -p 9000:81``): one endpoint, named once."""
+    why = (f"{existing} already catches its packets" if existing.container_port == binding.container_port
+           else f"it cannot forward to both container port {existing.container_port} and "
+                f"{binding.container_port}" + ("" if existing.host_ip == binding.host_ip
+                                                else f" ({existing} catches its packets)"))
+    return f"{binding}/{binding.proto.value} of endpoint {binding.endpoint!r} conflicts with itself: {why}"
 
 
 class Bindings(Sequence[Binding]):
@@ -736,8 +905,11 @@ class Bindings(Sequence[Binding]):
         return f"Bindings({self._held!r})"
 
 
-def _docker_order(bindings: Iterable[Binding]) -> list[Binding] | Bindings:
-    """Single bindings (ranges expanded, when asked), sorted as ``docker port`` prints them."""
+def docker_order(bindings: Iterable[Binding]) -> list[Binding] | Bindings:
+    """Single bindings (ranges expanded, when asked), sorted as ``docker port`` prints
+    them: ``sorted(bindings, key=Binding.sort_key)`` without expanding the ranges yet."""
+    if isinstance(bindings, Bindings):
+        return bindings  # already in that order
     bindings = list(bindings)
     if all(b.count == 1 for b in bindings):
         return sorted(bindings, key=Binding.sort_key)
@@ -762,16 +934,15 @@ def _wrapping(ports: PortRange, start: int) -> Iterator[int]:
     yield from range(ports.start, start)
 
 
-def _natural_compare(a: str, b: str) -> int:
-    """Docker's ``sortorder.NaturalLess`` as a comparison: runs of digits
-    compare as numbers when both sides have one, everything else as text."""
-    for x, y in zip(_CHUNKS.findall(a), _CHUNKS.findall(b)):
-        if x.isdigit() and y.isdigit() and int(x) != int(y):
-            return -1 if int(x) < int(y) else 1
-        if x != y:
-            return -1 if x < y else 1
-    return (len(a) > len(b)) - (len(a) < len(b))
+def natural_key(text: str) -> tuple[tuple[str, int, str] | tuple[str], ...]:
+    """A sort key giving Docker's ``sortorder.NaturalLess`` order: runs of
+    digits compare as numbers when both sides have one, everything else as
+    text. A run of digits keys as ("0", number, run): "0" sorts against a text
+    run exactly as any digit does, since text runs hold no digits."""
+    return tuple(("0", int(chunk), chunk) if chunk[0] in _DIGITS else (chunk,)
+                 for chunk in _CHUNKS.findall(text))
 
 
+_DIGITS = frozenset("0123456789")
+_MIDDLE_KEYS: dict[tuple[int, int, str], tuple[tuple[str | int, ...], ...]] = {}  # see Binding.sort_key
 _CHUNKS = re.compile(r"[0-9]+|[^0-9]+")
-natural_key = functools.cmp_to_key(_natural_compare)

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .errors import NatmapError, PrivilegeError
+from .errors import NatmapError, NotFoundError, PrivilegeError, SpecError
 
 _CLONE_NEWNET = 0x40000000
 _SELF = "/proc/thread-self/ns/net"
@@ -25,9 +25,20 @@ def current() -> tuple[int, int]:
     return (st.st_dev, st.st_ino)
 
 
+def validate_name(name: str) -> str:
+    """Return ``name`` if it is a namespace name as ``ip netns add`` takes it:
+    not empty, no ``/``, not ``.`` or ``..`` (iproute2's own rule), at most 255
+    bytes. A name is never a path: pass a path as ``netns_path`` instead."""
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name \
+            or len(name.encode(errors="surrogateescape")) > 255:
+        raise SpecError("invalid network namespace name (a name as 'ip netns add' makes it: "
+                        "no '/', not '.' or '..'; to give a path, use netns_path= or --netns-path)", str(name))
+    return name
+
+
 def path(name: str) -> str:
     """Where ``ip netns add NAME`` keeps the namespace."""
-    return f"/run/netns/{name}"
+    return f"/run/netns/{validate_name(name)}"
 
 
 def identity(name: str) -> tuple[int, int]:
@@ -37,18 +48,22 @@ def identity(name: str) -> tuple[int, int]:
 
 
 @contextmanager
-def entered(name: str | None) -> Iterator[None]:
-    """Run the block with this thread in namespace ``name`` (``None``: stay)."""
-    if name is None:
+def entered(name: str | None = None, *, ns_path: str | None = None) -> Iterator[None]:
+    """Run the block with this thread in namespace ``name`` (as ``ip netns``
+    names it), or in the one the file ``ns_path`` is (``/proc/PID/ns/net``, a
+    bind mount); neither: stay where it is."""
+    if name is None and ns_path is None:
         yield
         return
+    where = ns_path if ns_path is not None else path(name or "")
+    shown = repr(ns_path if ns_path is not None else name)
     try:
-        target = os.open(path(name), os.O_RDONLY | os.O_CLOEXEC)
+        target = os.open(where, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
-        raise NatmapError(f"network namespace {name!r} does not exist ({exc.strerror})") from exc
+        raise NotFoundError(f"network namespace {shown} does not exist ({exc.strerror})") from exc
     home = os.open(_SELF, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _setns(target)
+        _setns(target, shown)
         try:
             yield
         finally:
@@ -58,9 +73,11 @@ def entered(name: str | None) -> Iterator[None]:
         os.close(home)
 
 
-def _setns(fd: int) -> None:
+def _setns(fd: int, shown: str = "") -> None:
     if _libc.setns(fd, _CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         if err == errno.EPERM:
             raise PrivilegeError("entering a network namespace (needs CAP_SYS_ADMIN too)")
+        if err == errno.EINVAL and shown:
+            raise NatmapError(f"{shown} is not a network namespace")
         raise NatmapError(f"setns: {os.strerror(err)}")

@@ -25,13 +25,13 @@ import secrets
 import socket
 import subprocess
 import threading
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar, cast
 
 from .errors import SandboxError
 from .netns import entered
 from .model import Endpoint
-from .spec import Protocol
+from .spec import IPAddress, PortSpec, Protocol
 
 __all__ = ["Sandbox", "Namespace", "Container", "SandboxError"]
 
@@ -91,7 +91,7 @@ class Namespace:
         worker.join()
         if "error" in outcome:
             raise outcome["error"]
-        return outcome["value"]
+        return cast(T, outcome["value"])
 
     def serve(self, port: int, proto: Protocol | str = Protocol.TCP, *, family: int = 6) -> None:
         """An echo-like server on ``port`` (every address; ``family=6`` is dual-stack).
@@ -123,7 +123,7 @@ class Namespace:
             raise SandboxError(f"cannot serve {port}/{proto} in {self.label}: {failure[0]}")
         self._servers.append(thread)
 
-    def request(self, host: str, port: int, proto: Protocol | str = Protocol.TCP, *,
+    def request(self, host: str | IPAddress, port: int, proto: Protocol | str = Protocol.TCP, *,
                 payload: bytes = b"hello", timeout: float = 2.0,
                 sock: socket.socket | None = None) -> str | None:
         """Send ``payload`` from this namespace; the answer, or ``None`` if none came."""
@@ -157,10 +157,10 @@ class Container(Namespace):
         super().__init__(name, label)
         self.ip, self.ipv6, self.bridge = ip, ipv6, bridge
 
-    def endpoint(self, expose: Sequence[str] = (), *, ipv6: bool = True) -> Endpoint:
+    def endpoint(self, expose: Iterable[str | PortSpec] = (), *, ipv6: bool = True) -> Endpoint:
         """This container as a natmap :class:`Endpoint` (named after its label)."""
         return Endpoint(self.label, self.ip, self.bridge,
-                        ipv6=self.ipv6 if ipv6 else None, expose=tuple(expose))
+                        ipv6=self.ipv6 if ipv6 else None, expose=expose)
 
 
 class Sandbox:
@@ -175,7 +175,7 @@ class Sandbox:
         self.outside = ipaddress.IPv4Network(outside)
         self.outside6 = ipaddress.IPv6Network(outside6)
         self.tag = secrets.token_hex(3)
-        self.host: Namespace | None = None
+        self._host: Namespace | None = None
         self.namespaces: list[Namespace] = []
         self._next = {"inside": 2, "outside": 2}
 
@@ -189,6 +189,14 @@ class Sandbox:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def host(self) -> Namespace:
+        """The host namespace (where natmap runs); :class:`SandboxError` before
+        :meth:`start` (or ``with``)."""
+        if self._host is None:
+            raise SandboxError("the sandbox is not started: use `with Sandbox() as sb:` or sb.start()")
+        return self._host
 
     @property
     def bridge_ip(self) -> ipaddress.IPv4Address:
@@ -209,7 +217,7 @@ class Sandbox:
 
     def start(self) -> None:
         """Make the host namespace, its bridge, the outside link and the sysctls."""
-        self.host = self._namespace("host")
+        self._host = self._namespace("host")
         commands = [
             "link set lo up",
             f"link add {self.bridge} type bridge",
@@ -278,7 +286,6 @@ class Sandbox:
 
     def _attach(self, ns: Namespace, n: int, bridge: str, addr4: str, addr6: str | None,
                 gateway4: object, gateway6: object, *, hairpin: bool) -> None:
-        assert self.host is not None
         port = f"v{self.tag}{n}"
         host_side = [
             f"link add {port} type veth peer name eth0 netns {ns.name}",
@@ -361,7 +368,7 @@ def _peer_ip(peer: tuple[Any, ...]) -> str:
     return str(mapped or ip)
 
 
-def _request(host: str, port: int, proto: Protocol, payload: bytes, timeout: float,
+def _request(host: str | IPAddress, port: int, proto: Protocol, payload: bytes, timeout: float,
              sock: socket.socket | None) -> str | None:
     address = ipaddress.ip_address(str(host).strip("[]"))
     af = socket.AF_INET6 if address.version == 6 else socket.AF_INET

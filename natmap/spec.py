@@ -65,10 +65,10 @@ class PortRange:
         if self.end is None:
             object.__setattr__(self, "end", self.start)
         if not all(type(p) is int for p in (self.start, self.end)):
-            raise SpecError("port numbers must be int", f"{self.start!r}-{self.end!r}")
+            raise SpecError("port numbers must be int", f"{self.start!r}-{self.end!r}", None)
         if not (1 <= self.start <= self.end <= MAX_PORT):
             raise SpecError(f"invalid port range (need 1 <= start <= end <= {MAX_PORT})",
-                            f"{self.start}-{self.end}")
+                            f"{self.start}-{self.end}", None)
 
     @classmethod
     def parse(cls, text: str) -> PortRange:
@@ -118,7 +118,7 @@ class PortSpec:
             object.__setattr__(self, "host_ip", _ip(_Span.of(self.host_ip)))
         object.__setattr__(self, "proto", _proto(_Span.of(str(self.proto))))
         if not _ranges_fit(self.host_ports, self.container_ports):
-            raise SpecError(_length_message(self.host_ports, self.container_ports), str(self))
+            raise SpecError(_length_message(self.host_ports, self.container_ports), str(self), None)
 
     @classmethod
     def parse(cls, text: str) -> PortSpec:
@@ -475,9 +475,13 @@ _LONG_KEYS = ("published", "target", "protocol", "host_ip")
 
 def _long_spec(span: _Span) -> PortSpec:
     """``long = field {"," field}``, ``field = key "=" value``, keys
-    ``published``, ``target`` (required), ``protocol`` and ``host_ip``.
+    ``published`` (a hostrange), ``target`` (a portrange; required),
+    ``protocol`` and ``host_ip``.
 
-    Unlike Docker, ``host_ip`` is honoured and any other key is an error.
+    As ``docker run`` (docker/cli's convertToStandardNotation), it means the
+    short ``published:target/protocol``: ranges, pools (``published=8000-8010,
+    target=80``) and "assign one" alike. Unlike Docker, ``host_ip`` is
+    honoured and any other key is an error.
     """
     values: dict[str, _Span] = {}
     for field in span.split(","):
@@ -487,13 +491,16 @@ def _long_spec(span: _Span) -> PortSpec:
         values[key] = value
     if "target" not in values:
         raise span.error("the long syntax needs target=PORT")
-    target = _port(values["target"])
-    if target == 0:
-        raise values["target"].error("container port 0 is not allowed")
-    published = _port(values["published"]) if "published" in values else 0
+    target_span, published_span = values["target"], values.get("published")
+    start, end = _port_range(target_span)
+    if start == 0:
+        raise target_span.error("container port 0 is not allowed")
+    target = PortRange(start, end)
+    published = _host_range(published_span) if published_span is not None else None
+    _check_lengths(published_span, published, target_span, target)
     proto = _proto(values["protocol"]) if "protocol" in values else Protocol.TCP
     host_ip = _ip(values["host_ip"]) if "host_ip" in values and values["host_ip"].text else None
-    return PortSpec(host_ip, PortRange(published) if published else None, PortRange(target), proto)
+    return PortSpec(host_ip, published, target, proto)
 
 
 def _long_field(span: _Span) -> tuple[str, _Span]:

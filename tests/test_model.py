@@ -260,3 +260,15 @@ def test_bindings_made_in_bulk_equal_bindings_made_one_by_one(host_ip, proto, pa
     assert [(b.key, hash(b), repr(b)) for b in bulk] == [(b.key, hash(b), repr(b)) for b in one_by_one]
     with pytest.raises(AttributeError):  # still frozen
         bulk[0].host_port = 2
+
+
+@pytest.mark.parametrize("specs, message", [
+    (["9000:80", "9000:81"], "0.0.0.0:9000/tcp of endpoint 'web01' conflicts with itself: it cannot forward "
+                             "to both container port 80 and 81"),
+    (["9000:80", "127.0.0.1:9000:80"], "127.0.0.1:9000/tcp of endpoint 'web01' conflicts with itself: "
+                                       "0.0.0.0:9000 already catches its packets"),
+])
+def test_a_self_conflict_names_the_endpoint_once(specs, message):
+    with pytest.raises(ConflictError) as raised:
+        publish(Table(), web(ipv6=False), specs)
+    assert str(raised.value) == message

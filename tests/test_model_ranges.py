@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from natmap import Binding, ConflictError, Endpoint, PortSpec, SpecError
-from natmap.model import Bridge, Table
+from natmap.model import Bridge, Table, docker_order
 
 BRIDGE = Bridge("natmap0", (ipaddress.ip_network("172.30.0.0/24"), ipaddress.ip_network("fd00:30::/64")))
 
@@ -81,8 +81,9 @@ def test_unpublish_removes_the_range_as_one_item_and_returns_its_ports():
     table = Table()
     publish(table, ep(), ["8000-8099:8000-8099"])
     table.commit()
-    removed = table.unpublish("web01")
-    assert len(removed) == 200
+    removed = table.unpublish("web01")  # as held: one a range
+    assert sorted(str(b) for b in removed) == ["0.0.0.0:8000-8099", "[::]:8000-8099"]
+    assert len(docker_order(removed)) == 200  # docker port's lines, as NatMap.unpublish returns them
     assert [str(b) for b in table.change().delete] == ["0.0.0.0:8000-8099", "[::]:8000-8099"]
     assert len(table) == 0 and table._ranges == {} and not table._taken(4, 0, "tcp", 8000)
 
@@ -136,10 +137,55 @@ def test_the_bindings_of_a_range_are_a_sequence_equal_to_the_list():
 
 
 def test_ps_merges_a_range_with_its_neighbours_as_docker_does():
-    from natmap.cli import ps_ports
+    from natmap.docker_format import ps_ports
 
     table = Table()
     publish(table, ep(ipv6=False), ["10000-20000:10000-20000/udp", "20001:20001/udp", "20003:20003/udp"])
     held = [b for b in table.items() if isinstance(b, Binding)]
     assert ps_ports(held) == "0.0.0.0:10000-20001->10000-20001/udp, 0.0.0.0:20003->20003/udp"
     assert ps_ports(held) == ps_ports(table.bindings())
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["", "127.0.0.1:"]), st.integers(1, 40), st.integers(0, 4),
+                          st.booleans(), st.sampled_from(["tcp", "udp"])), max_size=8),
+       st.lists(st.tuples(st.integers(1, 50), st.sampled_from(["tcp", "udp"])), max_size=4))
+def test_ps_shows_a_range_exactly_as_its_single_ports(specs, exposed):
+    """docker/cli's DisplayablePorts of the ranges as held equals that of their ports one by one."""
+    from natmap.docker_format import ps_ports
+
+    table = Table()
+    endpoint = ep(ipv6=False)
+    for address, first, extra, shift, proto in specs:
+        # a single port shifted on the host, or a same-port run
+        host = f"{first + 100 if shift and not extra else first}" + (f"-{first + extra}" if extra else "")
+        try:
+            publish(table, endpoint, [f"{address}{host}:{first}" + (f"-{first + extra}" if extra else "") + f"/{proto}"])
+        except ConflictError:
+            continue
+    exposed_specs = [f"{port}/{proto}" for port, proto in exposed]
+    held = table.held_bindings()
+    assert ps_ports(held, exposed_specs) == ps_ports(list(table.bindings()), exposed_specs)
+
+
+def test_a_range_meets_other_tables_and_host_sockets_on_any_of_its_ports():
+    """natmap.guest's checks see every port of a same-port range, unexpanded."""
+    from natmap import guest
+    from natmap.host import Listener
+    from natmap.spec import Protocol
+
+    other = Table()
+    publish(other, ep("db01", 3, ipv6=False), ["8050:8050"])
+    ranges = Table()
+    publish(ranges, ep(ipv6=False), ["8000-8099:8000-8099"])
+    (held,) = ranges.held_bindings()
+    with pytest.raises(ConflictError, match="0.0.0.0:8050/tcp of endpoint 'db01' in table b"):
+        guest.check_other_tables([held], [("table b", other)])
+    with pytest.raises(ConflictError, match="0.0.0.0:8000-8099/tcp of endpoint 'web01' in table a"):
+        guest.check_other_tables(other.held_bindings(), [("table a", ranges)])
+    assert guest.mapped_ports([("table a", ranges)], Protocol.TCP) == frozenset(range(8000, 8100))
+    socket = Listener(Protocol.TCP, ipaddress.IPv4Address("127.0.0.1"), 8077, False, 0)
+    with pytest.raises(ConflictError, match=r"0.0.0.0:8077/tcp for endpoint 'web01': a host socket"):
+        guest.check_listeners([held], lambda proto: [socket], lambda inode: None)
+    assert guest.shadowed([held], lambda proto: [socket], lambda inode: None) == [
+        "port web01 8077/tcp -> 0.0.0.0:8077 shadows the host socket on 127.0.0.1:8077/tcp"]

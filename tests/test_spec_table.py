@@ -89,6 +89,11 @@ VALID = [
     ("TARGET=80,Published=8080", None, R(8080), R(80), TCP, "8080:80/tcp"),
     ("target=53,protocol=SCTP,host_ip=::1", "::1", None, R(53), SCTP, "[::1]::53/sctp"),
     ("target=53,host_ip=[::1]", "::1", None, R(53), TCP, "[::1]::53/tcp"),
+    # ranges, as docker run reads published:target/protocol (issue 15, case 6)
+    ("published=8000-8010,target=80", None, R(8000, 8010), R(80), TCP, "8000-8010:80/tcp"),
+    ("published=8000-8001,target=80-81", None, R(8000, 8001), R(80, 81), TCP, "8000-8001:80-81/tcp"),
+    ("target=80-81", None, None, R(80, 81), TCP, "80-81/tcp"),
+    ("target=80,published=0-0", None, None, R(80), TCP, "80/tcp"),
 ]
 
 # input, message fragment, caret column
@@ -152,7 +157,8 @@ INVALID = [
     ("target=80,target=81", "given twice", 10),
     ("target=80,protocol=icmp", "invalid protocol", 19),
     ("target=80,host_ip=localhost", "not hostnames", 18),
-    ("target=80-81", "invalid port", 9),
+    ("published=8000-8002,target=80-81", "differ in length", 10),
+    ("published=0-5,target=80", "cannot start at 0", 10),
     ("=80", "expected key=value", 0),
     ("target=80,published", "expected key=value", 10),
     ("80\n", "invalid port", 2),

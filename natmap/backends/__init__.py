@@ -1,7 +1,9 @@
 """The packet-filter backends: ``nft`` (libnftables, the default) and
-``iptables`` (python-iptables, the legacy xtables interface). Both render the
-same :class:`~natmap.model.Change` and read back the same
-:class:`~natmap.model.Table`; each imports its library only when chosen."""
+``iptables`` (python-iptables, the legacy xtables interface). Both implement
+:class:`~natmap.backends.base.Backend`, the seam the engine calls through:
+they render the same :class:`~natmap.model.Change` and read back the same
+:class:`~natmap.model.Table`; each imports its library only when chosen.
+``base.FakeBackend`` holds a table in memory, for tests."""
 
 from __future__ import annotations
 
@@ -9,33 +11,78 @@ from ..errors import BackendError, NatmapError, SpecError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
 if TYPE_CHECKING:
-    from typing import Any
+    from .base import Backend
 
 BACKENDS = ("nft", "iptables", "auto")
 
 
-def make_backend(name: str, table: str, session: Any) -> Any:
-    """The backend called ``name``; ``auto`` is nft when libnftables loads and
-    the kernel answers it, else iptables."""
+def make_backend(name: object, table: str) -> Backend:
+    """The backend called ``name``; ``auto`` is the backend the table already
+    exists on (in any process's past), else nft when libnftables loads and the
+    kernel answers it, else iptables. So ``auto`` never makes a second copy of
+    a table; and it raises BackendError rather than guess when the table is on
+    nft but libnftables cannot load, or on both backends. Any other name is a
+    SpecError."""
     if name not in BACKENDS:
-        raise SpecError(f"unknown backend (choose {', '.join(BACKENDS)})", str(name))
-    if name in ("nft", "auto"):
+        raise SpecError(f"unknown backend (choose {', '.join(BACKENDS)})", str(name), None)
+    if name == "auto":
+        return _sticky(table)
+    if name == "nft":
         try:
             from .nft import NftBackend
 
-            backend = NftBackend(table, session)
-            if name == "nft" or backend.usable():
-                return backend
+            return NftBackend(table)
         except NatmapError:
             raise
         except (ImportError, OSError) as exc:
-            if name == "nft":
-                raise BackendError(f"the nft backend needs libnftables and its Python binding: {exc}") from exc
+            raise BackendError("the nft backend needs libnftables and its Python binding: install the "
+                               "Debian package libnftables1 and the binding (Debian's python3-nftables, "
+                               f"or pip install pip-nftables), or use --backend iptables ({exc})") from exc
+    return _iptables(table, str(name))
+
+
+def _iptables(table: str, name: str) -> Backend:
     try:
         from .iptables import IptablesBackend
 
-        return IptablesBackend(table, session)
+        return IptablesBackend(table)
+    except NatmapError:
+        raise
+    except ModuleNotFoundError as exc:
+        if exc.name != "iptc":
+            raise
+        # python-iptables is an extra (it builds a C extension): say how to get it.
+        raise BackendError(f"the iptables backend needs python-iptables: pip install 'natmap[iptables]'"
+                           f"{'' if name == 'iptables' else ' (and the nft backend is not usable here)'}") from exc
+    except (ImportError, OSError) as exc:
+        raise BackendError(f"the iptables backend needs python-iptables and libxtables: {exc}") from exc
+
+
+def _sticky(table: str) -> Backend:
+    """``auto``: where the table is, else where nft works, else iptables."""
+    from .iptables import natmap_tables
+
+    try:
+        from .nft import NftBackend
+
+        nft: NftBackend | None = NftBackend(table)
+        on_nft, failure = nft is not None and nft.exists(), None
     except NatmapError:
         raise
     except (ImportError, OSError) as exc:
-        raise BackendError(f"the iptables backend needs python-iptables and libxtables: {exc}") from exc
+        from ..host import nft_tables
+
+        nft, on_nft, failure = None, table in nft_tables(), exc
+    try:
+        on_iptables = table in natmap_tables()
+    except (ImportError, OSError):  # no python-iptables: no iptables table of natmap's either
+        on_iptables = False
+    if on_nft and on_iptables:
+        raise BackendError(f"table {table!r} exists on both backends (nft and iptables); "
+                           "pass backend='nft' or 'iptables'")
+    if on_nft and nft is None:
+        raise BackendError(f"table inet {table} exists on nft, but libnftables cannot load here "
+                           f"({failure}); natmap will not make a second copy on iptables")
+    if nft is not None and (on_nft or (not on_iptables and nft.usable())):
+        return nft
+    return _iptables(table, "auto")

@@ -18,8 +18,8 @@ What is atomic: each table of each family is replaced in one commit
 (``iptc_commit``). A change spans up to two tables in two families, committed
 in a fixed order, filter before nat, IPv4 before IPv6, so that what a change
 closes (links, isolation) is closed before ports change. If a commit fails,
-the tables already committed are restored by committing the inverse change,
-and the error is raised. Every transaction also replaces a generation marker
+the tables already committed are restored by committing the inverse steps
+(each :class:`_Step` knows its ``inverse()``), and the error is raised. Every transaction also replaces a generation marker
 (a comment rule in NATMAP-FORWARD, IPv4), which tells other NatMaps that
 their picture of the chains is stale: legacy xtables has no generation counter.
 
@@ -29,25 +29,32 @@ iptables has no maps: the packet path is linear in the number of bindings.
 from __future__ import annotations
 
 import ctypes
+import enum
+import hashlib
 import ipaddress
 import os
+import re
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any, assert_never
 
-from ..errors import BackendError, PrivilegeError
+from ..errors import BackendError, ConflictError, PrivilegeError, SpecError
+from ..guest import marker, owner_of
 from ..links import Flow, Link, links_from_flows
 from ..locking import flocked
-from ..model import Binding, Bridge, Change, Isolation, Item, Table
+from ..model import Binding, Bridge, Change, Gateway, Isolation, Item, Table
 from ..spec import Protocol
+from .base import Generation
 
 _XTABLES_LOCK = "/run/xtables.lock"  # what the iptables commands lock too
 _MARKER = "natmap-generation:"
 _LOOPBACK = {4: "127.0.0.0/8", 6: "::1/128"}
 _FAMILIES = (4, 6)
+_PLAIN_TABLE = re.compile(r"[a-z][a-z0-9_]{0,15}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,52 +102,138 @@ class _Rule:
         return f"{'ip6tables' if self.family == 6 else 'iptables'} -t {self.table} " + " ".join(words)
 
 
+class Verb(enum.Enum):
+    """What a step does to one table."""
+
+    CHAIN = "chain"            # make a chain, unless it is there
+    DROP_CHAIN = "drop-chain"  # delete a chain, if it is there
+    JUMP = "jump"              # add a jump to one of natmap's chains, unless it is there
+    ADD = "add"                # add a rule
+    DELETE = "delete"          # delete a rule
+
+    def inverse(self) -> Verb:
+        """The verb that undoes this one."""
+        return _INVERSE[self]
+
+
+_INVERSE = {Verb.CHAIN: Verb.DROP_CHAIN, Verb.DROP_CHAIN: Verb.CHAIN, Verb.JUMP: Verb.DELETE,
+            Verb.ADD: Verb.DELETE, Verb.DELETE: Verb.ADD}
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One step of a change to one table of one family: a chain made or
+    dropped (``rule`` None), a rule added or deleted, a jump added once."""
+
+    verb: Verb
+    family: int
+    table: str
+    chain: str
+    rule: _Rule | None = None
+
+    @classmethod
+    def of(cls, verb: Verb, rule: _Rule) -> _Step:
+        return cls(verb, rule.family, rule.table, rule.chain, rule)
+
+    def inverse(self) -> _Step:
+        """The step that undoes this one (a jump's inverse deletes it)."""
+        return replace(self, verb=self.verb.inverse())
+
+    def needs_rule(self) -> _Rule:
+        if self.rule is None:
+            raise AssertionError(f"a {self.verb.value} step without a rule")
+        return self.rule
+
+    def text(self) -> str:
+        """As an iptables command (for ``preview()``)."""
+        if self.rule is None:
+            flag = "-N" if self.verb is Verb.CHAIN else "-X"
+            return f"{_name(self.family)} -t {self.table} {flag} {self.chain}"
+        return self.rule.text("-D" if self.verb is Verb.DELETE else "-I" if self.rule.first else "-A")
+
+
 def chain_prefix(table: str) -> str:
-    return table.upper()[:16]
+    """The chains' prefix: ``NATMAP`` for table ``natmap``. Upper-casing is
+    one-to-one on lower-case names of up to 16 characters; any other name gets
+    its first 7 characters and a hash (``Lab.1f2e3d4c``), whose ``.`` no plain
+    prefix has. So two tables never share chains by their names (a hash
+    collision is caught by the marker rule, which names the table)."""
+    if _PLAIN_TABLE.fullmatch(table):
+        return table.upper()
+    return f"{table.upper()[:7]}.{hashlib.sha256(table.encode()).hexdigest()[:8]}"
 
 
-class IptablesBackend:
-    """python-iptables in the calling thread's network namespace."""
+def natmap_tables() -> list[str]:
+    """The natmap tables with chains in this namespace's (legacy) iptables, by
+    their marker rules; none without opening iptables when its filter table
+    was never loaded here."""
+    try:
+        with open("/proc/net/ip_tables_names") as f:
+            if "filter" not in f.read().split():
+                return []
+    except OSError:
+        return []
+    _find_xtables_libdir()
+    try:
+        import iptc  # noqa: F401
+    except (ImportError, OSError):  # no python-iptables here: it cannot have made chains either
+        return []
+    with _xtables_lock():
+        table = _table(4, "filter")
+        return [name for chain in table.chains if chain.name.endswith("-GENERATION")
+                for name in [_owner(chain)] if name is not None and chain_prefix(name) + "-GENERATION" == chain.name]
 
-    name = "iptables"
 
-    def __init__(self, table: str, session: Any = None) -> None:
-        _find_xtables_libdir()
-        import iptc  # noqa: F401  (fail here, clearly, if python-iptables cannot load)
+def _owner(chain: Any) -> str | None:
+    """The table the marker rule of a GENERATION chain names."""
+    return next(filter(None, (owner_of(_comment(rule)) for rule in chain.rules)), None)
 
-        # Without CAP_NET_ADMIN, libxtables' extension checks call exit():
-        # open a table first, which fails cleanly.
-        with _xtables_lock():
-            _table(4, "filter")
-        _prepare_extensions()
 
+class Layout:
+    """natmap's chains and rules for one table, as data (see the module doc):
+    each kind of item's rules written and read back side by side, the
+    skeleton, and a change as steps or as iptables commands. No iptc: the
+    rendering is tested without root."""
+
+    def __init__(self, table: str) -> None:
         self.table = table
         self.prefix = chain_prefix(table)
-        self._marker: str | None = None
-
-    # --- the rules of each item ----------------------------------------------------
 
     def _chain(self, name: str) -> str:
         return f"{self.prefix}-{name}"
 
+    # --- each kind of item: its rules, written and read back --------------------------
+
     def rules(self, item: Item) -> Iterator[_Rule]:
         """The rules that make up one item of the table."""
-        if isinstance(item, Binding):
-            yield self._dnat(item)
-        elif isinstance(item, Bridge):
-            yield from self._bridge_rules(item)
-        elif isinstance(item, Link):
-            for source, target, proto, port in item.flows():
-                yield _Rule(source.version, "filter", self._chain("ISOLATION"), "ACCEPT",
-                            ((proto.value, (("dport", str(port)),)), ("comment", (("comment", item.comment),))),
-                            (("src", str(source)), ("dst", str(target)), ("protocol", proto.value)), first=True)
-        else:
-            for family in _FAMILIES:
-                yield _Rule(family, "filter", self._chain("FORWARD"), self._chain("ISOLATION"),
-                            (("comment", (("comment", f"isolate:{item.bridge}"),)),),
-                            (("in_interface", item.bridge), ("out_interface", item.bridge)))
+        match item:
+            case Binding():
+                return iter((self._dnat(item),))
+            case Bridge():
+                return self._bridge_rules(item)
+            case Link():
+                return self._link_rules(item)
+            case Isolation():
+                return self._isolation_rules(item)
+            case Gateway():
+                return self._gateway_rules(item)
+            case _:
+                assert_never(item)
+
+    def read_items(self, rules_of: Callable[[int, str, str], list[Any]]) -> list[Item]:
+        """Every item, read back from the rules of natmap's chains, which
+        ``rules_of(family, table, chain)`` gives (as python-iptables does)."""
+        items: list[Item] = []
+        for family in _FAMILIES:
+            items += [b for b in map(self._read_dnat, rules_of(family, "nat", self._chain("DNAT"))) if b]
+            items += self._read_bridges(rules_of(family, "nat", self._chain("POSTROUTING")))
+            items += self._read_isolation(rules_of(family, "filter", self._chain("FORWARD")))
+            items += self._read_gateways(rules_of(family, "filter", self._chain("PROTECT")))
+        items += self._read_links(*(rules_of(family, "filter", self._chain("ISOLATION")) for family in _FAMILIES))
+        return _merge_bridges(items)
 
     def _dnat(self, b: Binding) -> _Rule:
+        """A binding: one DNAT rule in NATMAP-DNAT, commented with its endpoint."""
         fields = [("protocol", b.proto.value)]
         if not b.host_ip.is_unspecified:
             fields.insert(0, ("dst", str(b.host_ip)))
@@ -154,12 +247,34 @@ class IptablesBackend:
                      tuple(fields), (("to_destination", to),),
                      first=not b.host_ip.is_unspecified)
 
+    @staticmethod
+    def _read_dnat(rule: Any) -> Binding | None:
+        """The binding a DNAT rule is; None for a rule natmap does not write
+        (another program's: :meth:`structure_problems` reports it)."""
+        try:
+            match = {m.name: m for m in rule.matches}
+            proto = Protocol(rule.protocol)
+            destination = rule.target.to_destination
+            host = rule.dst.split("/")[0]
+            first, _, last = match[proto.value].dport.partition(":")
+            if last:  # a same-port range: the destination is the address alone
+                return Binding(match["comment"].comment, proto, ipaddress.ip_address(host), int(first),
+                               ipaddress.ip_address(destination.strip("[]")), int(first), int(last) - int(first) + 1)
+            address, _, port = destination.rpartition(":")
+            return Binding(match["comment"].comment, proto, ipaddress.ip_address(host),
+                           int(first), ipaddress.ip_address(address.strip("[]")), int(port))
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError):  # SpecError too
+            return None
+
     def _bridge_rules(self, bridge: Bridge) -> Iterator[_Rule]:
+        """A bridge: localhost, hairpin and egress masquerade in NATMAP-POSTROUTING,
+        per family it has subnets of, commented ``bridge:NAME``."""
         chain, comment = self._chain("POSTROUTING"), ("comment", (("comment", f"bridge:{bridge.name}"),))
         for family in _FAMILIES:
             subnets = [n for n in bridge.subnets if n.version == family]
             if not subnets:
                 continue
+            yield from self._protect_rules(bridge, family)
             yield _Rule(family, "nat", chain, "MASQUERADE", (comment,),
                         (("src", _LOOPBACK[family]), ("out_interface", bridge.name)))
             for net in subnets:
@@ -169,18 +284,110 @@ class IptablesBackend:
                 yield _Rule(family, "nat", chain, "MASQUERADE", (comment,),
                             (("src", str(net)), ("out_interface", f"!{bridge.name}")))
 
-    def _skeleton(self) -> list[tuple[str, int, str, Any]]:
-        """The chains, their fixed rules and the jumps to them, both families,
-        as (verb, family, table, what) steps."""
-        steps: list[tuple[str, int, str, Any]] = []
+    def _protect_rules(self, bridge: Bridge, family: int) -> Iterator[_Rule]:
+        """Docker 28's direct-access protection for one bridge: new flows into
+        it go to PROTECT, and flows from it are no concern of PROTECT's."""
+        comment = ("comment", (("comment", f"bridge:{bridge.name}"),))
+        yield _Rule(family, "filter", self._chain("FORWARD"), self._chain("PROTECT"),
+                    (("conntrack", (("ctstate", "NEW"),)), comment), (("out_interface", bridge.name),))
+        yield _Rule(family, "filter", self._chain("PROTECT"), "RETURN", (comment,),
+                    (("in_interface", bridge.name),), first=True)
+
+    def _gateway_rules(self, gateway: Gateway) -> Iterator[_Rule]:
+        """What lets routed traffic through PROTECT to one bridge: its mode, trusted interfaces."""
+        comment = ("comment", (("comment", f"gateway:{gateway.bridge}:{gateway.mode}"),))
+        for family in _FAMILIES:
+            if gateway.mode == "nat-unprotected":
+                yield _Rule(family, "filter", self._chain("PROTECT"), "RETURN", (comment,),
+                            (("out_interface", gateway.bridge),), first=True)
+            for interface in gateway.trusted:
+                yield _Rule(family, "filter", self._chain("PROTECT"), "RETURN",
+                            (("comment", (("comment", f"trusted:{gateway.bridge}"),)),),
+                            (("in_interface", interface), ("out_interface", gateway.bridge)), first=True)
+
+    @staticmethod
+    def _read_bridges(rules: list[Any]) -> list[Bridge]:
+        subnets: dict[str, set[Any]] = {}
+        for rule in rules:
+            comment = _comment(rule) or ""
+            if comment.startswith("bridge:") and not rule.out_interface.startswith("!"):
+                net = ipaddress.ip_network(rule.src, strict=False)
+                subnets.setdefault(comment[len("bridge:"):], set())
+                if not net.is_loopback:
+                    subnets[comment[len("bridge:"):]].add(net)
+        return [Bridge(name, tuple(sorted(nets, key=lambda n: (n.version, n)))) for name, nets in subnets.items()]
+
+    def _link_rules(self, link: Link) -> Iterator[_Rule]:
+        """A link: one ACCEPT in NATMAP-ISOLATION per flow, commented ``source>target:alias``."""
+        for source, target, proto, port in link.flows():
+            yield _Rule(source.version, "filter", self._chain("ISOLATION"), "ACCEPT",
+                        ((proto.value, (("dport", str(port)),)), ("comment", (("comment", link.comment),))),
+                        (("src", str(source)), ("dst", str(target)), ("protocol", proto.value)), first=True)
+
+    @staticmethod
+    def _read_links(*chains: list[Any]) -> list[Link]:
+        flows: dict[str, list[Flow]] = {}
+        for rules in chains:
+            for rule in rules:
+                comment = _comment(rule)
+                if comment and ">" in comment:
+                    try:
+                        proto = Protocol(rule.protocol)
+                        dport = next(int(m.dport) for m in rule.matches if m.name == proto.value)
+                        flow = (ipaddress.ip_network(rule.src, strict=False).network_address,
+                                ipaddress.ip_network(rule.dst, strict=False).network_address, proto, dport)
+                        links_from_flows({comment: [flow]})  # natmap's source>target:alias, or raises
+                    except (ValueError, TypeError, StopIteration):
+                        continue  # not natmap's, whatever its comment says
+                    flows.setdefault(comment, []).append(flow)
+        return links_from_flows(flows)
+
+    def _isolation_rules(self, isolation: Isolation) -> Iterator[_Rule]:
+        """An isolated bridge: a jump to NATMAP-ISOLATION for its traffic to
+        itself, both families, commented ``isolate:NAME``."""
+        for family in _FAMILIES:
+            yield _Rule(family, "filter", self._chain("FORWARD"), self._chain("ISOLATION"),
+                        (("comment", (("comment", f"isolate:{isolation.bridge}"),)),),
+                        (("in_interface", isolation.bridge), ("out_interface", isolation.bridge)))
+
+    @staticmethod
+    def _read_isolation(rules: list[Any]) -> list[Isolation]:
+        return [Isolation(c[len("isolate:"):]) for c in map(_comment, rules) if c and c.startswith("isolate:")]
+
+    @staticmethod
+    def _read_gateways(rules: list[Any]) -> list[Gateway]:
+        modes: dict[str, str] = {}
+        trusted: dict[str, list[str]] = {}
+        for rule in rules:
+            comment = _comment(rule) or ""
+            if comment.startswith("gateway:") and comment.count(":") == 2:
+                _, bridge, mode = comment.split(":", 2)
+                modes[bridge] = mode
+            elif comment.startswith("trusted:") and rule.in_interface:
+                trusted.setdefault(comment[len("trusted:"):], []).append(rule.in_interface)
+        gateways = []
+        for bridge in sorted({*modes, *trusted}):
+            try:
+                gateways.append(Gateway(bridge, modes.get(bridge, "nat"), tuple(trusted.get(bridge, ()))))
+            except SpecError:
+                continue  # not natmap's, whatever its comment says
+        return gateways
+
+    # --- natmap's own chains ----------------------------------------------------------
+
+    def _skeleton(self) -> list[_Step]:
+        """The chains, their fixed rules and the jumps to them, both families."""
         guard, dnat, post = self._chain("GUARD"), self._chain("DNAT"), self._chain("POSTROUTING")
         forward, isolation = self._chain("FORWARD"), self._chain("ISOLATION")
         local = (("addrtype", (("dst_type", "LOCAL"),)),)
-        steps.append(("chain", 4, "filter", self._chain("GENERATION")))
+        steps = [_Step(Verb.CHAIN, 4, "filter", self._chain("GENERATION")),
+                 # The marker: what proves these chains are natmap's, for this table.
+                 _Step.of(Verb.ADD, _Rule(4, "filter", self._chain("GENERATION"), "RETURN",
+                                          (("comment", (("comment", marker(self.table)),)),)))]
         for family in _FAMILIES:
             for table, chain in (("raw", guard), ("nat", dnat), ("nat", post), ("filter", forward),
-                                 ("filter", isolation)):
-                steps.append(("chain", family, table, chain))
+                                 ("filter", isolation), ("filter", self._chain("PROTECT"))):
+                steps.append(_Step(Verb.CHAIN, family, table, chain))
             rules = [
                 _Rule(family, "raw", guard, "DROP", (), (("dst", _LOOPBACK[family]), ("in_interface", "!lo"))),
                 _Rule(family, "filter", forward, "ACCEPT", (("conntrack", (("ctstate", "DNAT"),)),)),
@@ -191,13 +398,14 @@ class IptablesBackend:
                                 (("protocol", "icmpv6"),))
                           for kind in ("neighbour-solicitation", "neighbour-advertisement")]
             rules.append(_Rule(family, "filter", isolation, "DROP"))
-            steps += [("add", r.family, r.table, r) for r in rules]
+            rules.append(_Rule(family, "filter", self._chain("PROTECT"), "DROP"))
+            steps += [_Step.of(Verb.ADD, r) for r in rules]
             jumps = [_Rule(family, "raw", "PREROUTING", guard, first=True),
                      _Rule(family, "nat", "PREROUTING", dnat, local),
                      _Rule(family, "nat", "OUTPUT", dnat, local),
                      _Rule(family, "nat", "POSTROUTING", post),
                      _Rule(family, "filter", "FORWARD", forward, first=True)]
-            steps += [("jump", r.family, r.table, r) for r in jumps]
+            steps += [_Step.of(Verb.JUMP, r) for r in jumps]
         return steps
 
     def _marker_rule(self, marker: str) -> _Rule:
@@ -205,11 +413,43 @@ class IptablesBackend:
         return _Rule(4, "filter", self._chain("GENERATION"), "RETURN",
                      (("comment", (("comment", _MARKER + marker),)),))
 
-    # --- the backend interface ------------------------------------------------------
+    def _steps(self, change: Change, create: bool, old: str | None, marker: str) -> list[_Step]:
+        """In order: the skeleton, deletions, additions, the marker."""
+        steps = self._skeleton() if create else []
+        for item in change.delete:
+            steps += [_Step.of(Verb.DELETE, r) for r in self.rules(item)]
+        for item in change.add:
+            steps += [_Step.of(Verb.ADD, r) for r in self.rules(item)]
+        if old is not None:
+            steps.append(_Step.of(Verb.DELETE, self._marker_rule(old)))
+        steps.append(_Step.of(Verb.ADD, self._marker_rule(marker)))
+        return steps
 
-    def generation(self) -> str | None:
+    def text(self, change: Change, *, create: bool = False) -> str:
+        """The change as iptables commands, one a line (the marker left out)."""
+        return "".join(f"{step.text()}\n" for step in self._steps(change, create, None, "")[:-1])
+
+
+class IptablesBackend(Layout):
+    """The :class:`~natmap.backends.base.Backend` on python-iptables, in the
+    calling thread's network namespace."""
+
+    name = "iptables"
+
+    def __init__(self, table: str) -> None:
+        _find_xtables_libdir()
+        import iptc  # noqa: F401  (fail here, clearly, if python-iptables cannot load)
+
+        # Without CAP_NET_ADMIN, libxtables' extension checks call exit():
+        # open a table first, which fails cleanly.
+        with _xtables_lock():  # which also makes threads take turns with libxtables' globals
+            _table(4, "filter")
+            _prepare_extensions()
+        super().__init__(table)
+
+    def generation(self) -> Generation:
         """The marker of the last transaction (None if the chains are missing)."""
-        with _xtables_lock():
+        with _iptc_errors("reading natmap's generation marker"), _xtables_lock():
             return self._read_marker()
 
     def _read_marker(self) -> str | None:
@@ -219,34 +459,55 @@ class IptablesBackend:
         return _find_marker(_chain(table, self._chain("GENERATION")))
 
     def exists(self) -> bool:
-        with _xtables_lock():
-            return _table(4, "nat").is_chain(self._chain("DNAT"))
+        with _iptc_errors("looking for natmap's chains"), _xtables_lock():
+            return bool(_table(4, "nat").is_chain(self._chain("DNAT")))
 
     def read(self) -> Table | None:
-        """natmap's chains read back into a :class:`Table`; None if there are none."""
+        """natmap's chains read back into a :class:`Table`; None if there are none.
+        Raises ConflictError if a chain of natmap's names is not natmap's."""
+        problem = self.foreign()
+        if problem:
+            raise ConflictError(f"{problem}; natmap will not use, change or delete it: "
+                                "choose another table name")
         return self.load() if self.exists() else None
+
+    def foreign(self) -> str | None:
+        """What stands in the way of natmap's chains for this table, if anything:
+        a chain of one of their names without natmap's marker for this table."""
+        with _iptc_errors("looking for natmap's chains"), _xtables_lock():
+            generation = self._chain("GENERATION")
+            filt = _table(4, "filter")
+            if filt.is_chain(generation):
+                owner = _owner(_chain(filt, generation))
+                return None if owner == self.table else (
+                    f"iptables chain {generation} exists but is not natmap's table {self.table!r}'s "
+                    f"(its marker names {owner!r})")
+            for step in self._skeleton():
+                if step.verb is Verb.CHAIN and _table(step.family, step.table).is_chain(step.chain):
+                    return f"{_name(step.family)} chain {step.chain} in table {step.table} exists but is not natmap's"
+        return None
 
     def load(self) -> Table:
         """Read natmap's chains back into a :class:`Table`."""
-        with _xtables_lock():
-            items: list[Item] = []
-            for family in _FAMILIES:
-                nat, filt = _table(family, "nat"), _table(family, "filter")
-                items += [self._read_dnat(r) for r in _chain(nat, self._chain("DNAT")).rules]
-                items += _read_bridges(_chain(nat, self._chain("POSTROUTING")).rules)
-                items += _read_isolation(_chain(filt, self._chain("FORWARD")).rules)
-            items += _read_links(_chain(_table(4, "filter"), self._chain("ISOLATION")).rules,
-                                 _chain(_table(6, "filter"), self._chain("ISOLATION")).rules)
-        return Table(_merge_bridges(items))
+        with _iptc_errors("reading natmap's chains"), _xtables_lock():
+            tables: dict[tuple[int, str], Any] = {}
 
-    def apply(self, change: Change, *, create: bool = False, generation: object = None) -> str:
+            def rules_of(family: int, table_name: str, chain: str) -> list[Any]:
+                if (family, table_name) not in tables:
+                    tables[(family, table_name)] = _table(family, table_name)
+                return list(_chain(tables[(family, table_name)], chain).rules)
+
+            items = self.read_items(rules_of)
+        return Table(items)
+
+    def apply(self, change: Change, *, create: bool = False, generation: Generation = None) -> Generation:
         """Commit the change table by table (see the module doc); return the new marker."""
         marker = secrets.token_hex(6)
         committed: list[tuple[int, str]] = []
-        with _xtables_lock():
+        with _iptc_errors("applying the change"), _xtables_lock():
             steps = self._steps(change, create, self._read_marker(), marker)
             for family, table_name in _ORDER:
-                todo = [s for s in steps if s[1:3] == (family, table_name)]
+                todo = [s for s in steps if (s.family, s.table) == (family, table_name)]
                 if not todo:
                     continue
                 try:
@@ -258,40 +519,19 @@ class IptablesBackend:
                 committed.append((family, table_name))
         return marker
 
-    def _steps(self, change: Change, create: bool, old: str | None,
-               marker: str) -> list[tuple[str, int, str, Any]]:
-        """(verb, family, table, what), in order: the skeleton, deletions, additions, marker."""
-        steps = self._skeleton() if create else []
-        for item in change.delete:
-            steps += [("delete", r.family, r.table, r) for r in self.rules(item)]
-        for item in change.add:
-            steps += [("add", r.family, r.table, r) for r in self.rules(item)]
-        if old is not None:
-            steps.append(("delete", 4, "filter", self._marker_rule(old)))
-        steps.append(("add", 4, "filter", self._marker_rule(marker)))
-        return steps
-
-    def _restore(self, committed: list[tuple[int, str]], steps: list[tuple[str, int, str, Any]]) -> None:
+    def _restore(self, committed: list[tuple[int, str]], steps: list[_Step]) -> None:
         """Undo the commits already made, newest first, by committing their inverse."""
-        inverse = {"add": "delete", "delete": "add", "chain": "drop-chain", "jump": "delete"}
         for family, table_name in reversed(committed):
-            undo = [(inverse[v], f, t, what) for v, f, t, what in reversed(steps)
-                    if (f, t) == (family, table_name)]
-            _commit(family, table_name, undo)
-
-    def text(self, change: Change, *, create: bool = False) -> str:
-        """The change as iptables commands, one a line (the marker left out)."""
-        steps = self._steps(change, create, None, "")[:-1]
-        return "".join(f"{what.text('-D' if verb == 'delete' else '-I' if what.first else '-A')}\n"
-                       if verb != "chain" else f"{_name(family)} -t {table} -N {what}\n"
-                       for verb, family, table, what in steps)
+            _commit(family, table_name, undo(steps, family, table_name))
 
     def delete(self) -> None:
         """Remove natmap's chains and the jumps to them, every table, both families."""
-        with _xtables_lock():
-            for family, table_name in _ORDER + [(4, "raw"), (6, "raw")]:
+        with _iptc_errors("deleting natmap's chains"), _xtables_lock():
+            for family, table_name in _ORDER:
                 table = _table(family, table_name)
-                ours = [c for c in table.chains if c.name.startswith(self.prefix + "-")]
+                names = {step.chain for step in self._skeleton()
+                         if step.verb is Verb.CHAIN and (step.family, step.table) == (family, table_name)}
+                ours = [c for c in table.chains if c.name in names]  # exactly natmap's own chains
                 for chain in table.chains:
                     for rule in list(chain.rules):
                         if rule.target.name in {c.name for c in ours}:
@@ -306,49 +546,37 @@ class IptablesBackend:
     def structure_problems(self) -> list[str]:
         """natmap's own chains, and the jumps to them, that are missing."""
         problems = []
-        with _xtables_lock():
-            for verb, family, table_name, what in self._skeleton():
-                table = _table(family, table_name)
-                if verb == "chain" and not table.is_chain(what):
-                    problems.append(f"{_name(family)} chain {what} in {table_name} is missing")
-                elif verb == "jump" and table.is_chain(what.chain) and \
-                        what.build() not in _chain(table, what.chain).rules:
-                    problems.append(f"{_name(family)} jump from {what.chain} to {what.target} is missing")
+        with _iptc_errors("checking natmap's chains"), _xtables_lock():
+            for step in self._skeleton():
+                table = _table(step.family, step.table)
+                if step.verb is Verb.CHAIN and not table.is_chain(step.chain):
+                    problems.append(f"{_name(step.family)} chain {step.chain} in {step.table} is missing")
+                elif step.verb is Verb.JUMP and table.is_chain(step.chain) and \
+                        table.is_chain(step.needs_rule().target) and \
+                        step.needs_rule().build() not in _chain(table, step.chain).rules:
+                    problems.append(f"{_name(step.family)} jump from {step.chain} to "
+                                    f"{step.needs_rule().target} is missing")
+            for family in _FAMILIES:
+                nat = _table(family, "nat")
+                if nat.is_chain(self._chain("DNAT")):
+                    foreign = [r for r in _chain(nat, self._chain("DNAT")).rules if self._read_dnat(r) is None]
+                    problems += [f"{_name(family)} chain {self._chain('DNAT')} has a rule natmap did not make: "
+                                 f"{_decoded(r, family)}" for r in foreign]
         return problems
 
-    def rebuild(self, items: set[Any]) -> None:
+    def rebuild(self, items: Iterable[Item]) -> None:
         """Remove natmap's chains and make them again with ``items`` (one commit per table)."""
         if self.exists():
             self.delete()
         self.apply(Change(add=tuple(items)), create=True)
 
-    def listing(self) -> str:
-        """Every rule of the tables natmap uses, both families (for comparing kernel states)."""
-        import iptc.easy
+    def close(self) -> None:
+        """Nothing to close: every call opens fresh table handles."""
 
-        with _xtables_lock():
-            lines = []
-            for family, table_name in _ORDER + [(4, "raw"), (6, "raw")]:
-                table = _table(family, table_name)
-                for chain in table.chains:
-                    for rule in chain.rules:
-                        rule_d = iptc.easy.decode_iptc_rule(rule, family == 6)
-                        rule_d.pop("counters", None)
-                        lines.append(f"{_name(family)} {table_name} {chain.name} {rule_d}")
-            return "\n".join(lines)
 
-    def _read_dnat(self, rule: Any) -> Binding:
-        match = {m.name: m for m in rule.matches}
-        proto = Protocol(rule.protocol)
-        destination = rule.target.to_destination
-        host = rule.dst.split("/")[0]
-        first, _, last = match[proto.value].dport.partition(":")
-        if last:  # a same-port range: the destination is the address alone
-            return Binding(match["comment"].comment, proto, ipaddress.ip_address(host), int(first),
-                           ipaddress.ip_address(destination.strip("[]")), int(first), int(last) - int(first) + 1)
-        address, _, port = destination.rpartition(":")
-        return Binding(match["comment"].comment, proto, ipaddress.ip_address(host),
-                       int(first), ipaddress.ip_address(address.strip("[]")), int(port))
+def undo(steps: list[_Step], family: int, table_name: str) -> list[_Step]:
+    """The steps that undo ``steps``' commit to one table: their inverses, newest first."""
+    return [step.inverse() for step in reversed(steps) if (step.family, step.table) == (family, table_name)]
 
 
 def _find_xtables_libdir() -> None:
@@ -403,18 +631,27 @@ def _name(family: int) -> str:
     return "ip6tables" if family == 6 else "iptables"
 
 
+@contextmanager
+def _iptc_errors(what: str) -> Iterator[None]:
+    """Translate python-iptables' errors into natmap's at this boundary."""
+    import iptc
+
+    try:
+        yield
+    except iptc.IPTCError as exc:
+        if "Permission denied" in str(exc):
+            raise PrivilegeError(what) from exc
+        raise BackendError(f"{what}: {exc}") from exc
+
+
 def _table(family: int, name: str) -> Any:
     """A fresh handle on one table, read in the calling thread's namespace."""
     import iptc
 
-    try:
+    with _iptc_errors(f"opening {_name(family)} table {name}"):
         table = iptc.Table6(name, autocommit=False) if family == 6 else iptc.Table(name, autocommit=False)
         table.autocommit = False
         table.refresh()
-    except iptc.IPTCError as exc:
-        if "Permission denied" in str(exc):
-            raise PrivilegeError(f"opening {_name(family)} table {name}") from exc
-        raise BackendError(f"{_name(family)} table {name}: {exc}") from exc
     return table
 
 
@@ -424,27 +661,28 @@ def _chain(table: Any, name: str) -> Any:
     return iptc.Chain(table, name)
 
 
-def _commit(family: int, table_name: str, steps: list[tuple[str, int, str, Any]]) -> None:
+def _commit(family: int, table_name: str, steps: list[_Step]) -> None:
     """Apply the steps to one table's handle, then commit it in one call."""
-    import iptc
-
     table = _table(family, table_name)
-    for verb, _, _, what in steps:
-        if verb == "chain":
-            if not table.is_chain(what):
-                table.create_chain(what)
-        elif verb == "drop-chain":
-            if table.is_chain(what):
-                table.delete_chain(what)
-        elif verb == "jump":
-            chain = iptc.Chain(table, what.chain)
-            if what.build() not in chain.rules:  # once, whatever was there
-                chain.insert_rule(what.build()) if what.first else chain.append_rule(what.build())
-        elif verb == "add":
-            chain = iptc.Chain(table, what.chain)
-            chain.insert_rule(what.build()) if what.first else chain.append_rule(what.build())
-        else:
-            iptc.Chain(table, what.chain).delete_rule(what.build())
+    for step in steps:
+        match step.verb:
+            case Verb.CHAIN:
+                if not table.is_chain(step.chain):
+                    table.create_chain(step.chain)
+            case Verb.DROP_CHAIN:
+                if table.is_chain(step.chain):
+                    table.delete_chain(step.chain)
+            case Verb.JUMP:
+                rule, chain = step.needs_rule(), _chain(table, step.chain)
+                if rule.build() not in chain.rules:  # once, whatever was there
+                    chain.insert_rule(rule.build()) if rule.first else chain.append_rule(rule.build())
+            case Verb.ADD:
+                rule, chain = step.needs_rule(), _chain(table, step.chain)
+                chain.insert_rule(rule.build()) if rule.first else chain.append_rule(rule.build())
+            case Verb.DELETE:
+                _chain(table, step.chain).delete_rule(step.needs_rule().build())
+            case _:
+                assert_never(step.verb)
     table.commit()
     table.refresh()
 
@@ -453,24 +691,12 @@ def _find_marker(chain: Any) -> str | None:
     for rule in chain.rules:
         for match in rule.matches:
             if match.name == "comment" and match.comment.startswith(_MARKER):
-                return match.comment[len(_MARKER):]
+                return str(match.comment[len(_MARKER):])
     return None
 
 
 def _comment(rule: Any) -> str | None:
     return next((m.comment for m in rule.matches if m.name == "comment"), None)
-
-
-def _read_bridges(rules: list[Any]) -> list[Bridge]:
-    subnets: dict[str, set[Any]] = {}
-    for rule in rules:
-        comment = _comment(rule) or ""
-        if comment.startswith("bridge:") and not rule.out_interface.startswith("!"):
-            net = ipaddress.ip_network(rule.src, strict=False)
-            subnets.setdefault(comment[len("bridge:"):], set())
-            if not net.is_loopback:
-                subnets[comment[len("bridge:"):]].add(net)
-    return [Bridge(name, tuple(sorted(nets, key=lambda n: (n.version, n)))) for name, nets in subnets.items()]
 
 
 def _merge_bridges(items: list[Item]) -> list[Item]:
@@ -486,22 +712,16 @@ def _merge_bridges(items: list[Item]) -> list[Item]:
     return [*bridges, *others]
 
 
-def _read_isolation(rules: list[Any]) -> list[Isolation]:
-    return [Isolation(c[len("isolate:"):]) for c in map(_comment, rules) if c and c.startswith("isolate:")]
+def _decoded(rule: Any, family: int) -> str:
+    """A foreign rule in words, for a drift message."""
+    import iptc.easy
 
-
-def _read_links(*chains: list[Any]) -> list[Link]:
-    flows: dict[str, list[Flow]] = {}
-    for rules in chains:
-        for rule in rules:
-            comment = _comment(rule)
-            if comment and ">" in comment:
-                proto = Protocol(rule.protocol)
-                dport = next(int(m.dport) for m in rule.matches if m.name == proto.value)
-                flows.setdefault(comment, []).append(
-                    (ipaddress.ip_network(rule.src, strict=False).network_address,
-                     ipaddress.ip_network(rule.dst, strict=False).network_address, proto, dport))
-    return links_from_flows(flows)
+    try:
+        decoded = iptc.easy.decode_iptc_rule(rule, family == 6)
+        decoded.pop("counters", None)
+        return str(decoded)
+    except Exception:  # noqa: BLE001  (only words for a message)
+        return "(unreadable)"
 
 
 def _xtables_lock() -> Any:

@@ -32,37 +32,53 @@ which creates the table, goes as nft text (skeleton and elements in one
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
+import os
 import re
+import sys
+import threading
 from collections import namedtuple
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
-from ..errors import BackendError, PrivilegeError, SpecError
+from ..errors import BackendError, ConflictError, PrivilegeError, SpecError
+from ..guest import marker
+from ..host import _netlink
 from ..links import Flow, Link, links_from_flows
-from ..model import Binding, Bridge, Change, Isolation, Item, Table
+from ..model import Binding, Bridge, Change, Gateway, Isolation, Item, Table, assert_never, validate_ifname
 from ..spec import Protocol
+from .nft_keywords import KEYWORDS
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
 if TYPE_CHECKING:
     from typing import Any
+
+    from .base import Generation
 
 _TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
 _VERSIONS = (4, 6)
 
 
 def validate_table(name: str) -> str:
-    """Return ``name`` if it is a usable table name (an nft identifier, <= 32 chars)."""
+    """Return ``name`` if it is a usable table name (an nft identifier, <= 32
+    chars, not one of nft's keywords: see :mod:`.nft_keywords`)."""
     if not isinstance(name, str) or not _TABLE_NAME.fullmatch(name):
         raise SpecError("invalid table name (a letter, then letters, digits or '_'; "
-                        "at most 32 characters)", str(name))
+                        "at most 32 characters)", str(name), None)
+    if name in KEYWORDS:
+        raise SpecError("invalid table name: nftables reads it as a keyword", name, 0, len(name))
     return name
 
 
 def skeleton(table: str) -> str:
     """The table, its maps, sets and chains, as nft text (see the module doc)."""
     t = f"inet {table}"
-    lines = [f"add table {t}"]
+    # The marker, twice: the table's comment (other natmaps find natmap's tables
+    # by it, in one netlink dump) and the bridges set's (it comes with every
+    # listing, which nft 1.0.6's JSON gives without the table's comment).
+    lines = [f'add table {t} {{ comment "{marker(table)}" ; }}']
     for v, addr in ((4, "ipv4_addr"), (6, "ipv6_addr")):
         lines += [
             f"add map {t} dnat{v} {{ type {addr} . inet_proto . inet_service : {addr} . inet_service ; }}",
@@ -74,8 +90,10 @@ def skeleton(table: str) -> str:
             f"add set {t} links{v} {{ type {addr} . {addr} . inet_proto . inet_service ; }}",
         ]
     lines += [
-        f"add set {t} bridges {{ type ifname ; }}",
+        f'add set {t} bridges {{ type ifname ; comment "{marker(table)}" ; }}',
         f"add set {t} isolated {{ type ifname . ifname ; }}",
+        f"add set {t} unprotected {{ type ifname ; }}",
+        f"add set {t} trusted {{ type ifname . ifname ; }}",
         # Docker once had 127.0.0.1 bindings reachable from the LAN: drop such
         # packets before NAT can see them.
         f"add chain {t} localhost_guard {{ type filter hook prerouting priority raw ; policy accept ; }}",
@@ -116,6 +134,14 @@ def skeleton(table: str) -> str:
         f"add rule {t} isolation ip saddr . ip daddr . meta l4proto . th dport @links4 accept",
         f"add rule {t} isolation ip6 saddr . ip6 daddr . meta l4proto . th dport @links6 accept",
         f"add rule {t} isolation drop",
+        # Docker 28's direct-access protection: new flows routed into a bridge
+        # from elsewhere than the table's bridges pass only if DNATed (accepted
+        # above), if the bridge is nat-unprotected, or from a trusted interface.
+        f"add chain {t} protect",
+        f"add rule {t} forward oifname @bridges iifname != @bridges ct state new jump protect",
+        f"add rule {t} protect oifname @unprotected return",
+        f"add rule {t} protect iifname . oifname @trusted return",
+        f"add rule {t} protect drop",
     ]
     return "\n".join(lines) + "\n"
 
@@ -142,22 +168,81 @@ _Element = namedtuple("_Element", "set key data comment", defaults=(None, None))
 
 def _elements(item: Item) -> Iterator[_Element]:
     """The kernel elements that make up one item of the table."""
-    if isinstance(item, Binding) and item.count > 1:
-        yield _range_element(item)
-    elif isinstance(item, Binding):
-        key: tuple[Any, ...] = (item.proto, item.host_port)
-        suffix = "_any" if item.host_ip.is_unspecified else ""
-        yield _Element(f"dnat{item.version}{suffix}", key if suffix else (item.host_ip, *key),
-                       (item.container_ip, item.container_port), item.endpoint)
-    elif isinstance(item, Bridge):
-        yield _Element("bridges", (_Ifname(item.name),))
-        for net in item.subnets:
-            yield _Element(f"subnets{net.version}", (net,))
-    elif isinstance(item, Link):
-        for source, target, proto, port in item.flows():
-            yield _Element(f"links{source.version}", (source, target, proto, port), None, item.comment)
-    else:
-        yield _Element("isolated", (_Ifname(item.bridge), _Ifname(item.bridge)))
+    match item:
+        case Binding():
+            return _binding_elements(item)
+        case Bridge():
+            return _bridge_elements(item)
+        case Link():
+            return _link_elements(item)
+        case Isolation():
+            return _isolation_elements(item)
+        case Gateway():
+            return _gateway_elements(item)
+        case _:
+            assert_never(item)
+
+
+def _read_items(contents: dict[str, list[Any]], foreign: list[str]) -> list[Item]:
+    """Every item of the table, from the elements of its sets and maps by name;
+    what natmap could not have written is described in ``foreign`` instead."""
+    return [*_read_bindings(contents, foreign), *_read_bridges(contents, foreign),
+            *_read_links(contents, foreign), *_read_isolation(contents, foreign),
+            *_read_gateways(contents, foreign)]
+
+
+def _readable(convert: Any, contents: dict[str, Any], name: str, foreign: list[str]) -> list[Any]:
+    """``convert`` of each element of set ``name`` that natmap could have written."""
+    elements = contents.get(name, [])
+    if not isinstance(elements, list):
+        elements = [elements]
+    converted = []
+    for elem in elements:
+        try:
+            converted.append(convert(elem))
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+            foreign.append(f"{name} has an element natmap did not make: {json.dumps(elem)}")
+    return converted
+
+
+# Each kind of item: how it is written as elements, and read back from them.
+
+def _binding_elements(b: Binding) -> Iterator[_Element]:
+    """One element of ``dnat4``/``dnat6`` (a specific host address) or of
+    ``dnat4_any``/``dnat6_any`` (0.0.0.0 or ::), commented with the endpoint;
+    a same-port range: one element of a ``_ports`` interval map."""
+    if b.count > 1:
+        yield _range_element(b)
+        return
+    key: tuple[Any, ...] = (b.proto, b.host_port)
+    suffix = "_any" if b.host_ip.is_unspecified else ""
+    yield _Element(f"dnat{b.version}{suffix}", key if suffix else (b.host_ip, *key),
+                   (b.container_ip, b.container_port), b.endpoint)
+
+
+_MAP_VERSION = {"dnat4": 4, "dnat4_any": 4, "dnat6": 6, "dnat6_any": 6}
+
+
+def _read_bindings(contents: dict[str, list[Any]], foreign: list[str]) -> Iterator[Binding]:
+    for name, version in _MAP_VERSION.items():
+        yield from _readable(functools.partial(_binding, version), contents, name, foreign)
+    for version in _VERSIONS:
+        yield from _readable(functools.partial(_range_binding, version, None), contents, f"dnat{version}_ports",
+                             foreign)
+        for proto in Protocol:
+            yield from _readable(functools.partial(_range_binding, version, proto), contents,
+                                 f"dnat{version}_ports_any_{proto.value}", foreign)
+
+
+def _binding(version: int, elem: list[Any]) -> Binding:
+    key, data = elem
+    entry = key["elem"]
+    parts = entry["val"]["concat"]
+    if len(parts) == 2:
+        parts = ["0.0.0.0" if version == 4 else "::", *parts]
+    container_ip, container_port = data["concat"]
+    return Binding(entry.get("comment", ""), Protocol(parts[1]), ipaddress.ip_address(parts[0]),
+                   int(parts[2]), ipaddress.ip_address(container_ip), int(container_port))
 
 
 def _range_element(b: Binding) -> _Element:
@@ -166,6 +251,91 @@ def _range_element(b: Binding) -> _Element:
     if b.host_ip.is_unspecified:
         return _Element(f"dnat{b.version}_ports_any_{b.proto.value}", (ports,), (b.container_ip,), b.endpoint)
     return _Element(f"dnat{b.version}_ports", (b.host_ip, b.proto, ports), (b.container_ip,), b.endpoint)
+
+
+def _range_binding(version: int, proto: Protocol | None, elem: list[Any]) -> Binding:
+    """An element of a ``_ports`` interval map (``proto``: of a map on any
+    address, keyed on the port alone): a same-port range."""
+    key, container_ip = elem
+    entry = key["elem"]
+    if proto is None:
+        parts = entry["val"]["concat"]
+    else:
+        parts = ["0.0.0.0" if version == 4 else "::", proto.value, entry["val"]]
+    ports = parts[2]
+    first, last = ports["range"] if isinstance(ports, dict) else (ports, ports)
+    return Binding(entry.get("comment", ""), Protocol(parts[1]), ipaddress.ip_address(parts[0]),
+                   int(first), ipaddress.ip_address(container_ip), int(first), int(last) - int(first) + 1)
+
+
+def _bridge_elements(bridge: Bridge) -> Iterator[_Element]:
+    """Its name in ``bridges``, its subnets in ``subnets4``/``subnets6``."""
+    yield _Element("bridges", (_Ifname(bridge.name),))
+    for net in bridge.subnets:
+        yield _Element(f"subnets{net.version}", (net,))
+
+
+def _read_bridges(contents: dict[str, list[Any]], foreign: list[str]) -> list[Bridge]:
+    # Which subnet belongs to which bridge is not kept in the kernel; every
+    # bridge is read back with all subnets. Only membership matters to the rules.
+    subnets = tuple(net for v in _VERSIONS for net in _readable(
+        lambda p: ipaddress.ip_network(f"{p['prefix']['addr']}/{p['prefix']['len']}"),
+        contents, f"subnets{v}", foreign))
+    bridges: list[Bridge] = _readable(lambda name: Bridge(name, subnets), contents, "bridges", foreign)
+    return bridges
+
+
+def _link_elements(link: Link) -> Iterator[_Element]:
+    """Each flow one element of ``links4``/``links6``, commented ``source>target:alias``."""
+    for source, target, proto, port in link.flows():
+        yield _Element(f"links{source.version}", (source, target, proto, port), None, link.comment)
+
+
+def _read_links(contents: dict[str, list[Any]], foreign: list[str]) -> list[Link]:
+    def flow(elem: Any) -> tuple[str, Flow]:
+        source, target, proto, port = elem["elem"]["val"]["concat"]
+        comment, one = elem["elem"]["comment"], (ipaddress.ip_address(source), ipaddress.ip_address(target),
+                                                 Protocol(proto), int(port))
+        links_from_flows({comment: [one]})  # natmap's source>target:alias, or raises
+        return comment, one
+
+    flows: dict[str, list[Flow]] = {}
+    for v in _VERSIONS:
+        for comment, one in _readable(flow, contents, f"links{v}", foreign):
+            flows.setdefault(comment, []).append(one)
+    return links_from_flows(flows)
+
+
+def _isolation_elements(isolation: Isolation) -> Iterator[_Element]:
+    """``BRIDGE . BRIDGE`` in ``isolated``: traffic in and out of the same bridge."""
+    yield _Element("isolated", (_Ifname(isolation.bridge), _Ifname(isolation.bridge)))
+
+
+def _read_isolation(contents: dict[str, list[Any]], foreign: list[str]) -> list[Isolation]:
+    isolated: list[Isolation] = _readable(lambda e: Isolation(e["concat"][0]), contents, "isolated", foreign)
+    return isolated
+
+
+def _gateway_elements(gateway: Gateway) -> Iterator[_Element]:
+    """A bridge not in the default mode: its name in ``unprotected``
+    (``nat-unprotected``), each trusted interface ``IFACE . BRIDGE`` in ``trusted``."""
+    if gateway.mode == "nat-unprotected":
+        yield _Element("unprotected", (_Ifname(gateway.bridge),))
+    for interface in gateway.trusted:
+        yield _Element("trusted", (_Ifname(interface), _Ifname(gateway.bridge)))
+
+
+def _read_gateways(contents: dict[str, list[Any]], foreign: list[str]) -> list[Gateway]:
+    def pair(elem: Any) -> tuple[str, str]:
+        interface, bridge = elem["concat"]
+        return validate_ifname(interface), validate_ifname(bridge)
+
+    unprotected = set(_readable(validate_ifname, contents, "unprotected", foreign))
+    trusted: dict[str, list[str]] = {}
+    for interface, bridge in _readable(pair, contents, "trusted", foreign):
+        trusted.setdefault(bridge, []).append(interface)
+    return [Gateway(b, "nat-unprotected" if b in unprotected else "nat", tuple(trusted.get(b, ())))
+            for b in sorted(unprotected | set(trusted))]
 
 
 def _json_value(part: Any) -> Any:
@@ -228,11 +398,11 @@ def change_text(table: str, change: Change) -> str:
     """The same change as nft text, one command a line (``nft -f`` reads it)."""
     lines = [f"delete element inet {table} {name} {{ {', '.join(_text_parts(e.key) for e in elements)} }}"
              for name, elements in _grouped(change.delete).items()]
-    ranges = [b for b in change.added(Binding) if b.count > 1]
-    others = (*change.added(Bridge), *change.added(Link), *change.added(Isolation), *ranges)
+    others: tuple[Item, ...] = (*change.added(Bridge), *change.added(Link), *change.added(Isolation),
+                                *change.added(Gateway), *(b for b in change.added(Binding) if b.count > 1))
     lines += [f"add element inet {table} {name} {{ {', '.join(_text_entry(e) for e in elements)} }}"
               for name, elements in _grouped(others).items()]
-    singles = [b for b in change.added(Binding) if b.count == 1] if ranges else change.added(Binding)
+    singles = [b for b in change.added(Binding) if b.count == 1]
     lines += [f"add element inet {table} {name} {{ {', '.join(entries)} }}"
               for name, entries in _binding_texts(singles).items()]
     return "\n".join(lines) + ("\n" if lines else "")
@@ -268,72 +438,40 @@ def _text_entry(element: _Element) -> str:
 # --- reading back -----------------------------------------------------------------
 
 
-def parse_table(listing: str) -> Table:
-    """The output of ``list table inet NAME`` (JSON) as a :class:`Table`."""
+def parse_table(listing: str, foreign: list[str] | None = None) -> Table:
+    """The output of ``list table inet NAME`` (JSON) as a :class:`Table`.
+
+    Elements natmap does not write (another program's) are left out, and
+    described in ``foreign`` if given: they never break a read.
+    """
+    foreign = [] if foreign is None else foreign
     try:
         objects = json.loads(listing)["nftables"]
         contents = {body["name"]: body.get("elem", []) for obj in objects
                     for kind in ("map", "set") if kind in obj for body in [obj[kind]]}
-        items: list[Item] = []
-        for name, version in _MAP_VERSION.items():
-            items += [_binding(version, elem) for elem in contents.get(name, [])]
-        for version in _VERSIONS:
-            items += [_range_binding(version, None, elem) for elem in contents.get(f"dnat{version}_ports", [])]
-            items += [_range_binding(version, proto, elem) for proto in Protocol
-                      for elem in contents.get(f"dnat{version}_ports_any_{proto.value}", [])]
-        items += _bridges(contents)
-        items += _links(contents)
-        items += [Isolation(e["concat"][0]) for e in contents.get("isolated", [])]
     except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise BackendError(f"unreadable table listing from nft: {exc!r}") from exc
-    return Table(items)
+    return Table(_read_items(contents, foreign))
 
 
-_MAP_VERSION = {"dnat4": 4, "dnat4_any": 4, "dnat6": 6, "dnat6_any": 6}
-
-
-def _binding(version: int, elem: list[Any]) -> Binding:
-    key, data = elem
-    entry = key["elem"]
-    parts = entry["val"]["concat"]
-    if len(parts) == 2:
-        parts = ["0.0.0.0" if version == 4 else "::", *parts]
-    container_ip, container_port = data["concat"]
-    return Binding(entry.get("comment", ""), Protocol(parts[1]), ipaddress.ip_address(parts[0]),
-                   int(parts[2]), ipaddress.ip_address(container_ip), int(container_port))
-
-
-def _range_binding(version: int, proto: Protocol | None, elem: list[Any]) -> Binding:
-    """An element of a ``_ports`` interval map (``proto``: of a map on any
-    address, keyed on the port alone): a same-port range."""
-    key, container_ip = elem
-    entry = key["elem"]
-    if proto is None:
-        parts = entry["val"]["concat"]
-    else:
-        parts = ["0.0.0.0" if version == 4 else "::", proto.value, entry["val"]]
-    ports = parts[2]
-    first, last = ports["range"] if isinstance(ports, dict) else (ports, ports)
-    return Binding(entry.get("comment", ""), Protocol(parts[1]), ipaddress.ip_address(parts[0]),
-                   int(first), ipaddress.ip_address(container_ip), int(first), int(last) - int(first) + 1)
-
-
-def _bridges(contents: dict[str, list[Any]]) -> list[Bridge]:
-    # Which subnet belongs to which bridge is not kept in the kernel; every
-    # bridge is read back with all subnets. Only membership matters to the rules.
-    subnets = tuple(ipaddress.ip_network(f"{p['prefix']['addr']}/{p['prefix']['len']}")
-                    for v in _VERSIONS for p in contents.get(f"subnets{v}", []) if "prefix" in p)
-    return [Bridge(name, subnets) for name in contents.get("bridges", [])]
-
-
-def _links(contents: dict[str, list[Any]]) -> list[Link]:
-    flows: dict[str, list[Flow]] = {}
-    for v in _VERSIONS:
-        for elem in contents.get(f"links{v}", []):
-            source, target, proto, port = elem["elem"]["val"]["concat"]
-            flows.setdefault(elem["elem"]["comment"], []).append(
-                (ipaddress.ip_address(source), ipaddress.ip_address(target), Protocol(proto), int(port)))
-    return links_from_flows(flows)
+def require_marker(listing: str, table: str) -> None:
+    """Raise ConflictError unless the listed table carries natmap's marker for
+    ``table``: natmap never uses, changes or deletes another program's table."""
+    try:
+        # Decode only the bridges set's object where libnftables writes it: a
+        # big table's listing is decoded once already, by parse_table.
+        start = listing.find('{"set": {"family": "inet", "name": "bridges",')
+        if start >= 0:
+            objects = [json.JSONDecoder().raw_decode(listing, start)[0]]
+        else:
+            objects = json.loads(listing)["nftables"]
+        comments = [obj["set"].get("comment") for obj in objects if obj.get("set", {}).get("name") == "bridges"]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BackendError(f"unreadable table listing from nft: {exc!r}") from exc
+    if comments != [marker(table)]:
+        raise ConflictError(f"table inet {table} exists but is not natmap's (it lacks the marker "
+                            f"{marker(table)!r}); natmap will not use, change or delete it: "
+                            "choose another table name")
 
 
 _NO_SUCH_TABLE = "No such file or directory"  # libnftables' words for ENOENT
@@ -346,31 +484,110 @@ def _check(what: str, rc: int, err: str) -> None:
         raise BackendError(f"nft refused {what}: {err.strip() or f'error {rc}'}")
 
 
+@functools.cache
+def _nftables_class() -> Any:
+    """libnftables' Python binding, its Nftables class made safe to fail:
+    the binding's ``__del__`` frees a context that a failed ``__init__``
+    never made, which prints a traceback at exit. Raises ImportError or
+    OSError when either is missing (make_backend says what to install)."""
+    import ctypes
+
+    import nftables
+
+    ctypes.CDLL("libnftables.so.1")  # what Nftables() loads: fail here, before any Nftables exists
+
+    class Nftables(nftables.Nftables):  # type: ignore[misc]
+        def __del__(self) -> None:
+            if "_Nftables__ctx" in self.__dict__:
+                super().__del__()
+
+    return Nftables
+
+
+# File descriptor 2 is the process's: one capture at a time. This also makes
+# every libnftables call in the process take turns, which its contexts, made
+# for one thread each, want anyway.
+_LIBNFTABLES = threading.Lock()
+
+
+@contextmanager
+def _stderr_captured(into: list[str]) -> Iterator[None]:
+    """Catch what C code writes to file descriptor 2 during the block (libnftables
+    prints "Operation not permitted (you must be root)" there itself, past its
+    error buffer) and append it to ``into``. Without a descriptor 2, nothing to catch."""
+    with _LIBNFTABLES:
+        try:
+            saved = os.dup(2)
+        except OSError:
+            into.append("")
+            yield
+            return
+        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)  # never blocks the writer
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        os.dup2(write_end, 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(write_end)
+            chunks = []
+            while chunk := _read_some(read_end):
+                chunks.append(chunk)
+            os.close(read_end)
+            into.append(b"".join(chunks).decode(errors="replace"))
+
+
+def _read_some(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except BlockingIOError:
+        return b""
+
+
 class NftBackend:
-    """libnftables in the calling thread's network namespace."""
+    """The :class:`~natmap.backends.base.Backend` on libnftables, in the
+    calling thread's network namespace."""
 
     name = "nft"
 
-    def __init__(self, table: str, session: Any) -> None:
-        import nftables
-
+    def __init__(self, table: str) -> None:
         self.table = validate_table(table)
-        self._session = session  # netlink.Session: the generation counter
-        self._nft = nftables.Nftables()
+        self._generation = _GenerationCounter()
+        with _LIBNFTABLES:
+            self._nft = _nftables_class()()
         self._nft.set_json_output(True)
 
+    def _call(self, command: str | dict[str, Any]) -> tuple[int, Any, str]:
+        """libnftables' (rc, output, errors), what it printed itself among the errors."""
+        printed: list[str] = []
+        try:
+            with _stderr_captured(printed):
+                if isinstance(command, str):
+                    rc, out, err = self._nft.cmd(command)
+                else:
+                    rc, out, err = self._nft.json_cmd(command)
+        except UnicodeDecodeError as exc:  # another program's bytes in natmap's table
+            raise BackendError(f"nft answered what is not UTF-8: {exc}") from exc
+        if printed[0] and rc == 0 and sys.stderr is not None:
+            sys.stderr.write(printed[0])  # not libnftables' (another thread's): pass it on
+        return rc, out, printed[0] + (err or "")
+
     def _run(self, what: str, command: str | dict[str, Any]) -> str:
-        if isinstance(command, str):
-            rc, out, err = self._nft.cmd(command)
-        else:
-            rc, out, err = self._nft.json_cmd(command)
+        rc, out, err = self._call(command)
         _check(what, rc, err)
         return out if isinstance(out, str) else json.dumps(out)
 
     def usable(self) -> bool:
         """Whether the kernel answers nftables requests here."""
-        rc, _, err = self._nft.cmd(f"list table inet {self.table}")
+        rc, _, err = self._call(f"list table inet {self.table}")
         return rc == 0 or _NO_SUCH_TABLE in err
+
+    def exists(self) -> bool:
+        """Whether a table of this name is in the kernel (natmap's or not)."""
+        rc, _, _ = self._call(f"list table inet {self.table}")
+        return rc == 0
 
     def delete(self) -> None:
         """Remove the table and everything in it: one transaction."""
@@ -384,7 +601,8 @@ class NftBackend:
         for obj in objects:
             if "rule" in obj:
                 rules[obj["rule"]["chain"]] = rules.get(obj["rule"]["chain"], 0) + 1
-        problems = []
+        problems: list[str] = []
+        parse_table(self.listing() or '{"nftables": []}', problems)  # others' elements
         expected_rules: dict[str, int] = {}
         for line in skeleton(self.table).splitlines():
             words = line.split()  # add KIND inet TABLE NAME ...
@@ -400,7 +618,7 @@ class NftBackend:
                 problems.append(f"chain {chain} has {rules.get(chain, 0)} rules, not {count}")
         return problems
 
-    def rebuild(self, items: set[Any]) -> None:
+    def rebuild(self, items: Iterable[Item]) -> None:
         """Replace the table with its skeleton and ``items``: one transaction.
         (Adding the table first makes deleting it work whether it is there or not.)"""
         text = f"add table inet {self.table}\ndelete table inet {self.table}\n"
@@ -413,22 +631,24 @@ class NftBackend:
         fetch every table's elements, 30 ms when another program's table has
         10,000 (measured), where ``list table`` costs what natmap's own table holds.
         """
-        rc, out, err = self._nft.cmd(f"list table inet {self.table}")
+        rc, out, err = self._call(f"list table inet {self.table}")
         if rc != 0 and _NO_SUCH_TABLE in err:
             return None
         _check(f"listing table inet {self.table}", rc, err)
-        return out
+        return str(out)
 
     def read(self) -> Table | None:
         """The table as the kernel holds it, or None if there is none."""
         listing = self.listing()
+        if listing is not None:
+            require_marker(listing, self.table)
         return None if listing is None else parse_table(listing)
 
     def generation(self) -> int:
         """The ruleset generation: one more with every committed transaction."""
-        return self._session.generation()
+        return self._generation.read()
 
-    def apply(self, change: Change, *, create: bool = False, generation: object = None) -> object:
+    def apply(self, change: Change, *, create: bool = False, generation: Generation = None) -> Generation:
         """The whole change as one kernel transaction; with ``create``, the
         table's skeleton too, in the same transaction (then as text, since
         JSON cannot declare the maps: see the module doc). Returns the
@@ -442,3 +662,44 @@ class NftBackend:
     def text(self, change: Change, *, create: bool = False) -> str:
         """The change as nft text; with ``create``, preceded by the skeleton."""
         return (skeleton(self.table) if create else "") + change_text(self.table, change)
+
+    def close(self) -> None:
+        """Close the netlink socket the generation is read on."""
+        self._generation.close()
+
+
+class _GenerationCounter:
+    """nftables' ruleset generation (``NFT_MSG_GETGEN``): it grows by one with
+    every committed transaction, whoever commits it. libnftables does not
+    tell it, so it is asked through pyroute2, on a socket kept open (opening
+    one costs more than using it) in the namespace of the first call."""
+
+    def __init__(self) -> None:
+        self._socket: Any = None
+        self._lock = threading.Lock()
+
+    def read(self) -> int:
+        from pyroute2.netlink import NLM_F_REQUEST
+        from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_GETGEN, NFTSocket, nft_gen_msg
+
+        with self._lock, _netlink("reading the nftables generation"):
+            if self._socket is None:
+                self._socket = NFTSocket()
+            answer = self._socket.request_get(nft_gen_msg(), NFT_MSG_GETGEN, NLM_F_REQUEST)
+        return int(answer[0].get_attr("NFTA_GEN_ID"))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._socket is not None:
+                self._socket.close()
+            self._socket = None
+
+
+def ruleset_generation() -> int:
+    """The calling thread's namespace's nftables generation, read once on a
+    socket of its own (tests compare it before and after a change)."""
+    counter = _GenerationCounter()
+    try:
+        return counter.read()
+    finally:
+        counter.close()

@@ -2,8 +2,8 @@
 Every test that takes ``nm`` runs once per backend."""
 
 import os
-import re
 import shutil
+import tempfile
 
 import pytest
 
@@ -26,6 +26,22 @@ def pytest_collection_modifyitems(items):
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def lock_dir():
+    """natmap's lock files in a directory of the test run's own, removed after
+    it (the commands the tests run inherit it), never in /run/natmap."""
+    path = tempfile.mkdtemp(prefix="natmap-locks-")
+    os.chmod(path, 0o700)
+    saved = os.environ.get("NATMAP_LOCK_DIR")
+    os.environ["NATMAP_LOCK_DIR"] = path
+    yield path
+    if saved is None:
+        del os.environ["NATMAP_LOCK_DIR"]
+    else:
+        os.environ["NATMAP_LOCK_DIR"] = saved
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture
 def sandbox():
     with Sandbox() as sb:
@@ -42,29 +58,3 @@ def nm(sandbox, backend):
     with natmap.NatMap(netns=sandbox.host.name, backend=backend) as instance:
         yield instance
 
-
-def kernel_state(sb, backend, table="natmap"):
-    """Everything natmap may have touched, as text: equal texts, equal kernels."""
-    if backend == "nft":
-        return sb.host.run(["nft", "-j", "list", "table", "inet", table]).stdout
-    saved = "".join(sb.host.run([tool]).stdout for tool in ("iptables-legacy-save", "ip6tables-legacy-save"))
-    return re.sub(r"\[\d+:\d+\]|^#.*$", "", saved, flags=re.M)  # counters and timestamps change
-
-
-def delete_behind_natmaps_back(sb, backend, binding):
-    """Remove one binding's rule the way a careless admin would."""
-    if backend == "nft":
-        suffix = "_any" if binding.host_ip.is_unspecified else ""
-        key = f"{binding.proto.value} . {binding.host_port}"
-        if not suffix:
-            key = f"{binding.host_ip} . {key}"
-        command = ["nft", "delete", "element", "inet", "natmap", f"dnat{binding.version}{suffix}", f"{{ {key} }}"]
-    else:
-        tool = "ip6tables-legacy" if binding.version == 6 else "iptables-legacy"
-        target = f"[{binding.container_ip}]" if binding.version == 6 else str(binding.container_ip)
-        command = [tool, "-t", "nat", "-D", "NATMAP-DNAT", *(["-d", str(binding.host_ip)]
-                   if not binding.host_ip.is_unspecified else []),
-                   "-p", binding.proto.value, "-m", binding.proto.value, "--dport", str(binding.host_port),
-                   "-m", "comment", "--comment", binding.endpoint,
-                   "-j", "DNAT", "--to-destination", f"{target}:{binding.container_port}"]
-    sb.host.run(command, check=True)

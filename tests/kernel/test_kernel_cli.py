@@ -40,10 +40,10 @@ def test_publish_port_and_ps_print_dockers_formats(sandbox, web):
     assert natmap(sandbox, "port", "web01").stdout == made.stdout
     ps = natmap(sandbox, "ps").stdout.splitlines()
     assert ps[0].split() == ["ENDPOINT", "ADDRESSES", "PORTS"]
-    assert ps[1].split(None, 3) == [
+    assert ps[1].split(None, 3) == [  # docker/cli's order: container port, host IP, host port
         "web01", "172.30.0.2,", "fd00:30::2",
-        "0.0.0.0:8080->5000/tcp, 0.0.0.0:32768-32769->7000-7001/udp, 127.0.0.1:5001->5000/tcp, "
-        "[::]:8080->5000/tcp, [::]:32768-32769->7000-7001/udp"]
+        "0.0.0.0:8080->5000/tcp, 127.0.0.1:5001->5000/tcp, [::]:8080->5000/tcp, 0.0.0.0:32768->7000/udp, "
+        "[::]:32768->7000/udp, 0.0.0.0:32769->7001/udp, [::]:32769->7001/udp"]
     assert natmap(sandbox, "ls").stdout == natmap(sandbox, "ps").stdout
 
 
@@ -69,21 +69,22 @@ def test_verbose_logs_each_change_and_vv_each_transaction(sandbox, web):
 
 
 def test_every_command_speaks_json(sandbox, web):
-    data = json.loads(publish_web01(sandbox, web, "-p", "8080:5000", "--json").stdout)
+    data = json.loads(publish_web01(sandbox, web, "-p", "8080:5000", "--json").stdout)["bindings"]
     assert data[0] == {"endpoint": "web01", "proto": "tcp", "host_ip": "0.0.0.0", "host_port": 8080,
                        "container_ip": "172.30.0.2", "container_port": 5000}
     db = sandbox.container("db01")
     natmap(sandbox, "publish", "db01", "--ip", str(db.ip), "--bridge", sandbox.bridge, "-p", "5432:5432")
-    assert len(json.loads(natmap(sandbox, "port", "web01", "--json").stdout)) == 2
-    assert [e["endpoint"] for e in json.loads(natmap(sandbox, "ls", "--json").stdout)] == ["db01", "web01"]
-    link = json.loads(natmap(sandbox, "link", "web01", "db01:db", "--json").stdout)
-    assert link["hosts_line"] == "172.30.0.3\tdb db01" and link["ports"] == ["5432/tcp"]
-    assert json.loads(natmap(sandbox, "links", "--json").stdout)[0]["alias"] == "db"
+    assert len(json.loads(natmap(sandbox, "port", "web01", "--json").stdout)["bindings"]) == 2
+    assert [e["endpoint"] for e in json.loads(natmap(sandbox, "ls", "--json").stdout)["endpoints"]] == [
+        "db01", "web01"]
+    link = json.loads(natmap(sandbox, "link", "web01", "db01:db", "--json").stdout)["link"]
+    assert link["hosts_line"] == "172.30.0.3\tdb db01" and link["ports"] == [{"port": 5432, "proto": "tcp"}]
+    assert json.loads(natmap(sandbox, "links", "--json").stdout)["links"][0]["alias"] == "db"
     assert json.loads(natmap(sandbox, "isolate", sandbox.bridge, "--json").stdout)["isolated"] is True
-    assert json.loads(natmap(sandbox, "unlink", "web01", "db01", "--json").stdout)["target"] == "db01"
-    assert len(json.loads(natmap(sandbox, "unpublish", "web01", "--json").stdout)) == 2
+    assert json.loads(natmap(sandbox, "unlink", "web01", "db01", "--json").stdout)["link"]["target"] == "db01"
+    assert len(json.loads(natmap(sandbox, "unpublish", "web01", "--json").stdout)["bindings"]) == 2
     error = natmap(sandbox, "port", "web01", "5000", "--json", code=3)
-    assert json.loads(error.stderr)["kind"] == "NotFoundError"
+    assert json.loads(error.stderr)["error"]["kind"] == "not_found"
 
 
 @pytest.mark.parametrize("args, code, first_line", [
@@ -99,9 +100,8 @@ def test_every_command_speaks_json(sandbox, web):
      "fd00:30::/64) in '10.9.9.9'"),
     (["publish", "web01", "--ip", "172.30.0.2", "--bridge", "nosuch0", "-p", "80"], 3,
      "natmap: no interface named 'nosuch0' in this network namespace"),
-    (["port", "web01"], 3,
-     "natmap: table inet natmap does not exist in this network namespace (nothing was published with it yet)"),
-    (["apply", "/nonexistent.toml"], 2, "natmap: [Errno 2] No such file or directory: '/nonexistent.toml'"),
+    (["port", "web01"], 3, "natmap: No such endpoint: web01"),
+    (["apply", "/nonexistent.toml"], 2, "natmap: /nonexistent.toml: cannot read it: No such file or directory"),
 ])
 def test_bad_input_gives_one_clear_line_and_the_documented_code(sandbox, args, code, first_line):
     result = natmap(sandbox, *args, code=code)
@@ -148,7 +148,7 @@ def test_apply_then_plan_shows_no_diff_and_edits_change_only_what_changed(sandbo
 
 def test_help_has_an_example_on_every_command():
     commands = ["publish", "port", "ls", "unpublish", "link", "unlink", "links", "isolate", "apply",
-                "plan", "spec"]
+                "plan", "check", "spec", "version", "help", "completion"]
     for command in commands:
         result = subprocess.run([NATMAP, command, "--help"], capture_output=True, text=True, check=True)
         assert f"example:\n  natmap {command}" in result.stdout

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import natmap
-from conftest import delete_behind_natmaps_back
+from helpers import delete_behind_natmaps_back
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import socket
 import pytest
 
 import natmap
-from conftest import delete_behind_natmaps_back, kernel_state
-from natmap import BackendError, ConflictError, SpecError, TableMissingError
+from helpers import delete_behind_natmaps_back, kernel_state
+from natmap import BackendError, ConflictError, NotFoundError, SpecError
 from natmap.host import UnknownInterfaceError
 
 
@@ -57,8 +57,7 @@ def test_ipv6_loopback_binding_is_refused_while_bridged_ipv6_is_hooked(sandbox, 
     sandbox.host.run(["sysctl", "-qw", "net.bridge.bridge-nf-call-ip6tables=1"], check=True)
     with pytest.raises(natmap.NatmapError, match="bridge-nf-call-ip6tables"):
         nm.publish(web.endpoint(), ["[::1]:5002:5000"])
-    with pytest.raises(TableMissingError):
-        nm.bindings()
+    assert nm.bindings() == []
 
 
 def test_hairpin_a_container_reaches_its_own_and_a_neighbours_published_port(sandbox, nm, web):
@@ -123,7 +122,8 @@ def test_unpublish_stops_new_connections_and_established_udp_flows(sandbox, nm, 
     assert len(removed) == 4
     assert client.request(sandbox.outside_ip, 8080, timeout=0.5) is None
     assert client.request(sandbox.outside_ip, 5353, "udp", sock=flow, timeout=0.5) is None
-    assert nm.port("web01") == []
+    with pytest.raises(NotFoundError, match="No such endpoint: web01"):  # gone, as docker port says
+        nm.port("web01")
     flow.close()
 
 
@@ -136,7 +136,8 @@ def test_port_reads_back_from_the_kernel_in_docker_order(sandbox, nm, web):
     for query in (5000, "5000", "5000/tcp"):
         assert [str(b) for b in fresh.port("web01", query)] == ["0.0.0.0:8080", "127.0.0.1:5001", "[::]:8080"]
     assert [str(b) for b in fresh.port("web01", "53/udp")] == ["0.0.0.0:53", "[::]:53"]
-    assert fresh.port("web01", 53) == []
+    with pytest.raises(NotFoundError, match="No public port '53/tcp' published for web01"):
+        fresh.port("web01", 53)
     assert fresh.bindings() == nm.bindings()
 
 
@@ -188,21 +189,21 @@ def test_a_failing_transaction_leaves_the_kernel_as_it_was(sandbox, nm, backend,
 def test_one_transaction_applies_many_changes_at_once(sandbox, nm, backend, web, client):
     db = sandbox.container("db01")
     db.serve(5432)
-    generation = sandbox.host.call(natmap.host.nft_generation)
+    generation = sandbox.host.call(natmap.backends.nft.ruleset_generation)
     with nm.transaction() as tx:
         tx.publish(web.endpoint(), ["8080:5000"])
         tx.publish(db.endpoint(), ["5432:5432"])
         tx.unpublish("web01")
         tx.publish(web.endpoint(), ["8081:5000"])
     if backend == "nft":  # the table's skeleton and the change: one nftables transaction
-        assert sandbox.host.call(natmap.host.nft_generation) == generation + 1
+        assert sandbox.host.call(natmap.backends.nft.ruleset_generation) == generation + 1
     assert client.request(sandbox.outside_ip, 8081) == "web01 192.0.2.2"
     assert client.request(sandbox.outside_ip, 5432) == "db01 192.0.2.2"
     assert client.request(sandbox.outside_ip, 8080, timeout=0.5) is None
-    generation = sandbox.host.call(natmap.host.nft_generation)
+    generation = sandbox.host.call(natmap.backends.nft.ruleset_generation)
     nm.publish(web.endpoint(), ["8082:5000"])
     if backend == "nft":
-        assert sandbox.host.call(natmap.host.nft_generation) == generation + 1
+        assert sandbox.host.call(natmap.backends.nft.ruleset_generation) == generation + 1
 
 
 def test_plan_shows_the_change_as_nft_text_and_applies_nothing(sandbox, web):
@@ -223,7 +224,7 @@ def test_bad_endpoints_are_refused_before_anything_is_applied(sandbox, nm, web):
         nm.publish(natmap.Endpoint("web01", web.ip, "nosuchbr"), ["8080:5000"])
     with pytest.raises(SpecError, match="in no subnet of bridge natmap0"):
         nm.publish(natmap.Endpoint("web01", "10.1.2.3", sandbox.bridge), ["8080:5000"])
-    with pytest.raises(TableMissingError):
+    with pytest.raises(NotFoundError, match="No such endpoint: web01"):
         nm.port("web01")
 
 
@@ -259,8 +260,7 @@ def test_instances_with_different_tables_and_other_programs_rules_are_independen
     assert client.request(sandbox.outside_ip, 9090) == "web01 192.0.2.2"
     assert client.request(sandbox.outside_ip, 8080, timeout=0.5) is None
     lab2.remove()
-    with pytest.raises(TableMissingError):
-        lab2.bindings()
+    assert lab2.bindings() == []
     assert lab1.bindings() == []
     assert other_programs_rules(sandbox, backend) == other_before
 

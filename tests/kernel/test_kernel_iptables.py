@@ -4,7 +4,7 @@ back, jumps stay single, other programs' chains stay as they were. Root only."""
 import pytest
 
 import natmap
-from conftest import delete_behind_natmaps_back, kernel_state
+from helpers import delete_behind_natmaps_back, kernel_state
 
 
 @pytest.fixture

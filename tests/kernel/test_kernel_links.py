@@ -4,7 +4,7 @@ containers on one bridge. Root only."""
 import pytest
 
 import natmap
-from conftest import kernel_state
+from helpers import kernel_state
 
 
 @pytest.fixture

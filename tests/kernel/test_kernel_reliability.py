@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import natmap
-from conftest import kernel_state
+from helpers import kernel_state
 
 STRESS = os.environ.get("STRESS") == "1"
 

@@ -1,0 +1,130 @@
+"""podman `run` + `rm` publishing through natmap-cni vs the stock portmap
+(`make bench-cni`; root; outside `make test`).
+
+For 1, 100 and 1,000 published ports (`-p 8080-9079:8080-9079` for 1,000),
+each plugin in its own sandbox and podman harness (tests/kernel/podman_harness.py:
+namespaces, mount namespace and temporary directories of its own), the two
+plugins measured in turns, after one uncounted warm-up round. Prints medians
+and ratios and writes them as the CNI section of bench/RESULTS.md (the rest
+of the file is left as it is).
+
+portmap needs about 48 s for one run with 1,000 ports here, so that size has
+fewer rounds (ROUNDS_1000, default 2): the whole benchmark takes about 4 minutes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "kernel"))
+
+from podman_harness import NETWORK, ULIMITS, Podman, missing, natmap_cni  # noqa: E402
+from test_kernel_cni import mapping, prev_result  # noqa: E402
+
+from natmap.sandbox import Sandbox  # noqa: E402
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+SIZES = (1, 100, 1000)
+ROUNDS = {1: 7, 100: 5, 1000: int(os.environ.get("ROUNDS_1000", "2"))}
+PLUGINS = ("natmap", "portmap")
+BEGIN, END = "<!-- cni_bench begin -->", "<!-- cni_bench end -->"
+
+
+def timed_round(pm: Podman, ports: int, name: str) -> tuple[float, float]:
+    """One ``podman run -d -p`` with ``ports`` ports and its ``podman rm -f``: seconds each."""
+    spec = "8080:80" if ports == 1 else f"8080-{8079 + ports}:8080-{8079 + ports}"
+    started = time.perf_counter()
+    pm.podman("run", "-d", "--name", name, "--network", NETWORK, "-p", spec, *ULIMITS,
+              "--rootfs", str(pm.tmp / "rootfs"), "/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/")
+    ran = time.perf_counter()
+    pm.podman("rm", "-f", "-t", "0", name)
+    return ran - started, time.perf_counter() - ran
+
+
+def cpu_seconds(argv: list[str], **kwargs) -> float:
+    """User + system CPU seconds of one child process (less sensitive to a busy machine than wall time)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(argv, capture_output=True, check=True, **kwargs)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
+def plugin_cpu(sb: Sandbox) -> str:
+    """What one natmap-cni process costs, by command (median CPU of 5), and
+    how much of it is importing pyroute2, which natmap's kernel calls need."""
+    web = sb.container("cpu01")
+    conf = json.dumps({"cniVersion": "1.0.0", "name": "cpu", "type": "natmap",
+                       "runtimeConfig": {"portMappings": [mapping(7000)]},
+                       "prevResult": prev_result(sb, web, "1.0.0")})
+    env = {"CNI_CONTAINERID": "cpu01", "CNI_IFNAME": "eth0", "CNI_NETNS": f"/run/netns/{web.name}",
+           "CNI_PATH": "/usr/lib/cni"}
+    argv = ["nsenter", f"--net=/run/netns/{sb.host.name}", natmap_cni()]
+    cpu: dict[str, list[float]] = {"VERSION": [], "ADD": [], "DEL": [], "pyroute2": []}
+    for _ in range(5):
+        for command in ("VERSION", "ADD", "DEL"):
+            cpu[command].append(cpu_seconds(argv, input=conf.encode(), env={**env, "CNI_COMMAND": command}))
+        cpu["pyroute2"].append(cpu_seconds([sys.executable, "-c", "import pyroute2"]))
+    med = {k: statistics.median(v) * 1000 for k, v in cpu.items()}
+    return (f"One natmap-cni process, CPU (median of 5, 1 port): VERSION {med['VERSION']:.0f} ms, "
+            f"ADD {med['ADD']:.0f} ms, DEL {med['DEL']:.0f} ms; importing pyroute2 alone "
+            f"{med['pyroute2']:.0f} ms of each ADD and DEL. podman runs VERSION then ADD for `run`, "
+            "VERSION then DEL for `rm`.")
+
+
+def main() -> None:
+    load = os.getloadavg()
+    why = missing()
+    if why:
+        sys.exit(f"podman cannot run here: {why}")
+    lines = [f"## CNI plugin: podman run + rm, natmap-cni vs portmap ({datetime.date.today()})", "",
+             "podman 4.3 (CNI backend), conflist bridge + host-local + the publisher, a busybox container "
+             "from a local rootfs; whole `podman` commands, median seconds, the two plugins in turns "
+             "after one warm-up round (bench/cni_bench.py).", "",
+             "| ports | rounds | natmap run | portmap run | portmap / natmap | natmap rm | portmap rm |",
+             "|---|---|---|---|---|---|---|"]
+    with Sandbox() as sb1, Sandbox() as sb2, \
+            Podman(sb1.host.name, "natmap") as natmap_pm, Podman(sb2.host.name, "portmap") as portmap_pm:
+        harness = {"natmap": natmap_pm, "portmap": portmap_pm}
+        for plugin in PLUGINS:
+            timed_round(harness[plugin], 1, "warmup")
+        for ports in SIZES:
+            runs: dict[str, list[float]] = {p: [] for p in PLUGINS}
+            rms: dict[str, list[float]] = {p: [] for p in PLUGINS}
+            for i in range(ROUNDS[ports]):
+                for plugin in PLUGINS if i % 2 == 0 else reversed(PLUGINS):
+                    run, rm = timed_round(harness[plugin], ports, f"c{ports}x{i}")
+                    runs[plugin].append(run)
+                    rms[plugin].append(rm)
+                    print(f"{ports:5} ports {plugin:8} run {run:7.3f} s  rm {rm:6.3f} s", flush=True)
+            med = {p: statistics.median(runs[p]) for p in PLUGINS}
+            med_rm = {p: statistics.median(rms[p]) for p in PLUGINS}
+            lines.append(f"| {ports} | {ROUNDS[ports]} | {med['natmap']:.2f} | {med['portmap']:.2f} | "
+                         f"{med['portmap'] / med['natmap']:.2f}x | {med_rm['natmap']:.2f} | "
+                         f"{med_rm['portmap']:.2f} |")
+        lines += ["", plugin_cpu(sb1)]
+    lines += ["", "Load average (1 min) at the start and the end: "
+              f"{load[0]:.1f} and {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (a shared machine: "
+              "the ratios, measured in turns, are the point).",
+              "", "Targets (issue 17): natmap's run at 1,000 ports at least 50x faster than portmap's; "
+              "within 1.3x of portmap's at 1 port."]
+    section = "\n".join([BEGIN, *lines, END])
+    print("\n".join(lines))
+    text = RESULTS.read_text() if RESULTS.exists() else ""
+    if BEGIN in text and END in text:
+        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    RESULTS.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

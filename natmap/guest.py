@@ -1,0 +1,175 @@
+"""natmap as a guest on a shared host (DESIGN.md §7): host ports belong to the
+namespace, not to a table; natmap owns only what carries its marker; the
+addresses a spec names are checked as Docker checks them.
+
+The checks here are pure functions of facts the caller passes in (listening
+sockets, other tables, interface addresses), so the engine decides when the
+kernel is asked, and tests can pass facts of their own.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+from .errors import ConflictError, SpecError
+from .model import Binding, Endpoint, Table
+from .spec import PortSpec, Protocol
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .host import Listener
+
+__all__ = ["marker", "owner_of", "check_listeners", "shadowed", "check_other_tables",
+           "mapped_ports", "check_addresses"]
+
+_MARKER = "natmap v1 table="
+
+
+def marker(table: str) -> str:
+    """The text natmap writes on every table (nft comment) or chain set (iptables
+    rule comment) it makes for ``table``: the proof that it is natmap's."""
+    return _MARKER + table
+
+
+def owner_of(comment: str | None) -> str | None:
+    """The natmap table a marker names, or None if ``comment`` is no marker."""
+    return comment[len(_MARKER):] if comment and comment.startswith(_MARKER) else None
+
+
+# --- host sockets -----------------------------------------------------------------
+
+
+def overlaps(binding: Binding, listener: Listener) -> bool:
+    """Whether ``listener`` holds the port ``binding`` would catch packets for:
+    the same protocol and port, and the same address or a wildcard on either
+    side (a ``::`` socket without IPV6_V6ONLY also holds the IPv4 port, so
+    Docker's bind of ``0.0.0.0`` would fail on it too)."""
+    if listener.proto is not binding.proto or not binding.host_port <= listener.port <= binding.last_port:
+        return False
+    address = listener.address
+    if address.version != binding.version:
+        return address.version == 6 and address.is_unspecified and not listener.v6only
+    return address.is_unspecified or binding.host_ip.is_unspecified or address == binding.host_ip
+
+
+def check_listeners(bindings: Iterable[Binding], listeners: Callable[[Protocol], Sequence[Listener]],
+                    owner: Callable[[int], str | None]) -> None:
+    """Raise :class:`ConflictError` at the first binding whose host port a host
+    socket holds, naming the socket and (where /proc tells) its process, as
+    Docker's "address already in use". ``listeners(proto)`` lists the sockets;
+    ``owner(inode)`` names a socket's process."""
+    by_port = _by_port(listeners)
+    for held in bindings:
+        listener = next((s for s in _near(by_port(held.proto), held) if overlaps(held, s)), None)
+        if listener is not None:
+            binding = held if held.count == 1 else held.at(listener.port)  # a range: the port it takes
+            who = owner(listener.inode)
+            raise ConflictError(
+                f"{binding}/{binding.proto.value} for endpoint {binding.endpoint!r}: a host socket "
+                f"listens on {listener}{f' ({who})' if who else ''}; publishing would take its "
+                "traffic (force=True / --force takes it knowingly)")
+
+
+def shadowed(bindings: Iterable[Binding], listeners: Callable[[Protocol], Sequence[Listener]],
+             owner: Callable[[int], str | None]) -> list[str]:
+    """One line per binding that catches the packets of a host socket (which
+    may have appeared after the binding was made)."""
+    lines = []
+    by_port = _by_port(listeners)
+    for held in bindings:
+        for listener in _near(by_port(held.proto), held):
+            if overlaps(held, listener):
+                binding = held if held.count == 1 else held.at(listener.port)
+                who = owner(listener.inode)
+                lines.append(f"port {binding.endpoint} {binding.port_line()} shadows the host socket "
+                             f"on {listener}{f' ({who})' if who else ''}")
+    return lines
+
+
+def _near(by_port: dict[int, list[Listener]], binding: Binding) -> Iterator[Listener]:
+    """The sockets on the binding's host port, or (a same-port range) on any of its ports."""
+    if binding.count == 1:
+        yield from by_port.get(binding.host_port, ())
+        return
+    for port, sockets in by_port.items():
+        if binding.host_port <= port <= binding.last_port:
+            yield from sockets
+
+
+def _by_port(listeners: Callable[[Protocol], Sequence[Listener]]) -> Callable[[Protocol], dict[int, list[Listener]]]:
+    """The sockets of a protocol by port, grouped once: a big change checks thousands of bindings."""
+    @functools.cache
+    def grouped(proto: Protocol) -> dict[int, list[Listener]]:
+        ports: dict[int, list[Listener]] = {}
+        for listener in listeners(proto):
+            ports.setdefault(listener.port, []).append(listener)
+        return ports
+    return grouped
+
+
+# --- other natmap tables ------------------------------------------------------------
+
+
+def check_other_tables(bindings: Iterable[Binding], others: Sequence[tuple[str, Table]]) -> None:
+    """Raise :class:`ConflictError` at the first binding that would catch packets
+    a binding of another natmap table of the namespace catches, naming that
+    table and endpoint."""
+    for binding in bindings:
+        for label, table in others:
+            existing = table.clash(binding)
+            if existing is not None:
+                raise ConflictError(
+                    f"{binding}/{binding.proto.value} for endpoint {binding.endpoint!r} conflicts with "
+                    f"{existing}/{existing.proto.value} of endpoint {existing.endpoint!r} in {label}")
+
+
+def mapped_ports(others: Sequence[tuple[str, Table]], proto: Protocol) -> frozenset[int]:
+    """The host ports of ``proto`` other natmap tables map, on any address:
+    an assigned port is never one of them."""
+    return frozenset(port for _, table in others for b in table.held_bindings() if b.proto is proto
+                     for port in range(b.host_port, b.last_port + 1))  # held: bindings() sorts
+
+
+# --- addresses -----------------------------------------------------------------------
+
+
+def check_addresses(endpoint: Endpoint, specs: Sequence[PortSpec], *, bridge_kind: str | None,
+                    bridge_addresses: Sequence[Any], local: Callable[[], frozenset[Any]],
+                    nonlocal_bind: Callable[[int], bool]) -> None:
+    """Raise :class:`SpecError` for what Docker refuses or fails to bind:
+    ``bridge=`` that is no bridge; an endpoint address that is the bridge's
+    own address, its network or its broadcast address; a host IP that is
+    multicast, broadcast, or not local (unless ``ip_nonlocal_bind`` allows).
+    ``local()`` gives the namespace's addresses as interfaces (``10.0.0.1/24``)."""
+    if bridge_kind != "bridge":
+        raise SpecError(f"interface {endpoint.bridge} is not a bridge "
+                        f"({bridge_kind or 'a plain interface'})", endpoint.bridge)
+    for address in filter(None, (endpoint.ip, endpoint.ipv6)):
+        for interface in bridge_addresses:
+            net = interface.network
+            reserved = {interface.ip, net.network_address}
+            if net.version == 4 and net.prefixlen < 31:
+                reserved.add(net.broadcast_address)
+            if address in reserved:
+                what = ("address" if address == interface.ip else
+                        "network address" if address == net.network_address else "broadcast address")
+                raise SpecError(f"{address} of endpoint {endpoint.name!r} is the {what} of bridge "
+                                f"{endpoint.bridge} ({interface})", str(address))
+    for spec in specs:
+        ip = spec.host_ip
+        if ip is None or ip.is_unspecified:
+            continue
+        if ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
+            raise SpecError(f"host IP {ip} is a multicast or broadcast address", str(spec))
+        interfaces = local()
+        if ip.is_loopback or any(ip == i.ip for i in interfaces):
+            continue
+        if any(ip == i.network.broadcast_address for i in interfaces if i.version == 4 and i.network.prefixlen < 31):
+            raise SpecError(f"host IP {ip} is a broadcast address", str(spec))
+        if not nonlocal_bind(ip.version):
+            raise SpecError(f"host IP {ip} is not an address of this host (network namespace); "
+                            f"net.ipv{ip.version}.ip_nonlocal_bind=1 would allow it", str(spec))

@@ -1,0 +1,76 @@
+"""podman (CNI backend) publishing through natmap-cni, and through the stock
+portmap for comparison: real containers, real traffic, in namespaces and
+temporary directories of the test's own (see podman_harness)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from podman_harness import ULIMITS, Podman, missing
+
+from natmap.cni import endpoint_name
+
+HTTP_GET = b"GET / HTTP/1.0\r\n\r\n"
+
+pytestmark = pytest.mark.skipif(missing() is not None, reason=f"podman cannot run here: {missing()}")
+
+
+@pytest.fixture(params=["natmap", "portmap"])
+def podman(request, sandbox):
+    with Podman(sandbox.host.name, request.param) as pm:
+        try:
+            pm.podman("info", timeout=60)
+        except RuntimeError as exc:  # only where podman cannot run at all
+            pytest.skip(f"podman cannot run here: {exc}")
+        yield pm
+
+
+def answers(ns, host, port):
+    answer = ns.request(str(host), port, payload=HTTP_GET) or ""
+    return answer.startswith("HTTP/1.") and " 200 " in answer.splitlines()[0]
+
+
+def natmap(sandbox, *args):
+    """The ``natmap`` command, run in the sandbox's host namespace as podman's plugins are."""
+    return subprocess.run(["nsenter", f"--net=/run/netns/{sandbox.host.name}",
+                           str(Path(sys.executable).parent / "natmap"), *args], capture_output=True, text=True)
+
+
+def test_podman_run_publishes_and_rm_removes(podman, sandbox):
+    client = sandbox.client("client1")
+    cid = podman.run("web", "8080:80", "127.0.0.1:8081:80", "8082:80/udp")
+    assert answers(client, sandbox.outside_ip, 8080)
+    assert answers(sandbox.host, "127.0.0.1", 8080)    # the host's loopback
+    assert answers(sandbox.host, "127.0.0.1", 8081)
+    assert not answers(client, sandbox.outside_ip, 8081)  # published on 127.0.0.1 only
+    podman_lines = sorted(podman.podman("port", "web").stdout.split())
+    if podman.plugin == "natmap":
+        shown = natmap(sandbox, "port", endpoint_name("natmaptest", cid, "eth0"))
+        assert shown.returncode == 0, shown.stderr
+        assert sorted(shown.stdout.split()) == podman_lines
+    podman.rm("web")
+    assert not answers(client, sandbox.outside_ip, 8080)
+    assert not answers(sandbox.host, "127.0.0.1", 8080)
+    if podman.plugin == "natmap":
+        listed = natmap(sandbox, "ls")
+        assert listed.returncode == 0 and "cni-" not in listed.stdout, listed.stdout + listed.stderr
+
+
+def test_podman_range_and_conflict(podman, sandbox):
+    client = sandbox.client("client1")
+    podman.run("big", "9000-9099:9000-9099")
+    podman.podman("rm", "-f", "-t", "0", "big")
+    podman.run("web1", "8080:80")
+    second = podman.podman("run", "-d", "--name", "web2", "--network", "natmaptest", "-p", "8080:80",
+                           *podman_args(podman), check=False)
+    assert second.returncode != 0
+    if podman.plugin == "natmap":
+        # natmap refuses the taken port and names the container that holds it
+        assert "conflicts with" in second.stderr and "cni-" in second.stderr, second.stderr
+    print(second.stderr)
+    assert answers(client, sandbox.outside_ip, 8080)
+
+
+def podman_args(podman):
+    return [*ULIMITS, "--rootfs", str(podman.tmp / "rootfs"), "/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/"]

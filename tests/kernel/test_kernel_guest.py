@@ -1,0 +1,399 @@
+"""natmap as a guest on a shared host (issue 13): host sockets' ports, other
+natmap tables, other programs' tables and chains, odd addresses. Root only;
+every namespace is the sandbox's own; each case with real traffic, both backends."""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import natmap
+from helpers import kernel_state
+from test_kernel_engine import client, web  # noqa: F401 (the same fixtures: web01 serving, client1 outside)
+from natmap import ConflictError, SpecError
+from natmap.errors import UnknownInterfaceError
+
+
+def host_listener(sandbox, port, proto="tcp", address="0.0.0.0"):
+    """A host service (think sshd) holding ``port`` in the sandbox's host namespace."""
+    def make():
+        kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+        sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, kind)
+        sock.bind((address, port))
+        if proto == "tcp":
+            sock.listen()
+        return sock
+    return sandbox.host.call(make)
+
+
+# --- 1. a host service's port ---------------------------------------------------------
+
+
+def test_an_explicit_port_a_host_socket_listens_on_is_refused_naming_it(sandbox, nm, web, client):
+    with host_listener(sandbox, 2222):
+        with pytest.raises(ConflictError, match=r"listens on 0\.0\.0\.0:2222/tcp \(pid %d " % os.getpid()):
+            nm.publish(web.endpoint(), ["2222:5000"])
+        assert nm.bindings() == []  # nothing applied
+        # A bound UDP socket on one address holds that address and the wildcard.
+        with host_listener(sandbox, 5353, "udp", "127.0.0.1"):
+            with pytest.raises(ConflictError, match=r"127\.0\.0\.1:5353/udp"):
+                nm.publish(web.endpoint(), ["5353:5353/udp"])
+            nm.publish(web.endpoint(), [f"{sandbox.outside_ip}:5353:5353/udp"])  # another address: free
+
+
+def test_force_takes_a_host_sockets_port_knowingly_and_check_reports_it_to_others(sandbox, nm, web, client):
+    with host_listener(sandbox, 2222):
+        nm.publish(web.endpoint(), ["2222:5000"], force=True)
+        assert client.request(sandbox.outside_ip, 2222) == "web01 192.0.2.2"
+        assert not nm.check()  # this NatMap forced it: no news
+        fresh = natmap.NatMap(netns=sandbox.host.name, backend=nm.backend_name)
+        drift = fresh.check()
+        assert "shadowing: port web01 5000/tcp -> 0.0.0.0:2222 shadows the host socket on 0.0.0.0:2222/tcp" in str(drift)
+
+
+def test_check_reports_a_listener_that_appeared_after_the_binding(sandbox, nm, web):
+    nm.publish(web.endpoint(), ["2222:5000"])
+    assert not nm.check()
+    with host_listener(sandbox, 2222, address="127.0.0.1"):
+        drift = nm.check()
+        assert drift.shadowing and "127.0.0.1:2222/tcp" in drift.shadowing[0]
+    assert not nm.check()
+
+
+def test_assigned_ports_skip_a_dual_stack_listener(sandbox, nm, web):
+    low = int(sandbox.host.run(["sysctl", "-n", "net.ipv4.ip_local_port_range"]).stdout.split()[0])
+    with host_listener(sandbox, low, address="::"):
+        made = nm.publish(web.endpoint(), ["5000"])
+        assert {b.host_port for b in made} == {low + 1}
+
+
+# --- 2. another table's port ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("other_backend", ["nft", "iptables"])
+def test_two_tables_never_hold_one_host_port(sandbox, nm, web, client, other_backend):
+    other_web = sandbox.container("web02")
+    other_web.serve(5000)
+    with natmap.NatMap(table="tb", netns=sandbox.host.name, backend=other_backend) as tb:
+        tb.publish(other_web.endpoint(), ["8080:5000"])
+        with pytest.raises(ConflictError, match=r"endpoint 'web02' in table .*tb \(%s\)" % other_backend):
+            nm.publish(web.endpoint(), ["8080:5000"])
+        assert client.request(sandbox.outside_ip, 8080) == "web02 192.0.2.2"
+        # -P never hands out a port another table maps.
+        theirs = tb.publish(other_web.endpoint(), ["5000"])[0].host_port
+        mine = nm.publish(web.endpoint(), ["5000"])
+        assert theirs not in {b.host_port for b in mine}
+        assert client.request(sandbox.outside_ip, mine[0].host_port) == "web01 192.0.2.2"
+        tb.remove()
+
+
+def test_same_table_name_on_the_other_backend_is_another_table(sandbox, nm, web):
+    other = "iptables" if nm.backend_name == "nft" else "nft"
+    with natmap.NatMap(netns=sandbox.host.name, backend=other) as twin:
+        twin.publish(web.endpoint(), ["8080:5000"])
+        with pytest.raises(ConflictError, match="8080"):
+            nm.publish(web.endpoint(), ["0.0.0.0:8080:5000"])
+        twin.remove()
+
+
+_RACER = textwrap.dedent("""
+    import sys, natmap
+    table, backend, netns, ip, bridge, count = sys.argv[1:]
+    nm = natmap.NatMap(table=table, backend=backend, netns=netns)
+    ports = []
+    for i in range(int(count)):
+        endpoint = natmap.Endpoint("e" + table, ip, bridge, expose=(str(5000 + i),))
+        ports += [b.host_port for b in nm.publish(endpoint, [], publish_all=True)]
+    print(" ".join(map(str, ports)))
+""")
+
+
+def test_concurrent_publish_all_in_two_tables_never_yields_one_port_twice(sandbox, backend):
+    count = 200 if os.environ.get("STRESS") else 30  # make stress: the issue's 200
+    racers = [subprocess.Popen([sys.executable, "-c", _RACER, table, backend, sandbox.host.name,
+                                str(sandbox.subnet.network_address + n), sandbox.bridge, str(count)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for n, table in ((20, "ta"), (21, "tb"))]
+    outputs = [racer.communicate(timeout=600) for racer in racers]
+    assert all(racer.returncode == 0 for racer in racers), [err for _, err in outputs]
+    ports = [set(map(int, out.split())) for out, _ in outputs]
+    assert len(ports[0]) == len(ports[1]) == count
+    assert not ports[0] & ports[1]
+
+
+# --- 3. another program's tables and chains --------------------------------------------
+
+
+def test_an_nft_table_natmap_did_not_make_is_never_used_or_deleted(sandbox, web):
+    sandbox.host.run(["nft", "add table inet natmap; add chain inet natmap mine; "
+                      "add rule inet natmap mine counter accept"], check=True)
+    before = kernel_state(sandbox, "nft")
+    nm = natmap.NatMap(netns=sandbox.host.name)
+    for action in (lambda: nm.publish(web.endpoint(), ["8080:5000"]), nm.remove, nm.bindings):
+        with pytest.raises(ConflictError, match="table inet natmap exists but is not natmap's"):
+            action()
+    assert kernel_state(sandbox, "nft") == before
+
+
+def _save(sandbox, *tables):
+    """The tables as iptables-legacy-save prints them, without its timestamp
+    comments and the policies' packet counters (the namespace's own traffic moves them)."""
+    saved = "".join(sandbox.host.run(["iptables-legacy-save", "-t", t]).stdout for t in tables)
+    return "\n".join(re.sub(r"\[\d+:\d+\]$", "", line) for line in saved.splitlines() if not line.startswith("#"))
+
+
+@pytest.mark.parametrize("table", ["docker", "DOCKER"])
+def test_docker_named_tables_leave_a_foreign_docker_user_chain_byte_for_byte(sandbox, web, client, table):
+    sandbox.host.run(["iptables-legacy", "-N", "DOCKER-USER"], check=True)
+    sandbox.host.run(["iptables-legacy", "-A", "DOCKER-USER", "-s", "198.51.100.7", "-j", "DROP"], check=True)
+    before = [line for line in _save(sandbox, "filter").splitlines() if "DOCKER-USER" in line]
+    with natmap.NatMap(table=table, netns=sandbox.host.name, backend="iptables") as nm:
+        nm.publish(web.endpoint(), ["8080:5000"])
+        assert client.request(sandbox.outside_ip, 8080) == "web01 192.0.2.2"
+        nm.check()
+        nm.remove()
+    after = [line for line in _save(sandbox, "filter").splitlines() if "DOCKER-USER" in line]
+    assert after == before
+    assert client.request(sandbox.outside_ip, 8080, timeout=0.5) is None
+
+
+def test_an_existing_chain_of_natmaps_names_is_refused(sandbox, web):
+    sandbox.host.run(["iptables-legacy", "-N", "DOCKER-FORWARD"], check=True)
+    sandbox.host.run(["iptables-legacy", "-A", "DOCKER-FORWARD", "-j", "ACCEPT"], check=True)
+    before = _save(sandbox, "filter", "nat")
+    with natmap.NatMap(table="docker", netns=sandbox.host.name, backend="iptables") as nm:
+        with pytest.raises(ConflictError, match="chain DOCKER-FORWARD in table filter exists but is not natmap's"):
+            nm.publish(web.endpoint(), ["8080:5000"])
+        with pytest.raises(ConflictError):
+            nm.remove()
+    assert _save(sandbox, "filter", "nat") == before
+
+
+def test_tables_differing_in_case_or_past_16_characters_get_their_own_chains(sandbox, web, client):
+    web2 = sandbox.container("web02")
+    web2.serve(5000)
+    names = ["lab", "LAB", "a_very_long_table_name_1", "a_very_long_table_name_2"]
+    nms = [natmap.NatMap(table=name, netns=sandbox.host.name, backend="iptables") for name in names]
+    for n, nm in enumerate(nms):
+        nm.publish(web.endpoint() if n % 2 == 0 else web2.endpoint(), [f"{8080 + n}:5000"])
+    for n, nm in enumerate(nms):
+        assert [str(b) for b in nm.bindings()] == [f"0.0.0.0:{8080 + n}", f"[::]:{8080 + n}"]
+        assert client.request(sandbox.outside_ip, 8080 + n) == f"{'web01' if n % 2 == 0 else 'web02'} 192.0.2.2"
+    for nm in nms:
+        nm.remove()
+        nm.close()
+
+
+# --- 7. odd addresses -------------------------------------------------------------------
+
+
+def test_odd_addresses_are_refused_before_anything_is_applied(sandbox, nm, web):
+    gateway = natmap.Endpoint("gw", sandbox.bridge_ip, sandbox.bridge)
+    network = natmap.Endpoint("net", sandbox.subnet.network_address, sandbox.bridge)
+    broadcast = natmap.Endpoint("bc", sandbox.subnet.broadcast_address, sandbox.bridge)
+    cases = [
+        (gateway, ["9090:80"], "is the address of bridge"),
+        (network, ["9090:80"], "is the network address of bridge"),
+        (broadcast, ["9090:80"], "is the broadcast address of bridge"),
+        (web.endpoint(), ["203.0.113.5:9090:80"], "not an address of this host"),
+        (web.endpoint(), ["224.0.0.1:9090:80"], "multicast or broadcast"),
+        (web.endpoint(), ["255.255.255.255:9090:80"], "multicast or broadcast"),
+        (web.endpoint(), ["192.0.2.255:9090:80"], "is a broadcast address"),
+        (web.endpoint(), ["[ff02::1]:9090:80"], "multicast"),
+    ]
+    for endpoint, specs, message in cases:
+        with pytest.raises(SpecError, match=message):
+            nm.publish(endpoint, specs)
+    assert nm.bindings() == []  # nothing applied
+    sandbox.host.run(["ip", "link", "add", "vx0", "type", "veth", "peer", "name", "vx1"], check=True)
+    with pytest.raises(SpecError, match=r"not a bridge \(veth\)"):
+        nm.publish(natmap.Endpoint("xx", "172.30.0.9", "vx0"), ["9090:80"])
+    with pytest.raises(UnknownInterfaceError):
+        nm.publish(natmap.Endpoint("xx", "172.30.0.9", "nosuch0"), ["9090:80"])
+
+
+def test_a_nonlocal_host_ip_is_allowed_when_nonlocal_bind_is_on(sandbox, nm, web):
+    sandbox.host.run(["sysctl", "-qw", "net.ipv4.ip_nonlocal_bind=1"], check=True)
+    made = nm.publish(web.endpoint(), ["203.0.113.5:9090:5000"])
+    assert [str(b) for b in made] == ["203.0.113.5:9090"]
+
+
+def test_the_command_refuses_a_host_sockets_port_and_force_takes_it(sandbox, web):
+    natmap_cmd = str(__import__("pathlib").Path(sys.executable).with_name("natmap"))
+    argv = [natmap_cmd, "publish", "web01", "--ip", str(web.ip), "--bridge", sandbox.bridge,
+            "-p", "2222:5000", "--netns", sandbox.host.name]
+    with host_listener(sandbox, 2222):
+        refused = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 1
+        assert "a host socket listens on 0.0.0.0:2222/tcp" in refused.stderr
+        forced = subprocess.run([*argv, "--force"], capture_output=True, text=True, timeout=60)
+        assert (forced.returncode, forced.stdout) == (0, "5000/tcp -> 0.0.0.0:2222\n")
+        check = subprocess.run([natmap_cmd, "check", "--netns", sandbox.host.name], capture_output=True,
+                               text=True, timeout=60)
+        assert check.returncode == 1 and "shadows the host socket on 0.0.0.0:2222/tcp" in check.stderr
+
+
+# --- 5. isolation cuts what it forbids ----------------------------------------------------
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_isolating_cuts_established_flows_between_unlinked_containers_only(sandbox, nm, family):
+    db = sandbox.container("db01")
+    db.serve(5432, "udp")
+    linked, other = sandbox.container("web02"), sandbox.container("web03")
+    db_ip = db.ip if family == 4 else db.ipv6
+    nm.link(linked.endpoint(), db.endpoint(expose=["5432/udp"]), "db")
+    flows = {c.label: c.udp_socket(family) for c in (linked, other)}
+    for c in (linked, other):
+        assert c.request(db_ip, 5432, "udp", sock=flows[c.label]) == f"db01 {c.ip if family == 4 else c.ipv6}"
+    nm.isolate(sandbox.bridge)
+    assert other.request(db_ip, 5432, "udp", sock=flows["web03"], timeout=0.5) is None
+    assert linked.request(db_ip, 5432, "udp", sock=flows["web02"]) is not None
+    for flow in flows.values():
+        flow.close()
+
+
+# --- 6. conntrack cleanup touches only what natmap changes --------------------------------
+
+
+def conntrack_entries(sandbox, dport):
+    """(orig destination, status) of the host's conntrack entries to UDP port ``dport``."""
+    def dump():
+        from pyroute2 import Conntrack
+        from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
+        with Conntrack() as ct:
+            return [(e.tuple_orig.daddr, e.status) for e in ct.dump_entries(tuple_orig=NFCTAttrTuple(proto=17))
+                    if e.tuple_orig.dport == dport]
+    return sandbox.host.call(dump)
+
+
+def test_publishing_leaves_forwarded_flows_to_the_same_port_alone(sandbox, nm, client):
+    client.serve(5353, "udp")
+    resolver = sandbox.container("web01")
+    nm.publish(resolver.endpoint(), ["8080:5000"])  # egress masquerade in place
+    query = resolver.udp_socket()
+    assert resolver.request("192.0.2.2", 5353, "udp", sock=query) == f"client1 {sandbox.outside_ip}"
+    assert [d for d, _ in conntrack_entries(sandbox, 5353)] == ["192.0.2.2"]
+    server = sandbox.container("web02")
+    server.serve(5353, "udp")
+    nm.publish(server.endpoint(), ["5353:5353/udp"])
+    assert [d for d, _ in conntrack_entries(sandbox, 5353)] == ["192.0.2.2"]  # untouched
+    assert client.request(sandbox.outside_ip, 5353, "udp") == "web02 192.0.2.2"
+    query.close()
+
+
+def test_publishing_leaves_answered_flows_to_a_host_service_alone(sandbox, nm, client):
+    server = sandbox.container("web02")
+    nm.publish(server.endpoint(), ["8080:5000"])  # the table's NAT hooks make the host track flows
+    sandbox.host.serve(5353, "udp", family=4)
+    answered, unanswered = client.udp_socket(), client.udp_socket()
+    assert client.request(sandbox.outside_ip, 5353, "udp", sock=answered) == "host 192.0.2.2"
+    assert client.request(sandbox.outside_ip, 5354, "udp", sock=unanswered, timeout=0.3) is None
+    server.serve(5353, "udp")
+    server.serve(5354, "udp")
+    nm.publish(server.endpoint(), ["5353:5353/udp", "5354:5354/udp"], force=True)
+    # The host service keeps its answered flow; the unanswered one now reaches the container.
+    assert client.request(sandbox.outside_ip, 5353, "udp", sock=answered) == "host 192.0.2.2"
+    assert client.request(sandbox.outside_ip, 5354, "udp", sock=unanswered) == "web02 192.0.2.2"
+    answered.close()
+    unanswered.close()
+
+
+# --- 8. auto is sticky --------------------------------------------------------------------
+
+
+_AUTO = textwrap.dedent("""
+    import sys
+    if sys.argv[2] == "no-libnftables":
+        sys.modules["nftables"] = None  # as on a host where libnftables fails to load
+    import natmap
+    try:
+        nm = natmap.NatMap(netns=sys.argv[1], backend="auto")
+        print(nm.backend_name, " ".join(str(b) for b in nm.bindings()))
+    except natmap.NatmapError as exc:
+        print("error:", exc)
+""")
+
+
+def auto_in_a_process(sandbox, how="normal"):
+    result = subprocess.run([sys.executable, "-c", _AUTO, sandbox.host.name, how],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_auto_takes_the_backend_the_table_is_on(sandbox, backend, web):
+    with natmap.NatMap(netns=sandbox.host.name, backend=backend) as nm:
+        nm.publish(web.endpoint(), ["8080:5000"])
+    assert auto_in_a_process(sandbox) == f"{backend} 0.0.0.0:8080 [::]:8080"
+    with natmap.NatMap(netns=sandbox.host.name, backend="auto") as auto:
+        assert auto.backend_name == backend
+        auto.publish(web.endpoint(), ["8081:5000"])  # into the same table, not a second copy
+    with natmap.NatMap(netns=sandbox.host.name, backend=backend) as nm:
+        assert len(nm.bindings()) == 4
+
+
+def test_auto_without_libnftables_refuses_an_nft_table_and_otherwise_takes_iptables(sandbox, web):
+    assert auto_in_a_process(sandbox, "no-libnftables") == "iptables"  # no table yet: iptables, holding nothing
+    with natmap.NatMap(netns=sandbox.host.name) as nm:
+        nm.publish(web.endpoint(), ["8080:5000"])
+    assert auto_in_a_process(sandbox, "no-libnftables").startswith(
+        "error: table inet natmap exists on nft, but libnftables cannot load here")
+
+
+# --- 4. unpublished container ports: Docker 28's direct-access protection -----------------
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_routed_access_to_unpublished_ports_follows_the_gateway_mode(sandbox, nm, web, client, family):
+    web.serve(9999)
+    direct = str(web.ip if family == 4 else web.ipv6)
+    outside = str(sandbox.outside_ip if family == 4 else sandbox.outside_ip6)
+    seen = "192.0.2.2" if family == 4 else "2001:db8:2::2"
+    nm.publish(web.endpoint(), ["8080:5000"])
+    modes = [("nat", (), False), ("nat-unprotected", (), True), ("nat", ("nmout",), True), ("nat", (), False)]
+    for mode, trusted, open_ in modes:
+        nm.set_gateway(sandbox.bridge, mode, trusted)
+        assert (client.request(direct, 9999, timeout=0.5) is not None) is open_, (mode, trusted)
+        assert client.request(outside, 8080) == f"web01 {seen}"        # published: always
+    assert nm.gateways() == []
+    client.serve(9000)  # the container's own flows and their replies: untouched
+    assert web.request(seen, 9000) == f"client1 {sandbox.outside_ip if family == 4 else sandbox.outside_ip6}"
+
+
+def test_gateway_settings_read_back_and_come_from_the_toml_file(sandbox, nm, web, client, tmp_path):
+    web.serve(9999)
+    nm.set_gateway(sandbox.bridge, "nat", ["nmout"])
+    fresh = natmap.NatMap(netns=sandbox.host.name, backend=nm.backend_name)
+    assert fresh.gateways() == [natmap.Gateway(sandbox.bridge, "nat", ("nmout",))]
+    path = tmp_path / "lab.toml"
+    path.write_text(textwrap.dedent(f"""
+        [bridges.{sandbox.bridge}]
+        gateway_mode = "nat-unprotected"
+        [endpoints.web01]
+        ip = "{web.ip}"
+        bridge = "{sandbox.bridge}"
+        publish = ["8080:5000"]
+    """))
+    change = fresh.apply(natmap.Config.load(path))
+    assert f"gateway {sandbox.bridge} nat-unprotected" in [natmap.model.describe(i) for i in change.add]
+    assert client.request(str(web.ip), 9999) == "web01 192.0.2.2"
+    with pytest.raises(SpecError, match="unknown gateway mode"):
+        nm.set_gateway(sandbox.bridge, "routed")
+
+
+def test_the_gateway_command_sets_and_prints_the_mode(sandbox, web, client):
+    web.serve(9999)
+    natmap_cmd = str(__import__("pathlib").Path(sys.executable).with_name("natmap"))
+    subprocess.run([natmap_cmd, "publish", "web01", "--ip", str(web.ip), "--bridge", sandbox.bridge, "-p",
+                    "8080:5000", "--netns", sandbox.host.name], check=True, capture_output=True, timeout=60)
+    assert client.request(str(web.ip), 9999, timeout=0.5) is None
+    result = subprocess.run([natmap_cmd, "gateway", sandbox.bridge, "--trust", "nmout", "--netns",
+                             sandbox.host.name], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout) == (0, f"gateway {sandbox.bridge} nat trusted nmout\n")
+    assert client.request(str(web.ip), 9999) == "web01 192.0.2.2"

@@ -1,0 +1,98 @@
+"""The `natmap` command's surface that needs no kernel: where options go,
+version and help, help text, completion (issue 15, cases 4, 9, 10)."""
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from natmap import ConfigError, __version__
+from natmap.cli import COMMANDS, _build, _parser, error_kind, main
+from natmap.errors import ConflictError, NotFoundError, PrivilegeError, SpecError
+
+NATMAP = str(Path(sys.executable).with_name("natmap"))
+
+
+def run(*args):
+    return subprocess.run([NATMAP, *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("argv, command, table, netns, json, verbose", [
+    (["--json", "ps"], "ls", "natmap", None, True, 0),
+    (["--table", "lab", "ls"], "ls", "lab", None, False, 0),
+    (["--netns", "X", "port", "web01"], "port", "natmap", "X", False, 0),
+    (["-v", "ps"], "ls", "natmap", None, False, 1),
+    (["ps", "--json", "--table", "lab"], "ls", "lab", None, True, 0),
+    (["--table=lab", "--json", "links", "-vv"], "links", "lab", None, True, 2),
+    (["--table", "a", "ls", "--table", "b"], "ls", "b", None, False, 0),  # after the command wins
+])
+def test_global_options_are_read_before_and_after_the_command(argv, command, table, netns, json, verbose):
+    args = _parser(argv).parse_args(argv)
+    assert (args.command.name, args.table, args.netns, args.json, args.verbose) == (
+        command, table, netns, json, verbose)
+
+
+def test_only_the_asked_commands_parser_is_built():
+    verbs = next(a for a in _parser(["--table", "lab", "port", "web01"])._actions
+                 if isinstance(a, argparse._SubParsersAction))
+    assert list(verbs.choices) == ["port"]
+
+
+@pytest.mark.parametrize("argv", [["-V"], ["--version"], ["version"]])
+def test_the_version_three_ways(argv):
+    result = run(*argv)
+    assert (result.returncode, result.stdout) == (0, f"natmap {__version__}\n")
+
+
+def test_help_lists_global_options_and_every_command_without_markup():
+    main_help = run("help").stdout
+    assert main_help == run("--help").stdout
+    for text in ("--table NAME", "--netns NAME", "--json", "-v, --verbose", "-V, --version"):
+        assert text in main_help
+    for command in COMMANDS:
+        assert command.name in main_help
+        sub = run("help", command.name)
+        assert sub.returncode == 0 and sub.stdout == run(command.name, "--help").stdout
+        assert "``" not in sub.stdout and ":class:" not in sub.stdout
+    assert "``" not in main_help
+
+
+def test_every_argument_has_help():
+    _, subs = _build(COMMANDS)
+    for name, sub in subs.items():
+        for action in sub._actions:
+            assert action.help, f"natmap {name}: {action.dest} has no help"
+
+
+@pytest.mark.parametrize("exc, kind, code", [
+    (SpecError("bad", "x"), "bad_input", 2), (ConfigError("x.toml: cannot read it"), "bad_input", 2),
+    (OSError(28, "No space left on device"), "failed", 1),
+    (NotFoundError("No such endpoint: x"), "not_found", 3), (ConflictError("taken"), "conflict", 1),
+    (PrivilegeError("publish"), "privilege", 4), (ValueError("bad"), "bad_input", 2),
+])
+def test_error_kinds_are_natmaps_names_not_python_classes(exc, kind, code):
+    from natmap.cli import _exit_code
+
+    assert (error_kind(exc), _exit_code(exc)) == (kind, code)
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_completion_is_generated_from_the_parser(shell, tmp_path):
+    result = run("completion", shell)
+    assert result.returncode == 0
+    script = result.stdout
+    for command in COMMANDS:
+        assert command.name in script
+    assert "_natmap_endpoints" in script and "_natmap_tables" in script and "--netns" in script
+    if shutil.which(shell):  # the script parses
+        path = tmp_path / f"natmap.{shell}"
+        path.write_text(script)
+        assert subprocess.run([shell, "-n", str(path)], capture_output=True).returncode == 0
+
+
+def test_spec_needs_no_kernel_and_reads_the_long_syntax_with_a_range(capsys):
+    assert main(["spec", "-p", "published=8000-8010,target=80"]) == 0
+    assert capsys.readouterr().out == "-p 8000-8010:80/tcp\n"

@@ -1,0 +1,415 @@
+"""The engine (NatMap, Transaction) through its seams, without root: a
+FakeBackend holds the table, a FakeHost the host's facts and settings, and
+the lock files live in a temporary directory. The kernel tests prove the same
+flows with real traffic; these prove the engine's own logic: cache and
+generation, rollback, dry runs, locking, the order of host steps."""
+
+import ipaddress
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import natmap
+from natmap import (BackendError, Binding, ConflictError, Endpoint, Isolation, Loopback6Error, NatMap, PortRange,
+                    NotFoundError, Protocol, TransactionClosedError, TransactionOpenError,
+                    UnknownInterfaceError)
+from natmap.backends.base import FakeBackend
+from natmap.host import FakeHost
+from natmap.model import Bridge
+
+BRIDGE = Bridge("natmap0", (ipaddress.ip_network("172.30.0.0/24"), ipaddress.ip_network("fd00:30::/64")))
+WEB = Endpoint("web01", "172.30.0.2", "natmap0", ipv6="fd00:30::2", expose=["5000"])
+DB = Endpoint("db01", "172.30.0.3", "natmap0", expose=["5432"])
+OTHER = Binding("other", "tcp", "0.0.0.0", 8080, "172.30.0.9", 80)  # another writer's
+
+
+@pytest.fixture
+def events():
+    return []
+
+
+@pytest.fixture
+def backend(events):
+    return FakeBackend(events=events)
+
+
+@pytest.fixture
+def host(events):
+    return FakeHost([BRIDGE], ports=PortRange(40000, 40009), events=events)
+
+
+@pytest.fixture
+def nm(backend, host, tmp_path):
+    with NatMap(backend=backend, host=host, lock_dir=str(tmp_path)) as instance:
+        yield instance
+
+
+def lines(bindings):
+    return [b.port_line() for b in bindings]
+
+
+# --- publish, unpublish, link, isolate ----------------------------------------------
+
+
+def test_publish_creates_the_table_with_the_bridge_and_the_bindings_in_one_apply(nm, backend):
+    made = nm.publish(WEB, ["8080:5000", "127.0.0.1:5001:5000"])
+    assert lines(made) == ["5000/tcp -> 0.0.0.0:8080", "5000/tcp -> 127.0.0.1:5001", "5000/tcp -> [::]:8080"]
+    assert len(backend.applied) == 1 and backend.last_text.startswith("create table\n")
+    assert backend.dump().splitlines() == [
+        "bridge natmap0 172.30.0.0/24 fd00:30::/64",
+        "port web01 5000/tcp -> 0.0.0.0:8080",
+        "port web01 5000/tcp -> 127.0.0.1:5001",
+        "port web01 5000/tcp -> [::]:8080",
+    ]
+    assert nm.backend_name == "fake"
+    assert lines(nm.port("web01", 5000)) == lines(nm.bindings()) == [
+        "5000/tcp -> 0.0.0.0:8080", "5000/tcp -> 127.0.0.1:5001", "5000/tcp -> [::]:8080"]
+
+
+def test_assigned_ports_skip_reserved_and_listening_ones(backend, tmp_path):
+    host = FakeHost([BRIDGE], ports=PortRange(40000, 40009), reserved=[40000],
+                    listening={Protocol.TCP: [40001]})
+    nm = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    assert [b.host_port for b in nm.publish(WEB, [], publish_all=True)] == [40002, 40002]
+
+
+def test_unpublish_removes_the_bindings_and_forgets_their_flows_after_the_commit(nm, backend, host, events):
+    made = nm.publish(WEB, ["8080:5000"])
+    events.clear()
+    assert nm.unpublish("web01") == made
+    assert set(backend.last_change.delete) == set(made) and not backend.last_change.add
+    assert events.index("backend.apply") < events.index("host.forget_flows")
+    assert host.forgotten[-1] == (made, [], [])
+    with pytest.raises(NotFoundError, match="No such endpoint: web01"):
+        nm.port("web01")
+
+
+def test_link_and_isolate_are_items_of_the_table_and_hook_bridged_traffic_after_the_commit(nm, backend, host,
+                                                                                           events):
+    nm.publish(WEB, ["8080:5000"])
+    link = nm.link(DB, WEB, "web")
+    assert "WEB_PORT=tcp://172.30.0.2:5000" in link.env
+    assert link in backend.items and nm.links() == [link]
+    events.clear()
+    nm.isolate("natmap0")
+    assert Isolation("natmap0") in backend.items and nm.isolated() == ["natmap0"]
+    assert events.index("host.check_bridge_hooks") < events.index("backend.apply") < \
+        events.index("host.hook_bridged_traffic")
+    assert host.bridged_ipv4 and host.bridged_ipv6
+    nm.unlink("db01", "web01")
+    assert link not in backend.items and host.forgotten[-1][1] == [link]
+    nm.unisolate("natmap0")
+    assert nm.isolated() == []
+
+
+def test_isolating_without_br_netfilter_applies_nothing(backend, tmp_path):
+    nm = NatMap(backend=backend, host=FakeHost([BRIDGE], br_netfilter=False), lock_dir=str(tmp_path))
+    with pytest.raises(BackendError, match="br_netfilter"):
+        nm.isolate("natmap0")
+    assert backend.applied == []
+
+
+def test_loopback6_bindings_and_hooked_bridged_ipv6_exclude_each_other(nm, host):
+    nm.publish(WEB, ["[::1]:5002:5000"])
+    with pytest.raises(Loopback6Error, match="bridge-nf-call-ip6tables"):
+        nm.isolate("natmap0")
+    nm.unpublish("web01")
+    nm.isolate("natmap0")
+    with pytest.raises(Loopback6Error):
+        nm.publish(WEB, ["[::1]:5002:5000"])
+    assert issubclass(Loopback6Error, natmap.NatmapError)
+
+
+def test_host_settings_for_a_new_bridge_come_after_the_commit(nm, host, events):
+    nm.publish(WEB, ["127.0.0.1:5001:5000"])
+    apply = events.index("backend.apply")
+    assert apply < events.index("host.enable_route_localnet") and apply < events.index("host.enable_loopback6")
+    assert host.route_localnet == host.loopback6 == {"natmap0"}
+    events.clear()
+    nm.publish(DB, ["5432:5432"])  # the bridge is there already: nothing set again
+    assert "host.enable_route_localnet" not in events
+
+
+def test_an_unknown_bridge_is_refused_before_anything_is_applied(nm, backend):
+    with pytest.raises(UnknownInterfaceError, match="nosuchbr"):
+        nm.publish(Endpoint("web01", "172.30.0.2", "nosuchbr"), ["8080:5000"])
+    assert backend.applied == []
+
+
+def test_remove_deletes_the_table_and_forgets_every_flow(nm, backend, host):
+    made = nm.publish(WEB, ["8080:5000"])
+    nm.remove()
+    assert backend.items is None and host.forgotten[-1][0] == made
+    assert nm.bindings() == []  # a table that is not there holds nothing
+
+
+def test_close_closes_both_seams(backend, host, tmp_path):
+    NatMap(backend=backend, host=host, lock_dir=str(tmp_path)).close()
+    assert backend.closed and host.closed
+
+
+# --- conflicts ----------------------------------------------------------------------
+
+
+def test_a_conflict_names_both_owners_and_applies_nothing(nm, backend):
+    nm.publish(WEB, ["8080:5000"])
+    with pytest.raises(ConflictError, match="'db01' conflicts with 0.0.0.0:8080/tcp of endpoint 'web01'"):
+        nm.publish(DB, ["5432:5432", "8080:5432"])
+    assert len(backend.applied) == 1 and "db01" not in backend.dump()
+    assert lines(nm.publish(DB, ["5432:5432"])) == ["5432/tcp -> 0.0.0.0:5432"]
+
+
+# --- the cache and the generation ------------------------------------------------
+
+
+def test_the_table_is_read_once_while_nobody_else_commits(nm, events):
+    nm.publish(WEB, ["8080:5000"])
+    events.clear()
+    nm.publish(DB, ["5432:5432"])
+    nm.unpublish("db01")
+    assert "backend.read" not in events
+
+
+def test_a_commit_by_another_writer_between_transactions_is_read_again(nm, backend):
+    nm.publish(WEB, ["8081:5000"])
+    backend.commit_elsewhere(add=[OTHER])
+    with pytest.raises(ConflictError, match="endpoint 'other'"):
+        nm.publish(DB, ["8080:5432"])
+    assert OTHER in nm.bindings()
+
+
+def test_a_commit_while_natmap_reads_makes_it_read_again(nm, backend, events):
+    backend.before_next("read", lambda: backend.commit_elsewhere(add=[OTHER]))
+    with pytest.raises(ConflictError, match="endpoint 'other'"):
+        nm.publish(DB, ["8080:5432"])
+    assert events.count("backend.read") == 2
+
+
+def test_a_ruleset_that_keeps_changing_is_an_error_not_a_guess(nm, backend):
+    for _ in range(3):
+        backend.before_next("read", backend.bump)
+    with pytest.raises(BackendError, match="kept changing"):
+        nm.publish(WEB, ["8080:5000"])
+    assert backend.applied == []
+
+
+def test_a_commit_elsewhere_during_apply_makes_the_next_transaction_read_again(nm, backend, events):
+    nm.publish(WEB, ["8080:5000"])
+    backend.before_next("generation", lambda: None)  # the generation read at the start
+    backend.before_next("generation", backend.bump)  # the one after apply: someone committed
+    nm.publish(DB, ["5432:5432"])
+    events.clear()
+    nm.unpublish("db01")
+    assert "backend.read" in events
+
+
+# --- rollback ---------------------------------------------------------------------
+
+
+def test_a_failing_apply_rolls_memory_back_and_leaves_the_table_as_it_was(nm, backend, host):
+    nm.publish(WEB, ["8080:5000"])
+    before, forgotten = backend.dump(), list(host.forgotten)
+    backend.fail_next("apply")
+    with pytest.raises(BackendError, match="fake: apply failed"):
+        with nm.transaction() as tx:
+            tx.unpublish("web01")
+            tx.publish(DB, ["5432:5432"])
+    assert backend.dump() == before and host.forgotten == forgotten
+    assert lines(nm.port("web01")) == ["5000/tcp -> 0.0.0.0:8080", "5000/tcp -> [::]:8080"]
+    with pytest.raises(NotFoundError):
+        nm.port("db01")
+    nm.publish(DB, ["5432:5432"])  # memory agrees with the table: nothing twice, nothing missing
+    assert set(backend.last_change.add) == set(nm.port("db01"))
+
+
+def test_an_error_inside_the_block_applies_nothing(nm, backend):
+    nm.publish(WEB, ["8080:5000"])
+    with pytest.raises(RuntimeError):
+        with nm.transaction() as tx:
+            tx.unpublish("web01")
+            raise RuntimeError("the caller changed its mind")
+    assert len(backend.applied) == 1 and len(nm.port("web01")) == 2
+
+
+def test_a_table_deleted_behind_natmaps_back_fails_the_apply_and_is_read_again(nm, backend):
+    made = nm.publish(WEB, ["8080:5000"])
+    backend.items.discard(made[0])  # no generation bump: an edit natmap cannot see coming
+    with pytest.raises(BackendError, match="not there"):
+        nm.unpublish("web01")
+    assert nm.port("web01") == made[1:]
+
+
+# --- dry runs ------------------------------------------------------------------------
+
+
+def test_preview_shows_the_change_and_applies_nothing(nm, backend, host):
+    text = nm.preview(WEB, ["8080:5000"])
+    assert text.splitlines()[0] == "create table"
+    assert "+ port web01 5000/tcp -> 0.0.0.0:8080" in text.splitlines()
+    assert backend.items is None and backend.applied == [] and not host.route_localnet
+    nm.publish(WEB, ["8080:5000"])
+    assert nm.preview(WEB, ["8080:5000"]) == ""
+
+
+def test_plan_shows_what_apply_would_change_and_applies_nothing(nm, backend):
+    config = natmap.Config.from_dict({"endpoints": {"web01": {
+        "ip": "172.30.0.2", "bridge": "natmap0", "publish": ["8080:5000"]}}})
+    change = nm.plan(config)
+    assert [b.port_line() for b in change.added(Binding)] == ["5000/tcp -> 0.0.0.0:8080"]
+    assert backend.applied == []
+    assert nm.apply(config) == change and len(backend.applied) == 1
+    assert not nm.plan(config)
+
+
+# --- locking ----------------------------------------------------------------------
+
+
+def test_the_lock_files_live_in_lock_dir(nm, tmp_path):
+    nm.publish(WEB, ["8080:5000"])
+    # The table's, and the namespace's (every table's changes take turns on host ports).
+    assert sorted(p.name.split("-", 2)[2] for p in Path(tmp_path).iterdir()) == ["@namespace.lock", "natmap.lock"]
+
+
+def test_natmaps_on_one_table_change_it_one_at_a_time(backend, host, tmp_path):
+    first = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    second = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    done = threading.Event()
+    with first.transaction() as tx:
+        tx.publish(WEB, ["8080:5000"])
+        worker = threading.Thread(target=lambda: (second.publish(DB, ["5432:5432"]), done.set()))
+        worker.start()
+        time.sleep(0.3)
+        assert not done.is_set()  # waiting for the lock
+    worker.join(10)
+    assert done.is_set()
+    assert {b.endpoint for b in backend.read().bindings()} == {"web01", "db01"}
+
+
+def test_one_natmap_has_one_transaction_open_at_a_time(nm):
+    with nm.transaction():
+        with pytest.raises(TransactionOpenError):
+            nm.transaction().__enter__()
+
+
+def test_a_transaction_outside_its_with_block_is_refused(nm):
+    with pytest.raises(TransactionClosedError, match="with block"):
+        nm.transaction().publish(WEB, ["8080:5000"])
+
+
+# --- drift ------------------------------------------------------------------------
+
+
+def test_check_reports_what_another_writer_removed_and_repair_puts_it_back(nm, backend):
+    made = nm.publish(WEB, ["8080:5000"])
+    backend.commit_elsewhere(delete=[made[0]])
+    drift = nm.check()
+    assert drift.missing == (made[0],) and not drift.unexpected
+    assert nm.repair().missing == (made[0],)
+    assert made[0] in backend.items and not nm.check()
+    backend.structure = ["chain isolation is missing"]
+    assert str(nm.check()) == "structure: chain isolation is missing"
+
+
+# --- the fakes themselves -----------------------------------------------------------
+
+
+def test_the_fake_backend_refuses_what_the_kernel_refuses():
+    fake = FakeBackend()
+    change = natmap.Change(add=(OTHER,))
+    with pytest.raises(BackendError, match="does not exist"):
+        fake.apply(change)
+    assert fake.apply(change, create=True) == fake.generation() == 1
+    with pytest.raises(BackendError, match="not there"):
+        fake.apply(natmap.Change(delete=(Binding("x1", "tcp", "0.0.0.0", 1, "10.0.0.1", 1),)))
+    assert fake.dump() == "port other 80/tcp -> 0.0.0.0:8080" and fake.generation() == 1
+
+
+# --- any run of changes -------------------------------------------------------------
+
+OPS = st.lists(st.tuples(st.sampled_from(["publish", "unpublish", "fail", "elsewhere", "transaction"]),
+                         st.integers(0, 3), st.integers(8000, 8003)), max_size=15)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=OPS)
+def test_memory_and_the_table_agree_after_any_run_of_changes(tmp_path_factory, ops):
+    backend = FakeBackend()
+    nm = NatMap(backend=backend, host=FakeHost([BRIDGE]), lock_dir=str(tmp_path_factory.getbasetemp()))
+
+    def endpoint(i):
+        return Endpoint(f"ep{i}", f"172.30.0.{10 + i}", "natmap0")
+
+    for op, i, port in ops:
+        before = backend.dump()
+        try:
+            if op == "publish":
+                nm.publish(endpoint(i), [f"{port}:80"])
+            elif op == "unpublish":
+                nm.unpublish(f"ep{i}")
+            elif op == "fail":
+                backend.fail_next("apply")
+                nm.publish(endpoint(i), [f"{port}:81"])
+            elif op == "elsewhere":  # another writer, on ports natmap's endpoints do not use here
+                backend.commit_elsewhere(add=[Binding(f"x{i}", "tcp", "0.0.0.0", 9000 + i, f"172.30.0.{50 + i}", 80)])
+            else:
+                with nm.transaction() as tx:
+                    tx.unpublish(f"ep{i}")
+                    tx.publish(endpoint(i), [f"{port}:80"])
+                    tx.publish(endpoint((i + 1) % 4), [f"{port + 1}:80"])
+        except (ConflictError, BackendError, NotFoundError):
+            assert backend.dump() == before  # all of it or none of it
+        kernel = {item for item in backend.items or () if isinstance(item, Binding)}
+        assert set(nm.bindings() if backend.items is not None else ()) == kernel
+
+
+# --- a guest on a shared host (natmap.guest), through the fakes ------------------------------
+
+
+def test_a_host_sockets_port_is_refused_and_force_takes_it_and_check_tells_others(backend, tmp_path):
+    from natmap.host import Listener
+
+    sshd = Listener(Protocol.TCP, ipaddress.ip_address("0.0.0.0"), 2222, False, 7)
+    host = FakeHost([BRIDGE], sockets=[sshd])
+    nm = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    with pytest.raises(ConflictError, match=r"a host socket listens on 0\.0\.0\.0:2222/tcp"):
+        nm.publish(WEB, ["2222:5000"])
+    assert backend.items is None  # nothing applied
+    assert lines(nm.publish(WEB, ["2222:5000"], force=True)) == ["5000/tcp -> 0.0.0.0:2222", "5000/tcp -> [::]:2222"]
+    assert not nm.check().shadowing  # this NatMap took it knowingly
+    other = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    assert other.check().shadowing == (
+        "port web01 5000/tcp -> 0.0.0.0:2222 shadows the host socket on 0.0.0.0:2222/tcp",)
+
+
+def test_another_tables_port_is_a_conflict_and_never_assigned(backend, tmp_path):
+    from natmap.model import Table
+
+    taken = Table([Binding("theirs", "tcp", "0.0.0.0", 8080, "172.30.0.9", 80),
+                   Binding("theirs", "tcp", "0.0.0.0", 40000, "172.30.0.9", 81)])
+    host = FakeHost([BRIDGE], ports=PortRange(40000, 40001), others=[("table inet lab1 (nft)", taken)])
+    nm = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    with pytest.raises(ConflictError, match="of endpoint 'theirs' in table inet lab1"):
+        nm.publish(WEB, ["8080:5000"])
+    assert {b.host_port for b in nm.publish(WEB, ["5000"])} == {40001}
+
+
+def test_the_bridge_must_be_a_bridge_and_the_host_ip_local(backend, tmp_path):
+    host = FakeHost([BRIDGE, Bridge("veth0", BRIDGE.subnets)],
+                    interfaces={"veth0": ("veth", ())}, addresses=[ipaddress.ip_interface("10.0.0.1/24")])
+    nm = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    with pytest.raises(natmap.SpecError, match=r"not a bridge \(veth\)"):
+        nm.publish(Endpoint("web01", "172.30.0.2", "veth0"), ["8080:5000"])
+    with pytest.raises(natmap.SpecError, match="not an address of this host"):
+        nm.publish(WEB, ["10.0.0.9:8080:5000"])
+    assert lines(nm.publish(WEB, ["10.0.0.1:8080:5000"])) == ["5000/tcp -> 10.0.0.1:8080"]
+
+
+def test_a_gateway_mode_is_an_item_of_the_table(nm, backend):
+    gateway = nm.set_gateway("natmap0", "nat-unprotected", ["eth1"])
+    assert nm.gateways() == [gateway] and gateway in backend.items
+    nm.set_gateway("natmap0")  # the default mode is no item
+    assert nm.gateways() == [] and backend.dump() == ""
