@@ -36,7 +36,7 @@ deps: debs venv bytecode
 # (PYTHONDONTWRITEBYTECODE, as on our CI machines); every `natmap` command
 # would otherwise compile natmap's sources first, about 17 ms of a 60 ms start.
 bytecode: venv
-	@$(BIN)/python -m compileall -q natmap
+	@$(BIN)/python -m compileall -q natmap natmap_cni.py
 
 # Only the packages that are missing, so a machine that has them needs no network.
 debs:

@@ -23,7 +23,13 @@ of ``CNI_CONTAINERID`` (what ``podman ps`` shows), ``<hash>`` a hash of the
 whole container ID and interface name (so long IDs that share a prefix stay
 apart). See :func:`endpoint_name`.
 
-Only natmap's public API is used; ``main`` is the ``natmap-cni`` console script.
+A plugin process makes one natmap transaction and ends, so it uses natmap
+through two of its seams (:class:`CniHost`, :class:`OneCommandBackend`) that
+take what the runtime already said from ``prevResult`` and skip what only a
+long-lived NatMap needs: pyroute2, which natmap asks the kernel through,
+costs a quarter of a second to import, more than all the rest of an ADD.
+``main`` is the ``natmap-cni`` console script (``natmap_cni.console``, which
+answers VERSION before natmap is imported at all).
 """
 
 from __future__ import annotations
@@ -36,15 +42,27 @@ import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import IO, Any
 
-from natmap import (ConflictError, Endpoint, NatMap, NatmapError, NotFoundError, SpecError, TableMissingError,
-                    Transaction, __version__)
+from natmap import (Bridge, ConflictError, Endpoint, LockTimeoutError, NatMap, NatmapError, NotFoundError, Protocol,
+                    SpecError, Transaction, __version__)
+from natmap.backends import make_backend
+from natmap.backends.nft import validate_table
+from natmap.host import Session
+from natmap_cni import SUPPORTED_VERSIONS, version_answer  # the executable's entry, which answers VERSION
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (every plugin process would)
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import IO, Any
+
+    from natmap import Binding, Link
+    from natmap.backends.base import Backend, Generation
+    from natmap.host import Isolated
+    from natmap.model import Change, Item, Table
 
 __all__ = ["CniError", "NetConf", "Plugin", "PortMapping", "SUPPORTED_VERSIONS", "endpoint_name", "main",
            "network_prefix", "run"]
 
-SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 _CHECK_SINCE = "0.4.0"       # CHECK came with spec 0.4.0
 _GC_SINCE = "1.1.0"          # GC and STATUS came with 1.1.0
 
@@ -121,13 +139,28 @@ class PortMapping:
         protocol = entry.get("protocol") or "tcp"
         if not isinstance(protocol, str) or protocol.lower() not in _PROTOCOLS:
             raise CniError(INVALID_CONFIG, f"invalid protocol {protocol!r} (tcp, udp or sctp) in {entry}")
-        host_ip = entry.get("hostIP") or None
-        if host_ip is not None:
+        text = entry.get("hostIP")
+        host_ip = None
+        if text not in (None, ""):  # runtimes send "" for every address, as portmap reads it
             try:
-                host_ip = ipaddress.ip_address(host_ip)
+                if not isinstance(text, str) or "%" in text:  # no zone: a host IP is the host's own
+                    raise ValueError(text)
+                host_ip = ipaddress.ip_address(text)
             except ValueError:
-                raise CniError(INVALID_CONFIG, f"invalid hostIP {host_ip!r} in {entry}") from None
+                raise CniError(INVALID_CONFIG, f"invalid hostIP {text!r} in {entry} (an IPv4 or "
+                               "IPv6 address, such as \"127.0.0.1\")") from None
+            if isinstance(host_ip, ipaddress.IPv6Address) and host_ip.ipv4_mapped:
+                host_ip = host_ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1, as natmap reads it
         return cls(ports[0], ports[1], protocol.lower(), host_ip)
+
+    def overlaps(self, other: PortMapping) -> bool:
+        """Whether both take the same host port on some address (and protocol)."""
+        if (self.protocol, self.host_port) != (other.protocol, other.host_port):
+            return False
+        if self.host_ip is None or other.host_ip is None:
+            return True
+        return self.host_ip.version == other.host_ip.version and (
+            self.host_ip == other.host_ip or self.host_ip.is_unspecified or other.host_ip.is_unspecified)
 
     def spec(self, through: PortMapping | None = None) -> str:
         """The mapping as a natmap ``-p`` spec: ``[::1]:8080:80/tcp``; with
@@ -162,18 +195,19 @@ class NetConf:
     valid_attachments: tuple[tuple[str, str], ...] | None = None
 
     @classmethod
-    def parse(cls, data: bytes | str, *, deleting: bool = False) -> NetConf:
-        """Read stdin's JSON; raise :class:`CniError` with code 6 (not JSON),
-        1 (an unsupported version), 2 (an unknown or unsupported key) or 7.
-        ``deleting``: the mappings are not needed and not read, so that DEL
-        cleans up after an ADD that failed on them."""
-        try:
-            conf = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CniError(UNDECODABLE, f"the network configuration is not JSON: {exc}") from None
+    def parse(cls, data: bytes | str | object, *, deleting: bool = False) -> NetConf:
+        """Read stdin's JSON (or what :func:`decode` made of it); raise
+        :class:`CniError` with code 6 (not JSON), 1 (an unsupported
+        version), 2 (an unknown or unsupported key) or 7. ``deleting``:
+        neither the mappings nor ``prevResult`` are needed and neither is
+        read, so that DEL cleans up after an ADD that failed on them."""
+        conf = decode(data) if isinstance(data, (bytes, str)) else data
         if not isinstance(conf, dict):
             raise CniError(UNDECODABLE, "the network configuration must be a JSON object")
         version = conf.get("cniVersion")
+        if version is None:
+            raise CniError(INCOMPATIBLE_VERSION, "cniVersion is missing from the network configuration",
+                           f"natmap-cni supports {', '.join(SUPPORTED_VERSIONS)}")
         if version not in SUPPORTED_VERSIONS:
             raise CniError(INCOMPATIBLE_VERSION, f"unsupported cniVersion {version!r}",
                            f"natmap-cni supports {', '.join(SUPPORTED_VERSIONS)}")
@@ -186,17 +220,30 @@ class NetConf:
         if not isinstance(name, str) or not _CONTAINER_ID.match(name):
             raise CniError(INVALID_CONFIG, f"invalid network name {name!r}")
         table = conf.get("table", "natmap")
+        try:
+            validate_table(table)
+        except SpecError as exc:
+            raise CniError(INVALID_CONFIG, f"invalid table {table!r}: {exc.message}") from None
         backend = conf.get("backend", "nft")
         if backend not in _BACKENDS:
             raise CniError(INVALID_CONFIG, f"invalid backend {backend!r} (choose {', '.join(_BACKENDS)})")
         bridge = conf.get("bridge")
         if bridge is not None and not isinstance(bridge, str):
             raise CniError(INVALID_CONFIG, f"invalid bridge {bridge!r} (an interface name)")
-        prev = conf.get("prevResult")
+        prev = None if deleting else conf.get("prevResult")
         if prev is not None and not isinstance(prev, dict):
             raise CniError(INVALID_CONFIG, "prevResult must be an object")
         mappings = () if deleting else _mappings(conf.get("runtimeConfig"))
         return cls(version, name, table, backend, bridge, mappings, prev, _attachments(conf))
+
+
+def decode(data: bytes | str) -> object:
+    """stdin's JSON; :class:`CniError` code 6 if it is not JSON (or nests
+    deeper than Python's recursion limit)."""
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise CniError(UNDECODABLE, f"the network configuration is not JSON: {str(exc)[:200]}") from None
 
 
 def _check_portmap_options(conf: Mapping[str, Any]) -> None:
@@ -225,10 +272,21 @@ def _mappings(runtime_config: object) -> tuple[PortMapping, ...]:
         return ()
     if not isinstance(runtime_config, dict):
         raise CniError(INVALID_CONFIG, "runtimeConfig must be an object")
-    entries = runtime_config.get("portMappings") or []
+    entries = runtime_config.get("portMappings")
+    if entries is None:
+        return ()
     if not isinstance(entries, list):
         raise CniError(INVALID_CONFIG, "runtimeConfig.portMappings must be a list")
-    return tuple(dict.fromkeys(PortMapping.from_json(entry) for entry in entries))
+    mappings = tuple(dict.fromkeys(PortMapping.from_json(entry) for entry in entries))
+    by_port: dict[tuple[str, int], list[PortMapping]] = {}
+    for m in mappings:
+        same = by_port.setdefault((m.protocol, m.host_port), [])
+        for other in same:
+            if m.overlaps(other):  # natmap would call it a conflict with the container itself
+                raise CniError(INVALID_CONFIG, f"host port {m.host_port}/{m.protocol} is mapped twice in "
+                               f"portMappings: to {other.container_port} and to {m.container_port}")
+        same.append(m)
+    return mappings
 
 
 def _attachments(conf: Mapping[str, Any]) -> tuple[tuple[str, str], ...] | None:
@@ -272,12 +330,18 @@ def endpoint_name(network: str, container_id: str, ifname: str) -> str:
 
 @dataclass(frozen=True)
 class Attachment:
-    """Where the previous plugin put the container: the host-side bridge and the
-    container's addresses on the interface ``CNI_IFNAME``."""
+    """Where the previous plugin put the container: the host-side bridge, the
+    container's addresses on the interface ``CNI_IFNAME``, and their subnets
+    (which the bridge plugin's gateway addresses on the bridge share)."""
 
     bridge: str
     ip: ipaddress.IPv4Address
     ipv6: ipaddress.IPv6Address | None
+    subnets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    def endpoint(self, name: str) -> Endpoint:
+        """The attachment as the natmap endpoint ``name``."""
+        return Endpoint(name, self.ip, self.bridge, ipv6=self.ipv6)
 
 
 def attachment_of(prev: Mapping[str, Any], ifname: str, bridge: str | None = None) -> Attachment:
@@ -286,23 +350,38 @@ def attachment_of(prev: Mapping[str, Any], ifname: str, bridge: str | None = Non
     sandbox interface ``ifname``), and the host-side bridge: ``bridge`` if the
     configuration names it, else the first interface without a ``sandbox``
     (the bridge plugin lists its bridge first, then the host's veth). Raise
-    :class:`CniError` (code 7)."""
+    :class:`CniError` (code 7).
+
+    Both shapes of result are read: 0.3.x/0.4.0's ``ips`` entries carry a
+    ``version`` ("4"/"6") and may lack ``interface``; 1.x's have neither
+    ``version`` nor need it. An address is CIDR text (``10.88.0.5/16``), as
+    the specification has it: its prefix gives the bridge's subnet.
+    """
     interfaces = prev.get("interfaces") or []
     ips = prev.get("ips") or []
     if not isinstance(interfaces, list) or not isinstance(ips, list):
         raise CniError(INVALID_CONFIG, "prevResult's interfaces and ips must be lists")
-    found: dict[int, Any] = {}
+    found: dict[int, ipaddress.IPv4Interface | ipaddress.IPv6Interface] = {}
     for entry in ips:
-        index = entry.get("interface") if isinstance(entry, dict) else None
-        if isinstance(index, int) and 0 <= index < len(interfaces):
+        if not isinstance(entry, dict):
+            raise CniError(INVALID_CONFIG, f"invalid entry in prevResult's ips: {entry!r}")
+        index = entry.get("interface")
+        if index is not None:
+            if type(index) is not int or not 0 <= index < len(interfaces):
+                raise CniError(INVALID_CONFIG, f"prevResult's ips entry {entry!r} names no interface "
+                               f"of the {len(interfaces)} in prevResult")
             iface = interfaces[index]
             if not isinstance(iface, dict) or iface.get("name") != ifname or not iface.get("sandbox"):
                 continue
+        address = entry.get("address")
         try:
-            address = ipaddress.ip_interface(entry["address"]).ip
-        except (TypeError, KeyError, ValueError):
-            raise CniError(INVALID_CONFIG, f"invalid address in prevResult's ips: {entry!r}") from None
-        found.setdefault(address.version, address)
+            if not isinstance(address, str) or "/" not in address:
+                raise ValueError(address)
+            interface = ipaddress.ip_interface(address)
+        except ValueError:
+            raise CniError(INVALID_CONFIG, f"invalid address in prevResult's ips: {entry!r} "
+                           "(CIDR text, such as \"10.88.0.5/16\")") from None
+        found.setdefault(interface.version, interface)
     if 4 not in found:
         raise CniError(INVALID_CONFIG, f"prevResult gives no IPv4 address for interface {ifname!r}; "
                        "natmap publishes to a container's IPv4 address (and its IPv6 one, if any)")
@@ -313,7 +392,9 @@ def attachment_of(prev: Mapping[str, Any], ifname: str, bridge: str | None = Non
             raise CniError(INVALID_CONFIG, "prevResult names no host-side interface; natmap-cni follows "
                            "the bridge plugin in a conflist (or name the bridge: \"bridge\": \"cni0\")")
         bridge = hosts[0]
-    return Attachment(bridge, found[4], found.get(6))
+    ipv6 = found.get(6)
+    return Attachment(bridge, ipaddress.IPv4Address(found[4].ip), None if ipv6 is None else
+                      ipaddress.IPv6Address(ipv6.ip), tuple(i.network for i in found.values()))
 
 
 # --- the commands --------------------------------------------------------------------
@@ -365,20 +446,135 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split("."))
 
 
+# --- natmap for one command ------------------------------------------------------
+
+
+class CniHost(Session):
+    """natmap's host (:class:`natmap.host.Session`) as a plugin process sees
+    it: what ``prevResult`` already says is not asked again, and pyroute2 is
+    imported only for what only netlink answers.
+
+    - :meth:`bridge`: the bridges ``prevResult`` describes (name -> subnets
+      of the container's addresses, where the bridge plugin puts its gateway
+      addresses) when the interface is there; any other is asked of the kernel;
+    - :meth:`forget_flows`: nothing to forget (an ADD of TCP ports, a DEL
+      of a container no tracked connection answers from, as
+      ``/proc/net/nf_conntrack`` shows) opens no conntrack socket.
+
+    The rest (``/proc/sys`` reads and writes, and the rare netlink calls:
+    listening sockets for an assigned port, the ``::1`` route of a new IPv6
+    bridge) is Session's.
+    """
+
+    def __init__(self, bridges: Iterable[Bridge] = ()) -> None:
+        super().__init__()
+        self._known = {b.name: b for b in bridges}
+
+    def bridge(self, name: str) -> Bridge:
+        known = self._known.get(name)
+        # /proc/sys/net is the calling thread's namespace's (/sys/class/net is the mounter's).
+        if known is not None and os.path.isdir(f"/proc/sys/net/ipv4/conf/{name}"):
+            return known
+        return super().bridge(name)  # UnknownInterfaceError if it is not there
+
+    def forget_flows(self, removed: Iterable[Binding] = (), links: Iterable[Link] = (),
+                     added: Iterable[Binding] = (), isolated: Iterable[Isolated] = ()) -> int:
+        removed, links, isolated = list(removed), list(links), list(isolated)
+        added = [b for b in added if b.proto is not Protocol.TCP]  # Session skips these too
+        if isolated:  # natmap-cni isolates no bridge; should a change do, Session cuts its flows
+            return super().forget_flows(removed, links, added, isolated)
+        if not (removed or links or added):
+            return 0
+        tracked = _tracked()
+        if tracked is not None:
+            # A flow of a removed binding answers from its container's address;
+            # a stale one of an added binding goes to its host port.
+            removed = [b for b in removed if f"src={_proc_ip(b.container_ip)} " in tracked]
+            added = [b for b in added if b.count > 1 or f"dport={b.host_port} " in tracked]  # a range: Session's
+            if not (removed or links or added):
+                return 0
+        return super().forget_flows(removed, links, added)
+
+
+def _tracked() -> str | None:
+    """The namespace's conntrack table as ``/proc/net/nf_conntrack`` shows it
+    (None where the kernel has no such file). Only a filter: which flows to
+    delete pyroute2 decides, on its netlink dump."""
+    try:
+        with open("/proc/net/nf_conntrack") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _proc_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """An address as /proc/net/nf_conntrack prints it (the kernel's %pI4 / %pI6: IPv6 unabbreviated)."""
+    return ip.exploded if ip.version == 6 else str(ip)
+
+
+class OneCommandBackend:
+    """A backend (:class:`natmap.backends.base.Backend`) for a NatMap that
+    makes ONE transaction and ends, as a plugin process does: ``generation``
+    is None ("not known"), everything else is ``backend``'s.
+
+    The generation only lets a NatMap trust the table it cached at its last
+    transaction; a NatMap without one reads the table from the kernel
+    anyway (one consistent nftables dump, under natmap's lock). Reading
+    nftables' counter needs pyroute2. Give this to a NatMap used for one
+    transaction only: a second one could trust a table cached by the first.
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self.name = backend.name
+
+    def generation(self) -> Generation:
+        return None
+
+    def read(self) -> Table | None:
+        return self._backend.read()
+
+    def apply(self, change: Change, *, create: bool = False, generation: Generation = None) -> Generation:
+        self._backend.apply(change, create=create)
+        return None
+
+    def text(self, change: Change, *, create: bool = False) -> str:
+        return self._backend.text(change, create=create)
+
+    def structure_problems(self) -> list[str]:
+        return self._backend.structure_problems()
+
+    def rebuild(self, items: Iterable[Item]) -> None:
+        self._backend.rebuild(items)
+
+    def delete(self) -> None:
+        self._backend.delete()
+
+    def close(self) -> None:
+        self._backend.close()
+
+
+def one_command_natmap(table: str, backend: str, bridges: Iterable[Bridge] = ()) -> NatMap:
+    """The NatMap of one plugin command: natmap's ``backend`` (the nft one
+    without its generation counter) and :class:`CniHost` knowing ``bridges``."""
+    made = make_backend(backend, table)
+    return NatMap(table=table, backend=OneCommandBackend(made) if made.name == "nft" else made,
+                  host=CniHost(bridges))
+
+
 class Plugin:
-    """The commands, on natmap's public API. ``natmap_factory(table=, backend=)``
-    makes the :class:`natmap.NatMap` (a seam for tests)."""
+    """The commands, on natmap's API. ``natmap_factory(table=, backend=,
+    bridges=)`` makes the :class:`natmap.NatMap` for one command (a seam for
+    tests; by default :func:`one_command_natmap`). Each command makes one
+    NatMap and one transaction on it."""
 
     def __init__(self, natmap_factory: Callable[..., Any] | None = None) -> None:
-        self._factory = natmap_factory
+        self._factory = natmap_factory or one_command_natmap
 
-    def natmap(self, conf: NetConf) -> Any:
-        return (self._factory or NatMap)(table=conf.table, backend=conf.backend)
-
-    def endpoint(self, call: Call, prev: Mapping[str, Any]) -> Endpoint:
-        """The attachment as a natmap endpoint, from ``prevResult``."""
-        where = attachment_of(prev, call.ifname, call.conf.bridge)
-        return Endpoint(call.endpoint, where.ip, where.bridge, ipv6=where.ipv6)
+    def natmap(self, conf: NetConf, where: Attachment | None = None) -> Any:
+        bridges = () if where is None else (
+            Bridge(where.bridge, tuple(sorted(set(where.subnets), key=lambda n: (n.version, n)))),)
+        return self._factory(table=conf.table, backend=conf.backend, bridges=bridges)
 
     def add(self, call: Call) -> dict[str, Any]:
         """Publish the mappings (one transaction, replacing the attachment's
@@ -388,10 +584,11 @@ class Plugin:
             raise CniError(INVALID_CONFIG, "no prevResult: natmap-cni is a chained plugin "
                            "(put it after bridge in a conflist)")
         if call.conf.mappings:
-            endpoint = self.endpoint(call, prev)
+            where = attachment_of(prev, call.ifname, call.conf.bridge)
+            endpoint = where.endpoint(call.endpoint)
             specs = _specs(call.conf.mappings, endpoint)
-            with self.natmap(call.conf) as nm, nm.transaction() as tx:
-                _unpublish_if_there(tx, call.endpoint)  # a repeated ADD: its old bindings go
+            with self.natmap(call.conf, where) as nm, nm.transaction() as tx:
+                _forget(tx, call.endpoint)
                 tx.publish(endpoint, specs)
         else:
             self.delete(call)  # a repeated ADD without mappings leaves none behind
@@ -402,26 +599,30 @@ class Plugin:
         with self.natmap(call.conf) as nm:
             try:
                 nm.unpublish(call.endpoint)
-            except (TableMissingError, NotFoundError):
+            except NotFoundError:  # no such endpoint (or no table yet): DEL is idempotent
                 pass
 
     def check(self, call: Call) -> None:
         """Raise :class:`CniError` (101) unless the kernel holds exactly the
-        bindings ADD would publish for this attachment now."""
+        bindings ADD would publish for this attachment now (one dry
+        transaction: the kernel's table, read once under the lock), and
+        natmap's chains and rules that forward them are whole."""
         prev = call.conf.prev_result
         if prev is None:
             raise CniError(INVALID_CONFIG, "CHECK needs prevResult")
-        with self.natmap(call.conf) as nm:
-            try:
-                have = set(nm.port(call.endpoint))
-            except (TableMissingError, NotFoundError):
-                have = set()
-            want: set[Any] = set()
-            if call.conf.mappings:
-                endpoint = self.endpoint(call, prev)
-                dry = Transaction(nm, dry_run=True)  # what ADD would publish; nothing applied
-                with dry:
-                    _unpublish_if_there(dry, call.endpoint)
+        where = attachment_of(prev, call.ifname, call.conf.bridge) if call.conf.mappings else None
+        with self.natmap(call.conf, where) as nm:
+            # natmap's own chains and rules first: bindings in maps nothing reads forward nothing
+            broken = nm.check().structure
+            if broken:
+                raise CniError(CHECK_FAILED, f"natmap's table {call.conf.table} is damaged", "; ".join(broken))
+            dry = Transaction(nm, dry_run=True)  # what ADD would publish; nothing applied
+            with dry:
+                have = set(dry.table().of(call.endpoint))
+                _forget(dry, call.endpoint)
+                want: set[Any] = set()
+                if where is not None:
+                    endpoint = where.endpoint(call.endpoint)
                     want = set(dry.publish(endpoint, _specs(call.conf.mappings, endpoint)))
         if have != want:
             missing = sorted(f"{b}->{b.container_port}/{b.proto.value}" for b in want - have)
@@ -431,22 +632,17 @@ class Plugin:
 
     def gc(self, call: Call) -> None:
         """Unpublish every endpoint of this network whose attachment is not in
-        ``cni.dev/valid-attachments`` (one transaction)."""
+        ``cni.dev/valid-attachments`` (one transaction, which also reads the table)."""
         valid = call.conf.valid_attachments
         if valid is None:
             raise CniError(INVALID_CONFIG, "GC needs cni.dev/valid-attachments")
         keep = {endpoint_name(call.conf.network, cid, ifname) for cid, ifname in valid}
         prefix = network_prefix(call.conf.network)
-        with self.natmap(call.conf) as nm:
-            try:
-                stale = {b.endpoint for b in nm.bindings()
-                         if b.endpoint.startswith(prefix) and b.endpoint not in keep}
-            except TableMissingError:
-                return
-            if stale:
-                with nm.transaction() as tx:
-                    for name in sorted(stale):
-                        tx.unpublish(name)
+        with self.natmap(call.conf) as nm, nm.transaction() as tx:
+            stale = {b.endpoint for b in tx.table().bindings()
+                     if b.endpoint.startswith(prefix) and b.endpoint not in keep}
+            for name in sorted(stale):
+                tx.unpublish(name)
 
     def status(self, call: Call) -> None:
         """Ready when natmap's backend loads here (libnftables or python-iptables)."""
@@ -454,14 +650,6 @@ class Plugin:
             self.natmap(call.conf).close()
         except NatmapError as exc:
             raise CniError(PLUGIN_NOT_AVAILABLE, f"natmap cannot work here: {exc}") from exc
-
-
-def _unpublish_if_there(tx: Transaction, endpoint: str) -> None:
-    """Unpublish ``endpoint`` in ``tx``; an endpoint not there is no error here."""
-    try:
-        tx.unpublish(endpoint)
-    except NotFoundError:
-        pass
 
 
 def _specs(mappings: tuple[PortMapping, ...], endpoint: Endpoint) -> list[str]:
@@ -486,8 +674,19 @@ def _specs(mappings: tuple[PortMapping, ...], endpoint: Endpoint) -> list[str]:
     return [run[0].spec(through=run[-1]) for run in runs]
 
 
+def _forget(tx: Transaction, endpoint: str) -> None:
+    """Unpublish ``endpoint`` in ``tx`` if it has bindings: an attachment's
+    first ADD has none (natmap names a missing endpoint a NotFoundError)."""
+    try:
+        tx.unpublish(endpoint)
+    except NotFoundError:
+        pass
+
+
 def _natmap_error(exc: Exception) -> CniError:
     """natmap's errors as CNI errors (the one boundary where they are translated)."""
+    if isinstance(exc, LockTimeoutError):  # another process holds the table: the runtime may retry
+        return CniError(TRY_AGAIN_LATER, str(exc))
     if isinstance(exc, ConflictError):
         return CniError(PORT_CONFLICT, str(exc))
     if isinstance(exc, SpecError):
@@ -501,18 +700,15 @@ def run(environ: Mapping[str, str], stdin: bytes, plugin: Plugin | None = None) 
     version = "1.1.0"
     try:
         if command == "VERSION":
-            return 0, json.dumps({"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)})
+            return 0, version_answer()
         if command not in ("ADD", "DEL", "CHECK", "GC", "STATUS"):
             raise CniError(INVALID_ENVIRONMENT, f"unknown CNI_COMMAND {command!r}" if command
                            else f"CNI_COMMAND is not set (natmap-cni {__version__} is a CNI plugin: "
                                 "a container runtime runs it)")
-        try:
-            version = json.loads(stdin).get("cniVersion") or version
-            if version not in SUPPORTED_VERSIONS:
-                version = "1.1.0"
-        except (ValueError, AttributeError, UnicodeDecodeError):
-            pass
-        conf = NetConf.parse(stdin, deleting=command == "DEL")
+        data = decode(stdin)
+        if isinstance(data, dict) and data.get("cniVersion") in SUPPORTED_VERSIONS:
+            version = data["cniVersion"]  # errors from here on in the caller's version
+        conf = NetConf.parse(data, deleting=command in ("DEL", "GC", "STATUS"))
         version = conf.cni_version
         call = _read_call(command, conf, environ)
         plugin = plugin or Plugin()

@@ -95,10 +95,11 @@ class NatMap:
                  lock_dir: str | None = None) -> None:
         self.table_name = validate_table(table)
         if netns is not None and netns_path is not None:
-            raise SpecError("give netns (a name) or netns_path (a path), not both", str(netns))
+            raise SpecError("give netns (--netns, a name) or netns_path (--netns-path, a path), not both", str(netns), None)
         self.netns = None if netns is None else validate_netns(netns)
         self.netns_path = None if netns_path is None else _path(netns_path, "netns_path")
-        if not isinstance(lock_timeout, (int, float)) or not 0 <= lock_timeout <= threading.TIMEOUT_MAX:
+        if (isinstance(lock_timeout, bool) or not isinstance(lock_timeout, (int, float))
+                or not 0 <= lock_timeout <= threading.TIMEOUT_MAX):
             raise SpecError("lock_timeout is a number of seconds, 0 or more", str(lock_timeout))
         self.lock_timeout = float(lock_timeout)
         self.lock_dir = os.environ.get("NATMAP_LOCK_DIR", LOCK_DIR) if lock_dir is None else _path(lock_dir, "lock_dir")
@@ -476,9 +477,11 @@ class Transaction:
 
     Use it as ``with nm.transaction() as tx:``; the change is applied when the
     block ends, and nothing is applied if it raises. The table's lock is held
-    for the whole block: other threads' and processes' changes to the table
-    wait for it (reads do not), and a change made in the block other than
-    through ``tx`` raises :class:`NestedTransactionError`.
+    for the whole block: other processes' changes to the table wait for it
+    (their reads do not), other threads' calls on this NatMap wait for their
+    turn, changes and reads alike (a NatMap of their own reads at once), and a
+    change made in the block other than through ``tx`` raises
+    :class:`NestedTransactionError`.
     """
 
     def __init__(self, natmap: NatMap, *, dry_run: bool = False) -> None:
@@ -602,6 +605,7 @@ class Transaction:
             raise Loopback6Error(_NO_LOOPBACK6)
         with self._nm._ns():
             self._nm._kernel.check_bridge_hooks()
+            _require_bridge(bridge, self._nm._kernel.interface_facts(bridge)[0])  # UnknownInterfaceError too
         table.isolate(bridge)
 
     def set_gateway(self, bridge: str, mode: str = "nat", trusted_interfaces: Sequence[str] = ()) -> Gateway:
@@ -632,6 +636,13 @@ def _loopback6_notes(table: Table, hooked: Callable[[], bool]) -> tuple[str, ...
             "hooks (net.bridge.bridge-nf-call-ip6tables=1, which isolating a bridge turns on): br_netfilter "
             "turns the replies back to ::1 before the kernel's loopback check drops them; connect to "
             "127.0.0.1 or another IPv6 address of the host, or keep that sysctl at 0 and bridges unisolated",)
+
+
+def _require_bridge(name: str, kind: str | None) -> None:
+    """Raise :class:`SpecError` unless the interface ``name`` is a bridge:
+    isolating a veth or ``lo`` would close nothing and say it had."""
+    if kind != "bridge":
+        raise SpecError(f"interface {name} is not a bridge ({kind or 'a plain interface'})", name, None)
 
 
 def _log_change(change: Change, backend: str, seconds: float) -> None:

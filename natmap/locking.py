@@ -3,20 +3,23 @@
 natmap's table locks are ``flock`` files in one directory (``/run/natmap``
 unless a NatMap is given another ``lock_dir``), one per network namespace and
 table: ``<dev>-<inode>-<table>.lock``, the namespace named by its nsfs inode;
-and one per namespace, ``<dev>-<inode>-@namespace.lock``, which every change
+and one per namespace, ``<dev>-<inode>.lock``, which every change
 of every table takes inside its table's (host ports are the namespace's).
 
 - The directory is made mode 0700 and refused unless it is a directory owned
-  by the user natmap runs as (root) with that mode (one of its own that only
-  it could write, an older natmap's 0755, is set to 0700): a lock another
-  user can take, fake or replace is no lock. Lock files are opened with
-  ``O_NOFOLLOW``.
+  by the user natmap runs as (root) with that mode: a lock another user can
+  take, fake or replace is no lock. natmap changes the mode of no directory
+  but its default ``/run/natmap`` (an older natmap made it 0755), since a
+  ``lock_dir`` named by the caller may be anything (``/run`` itself). Lock
+  files are opened with ``O_NOFOLLOW``.
 - A wait gives up after ``timeout`` seconds with a :class:`LockTimeoutError`
   naming the process that holds the lock (the kernel says which, in
   ``/proc/locks``).
 - A thread that asks for a lock it already holds gets a
   :class:`NestedTransactionError` at once: it would wait for itself forever.
-- Lock files of namespaces that no longer exist are removed, and a NatMap
+- Lock files of namespaces that no longer exist are removed (only files named
+  exactly as natmap names its own: other files in the directory are left
+  alone), and a NatMap
   removes its table's lock file with the table. A file is removed only while
   its lock is held, and a lock taker checks that the file it locked is still
   the one at the path, so removing never lets two holders in.
@@ -27,6 +30,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import stat
 import threading
 import time
@@ -44,6 +48,10 @@ _LONGEST_NAP = 0.02  # seconds between two looks at a held lock
 # file twice, and a thread waiting for itself would wait forever.
 _held: dict[tuple[int, int], int] = {}  # (device, inode) of the file: thread ident
 _held_guard = threading.Lock()
+
+# The names natmap gives its lock files: <dev>-<inode>-<table>.lock for a
+# table, <dev>-<inode>.lock for a namespace. Only these are ever swept.
+_LOCK_NAME = re.compile(r"(?P<netns>[0-9]+-[0-9]+)(-[A-Za-z][A-Za-z0-9_]{0,31})?\.lock")
 
 
 @contextmanager
@@ -107,11 +115,11 @@ def namespace_lock(lock_dir: str, netns: tuple[int, int], *, timeout: float = LO
                    waiting: Callable[[int | None], None] | None = None) -> Iterator[str]:
     """Hold the lock of namespace ``netns`` itself for the block (taken inside
     a :func:`table_lock`): host ports belong to the namespace, so writers of
-    different tables assign and commit in turn. Its file,
-    ``<dev>-<ino>-@namespace.lock``, is no table's (no table name has an
-    ``@``) and is swept with the namespace's. Yields its path."""
+    different tables assign and commit in turn. Its file is
+    ``<dev>-<ino>.lock`` (no table's: a table's has a ``-<table>`` part), swept
+    with the namespace's. Yields its path."""
     prepare_dir(lock_dir)
-    path = os.path.join(lock_dir, f"{netns[0]}-{netns[1]}-@namespace.lock")
+    path = os.path.join(lock_dir, f"{netns[0]}-{netns[1]}.lock")
     with flocked(path, timeout=timeout, waiting=waiting):
         yield path
 
@@ -143,8 +151,9 @@ def prepare_dir(lock_dir: str) -> None:
     if not stat.S_ISDIR(st.st_mode):
         raise LockError(f"the lock directory {lock_dir} is not a directory; remove it")
     mode = stat.S_IMODE(st.st_mode)
-    if st.st_uid == os.geteuid() and mode != 0o700 and not mode & 0o022:
-        os.chmod(lock_dir, 0o700)  # ours, and no one else could write it: made by an older natmap
+    if (os.path.abspath(lock_dir) == LOCK_DIR and st.st_uid == os.geteuid() and mode != 0o700
+            and not mode & 0o022):
+        os.chmod(lock_dir, 0o700)  # natmap's own by name, and no one else could write it: an older natmap's
         mode = 0o700
     if st.st_uid != os.geteuid() or mode != 0o700:
         raise LockError(f"the lock directory {lock_dir} must be owned by uid {os.geteuid()} with mode 0700 "
@@ -161,8 +170,8 @@ def sweep(lock_dir: str) -> None:
     except OSError:
         return
     for name in entries:
-        parts = name.split("-", 2)
-        if len(parts) == 3 and name.endswith(".lock") and f"{parts[0]}-{parts[1]}" not in live:
+        match = _LOCK_NAME.fullmatch(name)
+        if match and match["netns"] not in live:
             _remove_unheld(os.path.join(lock_dir, name))
 
 

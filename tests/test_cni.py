@@ -31,8 +31,8 @@ class FakeNatMap:
     def __init__(self, fail=None, existing=()):
         self.transactions, self.fail, self.existing, self.closed = [], fail, list(existing), 0
 
-    def __call__(self, table, backend):
-        self.table, self.backend = table, backend
+    def __call__(self, table, backend, bridges=()):
+        self.table, self.backend, self.bridges = table, backend, list(bridges)
         return self
 
     def __enter__(self):
@@ -55,6 +55,9 @@ class FakeNatMap:
 
             def __exit__(self, *exc):
                 pass
+
+            def table(self):
+                return fake
 
             def unpublish(self, name):
                 calls.append(("unpublish", name))
@@ -190,7 +193,7 @@ def test_gc_accepts_libcnis_second_name():
 
 
 def test_status_reports_natmap_unavailable_as_50():
-    def broken(table, backend):
+    def broken(table, backend, bridges):
         raise natmap.BackendError("the nft backend needs libnftables")
 
     plugin = cni.Plugin(broken)
@@ -217,7 +220,9 @@ def test_status_reports_natmap_unavailable_as_50():
     ({}, {"CNI_COMMAND": ""}, 4, "CNI_COMMAND is not set"),
     ({"prevResult": None}, {}, 7, "chained plugin"),
     ({"prevResult": {**PREV, "ips": PREV["ips"][1:]}}, {}, 7, "no IPv4 address"),
-    ({"prevResult": {**PREV, "interfaces": PREV["interfaces"][2:]}}, {}, 7, "no host-side interface"),
+    ({"prevResult": {**PREV, "interfaces": PREV["interfaces"][2:], "ips": [{"address": "10.1.0.5/16",
+                                                                        "interface": 0}]}},
+     {}, 7, "no host-side interface"),
     ({"bridge": 7}, {}, 7, "invalid bridge"),
     ({"runtimeConfig": {"portMappings": [{"hostPort": 0, "containerPort": 80}]}}, {}, 7, "invalid hostPort 0"),
     ({"runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 70000}]}}, {}, 7, "invalid containerPort"),
@@ -278,7 +283,7 @@ def test_endpoint_name_shows_the_short_id():
 
 
 def test_an_unexpected_failure_is_still_cni_error_json():
-    def crash(table, backend):
+    def crash(table, backend, bridges):
         raise RuntimeError("netlink went away")
 
     plugin = cni.Plugin(crash)
@@ -295,3 +300,139 @@ def test_del_cleans_up_after_an_add_that_failed_on_its_mappings():
     fake = FakeNatMap()
     assert call(fake=fake, env={"CNI_COMMAND": "DEL"}, runtimeConfig=bad) == (0, None)
     assert fake.transactions == [[("unpublish", cni.endpoint_name("podman", "c0ffee", "eth0"))]]
+
+
+# --- hostile and malformed input: each kind of fault is CNI error JSON with its code, and nothing changes
+
+
+def _mapping(**fields):
+    return {"runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, **fields}]}}
+
+
+@pytest.mark.parametrize("conf, code, words", [
+    # wrong types where a runtime or an attacker could put them
+    (_mapping(hostIP=5), 7, "invalid hostIP 5"),          # ip_address(5) would be 0.0.0.5
+    (_mapping(hostIP=0), 7, "invalid hostIP 0"),          # falsy, but not "every address"
+    (_mapping(hostIP=False), 7, "invalid hostIP False"),
+    (_mapping(hostIP="fe80::1%eth0"), 7, "invalid hostIP"),
+    (_mapping(hostIP="[::1]"), 7, "invalid hostIP"),
+    (_mapping(hostPort=True), 7, "invalid hostPort True"),
+    (_mapping(hostPort=8080.0), 7, "invalid hostPort"),
+    (_mapping(hostPort="8080"), 7, "invalid hostPort"),
+    (_mapping(protocol=6), 7, "invalid protocol"),
+    ({"runtimeConfig": {"portMappings": {}}}, 7, "must be a list"),
+    ({"runtimeConfig": []}, 7, "runtimeConfig must be an object"),
+    ({"table": "a;b"}, 7, "invalid table"),
+    ({"table": 5}, 7, "invalid table"),
+    ({"cniVersion": None}, 1, "cniVersion is missing"),
+    ({"cniVersion": 1}, 1, "unsupported cniVersion"),
+    # the same host port twice in one request: not a conflict with the container itself
+    ({"runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80},
+                                         {"hostPort": 8080, "containerPort": 81}]}}, 7, "mapped twice"),
+    ({"runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "hostIP": "127.0.0.1"},
+                                         {"hostPort": 8080, "containerPort": 81, "hostIP": "0.0.0.0"}]}},
+     7, "mapped twice"),
+    # prevResult shapes that name no usable address
+    ({"prevResult": {**PREV, "ips": [{"address": "10.1.0.5", "interface": 2}]}}, 7, "CIDR"),
+    ({"prevResult": {**PREV, "ips": [{"address": 5, "interface": 2}]}}, 7, "invalid address"),
+    ({"prevResult": {**PREV, "ips": [5]}}, 7, "invalid entry"),
+    ({"prevResult": {**PREV, "ips": [{"address": "10.1.0.5/16", "interface": 7}]}}, 7, "names no interface"),
+    ({"prevResult": {**PREV, "ips": [{"address": "10.1.0.5/16", "interface": "2"}]}}, 7, "names no interface"),
+    ({"prevResult": {**PREV, "ips": [{"address": "10.1.0.5/16", "interface": True}]}}, 7, "names no interface"),
+    ({"prevResult": {**PREV, "ips": PREV["ips"][1:]}}, 7, "no IPv4 address"),  # an IPv6-only container
+])
+def test_hostile_configurations_are_refused_with_their_code(conf, code, words):
+    fake = FakeNatMap()
+    status, out = call(conf=conf, fake=fake)
+    assert status == 1 and out["code"] == code and words in out["msg"], out
+    assert fake.transactions == []
+
+
+@pytest.mark.parametrize("data", [b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
+                                  b"\xff\xfe\x00", b"", b'{"cniVersion": "1.0.0", "x": ' + b"9" * 5000 + b"}"])
+def test_stdin_that_breaks_the_json_reader_is_code_6(data):
+    status, out = cni.run(ENV, data, cni.Plugin(FakeNatMap()))
+    assert status == 1 and json.loads(out)["code"] == 6
+
+
+def test_a_v4_mapped_host_ip_is_the_ipv4_address():
+    fake = FakeNatMap()
+    prev = {**PREV, "ips": PREV["ips"][:1]}  # no IPv6 address: still published, on 127.0.0.1
+    assert call(conf=_mapping(hostIP="::ffff:127.0.0.1"), prevResult=prev, fake=fake)[0] == 0
+    assert fake.transactions[0][1][2] == ["127.0.0.1:8080:80/tcp"]
+
+
+@pytest.mark.parametrize("garbage", [5, [], {"ips": "x"}, {"ips": [{"address": 7}]}])
+def test_del_gc_status_ignore_a_garbled_prev_result(garbage):
+    fake = FakeNatMap()
+    assert call(fake=fake, env={"CNI_COMMAND": "DEL"}, prevResult=garbage) == (0, None)
+    assert fake.transactions == [[("unpublish", cni.endpoint_name("podman", "c0ffee", "eth0"))]]
+    assert call(fake=FakeNatMap(), env={"CNI_COMMAND": "GC"}, prevResult=garbage,
+                conf={"cniVersion": "1.1.0", "cni.dev/valid-attachments": []}) == (0, None)
+
+
+def test_the_bridge_subnets_come_from_prev_result():
+    """ADD hands natmap the bridge as prevResult describes it (no netlink query)."""
+    fake = FakeNatMap()
+    assert call(fake=fake)[0] == 0
+    assert [(b.name, [str(n) for n in b.subnets]) for b in fake.bridges] == [("cni0", ["10.1.0.0/16", "fd00::/64"])]
+
+
+def test_version_is_answered_without_importing_natmap():
+    plugin = Path(sys.executable).parent / "natmap-cni"
+    probe = ("import runpy, sys; sys.argv = [sys.argv[0]];"
+             "\ntry: runpy.run_path(%r, run_name='__main__')\nexcept SystemExit: pass\n"
+             "print('natmap' in sys.modules, file=sys.stderr)" % str(plugin))
+    done = subprocess.run([sys.executable, "-c", probe], input="{}", capture_output=True, text=True,
+                          env={"CNI_COMMAND": "VERSION"})
+    assert json.loads(done.stdout)["supportedVersions"] == list(cni.SUPPORTED_VERSIONS)
+    assert done.stderr.strip() == "False"
+
+
+def test_the_documented_conflists_are_accepted():
+    """What a runtime sends natmap's entry of each conflist in docs/cni.md, with a mapping: an ADD."""
+    sys.path.insert(0, str(Path(__file__).parent / "kernel"))
+    from podman_harness import documented_conflists
+
+    conflists = documented_conflists()
+    assert len(conflists) == 2  # podman's (also containerd's), and a Kubernetes node's
+    for conflist in conflists:
+        [entry] = [p for p in conflist["plugins"] if p["type"] == "natmap"]
+        fake = FakeNatMap()
+        conf = {"cniVersion": conflist["cniVersion"], "name": conflist["name"], **entry,
+                "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]},
+                "prevResult": PREV}
+        status, out = cni.run(ENV, json.dumps(conf).encode(), cni.Plugin(fake))
+        assert status == 0, out
+        assert fake.table == entry.get("table", "natmap")
+
+
+@pytest.mark.parametrize("prev, ip, ipv6", [
+    # 0.3.x / 0.4.0: "version" in each ips entry; 0.3.x results may leave out "interface"
+    ({"cniVersion": "0.4.0", "interfaces": PREV["interfaces"],
+      "ips": [{"version": "4", "address": "10.1.0.5/16", "gateway": "10.1.0.1", "interface": 2}]},
+     "10.1.0.5", "None"),
+    ({"cniVersion": "0.3.1", "interfaces": PREV["interfaces"][:1],
+      "ips": [{"version": "4", "address": "10.1.0.6/16"}, {"version": "6", "address": "fd00::6/64"}]},
+     "10.1.0.6", "fd00::6"),
+    # two addresses of a family on the interface: the first, as portmap takes it
+    ({**PREV, "ips": [{"address": "10.1.0.7/16", "interface": 2}, *PREV["ips"]]}, "10.1.0.7", "fd00::5"),
+    # two sandbox interfaces: CNI_IFNAME's (net1) only
+    ({**PREV, "interfaces": [*PREV["interfaces"], {"name": "net1", "sandbox": "/run/netns/c0ffee"}],
+      "ips": [*PREV["ips"], {"address": "10.2.0.9/24", "interface": 3}]}, "10.2.0.9", "None"),
+])
+def test_prev_result_shapes_of_every_version(prev, ip, ipv6):
+    fake = FakeNatMap()
+    ifname = "net1" if ip == "10.2.0.9" else "eth0"
+    status, out = call(fake=fake, prevResult=prev, env={"CNI_IFNAME": ifname})
+    assert status == 0, out
+    endpoint = fake.transactions[0][1][1]
+    assert (str(endpoint.ip), str(endpoint.ipv6)) == (ip, ipv6)
+
+
+def test_a_held_table_lock_is_try_again_later_not_a_failure():
+    from natmap import LockTimeoutError
+    from natmap.cni import TRY_AGAIN_LATER, _natmap_error
+
+    error = _natmap_error(LockTimeoutError("the table's lock was held for more than 30 s", 1234))
+    assert error.code == TRY_AGAIN_LATER == 11

@@ -271,7 +271,8 @@ def test_plan_shows_what_apply_would_change_and_applies_nothing(nm, backend):
 def test_the_lock_files_live_in_lock_dir(nm, tmp_path):
     nm.publish(WEB, ["8080:5000"])
     # The table's, and the namespace's (every table's changes take turns on host ports).
-    assert sorted(p.name.split("-", 2)[2] for p in Path(tmp_path).iterdir()) == ["@namespace.lock", "natmap.lock"]
+    (table,) = (p.name for p in Path(tmp_path).iterdir() if p.name.endswith("-natmap.lock"))
+    assert {p.name for p in Path(tmp_path).iterdir()} == {table, table.replace("-natmap.lock", ".lock")}
 
 
 def test_natmaps_on_one_table_change_it_one_at_a_time(backend, host, tmp_path):
@@ -413,3 +414,17 @@ def test_a_gateway_mode_is_an_item_of_the_table(nm, backend):
     assert nm.gateways() == [gateway] and gateway in backend.items
     nm.set_gateway("natmap0")  # the default mode is no item
     assert nm.gateways() == [] and backend.dump() == ""
+
+
+def test_isolate_refuses_what_is_not_a_bridge_and_changes_nothing(backend, tmp_path):
+    import ipaddress
+
+    host = FakeHost([BRIDGE], interfaces={"veth1": ("veth", (ipaddress.ip_interface("10.0.0.1/24"),))})
+    nm = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    nm.publish(WEB, ["8080:5000"])
+    before = backend.dump()
+    with pytest.raises(natmap.SpecError, match="veth1 is not a bridge"):
+        nm.isolate("veth1")
+    with pytest.raises(natmap.UnknownInterfaceError, match="nosuch0"):
+        nm.isolate("nosuch0")
+    assert backend.dump() == before and nm.isolated() == []

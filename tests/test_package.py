@@ -9,6 +9,7 @@ network nor the cache can provide them.
 """
 
 import email
+import json
 import os
 import re
 import subprocess
@@ -64,7 +65,7 @@ def test_the_sdist_is_the_whole_project(dist):
     sdist, _ = dist
     with tarfile.open(sdist) as tar:
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
-    wanted = {"LICENSE", "README.md", "Makefile", "setup.cfg", "pyproject.toml", "natmap/py.typed",
+    wanted = {"LICENSE", "README.md", "Makefile", "setup.cfg", "pyproject.toml", "natmap/py.typed", "natmap_cni.py",
               *_project_files("natmap", "docs", "examples", "tests", "bench")}
     assert "tests/kernel/conftest.py" in wanted and "docs/kernel.md" in wanted
     assert not wanted - names, f"missing from the sdist: {sorted(wanted - names)}"
@@ -106,6 +107,9 @@ def test_the_wheel_installs_without_a_compiler_and_runs(dist, tmp_path):
                               capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert imported.returncode == 0, imported.stderr
     assert Path(imported.stdout.strip()).is_relative_to(env)  # the installed copy, not this checkout
+    cni = subprocess.run([env / "bin" / "natmap-cni"], input="{}", capture_output=True, text=True, timeout=60,
+                         env={"CNI_COMMAND": "VERSION"}, cwd=tmp_path)
+    assert cni.returncode == 0 and "1.1.0" in json.loads(cni.stdout)["supportedVersions"], cni.stderr
 
     # What a user without the extra sees when asking for the iptables backend.
     asked = subprocess.run([python, "-c", "import natmap; natmap.NatMap(backend='iptables')"],

@@ -13,9 +13,15 @@ PACKAGE = ROOT / "natmap"
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 
-# The context the prose gives a snippet: natmap imported, `nm` a NatMap
-# (the docs' fragments use both without saying so again).
+# The context the prose gives a fragment: natmap imported, `nm` a NatMap
+# (the docs' fragments use both without saying so again). A block that
+# imports anything is a whole program, run as it stands: it gets no prelude,
+# so one that forgets `import natmap` fails here as it would for a reader.
 PRELUDE = "import natmap\nnm: natmap.NatMap\n"
+
+
+def prelude(code: str) -> str:
+    return "" if re.search(r"^(import|from) ", code, re.M) else PRELUDE
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 _ERROR = re.compile(r"^(?P<path>[^:\n]+):(?P<line>\d+): (?P<rest>error: .*)$", re.M)
 
@@ -36,8 +42,8 @@ def mypy_errors(tmp_path_factory):
         module = re.sub(r"\W", "_", str(document.relative_to(ROOT)))  # docs/links.md: docs_links_md
         for first_line, code in python_blocks(document):
             path = tmp / f"{module}_line{first_line}.py"
-            path.write_text(PRELUDE + code)
-            snippets[path.resolve()] = (document, first_line)
+            path.write_text(prelude(code) + code)
+            snippets[path.resolve()] = (document, first_line - prelude(code).count("\n"))
     out, err, status = api.run([
         "--strict", "--config-file", str(ROOT / "setup.cfg"), "--cache-dir", str(tmp / "cache"),
         "--no-color-output", "--no-error-summary", "--show-absolute-path",
@@ -48,7 +54,7 @@ def mypy_errors(tmp_path_factory):
         path, line = Path(m["path"]).resolve(), int(m["line"])
         if path in snippets:
             document, first_line = snippets[path]
-            path, line = document, first_line + line - 1 - PRELUDE.count("\n")
+            path, line = document, first_line + line - 1
         errors.append((path, line, m["rest"]))
     assert status == 0 or errors, out  # mypy failed without a single error line: show why
     return errors

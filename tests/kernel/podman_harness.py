@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,15 @@ NETWORK = "natmaptest"
 SUBNET, GATEWAY = "10.89.7.0/24", "10.89.7.1"
 BRIDGE = "cnibr7"
 ULIMITS = ("--ulimit", "nproc=1024:1024", "--ulimit", "nofile=1024:1024")
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "cni.md"
+
+
+def documented_conflists() -> list[dict]:
+    """The conflists docs/cni.md shows, in its order (podman's first), as a newcomer copies them."""
+    blocks = re.findall(r"```json\n(.*?)```", DOCS.read_text(), flags=re.S)
+    return [conf for conf in map(json.loads, blocks) if "plugins" in conf]
 
 
 def missing() -> str | None:
@@ -54,11 +64,13 @@ def natmap_cni() -> str:
 
 
 class Podman:
-    """podman in ``host_netns``, publishing through ``plugin`` ("natmap" or "portmap")."""
+    """podman in ``host_netns``, publishing through ``plugin`` ("natmap" or "portmap");
+    ``executable`` is the natmap-cni to install (default: :func:`natmap_cni`)."""
 
     def __init__(self, host_netns: str, plugin: str = "natmap", *, backend: str = "nft",
-                 table: str = "natmap") -> None:
+                 table: str = "natmap", executable: str | None = None) -> None:
         self.host_netns, self.plugin, self.backend, self.table = host_netns, plugin, backend, table
+        self.executable = executable or natmap_cni()
         self.tmp = Path(tempfile.mkdtemp(prefix="natmap-podman-"))
         self.env = {**os.environ, "CONTAINERS_CONF": str(self.tmp / "containers.conf"),
                     "NATMAP_STATE_DIR": str(self.tmp / "natmap-state")}
@@ -84,7 +96,7 @@ class Podman:
         for name in ("bridge", "host-local", "portmap", "loopback"):
             (tmp / "plugins" / name).symlink_to(f"{CNI_DIR}/{name}")
         # docs/cni.md's install step: natmap-cni under the name the conflist's "type" gives
-        (tmp / "plugins/natmap").symlink_to(natmap_cni())
+        (tmp / "plugins/natmap").symlink_to(self.executable)
         (tmp / "net" / f"{NETWORK}.conflist").write_text(json.dumps(self.conflist(), indent=1))
         (tmp / "containers.conf").write_text(
             "[network]\n"

@@ -101,6 +101,8 @@ def test_every_command_speaks_json(sandbox, web):
     (["publish", "web01", "--ip", "172.30.0.2", "--bridge", "nosuch0", "-p", "80"], 3,
      "natmap: no interface named 'nosuch0' in this network namespace"),
     (["port", "web01"], 3, "natmap: No such endpoint: web01"),
+    (["isolate", "nonexist0"], 3, "natmap: no interface named 'nonexist0' in this network namespace"),
+    (["isolate", "lo"], 2, "natmap: interface lo is not a bridge (a plain interface) in 'lo'"),
     (["apply", "/nonexistent.toml"], 2, "natmap: /nonexistent.toml: cannot read it: No such file or directory"),
 ])
 def test_bad_input_gives_one_clear_line_and_the_documented_code(sandbox, args, code, first_line):

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from podman_harness import ULIMITS, Podman, missing
+from podman_harness import NETWORK, ULIMITS, Podman, documented_conflists, missing
 
 from natmap.cni import endpoint_name
 
@@ -74,3 +74,26 @@ def test_podman_range_and_conflict(podman, sandbox):
 
 def podman_args(podman):
     return [*ULIMITS, "--rootfs", str(podman.tmp / "rootfs"), "/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/"]
+
+
+def test_the_documented_podman_conflist_works_as_written(sandbox):
+    """A newcomer's path: docs/cni.md's install step (the harness links natmap-cni as "natmap")
+    and its podman conflist, unchanged but for the network's name."""
+    documented = documented_conflists()[0]
+    assert documented["plugins"][-1]["type"] == "natmap"
+
+    class Documented(Podman):
+        def conflist(self):
+            return {**documented, "name": NETWORK}
+
+    with Documented(sandbox.host.name, "natmap") as pm:
+        try:
+            pm.podman("info", timeout=60)
+        except RuntimeError as exc:
+            pytest.skip(f"podman cannot run here: {exc}")
+        client = sandbox.client("client1")
+        pm.run("web", "8080:80")
+        assert answers(client, sandbox.outside_ip, 8080)
+        assert answers(sandbox.host, "127.0.0.1", 8080)
+        pm.rm("web")
+        assert not answers(client, sandbox.outside_ip, 8080)

@@ -1,0 +1,32 @@
+"""The ``natmap-cni`` executable's entry: VERSION answered before natmap is imported.
+
+A container runtime asks a plugin for its VERSION before each ADD and DEL
+(podman does), so this answer is on the path of every ``podman run`` and
+``rm``; importing natmap for it would double the process's cost. Every other
+command is :func:`natmap.cni.main`'s.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# The CNI specification versions natmap-cni speaks (natmap.cni reads them from here).
+SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+
+
+def version_answer() -> str:
+    """VERSION's answer (SPEC.md "VERSION"): the newest version, and every supported one."""
+    quoted = ", ".join(f'"{v}"' for v in SUPPORTED_VERSIONS)
+    return f'{{"cniVersion": "{SUPPORTED_VERSIONS[-1]}", "supportedVersions": [{quoted}]}}'
+
+
+def console() -> None:
+    """The console script ``natmap-cni``."""
+    if os.environ.get("CNI_COMMAND") == "VERSION":
+        sys.stdin.buffer.read()  # the runtime writes {"cniVersion": ...}; read it, as it expects
+        print(version_answer())
+        sys.exit(0)
+    from natmap.cni import main
+
+    sys.exit(main())
