@@ -15,7 +15,13 @@ installed package has it.
 3. teardown: unpublish an endpoint with 1,000 ports, vs publishing it;
 4. packet path: new flows a second that the host DNATs, N = 1 and 10,000;
 5. start-up: `import natmap` and `natmap port NAME` as processes;
-6. memory: peak RSS publishing 10,000 bindings, and processes left behind.
+6. memory: peak RSS publishing 10,000 bindings, and processes left behind;
+7. scale (issue 16): 10,000 single `-p` strings in one transaction; tcp+udp
+   1-65535 same-port (publish, port() from a new NatMap, `natmap ls` as a
+   process, unpublish, peak RSS, iptables publish); a shifted range of 10,000;
+   `natmap port NAME` with 10,000 other bindings; unpublishing 10,000 bindings
+   beside 2,000 unrelated conntrack entries; new flows through a 65,535-port
+   interval element.
 """
 
 from __future__ import annotations
@@ -418,10 +424,248 @@ def _children() -> set[int]:
     return found
 
 
+# --- 7. scale: the workloads of issue 16 ------------------------------------------------------
+
+
+def singles(sb: Sandbox) -> dict:
+    """10,000 single `-p` strings (`10000:1`, ...; 250 endpoints x 40) in one
+    transaction, vs the same 10,000 elements as one libnftables call."""
+    import nftables
+
+    eps = endpoints(10000, sb.bridge)
+    specs = [(endpoint, [f"{int(spec.split('-')[0]) + i}:{i + 1}" for i in range(PORTS)]) for endpoint, spec in eps]
+    nm = natmap.NatMap(table="bench", netns=sb.host.name)
+    lib = sb.host.call(nftables.Nftables)
+    text = floor_text("floor", eps)
+    drop_floor = lambda: sb.host.run(["nft", "delete", "table", "inet", "floor"])  # noqa: E731
+
+    def publish_singles() -> None:
+        with nm.transaction() as tx:
+            for endpoint, texts in specs:
+                tx.publish(endpoint, texts)
+
+    timed = interleaved({"natmap": (publish_singles, lambda: _clean(nm)),
+                         "floor": (lambda: sb.host.call(lib.cmd, text), drop_floor)})
+    _clean(nm)
+    drop_floor()
+    out(f"10,000 single `-p` strings, one transaction: natmap {timed['natmap'] * 1000:.1f} ms, "
+        f"floor (one map, one libnftables call) {timed['floor'] * 1000:.1f} ms: "
+        f"{timed['natmap'] / timed['floor']:.2f}x")
+    out()
+    return timed
+
+
+WHOLE = ["1-65535:1-65535/tcp", "1-65535:1-65535/udp"]
+
+
+def whole_range(sb: Sandbox) -> dict:
+    """tcp+udp 1-65535 same-port for one endpoint."""
+    big = natmap.Endpoint("whole", "172.30.100.1", sb.bridge)
+    nm = natmap.NatMap(table="whole", netns=sb.host.name)
+    timed = interleaved({"publish": (lambda: nm.publish(big, WHOLE), None),
+                         "port": (lambda: natmap.NatMap(table="whole", netns=sb.host.name).port("whole"), None),
+                         "ls": (lambda: subprocess.run([NATMAP_CLI, "ls", "--table", "whole", "--netns",
+                                                        sb.host.name], check=True, capture_output=True), None),
+                         "unpublish": (lambda: nm.unpublish("whole"), None)})
+    code = ("import sys, natmap\n"
+            "nm = natmap.NatMap(table='mem', netns=sys.argv[1])\n"
+            "nm.publish(natmap.Endpoint('whole', '172.30.100.1', 'natmap0'), sys.argv[2:])\n"
+            "assert len(natmap.NatMap(table='mem', netns=sys.argv[1]).port('whole')) == 131070\n"
+            "nm.remove()\n"
+            "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))\n")
+    rss_mb = int(subprocess.run([sys.executable, "-c", code, sb.host.name, *WHOLE], capture_output=True,
+                                text=True, check=True).stdout) / 1024
+    ipt = natmap.NatMap(table="bench", netns=sb.host.name, backend="iptables")
+    ipt_timed = interleaved({"publish": (lambda: ipt.publish(big, WHOLE), None),
+                             "unpublish": (lambda: ipt.unpublish("whole"), None)}, repeats=3)
+    _clean(ipt)
+    _clean(nm)
+    out("tcp+udp 1-65535 same-port, one endpoint (131,070 ports): "
+        f"publish {timed['publish'] * 1000:.1f} ms, port() from a new NatMap {timed['port'] * 1000:.1f} ms, "
+        f"`natmap ls` as a process {timed['ls'] * 1000:.0f} ms, unpublish {timed['unpublish'] * 1000:.1f} ms, "
+        f"peak RSS (a whole process publishing and reading it) {rss_mb:.0f} MB; "
+        f"iptables: publish {ipt_timed['publish'] * 1000:.1f} ms, unpublish {ipt_timed['unpublish'] * 1000:.1f} ms")
+    out()
+    return dict(timed, rss_mb=rss_mb, ipt_publish=ipt_timed["publish"])
+
+
+def shifted(sb: Sandbox) -> dict:
+    """A shifted range of 10,000 ports: one element a port, vs those elements in one call."""
+    import nftables
+
+    big = natmap.Endpoint("shifted", "172.30.100.2", sb.bridge)
+    nm = natmap.NatMap(table="bench", netns=sb.host.name)
+    lib = sb.host.call(nftables.Nftables)
+    elements = ", ".join(f'tcp . {20000 + i} comment "shifted" : {big.ip} . {30000 + i}' for i in range(10000))
+    text = (skeleton("floor") + f'add element inet floor bridges {{ "natmap0" }}\n'
+            f"add element inet floor subnets4 {{ 172.30.0.0/16 }}\n"
+            f"add element inet floor dnat4_any {{ {elements} }}\n")
+    drop_floor = lambda: sb.host.run(["nft", "delete", "table", "inet", "floor"])  # noqa: E731
+    timed = interleaved({"natmap": (lambda: nm.publish(big, ["20000-29999:30000-39999"]), lambda: _clean(nm)),
+                         "floor": (lambda: sb.host.call(lib.cmd, text), drop_floor)})
+    _clean(nm)
+    drop_floor()
+    out(f"shifted range 20000-29999:30000-39999 (10,000 elements): natmap {timed['natmap'] * 1000:.1f} ms, "
+        f"floor {timed['floor'] * 1000:.1f} ms: {timed['natmap'] / timed['floor']:.2f}x")
+    out()
+    return timed
+
+
+def port_among(sb: Sandbox) -> dict:
+    """`natmap port NAME` as a process, with 10 and with 10,000 other bindings in the table."""
+    web = natmap.Endpoint("asked", "172.30.100.3", sb.bridge)
+    results = {}
+    for n in (10, 10000):
+        nm = natmap.NatMap(table="among", netns=sb.host.name)
+        publish_all(nm, endpoints(n, sb.bridge))
+        nm.publish(web, ["9080:80"])
+        results[n] = interleaved({"port": (lambda: subprocess.run(
+            [NATMAP_CLI, "port", "asked", "--table", "among", "--netns", sb.host.name], check=True,
+            capture_output=True), None)},
+            repeats=STARTS)["port"]
+        _clean(nm)
+    out(f"`natmap port NAME` as a process: {results[10] * 1000:.0f} ms with 10 other bindings, "
+        f"{results[10000] * 1000:.0f} ms with 10,000: {results[10000] / results[10]:.2f}x")
+    out()
+    return results
+
+
+def conntrack_cleanup(sb: Sandbox) -> dict:
+    """Unpublishing 10,000 UDP bindings (all 250 endpoints, one transaction) with
+    2,000 unrelated UDP conntrack entries (unanswered flows from the host to
+    other ports), and unpublishing ONE endpoint (40 bindings) among them."""
+    nm = natmap.NatMap(table="bench", netns=sb.host.name)
+    eps = [(endpoint, spec + "/udp") for endpoint, spec in endpoints(10000, sb.bridge)]
+
+    def setup() -> None:
+        _clean(nm)
+        publish_all(nm, eps)
+        sb.host.run(["conntrack", "-F"])
+        sb.host.call(_udp_flows, 2000)  # they last 30 s: made again before each run
+
+    def unpublish_all() -> None:
+        with nm.transaction() as tx:
+            for endpoint, _ in eps:
+                tx.unpublish(endpoint.name)
+
+    timed = interleaved({"all": (unpublish_all, setup), "one": (lambda: nm.unpublish("ep0"), setup)})
+    entries = int(sb.host.run(["conntrack", "-C"], capture_output=True, text=True).stdout)
+    _clean(nm)
+    out(f"unpublish with 10,000 bindings and {entries:,} unrelated conntrack entries: "
+        f"all 10,000 in one transaction {timed['all'] * 1000:.0f} ms; one endpoint (40) {timed['one'] * 1000:.1f} ms")
+    out()
+    return timed
+
+
+def _udp_flows(count: int) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for i in range(count):
+        sock.sendto(b"x", ("127.0.0.1", 40000 + i))
+    sock.close()
+
+
+def range_flows(sb: Sandbox) -> dict:
+    """New flows a second through a single-port binding and through one 65,535-port interval element."""
+    container = sb.container("rangesink")
+    client = sb.client("rangesender")
+    runs: dict[str, list[float]] = {"single": [], "range": []}
+    nm = natmap.NatMap(table="bench", netns=sb.host.name)
+    for _ in range(1 + REPEATS):  # in turns; the first round not counted
+        for name, spec in (("single", "9999:9999/udp"), ("range", "1-65535:1-65535/udp")):
+            nm.publish(container.endpoint(ipv6=False), [spec])
+            sb.host.run(["conntrack", "-F"])
+            runs[name].append(client.call(_send_new_flows, str(sb.outside_ip), 9999, 5000 if QUICK else 20000))
+            sb.host.run(["conntrack", "-F"])  # else removing the binding cuts its 20,000 flows one by one
+            _clean(nm)
+    rates = {name: statistics.median(values[1:]) for name, values in runs.items()}
+    out(f"new flows a second: single-port binding {rates['single']:,.0f}, through a 65,535-port interval "
+        f"element {rates['range']:,.0f}: {rates['range'] / rates['single']:.2f}x")
+    out()
+    return rates
+
+
+def scale(sb: Sandbox) -> dict:
+    out("## 7. Scale: the workloads of issue 16 (medians, measured in turns)")
+    out()
+    return dict(singles=singles(sb), whole=whole_range(sb), shifted=shifted(sb), port=port_among(sb),
+                conntrack=conntrack_cleanup(sb), flows=range_flows(sb))
+
+
+def scale_checks(sc: dict) -> list[tuple[str, float, float]]:
+    whole = sc["whole"]
+    return [
+        ("10,000 single `-p` strings, one transaction <= 1.5x the floor",
+         sc["singles"]["natmap"] / sc["singles"]["floor"], 1.5),
+        ("tcp+udp 1-65535 same-port: publish <= 50 ms", whole["publish"] * 1000, 50),
+        ("tcp+udp 1-65535: port() from a new NatMap <= 100 ms", whole["port"] * 1000, 100),
+        ("tcp+udp 1-65535: `natmap ls` (ps) as a process <= 150 ms", whole["ls"] * 1000, 150),
+        ("tcp+udp 1-65535: unpublish <= 50 ms", whole["unpublish"] * 1000, 50),
+        ("tcp+udp 1-65535: peak RSS <= 100 MB", whole["rss_mb"], 100),
+        ("tcp+udp 1-65535 on iptables: publish <= 1 s", whole["ipt_publish"] * 1000, 1000),
+        ("shifted range of 10,000 <= 1.5x the floor", sc["shifted"]["natmap"] / sc["shifted"]["floor"], 1.5),
+        ("`natmap port NAME` with 10,000 others <= 1.5x with 10", sc["port"][10000] / sc["port"][10], 1.5),
+        ("unpublish 10,000 bindings beside 2,000 unrelated conntrack entries <= 100 ms",
+         sc["conntrack"]["all"] * 1000, 100),
+        ("unpublish one endpoint beside 10,000 bindings and 2,000 entries <= 100 ms",
+         sc["conntrack"]["one"] * 1000, 100),
+        ("new-flow rate through a 65,535-port element >= 0.9x a single port (shown as single/range <= 1.11)",
+         sc["flows"]["single"] / sc["flows"]["range"], 1 / 0.9),
+    ]
+
+
+# What section 7's targets that do not hold on this machine cost, and what was tried (issue 16).
+SCALE_NOTES = """\
+### Section 7: why a target does not hold, and what was tried
+
+- **10,000 single `-p` strings <= 1.5x the floor.** The floor is one libnftables
+  call; natmap adds Python per spec: parsing (a regex fast path for the common
+  shapes, held equal to the full parser by a Hypothesis test: about 3.5 us a
+  spec, a quarter of the full parser's) and the model (about 8 us a binding:
+  the Binding value, the conflict check, four indexes, the journal). Both
+  measured with the machine quiet; 10,000 of them are 100-120 ms against a
+  floor of 40-80 ms. The shifted range of 10,000 (one element a port) costs
+  the same model per binding. Reaching 1.5x needs a model that does not make
+  a Python object a binding (columns of ints per transaction); not done.
+- **`natmap port NAME` with 10,000 others <= 1.5x with 10.** The kernel cannot
+  be asked for one endpoint's elements: the comment is not a key. `list
+  table` makes libnftables format all 10,000 elements (about 40% of the time)
+  and natmap builds the table in Python (about 35%); building only the asked
+  endpoint's bindings would save the latter, not reach 1.5x. Left to the
+  desired-state store (issue 12), which answers from disk.
+- **Unpublishing 10,000 bindings beside 2,000 unrelated conntrack entries
+  <= 100 ms.** The conntrack part is O(entries + bindings) now (43 s before:
+  each entry was tested against each binding): about 45 ms, most of it the
+  kernel walking its hash and pyroute2 decoding (about 1 ms an entry, so
+  removed bindings ask the kernel for translated entries only). The rest is
+  deleting 10,000 elements (the libnftables call alone is about the floor of
+  adding them) and the model. Unpublishing one endpoint among them is ~20 ms.
+- **Absolute targets (publish, unpublish, `natmap ls` of tcp+udp 1-65535).**
+  Held as one interval element per protocol (nft) or one rule (iptables),
+  they cost what one element costs; `natmap ls` as a process is Python's
+  start and natmap's import (section 5) plus a read: it holds when the
+  machine is quiet and not when other jobs load it (see `python -c pass`
+  in section 5 against its usual 18 ms).
+- **New flows through a 65,535-port element >= 0.9x a single port.** Not
+  explained yet. On any address the range is an element of a per-protocol map
+  keyed on the port alone. The same layouts written by hand (`nft -f`) and
+  measured in turns in one script passed the same rate: exact element 55k/s,
+  interval map keyed on proto . port 56k/s, natmap's layout 58k/s, keyed on
+  the port alone 57k/s (2026-11-30, loaded machine); through natmap in this
+  section it measured 0.50x-0.77x in three runs, and 1.3x in one run with
+  the range measured first. Something in the sequence (publish, flush,
+  flows, remove) differs between the two; not found by the deadline.
+- **Targets of sections 1-6 that held before** (full apply 1.35x, flows at
+  N=10,000, `natmap port`) did not in the 2026-11-30 run: other engineers'
+  test suites loaded both cores (`python -c pass` 57 ms instead of 18), and
+  Python start-up and the garbage collector suffer more than libnftables.
+"""
+
+
 # --- the verdict -------------------------------------------------------------------------------
 
 
-def targets(full: dict, inc: dict, tear: dict, path: dict, start: dict, mem: dict, kept: dict) -> None:
+def targets(full: dict, inc: dict, tear: dict, path: dict, start: dict, mem: dict, kept: dict,
+            sc: dict) -> None:
     out("## Targets")
     out()
     biggest = max(full)
@@ -440,12 +684,14 @@ def targets(full: dict, inc: dict, tear: dict, path: dict, start: dict, mem: dic
         ("`natmap port` <= 2x (python start + kernel read)", start["port"] / (start["python"] + start["read"]), 2.0),
         ("peak RSS for 10,000 bindings < 150 MB", mem["rss_mb"], 150),
         ("processes left running == 0", mem["left"], 0),
+        *scale_checks(sc),
     ]
     out("| target | measured | limit | holds |")
     out("|---|---|---|---|")
     for name, value, limit in checks:
         out(f"| {name} | {value:.2f} | {limit:.2f} | {'yes' if value <= limit else 'NO'} |")
     out()
+    out(SCALE_NOTES)
 
 
 def main() -> None:
@@ -460,6 +706,10 @@ def main() -> None:
         f"Medians of {REPEATS} runs unless said otherwise; ratios are from this one run.")
     out()
     with Sandbox(subnet="172.30.0.0/16", subnet6=None) as sb:
+        if os.environ.get("BENCH_ONLY") == "scale":  # one section, for working on it
+            for name, value, limit in scale_checks(scale(sb)):
+                out(f"| {name} | {value:.2f} | {limit:.2f} | {'yes' if value <= limit else 'NO'} |")
+            return
         full = full_apply(sb)
         inc = incremental(sb)
         tear = teardown(sb)
@@ -467,7 +717,8 @@ def main() -> None:
         start = startup(sb)
         mem = memory(sb)
         kept = store(sb)
-        targets(full, inc, tear, path, start, mem, kept)
+        sc = scale(sb)
+        targets(full, inc, tear, path, start, mem, kept, sc)
     out(f"Whole run: {time.monotonic() - started:.0f} s.")
     RESULTS.write_text("\n".join(report) + "\n")
     print(f"\nwritten to {RESULTS}")

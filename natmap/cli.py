@@ -29,8 +29,8 @@ from .engine import NatMap
 from .errors import (BackendError, CommandLineError, ConfigError, ConflictError, DriftError, NatmapError,
                      NotFoundError, PrivilegeError, SpecError)
 from .links import Link
-from .model import (Binding, Bridge, Change, Drift, Endpoint, Gateway, Isolation, Item, assert_never, describe,
-                    natural_key)
+from .model import (Binding, Bindings, Bridge, Change, Drift, Endpoint, Gateway, Isolation, Item, assert_never,
+                    describe, natural_key)
 from .spec import LinkSpec, PortSpec
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
@@ -70,8 +70,8 @@ def _link_json(link: Link) -> dict[str, Any]:
 
 def _item_json(item: Item) -> dict[str, Any]:
     match item:
-        case Binding():
-            return {"kind": "binding", **_binding_json(item)}
+        case Binding():  # a same-port range is one item: count ports from host_port on
+            return {"kind": "binding", **_binding_json(item), **({"count": item.count} if item.count > 1 else {})}
         case Link():
             return {"kind": "link", "source": item.source, "target": item.target, "alias": item.alias,
                     "ports": [{"port": port, "proto": proto.value} for port, proto in item.ports]}
@@ -136,7 +136,8 @@ def cmd_ls(nm: NatMap, args: argparse.Namespace) -> Output:
     from .docker_format import ps_ports
 
     by_endpoint: dict[str, list[Binding]] = {}
-    for b in nm.bindings():
+    bindings = nm.bindings()
+    for b in bindings.held if isinstance(bindings, Bindings) else bindings:  # ranges unexpanded
         by_endpoint.setdefault(b.endpoint, []).append(b)
     exposed: dict[str, tuple[PortSpec, ...]] = {}
     known: dict[str, set[str]] = {}  # the file's addresses of its endpoints
@@ -153,14 +154,16 @@ def cmd_ls(nm: NatMap, args: argparse.Namespace) -> Output:
         return _document(names=names), names
     data, rows = [], [("ENDPOINT", "ADDRESSES", "PORTS")]
     for name in names:
-        bindings = by_endpoint[name]
-        addresses = sorted({str(b.container_ip) for b in bindings} | known.get(name, set()), key=natural_key)
-        bound = {(b.container_port, b.proto) for b in bindings}
+        held = by_endpoint[name]
+        addresses = sorted({str(b.container_ip) for b in held} | known.get(name, set()), key=natural_key)
+        bound = {(port, b.proto) for b in held if exposed.get(name)
+                 for port in range(b.container_port, b.container_port + b.count)}
         unbound = [{"port": port, "proto": spec.proto.value} for spec in exposed.get(name, ())
                    for port in spec.container_ports if (port, spec.proto) not in bound]
-        data.append({"endpoint": name, "addresses": addresses,
-                     "bindings": [_binding_json(b) for b in bindings], "exposed": unbound})
-        rows.append((name, ", ".join(addresses), ps_ports(bindings, exposed.get(name, ()))))
+        if args.json:  # one a port: a same-port range expanded only here
+            data.append({"endpoint": name, "addresses": addresses,
+                         "bindings": [_binding_json(one) for b in held for one in b.expand()], "exposed": unbound})
+        rows.append((name, ", ".join(addresses), ps_ports(held, exposed.get(name, ()))))
     return _document(endpoints=data), _columns(rows)
 
 

@@ -490,7 +490,7 @@ class CniHost(Session):
             # A flow of a removed binding answers from its container's address;
             # a stale one of an added binding goes to its host port.
             removed = [b for b in removed if f"src={_proc_ip(b.container_ip)} " in tracked]
-            added = [b for b in added if f"dport={b.host_port} " in tracked]
+            added = [b for b in added if b.count > 1 or f"dport={b.host_port} " in tracked]  # a range: Session's
             if not (removed or links or added):
                 return 0
         return super().forget_flows(removed, links, added)

@@ -38,8 +38,8 @@ from .errors import (BackendError, DriftError, LockTimeoutError, Loopback6Error,
 from .host import Session
 from .links import Link
 from .locking import LOCK_DIR, LOCK_TIMEOUT, describe_holder, discard, namespace_lock, table_lock
-from .model import (Binding, Bridge, Change, Drift, Endpoint, Gateway, Isolation, Item, PortPool, Slot, Table,
-                    describe, validate_ifname)
+from .model import (Binding, Bindings, Bridge, Change, Drift, Endpoint, Gateway, Isolation, Item, PortPool, Slot,
+                    Table, describe, docker_order, validate_ifname)
 from .netns import current as current_netns, entered as entered_netns, validate_name as validate_netns
 from .spec import PortSpec, Protocol, validate_name
 from .store import Store, default_dir
@@ -172,15 +172,18 @@ class NatMap:
         table = self._read(endpoint)
         if not table.knows(endpoint):
             raise NotFoundError(f"No such endpoint: {endpoint}")
-        found = [b for b in table.of(endpoint) if wanted is None or (b.container_port, b.proto) == wanted]
-        if wanted is not None and not found:
-            raise NotFoundError(f"No public port '{wanted[0]}/{wanted[1].value}' published for {endpoint}")
+        if wanted is None:
+            return table.of(endpoint)  # type: ignore[return-value]  # a Sequence: ranges expand when read
+        number, proto = wanted
+        found = table.on(endpoint, number, proto)
+        if not found:
+            raise NotFoundError(f"No public port '{number}/{proto.value}' published for {endpoint}")
         return found
 
     def bindings(self) -> list[Binding]:
         """Every binding in this instance's table: the store's, as far as the kernel
         holds them (none when the table does not exist yet)."""
-        return self._read().bindings()
+        return self._read().bindings()  # type: ignore[return-value]  # a Sequence: ranges expand when read
 
     def link(self, source: Endpoint | str, target: Endpoint | str, alias: str | None = None, *,
              target_env: Sequence[str] = ()) -> Link:
@@ -288,7 +291,7 @@ class NatMap:
         """Drift's notes (the [::1] advice) and shadowing (bindings that take a
         host socket's traffic, natmap.guest) for what the kernel holds."""
         return {"notes": _loopback6_notes(table, self._kernel.bridged_ipv6_hooked),
-                "shadowing": tuple(guest.shadowed([b for b in table.bindings() if b.key not in self._forced],
+                "shadowing": tuple(guest.shadowed([b for b in table.held_bindings() if b.key not in self._forced],
                                                   functools.cache(self._kernel.listeners),
                                                   self._kernel.socket_owner))}
 
@@ -337,7 +340,7 @@ class NatMap:
             if table is not None or self._backend.structure_problems():  # also a half-made table
                 self._backend.delete()
             if table is not None:
-                self._kernel.forget_flows(table.bindings(), table.links())
+                self._kernel.forget_flows(table.held_bindings(), table.links())
             if self._store.exists():
                 self._store.forget()
             self._cache = None
@@ -755,7 +758,7 @@ class Transaction:
         bridge = self._nm._bridge(endpoint)
         if self._pool is None:
             self._pool = self._nm._pool(self._others, self._listeners)
-        if any(spec.host_ip == _LOOPBACK6 for spec in parsed):  # only a spec can name [::1]
+        if any(spec.host_ip is not None and spec.host_ip == _LOOPBACK6 for spec in parsed):  # only a spec can name [::1]
             with self._nm._ns():
                 if self._nm._kernel.bridged_ipv6_hooked():
                     raise Loopback6Error(_NO_LOOPBACK6)
@@ -763,8 +766,8 @@ class Transaction:
         made = table.publish(endpoint, parsed, publish_all=publish_all,
                              pool=self._pool, bridge=bridge, prefer=prefer or {})
         if force:
-            self._forced.update(b.key for b in made)
-        return sorted(made, key=Binding.sort_key)
+            self._forced.update(b.key for b in (made.held if isinstance(made, Bindings) else made))
+        return docker_order(made)  # type: ignore[return-value]  # a Sequence: ranges expand when read
 
     def _check_addresses(self, endpoint: Endpoint, specs: list[PortSpec]) -> None:
         """Docker's address checks (natmap.guest), the host asked once per transaction."""
@@ -782,7 +785,7 @@ class Transaction:
         table = self._require()
         if not table.knows(endpoint):
             raise NotFoundError(f"No such endpoint: {endpoint}")
-        return sorted(table.unpublish(endpoint), key=Binding.sort_key)
+        return docker_order(table.unpublish(endpoint))  # type: ignore[return-value]  # as publish
 
     def link(self, source: Endpoint | str, target: Endpoint | str, alias: str | None = None, *,
              target_env: Sequence[str] = ()) -> Link:
@@ -802,7 +805,7 @@ class Transaction:
         """As :meth:`NatMap.isolate`, applied when the transaction ends."""
         table = self._require()
         validate_ifname(bridge)
-        if any(b.host_ip == _LOOPBACK6 for b in table.bindings()):
+        if any(b.host_ip == _LOOPBACK6 for b in table.held_bindings()):
             raise Loopback6Error(_NO_LOOPBACK6)
         with self._nm._ns():
             self._nm._kernel.check_bridge_hooks()
@@ -906,7 +909,7 @@ def _loopback6_notes(table: Table, hooked: Callable[[], bool]) -> tuple[str, ...
     """Why ``[::1]`` gets no answer from ``[::]`` bindings, when it does not;
     ``hooked`` says whether bridged IPv6 passes the IP hooks (called in the
     table's namespace)."""
-    ports = [str(b) for b in sorted({b for b in table.bindings() if b.host_ip == _ANY6},
+    ports = [str(b) for b in sorted({b for b in table.held_bindings() if b.host_ip == _ANY6},
                                    key=lambda b: (b.host_port, b.proto.value))]
     if not ports or not hooked():
         return ()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from .errors import ConflictError, SpecError
 from .model import Binding, Endpoint, Table
@@ -48,7 +48,7 @@ def overlaps(binding: Binding, listener: Listener) -> bool:
     the same protocol and port, and the same address or a wildcard on either
     side (a ``::`` socket without IPV6_V6ONLY also holds the IPv4 port, so
     Docker's bind of ``0.0.0.0`` would fail on it too)."""
-    if listener.proto is not binding.proto or listener.port != binding.host_port:
+    if listener.proto is not binding.proto or not binding.host_port <= listener.port <= binding.last_port:
         return False
     address = listener.address
     if address.version != binding.version:
@@ -63,9 +63,10 @@ def check_listeners(bindings: Iterable[Binding], listeners: Callable[[Protocol],
     Docker's "address already in use". ``listeners(proto)`` lists the sockets;
     ``owner(inode)`` names a socket's process."""
     by_port = _by_port(listeners)
-    for binding in bindings:
-        listener = next((s for s in by_port(binding.proto).get(binding.host_port, ()) if overlaps(binding, s)), None)
+    for held in bindings:
+        listener = next((s for s in _near(by_port(held.proto), held) if overlaps(held, s)), None)
         if listener is not None:
+            binding = held if held.count == 1 else held.at(listener.port)  # a range: the port it takes
             who = owner(listener.inode)
             raise ConflictError(
                 f"{binding}/{binding.proto.value} for endpoint {binding.endpoint!r}: a host socket "
@@ -79,13 +80,24 @@ def shadowed(bindings: Iterable[Binding], listeners: Callable[[Protocol], Sequen
     may have appeared after the binding was made)."""
     lines = []
     by_port = _by_port(listeners)
-    for binding in bindings:
-        for listener in by_port(binding.proto).get(binding.host_port, ()):
-            if overlaps(binding, listener):
+    for held in bindings:
+        for listener in _near(by_port(held.proto), held):
+            if overlaps(held, listener):
+                binding = held if held.count == 1 else held.at(listener.port)
                 who = owner(listener.inode)
                 lines.append(f"port {binding.endpoint} {binding.port_line()} shadows the host socket "
                              f"on {listener}{f' ({who})' if who else ''}")
     return lines
+
+
+def _near(by_port: dict[int, list[Listener]], binding: Binding) -> Iterator[Listener]:
+    """The sockets on the binding's host port, or (a same-port range) on any of its ports."""
+    if binding.count == 1:
+        yield from by_port.get(binding.host_port, ())
+        return
+    for port, sockets in by_port.items():
+        if binding.host_port <= port <= binding.last_port:
+            yield from sockets
 
 
 def _by_port(listeners: Callable[[Protocol], Sequence[Listener]]) -> Callable[[Protocol], dict[int, list[Listener]]]:
@@ -118,8 +130,8 @@ def check_other_tables(bindings: Iterable[Binding], others: Sequence[tuple[str, 
 def mapped_ports(others: Sequence[tuple[str, Table]], proto: Protocol) -> frozenset[int]:
     """The host ports of ``proto`` other natmap tables map, on any address:
     an assigned port is never one of them."""
-    return frozenset(b.host_port for _, table in others for b in table.items()
-                     if isinstance(b, Binding) and b.proto is proto)  # items(): bindings() sorts
+    return frozenset(port for _, table in others for b in table.held_bindings() if b.proto is proto
+                     for port in range(b.host_port, b.last_port + 1))  # held: bindings() sorts
 
 
 # --- addresses -----------------------------------------------------------------------

@@ -475,33 +475,40 @@ class Session:
         - an ``isolated`` bridge's: flows between two addresses of its subnets
           that no link opens (isolation drops their next packets).
 
-        The kernel filters the dump by protocol; it still walks its whole hash
-        table, about 10 ms here whatever the number of bindings.
+        The kernel walks its whole hash table for a dump, about 10 ms here
+        whatever the number of bindings, and hands back only the entries of
+        the protocol (for removed bindings: only the translated ones, as
+        pyroute2 takes about 1 ms to decode an entry). Each entry is then
+        tested only against the bindings and link flows of its own
+        destination port. It runs under the table's lock: after the lock is
+        released another process could publish the same binding again, and
+        its new flows would be cut.
         """
         from pyroute2 import Conntrack
         from pyroute2.netlink.exceptions import NetlinkError
-        from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
         local = _LazyLocal()
-        matchers = [(b.proto, functools.partial(_translated_for, b, local)) for b in removed]
-        matchers += [(proto, functools.partial(_link_flow, (s, t, port)))
-                     for link in links for s, t, proto, port in link.flows()]
-        matchers += [(b.proto, functools.partial(_stale_for, b, local)) for b in added if b.proto is not Protocol.TCP]
-        matchers += [(proto, functools.partial(_isolated_flow, cut, local))
+        # (proto, original destination port, test): each test matches flows to one port
+        # (None: to any port, as a same-port range's or an isolated bridge's).
+        translated = [_matcher(_translated_for, b, local) for b in removed]
+        matchers: list[tuple[Protocol, int | None, Any]] = [
+            (proto, port, functools.partial(_link_flow, (s, t, port))) for link in links for s, t, proto, port in link.flows()]
+        matchers += [_matcher(_stale_for, b, local) for b in added if b.proto is not Protocol.TCP]
+        matchers += [(proto, None, functools.partial(_isolated_flow, cut, local))
                      for cut in isolated for proto in Protocol]
         deleted = 0
-        if not matchers:
+        if not (matchers or translated):
             return deleted
         with self._lock, _netlink("cleaning conntrack"):
             if self._conntrack is None:
                 self._conntrack = Conntrack()
             ct = self._conntrack
-            for proto in {proto for proto, _ in matchers}:
-                tests = [test for p, test in matchers if p is proto]
-                # Read them all first: pyroute2 cannot delete while a dump runs.
-                entries = list(ct.dump_entries(tuple_orig=NFCTAttrTuple(proto=_IPPROTO[proto])))
-                for entry in entries:
-                    if any(test(entry.tuple_orig, entry.tuple_reply, entry.status) for test in tests):
+            for nat_only, group in ((True, translated), (False, matchers)):
+                for proto, tests_of in _tests_by_port(group).items():
+                    for entry in _entries(ct, proto, nat_only):
+                        tests = [*tests_of.get(entry.tuple_orig.dport, ()), *tests_of.get(None, ())]
+                        if not any(test(entry.tuple_orig, entry.tuple_reply, entry.status) for test in tests):
+                            continue
                         try:
                             ct.delete(entry)
                             deleted += 1
@@ -660,6 +667,51 @@ class FakeHost:
 
     def close(self) -> None:
         self.closed = True
+
+
+def _tests_by_port(matchers: Iterable[tuple[Protocol, int | None, Any]]) -> dict[Protocol, dict[int | None, list[Any]]]:
+    """The tests by protocol and destination port: each conntrack entry is then
+    tested only against the few that can match it (O(entries + bindings), not
+    O(entries x bindings): 10,000 bindings and 2,000 entries took 43 s)."""
+    by_port: dict[Protocol, dict[int | None, list[Any]]] = {}
+    for proto, port, test in matchers:
+        by_port.setdefault(proto, {}).setdefault(port, []).append(test)
+    return by_port
+
+
+def _matcher(test: Any, binding: Binding, local: Any) -> tuple[Protocol, int | None, Any]:
+    """A binding's test (guest's predicate: which flows qualify) keyed for the
+    indexed loop (how fast): on its port, or on None for a same-port range."""
+    if binding.count == 1:
+        return binding.proto, binding.host_port, functools.partial(test, binding, local)
+    return binding.proto, None, functools.partial(_in_range, test, binding, local)
+
+
+def _in_range(test: Any, binding: Binding, local: Any, orig: Any, reply: Any, status: int = 0) -> bool:
+    """``test`` for the one port of a same-port range that a flow goes to."""
+    port = orig.dport
+    return binding.host_port <= port <= binding.last_port and bool(test(binding.at(port), local, orig, reply, status))
+
+
+def _entries(ct: Any, proto: Protocol, nat_only: bool) -> list[Any]:
+    """The IPv4 conntrack entries of ``proto`` (with ``nat_only``, only those
+    whose destination was translated), read in full before any is deleted:
+    pyroute2 cannot delete while a dump runs."""
+    from pyroute2.conntrack import ConntrackEntry
+    from pyroute2.netlink.nfnetlink.nfctsocket import IPS_DST_NAT, NFCTAttrTuple
+
+    if not nat_only:
+        return list(ct.dump_entries(tuple_orig=NFCTAttrTuple(proto=_IPPROTO[proto])))
+    # The kernel filters by status (Linux 5.15+), not by status and protocol at once.
+    number = _IPPROTO[proto]
+    return [ConntrackEntry(msg["nfgen_family"], *map(msg.get_attr, _ENTRY_ATTRS))
+            for msg in ct.dump(status=IPS_DST_NAT, status_mask=IPS_DST_NAT)
+            if msg.get_attr("CTA_TUPLE_ORIG").get_attr("CTA_TUPLE_PROTO").get_attr("CTA_PROTO_NUM") == number]
+
+
+# What pyroute2's ConntrackEntry is made from, in its order.
+_ENTRY_ATTRS = ("CTA_TUPLE_ORIG", "CTA_TUPLE_REPLY", "CTA_STATUS", "CTA_TIMEOUT", "CTA_PROTOINFO",
+                "CTA_MARK", "CTA_ID", "CTA_USE", "CTA_ZONE")
 
 
 class _LazyLocal:

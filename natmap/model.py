@@ -35,7 +35,7 @@ else:
         ``match`` on every kind of :data:`Item`, where mypy names a forgotten one."""
         raise AssertionError(f"unhandled kind of item: {type(value).__name__}")
 
-__all__ = ["Binding", "Bridge", "Change", "Drift", "Endpoint", "Gateway", "Isolation", "PortPool", "Table"]
+__all__ = ["Binding", "Bindings", "Bridge", "Change", "Drift", "Endpoint", "Gateway", "Isolation", "PortPool", "Table"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -106,6 +106,12 @@ class Binding:
     ``str()`` is the host side as ``docker port`` prints it: ``0.0.0.0:32768``
     or ``[::]:9876``. :meth:`port_line` and :meth:`ps_entry` give Docker's
     other two forms. ``0.0.0.0`` and ``::`` mean every address of the family.
+
+    ``count`` > 1 makes it a same-port range (``-p 10000-20000:10000-20000``):
+    the ``count`` ports from ``host_port`` on, each to the same port of the
+    container (``host_port == container_port``). The kernel holds it as ONE
+    interval element or rule; :meth:`expand` gives its single ports, as
+    ``docker port`` lists them. Then ``str()`` shows ``0.0.0.0:10000-20000``.
     """
 
     endpoint: str
@@ -114,6 +120,7 @@ class Binding:
     host_port: int
     container_ip: IPAddress
     container_port: int
+    count: int = 1
     # Derived once: tables look bindings up by it and hash it a great deal,
     # and hashing an ipaddress object is slow (it formats the address as hex).
     key: tuple[int, int, str, int] = field(init=False, repr=False, compare=False)
@@ -126,6 +133,11 @@ class Binding:
             object.__setattr__(self, "container_ip", ipaddress.ip_address(self.container_ip))
         if type(self.proto) is not Protocol:
             object.__setattr__(self, "proto", Protocol(self.proto))
+        if self.count != 1 and not (type(self.count) is int and self.count > 1
+                                    and self.host_port == self.container_port
+                                    and self.host_port + self.count - 1 <= 65535):
+            raise SpecError("a binding of many ports maps each port to the same port (host port = "
+                            "container port), all in 1-65535", f"{self.host_port}+{self.count!r}")
         # What the kernel looks a packet up by: host address, protocol, port;
         # only ints and a str, so the garbage collector soon stops tracking it.
         object.__setattr__(self, "key", (self.host_ip.version, int(self.host_ip), self.proto._value_,
@@ -149,12 +161,31 @@ class Binding:
             set_(b, "host_port", host_port)
             set_(b, "container_ip", self.container_ip)
             set_(b, "container_port", container_port)
+            set_(b, "count", 1)
             set_(b, "key", (version, address, proto, host_port))
             made.append(b)
         return made
 
+    @property
+    def last_port(self) -> int:
+        """The last host (and container) port: ``host_port`` unless it is a range."""
+        return self.host_port + self.count - 1
+
+    def expand(self) -> list[Binding]:
+        """Its single ports: ``[self]``, or one binding per port of a range."""
+        if self.count == 1:
+            return [self]
+        return self._on_ports((port, port) for port in range(self.host_port, self.host_port + self.count))
+
+    def at(self, port: int) -> Binding:
+        """The single binding of one port of a range."""
+        return self._on_ports([(port, port)])[0]
+
+    def _ports_text(self, first: int) -> str:
+        return str(first) if self.count == 1 else f"{first}-{first + self.count - 1}"
+
     def __str__(self) -> str:
-        return f"{format_ip(self.host_ip)}:{self.host_port}"
+        return f"{format_ip(self.host_ip)}:{self._ports_text(self.host_port)}"
 
     @property
     def version(self) -> int:
@@ -163,7 +194,7 @@ class Binding:
     @property
     def container_port_text(self) -> str:
         """The container side as Docker keys it: ``5000/tcp``."""
-        return f"{self.container_port}/{self.proto.value}"
+        return f"{self._ports_text(self.container_port)}/{self.proto.value}"
 
     def port_line(self) -> str:
         """``docker port NAME``'s line: ``5000/tcp -> 0.0.0.0:32768``."""
@@ -383,6 +414,10 @@ class Table:
         # Binding.key: (version, int(host address), proto, port)
         self._by_key: dict[tuple[int, int, str, int], Binding] = {}
         self._specific: dict[tuple[int, str, int], int] = {}  # (version, proto, port): bindings on a specific address
+        # Same-port ranges (count > 1), by (version, proto); they are few. And
+        # the single ports, by (version, proto), counted: what a range is checked against.
+        self._ranges: dict[tuple[int, str], dict[tuple[int, int, str, int], Binding]] = {}
+        self._ports: dict[tuple[int, str], dict[int, int]] = {}
         self._by_endpoint: dict[str, dict[tuple[int, int, str, int], Binding]] = {}
         self._by_container: dict[tuple[int, int], str] = {}  # (version, int(address)) -> endpoint
         self.bridges: dict[str, Bridge] = {}
@@ -401,16 +436,29 @@ class Table:
 
     # --- reading ---------------------------------------------------------------
 
-    def bindings(self) -> list[Binding]:
-        """Every binding, in ``docker port`` order."""
-        return sorted(self._by_key.values(), key=Binding.sort_key)
+    def bindings(self) -> list[Binding] | Bindings:
+        """Every binding, one a port (ranges expanded), in ``docker port`` order."""
+        return docker_order(self._by_key.values())
 
-    def of(self, endpoint: str) -> list[Binding]:
-        """The bindings of one endpoint, in ``docker port`` order."""
-        return sorted(self._by_endpoint.get(endpoint, {}).values(), key=Binding.sort_key)
+    def of(self, endpoint: str) -> list[Binding] | Bindings:
+        """The bindings of one endpoint, one a port, in ``docker port`` order."""
+        return docker_order(self._by_endpoint.get(endpoint, {}).values())
+
+    def on(self, endpoint: str, port: int, proto: Protocol) -> list[Binding]:
+        """The bindings of one endpoint's container port (``docker port NAME 5000``),
+        in ``docker port`` order; a range's one port without expanding the rest."""
+        found = [b if b.count == 1 else b.at(port) for b in self._by_endpoint.get(endpoint, {}).values()
+                 if b.proto == proto and b.container_port <= port < b.container_port + b.count]
+        return sorted(found, key=Binding.sort_key)
+
+    def held_bindings(self) -> list[Binding]:
+        """Every binding, in no particular order, same-port ranges as they are
+        held (one each): what to check or clean per kernel element."""
+        return list(self._by_key.values())
 
     def bindings_of(self, endpoint: str) -> list[Binding]:
-        """The bindings of one endpoint, in no particular order (:meth:`of` sorts them)."""
+        """The bindings of one endpoint, in no particular order, same-port ranges as
+        they are held (:meth:`of` expands and sorts them)."""
         return list(self._by_endpoint.get(endpoint, {}).values())
 
     def endpoints(self) -> list[str]:
@@ -426,16 +474,40 @@ class Table:
                 *(Isolation(bridge) for bridge in self.isolated), *self.gateways.values()}
 
     def clash(self, binding: Binding) -> Binding | None:
-        """An existing binding that would catch the same packets, if any."""
-        if not self._taken(*binding.key):
+        """An existing binding that would catch some of the same packets, if any."""
+        version, address, proto, first = binding.key
+        found = self._range_over(version, address, proto, first, binding.last_port)
+        if found is not None or binding.count == 1:
+            return found or self._single_at(binding.key)
+        # A range against the single ports: whichever is fewer is walked.
+        ports = self._ports.get((version, proto), {})
+        last = binding.last_port
+        candidates = ((p for p in ports if first <= p <= last) if len(ports) < binding.count
+                      else (p for p in range(first, last + 1) if p in ports))
+        return next(filter(None, (self._single_at((version, address, proto, p)) for p in candidates)), None)
+
+    def _single_at(self, key: tuple[int, int, str, int]) -> Binding | None:
+        """The binding (not a range) that catches packets to ``key``'s address (0: any) and port."""
+        if not self._taken_single(*key):
             return None
-        version, _, proto, port = binding.key
+        version, _, proto, port = key
         # The same address, else 0.0.0.0 or ::, else (for 0.0.0.0 or ::, rarely) a specific one.
-        return (self._by_key.get(binding.key) or self._by_key.get((version, 0, proto, port))
+        return (self._by_key.get(key) or self._by_key.get((version, 0, proto, port))
                 or next(b for b in self._by_key.values() if b.key[0] == version and b.key[2:] == (proto, port)))
+
+    def _range_over(self, version: int, address: int, proto: str, first: int, last: int) -> Binding | None:
+        """A same-port range that catches packets to this address (0: any) on a port in first-last."""
+        for r in self._ranges.get((version, proto), {}).values():
+            if r.host_port <= last and first <= r.last_port and (not address or not r.key[1] or r.key[1] == address):
+                return r
+        return None
 
     def _taken(self, version: int, address: int, proto: str, port: int) -> bool:
         """Whether a binding already catches packets to this address (0: any), protocol and port."""
+        return (self._taken_single(version, address, proto, port)
+                or (version, proto) in self._ranges and self._range_over(version, address, proto, port, port) is not None)
+
+    def _taken_single(self, version: int, address: int, proto: str, port: int) -> bool:
         if address == 0:
             return (version, 0, proto, port) in self._by_key or (version, proto, port) in self._specific
         return (version, address, proto, port) in self._by_key or (version, 0, proto, port) in self._by_key
@@ -466,11 +538,12 @@ class Table:
             made += self._publish_spec(endpoint, spec, pool, prefer)
         if publish_all:
             made += self._publish_exposed(endpoint, pool, prefer)
-        return made
+        return made if all(b.count == 1 for b in made) else Bindings(made)  # type: ignore[return-value]
 
     def unpublish(self, endpoint: str) -> list[Binding]:
         """Remove every binding and every link of ``endpoint``; return the
-        bindings (none if unknown), in no particular order."""
+        bindings (none if unknown), in no particular order, same-port ranges as
+        they are held (:func:`docker_order` lists them as ``docker port`` does)."""
         removed = self.bindings_of(endpoint)
         steps = self._steps(Verb.DELETE) if removed else []
         for binding in removed:
@@ -483,7 +556,8 @@ class Table:
     def remember(self, endpoint: str, request: object, made: Iterable[Binding]) -> None:
         """Note that publishing ``request`` (any value: Config uses the
         endpoint, its specs and -P) gave ``endpoint`` the bindings ``made``."""
-        self._requests[endpoint] = (request, frozenset(made))
+        held = made.held if isinstance(made, Bindings) else made  # ranges as the table holds them
+        self._requests[endpoint] = (request, frozenset(held))
 
     def holds(self, endpoint: str, request: object) -> bool:
         """Whether ``endpoint`` holds exactly what publishing ``request`` gave it:
@@ -656,6 +730,13 @@ class Table:
                       prefer: Mapping[Slot, Sequence[int]]) -> list[Binding]:
         host_ips = self._host_ips(endpoint, spec)
         host = spec.host_ports
+        made: list[Binding] = []
+        if host is not None and len(host) > 1 and host == spec.container_ports:  # a same-port range
+            for host_ip in host_ips:
+                container_ip = endpoint.address(host_ip.version)
+                assert container_ip is not None  # _host_ips gives only the endpoint's own families
+                made.append(Binding(endpoint.name, spec.proto, host_ip, host.start, container_ip, host.start, len(host)))
+            return self._add_all(made)
         if host is None:
             ports = [self._assign(spec.proto, host_ips, pool, prefer=prefer.get((host_ips[0], spec.proto, port), ()))
                      for port in spec.container_ports]
@@ -665,17 +746,20 @@ class Table:
         else:
             ports = list(host)
         pairs = list(zip(ports, spec.container_ports))
-        made: list[Binding] = []
         for host_ip in host_ips:
             (host_port, container_port), container_ip = pairs[0], endpoint.address(host_ip.version)
             assert container_ip is not None  # _host_ips gives only the endpoint's own families
             first = Binding(endpoint.name, spec.proto, host_ip, host_port, container_ip, container_port)
-            made += first._on_ports(pairs)
+            if len(pairs) == 1:  # most specs: one port
+                made.append(first)
+            else:
+                made += first._on_ports(pairs)
         return self._add_all(made)
 
     def _publish_exposed(self, endpoint: Endpoint, pool: PortPool,
                          prefer: Mapping[Slot, Sequence[int]]) -> list[Binding]:
-        published = {(b.proto, b.container_port) for b in self._by_endpoint.get(endpoint.name, {}).values()}
+        published = {(b.proto, port) for b in self._by_endpoint.get(endpoint.name, {}).values()
+                     for port in range(b.container_port, b.container_port + b.count)}
         made = []
         for exposed in endpoint.expose:
             for port in exposed.container_ports:
@@ -733,7 +817,14 @@ class Table:
     def _insert(self, binding: Binding) -> None:
         version, address, proto, port = key = binding.key
         self._by_key[key] = binding
-        if address:  # 0.0.0.0 and :: are found by key; the rare others are counted by port
+        if binding.count > 1:
+            self._ranges.setdefault((version, proto), {})[key] = binding
+        else:
+            ports = self._ports.get((version, proto))
+            if ports is None:
+                ports = self._ports[(version, proto)] = {}
+            ports[port] = ports.get(port, 0) + 1
+        if address and binding.count == 1:  # 0.0.0.0 and :: are found by key; the rare others are counted by port
             port_key = (version, proto, port)
             self._specific[port_key] = self._specific.get(port_key, 0) + 1
         of_endpoint = self._by_endpoint.get(binding.endpoint)
@@ -748,7 +839,16 @@ class Table:
     def _remove(self, binding: Binding) -> None:
         version, address, proto, port = key = binding.key
         del self._by_key[key]
-        if address:
+        if binding.count > 1:
+            del self._ranges[(version, proto)][key]
+            if not self._ranges[(version, proto)]:
+                del self._ranges[(version, proto)]
+        else:
+            ports = self._ports[(version, proto)]
+            ports[port] -= 1
+            if not ports[port]:
+                del ports[port]
+        if address and binding.count == 1:
             port_key = (version, proto, port)
             self._specific[port_key] -= 1
             if not self._specific[port_key]:
@@ -768,6 +868,76 @@ def _self_conflict(binding: Binding, existing: Binding) -> str:
                 f"{binding.container_port}" + ("" if existing.host_ip == binding.host_ip
                                                 else f" ({existing} catches its packets)"))
     return f"{binding}/{binding.proto.value} of endpoint {binding.endpoint!r} conflicts with itself: {why}"
+
+
+class Bindings(Sequence[Binding]):
+    """Bindings, one a port, in ``docker port`` order, made from same-port
+    ranges only when asked for: its length costs nothing, and the 131,070
+    bindings of ``-p 1-65535:1-65535/tcp -p 1-65535:1-65535/udp`` are made
+    (about 0.2 s) on the first look at one of them. It compares equal to a
+    list of the same bindings; ``sort`` sorts it in place, as a list's does.
+    """
+
+    def __init__(self, held: Iterable[Binding]) -> None:
+        self._held = list(held)  # as the table holds them: ranges and single ports
+        self._expanded: list[Binding] | None = None
+
+    def _list(self) -> list[Binding]:
+        if self._expanded is None:
+            self._expanded = _expand_in_order(self._held)
+        return self._expanded
+
+    @property
+    def held(self) -> list[Binding]:
+        """The bindings as the table holds them: same-port ranges as one each."""
+        return list(self._held)
+
+    def __len__(self) -> int:
+        return sum(b.count for b in self._held) if self._expanded is None else len(self._expanded)
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+        return self._list()[index]
+
+    def __iter__(self) -> Iterator[Binding]:
+        return iter(self._list())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (Bindings, list)):
+            return self._list() == list(other)
+        return NotImplemented
+
+    def sort(self, *, key: Callable[[Binding], object] | None = None, reverse: bool = False) -> None:
+        if key is Binding.sort_key and not reverse:  # the order it is in (a natural sort takes seconds)
+            self._list()
+            return
+        self._list().sort(key=key, reverse=reverse)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"Bindings({self._held!r})"
+
+
+def docker_order(bindings: Iterable[Binding]) -> list[Binding] | Bindings:
+    """Single bindings (ranges expanded, when asked), sorted as ``docker port`` prints
+    them: ``sorted(bindings, key=Binding.sort_key)`` without expanding the ranges yet."""
+    if isinstance(bindings, Bindings):
+        return bindings  # already in that order
+    bindings = list(bindings)
+    if all(b.count == 1 for b in bindings):
+        return sorted(bindings, key=Binding.sort_key)
+    return Bindings(bindings)
+
+
+def _expand_in_order(bindings: list[Binding]) -> list[Binding]:
+    """Ranges expanded, sorted by a key equal to :meth:`Binding.sort_key` made
+    of ints (a natural sort of 131,070 lines takes seconds): ``docker port``'s
+    lines read ``CPORT/PROTO -> HOST:PORT`` and differ first in the container
+    port, then in the protocol, then in the host address, then in the host
+    port; the addresses, which are few, are ranked once by the natural sort.
+    """
+    singles = [p for b in bindings for p in b.expand()]
+    hosts = sorted({b.host_ip for b in singles}, key=lambda ip: natural_key(f"{format_ip(ip)}:"))
+    rank = {ip: i for i, ip in enumerate(hosts)}
+    return sorted(singles, key=lambda b: (b.container_port, b.key[2], rank[b.host_ip], b.host_port))
 
 
 def _wrapping(ports: PortRange, start: int) -> Iterator[int]:

@@ -106,16 +106,18 @@ def _rows(items: Iterable[Item]) -> list[tuple[str, str, str | None, str]]:
         if item.container_ip is not container_ip:
             container_ip, container_text = item.container_ip, str(item.container_ip)
         proto = item.proto._value_
+        count = f",{item.count}" if item.count != 1 else ""  # a same-port range: one row, as one kernel element
         rows.append((f"binding {item.key[0]} {host_text} {proto} {item.host_port}", "binding", item.endpoint,
                      f'["{item.endpoint}","{proto}","{host_text}",{item.host_port},'
-                     f'"{container_text}",{item.container_port}]'))
+                     f'"{container_text}",{item.container_port}{count}]'))
     return rows
 
 
 def _item(kind: str, data: str) -> Item:
     d = json.loads(data)
     if kind == "binding":
-        return Binding(d[0], Protocol(d[1]), ipaddress.ip_address(d[2]), d[3], ipaddress.ip_address(d[4]), d[5])
+        return Binding(d[0], Protocol(d[1]), ipaddress.ip_address(d[2]), d[3], ipaddress.ip_address(d[4]), d[5],
+                       d[6] if len(d) > 6 else 1)
     if kind == "bridge":
         return Bridge(d[0], tuple(ipaddress.ip_network(n) for n in d[1]))
     if kind == "gateway":

@@ -433,3 +433,20 @@ def test_isolate_refuses_what_is_not_a_bridge_and_changes_nothing(backend, tmp_p
     with pytest.raises(natmap.UnknownInterfaceError, match="nosuch0"):
         nm.isolate("nosuch0")
     assert backend.dump() == before and nm.isolated() == []
+
+
+def test_a_same_port_range_through_the_engine_is_one_element_and_docker_ports_lines(nm, backend):
+    """Ranges with the seams: one item applied, docker port's order back, the
+    not-found rule, forced keys, idempotent apply, unpublish's order."""
+    made = nm.publish(WEB, ["8000-8999:8000-8999/udp", "9000:9000/udp"])
+    assert len(made) == 2002 and [str(b) for b in made[:3]] == ["0.0.0.0:8000", "[::]:8000", "0.0.0.0:8001"]
+    assert sorted(b.count for b in backend.applied[-1].added(Binding)) == [1, 1, 1000, 1000]
+    assert [str(b) for b in nm.port("web01", "8500/udp")] == ["0.0.0.0:8500", "[::]:8500"]
+    with pytest.raises(NotFoundError, match="No public port '8500/tcp'"):
+        nm.port("web01", "8500/tcp")
+    config = natmap.Config.from_dict({"endpoints": {"web01": {
+        "ip": "172.30.0.2", "bridge": "natmap0", "publish": ["8000-8999:8000-8999/udp"]}}})
+    nm.apply(config)
+    assert not nm.plan(config)
+    removed = nm.unpublish("web01")
+    assert len(removed) == 1000 and list(removed) == sorted(removed, key=Binding.sort_key)  # as the file has it: IPv4

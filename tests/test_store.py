@@ -77,3 +77,12 @@ def test_a_row_natmap_did_not_write_is_a_damaged_store(store):
     store._open().execute("UPDATE items SET data = '[\"bad name!\", \"tcp\"]'")
     with pytest.raises(StoreCorruptError, match="did not write"):
         store.items()
+
+
+def test_a_same_port_range_is_one_row_and_comes_back_whole(store):
+    rtp = Binding("media", Protocol.UDP, ipaddress.ip_address("0.0.0.0"), 10000,
+                  ipaddress.ip_address("172.30.0.9"), 10000, 10001)  # -p 10000-20000:10000-20000/udp
+    store.begin(Change(add=(rtp, WEB)))
+    store.done("gen")
+    assert set(store.items()) == {rtp, WEB}
+    assert next(i for i in store.items() if i == rtp).count == 10001

@@ -248,10 +248,13 @@ class Layout:
         if not b.host_ip.is_unspecified:
             fields.insert(0, ("dst", str(b.host_ip)))
         destination = f"[{b.container_ip}]" if b.version == 6 else str(b.container_ip)
+        # A same-port range is one rule, --dport first:last, whose DNAT keeps the port.
+        dport, to = ((str(b.host_port), f"{destination}:{b.container_port}") if b.count == 1
+                     else (f"{b.host_port}:{b.last_port}", destination))
         # Specific addresses go first, so they win over 0.0.0.0 as in the nft maps.
         return _Rule(b.version, "nat", self._chain("DNAT"), "DNAT",
-                     ((b.proto.value, (("dport", str(b.host_port)),)), ("comment", (("comment", b.endpoint),))),
-                     tuple(fields), (("to_destination", f"{destination}:{b.container_port}"),),
+                     ((b.proto.value, (("dport", dport),)), ("comment", (("comment", b.endpoint),))),
+                     tuple(fields), (("to_destination", to),),
                      first=not b.host_ip.is_unspecified)
 
     @staticmethod
@@ -262,11 +265,15 @@ class Layout:
             match = {m.name: m for m in rule.matches}
             proto = Protocol(rule.protocol)
             destination = rule.target.to_destination
-            address, _, port = destination.rpartition(":")
             host = rule.dst.split("/")[0]
+            first, _, last = match[proto.value].dport.partition(":")
+            if last:  # a same-port range: the destination is the address alone
+                return Binding(match["comment"].comment, proto, ipaddress.ip_address(host), int(first),
+                               ipaddress.ip_address(destination.strip("[]")), int(first), int(last) - int(first) + 1)
+            address, _, port = destination.rpartition(":")
             return Binding(match["comment"].comment, proto, ipaddress.ip_address(host),
-                           int(match[proto.value].dport), ipaddress.ip_address(address.strip("[]")), int(port))
-        except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+                           int(first), ipaddress.ip_address(address.strip("[]")), int(port))
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError):  # SpecError too
             return None
 
     def _bridge_rules(self, bridge: Bridge) -> Iterator[_Rule]:

@@ -6,6 +6,9 @@ The layout, one ``inet`` table per NatMap::
     map dnat4      ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service
     map dnat4_any             inet_proto . inet_service : ipv4_addr . inet_service
     map dnat6 / dnat6_any     the same for IPv6
+    map dnat4_ports    ipv4_addr . inet_proto . inet_service : ipv4_addr  (flags interval)
+    map dnat4_ports_any_tcp (_udp, _sctp)      inet_service : ipv4_addr  (flags interval)
+    map dnat6_ports, dnat6_ports_any_*  the same for IPv6
     set bridges, subnets4, subnets6   what to masquerade
     set isolated       ifname . ifname: bridges closed to inter-container traffic
     set links4 / links6  source . target . proto . port: the flows links open
@@ -13,7 +16,12 @@ The layout, one ``inet`` table per NatMap::
 Each binding is ONE map element whose comment is its endpoint's name (each
 link flow one set element, commented ``source>target:alias``), so a lookup
 costs the same at any size and everything can be read back from the kernel.
-Specific host addresses are looked up before 0.0.0.0 / ::.
+Specific host addresses are looked up before 0.0.0.0 / ::. A same-port range
+(``-p 10000-20000:10000-20000``) is ONE element of a ``_ports`` interval map
+whose data is the container's address only: the DNAT keeps the port. On any
+address, one map a protocol keyed on the port alone: a lookup in an interval
+map keyed on a concatenation (nftables' pipapo) passed 0.69x the new flows of
+an exact match here, one keyed on the port alone 0.95x.
 
 nftables 1.0.6 (Debian 12) cannot declare a map whose data is a
 concatenation in JSON: it silently makes a plain set. So the first change,
@@ -76,6 +84,9 @@ def skeleton(table: str) -> str:
         lines += [
             f"add map {t} dnat{v} {{ type {addr} . inet_proto . inet_service : {addr} . inet_service ; }}",
             f"add map {t} dnat{v}_any {{ type inet_proto . inet_service : {addr} . inet_service ; }}",
+            f"add map {t} dnat{v}_ports {{ type {addr} . inet_proto . inet_service : {addr} ; flags interval ; }}",
+            *(f"add map {t} dnat{v}_ports_any_{p} {{ type inet_service : {addr} ; flags interval ; }}"
+              for p in Protocol),
             f"add set {t} subnets{v} {{ type {addr} ; flags interval ; }}",
             f"add set {t} links{v} {{ type {addr} . {addr} . inet_proto . inet_service ; }}",
         ]
@@ -94,6 +105,10 @@ def skeleton(table: str) -> str:
         f"add rule {t} published meta nfproto ipv4 dnat ip to meta l4proto . th dport map @dnat4_any",
         f"add rule {t} published dnat ip6 to ip6 daddr . meta l4proto . th dport map @dnat6",
         f"add rule {t} published meta nfproto ipv6 dnat ip6 to meta l4proto . th dport map @dnat6_any",
+        f"add rule {t} published dnat ip to ip daddr . meta l4proto . th dport map @dnat4_ports",
+        f"add rule {t} published dnat ip6 to ip6 daddr . meta l4proto . th dport map @dnat6_ports",
+        *(f"add rule {t} published meta nfproto ipv{v} meta l4proto {p} dnat ip{'' if v == 4 else '6'} to "
+          f"th dport map @dnat{v}_ports_any_{p}" for v in _VERSIONS for p in Protocol),
         f"add chain {t} prerouting {{ type nat hook prerouting priority dstnat ; policy accept ; }}",
         f"add rule {t} prerouting fib daddr type local jump published",
         f"add chain {t} output {{ type nat hook output priority -100 ; policy accept ; }}",
@@ -137,6 +152,13 @@ def skeleton(table: str) -> str:
 
 class _Ifname(str):
     """An interface name: quoted in nft text."""
+
+
+class _Ports(namedtuple("_Ports", "first last")):
+    """A port range as an interval map's key part: ``first-last``."""
+
+    def __str__(self) -> str:
+        return f"{self.first}-{self.last}"
 
 
 # One element of one set or map: the set's name, the element's key (a tuple of
@@ -188,7 +210,11 @@ def _readable(convert: Any, contents: dict[str, Any], name: str, foreign: list[s
 
 def _binding_elements(b: Binding) -> Iterator[_Element]:
     """One element of ``dnat4``/``dnat6`` (a specific host address) or of
-    ``dnat4_any``/``dnat6_any`` (0.0.0.0 or ::), commented with the endpoint."""
+    ``dnat4_any``/``dnat6_any`` (0.0.0.0 or ::), commented with the endpoint;
+    a same-port range: one element of a ``_ports`` interval map."""
+    if b.count > 1:
+        yield _range_element(b)
+        return
     key: tuple[Any, ...] = (b.proto, b.host_port)
     suffix = "_any" if b.host_ip.is_unspecified else ""
     yield _Element(f"dnat{b.version}{suffix}", key if suffix else (b.host_ip, *key),
@@ -201,6 +227,12 @@ _MAP_VERSION = {"dnat4": 4, "dnat4_any": 4, "dnat6": 6, "dnat6_any": 6}
 def _read_bindings(contents: dict[str, list[Any]], foreign: list[str]) -> Iterator[Binding]:
     for name, version in _MAP_VERSION.items():
         yield from _readable(functools.partial(_binding, version), contents, name, foreign)
+    for version in _VERSIONS:
+        yield from _readable(functools.partial(_range_binding, version, None), contents, f"dnat{version}_ports",
+                             foreign)
+        for proto in Protocol:
+            yield from _readable(functools.partial(_range_binding, version, proto), contents,
+                                 f"dnat{version}_ports_any_{proto.value}", foreign)
 
 
 def _binding(version: int, elem: list[Any]) -> Binding:
@@ -212,6 +244,29 @@ def _binding(version: int, elem: list[Any]) -> Binding:
     container_ip, container_port = data["concat"]
     return Binding(entry.get("comment", ""), Protocol(parts[1]), ipaddress.ip_address(parts[0]),
                    int(parts[2]), ipaddress.ip_address(container_ip), int(container_port))
+
+
+def _range_element(b: Binding) -> _Element:
+    """A same-port range: one interval element mapped to the container's address."""
+    ports = _Ports(b.host_port, b.last_port)
+    if b.host_ip.is_unspecified:
+        return _Element(f"dnat{b.version}_ports_any_{b.proto.value}", (ports,), (b.container_ip,), b.endpoint)
+    return _Element(f"dnat{b.version}_ports", (b.host_ip, b.proto, ports), (b.container_ip,), b.endpoint)
+
+
+def _range_binding(version: int, proto: Protocol | None, elem: list[Any]) -> Binding:
+    """An element of a ``_ports`` interval map (``proto``: of a map on any
+    address, keyed on the port alone): a same-port range."""
+    key, container_ip = elem
+    entry = key["elem"]
+    if proto is None:
+        parts = entry["val"]["concat"]
+    else:
+        parts = ["0.0.0.0" if version == 4 else "::", proto.value, entry["val"]]
+    ports = parts[2]
+    first, last = ports["range"] if isinstance(ports, dict) else (ports, ports)
+    return Binding(entry.get("comment", ""), Protocol(parts[1]), ipaddress.ip_address(parts[0]),
+                   int(first), ipaddress.ip_address(container_ip), int(first), int(last) - int(first) + 1)
 
 
 def _bridge_elements(bridge: Bridge) -> Iterator[_Element]:
@@ -285,6 +340,8 @@ def _read_gateways(contents: dict[str, list[Any]], foreign: list[str]) -> list[G
 
 
 def _json_value(part: Any) -> Any:
+    if isinstance(part, _Ports):
+        return {"range": list(part)}
     if isinstance(part, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
         return {"prefix": {"addr": str(part.network_address), "len": part.prefixlen}}
     if isinstance(part, int):
@@ -343,11 +400,12 @@ def change_text(table: str, change: Change) -> str:
     lines = [f"delete element inet {table} {name} {{ {', '.join(_text_parts(e.key) for e in elements)} }}"
              for name, elements in _grouped(change.delete).items()]
     others: tuple[Item, ...] = (*change.added(Bridge), *change.added(Link), *change.added(Isolation),
-                                *change.added(Gateway))
+                                *change.added(Gateway), *(b for b in change.added(Binding) if b.count > 1))
     lines += [f"add element inet {table} {name} {{ {', '.join(_text_entry(e) for e in elements)} }}"
               for name, elements in _grouped(others).items()]
+    singles = [b for b in change.added(Binding) if b.count == 1]
     lines += [f"add element inet {table} {name} {{ {', '.join(entries)} }}"
-              for name, entries in _binding_texts(change.added(Binding)).items()]
+              for name, entries in _binding_texts(singles).items()]
     return "\n".join(lines) + ("\n" if lines else "")
 
 

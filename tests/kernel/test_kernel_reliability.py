@@ -284,3 +284,27 @@ def test_running_out_of_assignable_ports_names_the_range(sandbox, nm, backend):
     with pytest.raises(natmap.ConflictError, match="no free host port for tcp in 40000-40001"):
         nm.publish(web.endpoint(expose=["81", "82"]), publish_all=True)
     assert kernel_state(sandbox, backend) == before
+
+
+def test_a_same_port_range_is_one_kernel_element_carrying_traffic_and_read_back(sandbox, nm, backend):
+    web = sandbox.container("web01")
+    web.serve(15000, "udp")
+    web.serve(20000)
+    client = sandbox.client("client1")
+    nm.publish(web.endpoint(), ["10000-20000:10000-20000/udp", "10000-20000:10000-20000"])
+    state = kernel_state(sandbox, backend)
+    one_element = '"range": [10000, 20000]' if backend == "nft" else "--dport 10000:20000"
+    assert state.count(one_element) == 4  # tcp and udp, IPv4 and IPv6
+    flow = client.udp_socket()
+    assert client.request(sandbox.outside_ip, 15000, "udp", sock=flow) == "web01 192.0.2.2"
+    assert client.request(sandbox.outside_ip6, 20000) == "web01 2001:db8:2::2"
+    fresh = natmap.NatMap(netns=sandbox.host.name, backend=backend)
+    assert len(fresh.port("web01")) == 4 * 10001
+    assert [str(b) for b in fresh.port("web01", "15000/udp")] == ["0.0.0.0:15000", "[::]:15000"]
+    assert not nm.check()
+    with pytest.raises(natmap.ConflictError, match="10000-20000/udp"):
+        nm.publish(sandbox.container("db01").endpoint(), ["15000:53/udp"])
+    assert len(nm.unpublish("web01")) == 4 * 10001
+    assert client.request(sandbox.outside_ip, 15000, "udp", sock=flow, timeout=0.5) is None  # its flow cut
+    assert "10000" not in kernel_state(sandbox, backend)
+    flow.close()
