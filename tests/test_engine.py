@@ -151,7 +151,7 @@ def test_an_unknown_bridge_is_refused_before_anything_is_applied(nm, backend):
 def test_remove_deletes_the_table_and_forgets_every_flow(nm, backend, host):
     made = nm.publish(WEB, ["8080:5000"])
     nm.remove()
-    assert backend.items is None and host.forgotten[-1][0] == made
+    assert backend.items is None and set(host.forgotten[-1][0]) == set(made)
     assert nm.bindings() == []  # a table that is not there holds nothing
 
 
