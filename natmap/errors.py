@@ -8,7 +8,7 @@ condition::
     ├── ConfigError (ValueError)        a declarative file natmap cannot read (names file and key)
     ├── ConflictError                   collides with what is there (a port, a name)
     ├── NotFoundError (LookupError)     what a call names is not there
-    │   ├── TableMissingError           the NatMap's table is not in the kernel
+    │   ├── TableMissingError           (no longer raised: a table not made yet reads empty)
     │   └── UnknownInterfaceError       no such bridge or interface
     ├── BackendError                    the packet filter or the kernel refused or failed
     │   └── PrivilegeError (PermissionError)  ... for want of CAP_NET_ADMIN
