@@ -538,6 +538,14 @@ class OneCommandBackend:
     def claimed(self, value: bool) -> None:
         self._backend.claimed = value
 
+    @property
+    def lock_timeout(self) -> float:
+        return self._backend.lock_timeout
+
+    @lock_timeout.setter
+    def lock_timeout(self, value: float) -> None:
+        self._backend.lock_timeout = value
+
     def generation(self) -> Generation:
         return None
 

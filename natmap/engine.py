@@ -121,6 +121,7 @@ class NatMap:
             self._home = current_netns()
             self._backend: Backend = (backend if not isinstance(backend, str) and hasattr(backend, "apply")
                                       else make_backend(backend, self.table_name))
+        self._backend.lock_timeout = self.lock_timeout  # iptables: /run/xtables.lock waits no longer either
         self.backend_name = self._backend.name
         named = netns or _netns_name(self._home)
         where = named and ("root" if named == "/" else f"netns-{named}")

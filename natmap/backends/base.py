@@ -53,6 +53,11 @@ class Backend(Protocol):
     """Set by the engine: natmap's store remembers this table, so natmap's
     objects without their marker (flushed, half made) are still natmap's."""
 
+    lock_timeout: float
+    """Set by the engine from ``NatMap(lock_timeout=)``: the longest wait, in
+    seconds, for a lock the packet filter's own tools share (iptables:
+    ``/run/xtables.lock``); nft has none."""
+
     def read(self, foreign: list[str] | None = None) -> Table | None:
         """The table as the kernel holds it now, or None if there is none; what
         natmap did not write is described in ``foreign``, never read."""
@@ -124,6 +129,7 @@ class FakeBackend:
     name = "fake"
     counts_every_commit = True
     claimed = False
+    lock_timeout = 30.0
 
     def __init__(self, items: Iterable[Item] | None = None, *, events: list[str] | None = None) -> None:
         self.items: set[Item] | None = None if items is None else set(items)

@@ -46,7 +46,7 @@ from ..errors import BackendError, ConflictError, PrivilegeError, SpecError
 from ..guest import marker, owner_of
 from ..hoststate import crash_point
 from ..links import Flow, Link, links_from_flows
-from ..locking import flocked
+from ..locking import LOCK_TIMEOUT, flocked
 from ..model import Binding, Bridge, Change, Gateway, Isolation, Item, Table
 from ..spec import Protocol
 from .base import Generation
@@ -447,6 +447,7 @@ class IptablesBackend(Layout):
     name = "iptables"
     counts_every_commit = False  # the marker changes with natmap's commits only, not with hand edits
     claimed = False  # set by the engine: natmap's store remembers this table (see foreign())
+    lock_timeout = LOCK_TIMEOUT  # set by the engine: the longest wait for /run/xtables.lock (seconds)
 
     def __init__(self, table: str) -> None:
         _find_xtables_libdir()
@@ -454,14 +455,14 @@ class IptablesBackend(Layout):
 
         # Without CAP_NET_ADMIN, libxtables' extension checks call exit():
         # open a table first, which fails cleanly.
-        with _xtables_lock():  # which also makes threads take turns with libxtables' globals
+        with _xtables_lock(self.lock_timeout):  # which also makes threads take turns with libxtables' globals
             _table(4, "filter")
             _prepare_extensions()
         super().__init__(table)
 
     def generation(self) -> Generation:
         """The marker of the last transaction (None if the chains are missing)."""
-        with _iptc_errors("reading natmap's generation marker"), _xtables_lock():
+        with _iptc_errors("reading natmap's generation marker"), _xtables_lock(self.lock_timeout):
             return self._read_marker()
 
     def _read_marker(self) -> str | None:
@@ -471,7 +472,7 @@ class IptablesBackend(Layout):
         return _find_marker(_chain(table, self._chain("GENERATION")))
 
     def exists(self) -> bool:
-        with _iptc_errors("looking for natmap's chains"), _xtables_lock():
+        with _iptc_errors("looking for natmap's chains"), _xtables_lock(self.lock_timeout):
             return bool(_table(4, "nat").is_chain(self._chain("DNAT")))
 
     def read(self, foreign: list[str] | None = None) -> Table | None:
@@ -490,7 +491,7 @@ class IptablesBackend(Layout):
         A table natmap's store remembers (``claimed``) is natmap's also without
         the marker (flushed by hand, or made half): only a marker that names
         another table stands in its way then."""
-        with _iptc_errors("looking for natmap's chains"), _xtables_lock():
+        with _iptc_errors("looking for natmap's chains"), _xtables_lock(self.lock_timeout):
             generation = self._chain("GENERATION")
             filt = _table(4, "filter")
             if filt.is_chain(generation):
@@ -510,7 +511,7 @@ class IptablesBackend(Layout):
 
     def load(self, foreign: list[str] | None = None) -> Table:
         """Read natmap's chains back into a :class:`Table`."""
-        with _iptc_errors("reading natmap's chains"), _xtables_lock():
+        with _iptc_errors("reading natmap's chains"), _xtables_lock(self.lock_timeout):
             tables: dict[tuple[int, str], Any] = {}
 
             def rules_of(family: int, table_name: str, chain: str) -> list[Any]:
@@ -525,7 +526,7 @@ class IptablesBackend(Layout):
         """Commit the change table by table (see the module doc); return the new marker."""
         marker = secrets.token_hex(6)
         committed: list[tuple[int, str]] = []
-        with _iptc_errors("applying the change"), _xtables_lock():
+        with _iptc_errors("applying the change"), _xtables_lock(self.lock_timeout):
             steps = self._steps(change, create, self._read_marker(), marker)
             # Creating: the marker, then the localhost guard, before anything can DNAT to 127/8.
             for family, table_name in (_CREATE_ORDER if create else _ORDER):
@@ -549,7 +550,7 @@ class IptablesBackend(Layout):
 
     def delete(self) -> None:
         """Remove natmap's chains and the jumps to them, every table, both families."""
-        with _iptc_errors("deleting natmap's chains"), _xtables_lock():
+        with _iptc_errors("deleting natmap's chains"), _xtables_lock(self.lock_timeout):
             for family, table_name in _ORDER:
                 table = _table(family, table_name)
                 names = {step.chain for step in self._skeleton()
@@ -569,7 +570,7 @@ class IptablesBackend(Layout):
     def structure_problems(self) -> list[str]:
         """natmap's own chains, and the jumps to them, that are missing."""
         problems: list[str] = []
-        with _iptc_errors("checking natmap's chains"), _xtables_lock():
+        with _iptc_errors("checking natmap's chains"), _xtables_lock(self.lock_timeout):
             if not self._any_chain():
                 return problems  # no table at all: nothing half made
             for step in self._skeleton():
@@ -777,6 +778,7 @@ def _decoded(rule: Any, family: int) -> str:
         return "(unreadable)"
 
 
-def _xtables_lock() -> Any:
-    """The lock the iptables commands take, so natmap and they never commit over each other."""
-    return flocked(_XTABLES_LOCK)
+def _xtables_lock(timeout: float = LOCK_TIMEOUT) -> Any:
+    """The lock the iptables commands take, so natmap and they never commit over
+    each other; waited for at most ``timeout`` seconds (LockTimeoutError)."""
+    return flocked(_XTABLES_LOCK, timeout=timeout)

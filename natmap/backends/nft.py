@@ -622,6 +622,7 @@ class NftBackend:
     name = "nft"
     counts_every_commit = True  # the kernel's generation counts every commit, anyone's
     claimed = False  # natmap's store remembers the table (nft's marker goes only with the whole table)
+    lock_timeout = 30.0  # libnftables takes no lock of the tools': nothing waits on it
 
     def __init__(self, table: str) -> None:
         self.table = validate_table(table)

@@ -432,3 +432,21 @@ def test_a_publish_file_gives_specs_one_a_line(sandbox, tmp_path):
     specs.write_text("8080:80\n99999:80\n")
     bad = run_natmap("spec", "--publish-file", str(specs), code=2)
     assert one_error_line(bad.stderr).startswith("natmap: invalid port 99999")
+
+
+def test_the_xtables_lock_is_waited_for_no_longer_than_lock_timeout(sandbox):
+    """iptables shares /run/xtables.lock with the iptables commands: a holder of
+    it (here this test, briefly) must not make a change wait past lock_timeout."""
+    import fcntl
+
+    with natmap.NatMap(netns=sandbox.host.name, backend="iptables", lock_timeout=0.5) as nm:
+        fd = os.open("/run/xtables.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            started = time.monotonic()
+            with pytest.raises(natmap.LockTimeoutError):
+                nm.publish(sandbox.container("web01").endpoint(), ["8080:5000"])
+            assert time.monotonic() - started < 5
+        finally:
+            os.close(fd)
+        assert nm.publish(sandbox.container("web02").endpoint(), ["8081:5000"])  # and works once it is free
