@@ -720,8 +720,16 @@ def main() -> None:
         sc = scale(sb)
         targets(full, inc, tear, path, start, mem, kept, sc)
     out(f"Whole run: {time.monotonic() - started:.0f} s.")
-    RESULTS.write_text("\n".join(report) + "\n")
+    RESULTS.write_text("\n".join(report) + "\n" + _cni_section())
     print(f"\nwritten to {RESULTS}")
+
+
+def _cni_section() -> str:
+    """bench/cni_bench.py's section of RESULTS.md (between its markers), kept
+    as it is: `make bench` does not measure podman, `make bench-cni` does."""
+    old = RESULTS.read_text() if RESULTS.exists() else ""
+    begin, end = old.find("<!-- cni_bench begin -->"), old.find("<!-- cni_bench end -->")
+    return "" if begin < 0 or end < begin else "\n" + old[begin:end] + "<!-- cni_bench end -->\n"
 
 
 def _version(argv: list[str]) -> str:
