@@ -603,10 +603,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C, say while waiting for a lock
         _report(NatmapError("interrupted"), args.json)
         return EXIT_INTERRUPTED
-    if args.json:
-        print(json.dumps(data, indent=2))
-    elif lines:
-        print("\n".join(lines))
+    try:
+        if args.json:
+            print(json.dumps(data, indent=2))
+        elif lines:
+            print("\n".join(lines))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `natmap ps | head -1`: the reader had enough, which is no error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
     return EXIT_OK
 
 

@@ -816,6 +816,10 @@ class Transaction:
     def set_gateway(self, bridge: str, mode: str = "nat", trusted_interfaces: Sequence[str] = ()) -> Gateway:
         """As :meth:`NatMap.set_gateway`, applied when the transaction ends."""
         gateway = Gateway(validate_ifname(bridge), mode, tuple(trusted_interfaces))
+        with self._nm._ns():  # what it names must be there (UnknownInterfaceError), the bridge a bridge
+            _require_bridge(bridge, self._nm._kernel.interface_facts(bridge)[0])
+            for name in gateway.trusted:
+                self._nm._kernel.interface_facts(name)
         self._require().set_gateway(gateway)
         return gateway
 

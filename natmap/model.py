@@ -276,6 +276,9 @@ class Gateway:
 
     def __post_init__(self) -> None:
         validate_ifname(self.bridge)
+        if self.mode == "routed":
+            raise SpecError("Docker's routed gateway mode is not supported yet (choose "
+                            f"{', '.join(GATEWAY_MODES)})", self.mode, None)
         if self.mode not in GATEWAY_MODES:
             raise SpecError(f"unknown gateway mode (choose {', '.join(GATEWAY_MODES)})", str(self.mode))
         if isinstance(self.trusted, str):
@@ -602,7 +605,7 @@ class Table:
         bindings = self.of(validate_name(endpoint))
         if not bindings:
             raise NotFoundError(f"endpoint {endpoint!r} has no bindings to learn its addresses "
-                                "from; pass a natmap.Endpoint")
+                                "from: publish it first (or, from Python, pass a natmap.Endpoint)")
         return (endpoint, tuple(sorted({b.container_ip for b in bindings}, key=lambda ip: ip.version)),
                 exposed_ports(f"{b.container_port}/{b.proto.value}" for b in bindings))
 

@@ -183,6 +183,7 @@ class Sandbox:
         self.namespaces: list[Namespace] = []
         self._next = {"inside": 2, "outside": 2}
         self._state_dir: str | None = None  # made by this sandbox, removed with it
+        self._lock_dir: str | None = None   # likewise
 
     def __enter__(self) -> Sandbox:
         try:
@@ -224,6 +225,8 @@ class Sandbox:
         """Make the host namespace, its bridge, the outside link and the sysctls."""
         if not os.environ.get("NATMAP_STATE_DIR"):  # never /var/lib/natmap for a sandbox
             self._state_dir = os.environ["NATMAP_STATE_DIR"] = tempfile.mkdtemp(prefix="natmap-sandbox-")
+        if not os.environ.get("NATMAP_LOCK_DIR"):  # nor /run/natmap: a sandbox leaves nothing behind
+            self._lock_dir = os.environ["NATMAP_LOCK_DIR"] = tempfile.mkdtemp(prefix="natmap-sandbox-locks-")
         self._host = self._namespace("host")
         commands = [
             "link set lo up",
@@ -277,6 +280,11 @@ class Sandbox:
                 del os.environ["NATMAP_STATE_DIR"]
             shutil.rmtree(self._state_dir, ignore_errors=True)
             self._state_dir = None
+        if self._lock_dir is not None:
+            if os.environ.get("NATMAP_LOCK_DIR") == self._lock_dir:
+                del os.environ["NATMAP_LOCK_DIR"]
+            shutil.rmtree(self._lock_dir, ignore_errors=True)
+            self._lock_dir = None
 
     # --- building ------------------------------------------------------------------
 

@@ -96,3 +96,12 @@ def test_completion_is_generated_from_the_parser(shell, tmp_path):
 def test_spec_needs_no_kernel_and_reads_the_long_syntax_with_a_range(capsys):
     assert main(["spec", "-p", "published=8000-8010,target=80"]) == 0
     assert capsys.readouterr().out == "-p 8000-8010:80/tcp\n"
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
+    specs = tmp_path / "specs"  # output far beyond a pipe's buffer, so the write meets the closed pipe
+    specs.write_text("".join(f"{port}:80/udp\n" for port in range(1, 20001)))
+    natmap_cmd = shutil.which("natmap", path=str(Path(sys.executable).parent))
+    result = subprocess.run(f"{natmap_cmd} spec --publish-file {specs} | head -c 5", shell=True,
+                            capture_output=True, text=True, timeout=60)
+    assert result.stdout == "-p 1:" and "Traceback" not in result.stderr and "Error" not in result.stderr

@@ -102,6 +102,8 @@ def test_every_command_speaks_json(sandbox, web):
      "natmap: no interface named 'nosuch0' in this network namespace"),
     (["port", "web01"], 3, "natmap: No such endpoint: web01"),
     (["isolate", "nonexist0"], 3, "natmap: no interface named 'nonexist0' in this network namespace"),
+    (["gateway", "nosuchbr", "--mode", "nat-unprotected"], 3,
+     "natmap: no interface named 'nosuchbr' in this network namespace"),
     (["isolate", "lo"], 2, "natmap: interface lo is not a bridge (a plain interface) in 'lo'"),
     (["apply", "/nonexistent.toml"], 2, "natmap: /nonexistent.toml: cannot read it: No such file or directory"),
 ])

@@ -383,7 +383,7 @@ def test_gateway_settings_read_back_and_come_from_the_toml_file(sandbox, nm, web
     change = fresh.apply(natmap.Config.load(path))
     assert f"gateway {sandbox.bridge} nat-unprotected" in [natmap.model.describe(i) for i in change.add]
     assert client.request(str(web.ip), 9999) == "web01 192.0.2.2"
-    with pytest.raises(SpecError, match="unknown gateway mode"):
+    with pytest.raises(SpecError, match="routed gateway mode is not supported yet"):
         nm.set_gateway(sandbox.bridge, "routed")
 
 
