@@ -250,7 +250,7 @@ def cmd_restore(nm: NatMap, args: argparse.Namespace) -> Output:
 
 
 def cmd_adopt(nm: NatMap, args: argparse.Namespace) -> Output:
-    items = nm.adopt()
+    items = nm.adopt(force=args.force)
     return (_document(adopted=[_item_json(i) for i in items], store=nm.state_path),
             [f"adopted {len(items)} items from the kernel into {nm.state_path}"])
 
@@ -412,7 +412,9 @@ COMMANDS: list[Command] = [
             "print what was repaired", "natmap repair"),
     Command("restore", cmd_restore, "repair every natmap table stored for this namespace (at boot, after "
             "nft flush ruleset)", "natmap restore"),
-    Command("adopt", cmd_adopt, "rebuild natmap's store from the kernel (a lost or damaged store)", "natmap adopt"),
+    Command("adopt", cmd_adopt, "rebuild natmap's store from the kernel (a lost or damaged store)", "natmap adopt",
+            [_arg("--force", action="store_true",
+                  help="take the kernel's state even over a whole store that says otherwise")]),
     Command("watch", cmd_watch, "repair natmap's table as soon as nftables change (until SIGTERM/SIGINT)",
             "natmap watch"),
     Command("spec", cmd_spec, "check specs and print them in canonical form",

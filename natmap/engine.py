@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from . import guest, hoststate
 from .backends import make_backend
 from .backends.nft import validate_table
-from .errors import (BackendError, DriftError, LockTimeoutError, Loopback6Error, NatmapError,
+from .errors import (BackendError, ConflictError, DriftError, LockTimeoutError, Loopback6Error, NatmapError,
                      NestedTransactionError, NotFoundError, SpecError, StoreCorruptError, TransactionClosedError,
                      WrongNamespaceError)
 from .host import Session
@@ -313,13 +313,29 @@ class NatMap:
                 self._sync_to_store(force=bool(drift.foreign or drift.structure))
             return drift
 
-    def adopt(self) -> list[Item]:
+    def adopt(self, *, force: bool = False) -> list[Item]:
         """Make the store from what the kernel holds now (a lost or damaged
         store, or a table made before natmap kept one); a damaged store file
-        is kept beside as ``*.damaged``. Returns the items adopted."""
+        is kept beside as ``*.damaged``. Returns the items adopted.
+
+        A whole store that says otherwise than the kernel is the desired
+        state, and the kernel the one that drifted: that raises
+        :class:`ConflictError` (``repair()`` puts the kernel back), unless
+        ``force`` takes the kernel's state over it (``natmap adopt --force``)."""
         with self._locked(), self._ns():
             table = self._backend.read()
             items = sorted(table.items() if table is not None else (), key=describe)
+            if not force and self._store.exists():
+                try:
+                    stored = set(self._store.items())
+                except StoreCorruptError:
+                    stored = None  # damaged: adopting is what it is for
+                if stored is not None and stored != set(items):
+                    raise ConflictError(
+                        f"natmap's store for table {self.table_name} is whole and differs from the kernel "
+                        f"({len(stored - set(items))} stored items missing there, {len(set(items) - stored)} "
+                        "there not stored): `natmap repair` puts the kernel back as the store says; "
+                        "`natmap adopt --force` takes the kernel's state instead")
             try:
                 self._store.replace(items, self._stamp())
             except StoreCorruptError:
@@ -820,7 +836,10 @@ class Transaction:
             _require_bridge(bridge, self._nm._kernel.interface_facts(bridge)[0])
             for name in gateway.trusted:
                 self._nm._kernel.interface_facts(name)
-        self._require().set_gateway(gateway)
+            known = self._nm._kernel.bridge(bridge)
+        table = self._require()
+        table.add_bridge(known)  # its mode guards it from now on, endpoints published on it or not
+        table.set_gateway(gateway)
         return gateway
 
     def unisolate(self, bridge: str) -> None:

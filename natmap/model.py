@@ -726,7 +726,12 @@ class Table:
                     f"{address} of endpoint {endpoint.name!r} is in no subnet of bridge "
                     f"{bridge.name} ({', '.join(map(str, bridge.subnets)) or 'no addresses'})",
                     str(address), None)
-        if bridge.name not in self.bridges:  # bridges are long-lived: added once, kept
+        self.add_bridge(bridge)
+
+    def add_bridge(self, bridge: Bridge) -> None:
+        """natmap masquerades and guards ``bridge`` from now on (a publish on it,
+        or a gateway mode set for it, adds it); bridges are long-lived: added once, kept."""
+        if bridge.name not in self.bridges:
             self._do(Verb.ADD, bridge)
 
     def _publish_spec(self, endpoint: Endpoint, spec: PortSpec, pool: PortPool,

@@ -33,6 +33,7 @@ import ipaddress
 import json
 import os
 import sqlite3
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
@@ -45,6 +46,8 @@ __all__ = ["Store", "default_dir", "item_key"]
 
 PERSISTENT_DIR = "/var/lib/natmap"  # the root namespace and `ip netns` named ones survive a reboot
 VOLATILE_DIR = "/run/natmap"        # an anonymous namespace does not
+FORMAT = "natmap-store 1"  # meta's 'format' row: what makes a SQLite file natmap's store
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (key TEXT PRIMARY KEY, kind TEXT NOT NULL, endpoint TEXT, data TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS items_endpoint ON items (endpoint);
@@ -116,8 +119,12 @@ def _rows(items: Iterable[Item]) -> list[tuple[str, str, str | None, str]]:
 def _item(kind: str, data: str) -> Item:
     d = json.loads(data)
     if kind == "binding":
+        count = d[6] if len(d) > 6 else 1
+        if not all(type(n) is int for n in (d[3], d[5], count)) or not (
+                1 <= d[3] and 1 <= d[5] and d[3] + count - 1 <= 65535 and d[5] + count - 1 <= 65535):
+            raise ValueError(f"a port out of range in {data}")  # the kernel would refuse it: damaged
         return Binding(d[0], Protocol(d[1]), ipaddress.ip_address(d[2]), d[3], ipaddress.ip_address(d[4]), d[5],
-                       d[6] if len(d) > 6 else 1)
+                       count)
     if kind == "bridge":
         return Bridge(d[0], tuple(ipaddress.ip_network(n) for n in d[1]))
     if kind == "gateway":
@@ -175,12 +182,10 @@ class Store:
             if os.stat(directory).st_mode & 0o022:  # never loosen or tighten a directory of others'
                 raise StoreError(f"natmap's state directory {directory} is writable by others; "
                                  "give natmap a directory of its own (0700)")
-            try:  # made 0600 here (SQLite makes its -wal and -shm files alike)
-                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
-            except FileExistsError:
-                # Not opened at all: closing any descriptor of the file would drop the
-                # POSIX locks another connection of this process holds on it.
-                pass
+            if not os.path.lexists(self.path):
+                self._create()
+            elif os.path.islink(self.path):
+                raise StoreError(f"natmap's store {self.path} is a symbolic link; natmap follows none")
             # autocommit off by hand: every write below is one explicit transaction
             db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
             try:
@@ -189,13 +194,45 @@ class Store:
                 # pending mark needs); only a power cut can lose the last ones, and it
                 # takes the kernel's rules with it. FULL would fsync twice a change.
                 db.execute("PRAGMA synchronous=NORMAL")
-                db.executescript(_SCHEMA)
-                db.execute("SELECT count(*) FROM items").fetchone()
+                try:
+                    mark = db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
+                except sqlite3.OperationalError as exc:
+                    if "no such table" not in str(exc):
+                        raise
+                    mark = None  # no meta table: an empty file, or another program's
+                if mark is None or str(mark[0]) != FORMAT:
+                    # An empty or foreign SQLite file: were it read as natmap's, an empty
+                    # store would have every binding in the kernel deleted as unexpected.
+                    raise sqlite3.DatabaseError("not a natmap store (no format mark)")
             except BaseException:
                 db.close()
                 raise
             self._db = db
         return db
+
+    def _create(self) -> None:
+        """Make the store whole, or not at all: its schema and format mark are
+        written to a file of its own, which is then linked in place (so another
+        process never opens a store half made, and one that lacks the mark is
+        damaged, never new). Made 0600 (SQLite makes its -wal and -shm alike)."""
+        new = f"{self.path}.new-{os.getpid()}-{threading.get_ident()}"
+        os.close(os.open(new, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        try:
+            db = sqlite3.connect(new, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
+                db.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT,))
+            finally:
+                db.close()
+            try:
+                os.link(new, self.path)
+            except FileExistsError:
+                pass  # another process made it first: theirs is as good
+        finally:
+            for leftover in (new, f"{new}-wal", f"{new}-shm"):
+                if os.path.lexists(leftover):
+                    os.unlink(leftover)
 
     def close(self) -> None:
         if self._db is not None:

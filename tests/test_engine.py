@@ -414,11 +414,16 @@ def test_the_bridge_must_be_a_bridge_and_the_host_ip_local(backend, tmp_path):
     assert lines(nm.publish(WEB, ["10.0.0.1:8080:5000"])) == ["5000/tcp -> 10.0.0.1:8080"]
 
 
-def test_a_gateway_mode_is_an_item_of_the_table(nm, backend):
+def test_a_gateway_mode_is_an_item_of_the_table(backend, tmp_path):
+    host = FakeHost([BRIDGE], interfaces={"eth1": (None, ())})
+    nm = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
     gateway = nm.set_gateway("natmap0", "nat-unprotected", ["eth1"])
     assert nm.gateways() == [gateway] and gateway in backend.items
+    assert BRIDGE in backend.items  # guarded from now on, endpoints published on it or not
     nm.set_gateway("natmap0")  # the default mode is no item
-    assert nm.gateways() == [] and backend.dump() == ""
+    assert nm.gateways() == [] and backend.dump() == f"bridge natmap0 {' '.join(map(str, BRIDGE.subnets))}"
+    with pytest.raises(natmap.UnknownInterfaceError, match="eth9"):
+        nm.set_gateway("natmap0", "nat", ["eth9"])
 
 
 def test_isolate_refuses_what_is_not_a_bridge_and_changes_nothing(backend, tmp_path):
@@ -450,3 +455,14 @@ def test_a_same_port_range_through_the_engine_is_one_element_and_docker_ports_li
     assert not nm.plan(config)
     removed = nm.unpublish("web01")
     assert len(removed) == 1000 and list(removed) == sorted(removed, key=Binding.sort_key)  # as the file has it: IPv4
+
+
+def test_adopt_takes_no_drift_over_a_whole_store_unless_forced(nm, backend):
+    made = nm.publish(WEB, ["8080:5000", "8081:5001"])
+    lost = next(b for b in made if b.host_port == 8081)
+    backend.commit_elsewhere(delete=[lost])  # deleted by hand
+    with pytest.raises(ConflictError, match="natmap repair"):
+        nm.adopt()  # the store is whole: it is the kernel that drifted
+    assert lost in nm.check().missing
+    adopted = nm.adopt(force=True)
+    assert lost not in adopted and not nm.check()

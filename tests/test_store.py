@@ -86,3 +86,40 @@ def test_a_same_port_range_is_one_row_and_comes_back_whole(store):
     store.done("gen")
     assert set(store.items()) == {rtp, WEB}
     assert next(i for i in store.items() if i == rtp).count == 10001
+
+
+@pytest.mark.parametrize("damage", ["empty", "foreign"])
+def test_an_empty_or_foreign_sqlite_file_is_damaged_never_an_empty_store(tmp_path, damage):
+    import sqlite3
+
+    path = tmp_path / "state" / "x.natmap.nft.db"
+    first = Store(str(path))
+    first.begin(Change(add=(WEB,)))
+    first.done("gen")
+    first.close()
+    if damage == "empty":
+        path.write_bytes(b"")  # truncated to 0 bytes: SQLite would open it as a new, empty database
+    else:
+        path.unlink()
+        sqlite3.connect(path).executescript("CREATE TABLE x (y); CREATE TABLE meta (name, value);")
+    store = Store(str(path))
+    with pytest.raises(StoreCorruptError, match="adopt"):
+        store.items()  # read as empty, every binding in the kernel would be deleted as unexpected
+    store.close()
+
+
+def test_a_store_that_is_a_symlink_is_refused(tmp_path):
+    (tmp_path / "state").mkdir(mode=0o700)
+    (tmp_path / "elsewhere.db").write_bytes(b"")
+    (tmp_path / "state" / "x.natmap.nft.db").symlink_to(tmp_path / "elsewhere.db")
+    with pytest.raises(StoreError, match="symbolic link"):
+        Store(str(tmp_path / "state" / "x.natmap.nft.db")).items()
+
+
+def test_a_row_with_a_port_the_kernel_would_refuse_is_damage(store):
+    store.begin(Change(add=(WEB,)))
+    store.done("gen")
+    store._open().execute("UPDATE items SET data = ? WHERE kind = 'binding'",
+                          ('["web01","tcp","0.0.0.0",99999,"172.30.0.2",80]',))
+    with pytest.raises(StoreCorruptError, match="adopt"):
+        store.items()

@@ -366,6 +366,14 @@ def test_routed_access_to_unpublished_ports_follows_the_gateway_mode(sandbox, nm
     assert web.request(seen, 9000) == f"client1 {sandbox.outside_ip if family == 4 else sandbox.outside_ip6}"
 
 
+def test_a_gateway_mode_guards_a_bridge_nothing_is_published_on_yet(sandbox, nm, web, client):
+    web.serve(9999)
+    assert client.request(str(web.ip), 9999, timeout=0.5) == "web01 192.0.2.2"  # no natmap yet: routed through
+    nm.set_gateway(sandbox.bridge, "nat")
+    assert client.request(str(web.ip), 9999, timeout=0.5) is None
+    assert not nm.check()
+
+
 def test_gateway_settings_read_back_and_come_from_the_toml_file(sandbox, nm, web, client, tmp_path):
     web.serve(9999)
     nm.set_gateway(sandbox.bridge, "nat", ["nmout"])
