@@ -17,7 +17,9 @@ Tables::
     meta(name PRIMARY KEY, value)                  version (one more each write),
                                                    generation (the kernel's, after
                                                    natmap's last commit), pending
-                                                   (a change begun and not done)
+                                                   (a change begun and not done),
+                                                   format ("natmap-store 1": a file
+                                                   without it is damaged, never empty)
 
 A change is written in two store transactions that bracket the kernel's:
 :meth:`Store.begin` writes the new items and the change as ``pending``; the
