@@ -2,7 +2,9 @@
 Every test that takes ``nm`` runs once per backend."""
 
 import os
+import re
 import shutil
+import subprocess
 import tempfile
 
 import pytest
@@ -40,6 +42,28 @@ def lock_dir():
     else:
         os.environ["NATMAP_LOCK_DIR"] = saved
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _root_firewall():
+    """The root network namespace's nftables tables and legacy iptables rules,
+    read in this process (whose main thread never leaves the root namespace)."""
+    tables = subprocess.run(["nft", "-j", "list", "tables"], capture_output=True, text=True).stdout
+    saved = "".join(subprocess.run([tool], capture_output=True, text=True).stdout
+                    for tool in ("iptables-legacy-save", "ip6tables-legacy-save") if shutil.which(tool))
+    return tables, re.sub(r"\[\d+:\d+\]|^#.*$", "", saved, flags=re.M)  # counters and timestamps move
+
+
+@pytest.fixture(autouse=True)
+def root_namespace_untouched(request):
+    """Fail the test that changed the root namespace's firewall: every kernel
+    test works only in namespaces it made (a libnftables context made in the
+    root namespace and used from inside a sandbox once added tables here)."""
+    if os.geteuid() != 0:
+        yield
+        return
+    before = _root_firewall()
+    yield
+    assert _root_firewall() == before, f"{request.node.nodeid} changed the ROOT namespace's firewall"
 
 
 @pytest.fixture

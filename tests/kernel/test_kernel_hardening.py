@@ -324,10 +324,15 @@ def test_nft_keywords_are_refused_as_table_names_up_front(name):
 def test_every_keyword_fails_in_libnftables_and_other_words_work(sandbox, backend):
     import nftables
 
-    probe = nftables.Nftables()
-    refused = sandbox.host.call(lambda: [w for w in ("flush", "counter", "sets", "chains")
-                                         if probe.cmd(f"add table inet {w}")[0] != 0
-                                         or probe.cmd(f"list table inet {w}")[0] != 0])
+    def refused_inside() -> list[str]:
+        # The context is made HERE, inside the sandbox: libnftables opens its netlink
+        # socket with the context, and a socket keeps the namespace it was opened in
+        # (made outside, `add table inet sets` landed in the root namespace).
+        probe = nftables.Nftables()
+        return [w for w in ("flush", "counter", "sets", "chains")
+                if probe.cmd(f"add table inet {w}")[0] != 0 or probe.cmd(f"list table inet {w}")[0] != 0]
+
+    refused = sandbox.host.call(refused_inside)
     assert refused == ["flush", "counter", "sets", "chains"] and {"flush", "sets"} <= KEYWORDS
     for port, name in enumerate(("filter", "nat", "name"), 8080):  # scanner words outside table names: fine
         nm = natmap.NatMap(netns=sandbox.host.name, table=name, backend=backend)
