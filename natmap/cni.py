@@ -27,7 +27,8 @@ A plugin process makes one natmap transaction and ends, so it uses natmap
 through two of its seams (:class:`CniHost`, :class:`OneCommandBackend`) that
 take what the runtime already said from ``prevResult`` and skip what only a
 long-lived NatMap needs: pyroute2, which natmap asks the kernel through,
-costs a quarter of a second to import, more than all the rest of an ADD.
+costs 130-170 ms to import, more than all the rest of an ADD, so the guest
+checks' questions go through :mod:`natmap.nlquery` instead.
 ``main`` is the ``natmap-cni`` console script (``natmap_cni.console``, which
 answers VERSION before natmap is imported at all).
 """
@@ -47,7 +48,8 @@ from natmap import (Binding, Bridge, ConflictError, Endpoint, LockTimeoutError, 
                     Protocol, SpecError, Transaction, __version__)
 from natmap.backends import make_backend
 from natmap.backends.nft import validate_table
-from natmap.host import Session
+from natmap import nlquery
+from natmap.host import Session, natmap_tables
 from natmap_cni import SUPPORTED_VERSIONS, version_answer  # the executable's entry, which answers VERSION
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (every plugin process would)
@@ -57,7 +59,7 @@ if TYPE_CHECKING:
 
     from natmap import Link
     from natmap.backends.base import Backend, Generation
-    from natmap.host import Isolated
+    from natmap.host import Isolated, Listener
     from natmap.model import Change, Item, Table
 
 __all__ = ["CniError", "NetConf", "Plugin", "PortMapping", "SUPPORTED_VERSIONS", "endpoint_name", "main",
@@ -84,6 +86,7 @@ NATMAP_FAILED = 102          # any other natmap error (the kernel refused, no pr
 # (SPEC.md lets plugins refuse unknown fields). ``args`` is the runtime's, to ignore.
 _KEYS = frozenset({"cniVersion", "cniVersions", "name", "type", "args", "capabilities", "runtimeConfig",
                    "prevResult", "table", "backend", "bridge", "snat", "masqAll", "conditionsV4", "conditionsV6",
+                   "lockDir", "stateDir",
                    # GC's list of live attachments; libcni sends it under both names (cni#1101)
                    "cni.dev/valid-attachments", "cni.dev/attachments"})
 _BACKENDS = ("nft", "iptables", "auto")
@@ -179,7 +182,10 @@ class NetConf:
 
     ``table`` and ``backend`` choose where natmap publishes (defaults ``natmap``
     and ``nft``); ``bridge`` names the host's bridge when the first host-side
-    interface in ``prevResult`` is not it. portmap's ``snat`` (default true) and ``masqAll`` (default
+    interface in ``prevResult`` is not it. ``lockDir`` and ``stateDir`` (absolute
+    paths) are natmap's ``lock_dir`` and ``state_dir``, for every command of the
+    network whatever environment the runtime passes (podman's cleanup process
+    passes none of its own); unset, natmap's defaults (docs/cni.md). portmap's ``snat`` (default true) and ``masqAll`` (default
     false) are accepted at the values natmap's behaviour matches, and
     ``conditionsV4``/``conditionsV6`` only empty: natmap has no free-form
     match; a mapping's ``hostIP`` limits the addresses.
@@ -193,6 +199,8 @@ class NetConf:
     mappings: tuple[PortMapping, ...] = ()
     prev_result: dict[str, Any] | None = None
     valid_attachments: tuple[tuple[str, str], ...] | None = None
+    lock_dir: str | None = None
+    state_dir: str | None = None
 
     @classmethod
     def parse(cls, data: bytes | str | object, *, deleting: bool = False) -> NetConf:
@@ -234,7 +242,16 @@ class NetConf:
         if prev is not None and not isinstance(prev, dict):
             raise CniError(INVALID_CONFIG, "prevResult must be an object")
         mappings = () if deleting else _mappings(conf.get("runtimeConfig"))
-        return cls(version, name, table, backend, bridge, mappings, prev, _attachments(conf))
+        return cls(version, name, table, backend, bridge, mappings, prev, _attachments(conf),
+                   _directory(conf, "lockDir"), _directory(conf, "stateDir"))
+
+
+def _directory(conf: Mapping[str, Any], key: str) -> str | None:
+    """``lockDir``/``stateDir``: an absolute path, or None where the key is absent."""
+    path = conf.get(key)
+    if path is not None and (not isinstance(path, str) or not path.startswith("/") or "\0" in path):
+        raise CniError(INVALID_CONFIG, f"invalid {key} {path!r} (an absolute path, such as \"/run/natmap\")")
+    return path
 
 
 def decode(data: bytes | str) -> object:
@@ -452,23 +469,42 @@ def _version(text: str) -> tuple[int, ...]:
 class CniHost(Session):
     """natmap's host (:class:`natmap.host.Session`) as a plugin process sees
     it: what ``prevResult`` already says is not asked again, and pyroute2 is
-    imported only for what only netlink answers.
+    imported only for the rare changes below.
 
     - :meth:`bridge`: the bridges ``prevResult`` describes (name -> subnets
       of the container's addresses, where the bridge plugin puts its gateway
       addresses) when the interface is there; any other is asked of the kernel;
     - :meth:`forget_flows`: nothing to forget (an ADD of TCP ports, a DEL
       of a container no tracked connection answers from, as
-      ``/proc/net/nf_conntrack`` shows) opens no conntrack socket.
+      ``/proc/net/nf_conntrack`` shows) opens no conntrack socket;
+    - the guest checks' facts (the host sockets holding ports, the bridge's
+      kind and addresses, the other natmap tables) and whether a bridge has its
+      ``::1`` route are asked by :mod:`natmap.nlquery`, on the standard
+      library's netlink sockets: importing pyroute2 would cost three times the
+      rest of an ADD.
 
-    The rest (``/proc/sys`` reads and writes, and the rare netlink calls:
-    listening sockets for an assigned port, the ``::1`` route of a new IPv6
-    bridge) is Session's.
+    The rest (``/proc/sys`` reads and writes, and the rare changes through
+    netlink: the ``::1`` route of a new IPv6 bridge, conntrack cleanup) is Session's.
     """
 
     def __init__(self, bridges: Iterable[Bridge] = ()) -> None:
         super().__init__()
         self._known = {b.name: b for b in bridges}
+
+    def listeners(self, proto: Protocol) -> list[Listener]:
+        return nlquery.listeners(proto)
+
+    def listening_ports(self, proto: Protocol) -> frozenset[int]:
+        return frozenset(s.port for s in nlquery.listeners(proto))
+
+    def interface_facts(self, name: str) -> tuple[str | None, tuple[Any, ...]]:
+        return nlquery.interface_facts(name)
+
+    def natmap_tables(self, exclude: tuple[str, str]) -> list[tuple[str, Table]]:
+        return natmap_tables(exclude, listing=nlquery.nft_tables)
+
+    def loopback6_present(self, bridge_name: str) -> bool:
+        return nlquery.loopback6_present(bridge_name)
 
     def bridge(self, name: str) -> Bridge:
         known = self._known.get(name)
@@ -575,17 +611,19 @@ class OneCommandBackend:
         self._backend.close()
 
 
-def one_command_natmap(table: str, backend: str, bridges: Iterable[Bridge] = ()) -> NatMap:
+def one_command_natmap(table: str, backend: str, bridges: Iterable[Bridge] = (), *,
+                       lock_dir: str | None = None, state_dir: str | None = None) -> NatMap:
     """The NatMap of one plugin command: natmap's ``backend`` (the nft one
-    without its generation counter) and :class:`CniHost` knowing ``bridges``."""
+    without its generation counter) and :class:`CniHost` knowing ``bridges``;
+    ``lock_dir`` and ``state_dir`` as NatMap takes them (None: its defaults)."""
     made = make_backend(backend, table)
     return NatMap(table=table, backend=OneCommandBackend(made) if made.name == "nft" else made,
-                  host=CniHost(bridges))
+                  host=CniHost(bridges), lock_dir=lock_dir, state_dir=state_dir)
 
 
 class Plugin:
     """The commands, on natmap's API. ``natmap_factory(table=, backend=,
-    bridges=)`` makes the :class:`natmap.NatMap` for one command (a seam for
+    bridges=, lock_dir=, state_dir=)`` makes the :class:`natmap.NatMap` for one command (a seam for
     tests; by default :func:`one_command_natmap`). Each command makes one
     NatMap and one transaction on it."""
 
@@ -595,7 +633,8 @@ class Plugin:
     def natmap(self, conf: NetConf, where: Attachment | None = None) -> Any:
         bridges = () if where is None else (
             Bridge(where.bridge, tuple(sorted(set(where.subnets), key=lambda n: (n.version, n)))),)
-        return self._factory(table=conf.table, backend=conf.backend, bridges=bridges)
+        return self._factory(table=conf.table, backend=conf.backend, bridges=bridges,
+                             lock_dir=conf.lock_dir, state_dir=conf.state_dir)
 
     def add(self, call: Call) -> dict[str, Any]:
         """Publish the mappings (one transaction, replacing the attachment's

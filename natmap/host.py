@@ -20,7 +20,7 @@ import functools
 import ipaddress
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from .errors import BackendError, PrivilegeError, UnknownInterfaceError
 from .links import Link
@@ -299,18 +299,22 @@ def nft_tables() -> dict[str, str | None]:
             sock.close()
 
 
-def natmap_tables(exclude: tuple[str, str]) -> list[tuple[str, Table]]:
+def natmap_tables(exclude: tuple[str, str], *,
+                  listing: Callable[[], dict[str, str | None]] | None = None) -> list[tuple[str, Table]]:
     """The natmap tables of the namespace, both backends, found by their
     markers (nft: the table's comment; iptables: the marker rule) and read,
-    as (label, table); but ``exclude``, (backend name, table name)."""
-    from .backends import make_backend
-    from .backends.iptables import natmap_tables as iptables_tables
+    as (label, table); but ``exclude``, (backend name, table name).
+    ``listing`` lists the nft tables (default :func:`nft_tables`)."""
+    from .backends import iptables_in_use, make_backend
     from .errors import ConflictError
     from .guest import owner_of
 
-    found = [(f"table inet {name} (nft)", "nft", name) for name, comment in nft_tables().items()
+    found = [(f"table inet {name} (nft)", "nft", name) for name, comment in (listing or nft_tables)().items()
              if owner_of(comment) == name]
-    found += [(f"table {name} (iptables)", "iptables", name) for name in iptables_tables()]
+    if iptables_in_use():  # else importing the backend to find no tables would cost more than the rest
+        from .backends.iptables import natmap_tables as iptables_tables
+
+        found += [(f"table {name} (iptables)", "iptables", name) for name in iptables_tables()]
     others = []
     for label, backend, name in found:
         if (backend, name) != exclude:

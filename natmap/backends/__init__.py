@@ -41,6 +41,17 @@ def make_backend(name: object, table: str) -> Backend:
     return _iptables(table, str(name))
 
 
+def iptables_in_use() -> bool:
+    """Whether this namespace's legacy iptables filter table was ever loaded:
+    where it was not, natmap's iptables backend has made no chains, and none
+    need reading (which would cost importing the backend, a quarter of a plugin process)."""
+    try:
+        with open("/proc/net/ip_tables_names") as f:
+            return "filter" in f.read().split()
+    except OSError:
+        return False
+
+
 def _iptables(table: str, name: str) -> Backend:
     try:
         from .iptables import IptablesBackend

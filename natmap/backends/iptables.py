@@ -168,11 +168,9 @@ def natmap_tables() -> list[str]:
     """The natmap tables with chains in this namespace's (legacy) iptables, by
     their marker rules; none without opening iptables when its filter table
     was never loaded here."""
-    try:
-        with open("/proc/net/ip_tables_names") as f:
-            if "filter" not in f.read().split():
-                return []
-    except OSError:
+    from . import iptables_in_use
+
+    if not iptables_in_use():
         return []
     _find_xtables_libdir()
     try:

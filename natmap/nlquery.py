@@ -1,0 +1,239 @@
+"""Four narrow netlink questions, asked with the standard library's socket, for
+processes that ask once and end (natmap-cni): the host sockets holding ports
+(sock_diag), an interface's kind and addresses (rtnetlink), the namespace's
+``inet`` nftables tables and their comments (nfnetlink), whether the local
+``::1`` route of a bridge is there.
+
+:mod:`natmap.host` asks the same through pyroute2, and a long-lived NatMap
+should keep doing so; but pyroute2's netlink core alone (asyncio and its
+message classes) costs about 60 ms to import, the whole package 130-170 ms:
+three times what the rest of a CNI ADD costs, on the path of every
+``podman run``. These functions answer what host.py's namesakes answer, in
+the same shapes (tests/kernel/test_kernel_nlquery.py compares them on a live
+namespace), and raise natmap's errors: :class:`PrivilegeError` where the
+kernel says EPERM/EACCES, :class:`BackendError` for any other refusal.
+
+The wire formats are the kernel's UAPI: ``linux/netlink.h`` (``nlmsghdr``,
+attributes), ``linux/inet_diag.h``, ``linux/rtnetlink.h``, ``linux/if_link.h``,
+``linux/if_addr.h``, ``linux/netfilter/nfnetlink.h`` and ``nf_tables.h``; the
+table comment is libnftnl's user-data TLV (type 0, NUL-terminated).
+"""
+
+from __future__ import annotations
+
+import _socket as socket  # the C module: the socket module's enums cost a tenth of an ADD to import
+import errno
+import ipaddress
+import os
+import struct
+from collections.abc import Iterator
+
+from .errors import BackendError, PrivilegeError, UnknownInterfaceError
+from .spec import Protocol
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .host import Listener
+
+__all__ = ["listeners", "interface_facts", "nft_tables", "loopback6_present"]
+
+# linux/netlink.h
+_NLMSG_ERROR, _NLMSG_DONE = 2, 3
+_F_REQUEST, _F_ACK, _F_DUMP = 0x1, 0x4, 0x300
+_HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port id
+_ATTR = struct.Struct("=HH")       # nlattr / rtattr: length, type
+_NLA_TYPE_MASK = 0x3FFF            # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+_NETLINK_ROUTE, _NETLINK_SOCK_DIAG, _NETLINK_NETFILTER = 0, 4, 12
+
+# linux/sock_diag.h, linux/inet_diag.h
+_SOCK_DIAG_BY_FAMILY = 20
+_DIAG_REQ = struct.Struct("=BBBxI48x")          # family, protocol, ext, states, an empty inet_diag_sockid
+_DIAG_MSG = struct.Struct("=BBBB2s2s16s16sI8xIIIII")  # inet_diag_msg, sockid spelled out
+_INET_DIAG_SKV6ONLY = 11
+_TCP_LISTEN = 10
+_IPPROTO = {Protocol.TCP: socket.IPPROTO_TCP, Protocol.UDP: socket.IPPROTO_UDP, Protocol.SCTP: 132}
+
+# linux/rtnetlink.h, if_link.h, if_addr.h
+_RTM_GETLINK, _RTM_GETADDR, _RTM_GETROUTE = 18, 22, 26
+_IFINFO = struct.Struct("=BxHiII")   # family, type, index, flags, change
+_IFADDR = struct.Struct("=BBBBI")    # family, prefixlen, flags, scope, index
+_RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
+_IFLA_IFNAME, _IFLA_LINKINFO, _IFLA_INFO_KIND = 3, 18, 1
+_IFA_ADDRESS = 1
+_RTA_DST, _RTA_OIF, _RTA_TABLE = 1, 4, 15
+_RT_TABLE_LOCAL = 255
+
+# linux/netfilter/nfnetlink.h, nf_tables.h
+_NFT_GETTABLE = (10 << 8) | 1         # NFNL_SUBSYS_NFTABLES, NFT_MSG_GETTABLE
+_NFGEN = struct.Struct("=BBH")        # family, version, res_id
+_NFPROTO_INET = 1
+_NFTA_TABLE_NAME, _NFTA_TABLE_USERDATA = 1, 6
+_UDATA_TABLE_COMMENT = 0
+
+
+def _ask(protocol: int, what: str, kind: int, flags: int, payload: bytes) -> Iterator[tuple[int, bytes]]:
+    """Send one request on a fresh netlink socket of ``protocol``; yield each
+    answer's (type, body) until the dump ends. A kernel error is raised as
+    natmap's (``what`` names the question), except that an ENOENT or ENODEV
+    answer is raised as the OSError it is, for the caller to read."""
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
+    except PermissionError as exc:
+        raise PrivilegeError(what) from exc
+    except OSError as exc:
+        raise BackendError(f"{what}: {exc.strerror}") from exc
+    try:
+        sock.bind((0, 0))
+        sock.sendall(_HEADER.pack(_HEADER.size + len(payload), kind, _F_REQUEST | flags, 1, 0) + payload)
+        while True:
+            data = sock.recv(1 << 17)  # more than the kernel puts in one datagram of a dump
+            offset = 0
+            while offset + _HEADER.size <= len(data):
+                length, msg_type, _, _, _ = _HEADER.unpack_from(data, offset)
+                if length < _HEADER.size:
+                    raise BackendError(f"{what}: a malformed netlink answer")
+                body = data[offset + _HEADER.size:offset + length]
+                offset += (length + 3) & ~3
+                if msg_type == _NLMSG_DONE:
+                    return
+                if msg_type == _NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", body)[0]
+                    if code == 0:  # the ACK of a request that is not a dump
+                        return
+                    if code in (errno.EPERM, errno.EACCES):
+                        raise PrivilegeError(what)
+                    if code in (errno.ENOENT, errno.ENODEV):
+                        raise OSError(code, os.strerror(code))
+                    raise BackendError(f"{what}: {os.strerror(code)}")
+                yield msg_type, body
+                if not flags & _F_DUMP:
+                    return
+    finally:
+        sock.close()
+
+
+def _attrs(data: bytes, offset: int = 0) -> dict[int, bytes]:
+    """The attributes from ``offset`` on: type -> payload (the first of each type)."""
+    found: dict[int, bytes] = {}
+    while offset + _ATTR.size <= len(data):
+        length, kind = _ATTR.unpack_from(data, offset)
+        if length < _ATTR.size:
+            break
+        found.setdefault(kind & _NLA_TYPE_MASK, data[offset + _ATTR.size:offset + length])
+        offset += (length + 3) & ~3
+    return found
+
+
+def _attr(kind: int, value: bytes) -> bytes:
+    """One attribute, padded to 4 bytes."""
+    raw = _ATTR.pack(_ATTR.size + len(value), kind) + value
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+def _address(family: int, raw: bytes) -> Any:
+    return ipaddress.IPv4Address(raw[:4]) if family == socket.AF_INET else ipaddress.IPv6Address(raw[:16])
+
+
+def listeners(proto: Protocol) -> list[Listener]:
+    """The host sockets holding a port of ``proto``, as :func:`natmap.host.listeners`
+    gives them: listening TCP/SCTP sockets, every UDP one (one sock_diag dump a family)."""
+    from .host import Listener
+
+    states = (1 << _TCP_LISTEN) if proto is not Protocol.UDP else 0xFFFFFFFF
+    found: list[Listener] = []
+    for family in (socket.AF_INET, socket.AF_INET6):
+        request = _DIAG_REQ.pack(family, _IPPROTO[proto], 0, states)
+        try:
+            for _, body in _ask(_NETLINK_SOCK_DIAG, "listing sockets", _SOCK_DIAG_BY_FAMILY, _F_DUMP, request):
+                msg_family, _, _, _, sport, _, src, _, _, _, _, _, _, inode = _DIAG_MSG.unpack_from(body)
+                v6only = _attrs(body, _DIAG_MSG.size).get(_INET_DIAG_SKV6ONLY, b"\0")[:1] != b"\0"
+                found.append(Listener(proto, _address(msg_family, src), int.from_bytes(sport, "big"),
+                                      v6only, inode))
+        except OSError as exc:
+            if isinstance(exc, BackendError):
+                raise
+            continue  # no diag support for this protocol (sctp_diag not loaded)
+    return found
+
+
+def _index(name: str) -> int | None:
+    """The interface's index in the calling thread's namespace, or None."""
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        return None
+
+
+def interface_facts(name: str) -> tuple[str | None, tuple[Any, ...]]:
+    """As :func:`natmap.host.interface_facts`: the kind of interface ``name``
+    (``bridge``, ``veth``, None for a plain one) and its addresses as
+    interfaces (``172.30.0.1/24``); :class:`UnknownInterfaceError` if it is not there."""
+    what = f"reading interface {name}"
+    missing = UnknownInterfaceError(f"no interface named {name!r} in this network namespace")
+    if not name or len(name.encode()) > 15 or "\0" in name:
+        raise missing
+    request = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(_IFLA_IFNAME, name.encode() + b"\0")
+    try:
+        answers = list(_ask(_NETLINK_ROUTE, what, _RTM_GETLINK, 0, request))
+    except OSError as exc:
+        if isinstance(exc, BackendError):
+            raise
+        raise missing from None
+    if not answers:
+        raise missing
+    body = answers[0][1]
+    index = _IFINFO.unpack_from(body)[2]
+    info = _attrs(body, _IFINFO.size).get(_IFLA_LINKINFO)
+    kind_raw = _attrs(info).get(_IFLA_INFO_KIND) if info is not None else None
+    kind = kind_raw.rstrip(b"\0").decode() if kind_raw else None
+    addresses = []
+    for _, body in _ask(_NETLINK_ROUTE, what, _RTM_GETADDR, _F_DUMP, _IFADDR.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
+        family, prefixlen, _, _, at = _IFADDR.unpack_from(body)
+        address = _attrs(body, _IFADDR.size).get(_IFA_ADDRESS)
+        if at == index and address:
+            addresses.append(ipaddress.ip_interface((_address(family, address), prefixlen)))
+    return kind, tuple(addresses)
+
+
+def nft_tables() -> dict[str, str | None]:
+    """As :func:`natmap.host.nft_tables`: the ``inet`` nftables tables and their
+    comments, in one dump (no table's content is read)."""
+    found: dict[str, str | None] = {}
+    request = _NFGEN.pack(_NFPROTO_INET, 0, 0)
+    for _, body in _ask(_NETLINK_NETFILTER, "listing nftables tables", _NFT_GETTABLE, _F_DUMP, request):
+        attrs = _attrs(body, _NFGEN.size)
+        name = attrs.get(_NFTA_TABLE_NAME, b"").rstrip(b"\0").decode(errors="replace")
+        found[name] = _comment(attrs.get(_NFTA_TABLE_USERDATA))
+    return found
+
+
+def _comment(udata: bytes | None) -> str | None:
+    """The comment in an nftables object's user data (libnftnl's TLVs: type, length, value)."""
+    offset = 0
+    while udata and offset + 2 <= len(udata):
+        kind, length = udata[offset], udata[offset + 1]
+        value = udata[offset + 2:offset + 2 + length]
+        if kind == _UDATA_TABLE_COMMENT:
+            return value.rstrip(b"\0").decode(errors="replace")
+        offset += 2 + length
+    return None
+
+
+def loopback6_present(bridge_name: str) -> bool:
+    """As :func:`natmap.host.loopback6_present`: whether the local route of
+    ``::1`` on ``bridge_name`` (in table ``local``) is there."""
+    index = _index(bridge_name)
+    if index is None:
+        return False
+    loopback = ipaddress.IPv6Address("::1").packed
+    request = _RTMSG.pack(socket.AF_INET6, 0, 0, 0, 0, 0, 0, 0, 0)
+    for _, body in _ask(_NETLINK_ROUTE, f"reading the ::1 route on {bridge_name}", _RTM_GETROUTE, _F_DUMP, request):
+        _, dst_len, _, _, table, _, _, _, _ = _RTMSG.unpack_from(body)
+        attrs = _attrs(body, _RTMSG.size)
+        table = struct.unpack("=I", attrs[_RTA_TABLE])[0] if _RTA_TABLE in attrs else table
+        oif = struct.unpack("=I", attrs[_RTA_OIF])[0] if _RTA_OIF in attrs else None
+        if dst_len == 128 and table == _RT_TABLE_LOCAL and oif == index and attrs.get(_RTA_DST) == loopback:
+            return True
+    return False

@@ -1,0 +1,80 @@
+"""natmap.nlquery (natmap-cni's pyroute2-free netlink questions) answers what
+natmap.host's pyroute2 functions answer, on a live namespace with sockets of
+every kind, a bridge with addresses, natmap's and foreign nftables tables and
+the ::1 route natmap adds to an IPv6 bridge."""
+
+import socket
+
+import pytest
+
+import natmap
+from natmap import host, nlquery
+from natmap.errors import UnknownInterfaceError
+from natmap.spec import Protocol
+
+
+def _open_sockets():
+    """Sockets the listener check must see, each kind once, made in the calling thread's namespace."""
+    made = []
+
+    def sock(family, kind, address, port, v6only=None, listen=True):
+        s = socket.socket(family, kind)
+        if v6only is not None:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
+        s.bind((address, port))
+        if listen and kind == socket.SOCK_STREAM:
+            s.listen()
+        made.append(s)
+
+    sock(socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1", 7001)
+    sock(socket.AF_INET6, socket.SOCK_STREAM, "::", 7002, v6only=False)
+    sock(socket.AF_INET6, socket.SOCK_STREAM, "::", 7003, v6only=True)
+    sock(socket.AF_INET, socket.SOCK_STREAM, "0.0.0.0", 7004, listen=False)  # bound, not listening: no holder
+    sock(socket.AF_INET, socket.SOCK_DGRAM, "0.0.0.0", 7005)
+    sock(socket.AF_INET6, socket.SOCK_DGRAM, "::1", 7006, v6only=True)
+    return made
+
+
+def _as_text(listeners):
+    return sorted((str(s), s.v6only, s.inode) for s in listeners)
+
+
+def test_nlquery_answers_as_host_does(sandbox):
+    web = sandbox.container("web01")
+    made = sandbox.host.call(_open_sockets)
+    try:
+        with natmap.NatMap(netns=sandbox.host.name) as nm:
+            nm.publish(natmap.Endpoint("web", web.ip, sandbox.bridge, ipv6=web.ipv6),
+                       ["127.0.0.1:8080:80", "[::1]:8081:80"])  # ::1 on an IPv6 bridge: natmap's ::1 route
+        sandbox.host.run(["nft", "add table inet foreign { comment \"not natmap's\"; }"], check=True)
+        sandbox.host.run(["nft", "add table inet bare"], check=True)
+        for proto in Protocol:
+            mine = sandbox.host.call(nlquery.listeners, proto)
+            assert _as_text(mine) == _as_text(sandbox.host.call(host.listeners, proto))
+        tcp = {str(s): s.v6only for s in sandbox.host.call(nlquery.listeners, Protocol.TCP)}
+        assert tcp == {"127.0.0.1:7001/tcp": False, "[::]:7002/tcp": False, "[::]:7003/tcp": True}
+        assert {str(s) for s in sandbox.host.call(nlquery.listeners, Protocol.UDP)} == {
+            "0.0.0.0:7005/udp", "[::1]:7006/udp"}
+
+        for name in (sandbox.bridge, "lo", "nmout"):
+            facts = sandbox.host.call(nlquery.interface_facts, name)
+            assert facts == sandbox.host.call(host.interface_facts, name)
+        kind, addresses = sandbox.host.call(nlquery.interface_facts, sandbox.bridge)
+        assert kind == "bridge" and f"{sandbox.bridge_ip}/24" in {str(a) for a in addresses}
+        for name in ("nosuch0", "x" * 16, ""):
+            with pytest.raises(UnknownInterfaceError):
+                sandbox.host.call(nlquery.interface_facts, name)
+
+        tables = sandbox.host.call(nlquery.nft_tables)
+        assert tables == sandbox.host.call(host.nft_tables)
+        assert tables["foreign"] == "not natmap's" and tables["bare"] is None
+        assert tables["natmap"] == "natmap v1 table=natmap"
+
+        for name in (sandbox.bridge, "nmout", "nosuch0"):
+            present = sandbox.host.call(nlquery.loopback6_present, name)
+            assert present == sandbox.host.call(host.loopback6_present, name)
+        assert sandbox.host.call(nlquery.loopback6_present, sandbox.bridge)
+        assert not sandbox.host.call(nlquery.loopback6_present, "nmout")
+    finally:
+        for s in made:
+            s.close()
