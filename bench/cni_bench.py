@@ -94,8 +94,9 @@ def plugin_cpu(sb: Sandbox, plugin: str) -> str:
     conf = json.dumps({"cniVersion": "1.0.0", "name": "cpu", "type": "natmap",
                        "runtimeConfig": {"portMappings": [mapping(7000)]},
                        "prevResult": prev_result(sb, web, "1.0.0")})
+    # the sandbox's lock and state directories (it set them in this environment): never /run/natmap
     env = {"CNI_CONTAINERID": "cpu01", "CNI_IFNAME": "eth0", "CNI_NETNS": f"/run/netns/{web.name}",
-           "CNI_PATH": "/usr/lib/cni"}
+           "CNI_PATH": "/usr/lib/cni", **{key: os.environ[key] for key in ("NATMAP_LOCK_DIR", "NATMAP_STATE_DIR")}}
     argv = ["nsenter", f"--net=/run/netns/{sb.host.name}", plugin]
     cpu: dict[str, list[float]] = {"VERSION": [], "ADD": [], "DEL": [], "pyroute2": []}
     for _ in range(5):
@@ -105,8 +106,9 @@ def plugin_cpu(sb: Sandbox, plugin: str) -> str:
     med = {k: statistics.median(v) * 1000 for k, v in cpu.items()}
     return (f"One natmap-cni process, CPU (median of 5, 1 port): VERSION {med['VERSION']:.0f} ms, "
             f"ADD {med['ADD']:.0f} ms, DEL {med['DEL']:.0f} ms; importing pyroute2 alone costs "
-            f"{med['pyroute2']:.0f} ms: VERSION and a TCP ADD do without it, a DEL (or a UDP ADD) needs it "
-            "only when a tracked connection is to be forgotten. podman runs VERSION then ADD for `run`, "
+            f"{med['pyroute2']:.0f} ms: natmap-cni asks the guest checks' netlink questions (host sockets, "
+            "the bridge, other tables) without it (natmap/nlquery.py); a DEL (or a UDP ADD) imports it only "
+            "when a tracked connection is to be forgotten. podman runs VERSION then ADD for `run`, "
             "VERSION then DEL for `rm`.")
 
 

@@ -31,8 +31,9 @@ class FakeNatMap:
     def __init__(self, fail=None, existing=()):
         self.transactions, self.fail, self.existing, self.closed = [], fail, list(existing), 0
 
-    def __call__(self, table, backend, bridges=()):
+    def __call__(self, table, backend, bridges=(), lock_dir=None, state_dir=None):
         self.table, self.backend, self.bridges = table, backend, list(bridges)
+        self.lock_dir, self.state_dir = lock_dir, state_dir
         return self
 
     def __enter__(self):
@@ -148,6 +149,16 @@ def test_table_and_backend_from_the_config():
     assert (fake.table, fake.backend) == ("k8s", "iptables")
 
 
+@pytest.mark.parametrize("command", ["ADD", "DEL"])
+def test_lock_and_state_directories_from_the_config(command):
+    fake = FakeNatMap()
+    dirs = {"lockDir": "/run/natmap-pods", "stateDir": "/var/lib/natmap-pods"}
+    assert call(fake=fake, conf=dirs, env={"CNI_COMMAND": command})[0] == 0
+    assert (fake.lock_dir, fake.state_dir) == ("/run/natmap-pods", "/var/lib/natmap-pods")
+    call(fake=fake)
+    assert (fake.lock_dir, fake.state_dir) == (None, None)  # natmap's defaults (and its NATMAP_* variables)
+
+
 def test_add_without_mappings_clears_the_attachment():
     fake = FakeNatMap()
     status, out = call(fake=fake, runtimeConfig=None)
@@ -193,7 +204,7 @@ def test_gc_accepts_libcnis_second_name():
 
 
 def test_status_reports_natmap_unavailable_as_50():
-    def broken(table, backend, bridges):
+    def broken(table, backend, bridges, **dirs):
         raise natmap.BackendError("the nft backend needs libnftables")
 
     plugin = cni.Plugin(broken)
@@ -231,6 +242,9 @@ def test_status_reports_natmap_unavailable_as_50():
     ({"runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80, "hostIP": "localhost"}]}}, {}, 7,
      "invalid hostIP"),
     ({"backend": "nftables"}, {}, 7, "invalid backend"),
+    ({"lockDir": "run/natmap"}, {}, 7, "invalid lockDir"),
+    ({"stateDir": ["/var/lib/natmap"]}, {}, 7, "invalid stateDir"),
+    ({"stateDir": "/var/lib/\0natmap"}, {"CNI_COMMAND": "DEL"}, 7, "invalid stateDir"),
     ({"name": "bad name"}, {}, 7, "invalid network name"),
 ])
 def test_errors_are_cni_error_json(conf, env, code, words):
@@ -283,7 +297,7 @@ def test_endpoint_name_shows_the_short_id():
 
 
 def test_an_unexpected_failure_is_still_cni_error_json():
-    def crash(table, backend, bridges):
+    def crash(table, backend, bridges, **dirs):
         raise RuntimeError("netlink went away")
 
     plugin = cni.Plugin(crash)

@@ -66,6 +66,70 @@ def root_namespace_untouched(request):
     assert _root_firewall() == before, f"{request.node.nodeid} changed the ROOT namespace's firewall"
 
 
+NATMAP_DIRS = ("/run/natmap", "/var/lib/natmap")  # natmap's defaults: no test may write there
+_made_inodes: set[str] = set()  # "<dev>-<ino>" of every namespace this run made
+_made_names: set[str] = set()   # and its name
+
+
+def _natmap_files():
+    names = set()
+    for directory in NATMAP_DIRS:
+        try:
+            names |= {os.path.join(directory, name) for name in os.listdir(directory)}
+        except OSError:
+            pass  # not there: nothing written
+    return names
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _record_namespaces():
+    """Note every sandbox namespace before it is removed, as natmap's lock and
+    state files name it: ``<dev>-<ino>`` (locks, anonymous stores) and
+    ``netns-<name>.`` (named stores)."""
+    mp = pytest.MonkeyPatch()
+    close = Sandbox.close
+
+    def recording_close(self):
+        for ns in self.namespaces:
+            try:
+                st = os.stat(f"/run/netns/{ns.name}")
+                _made_inodes.add(f"{st.st_dev}-{st.st_ino}")
+                _made_names.add(ns.name)
+            except OSError:
+                pass
+        close(self)
+
+    mp.setattr(Sandbox, "close", recording_close)
+    yield
+    mp.undo()
+
+
+# natmap's names for a namespace's files: locks <dev>-<ino>[-<table>].lock, stores
+# anon-<dev>-<ino>.<table>.<backend>.db and netns-<name>.<table>.<backend>.db
+_NAMED = re.compile(r"(?:anon-)?(?P<inode>[0-9]+-[0-9]+)[-.]|netns-(?P<name>[^.]+)\.")
+
+
+def _names_ours(path):
+    """Whether natmap named the file after a namespace of this run."""
+    match = _NAMED.match(os.path.basename(path))
+    return match is not None and (match["inode"] in _made_inodes or match["name"] in _made_names)
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_in_natmap_dirs(request):
+    """Fail the test after which /run/natmap or /var/lib/natmap holds a file
+    naming a namespace this run made: every natmap the tests run (the CLI,
+    natmap-cni, podman's calls of it) keeps its locks and state in temporary
+    directories. Files of other namespaces are not this run's (other test runs
+    may share the machine) and are left alone."""
+    before = _natmap_files()
+    yield
+    left = sorted(path for path in _natmap_files() - before if _names_ours(path))
+    for path in left:  # this run's, of namespaces gone: reported, and not left for the next run
+        os.remove(path)
+    assert not left, f"{request.node.nodeid} left natmap files behind: {left}"
+
+
 @pytest.fixture
 def sandbox():
     with Sandbox() as sb:

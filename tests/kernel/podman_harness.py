@@ -12,8 +12,11 @@ this VM's hard limits.
 Everything podman and the CNI plugins write lands in the harness's own places:
 podman runs in a network namespace the caller made (the sandbox's "host") and
 in a mount namespace this harness holds open, with fresh tmpfs on ``/run``
-(the containers' network namespaces, runc's and libpod's state, natmap's
-lock) and ``/var/lib`` (host-local's leases, libcni's result cache). Closing
+(the containers' network namespaces, runc's and libpod's state) and
+``/var/lib`` (host-local's leases, libcni's result cache); natmap's lock and
+state directories are named in the conflist (the test run's lock directory,
+the harness's state directory), so no call of the plugin, whatever its
+environment, writes /run/natmap or /var/lib/natmap. Closing
 removes the containers, stops the holder (only that process, by its PID),
 which takes those mounts with it, and deletes the temporary directory.
 """
@@ -72,8 +75,12 @@ class Podman:
         self.host_netns, self.plugin, self.backend, self.table = host_netns, plugin, backend, table
         self.executable = executable or natmap_cni()
         self.tmp = Path(tempfile.mkdtemp(prefix="natmap-podman-"))
-        self.env = {**os.environ, "CONTAINERS_CONF": str(self.tmp / "containers.conf"),
-                    "NATMAP_STATE_DIR": str(self.tmp / "natmap-state")}
+        self.env = {**os.environ, "CONTAINERS_CONF": str(self.tmp / "containers.conf")}
+        # natmap's directories in the conflist, not the environment: podman's cleanup
+        # process (conmon's exit command) runs the plugin's DEL with an environment
+        # of its own, and a DEL on another store than the ADD's would remove nothing.
+        self.lock_dir = os.environ.get("NATMAP_LOCK_DIR") or str(self.tmp / "natmap-locks")
+        self.state_dir = str(self.tmp / "natmap-state")
         self._holder: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> Podman:
@@ -91,6 +98,7 @@ class Podman:
         tmp = self.tmp
         for d in ("rootfs/bin", "net", "plugins", "root", "runroot", "natmap-state"):
             (tmp / d).mkdir(parents=True)
+        os.makedirs(self.lock_dir, mode=0o700, exist_ok=True)
         shutil.copy(shutil.which("busybox"), tmp / "rootfs/bin/busybox")
         (tmp / "rootfs/index.html").write_text("natmap web\n")
         for name in ("bridge", "host-local", "portmap", "loopback"):
@@ -118,7 +126,7 @@ class Podman:
 
     def conflist(self) -> dict:
         publisher = {"type": "natmap", "capabilities": {"portMappings": True}, "backend": self.backend,
-                     "table": self.table}
+                     "table": self.table, "lockDir": self.lock_dir, "stateDir": self.state_dir}
         if self.plugin == "portmap":
             publisher = {"type": "portmap", "capabilities": {"portMappings": True}}
         return {"cniVersion": "0.4.0", "name": NETWORK, "plugins": [

@@ -3,6 +3,7 @@ environment, the network configuration on stdin, in the sandbox's host
 namespace; real traffic from the host's loopback and from a client namespace."""
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -31,7 +32,8 @@ def cni(sandbox, tmp_path, backend):
         conf = {"cniVersion": version, "name": network, "type": "natmap", "backend": backend,
                 "capabilities": {"portMappings": True},
                 "runtimeConfig": {"portMappings": [dict(m) for m in mappings]}, **(extra or {})}
-        env = {"CNI_COMMAND": command, "CNI_PATH": "/usr/lib/cni", "NATMAP_STATE_DIR": str(tmp_path)}
+        # the runtime's environment, as libcni passes it, with the run's NATMAP_LOCK_DIR (never /run/natmap)
+        env = {**os.environ, "CNI_COMMAND": command, "CNI_PATH": "/usr/lib/cni", "NATMAP_STATE_DIR": str(tmp_path)}
         if container is not None:
             env.update(CNI_CONTAINERID=container_id or f"id-{container.label}", CNI_IFNAME=ifname,
                        CNI_NETNS=netns or f"/run/netns/{container.name}")

@@ -43,7 +43,7 @@ def test_an_add_killed_at_any_moment_leaves_all_or_nothing(sandbox, cni, backend
     web.serve(5000)
     conf = json.dumps({"cniVersion": "1.0.0", "name": NETWORK, "type": "natmap", "backend": backend,
                        "runtimeConfig": {"portMappings": RANGE}, "prevResult": prev_result(sandbox, web, "1.0.0")})
-    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "id-web01", "CNI_IFNAME": "eth0",
+    env = {**os.environ, "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "id-web01", "CNI_IFNAME": "eth0",
            "CNI_NETNS": f"/run/netns/{web.name}", "CNI_PATH": "/usr/lib/cni", "NATMAP_STATE_DIR": str(tmp_path)}
     complete = 2 * len(RANGE)  # IPv4 and IPv6
     seen = set()
