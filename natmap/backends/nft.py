@@ -754,7 +754,7 @@ class _GenerationCounter:
     def read(self) -> int:
         with self._lock, _os_errors("reading the nftables generation"):
             if self._socket is None:
-                import socket  # here: `natmap port` in sync needs it, `import natmap.cli` does not
+                import _socket as socket  # here, not at import; the C module: socket.py costs 5 ms more
 
                 self._socket = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                                              _NETLINK_NETFILTER)
