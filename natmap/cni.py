@@ -24,9 +24,9 @@ whole container ID and interface name (so long IDs that share a prefix stay
 apart). See :func:`endpoint_name`.
 
 A plugin process makes one natmap transaction and ends, so it uses natmap
-through two of its seams (:class:`CniHost`, :class:`OneCommandBackend`) that
-take what the runtime already said from ``prevResult`` and skip what only a
-long-lived NatMap needs: pyroute2, which natmap asks the kernel through,
+through its host seam (:class:`CniHost`), which takes what the runtime
+already said from ``prevResult`` and skips what only a long-lived NatMap
+needs: pyroute2, which natmap asks the kernel through,
 costs 130-170 ms to import, more than all the rest of an ADD, so the guest
 checks' questions go through :mod:`natmap.nlquery` instead.
 ``main`` is the ``natmap-cni`` console script (``natmap_cni.console``, which
@@ -46,9 +46,8 @@ from dataclasses import dataclass
 
 from natmap import (Binding, Bridge, ConflictError, Endpoint, LockTimeoutError, NatMap, NatmapError, NotFoundError,
                     Protocol, SpecError, Transaction, __version__)
-from natmap.backends import make_backend
-from natmap.backends.nft import validate_table
 from natmap import nlquery
+from natmap.backends.nft import validate_table
 from natmap.host import Session, natmap_tables
 from natmap_cni import SUPPORTED_VERSIONS, version_answer  # the executable's entry, which answers VERSION
 
@@ -58,9 +57,8 @@ if TYPE_CHECKING:
     from typing import IO, Any
 
     from natmap import Link
-    from natmap.backends.base import Backend, Generation
     from natmap.host import Isolated, Listener
-    from natmap.model import Change, Item, Table
+    from natmap.model import Table
 
 __all__ = ["CniError", "NetConf", "Plugin", "PortMapping", "SUPPORTED_VERSIONS", "endpoint_name", "main",
            "network_prefix", "run"]
@@ -352,7 +350,7 @@ class Attachment:
     (which the bridge plugin's gateway addresses on the bridge share)."""
 
     bridge: str
-    ip: ipaddress.IPv4Address
+    ip: ipaddress.IPv4Address | None
     ipv6: ipaddress.IPv6Address | None
     subnets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
@@ -362,7 +360,7 @@ class Attachment:
 
 
 def attachment_of(prev: Mapping[str, Any], ifname: str, bridge: str | None = None) -> Attachment:
-    """Read ``prevResult``: the container's first IPv4 and IPv6 address (as
+    """Read ``prevResult``: the container's first IPv4 and IPv6 address (either may be absent, not both; as
     portmap chooses them: skipping ``ips`` whose ``interface`` is not the
     sandbox interface ``ifname``), and the host-side bridge: ``bridge`` if the
     configuration names it, else the first interface without a ``sandbox``
@@ -399,9 +397,9 @@ def attachment_of(prev: Mapping[str, Any], ifname: str, bridge: str | None = Non
             raise CniError(INVALID_CONFIG, f"invalid address in prevResult's ips: {entry!r} "
                            "(CIDR text, such as \"10.88.0.5/16\")") from None
         found.setdefault(interface.version, interface)
-    if 4 not in found:
-        raise CniError(INVALID_CONFIG, f"prevResult gives no IPv4 address for interface {ifname!r}; "
-                       "natmap publishes to a container's IPv4 address (and its IPv6 one, if any)")
+    if not found:
+        raise CniError(INVALID_CONFIG, f"prevResult gives no IP address for interface {ifname!r}; "
+                       "natmap publishes to a container's IPv4 and IPv6 addresses")
     if bridge is None:
         hosts: list[str] = [i["name"] for i in interfaces
                             if isinstance(i, dict) and not i.get("sandbox") and isinstance(i.get("name"), str)]
@@ -409,9 +407,10 @@ def attachment_of(prev: Mapping[str, Any], ifname: str, bridge: str | None = Non
             raise CniError(INVALID_CONFIG, "prevResult names no host-side interface; natmap-cni follows "
                            "the bridge plugin in a conflist (or name the bridge: \"bridge\": \"cni0\")")
         bridge = hosts[0]
-    ipv6 = found.get(6)
-    return Attachment(bridge, ipaddress.IPv4Address(found[4].ip), None if ipv6 is None else
-                      ipaddress.IPv6Address(ipv6.ip), tuple(i.network for i in found.values()))
+    ipv4, ipv6 = found.get(4), found.get(6)
+    return Attachment(bridge, None if ipv4 is None else ipaddress.IPv4Address(ipv4.ip),
+                      None if ipv6 is None else ipaddress.IPv6Address(ipv6.ip),
+                      tuple(i.network for i in found.values()))
 
 
 # --- the commands --------------------------------------------------------------------
@@ -548,77 +547,14 @@ def _proc_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
     return ip.exploded if ip.version == 6 else str(ip)
 
 
-class OneCommandBackend:
-    """A backend (:class:`natmap.backends.base.Backend`) for a NatMap that
-    makes ONE transaction and ends, as a plugin process does: ``generation``
-    is None ("not known"), everything else is ``backend``'s.
-
-    The generation only lets a NatMap trust the table it cached at its last
-    transaction; a NatMap without one reads the table from the kernel
-    anyway (one consistent nftables dump, under natmap's lock). Reading
-    nftables' counter needs pyroute2. Give this to a NatMap used for one
-    transaction only: a second one could trust a table cached by the first.
-    """
-
-    counts_every_commit = False  # no generation: the kernel is read on every change
-
-    def __init__(self, backend: Backend) -> None:
-        self._backend = backend
-        self.name = backend.name
-
-    @property
-    def claimed(self) -> bool:
-        return self._backend.claimed
-
-    @claimed.setter
-    def claimed(self, value: bool) -> None:
-        self._backend.claimed = value
-
-    @property
-    def lock_timeout(self) -> float:
-        return self._backend.lock_timeout
-
-    @lock_timeout.setter
-    def lock_timeout(self, value: float) -> None:
-        self._backend.lock_timeout = value
-
-    def generation(self) -> Generation:
-        return None
-
-    def read(self, foreign: list[str] | None = None) -> Table | None:
-        return self._backend.read(foreign)
-
-    def inspect(self) -> tuple[Table | None, list[str], list[str]]:
-        return self._backend.inspect()
-
-    def apply(self, change: Change, *, create: bool = False, generation: Generation = None) -> Generation:
-        self._backend.apply(change, create=create)
-        return None
-
-    def text(self, change: Change, *, create: bool = False) -> str:
-        return self._backend.text(change, create=create)
-
-    def structure_problems(self) -> list[str]:
-        return self._backend.structure_problems()
-
-    def rebuild(self, items: Iterable[Item]) -> None:
-        self._backend.rebuild(items)
-
-    def delete(self) -> None:
-        self._backend.delete()
-
-    def close(self) -> None:
-        self._backend.close()
-
-
 def one_command_natmap(table: str, backend: str, bridges: Iterable[Bridge] = (), *,
                        lock_dir: str | None = None, state_dir: str | None = None) -> NatMap:
-    """The NatMap of one plugin command: natmap's ``backend`` (the nft one
-    without its generation counter) and :class:`CniHost` knowing ``bridges``;
-    ``lock_dir`` and ``state_dir`` as NatMap takes them (None: its defaults)."""
-    made = make_backend(backend, table)
-    return NatMap(table=table, backend=OneCommandBackend(made) if made.name == "nft" else made,
-                  host=CniHost(bridges), lock_dir=lock_dir, state_dir=state_dir)
+    """The NatMap of one plugin command: natmap's ``backend`` and :class:`CniHost`
+    knowing ``bridges``; ``lock_dir`` and ``state_dir`` as NatMap takes them
+    (None: its defaults). As every natmap process, it trusts its store while
+    nftables' generation is the one natmap's last commit left (nothing else
+    changed the ruleset since), and reads the kernel otherwise."""
+    return NatMap(table=table, backend=backend, host=CniHost(bridges), lock_dir=lock_dir, state_dir=state_dir)
 
 
 class Plugin:

@@ -57,7 +57,8 @@ class Endpoint:
     """A container (or VM, or sandbox) whose ports are published.
 
     ``ip`` is its IPv4 address on ``bridge``; ``ipv6`` its IPv6 address there,
-    if it has one; ``expose`` the ports ``publish_all`` publishes (``"5000"``,
+    if it has one (an IPv6-only endpoint has ``ip`` None, as a CNI result with
+    only IPv6 addresses describes it); ``expose`` the ports ``publish_all`` publishes (``"5000"``,
     ``"53/udp"`` or parsed :class:`PortSpec` values). As with :mod:`ipaddress`,
     the constructor takes text or values and the attributes hold values:
     ``Endpoint("web01", "172.30.0.2", "natmap0").ip`` is an ``IPv4Address``.
@@ -65,19 +66,21 @@ class Endpoint:
     """
 
     name: str
-    ip: ipaddress.IPv4Address
+    ip: ipaddress.IPv4Address | None
     bridge: str
     ipv6: ipaddress.IPv6Address | None
     expose: tuple[PortSpec, ...]
 
-    def __init__(self, name: str, ip: str | ipaddress.IPv4Address, bridge: str,
+    def __init__(self, name: str, ip: str | ipaddress.IPv4Address | None, bridge: str,
                  ipv6: str | ipaddress.IPv6Address | None = None,
                  expose: Iterable[str | PortSpec] = ()) -> None:
         set_ = object.__setattr__  # frozen: the fields are set once, here
         set_(self, "name", validate_name(name, "endpoint name"))
         set_(self, "bridge", validate_ifname(bridge))
-        set_(self, "ip", _host_address(ip, ipaddress.IPv4Address, "ip"))
+        set_(self, "ip", None if ip is None else _host_address(ip, ipaddress.IPv4Address, "ip"))
         set_(self, "ipv6", None if ipv6 is None else _host_address(ipv6, ipaddress.IPv6Address, "ipv6"))
+        if ip is None and ipv6 is None:
+            raise SpecError("an endpoint needs an address: ip (IPv4), ipv6 or both", name, None)
         if isinstance(expose, str):  # one spec, not its characters
             expose = (expose,)
         set_(self, "expose", tuple(p if isinstance(p, PortSpec) else PortSpec.parse_exposed(p)

@@ -143,6 +143,23 @@ def test_the_bridge_is_the_first_host_side_interface_or_the_named_one():
     assert fake.transactions[0][1][1].bridge == "br-pods"
 
 
+def test_an_ipv6_only_container_is_published_on_ipv6():
+    """A prevResult with only IPv6 addresses (an IPv6-only network): a mapping
+    without hostIP binds IPv6 only, one with an IPv4 hostIP is left out, as
+    portmap and Docker bind where the container has an address."""
+    fake = FakeNatMap()
+    prev = {**PREV, "ips": [{"address": "fd00::5/64", "gateway": "fd00::1", "interface": 2}]}
+    status, out = call(fake=fake, prevResult=prev, runtimeConfig={"portMappings": [
+        {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+        {"hostPort": 8081, "containerPort": 80, "protocol": "tcp", "hostIP": "127.0.0.1"},
+        {"hostPort": 8082, "containerPort": 80, "protocol": "udp", "hostIP": "::1"}]})
+    assert status == 0 and out == {**prev, "cniVersion": "1.0.0"}
+    [[_, (_, endpoint, specs)]] = fake.transactions
+    assert (endpoint.ip, str(endpoint.ipv6)) == (None, "fd00::5")
+    assert sorted(specs) == ["8080:80/tcp", "[::1]:8082:80/udp"]
+    assert [str(net) for bridge in fake.bridges for net in bridge.subnets] == ["fd00::/64"]
+
+
 def test_table_and_backend_from_the_config():
     fake = FakeNatMap()
     assert call(fake=fake, conf={"table": "k8s", "backend": "iptables"})[0] == 0
@@ -230,7 +247,7 @@ def test_status_reports_natmap_unavailable_as_50():
     ({}, {"CNI_COMMAND": "ATTACH"}, 4, "unknown CNI_COMMAND"),
     ({}, {"CNI_COMMAND": ""}, 4, "CNI_COMMAND is not set"),
     ({"prevResult": None}, {}, 7, "chained plugin"),
-    ({"prevResult": {**PREV, "ips": PREV["ips"][1:]}}, {}, 7, "no IPv4 address"),
+    ({"prevResult": {**PREV, "ips": []}}, {}, 7, "no IP address"),
     ({"prevResult": {**PREV, "interfaces": PREV["interfaces"][2:], "ips": [{"address": "10.1.0.5/16",
                                                                         "interface": 0}]}},
      {}, 7, "no host-side interface"),
@@ -353,7 +370,7 @@ def _mapping(**fields):
     ({"prevResult": {**PREV, "ips": [{"address": "10.1.0.5/16", "interface": 7}]}}, 7, "names no interface"),
     ({"prevResult": {**PREV, "ips": [{"address": "10.1.0.5/16", "interface": "2"}]}}, 7, "names no interface"),
     ({"prevResult": {**PREV, "ips": [{"address": "10.1.0.5/16", "interface": True}]}}, 7, "names no interface"),
-    ({"prevResult": {**PREV, "ips": PREV["ips"][1:]}}, 7, "no IPv4 address"),  # an IPv6-only container
+    ({"prevResult": {**PREV, "ips": [{"address": "10.1.0.5/16", "interface": 1}]}}, 7, "no IP address"),
 ])
 def test_hostile_configurations_are_refused_with_their_code(conf, code, words):
     fake = FakeNatMap()

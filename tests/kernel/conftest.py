@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 
 import pytest
 
@@ -67,8 +68,11 @@ def root_namespace_untouched(request):
 
 
 NATMAP_DIRS = ("/run/natmap", "/var/lib/natmap")  # natmap's defaults: no test may write there
-_made_inodes: set[str] = set()  # "<dev>-<ino>" of every namespace this run made
-_made_names: set[str] = set()   # and its name
+# The namespaces this run made, as natmap's file names name them, and when each
+# lived: "<dev>-<ino>" -> [(made, removed)] (the kernel reuses a freed inode, and
+# other test runs on the machine make namespaces too), and their names.
+_lived: dict[str, list[tuple[float, float]]] = {}
+_made_names: set[str] = set()
 
 
 def _natmap_files():
@@ -83,22 +87,26 @@ def _natmap_files():
 
 @pytest.fixture(scope="session", autouse=True)
 def _record_namespaces():
-    """Note every sandbox namespace before it is removed, as natmap's lock and
-    state files name it: ``<dev>-<ino>`` (locks, anonymous stores) and
-    ``netns-<name>.`` (named stores)."""
+    """Note every sandbox namespace: when it was made, and before it is removed,
+    its nsfs inode and name."""
     mp = pytest.MonkeyPatch()
-    close = Sandbox.close
+    create, close = Sandbox._create, Sandbox.close
+
+    def recording_create(self, ns):
+        ns.made_at = time.time()
+        create(self, ns)
 
     def recording_close(self):
         for ns in self.namespaces:
             try:
                 st = os.stat(f"/run/netns/{ns.name}")
-                _made_inodes.add(f"{st.st_dev}-{st.st_ino}")
-                _made_names.add(ns.name)
             except OSError:
-                pass
+                continue
+            _lived.setdefault(f"{st.st_dev}-{st.st_ino}", []).append((ns.made_at, time.time()))
+            _made_names.add(ns.name)
         close(self)
 
+    mp.setattr(Sandbox, "_create", recording_create)
     mp.setattr(Sandbox, "close", recording_close)
     yield
     mp.undo()
@@ -110,15 +118,24 @@ _NAMED = re.compile(r"(?:anon-)?(?P<inode>[0-9]+-[0-9]+)[-.]|netns-(?P<name>[^.]
 
 
 def _names_ours(path):
-    """Whether natmap named the file after a namespace of this run."""
+    """Whether natmap named the file after a namespace of this run: by its name,
+    or by an inode that was this run's namespace's when the file was made."""
     match = _NAMED.match(os.path.basename(path))
-    return match is not None and (match["inode"] in _made_inodes or match["name"] in _made_names)
+    if match is None:
+        return False
+    if match["name"] is not None:
+        return match["name"] in _made_names
+    try:
+        made = os.stat(path).st_ctime
+    except OSError:
+        return False
+    return any(start - 0.01 <= made <= end for start, end in _lived.get(match["inode"], ()))
 
 
 @pytest.fixture(autouse=True)
 def nothing_left_in_natmap_dirs(request):
     """Fail the test after which /run/natmap or /var/lib/natmap holds a file
-    naming a namespace this run made: every natmap the tests run (the CLI,
+    made for a namespace of this run: every natmap the tests run (the CLI,
     natmap-cni, podman's calls of it) keeps its locks and state in temporary
     directories. Files of other namespaces are not this run's (other test runs
     may share the machine) and are left alone."""

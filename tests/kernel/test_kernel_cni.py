@@ -28,7 +28,7 @@ def cni(sandbox, tmp_path, backend):
     """Call the plugin: ``cni("ADD", container, mappings)`` -> (exit status, stdout JSON)."""
 
     def call(command, container=None, mappings=(), *, prev=True, netns=None, ifname="eth0",
-             version="1.0.0", network=NETWORK, extra=None, container_id=None):
+             version="1.0.0", network=NETWORK, extra=None, container_id=None, families="46"):
         conf = {"cniVersion": version, "name": network, "type": "natmap", "backend": backend,
                 "capabilities": {"portMappings": True},
                 "runtimeConfig": {"portMappings": [dict(m) for m in mappings]}, **(extra or {})}
@@ -38,7 +38,7 @@ def cni(sandbox, tmp_path, backend):
             env.update(CNI_CONTAINERID=container_id or f"id-{container.label}", CNI_IFNAME=ifname,
                        CNI_NETNS=netns or f"/run/netns/{container.name}")
             if prev:
-                conf["prevResult"] = prev_result(sandbox, container, version)
+                conf["prevResult"] = prev_result(sandbox, container, version, families)
         done = subprocess.run(["nsenter", f"--net=/run/netns/{sandbox.host.name}", PLUGIN],
                               input=json.dumps(conf), env=env, capture_output=True, text=True)
         return done.returncode, json.loads(done.stdout) if done.stdout.strip() else None
@@ -46,13 +46,15 @@ def cni(sandbox, tmp_path, backend):
     return call
 
 
-def prev_result(sandbox, container, version):
-    """What the bridge plugin (with host-local) reports for ``container``."""
-    ips = [{"address": f"{container.ip}/24", "interface": 2},
-           {"address": f"{container.ipv6}/64", "interface": 2}]
-    if version.startswith("0."):
-        for entry, family in zip(ips, "46"):
-            entry["version"] = family
+def prev_result(sandbox, container, version, families="46"):
+    """What the bridge plugin (with host-local) reports for ``container``, with
+    its addresses of the IP versions in ``families`` ("6": an IPv6-only network)."""
+    ips = [{"address": f"{container.ip}/24", "interface": 2, "version": "4"},
+           {"address": f"{container.ipv6}/64", "interface": 2, "version": "6"}]
+    ips = [entry for entry in ips if entry["version"] in families]
+    if not version.startswith("0."):
+        for entry in ips:
+            del entry["version"]
     return {"cniVersion": version,
             "interfaces": [{"name": sandbox.bridge, "mac": "02:00:00:00:00:01"},
                            {"name": "veth123", "mac": "02:00:00:00:00:02"},
@@ -98,6 +100,29 @@ def test_add_publishes_check_passes_del_removes(sandbox, cni, backend, version):
     assert client.request(sandbox.outside_ip, 8080, timeout=0.5) is None
     assert bindings(sandbox, backend) == []
     assert cni("DEL", web, version=version) == (0, None)  # idempotent
+
+
+def test_an_ipv6_only_container_is_published_on_ipv6(sandbox, cni, backend):
+    """prevResult with only IPv6 addresses: a mapping without hostIP binds the
+    IPv6 wildcard only, one with an IPv4 hostIP is left out (the container has
+    no IPv4 address to forward it to), as Docker and portmap do."""
+    web = sandbox.container("web01")
+    web.serve(5000)
+    client = sandbox.client("client1")
+    mappings = [mapping(8080), mapping(8081, host_ip="::1"), mapping(8082, host_ip="127.0.0.1")]
+    status, out = cni("ADD", web, mappings, families="6")
+    assert status == 0, out
+    assert [ip["address"] for ip in out["ips"]] == [f"{web.ipv6}/64"]
+    assert {(b.version, str(b.host_ip), b.host_port, str(b.container_ip)) for b in bindings(sandbox, backend)} == {
+        (6, "::", 8080, str(web.ipv6)), (6, "::1", 8081, str(web.ipv6))}
+    assert (client.request(sandbox.outside_ip6, 8080) or "").startswith("web01 ")
+    assert client.request(sandbox.outside_ip, 8080, timeout=0.5) is None
+    assert (sandbox.host.request("::1", 8081) or "").startswith("web01 ")
+    assert sandbox.host.request("127.0.0.1", 8082, timeout=0.5) is None
+    assert cni("CHECK", web, mappings, families="6") == (0, None)
+    assert cni("DEL", web) == (0, None)
+    assert bindings(sandbox, backend) == []
+    assert client.request(sandbox.outside_ip6, 8080, timeout=0.5) is None
 
 
 def test_check_fails_when_a_binding_is_lost(sandbox, cni, backend):
