@@ -272,3 +272,19 @@ def test_a_self_conflict_names_the_endpoint_once(specs, message):
     with pytest.raises(ConflictError) as raised:
         publish(Table(), web(ipv6=False), specs)
     assert str(raised.value) == message
+
+
+def test_an_ipv6_only_endpoint_publishes_ipv6_only():
+    """An endpoint without an IPv4 address (a CNI result of an IPv6-only
+    network): no host IP binds the IPv6 wildcard only; an IPv4 host IP is an
+    error naming the missing family; an endpoint needs one address at least."""
+    v6 = Endpoint("web01", None, "natmap0", ipv6="fd00:30::2")
+    assert v6.ip is None and v6.address(4) is None
+    table = Table()
+    made = publish(table, v6, ["8080:80", "[::1]:8081:80"])
+    assert sorted((str(b.host_ip), b.host_port, str(b.container_ip)) for b in made) == [
+        ("::", 8080, "fd00:30::2"), ("::1", 8081, "fd00:30::2")]
+    with pytest.raises(SpecError, match="no IPv4 address"):
+        publish(table, v6, ["127.0.0.1:8082:80"])
+    with pytest.raises(SpecError, match="needs an address"):
+        Endpoint("web02", None, "natmap0")
