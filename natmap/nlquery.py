@@ -26,8 +26,6 @@ import errno
 import ipaddress
 import os
 import struct
-from collections.abc import Iterator
-
 from .errors import BackendError, PrivilegeError, UnknownInterfaceError
 from .spec import Protocol
 
@@ -41,7 +39,7 @@ __all__ = ["listeners", "interface_facts", "nft_tables", "loopback6_present"]
 
 # linux/netlink.h
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
-_F_REQUEST, _F_ACK, _F_DUMP = 0x1, 0x4, 0x300
+_F_REQUEST, _F_DUMP_INTR, _F_DUMP = 0x1, 0x10, 0x300
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port id
 _ATTR = struct.Struct("=HH")       # nlattr / rtattr: length, type
 _NLA_TYPE_MASK = 0x3FFF            # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
@@ -73,17 +71,29 @@ _NFTA_TABLE_NAME, _NFTA_TABLE_USERDATA = 1, 6
 _UDATA_TABLE_COMMENT = 0
 
 
-def _ask(protocol: int, what: str, kind: int, flags: int, payload: bytes) -> Iterator[tuple[int, bytes]]:
-    """Send one request on a fresh netlink socket of ``protocol``; yield each
-    answer's (type, body) until the dump ends. A kernel error is raised as
-    natmap's (``what`` names the question), except that an ENOENT or ENODEV
-    answer is raised as the OSError it is, for the caller to read."""
+def _ask(protocol: int, what: str, kind: int, flags: int, payload: bytes) -> list[tuple[int, bytes]]:
+    """Send one request on a fresh netlink socket of ``protocol``; return each
+    answer's (type, body). A dump the kernel marks interrupted (the set changed
+    while it was read: NLM_F_DUMP_INTR) is asked again, up to 3 times. A kernel
+    error is raised as natmap's (``what`` names the question), except that an
+    ENOENT or ENODEV answer is raised as the OSError it is, for the caller to read."""
+    for _ in range(3):
+        answers, interrupted = _ask_once(protocol, what, kind, flags, payload)
+        if not interrupted:
+            break
+    return answers
+
+
+def _ask_once(protocol: int, what: str, kind: int, flags: int,
+              payload: bytes) -> tuple[list[tuple[int, bytes]], bool]:
     try:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
     except PermissionError as exc:
         raise PrivilegeError(what) from exc
     except OSError as exc:
         raise BackendError(f"{what}: {exc.strerror}") from exc
+    answers: list[tuple[int, bytes]] = []
+    interrupted = False
     try:
         sock.bind((0, 0))
         sock.sendall(_HEADER.pack(_HEADER.size + len(payload), kind, _F_REQUEST | flags, 1, 0) + payload)
@@ -91,25 +101,26 @@ def _ask(protocol: int, what: str, kind: int, flags: int, payload: bytes) -> Ite
             data = sock.recv(1 << 17)  # more than the kernel puts in one datagram of a dump
             offset = 0
             while offset + _HEADER.size <= len(data):
-                length, msg_type, _, _, _ = _HEADER.unpack_from(data, offset)
+                length, msg_type, msg_flags, _, _ = _HEADER.unpack_from(data, offset)
                 if length < _HEADER.size:
                     raise BackendError(f"{what}: a malformed netlink answer")
                 body = data[offset + _HEADER.size:offset + length]
                 offset += (length + 3) & ~3
+                interrupted |= bool(msg_flags & _F_DUMP_INTR)
                 if msg_type == _NLMSG_DONE:
-                    return
+                    return answers, interrupted
                 if msg_type == _NLMSG_ERROR:
                     code = -struct.unpack_from("=i", body)[0]
                     if code == 0:  # the ACK of a request that is not a dump
-                        return
+                        return answers, interrupted
                     if code in (errno.EPERM, errno.EACCES):
                         raise PrivilegeError(what)
                     if code in (errno.ENOENT, errno.ENODEV):
                         raise OSError(code, os.strerror(code))
                     raise BackendError(f"{what}: {os.strerror(code)}")
-                yield msg_type, body
+                answers.append((msg_type, body))
                 if not flags & _F_DUMP:
-                    return
+                    return answers, interrupted
     finally:
         sock.close()
 
@@ -162,7 +173,7 @@ def _index(name: str) -> int | None:
     """The interface's index in the calling thread's namespace, or None."""
     try:
         return socket.if_nametoindex(name)
-    except OSError:
+    except (OSError, ValueError):  # no such interface, or a name no interface can have
         return None
 
 
@@ -176,7 +187,7 @@ def interface_facts(name: str) -> tuple[str | None, tuple[Any, ...]]:
         raise missing
     request = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(_IFLA_IFNAME, name.encode() + b"\0")
     try:
-        answers = list(_ask(_NETLINK_ROUTE, what, _RTM_GETLINK, 0, request))
+        answers = _ask(_NETLINK_ROUTE, what, _RTM_GETLINK, 0, request)
     except OSError as exc:
         if isinstance(exc, BackendError):
             raise
