@@ -125,6 +125,18 @@ def test_an_ipv6_only_container_is_published_on_ipv6(sandbox, cni, backend):
     assert client.request(sandbox.outside_ip6, 8080, timeout=0.5) is None
 
 
+def test_an_add_after_a_del_checks_the_host_again(sandbox, cni, backend):
+    """A container's second ADD (podman run after podman rm) takes no port a
+    host service took meanwhile: the guest checks run on every ADD."""
+    web = sandbox.container("web01")
+    assert cni("ADD", web, [mapping(8080)])[0] == 0
+    assert cni("DEL", web) == (0, None)
+    sandbox.host.serve(8080, family=4)
+    status, out = cni("ADD", web, [mapping(8080)])
+    assert (status, out["code"]) == (1, 100) and "a host socket listens on 0.0.0.0:8080" in out["msg"], out
+    assert bindings(sandbox, backend) == []
+
+
 def test_check_fails_when_a_binding_is_lost(sandbox, cni, backend):
     web = sandbox.container("web01")
     assert cni("ADD", web, [mapping(8080), mapping(8090)])[0] == 0
