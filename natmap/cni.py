@@ -35,7 +35,6 @@ answers VERSION before natmap is imported at all).
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 import os
@@ -50,6 +49,11 @@ from natmap import nlquery
 from natmap.backends.nft import validate_table
 from natmap.host import Session, natmap_tables
 from natmap_cni import SUPPORTED_VERSIONS, version_answer  # the executable's entry, which answers VERSION
+
+try:  # the C module of hashlib's SHA-256: importing hashlib loads OpenSSL, a tenth of a plugin process
+    from _sha256 import sha256 as _sha256  # type: ignore[import-not-found]
+except ImportError:  # a Python without it (3.12 renamed it): hashlib's, the same digest
+    from hashlib import sha256 as _sha256
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (every plugin process would)
 if TYPE_CHECKING:
@@ -324,7 +328,7 @@ def _attachments(conf: Mapping[str, Any]) -> tuple[tuple[str, str], ...] | None:
 
 
 def _digest(*parts: str, size: int) -> str:
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:size]
+    return str(_sha256("\0".join(parts).encode()).hexdigest()[:size])
 
 
 def network_prefix(network: str) -> str:
