@@ -182,7 +182,7 @@ def main() -> None:
               f"(measured {ratios[1000]:.1f}x: {'holds' if ratios[1000] >= 50 else 'missed'}); within 1.3x of "
               f"portmap's at 1 port (measured: natmap's run takes {1 / ratios[1]:.2f}x portmap's: "
               f"{'holds' if 1 / ratios[1] <= 1.3 else 'missed'}).",
-              "", one_port_note(cpu, load, os.getloadavg()[0])]
+              "", one_port_note(cpu, load[0], os.getloadavg()[0])]
     section = "\n".join([BEGIN, *lines, END])
     print("\n".join(lines))
     text = RESULTS.read_text() if RESULTS.exists() else ""

@@ -26,9 +26,9 @@ apart). See :func:`endpoint_name`.
 A plugin process makes one natmap transaction and ends, so it uses natmap
 through its host seam (:class:`CniHost`), which takes what the runtime
 already said from ``prevResult`` and skips what only a long-lived NatMap
-needs: pyroute2, which natmap asks the kernel through,
-costs 130-170 ms to import, more than all the rest of an ADD, so the guest
-checks' questions go through :mod:`natmap.nlquery` instead.
+needs: pyroute2, which natmap asks the kernel through, costs 130-170 ms to
+import, more than all the rest of an ADD, so the guest checks' questions go
+through :mod:`natmap.nlquery` instead.
 ``main`` is the ``natmap-cni`` console script (``natmap_cni.console``, which
 answers VERSION before natmap is imported at all).
 """
@@ -187,10 +187,11 @@ class NetConf:
     interface in ``prevResult`` is not it. ``lockDir`` and ``stateDir`` (absolute
     paths) are natmap's ``lock_dir`` and ``state_dir``, for every command of the
     network whatever environment the runtime passes (podman's cleanup process
-    passes none of its own); unset, natmap's defaults (docs/cni.md). portmap's ``snat`` (default true) and ``masqAll`` (default
-    false) are accepted at the values natmap's behaviour matches, and
-    ``conditionsV4``/``conditionsV6`` only empty: natmap has no free-form
-    match; a mapping's ``hostIP`` limits the addresses.
+    passes none of its own); unset, natmap's defaults (docs/cni.md). portmap's
+    ``snat`` (default true) and ``masqAll`` (default false) are accepted at
+    the values natmap's behaviour matches, and ``conditionsV4``/``conditionsV6``
+    only empty: natmap has no free-form match; a mapping's ``hostIP`` limits
+    the addresses.
     """
 
     cni_version: str
@@ -364,8 +365,8 @@ class Attachment:
 
 
 def attachment_of(prev: Mapping[str, Any], ifname: str, bridge: str | None = None) -> Attachment:
-    """Read ``prevResult``: the container's first IPv4 and IPv6 address (either may be absent, not both; as
-    portmap chooses them: skipping ``ips`` whose ``interface`` is not the
+    """Read ``prevResult``: the container's first IPv4 and IPv6 address (one
+    may be absent, not both; as portmap chooses them: skipping ``ips`` whose ``interface`` is not the
     sandbox interface ``ifname``), and the host-side bridge: ``bridge`` if the
     configuration names it, else the first interface without a ``sandbox``
     (the bridge plugin lists its bridge first, then the host's veth). Raise

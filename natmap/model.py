@@ -57,8 +57,8 @@ class Endpoint:
     """A container (or VM, or sandbox) whose ports are published.
 
     ``ip`` is its IPv4 address on ``bridge``; ``ipv6`` its IPv6 address there,
-    if it has one (an IPv6-only endpoint has ``ip`` None, as a CNI result with
-    only IPv6 addresses describes it); ``expose`` the ports ``publish_all`` publishes (``"5000"``,
+    if it has one (an IPv6-only endpoint has ``ip`` None: one of the two at
+    least); ``expose`` the ports ``publish_all`` publishes (``"5000"``,
     ``"53/udp"`` or parsed :class:`PortSpec` values). As with :mod:`ipaddress`,
     the constructor takes text or values and the attributes hold values:
     ``Endpoint("web01", "172.30.0.2", "natmap0").ip`` is an ``IPv4Address``.
