@@ -249,18 +249,20 @@ def test_sigkill_during_a_big_publish_leaves_before_or_after(wide):
 
 # --- conntrack ------------------------------------------------------------------------------------------
 
-def test_publishing_over_a_stale_udp_flow_takes_it_over(sandbox, nm):
+@pytest.mark.parametrize("family", [4, 6])
+def test_publishing_over_a_stale_udp_flow_takes_it_over(sandbox, nm, family):
     web = sandbox.container("web01")
     web.serve(5353, "udp")
     client = sandbox.client("client1")
     nm.publish(sandbox.container("db01").endpoint(), ["1:1"])  # the table and bridge exist
-    flow = client.udp_socket()
+    host, seen_as = (sandbox.outside_ip, "192.0.2.2") if family == 4 else (sandbox.outside_ip6, "2001:db8:2::2")
+    flow = client.udp_socket(family)
     # Before publishing, the flow goes to the host itself, which has no such
     # service: conntrack keeps an unanswered entry for it.
-    assert client.request(sandbox.outside_ip, 5353, "udp", sock=flow, timeout=0.3) is None
-    assert "dport=5353" in sandbox.host.run(["conntrack", "-L", "-p", "udp"]).stdout
+    assert client.request(host, 5353, "udp", sock=flow, timeout=0.3) is None
+    assert "dport=5353" in sandbox.host.run(["conntrack", "-L", "-p", "udp", "-f", f"ipv{family}"]).stdout
     nm.publish(web.endpoint(), ["5353:5353/udp"])
-    assert client.request(sandbox.outside_ip, 5353, "udp", sock=flow) == "web01 192.0.2.2"
+    assert client.request(host, 5353, "udp", sock=flow) == f"web01 {seen_as}"
     flow.close()
 
 
