@@ -302,7 +302,9 @@ def preferred(bindings: Iterable[Binding]) -> dict[Slot, list[int]]:
     :meth:`Table.publish` should assign again to publish them the same way."""
     ports: dict[Slot, list[int]] = {}
     for b in bindings:
-        ports.setdefault((b.host_ip, b.proto, b.container_port), []).append(b.host_port)
+        # A same-port range may be assigned ports merged (see Table._merge_runs): each port its slot.
+        for port in range(b.host_port, b.host_port + b.count):
+            ports.setdefault((b.host_ip, b.proto, b.container_port + port - b.host_port), []).append(port)
     return {slot: sorted(set(p)) for slot, p in ports.items()}
 
 
@@ -534,14 +536,54 @@ class Table:
         already there, the same in every field, is returned again.
         """
         self._check_identity(endpoint)
+        steps = self._steps(Verb.ADD)
+        start = len(steps)  # what this call adds is steps[start:]
         if bridge is not None:
             self._ensure_bridge(endpoint, bridge)
         made: list[Binding] = []
+        assigned: list[Binding] = []  # the bindings whose host port natmap chose
         for spec in specs:
-            made += self._publish_spec(endpoint, spec, pool, prefer)
+            got = self._publish_spec(endpoint, spec, pool, prefer)
+            made += got
+            if spec.host_ports is None or len(spec.host_ports) != len(spec.container_ports):
+                assigned += got
         if publish_all:
-            made += self._publish_exposed(endpoint, pool, prefer)
+            got = self._publish_exposed(endpoint, pool, prefer)
+            made += got
+            assigned += got
+        if len(assigned) > 1:
+            made = self._merge_runs(made, assigned, steps, start)
         return made if all(b.count == 1 for b in made) else Bindings(made)  # type: ignore[return-value]
+
+    def _merge_runs(self, made: list[Binding], assigned: list[Binding], steps: list[Item],
+                    start: int) -> list[Binding]:
+        """Assigned ports that happen to equal their container ports, two or
+        more in a row (``-P`` of ``EXPOSE 40000-40099`` given 40000-40099), as
+        one same-port range each, as an explicit ``-p 40000-40099:40000-40099``
+        would be: one kernel element. Only bindings this call added (in
+        ``steps[start:]``) are merged; ``made`` is returned with them replaced."""
+        added = {id(item) for item in steps[start:]}
+        runs: dict[tuple[str, Protocol, IPAddress, IPAddress], list[Binding]] = {}
+        for b in assigned:
+            if b.count == 1 and b.host_port == b.container_port and id(b) in added:
+                runs.setdefault((b.endpoint, b.proto, b.host_ip, b.container_ip), []).append(b)
+        merged: set[int] = set()
+        ranges: list[Binding] = []
+        for (name, proto, host_ip, container_ip), singles in runs.items():
+            singles.sort(key=lambda b: b.host_port)
+            for run in _consecutive(singles):
+                if len(run) < 2:
+                    continue
+                for b in run:
+                    self._remove(b)
+                    merged.add(id(b))
+                first = run[0].host_port
+                ranges.append(Binding(name, proto, host_ip, first, container_ip, first, len(run)))
+                self._insert(ranges[-1])
+        if not ranges:
+            return made
+        steps[start:] = [*(item for item in steps[start:] if id(item) not in merged), *ranges]
+        return [b for b in made if id(b) not in merged] + ranges
 
     def unpublish(self, endpoint: str) -> list[Binding]:
         """Remove every binding and every link of ``endpoint``; return the
@@ -946,6 +988,18 @@ def _expand_in_order(bindings: list[Binding]) -> list[Binding]:
     hosts = sorted({b.host_ip for b in singles}, key=lambda ip: natural_key(f"{format_ip(ip)}:"))
     rank = {ip: i for i, ip in enumerate(hosts)}
     return sorted(singles, key=lambda b: (b.container_port, b.key[2], rank[b.host_ip], b.host_port))
+
+
+def _consecutive(bindings: list[Binding]) -> Iterator[list[Binding]]:
+    """``bindings`` (sorted by port) in runs of consecutive host ports."""
+    run: list[Binding] = []
+    for b in bindings:
+        if run and b.host_port != run[-1].host_port + 1:
+            yield run
+            run = []
+        run.append(b)
+    if run:
+        yield run
 
 
 def _wrapping(ports: PortRange, start: int) -> Iterator[int]:
