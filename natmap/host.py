@@ -487,9 +487,13 @@ class Session:
         translated entries of every family, as pyroute2 takes about 1 ms to
         decode an entry). Each entry is then tested only against the
         bindings and link flows of its own family, protocol and destination
-        port. It runs under the table's lock: after the lock is released
-        another process could publish the same binding again, and its new
-        flows would be cut.
+        port. It runs under the table's lock, before the change is marked
+        done in the store: after the lock is released another process could
+        publish the same binding again, and its new flows would be cut; and
+        a process that died after releasing it would leave the flows uncut
+        with nothing pending to tell the next one (inside, the next holder
+        finishes a pending change, flows included). Under the lock it costs
+        one dump a group (tens of ms) plus a netlink call per flow deleted.
         """
         from pyroute2.netlink.exceptions import NetlinkError
 
