@@ -668,27 +668,39 @@ SCALE_NOTES = """\
   endpoint's bindings would save the latter, not reach 1.5x. Left to the
   desired-state store (issue 12), which answers from disk.
 - **Unpublishing 10,000 bindings beside 2,000 unrelated conntrack entries
-  <= 100 ms.** The conntrack part is O(entries + bindings) now (43 s before:
-  each entry was tested against each binding): about 45 ms, most of it the
-  kernel walking its hash and pyroute2 decoding (about 1 ms an entry, so
-  removed bindings ask the kernel for translated entries only). The rest is
-  deleting 10,000 elements (the libnftables call alone is about the floor of
-  adding them) and the model. Unpublishing one endpoint among them is ~20 ms.
+  <= 100 ms.** The conntrack part is O(entries + bindings) (43 s before:
+  each entry was tested against each binding) and now makes the bindings'
+  tests only when the kernel hands back translated entries: one dump of the
+  translated entries of both families, 6-40 ms here (the kernel walking its
+  262,144-bucket hash; none of the 2,000 is translated). The rest is the
+  write path: deleting 10,000 elements (rendering and the libnftables call,
+  60-80 ms alone), the store's rows and the model; measured 126 ms in a quiet
+  spell and 360-480 ms under load. Unpublishing one endpoint among them:
+  8-44 ms. The cleanup stays under the table's lock (see
+  natmap.host.Session.forget_flows: outside it, a republished binding's new
+  flows could be cut, and a crash would leave old ones with nothing pending).
 - **Absolute targets (publish, unpublish, `natmap ls` of tcp+udp 1-65535).**
   Held as one interval element per protocol (nft) or one rule (iptables),
   they cost what one element costs; `natmap ls` as a process is Python's
-  start and natmap's import (section 5) plus a read: it holds when the
-  machine is quiet and not when other jobs load it (see `python -c pass`
-  in section 5 against its usual 18 ms).
-- **New flows through a 65,535-port element >= 0.9x a single port.** Not
-  explained yet. On any address the range is an element of a per-protocol map
-  keyed on the port alone. The same layouts written by hand (`nft -f`) and
-  measured in turns in one script passed the same rate: exact element 55k/s,
-  interval map keyed on proto . port 56k/s, natmap's layout 58k/s, keyed on
-  the port alone 57k/s (2026-11-30, loaded machine); through natmap in this
-  section it measured 0.50x-0.77x in three runs, and 1.3x in one run with
-  the range measured first. Something in the sequence (publish, flush,
-  flows, remove) differs between the two; not found by the deadline.
+  start and natmap's import (about three quarters of it) plus one read: 71 ms
+  in a quiet spell, 244-501 ms while other jobs loaded both cores (`python -c
+  pass` 106 ms instead of 18 in the same minute). The import is the start-up
+  work of `natmap port` (another branch's).
+- **New flows through a 65,535-port element >= 0.9x a single port.** It
+  holds; the 0.50x-0.77x measured before was the method. Measured one rule
+  set after the other, a round of 20,000 flows each, rates of the SAME rule
+  set swung 50,000-200,000 a second between rounds while other jobs loaded
+  the machine. Now both bindings are published at once and the sender
+  alternates blocks of 100 new flows between them: the range on one host
+  address (all 65,535 ports) against the single port on another, 1.01x and
+  1.10x in two runs; on every address (10000-65535 beside 9999) 0.85x-1.00x;
+  two single ports measured the same way, where nothing differs, 0.92x
+  (median of 15 rounds; the range 0.95x beside it): the method's spread is
+  about 10%. A system-wide `perf record` while flows pass shows the
+  interval lookups at 0.1-0.2% of samples (`pipapo_get_avx2` 0.21% for an
+  address's range, a concatenation; the lookup of the per-protocol map of
+  an every-address range below 0.1%), `nft_do_chain` about 1% for either:
+  the kernel's set backends are not the cost.
 - **Targets of sections 1-6 that held before** (full apply 1.35x, flows at
   N=10,000, `natmap port`) did not in the 2026-11-30 run: other engineers'
   test suites loaded both cores (`python -c pass` 57 ms instead of 18), and
