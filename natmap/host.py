@@ -522,7 +522,8 @@ class Session:
                 entries = self._entries(keys, nat_only) if keys else []
                 by_key = _tests_by_port(tests_for()) if entries else {}
                 for entry in entries:
-                    tests_of = by_key.get((entry.tuple_orig.family, _PROTOCOL[entry.tuple_orig.proto]), {})
+                    proto = _PROTOCOL.get(entry.tuple_orig.proto)  # a kernel without dump filters hands back all
+                    tests_of = by_key.get((entry.tuple_orig.family, proto), {}) if proto else {}
                     tests = [*tests_of.get(entry.tuple_orig.dport, ()), *tests_of.get(None, ())]
                     if not any(test(entry.tuple_orig, entry.tuple_reply, entry.status) for test in tests):
                         continue

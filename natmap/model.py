@@ -536,36 +536,33 @@ class Table:
         already there, the same in every field, is returned again.
         """
         self._check_identity(endpoint)
-        steps = self._steps(Verb.ADD)
-        start = len(steps)  # what this call adds is steps[start:]
         if bridge is not None:
             self._ensure_bridge(endpoint, bridge)
         made: list[Binding] = []
-        assigned: list[Binding] = []  # the bindings whose host port natmap chose
         for spec in specs:
-            got = self._publish_spec(endpoint, spec, pool, prefer)
-            made += got
-            if spec.host_ports is None or len(spec.host_ports) != len(spec.container_ports):
-                assigned += got
+            made += self._publish_spec(endpoint, spec, pool, prefer)
         if publish_all:
-            got = self._publish_exposed(endpoint, pool, prefer)
-            made += got
-            assigned += got
-        if len(assigned) > 1:
-            made = self._merge_runs(made, assigned, steps, start)
+            made += self._publish_exposed(endpoint, pool, prefer)
+        made = self._merge_runs(made, specs)
         return made if all(b.count == 1 for b in made) else Bindings(made)  # type: ignore[return-value]
 
-    def _merge_runs(self, made: list[Binding], assigned: list[Binding], steps: list[Item],
-                    start: int) -> list[Binding]:
-        """Assigned ports that happen to equal their container ports, two or
-        more in a row (``-P`` of ``EXPOSE 40000-40099`` given 40000-40099), as
-        one same-port range each, as an explicit ``-p 40000-40099:40000-40099``
-        would be: one kernel element. Only bindings this call added (in
-        ``steps[start:]``) are merged; ``made`` is returned with them replaced."""
-        added = {id(item) for item in steps[start:]}
+    def _merge_runs(self, made: list[Binding], specs: Sequence[PortSpec]) -> list[Binding]:
+        """Assigned ports (``-P``, ``-p 80``) that happen to equal their
+        container ports, two or more in a row (``-P`` of ``EXPOSE 40000-40099``
+        given 40000-40099), as one same-port range each, as an explicit ``-p
+        40000-40099:40000-40099`` would be: one kernel element. Only bindings
+        this call added (the table holds that very object) and whose host port
+        no spec names are merged (``-p 5000:5000`` published again must find
+        itself); ``made`` is returned with them replaced."""
+        same = [b for b in made if b.host_port == b.container_port and b.count == 1]
+        if len(same) < 2:  # most publishes
+            return made
+        named = {(spec.proto, port) for spec in specs
+                 if spec.host_ports is not None and len(spec.host_ports) == len(spec.container_ports)
+                 for port in spec.host_ports}
         runs: dict[tuple[str, Protocol, IPAddress, IPAddress], list[Binding]] = {}
-        for b in assigned:
-            if b.count == 1 and b.host_port == b.container_port and id(b) in added:
+        for b in same:
+            if (b.proto, b.host_port) not in named and self._by_key.get(b.key) is b:
                 runs.setdefault((b.endpoint, b.proto, b.host_ip, b.container_ip), []).append(b)
         merged: set[int] = set()
         ranges: list[Binding] = []
@@ -582,7 +579,10 @@ class Table:
                 self._insert(ranges[-1])
         if not ranges:
             return made
-        steps[start:] = [*(item for item in steps[start:] if id(item) not in merged), *ranges]
+        # This call journaled them last: its bindings and at most a bridge, at the end of the run.
+        steps = self._steps(Verb.ADD)
+        tail = min(len(steps), len(made) + 1)
+        steps[len(steps) - tail:] = [*(item for item in steps[len(steps) - tail:] if id(item) not in merged), *ranges]
         return [b for b in made if id(b) not in merged] + ranges
 
     def unpublish(self, endpoint: str) -> list[Binding]:
