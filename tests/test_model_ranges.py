@@ -272,3 +272,29 @@ def test_explicit_single_same_port_specs_stay_single():
     table.commit()
     publish(table, ep(ipv6=False), ["5000:5000"])
     assert not table.change()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(40000, 40015), st.integers(0, 4), st.sampled_from(["tcp", "udp"])), max_size=5),
+       st.lists(st.integers(40000, 40020), max_size=4))
+def test_merged_assigned_runs_hold_exactly_the_ports_assigned(exposed, taken):
+    """Whatever is exposed and whatever is taken already: the table holds the
+    same ports, one line each, as the bindings made say; ranges only where
+    the host port is the container port; a rollback leaves what was there."""
+    from natmap.model import PortPool
+    from natmap.spec import PortRange
+
+    table = Table()
+    for i, port in enumerate(sorted(set(taken))):
+        publish(table, ep(f"db{i}", 10 + i, ipv6=False), [f"{port}:5432"])
+    table.commit()
+    before = held(table)
+    specs = [f"{first}-{first + extra}/{proto}" if extra else f"{first}/{proto}" for first, extra, proto in exposed]
+    made = table.publish(exposing(*specs), [], publish_all=True, pool=PortPool(ports=PortRange(40000, 40060)),
+                         bridge=BRIDGE)
+    lines = sorted(b.port_line() for b in made)
+    assert lines == sorted(b.port_line() for b in table.of("web01"))
+    assert len(set(lines)) == len(lines) == len({(b.host_ip, b.proto, b.host_port) for b in made})
+    assert all(b.host_port == b.container_port for b in table.bindings_of("web01") if b.count > 1)
+    table.rollback()
+    assert held(table) == before
