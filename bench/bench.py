@@ -675,7 +675,7 @@ SCALE_NOTES = """\
   262,144-bucket hash; none of the 2,000 is translated). The rest is the
   write path: deleting 10,000 elements (rendering and the libnftables call,
   60-80 ms alone), the store's rows and the model; measured 126 ms in a quiet
-  spell and 360-480 ms under load. Unpublishing one endpoint among them:
+  spell and 360-550 ms under load. Unpublishing one endpoint among them:
   8-44 ms. The cleanup stays under the table's lock (see
   natmap.host.Session.forget_flows: outside it, a republished binding's new
   flows could be cut, and a crash would leave old ones with nothing pending).
@@ -683,7 +683,7 @@ SCALE_NOTES = """\
   Held as one interval element per protocol (nft) or one rule (iptables),
   they cost what one element costs; `natmap ls` as a process is Python's
   start and natmap's import (about three quarters of it) plus one read: 71 ms
-  in a quiet spell, 244-501 ms while other jobs loaded both cores (`python -c
+  in a quiet spell, 228-501 ms while other jobs loaded both cores (`python -c
   pass` 106 ms instead of 18 in the same minute). The import is the start-up
   work of `natmap port` (another branch's).
 - **New flows through a 65,535-port element >= 0.9x a single port.** It
@@ -692,11 +692,12 @@ SCALE_NOTES = """\
   set swung 50,000-200,000 a second between rounds while other jobs loaded
   the machine. Now both bindings are published at once and the sender
   alternates blocks of 100 new flows between them: the range on one host
-  address (all 65,535 ports) against the single port on another, 1.01x and
-  1.10x in two runs; on every address (10000-65535 beside 9999) 0.85x-1.00x;
-  two single ports measured the same way, where nothing differs, 0.92x
-  (median of 15 rounds; the range 0.95x beside it): the method's spread is
-  about 10%. A system-wide `perf record` while flows pass shows the
+  address (all 65,535 ports) against the single port on another, 1.01x,
+  1.10x and 0.81x in three runs (median 1.01x); on every address
+  (10000-65535 beside 9999) 0.85x-1.09x;
+  two single ports measured the same way, where nothing differs, 0.92x-1.03x
+  (0.92x a median of 15 rounds, the range 0.95x beside it): the method's
+  spread under load is 10-20%. A system-wide `perf record` while flows pass shows the
   interval lookups at 0.1-0.2% of samples (`pipapo_get_avx2` 0.21% for an
   address's range, a concatenation; the lookup of the per-protocol map of
   an every-address range below 0.1%), `nft_do_chain` about 1% for either:
