@@ -20,7 +20,7 @@ import functools
 import ipaddress
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from .errors import BackendError, PrivilegeError, UnknownInterfaceError
 from .links import Link
@@ -509,7 +509,7 @@ class Session:
                      for cut in isolated for version in {net.version for net in cut[0]} for proto in Protocol]
         # The bindings' tests are made only once the kernel has handed back
         # entries to test (10,000 of them cost more than the dump of none).
-        groups: tuple[tuple[bool, set[tuple[int, Protocol]], Callable[[], list[Any]]], ...] = (
+        groups: tuple[tuple[bool, set[tuple[int, Protocol]], Any], ...] = (  # (nat only, keys, tests to make)
             (True, {(_FAMILY[b.version], b.proto) for b in removed},
              lambda: [_matcher(_translated_for, b, local) for b in removed]),
             (False, {(family, proto) for family, proto, _, _ in matchers} | {(_FAMILY[b.version], b.proto) for b in stale},
