@@ -144,6 +144,8 @@ _TCP_LISTEN = 10
 # IANA protocol numbers, as socket.IPPROTO_*: importing socket here would be
 # a tenth of the time `natmap port` spends importing natmap.
 _IPPROTO = {Protocol.TCP: 6, Protocol.UDP: 17, Protocol.SCTP: 132}
+_PROTOCOL = {number: proto for proto, number in _IPPROTO.items()}
+_FAMILY = {4: 2, 6: 10}  # IP version -> AF_INET, AF_INET6 (socket's, without importing it)
 
 
 @contextmanager
@@ -396,7 +398,7 @@ class Session:
     namespace (NatMap sees to that)."""
 
     def __init__(self) -> None:
-        self._conntrack: Any = None
+        self._conntrack: dict[int, Any] = {}  # by family: see _socket
         self._lock = threading.Lock()
 
     # The facts and settings: this module's functions (see each one).
@@ -479,53 +481,97 @@ class Session:
         - an ``isolated`` bridge's: flows between two addresses of its subnets
           that no link opens (isolation drops their next packets).
 
+        Both families: a dump and a delete each name one (pyroute2's socket
+        carries it), so IPv4 and IPv6 entries are asked for and deleted
+        through a socket of their own family.
+
         The kernel walks its whole hash table for a dump, about 10 ms here
         whatever the number of bindings, and hands back only the entries of
-        the protocol (for removed bindings: only the translated ones, as
-        pyroute2 takes about 1 ms to decode an entry). Each entry is then
-        tested only against the bindings and link flows of its own
-        destination port. It runs under the table's lock: after the lock is
-        released another process could publish the same binding again, and
-        its new flows would be cut.
+        the family and protocol (for removed bindings: one dump of the
+        translated entries of every family, as pyroute2 takes about 1 ms to
+        decode an entry). Each entry is then tested only against the
+        bindings and link flows of its own family, protocol and destination
+        port. It runs under the table's lock, before the change is marked
+        done in the store: after the lock is released another process could
+        publish the same binding again, and its new flows would be cut; and
+        a process that died after releasing it would leave the flows uncut
+        with nothing pending to tell the next one (inside, the next holder
+        finishes a pending change, flows included). Under the lock it costs
+        one dump a group (tens of ms) plus a netlink call per flow deleted.
         """
-        from pyroute2 import Conntrack
         from pyroute2.netlink.exceptions import NetlinkError
 
         local = _LazyLocal()
-        # (proto, original destination port, test): each test matches flows to one port
-        # (None: to any port, as a same-port range's or an isolated bridge's).
-        translated = [_matcher(_translated_for, b, local) for b in removed]
-        matchers: list[tuple[Protocol, int | None, Any]] = [
-            (proto, port, functools.partial(_link_flow, (s, t, port))) for link in links for s, t, proto, port in link.flows()]
-        matchers += [_matcher(_stale_for, b, local) for b in added if b.proto is not Protocol.TCP]
-        matchers += [(proto, None, functools.partial(_isolated_flow, cut, local))
-                     for cut in isolated for proto in Protocol]
+        removed = list(removed)
+        stale = [b for b in added if b.proto is not Protocol.TCP]
+        # (family, proto, original destination port, test): each test matches flows to
+        # one port (None: to any port, as a same-port range's or an isolated bridge's).
+        matchers: list[tuple[int, Protocol, int | None, Any]] = [
+            (_FAMILY[s.version], proto, port, functools.partial(_link_flow, (s, t, port)))
+            for link in links for s, t, proto, port in link.flows()]
+        matchers += [(_FAMILY[version], proto, None, functools.partial(_isolated_flow, cut, local))
+                     for cut in isolated for version in {net.version for net in cut[0]} for proto in Protocol]
+        # The bindings' tests are made only once the kernel has handed back
+        # entries to test (10,000 of them cost more than the dump of none).
+        groups: tuple[tuple[bool, set[tuple[int, Protocol]], Any], ...] = (  # (nat only, keys, tests to make)
+            (True, {(_FAMILY[b.version], b.proto) for b in removed},
+             lambda: [_matcher(_translated_for, b, local) for b in removed]),
+            (False, {(family, proto) for family, proto, _, _ in matchers} | {(_FAMILY[b.version], b.proto) for b in stale},
+             lambda: matchers + [_matcher(_stale_for, b, local) for b in stale]))
         deleted = 0
-        if not (matchers or translated):
+        if not (removed or stale or matchers):
             return deleted
         with self._lock, _netlink("cleaning conntrack"):
-            if self._conntrack is None:
-                self._conntrack = Conntrack()
-            ct = self._conntrack
-            for nat_only, group in ((True, translated), (False, matchers)):
-                for proto, tests_of in _tests_by_port(group).items():
-                    for entry in _entries(ct, proto, nat_only):
-                        tests = [*tests_of.get(entry.tuple_orig.dport, ()), *tests_of.get(None, ())]
-                        if not any(test(entry.tuple_orig, entry.tuple_reply, entry.status) for test in tests):
-                            continue
-                        try:
-                            ct.delete(entry)
-                            deleted += 1
-                        except NetlinkError as exc:
-                            if exc.code != errno.ENOENT:  # ENOENT: it timed out meanwhile
-                                raise
+            for nat_only, keys, tests_for in groups:
+                entries = self._entries(keys, nat_only) if keys else []
+                by_key = _tests_by_port(tests_for()) if entries else {}
+                for entry in entries:
+                    proto = _PROTOCOL.get(entry.tuple_orig.proto)  # a kernel without dump filters hands back all
+                    tests_of = by_key.get((entry.tuple_orig.family, proto), {}) if proto else {}
+                    tests = [*tests_of.get(entry.tuple_orig.dport, ()), *tests_of.get(None, ())]
+                    if not any(test(entry.tuple_orig, entry.tuple_reply, entry.status) for test in tests):
+                        continue
+                    try:
+                        self._socket(entry.tuple_orig.family).delete(entry)
+                        deleted += 1
+                    except NetlinkError as exc:
+                        if exc.code != errno.ENOENT:  # ENOENT: it timed out meanwhile
+                            raise
         return deleted
+
+    def _socket(self, family: int) -> Any:
+        """The conntrack socket of ``family`` (AF_UNSPEC: a dump of every
+        family), opened on first use and kept."""
+        from pyroute2 import Conntrack
+
+        if family not in self._conntrack:
+            self._conntrack[family] = Conntrack(nfgen_family=family)
+        return self._conntrack[family]
+
+    def _entries(self, keys: Iterable[tuple[int, Protocol]], nat_only: bool) -> list[Any]:
+        """The conntrack entries of ``keys`` (family, protocol), read in
+        full before any is deleted (pyroute2 cannot delete while a dump runs).
+        With ``nat_only``: those whose destination was translated, of every
+        family in one dump (the kernel filters by status, Linux 5.15+, but
+        not by status and protocol at once, nor by a tuple without a family);
+        otherwise one dump a family and protocol, filtered by the kernel."""
+        from pyroute2.conntrack import ConntrackEntry
+        from pyroute2.netlink.nfnetlink.nfctsocket import IPS_DST_NAT, NFCTAttrTuple
+
+        if nat_only:
+            numbers = {_IPPROTO[proto] for _, proto in keys}
+            return [ConntrackEntry(msg["nfgen_family"], *map(msg.get_attr, _ENTRY_ATTRS))
+                    for msg in self._socket(0).dump(status=IPS_DST_NAT, status_mask=IPS_DST_NAT)
+                    if msg.get_attr("CTA_TUPLE_ORIG").get_attr("CTA_TUPLE_PROTO").get_attr("CTA_PROTO_NUM")
+                    in numbers]
+        return [entry for family, proto in keys for entry in self._socket(family).dump_entries(
+            tuple_orig=NFCTAttrTuple(family=family, proto=_IPPROTO[proto]))]
 
     def close(self) -> None:
         with self._lock:
-            if self._conntrack is not None:
-                self._conntrack.close()
-            self._conntrack = None
+            for ct in self._conntrack.values():
+                ct.close()
+            self._conntrack.clear()
 
 
 class FakeHost:
@@ -673,44 +719,31 @@ class FakeHost:
         self.closed = True
 
 
-def _tests_by_port(matchers: Iterable[tuple[Protocol, int | None, Any]]) -> dict[Protocol, dict[int | None, list[Any]]]:
-    """The tests by protocol and destination port: each conntrack entry is then
-    tested only against the few that can match it (O(entries + bindings), not
-    O(entries x bindings): 10,000 bindings and 2,000 entries took 43 s)."""
-    by_port: dict[Protocol, dict[int | None, list[Any]]] = {}
-    for proto, port, test in matchers:
-        by_port.setdefault(proto, {}).setdefault(port, []).append(test)
+def _tests_by_port(matchers: Iterable[tuple[int, Protocol, int | None, Any]],
+                   ) -> dict[tuple[int, Protocol], dict[int | None, list[Any]]]:
+    """The tests by family, protocol and destination port: each conntrack
+    entry is then tested only against the few that can match it
+    (O(entries + bindings), not O(entries x bindings): 10,000 bindings and
+    2,000 entries took 43 s)."""
+    by_port: dict[tuple[int, Protocol], dict[int | None, list[Any]]] = {}
+    for family, proto, port, test in matchers:
+        by_port.setdefault((family, proto), {}).setdefault(port, []).append(test)
     return by_port
 
 
-def _matcher(test: Any, binding: Binding, local: Any) -> tuple[Protocol, int | None, Any]:
+def _matcher(test: Any, binding: Binding, local: Any) -> tuple[int, Protocol, int | None, Any]:
     """A binding's test (guest's predicate: which flows qualify) keyed for the
     indexed loop (how fast): on its port, or on None for a same-port range."""
+    family = _FAMILY[binding.version]
     if binding.count == 1:
-        return binding.proto, binding.host_port, functools.partial(test, binding, local)
-    return binding.proto, None, functools.partial(_in_range, test, binding, local)
+        return family, binding.proto, binding.host_port, functools.partial(test, binding, local)
+    return family, binding.proto, None, functools.partial(_in_range, test, binding, local)
 
 
 def _in_range(test: Any, binding: Binding, local: Any, orig: Any, reply: Any, status: int = 0) -> bool:
     """``test`` for the one port of a same-port range that a flow goes to."""
     port = orig.dport
     return binding.host_port <= port <= binding.last_port and bool(test(binding.at(port), local, orig, reply, status))
-
-
-def _entries(ct: Any, proto: Protocol, nat_only: bool) -> list[Any]:
-    """The IPv4 conntrack entries of ``proto`` (with ``nat_only``, only those
-    whose destination was translated), read in full before any is deleted:
-    pyroute2 cannot delete while a dump runs."""
-    from pyroute2.conntrack import ConntrackEntry
-    from pyroute2.netlink.nfnetlink.nfctsocket import IPS_DST_NAT, NFCTAttrTuple
-
-    if not nat_only:
-        return list(ct.dump_entries(tuple_orig=NFCTAttrTuple(proto=_IPPROTO[proto])))
-    # The kernel filters by status (Linux 5.15+), not by status and protocol at once.
-    number = _IPPROTO[proto]
-    return [ConntrackEntry(msg["nfgen_family"], *map(msg.get_attr, _ENTRY_ATTRS))
-            for msg in ct.dump(status=IPS_DST_NAT, status_mask=IPS_DST_NAT)
-            if msg.get_attr("CTA_TUPLE_ORIG").get_attr("CTA_TUPLE_PROTO").get_attr("CTA_PROTO_NUM") == number]
 
 
 # What pyroute2's ConntrackEntry is made from, in its order.
@@ -766,8 +799,7 @@ def _isolated_flow(cut: Isolated, local: Any, orig: Any, reply: Any, status: int
         return False  # to or from the host itself: isolation does not forbid it
     if not any(source in net for net in subnets) or not any(target in net for net in subnets):
         return False
-    proto = next((p for p, number in _IPPROTO.items() if number == orig.proto), None)
-    return (source, target, proto, orig.dport) not in allowed
+    return (source, target, _PROTOCOL.get(orig.proto), orig.dport) not in allowed
 
 
 def _ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

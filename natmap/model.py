@@ -305,7 +305,9 @@ def preferred(bindings: Iterable[Binding]) -> dict[Slot, list[int]]:
     :meth:`Table.publish` should assign again to publish them the same way."""
     ports: dict[Slot, list[int]] = {}
     for b in bindings:
-        ports.setdefault((b.host_ip, b.proto, b.container_port), []).append(b.host_port)
+        # A same-port range may be assigned ports merged (see Table._merge_runs): each port its slot.
+        for port in range(b.host_port, b.host_port + b.count):
+            ports.setdefault((b.host_ip, b.proto, b.container_port + port - b.host_port), []).append(port)
     return {slot: sorted(set(p)) for slot, p in ports.items()}
 
 
@@ -544,7 +546,47 @@ class Table:
             made += self._publish_spec(endpoint, spec, pool, prefer)
         if publish_all:
             made += self._publish_exposed(endpoint, pool, prefer)
+        made = self._merge_runs(made, specs)
         return made if all(b.count == 1 for b in made) else Bindings(made)  # type: ignore[return-value]
+
+    def _merge_runs(self, made: list[Binding], specs: Sequence[PortSpec]) -> list[Binding]:
+        """Assigned ports (``-P``, ``-p 80``) that happen to equal their
+        container ports, two or more in a row (``-P`` of ``EXPOSE 40000-40099``
+        given 40000-40099), as one same-port range each, as an explicit ``-p
+        40000-40099:40000-40099`` would be: one kernel element. Only bindings
+        this call added (the table holds that very object) and whose host port
+        no spec names are merged (``-p 5000:5000`` published again must find
+        itself); ``made`` is returned with them replaced."""
+        same = [b for b in made if b.host_port == b.container_port and b.count == 1]
+        if len(same) < 2:  # most publishes
+            return made
+        named = {(spec.proto, port) for spec in specs
+                 if spec.host_ports is not None and len(spec.host_ports) == len(spec.container_ports)
+                 for port in spec.host_ports}
+        runs: dict[tuple[str, Protocol, IPAddress, IPAddress], list[Binding]] = {}
+        for b in same:
+            if (b.proto, b.host_port) not in named and self._by_key.get(b.key) is b:
+                runs.setdefault((b.endpoint, b.proto, b.host_ip, b.container_ip), []).append(b)
+        merged: set[int] = set()
+        ranges: list[Binding] = []
+        for (name, proto, host_ip, container_ip), singles in runs.items():
+            singles.sort(key=lambda b: b.host_port)
+            for run in _consecutive(singles):
+                if len(run) < 2:
+                    continue
+                for b in run:
+                    self._remove(b)
+                    merged.add(id(b))
+                first = run[0].host_port
+                ranges.append(Binding(name, proto, host_ip, first, container_ip, first, len(run)))
+                self._insert(ranges[-1])
+        if not ranges:
+            return made
+        # This call journaled them last: its bindings and at most a bridge, at the end of the run.
+        steps = self._steps(Verb.ADD)
+        tail = min(len(steps), len(made) + 1)
+        steps[len(steps) - tail:] = [*(item for item in steps[len(steps) - tail:] if id(item) not in merged), *ranges]
+        return [b for b in made if id(b) not in merged] + ranges
 
     def unpublish(self, endpoint: str) -> list[Binding]:
         """Remove every binding and every link of ``endpoint``; return the
@@ -949,6 +991,18 @@ def _expand_in_order(bindings: list[Binding]) -> list[Binding]:
     hosts = sorted({b.host_ip for b in singles}, key=lambda ip: natural_key(f"{format_ip(ip)}:"))
     rank = {ip: i for i, ip in enumerate(hosts)}
     return sorted(singles, key=lambda b: (b.container_port, b.key[2], rank[b.host_ip], b.host_port))
+
+
+def _consecutive(bindings: list[Binding]) -> Iterator[list[Binding]]:
+    """``bindings`` (sorted by port) in runs of consecutive host ports."""
+    run: list[Binding] = []
+    for b in bindings:
+        if run and b.host_port != run[-1].host_port + 1:
+            yield run
+            run = []
+        run.append(b)
+    if run:
+        yield run
 
 
 def _wrapping(ports: PortRange, start: int) -> Iterator[int]:

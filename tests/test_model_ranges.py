@@ -189,3 +189,112 @@ def test_a_range_meets_other_tables_and_host_sockets_on_any_of_its_ports():
         guest.check_listeners([held], lambda proto: [socket], lambda inode: None)
     assert guest.shadowed([held], lambda proto: [socket], lambda inode: None) == [
         "port web01 8077/tcp -> 0.0.0.0:8077 shadows the host socket on 127.0.0.1:8077/tcp"]
+
+
+# --- assigned ports that happen to match: one range too ----------------------------------------
+
+def exposing(*expose, name="web01", n=2, ipv6=True):
+    return Endpoint(name, f"172.30.0.{n}", "natmap0", ipv6=f"fd00:30::{n}" if ipv6 else None, expose=expose)
+
+
+def held(table):
+    return sorted((str(b), b.container_port, b.count) for b in table.held_bindings())
+
+
+def test_assigned_ports_equal_to_their_container_ports_are_held_as_one_range():
+    from natmap.model import PortPool
+    from natmap.spec import PortRange
+
+    table = Table()
+    pool = PortPool(ports=PortRange(40000, 40010))
+    made = table.publish(exposing("40000-40003/tcp", "40005/tcp", "80/udp"), [], publish_all=True,
+                         pool=pool, bridge=BRIDGE)
+    assert held(table) == [("0.0.0.0:40000", 80, 1), ("0.0.0.0:40000-40003", 40000, 4),
+                           ("0.0.0.0:40004", 40005, 1), ("[::]:40000", 80, 1),
+                           ("[::]:40000-40003", 40000, 4), ("[::]:40004", 40005, 1)]
+    # What docker port and the caller see is one line a port, as before.
+    assert [b.port_line() for b in made] == [b.port_line() for b in table.of("web01")] == [
+        "80/udp -> 0.0.0.0:40000", "80/udp -> [::]:40000",
+        *(f"{p}/tcp -> {h}:{p}" for p in range(40000, 40004) for h in ("0.0.0.0", "[::]")),
+        "40005/tcp -> 0.0.0.0:40004", "40005/tcp -> [::]:40004"]
+    # The journal holds the ranges, not their ports: one kernel element each.
+    assert sorted(str(b) for b in table.change().add if isinstance(b, Binding)) == sorted(
+        s for s, _, _ in held(table))
+
+
+def test_an_assigned_run_is_merged_from_a_spec_without_host_ports_too_and_rolled_back_whole():
+    from natmap.model import PortPool
+    from natmap.spec import PortRange
+
+    table = Table()
+    publish(table, ep("db01", 3, ipv6=False), ["40002:5432"])
+    table.commit()
+    made = table.publish(ep(ipv6=False), [PortSpec.parse("40000-40005")], pool=PortPool(ports=PortRange(40000, 40010)),
+                         bridge=BRIDGE)
+    # 40002 is taken: 40000-40001 match, then 40003-40006 for 40002-40005 do not.
+    assert [(b.host_port, b.container_port) for b in made] == [(40000, 40000), (40001, 40001), (40003, 40002),
+                                                                (40004, 40003), (40005, 40004), (40006, 40005)]
+    assert ("0.0.0.0:40000-40001", 40000, 2) in held(table)
+    table.rollback()
+    assert held(table) == [("0.0.0.0:40002", 5432, 1)]
+
+
+def test_a_merged_run_conflicts_unpublishes_and_is_assigned_again_like_its_ports():
+    from natmap.model import PortPool, preferred
+    from natmap.spec import PortRange
+
+    table = Table()
+    pool = PortPool(ports=PortRange(40000, 40010))
+    web = exposing("40000-40003/tcp", ipv6=False)
+    table.publish(web, [], publish_all=True, pool=pool, bridge=BRIDGE)
+    with pytest.raises(ConflictError, match=r"0\.0\.0\.0:40002/tcp.*'db01'.*0\.0\.0\.0:40000-40003/tcp.*'web01'"):
+        publish(table, ep("db01", 3, ipv6=False), ["40002:80"])
+    # -P again: its ports are published already, nothing changes and nothing conflicts.
+    table.commit()
+    assert len(table.publish(web, [], publish_all=True, pool=pool, bridge=BRIDGE)) == 0
+    assert not table.change()
+    # Re-applied with the ports it had (Config does so): the same ports, even after the cursor moved on.
+    before = table.bindings_of("web01")
+    assert [(b.host_port, b.count) for b in before] == [(40000, 4)]
+    removed = table.unpublish("web01")
+    assert removed == before
+    made = table.publish(web, [], publish_all=True, pool=pool, bridge=BRIDGE, prefer=preferred(before))
+    assert [b.host_port for b in made] == [40000, 40001, 40002, 40003]
+    assert [(b.host_port, b.count) for b in table.bindings_of("web01")] == [(40000, 4)]
+
+
+def test_explicit_single_same_port_specs_stay_single():
+    """Only ports natmap chose are merged: `-p 5000:5000` published again must find
+    its own binding, the same, not a range it became part of."""
+    table = Table()
+    publish(table, ep(ipv6=False), ["5000:5000", "5001:5001"])
+    assert held(table) == [("0.0.0.0:5000", 5000, 1), ("0.0.0.0:5001", 5001, 1)]
+    table.commit()
+    publish(table, ep(ipv6=False), ["5000:5000"])
+    assert not table.change()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(40000, 40015), st.integers(0, 4), st.sampled_from(["tcp", "udp"])), max_size=5),
+       st.lists(st.integers(40000, 40020), max_size=4))
+def test_merged_assigned_runs_hold_exactly_the_ports_assigned(exposed, taken):
+    """Whatever is exposed and whatever is taken already: the table holds the
+    same ports, one line each, as the bindings made say; ranges only where
+    the host port is the container port; a rollback leaves what was there."""
+    from natmap.model import PortPool
+    from natmap.spec import PortRange
+
+    table = Table()
+    for i, port in enumerate(sorted(set(taken))):
+        publish(table, ep(f"db{i}", 10 + i, ipv6=False), [f"{port}:5432"])
+    table.commit()
+    before = held(table)
+    specs = [f"{first}-{first + extra}/{proto}" if extra else f"{first}/{proto}" for first, extra, proto in exposed]
+    made = table.publish(exposing(*specs), [], publish_all=True, pool=PortPool(ports=PortRange(40000, 40060)),
+                         bridge=BRIDGE)
+    lines = sorted(b.port_line() for b in made)
+    assert lines == sorted(b.port_line() for b in table.of("web01"))
+    assert len(set(lines)) == len(lines) == len({(b.host_ip, b.proto, b.host_port) for b in made})
+    assert all(b.host_port == b.container_port for b in table.bindings_of("web01") if b.count > 1)
+    table.rollback()
+    assert held(table) == before

@@ -113,15 +113,17 @@ def test_udp_echo_and_sctp_bindings(sandbox, nm, web, client):
     assert client.request(sandbox.outside_ip, 3868, "sctp") == "web01 192.0.2.2"
 
 
-def test_unpublish_stops_new_connections_and_established_udp_flows(sandbox, nm, web, client):
+@pytest.mark.parametrize("family", [4, 6])
+def test_unpublish_stops_new_connections_and_established_udp_flows(sandbox, nm, web, client, family):
     nm.publish(web.endpoint(), ["8080:5000", "5353:5353/udp"])
-    flow = client.udp_socket()
-    assert client.request(sandbox.outside_ip, 5353, "udp", sock=flow) == "web01 192.0.2.2"
-    assert client.request(sandbox.outside_ip, 8080) == "web01 192.0.2.2"
+    host, container = (sandbox.outside_ip, "192.0.2.2") if family == 4 else (sandbox.outside_ip6, "2001:db8:2::2")
+    flow = client.udp_socket(family)
+    assert client.request(host, 5353, "udp", sock=flow) == f"web01 {container}"
+    assert client.request(host, 8080) == f"web01 {container}"
     removed = nm.unpublish("web01")
     assert len(removed) == 4
-    assert client.request(sandbox.outside_ip, 8080, timeout=0.5) is None
-    assert client.request(sandbox.outside_ip, 5353, "udp", sock=flow, timeout=0.5) is None
+    assert client.request(host, 8080, timeout=0.5) is None
+    assert client.request(host, 5353, "udp", sock=flow, timeout=0.5) is None
     with pytest.raises(NotFoundError, match="No such endpoint: web01"):  # gone, as docker port says
         nm.port("web01")
     flow.close()

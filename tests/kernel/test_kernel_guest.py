@@ -257,6 +257,22 @@ def test_isolating_cuts_established_flows_between_unlinked_containers_only(sandb
         flow.close()
 
 
+@pytest.mark.parametrize("family", [4, 6])
+def test_isolating_again_cuts_flows_the_kernel_tracked_meanwhile(sandbox, nm, family):
+    """Bridged traffic is tracked once natmap hooked it (the first isolation):
+    flows made while the bridge was open again are cut by the next isolation."""
+    db, other = sandbox.container("db01"), sandbox.container("web03")
+    db.serve(5432, "udp")
+    db_ip, source = (db.ip, other.ip) if family == 4 else (db.ipv6, other.ipv6)
+    nm.isolate(sandbox.bridge)
+    nm.unisolate(sandbox.bridge)
+    flow = other.udp_socket(family)
+    assert other.request(db_ip, 5432, "udp", sock=flow) == f"db01 {source}"
+    nm.isolate(sandbox.bridge)
+    assert other.request(db_ip, 5432, "udp", sock=flow, timeout=0.5) is None
+    flow.close()
+
+
 # --- 6. conntrack cleanup touches only what natmap changes --------------------------------
 
 

@@ -59,14 +59,16 @@ def test_on_an_isolated_bridge_only_links_open_flows(sandbox, nm, trio):
     assert reaches(web03, db, 6000)
 
 
-def test_unlink_cuts_an_established_udp_flow(sandbox, nm, trio):
+@pytest.mark.parametrize("family", [4, 6])
+def test_unlink_cuts_an_established_udp_flow(sandbox, nm, trio, family):
     db, web02, _ = trio
     nm.isolate(sandbox.bridge)
     nm.link(web02.endpoint(), db_endpoint(db), "db")
-    flow = web02.udp_socket()
-    assert web02.request(db.ip, 5432, "udp", sock=flow) == f"db01 {web02.ip}"
+    flow = web02.udp_socket(family)
+    target, source = (db.ip, web02.ip) if family == 4 else (db.ipv6, web02.ipv6)
+    assert web02.request(target, 5432, "udp", sock=flow) == f"db01 {source}"
     nm.unlink("web02", "db01")
-    assert web02.request(db.ip, 5432, "udp", sock=flow, timeout=0.5) is None
+    assert web02.request(target, 5432, "udp", sock=flow, timeout=0.5) is None
     flow.close()
 
 

@@ -18,7 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import natmap
-from helpers import kernel_state
+from helpers import delete_behind_natmaps_back, kernel_state
+from natmap import Binding
+from natmap.docker_format import ps_ports
 
 STRESS = os.environ.get("STRESS") == "1"
 
@@ -249,18 +251,20 @@ def test_sigkill_during_a_big_publish_leaves_before_or_after(wide):
 
 # --- conntrack ------------------------------------------------------------------------------------------
 
-def test_publishing_over_a_stale_udp_flow_takes_it_over(sandbox, nm):
+@pytest.mark.parametrize("family", [4, 6])
+def test_publishing_over_a_stale_udp_flow_takes_it_over(sandbox, nm, family):
     web = sandbox.container("web01")
     web.serve(5353, "udp")
     client = sandbox.client("client1")
     nm.publish(sandbox.container("db01").endpoint(), ["1:1"])  # the table and bridge exist
-    flow = client.udp_socket()
+    host, seen_as = (sandbox.outside_ip, "192.0.2.2") if family == 4 else (sandbox.outside_ip6, "2001:db8:2::2")
+    flow = client.udp_socket(family)
     # Before publishing, the flow goes to the host itself, which has no such
     # service: conntrack keeps an unanswered entry for it.
-    assert client.request(sandbox.outside_ip, 5353, "udp", sock=flow, timeout=0.3) is None
-    assert "dport=5353" in sandbox.host.run(["conntrack", "-L", "-p", "udp"]).stdout
+    assert client.request(host, 5353, "udp", sock=flow, timeout=0.3) is None
+    assert "dport=5353" in sandbox.host.run(["conntrack", "-L", "-p", "udp", "-f", f"ipv{family}"]).stdout
     nm.publish(web.endpoint(), ["5353:5353/udp"])
-    assert client.request(sandbox.outside_ip, 5353, "udp", sock=flow) == "web01 192.0.2.2"
+    assert client.request(host, 5353, "udp", sock=flow) == f"web01 {seen_as}"
     flow.close()
 
 
@@ -308,3 +312,31 @@ def test_a_same_port_range_is_one_kernel_element_carrying_traffic_and_read_back(
     assert client.request(sandbox.outside_ip, 15000, "udp", sock=flow, timeout=0.5) is None  # its flow cut
     assert "10000" not in kernel_state(sandbox, backend)
     flow.close()
+
+
+def test_assigned_ports_that_match_their_container_ports_are_one_kernel_element(sandbox, nm, backend):
+    """-P of EXPOSE 40000-40049 given ports 40000-40049: one element a family,
+    as `-p 40000-40049:40000-40049` is, whatever check, repair and ps see."""
+    sandbox.host.run(["sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40100"], check=True)
+    web = sandbox.container("web01")
+    web.serve(40025)
+    client = sandbox.client("client1")
+    made = nm.publish(web.endpoint(expose=["40000-40049/tcp"]), [], publish_all=True)
+    assert [b.host_port for b in made][:4] == [40000, 40000, 40001, 40001] and len(made) == 100
+    one_element = '"range": [40000, 40049]' if backend == "nft" else "--dport 40000:40049"
+    assert kernel_state(sandbox, backend).count(one_element) == 2  # IPv4 and IPv6
+    assert client.request(sandbox.outside_ip, 40025) == "web01 192.0.2.2"
+    fresh = natmap.NatMap(netns=sandbox.host.name, backend=backend)
+    assert [str(b) for b in fresh.port("web01", 40025)] == ["0.0.0.0:40025", "[::]:40025"]
+    assert ps_ports(fresh.bindings()) == "0.0.0.0:40000-40049->40000-40049/tcp, [::]:40000-40049->40000-40049/tcp"
+    assert not nm.check()
+    (v4,) = [b for b in nm.bindings() if b.host_port == 40000 and b.version == 4]
+    delete_behind_natmaps_back(sandbox, backend, Binding(v4.endpoint, v4.proto, v4.host_ip, 40000,
+                                                         v4.container_ip, 40000, 50))
+    assert nm.check()
+    nm.repair()
+    assert not nm.check() and client.request(sandbox.outside_ip, 40025) == "web01 192.0.2.2"
+    with pytest.raises(natmap.ConflictError, match="40000-40049/tcp"):
+        nm.publish(sandbox.container("db01").endpoint(), ["40010:53"])
+    assert len(nm.unpublish("web01")) == 100
+    assert "40000" not in kernel_state(sandbox, backend)

@@ -372,21 +372,23 @@ def test_a_write_that_repairs_drift_says_so_on_stderr_with_v(sandbox, backend, w
     assert not nm.check()
 
 
-def test_an_unpublish_killed_before_cutting_its_flows_has_them_cut_by_the_next_call(sandbox, backend, web):
+@pytest.mark.parametrize("family", [4, 6])
+def test_an_unpublish_killed_before_cutting_its_flows_has_them_cut_by_the_next_call(sandbox, backend, web, family):
     nm = natmap.NatMap(netns=sandbox.host.name, backend=backend)
     web.serve(5353, "udp")
     nm.publish(web.endpoint(), ["5353:5353/udp"])
     client = sandbox.client("client1")
-    flow = client.udp_socket()
-    assert client.request(sandbox.outside_ip, 5353, "udp", sock=flow) == "web01 192.0.2.2"
+    flow = client.udp_socket(family)
+    host, seen_as = (sandbox.outside_ip, "192.0.2.2") if family == 4 else (sandbox.outside_ip6, "2001:db8:2::2")
+    assert client.request(host, 5353, "udp", sock=flow) == f"web01 {seen_as}"
     env = {**os.environ, "NATMAP_CRASH_AT": "kernel-commit"}
     result = subprocess.run([NATMAP, "unpublish", "web01", "--backend", backend, "--netns", sandbox.host.name],
                             env=env, capture_output=True, text=True)
     assert result.returncode == -signal.SIGKILL
     # the rules are gone, but the flow's conntrack entry still steers it to web01
-    assert client.request(sandbox.outside_ip, 5353, "udp", sock=flow) == "web01 192.0.2.2"
+    assert client.request(host, 5353, "udp", sock=flow) == f"web01 {seen_as}"
     assert natmap.NatMap(netns=sandbox.host.name, backend=backend).check().interrupted
     nm.repair()  # finishes the change, flows included
-    assert client.request(sandbox.outside_ip, 5353, "udp", sock=flow, timeout=0.5) is None
+    assert client.request(host, 5353, "udp", sock=flow, timeout=0.5) is None
     assert not nm.check()
     flow.close()
