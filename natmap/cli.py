@@ -206,9 +206,7 @@ def _gateway_json(gateway: Gateway) -> dict[str, Any]:
 
 
 def cmd_apply(nm: NatMap, args: argparse.Namespace) -> Output:
-    from .config import Config  # tomllib: only for the commands that read files
-
-    return _change_output(nm.apply(Config.load(args.file)))
+    return _change_output(nm.apply(args.file))  # a path: an unchanged file is not parsed again
 
 
 def cmd_plan(nm: NatMap, args: argparse.Namespace) -> Output:

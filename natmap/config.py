@@ -80,10 +80,20 @@ class Config:
         TOML) or a :class:`SpecError` naming the file and the key path, as in
         ``lab.toml: endpoints.web01.publish[2]: invalid port ...`` (list
         indexes count from 0)."""
+        return cls.parse(cls.read(path), path)
+
+    @staticmethod
+    def read(path: str | Path) -> bytes:
+        """The file's bytes; :class:`ConfigError` if it cannot be read."""
         try:
-            raw = Path(path).read_bytes()
+            return Path(path).read_bytes()
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from exc
+
+    @classmethod
+    def parse(cls, raw: bytes, path: str | Path = "config") -> Config:
+        """The configuration a file's bytes (:meth:`read`) describe; mistakes
+        as in :meth:`load`, named after ``path``."""
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:

@@ -1,0 +1,172 @@
+"""Re-applying a file (issue 15): an unchanged file costs the same whatever
+its size, in a new process too, and the kernel is checked all the same.
+
+Each new NatMap here stands for a new `natmap apply` process: it shares only
+what a process shares with the one before (the store on disk, the kernel:
+one FakeBackend, the host: one FakeHost). What the engine asks of the kernel
+and the host is counted through the fakes' ``events``."""
+
+import ipaddress
+
+import pytest
+
+import natmap
+from natmap import Binding, NatMap, PortRange
+from natmap.backends.base import FakeBackend
+from natmap.host import FakeHost
+from natmap.model import Bridge
+
+BRIDGE = Bridge("natmap0", (ipaddress.ip_network("172.30.0.0/16"),))
+# The host queries a publish makes for its endpoint (its bridge, its
+# addresses, the port pool, sockets, other tables): none may come per endpoint.
+PER_ENDPOINT = {"host.bridge", "host.interface_facts", "host.local_addresses", "host.listeners",
+                "host.listening_ports", "host.port_range", "host.reserved_ports", "host.natmap_tables"}
+
+
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path_factory, monkeypatch):
+    path = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("NATMAP_STATE_DIR", str(path))
+    return path
+
+
+@pytest.fixture
+def events():
+    return []
+
+
+@pytest.fixture
+def backend(events):
+    return FakeBackend(events=events)
+
+
+@pytest.fixture
+def host(events):
+    return FakeHost([BRIDGE], ports=PortRange(40000, 60000), events=events)
+
+
+@pytest.fixture
+def process(backend, host, tmp_path):
+    """A new `natmap` process's NatMap: nothing in memory from the one before."""
+    made = []
+
+    def new() -> NatMap:
+        made.append(NatMap(backend=backend, host=host, lock_dir=str(tmp_path / "locks")))
+        return made[-1]
+
+    yield new
+    for nm in made:
+        nm.close()
+
+
+def write(path, n, *, extra=""):
+    """A file of ``n`` endpoints: explicit and assigned ports, a link, an isolated bridge."""
+    base = ipaddress.IPv4Address("172.30.1.0")
+    lines = ["[bridges.natmap0]", "isolate = true", ""]
+    for i in range(n):
+        lines += [f"[endpoints.ep{i}]", f'ip = "{base + i}"', 'bridge = "natmap0"',
+                  f'publish = ["{10000 + i}:80", "::{9000 + i % 7}"]', ""]
+    lines += ["[endpoints.client]", 'ip = "172.30.0.200"', 'bridge = "natmap0"', 'links = ["ep0:web"]', extra]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def reapplied(process, events, path):
+    """What a new process's apply of ``path`` changed and asked for."""
+    nm = process()
+    events.clear()
+    change = nm.apply(path)
+    return change, list(events)
+
+
+@pytest.mark.parametrize("n", [10, 300])
+def test_an_unchanged_file_applied_again_by_a_new_process_asks_nothing_per_endpoint(process, events, backend,
+                                                                                      tmp_path, n):
+    path = write(tmp_path / "lab.toml", n)
+    first = process().apply(path)
+    assert len(first.added(Binding)) == 2 * n and backend.commits == 1
+    change, asked = reapplied(process, events, path)
+    assert not change and backend.commits == 1  # no kernel transaction
+    assert not PER_ENDPOINT & set(asked), asked
+    # O(1): the kernel's generation (is it as natmap's last commit left it?), nothing read
+    assert [e for e in asked if e.startswith("backend.")] == ["backend.generation"]
+
+
+def test_an_unchanged_file_costs_the_same_calls_whatever_its_size(tmp_path):
+    asked = {}
+    for n in (5, 500):
+        events: list[str] = []
+        backend = FakeBackend(events=events)
+        host = FakeHost([BRIDGE], ports=PortRange(40000, 60000), events=events)
+        path = write(tmp_path / f"lab{n}.toml", n)
+        for _ in range(2):  # two processes: the apply, then the same file again
+            events.clear()
+            with NatMap(backend=backend, host=host, lock_dir=str(tmp_path / f"locks{n}"),
+                        state_dir=str(tmp_path / f"state{n}")) as nm:
+                nm.apply(path)
+        asked[n] = events
+    assert asked[5] == asked[500]
+
+
+def test_a_binding_the_kernel_lost_is_put_back_by_reapplying_the_unchanged_file(process, backend, tmp_path):
+    path = write(tmp_path / "lab.toml", 20)
+    process().apply(path)
+    lost = next(b for b in backend.items if isinstance(b, Binding) and b.endpoint == "ep3")
+    backend.commit_elsewhere(delete=[lost])  # `nft delete element ...` by hand: the generation moves
+    assert not process().apply(path)  # the file's change: none (the repair is drift's, as in any change)
+    assert lost in backend.items and not process().check()
+
+
+def test_a_table_flushed_away_is_made_again_by_reapplying_the_unchanged_file(process, backend, tmp_path):
+    path = write(tmp_path / "lab.toml", 20)
+    process().apply(path)
+    held = set(backend.items)
+    backend.delete()  # `nft flush ruleset`
+    process().apply(path)
+    assert backend.items == held and not process().check()
+
+
+def test_what_another_process_changed_since_is_undone_by_reapplying_the_unchanged_file(process, tmp_path):
+    path = write(tmp_path / "lab.toml", 20)
+    process().apply(path)
+    extra = natmap.Endpoint("extra", "172.30.0.100", "natmap0")
+    process().publish(extra, ["7777:80"])
+    process().unpublish("ep1")
+    change = process().apply(path)
+    assert [b.endpoint for b in change.deleted(Binding)] == ["extra"]
+    assert {b.endpoint for b in change.added(Binding)} == {"ep1"}
+    assert not process().apply(path)
+
+
+def test_an_edited_file_is_read_again(process, tmp_path):
+    path = write(tmp_path / "lab.toml", 20)
+    process().apply(path)
+    change = process().apply(write(path, 20, extra='publish = ["8888:80"]'))
+    assert [str(b) for b in change.added(Binding)] == ["0.0.0.0:8888"] and not change.deleted(Binding)
+
+
+def test_a_failed_apply_is_not_taken_for_an_applied_file(process, backend, tmp_path):
+    path = write(tmp_path / "lab.toml", 20)
+    backend.fail_next("apply")
+    with pytest.raises(natmap.BackendError):
+        process().apply(path)
+    assert not backend.items
+    change = process().apply(path)
+    assert len(change.added(Binding)) == 40 and backend.items
+
+
+def test_a_file_applied_through_a_config_and_through_its_path_agree(process, tmp_path):
+    """The path only spares the parse: the same file, as a Config, changes nothing either."""
+    path = write(tmp_path / "lab.toml", 20)
+    process().apply(path)
+    assert not process().apply(natmap.Config.load(path))
+    assert not process().plan(natmap.Config.load(path))
+    assert not process().apply(path)
+
+
+def test_a_file_that_cannot_be_read_is_a_config_error(process, tmp_path):
+    with pytest.raises(natmap.ConfigError, match="cannot read it"):
+        process().apply(tmp_path / "nosuch.toml")
+    (tmp_path / "bad.toml").write_bytes(b"[endpoints\n")
+    with pytest.raises(natmap.ConfigError, match="bad.toml: not valid TOML"):
+        process().apply(str(tmp_path / "bad.toml"))
