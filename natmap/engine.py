@@ -387,6 +387,15 @@ class NatMap:
 
         watch(self, ready)
 
+    def tables(self) -> list[tuple[str, str]]:
+        """(table, backend) of every natmap table of the namespace, sorted: those
+        the kernel holds with natmap's marker (on either backend; another
+        program's table of any name is not listed) and those natmap's store
+        keeps (a table flushed away is still natmap's: ``restore`` makes it again)."""
+        with self._turn(), self._ns():
+            found = {(table, backend) for backend, table in self._kernel.natmap_table_names()}
+        return sorted(found | set(self.stored_tables()))
+
     def stored_tables(self) -> list[tuple[str, str]]:
         """(table, backend) of every natmap table stored for this namespace."""
         directory, name = os.path.split(self.state_path)

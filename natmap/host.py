@@ -85,6 +85,11 @@ if TYPE_CHECKING:
             (backend name, table name)."""
             ...
 
+        def natmap_table_names(self) -> list[tuple[str, str]]:
+            """(backend name, table name) of the natmap tables of the
+            namespace on either backend, found by their markers; none is read."""
+            ...
+
         def enable_route_localnet(self, bridge_name: str) -> None:
             """Let 127.0.0.0/8 traffic be routed to the bridge (after the guard is in place)."""
             ...
@@ -299,20 +304,27 @@ def nft_tables() -> dict[str, str | None]:
             sock.close()
 
 
+def natmap_table_names() -> list[tuple[str, str]]:
+    """(backend name, table name) of the natmap tables of the namespace, both
+    backends, found by their markers (nft: the table's comment; iptables: the
+    marker rule); nothing in them is read."""
+    from .backends.iptables import natmap_tables as iptables_tables
+    from .guest import owner_of
+
+    return ([("nft", name) for name, comment in nft_tables().items() if owner_of(comment) == name]
+            + [("iptables", name) for name in iptables_tables()])
+
+
 def natmap_tables(exclude: tuple[str, str]) -> list[tuple[str, Table]]:
     """The natmap tables of the namespace, both backends, found by their
     markers (nft: the table's comment; iptables: the marker rule) and read,
     as (label, table); but ``exclude``, (backend name, table name)."""
     from .backends import make_backend
-    from .backends.iptables import natmap_tables as iptables_tables
     from .errors import ConflictError
-    from .guest import owner_of
 
-    found = [(f"table inet {name} (nft)", "nft", name) for name, comment in nft_tables().items()
-             if owner_of(comment) == name]
-    found += [(f"table {name} (iptables)", "iptables", name) for name in iptables_tables()]
     others = []
-    for label, backend, name in found:
+    for backend, name in natmap_table_names():
+        label = f"table inet {name} (nft)" if backend == "nft" else f"table {name} (iptables)"
         if (backend, name) != exclude:
             reader = make_backend(backend, name)
             try:
@@ -425,6 +437,9 @@ class Session:
 
     def natmap_tables(self, exclude: tuple[str, str]) -> list[tuple[str, Table]]:
         return natmap_tables(exclude)
+
+    def natmap_table_names(self) -> list[tuple[str, str]]:
+        return natmap_table_names()
 
     def enable_route_localnet(self, bridge_name: str) -> None:
         enable_route_localnet(bridge_name)
@@ -616,6 +631,11 @@ class FakeHost:
     def natmap_tables(self, exclude: tuple[str, str]) -> list[tuple[str, Table]]:
         self.events.append("host.natmap_tables")
         return list(self.others)
+
+    def natmap_table_names(self) -> list[tuple[str, str]]:
+        """Those of ``others``, by their labels (``table inet NAME (nft)``, ``table NAME (iptables)``)."""
+        self.events.append("host.natmap_table_names")
+        return [(label.rsplit("(", 1)[1].rstrip(")"), label.split()[-2]) for label, _ in self.others]
 
     def enable_route_localnet(self, bridge_name: str) -> None:
         self.events.append("host.enable_route_localnet")
