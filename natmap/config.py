@@ -29,6 +29,7 @@ import reprlib
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from os import PathLike
 from pathlib import Path
 from typing import Any, Protocol as TypingProtocol
 
@@ -83,7 +84,7 @@ class Config:
         return cls.parse(cls.read(path), path)
 
     @staticmethod
-    def read(path: str | Path) -> bytes:
+    def read(path: str | PathLike[str]) -> bytes:
         """The file's bytes; :class:`ConfigError` if it cannot be read."""
         try:
             return Path(path).read_bytes()
@@ -91,7 +92,7 @@ class Config:
             raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from exc
 
     @classmethod
-    def parse(cls, raw: bytes, path: str | Path = "config") -> Config:
+    def parse(cls, raw: bytes, path: str | PathLike[str] = "config") -> Config:
         """The configuration a file's bytes (:meth:`read`) describe; mistakes
         as in :meth:`load`, named after ``path``."""
         try:
