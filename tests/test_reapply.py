@@ -23,39 +23,29 @@ PER_ENDPOINT = {"host.bridge", "host.interface_facts", "host.local_addresses", "
                 "host.listening_ports", "host.port_range", "host.reserved_ports", "host.natmap_tables"}
 
 
-@pytest.fixture(autouse=True)
-def state_dir(tmp_path_factory, monkeypatch):
-    path = tmp_path_factory.mktemp("state")
-    monkeypatch.setenv("NATMAP_STATE_DIR", str(path))
-    return path
+class Processes:
+    """New `natmap` processes on one host: each call a NatMap with nothing in
+    memory from the one before; they share the store on disk, the kernel
+    (one FakeBackend) and the host (one FakeHost), whose calls go to ``events``."""
+
+    def __init__(self, tmp_path) -> None:
+        tmp_path.mkdir(exist_ok=True)
+        self.events: list[str] = []
+        self.backend = FakeBackend(events=self.events)
+        self.host = FakeHost([BRIDGE], ports=PortRange(40000, 60000), events=self.events)
+        self.dirs = dict(lock_dir=str(tmp_path / "locks"), state_dir=str(tmp_path / "state"))
+        self.made: list[NatMap] = []
+
+    def __call__(self) -> NatMap:
+        self.made.append(NatMap(backend=self.backend, host=self.host, **self.dirs))
+        return self.made[-1]
 
 
 @pytest.fixture
-def events():
-    return []
-
-
-@pytest.fixture
-def backend(events):
-    return FakeBackend(events=events)
-
-
-@pytest.fixture
-def host(events):
-    return FakeHost([BRIDGE], ports=PortRange(40000, 60000), events=events)
-
-
-@pytest.fixture
-def process(backend, host, tmp_path):
-    """A new `natmap` process's NatMap: nothing in memory from the one before."""
-    made = []
-
-    def new() -> NatMap:
-        made.append(NatMap(backend=backend, host=host, lock_dir=str(tmp_path / "locks")))
-        return made[-1]
-
-    yield new
-    for nm in made:
+def process(tmp_path):
+    processes = Processes(tmp_path)
+    yield processes
+    for nm in processes.made:
         nm.close()
 
 
@@ -71,22 +61,21 @@ def write(path, n, *, extra=""):
     return path
 
 
-def reapplied(process, events, path):
+def reapplied(process, path):
     """What a new process's apply of ``path`` changed and asked for."""
     nm = process()
-    events.clear()
+    process.events.clear()
     change = nm.apply(path)
-    return change, list(events)
+    return change, list(process.events)
 
 
 @pytest.mark.parametrize("n", [10, 300])
-def test_an_unchanged_file_applied_again_by_a_new_process_asks_nothing_per_endpoint(process, events, backend,
-                                                                                      tmp_path, n):
+def test_an_unchanged_file_applied_again_by_a_new_process_asks_nothing_per_endpoint(process, tmp_path, n):
     path = write(tmp_path / "lab.toml", n)
     first = process().apply(path)
-    assert len(first.added(Binding)) == 2 * n and backend.commits == 1
-    change, asked = reapplied(process, events, path)
-    assert not change and backend.commits == 1  # no kernel transaction
+    assert len(first.added(Binding)) == 2 * n and process.backend.commits == 1
+    change, asked = reapplied(process, path)
+    assert not change and process.backend.commits == 1  # no kernel transaction
     assert not PER_ENDPOINT & set(asked), asked
     # O(1): the kernel's generation (is it as natmap's last commit left it?), nothing read
     assert [e for e in asked if e.startswith("backend.")] == ["backend.generation"]
@@ -95,35 +84,29 @@ def test_an_unchanged_file_applied_again_by_a_new_process_asks_nothing_per_endpo
 def test_an_unchanged_file_costs_the_same_calls_whatever_its_size(tmp_path):
     asked = {}
     for n in (5, 500):
-        events: list[str] = []
-        backend = FakeBackend(events=events)
-        host = FakeHost([BRIDGE], ports=PortRange(40000, 60000), events=events)
+        process = Processes(tmp_path / str(n))
         path = write(tmp_path / f"lab{n}.toml", n)
-        for _ in range(2):  # two processes: the apply, then the same file again
-            events.clear()
-            with NatMap(backend=backend, host=host, lock_dir=str(tmp_path / f"locks{n}"),
-                        state_dir=str(tmp_path / f"state{n}")) as nm:
-                nm.apply(path)
-        asked[n] = events
+        process().apply(path)
+        asked[n] = reapplied(process, path)[1]
     assert asked[5] == asked[500]
 
 
-def test_a_binding_the_kernel_lost_is_put_back_by_reapplying_the_unchanged_file(process, backend, tmp_path):
+def test_a_binding_the_kernel_lost_is_put_back_by_reapplying_the_unchanged_file(process, tmp_path):
     path = write(tmp_path / "lab.toml", 20)
     process().apply(path)
-    lost = next(b for b in backend.items if isinstance(b, Binding) and b.endpoint == "ep3")
-    backend.commit_elsewhere(delete=[lost])  # `nft delete element ...` by hand: the generation moves
+    lost = next(b for b in process.backend.items if isinstance(b, Binding) and b.endpoint == "ep3")
+    process.backend.commit_elsewhere(delete=[lost])  # `nft delete element ...` by hand: the generation moves
     assert not process().apply(path)  # the file's change: none (the repair is drift's, as in any change)
-    assert lost in backend.items and not process().check()
+    assert lost in process.backend.items and not process().check()
 
 
-def test_a_table_flushed_away_is_made_again_by_reapplying_the_unchanged_file(process, backend, tmp_path):
+def test_a_table_flushed_away_is_made_again_by_reapplying_the_unchanged_file(process, tmp_path):
     path = write(tmp_path / "lab.toml", 20)
     process().apply(path)
-    held = set(backend.items)
-    backend.delete()  # `nft flush ruleset`
+    held = set(process.backend.items)
+    process.backend.delete()  # `nft flush ruleset`
     process().apply(path)
-    assert backend.items == held and not process().check()
+    assert process.backend.items == held and not process().check()
 
 
 def test_what_another_process_changed_since_is_undone_by_reapplying_the_unchanged_file(process, tmp_path):
@@ -145,14 +128,14 @@ def test_an_edited_file_is_read_again(process, tmp_path):
     assert [str(b) for b in change.added(Binding)] == ["0.0.0.0:8888"] and not change.deleted(Binding)
 
 
-def test_a_failed_apply_is_not_taken_for_an_applied_file(process, backend, tmp_path):
+def test_a_failed_apply_is_not_taken_for_an_applied_file(process, tmp_path):
     path = write(tmp_path / "lab.toml", 20)
-    backend.fail_next("apply")
+    process.backend.fail_next("apply")
     with pytest.raises(natmap.BackendError):
         process().apply(path)
-    assert not backend.items
+    assert not process.backend.items
     change = process().apply(path)
-    assert len(change.added(Binding)) == 40 and backend.items
+    assert len(change.added(Binding)) == 40 and process.backend.items
 
 
 def test_a_file_applied_through_a_config_and_through_its_path_agree(process, tmp_path):

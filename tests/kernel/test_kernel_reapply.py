@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import natmap
-from helpers import delete_behind_natmaps_back
+from helpers import delete_behind_natmaps_back, wipe
 
 NATMAP = str(Path(sys.executable).with_name("natmap"))
 
@@ -35,14 +35,6 @@ bridge = "{sandbox.bridge}"
 publish = ["8080:5000", "127.0.0.1::5000"]
 """)
     return path, sandbox.client("client1")
-
-
-def wipe(sb, backend):
-    if backend == "nft":
-        sb.host.run(["nft", "flush", "ruleset"], check=True)
-    else:
-        for tool in ("iptables-legacy", "ip6tables-legacy"):
-            sb.host.run([tool, "-t", "nat", "-F", "NATMAP-DNAT"], check=True)
 
 
 def test_an_unchanged_file_reapplied_changes_nothing_and_repairs_a_wiped_table(sandbox, backend, lab):
