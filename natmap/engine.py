@@ -557,6 +557,17 @@ class NatMap:
         self._view, self._missing = None, False
         return Table(self._store.items(bindings=False))
 
+    def _record_applied(self, digest: str) -> None:
+        """Note that the store is what applying the file of ``digest`` made. Only
+        a shortcut for the next apply: if it cannot be written, that apply
+        reads and reconciles the file, and this one stands."""
+        from .errors import StoreError
+
+        try:
+            self._store.record_applied(digest)
+        except StoreError as exc:
+            _log("the applied file was not noted in the store: %s", exc)
+
     def _adopt_kernel(self) -> None:
         """No store yet: take what the kernel holds (a table made before natmap kept a store)."""
         table = self._backend.read()
@@ -746,7 +757,7 @@ class Transaction:
         self._nm = natmap
         self._dry_run = dry_run
         self._applying = applying  # the digest of the file NatMap.apply applies, if it was given one
-        self.unchanged = False     # that file applied, the store and the kernel untouched since: nothing to do
+        self.unchanged = False     # that file applied, and the store untouched since: nothing to reconcile
         self._table: Table | None = None
         self._pool: PortPool | None = None  # read once per transaction, when first needed
         self._lock: Any = None
@@ -794,7 +805,7 @@ class Transaction:
                 with self._nm._ns():
                     self._nm._commit(table, self.change)
                 if self._applying is not None:  # under the lock: no other write in between
-                    self._nm._store.record_applied(self._applying)
+                    self._nm._record_applied(self._applying)
                 self._nm._forced |= self._forced
         finally:
             self._table = None

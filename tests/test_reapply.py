@@ -153,3 +153,20 @@ def test_a_file_that_cannot_be_read_is_a_config_error(process, tmp_path):
     (tmp_path / "bad.toml").write_bytes(b"[endpoints\n")
     with pytest.raises(natmap.ConfigError, match="bad.toml: not valid TOML"):
         process().apply(str(tmp_path / "bad.toml"))
+
+
+def test_a_store_that_cannot_note_the_file_fails_nothing(process, tmp_path, monkeypatch):
+    """The note is a shortcut for the next apply: without it, that apply reconciles the file."""
+    from natmap.store import Store
+
+    def full(self, digest):
+        raise natmap.StoreError("disk full")
+
+    path = write(tmp_path / "lab.toml", 5)
+    monkeypatch.setattr(Store, "record_applied", full)
+    assert process().apply(path)
+    monkeypatch.undo()
+    process.events.clear()
+    assert not process().apply(path)
+    assert "host.bridge" in process.events  # reconciled: the file was not taken for applied
+    assert not process().apply(path) and process.backend.commits == 1
