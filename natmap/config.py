@@ -26,7 +26,6 @@ had assigned before. Pure: reading the file is the only I/O.
 from __future__ import annotations
 
 import reprlib
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
@@ -95,6 +94,8 @@ class Config:
     def parse(cls, raw: bytes, path: str | PathLike[str] = "config") -> Config:
         """The configuration a file's bytes (:meth:`read`) describe; mistakes
         as in :meth:`load`, named after ``path``."""
+        import tomllib  # here: `natmap apply` of an unchanged file reads no TOML
+
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
