@@ -191,6 +191,14 @@ def cmd_links(nm: NatMap, args: argparse.Namespace) -> Output:
     return _document(links=[_link_json(l) for l in links]), _columns([("SOURCE", "TARGET", "ALIAS", "PORTS"), *rows])
 
 
+def cmd_tables(nm: NatMap, args: argparse.Namespace) -> Output:
+    tables = nm.tables()
+    data = _document(tables=[{"table": table, "backend": backend} for table, backend in tables])
+    if args.quiet:  # what shell completion offers for --table
+        return data, list(dict.fromkeys(table for table, _ in tables))
+    return data, _columns([("TABLE", "BACKEND"), *tables])
+
+
 def cmd_isolate(nm: NatMap, args: argparse.Namespace) -> Output:
     (nm.unisolate if args.open else nm.isolate)(args.bridge)
     return _document(bridge=args.bridge, isolated=not args.open), []
@@ -206,9 +214,7 @@ def _gateway_json(gateway: Gateway) -> dict[str, Any]:
 
 
 def cmd_apply(nm: NatMap, args: argparse.Namespace) -> Output:
-    from .config import Config  # tomllib: only for the commands that read files
-
-    return _change_output(nm.apply(Config.load(args.file)))
+    return _change_output(nm.apply(args.file))  # a path: an unchanged file is not parsed again
 
 
 def cmd_plan(nm: NatMap, args: argparse.Namespace) -> Output:
@@ -391,6 +397,9 @@ COMMANDS: list[Command] = [
     Command("unlink", cmd_unlink, "remove the link from SOURCE to TARGET", "natmap unlink web02 db01",
             [_arg("source", help="the linked endpoint"), _arg("target", help="the endpoint it is linked to")]),
     Command("links", cmd_links, "list the links", "natmap links"),
+    Command("tables", cmd_tables, "list natmap's tables in the namespace: those the kernel holds with "
+            "natmap's marker (either backend) and those natmap's store keeps", "natmap tables",
+            [_arg("-q", "--quiet", action="store_true", help="only the table names")]),
     Command("isolate", cmd_isolate, "close inter-container traffic on a bridge (--icc=false)",
             "natmap isolate natmap0",
             [_arg("bridge", help="the bridge"), _arg("--open", action="store_true", help="open it again instead")]),

@@ -47,7 +47,7 @@ from natmap import (Binding, Bridge, ConflictError, Endpoint, LockTimeoutError, 
                     Protocol, SpecError, Transaction, __version__)
 from natmap import nlquery
 from natmap.backends.nft import validate_table
-from natmap.host import Session, natmap_tables
+from natmap.host import Session, natmap_table_names, natmap_tables
 from natmap_cni import SUPPORTED_VERSIONS, version_answer  # the executable's entry, which answers VERSION
 
 try:  # the C module of hashlib's SHA-256: importing hashlib loads OpenSSL, a tenth of a plugin process
@@ -506,6 +506,9 @@ class CniHost(Session):
 
     def natmap_tables(self, exclude: tuple[str, str]) -> list[tuple[str, Table]]:
         return natmap_tables(exclude, listing=nlquery.nft_tables)
+
+    def natmap_table_names(self) -> list[tuple[str, str]]:
+        return natmap_table_names(nlquery.nft_tables)
 
     def loopback6_present(self, bridge_name: str) -> bool:
         return nlquery.loopback6_present(bridge_name)

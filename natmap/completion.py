@@ -1,8 +1,9 @@
 """Shell completion for ``natmap``, generated from its argparse parser by shtab.
 
-Endpoint names come from ``natmap ps -q`` (the kernel, through natmap);
-table names from ``nft list tables inet``. Imported only by
-``natmap completion``.
+Endpoint names come from ``natmap ps -q``, table names from ``natmap
+tables -q`` (natmap's tables only: marked as natmap's in the kernel, on
+either backend, or kept in its store; never another program's). Imported
+only by ``natmap completion``.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ __all__ = ["script"]
 _PREAMBLE = {
     "bash": """
 _natmap_endpoints() { compgen -W "$(natmap ps -q 2>/dev/null)" -- "$1"; }
-_natmap_tables() { compgen -W "$(nft list tables inet 2>/dev/null | awk '{print $3}')" -- "$1"; }
+_natmap_tables() { compgen -W "$(natmap tables -q 2>/dev/null)" -- "$1"; }
 """,
     "zsh": """
 _natmap_endpoints() { compadd -- ${(f)"$(natmap ps -q 2>/dev/null)"}; }
-_natmap_tables() { compadd -- ${(f)"$(nft list tables inet 2>/dev/null | awk '{print $3}')"}; }
+_natmap_tables() { compadd -- ${(f)"$(natmap tables -q 2>/dev/null)"}; }
 """,
 }
 _ENDPOINT = {"bash": "_natmap_endpoints", "zsh": "_natmap_endpoints"}

@@ -26,9 +26,9 @@ had assigned before. Pure: reading the file is the only I/O.
 from __future__ import annotations
 
 import reprlib
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from os import PathLike
 from pathlib import Path
 from typing import Any, Protocol as TypingProtocol
 
@@ -80,10 +80,22 @@ class Config:
         TOML) or a :class:`SpecError` naming the file and the key path, as in
         ``lab.toml: endpoints.web01.publish[2]: invalid port ...`` (list
         indexes count from 0)."""
+        return cls.parse(cls.read(path), path)
+
+    @staticmethod
+    def read(path: str | PathLike[str]) -> bytes:
+        """The file's bytes; :class:`ConfigError` if it cannot be read."""
         try:
-            raw = Path(path).read_bytes()
+            return Path(path).read_bytes()
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from exc
+
+    @classmethod
+    def parse(cls, raw: bytes, path: str | PathLike[str] = "config") -> Config:
+        """The configuration a file's bytes (:meth:`read`) describe; mistakes
+        as in :meth:`load`, named after ``path``."""
+        import tomllib  # here: `natmap apply` of an unchanged file reads no TOML
+
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:

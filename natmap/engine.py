@@ -249,11 +249,26 @@ class NatMap:
             tx.publish(endpoint, specs, publish_all=publish_all)
         return tx.text
 
-    def apply(self, config: Config) -> Change:
+    def apply(self, config: Config | str | os.PathLike[str]) -> Change:
         """Make the table match ``config`` (adding, changing, removing) in one
-        transaction; return what changed. Assigned ports stay while free."""
-        with self.transaction() as tx:
-            config.reconcile(tx)
+        transaction; return what changed. Assigned ports stay while free.
+
+        ``config`` is a :class:`Config` or the path of its TOML file (read as
+        :meth:`Config.load` reads it). A file whose bytes are those the table
+        was last applied from, with natmap's store unchanged since (no write
+        by any process), is not parsed again: nothing in it can change the
+        table. The kernel is checked against the store all the same, and any
+        drift repaired, as in every change."""
+        if not isinstance(config, (str, os.PathLike)):
+            with self.transaction() as tx:
+                config.reconcile(tx)
+            return tx.change
+        from .config import Config
+
+        raw = Config.read(config)
+        with Transaction(self, applying=_file_digest(raw)) as tx:
+            if not tx.unchanged:
+                Config.parse(raw, config).reconcile(tx)
         return tx.change
 
     def plan(self, config: Config) -> Change:
@@ -371,6 +386,15 @@ class NatMap:
         from .watch import watch
 
         watch(self, ready)
+
+    def tables(self) -> list[tuple[str, str]]:
+        """(table, backend) of every natmap table of the namespace, sorted: those
+        the kernel holds with natmap's marker (on either backend; another
+        program's table of any name is not listed) and those natmap's store
+        keeps (a table flushed away is still natmap's: ``restore`` makes it again)."""
+        with self._turn(), self._ns():
+            found = {(table, backend) for backend, table in self._kernel.natmap_table_names()}
+        return sorted(found | set(self.stored_tables()))
 
     def stored_tables(self) -> list[tuple[str, str]]:
         """(table, backend) of every natmap table stored for this namespace."""
@@ -519,6 +543,30 @@ class NatMap:
         self._view = None if self._in_sync() else self._inspect()
         self._missing = self._view is not None and self._view.table is None
         return table
+
+    def _load_unchanged(self, digest: str) -> Table | None:
+        """If the store is as applying the file of ``digest`` left it: the
+        table, to keep as it is. The kernel is read (and the store's table
+        with it) only if something committed since natmap's last commit: else
+        only the items the host settings depend on are (bridges, isolations,
+        gateways, links; not the bindings). None: load and reconcile it all."""
+        if not self._store.exists() or self._store.pending() or not self._store.applied_from(digest):
+            return None
+        if not self._in_sync():  # drift, or another program's commit: compared when the change commits
+            return self._load()
+        self._view, self._missing = None, False
+        return Table(self._store.items(bindings=False))
+
+    def _record_applied(self, digest: str) -> None:
+        """Note that the store is what applying the file of ``digest`` made. Only
+        a shortcut for the next apply: if it cannot be written, that apply
+        reads and reconciles the file, and this one stands."""
+        from .errors import StoreError
+
+        try:
+            self._store.record_applied(digest)
+        except StoreError as exc:
+            _log("the applied file was not noted in the store: %s", exc)
 
     def _adopt_kernel(self) -> None:
         """No store yet: take what the kernel holds (a table made before natmap kept a store)."""
@@ -705,9 +753,11 @@ class Transaction:
     :class:`NestedTransactionError`.
     """
 
-    def __init__(self, natmap: NatMap, *, dry_run: bool = False) -> None:
+    def __init__(self, natmap: NatMap, *, dry_run: bool = False, applying: str | None = None) -> None:
         self._nm = natmap
         self._dry_run = dry_run
+        self._applying = applying  # the digest of the file NatMap.apply applies, if it was given one
+        self.unchanged = False     # that file applied, and the store untouched since: nothing to reconcile
         self._table: Table | None = None
         self._pool: PortPool | None = None  # read once per transaction, when first needed
         self._lock: Any = None
@@ -726,7 +776,11 @@ class Transaction:
         self._lock.__enter__()
         try:
             with self._nm._ns():
-                self._table = self._nm._load(self._dry_run)
+                if self._applying is not None and not self._dry_run:
+                    self._table = self._nm._load_unchanged(self._applying)
+                    self.unchanged = self._table is not None
+                if self._table is None:
+                    self._table = self._nm._load(self._dry_run)
         except BaseException:
             self._lock.__exit__(None, None, None)
             raise
@@ -750,6 +804,8 @@ class Transaction:
             else:
                 with self._nm._ns():
                     self._nm._commit(table, self.change)
+                if self._applying is not None:  # under the lock: no other write in between
+                    self._nm._record_applied(self._applying)
                 self._nm._forced |= self._forced
         finally:
             self._table = None
@@ -911,6 +967,16 @@ def _netns_name(home: tuple[int, int]) -> str | None:
         if (st.st_dev, st.st_ino) == home:
             return name
     return None
+
+
+def _file_digest(raw: bytes) -> str:
+    """What a configuration file is recognised by: its bytes, and the natmap
+    that reads them (another version may read them otherwise)."""
+    import hashlib
+
+    from . import __version__
+
+    return hashlib.sha256(__version__.encode() + b"\0" + raw).hexdigest()
 
 
 @functools.cache

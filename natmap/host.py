@@ -85,6 +85,11 @@ if TYPE_CHECKING:
             (backend name, table name)."""
             ...
 
+        def natmap_table_names(self) -> list[tuple[str, str]]:
+            """(backend name, table name) of the natmap tables of the
+            namespace on either backend, found by their markers; none is read."""
+            ...
+
         def enable_route_localnet(self, bridge_name: str) -> None:
             """Let 127.0.0.0/8 traffic be routed to the bridge (after the guard is in place)."""
             ...
@@ -301,24 +306,34 @@ def nft_tables() -> dict[str, str | None]:
             sock.close()
 
 
+def natmap_table_names(listing: Callable[[], dict[str, str | None]] | None = None) -> list[tuple[str, str]]:
+    """(backend name, table name) of the natmap tables of the namespace, both
+    backends, found by their markers (nft: the table's comment; iptables: the
+    marker rule); nothing in them is read. ``listing`` lists the nft tables
+    (default :func:`nft_tables`)."""
+    from .backends import iptables_in_use
+    from .guest import owner_of
+
+    found = [("nft", name) for name, comment in (listing or nft_tables)().items() if owner_of(comment) == name]
+    if iptables_in_use():  # else importing the backend to find no tables would cost more than the rest
+        from .backends.iptables import natmap_tables as iptables_tables
+
+        found += [("iptables", name) for name in iptables_tables()]
+    return found
+
+
 def natmap_tables(exclude: tuple[str, str], *,
                   listing: Callable[[], dict[str, str | None]] | None = None) -> list[tuple[str, Table]]:
     """The natmap tables of the namespace, both backends, found by their
     markers (nft: the table's comment; iptables: the marker rule) and read,
     as (label, table); but ``exclude``, (backend name, table name).
     ``listing`` lists the nft tables (default :func:`nft_tables`)."""
-    from .backends import iptables_in_use, make_backend
+    from .backends import make_backend
     from .errors import ConflictError
-    from .guest import owner_of
 
-    found = [(f"table inet {name} (nft)", "nft", name) for name, comment in (listing or nft_tables)().items()
-             if owner_of(comment) == name]
-    if iptables_in_use():  # else importing the backend to find no tables would cost more than the rest
-        from .backends.iptables import natmap_tables as iptables_tables
-
-        found += [(f"table {name} (iptables)", "iptables", name) for name in iptables_tables()]
     others = []
-    for label, backend, name in found:
+    for backend, name in natmap_table_names(listing):
+        label = f"table inet {name} (nft)" if backend == "nft" else f"table {name} (iptables)"
         if (backend, name) != exclude:
             reader = make_backend(backend, name)
             try:
@@ -431,6 +446,9 @@ class Session:
 
     def natmap_tables(self, exclude: tuple[str, str]) -> list[tuple[str, Table]]:
         return natmap_tables(exclude)
+
+    def natmap_table_names(self) -> list[tuple[str, str]]:
+        return natmap_table_names()
 
     def enable_route_localnet(self, bridge_name: str) -> None:
         enable_route_localnet(bridge_name)
@@ -666,6 +684,11 @@ class FakeHost:
     def natmap_tables(self, exclude: tuple[str, str]) -> list[tuple[str, Table]]:
         self.events.append("host.natmap_tables")
         return list(self.others)
+
+    def natmap_table_names(self) -> list[tuple[str, str]]:
+        """Those of ``others``, by their labels (``table inet NAME (nft)``, ``table NAME (iptables)``)."""
+        self.events.append("host.natmap_table_names")
+        return [(label.rsplit("(", 1)[1].rstrip(")"), label.split()[-2]) for label, _ in self.others]
 
     def enable_route_localnet(self, bridge_name: str) -> None:
         self.events.append("host.enable_route_localnet")

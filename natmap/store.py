@@ -19,7 +19,10 @@ Tables::
                                                    natmap's last commit), pending
                                                    (a change begun and not done),
                                                    format ("natmap-store 1": a file
-                                                   without it is damaged, never empty)
+                                                   without it is damaged, never empty),
+                                                   applied (the digest of the file
+                                                   `natmap apply` made the items from,
+                                                   and the version it left)
 
 A change is written in two store transactions that bracket the kernel's:
 :meth:`Store.begin` writes the new items and the change as ``pending``; the
@@ -242,15 +245,17 @@ class Store:
             self._db = None
 
     @contextmanager
-    def _write(self, what: str) -> Iterator[sqlite3.Connection]:
-        """One write transaction: all of it, or (on any error) none of it."""
+    def _write(self, what: str, *, items: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction: all of it, or (on any error) none of it.
+        ``items``: it may change the items (the version is one more)."""
         db = self._open()
         with self._translated(what):
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
-                db.execute("UPDATE meta SET value = value + 1 WHERE name = 'version'")
-                db.execute("INSERT OR IGNORE INTO meta VALUES ('version', 1)")
+                if items:
+                    db.execute("UPDATE meta SET value = value + 1 WHERE name = 'version'")
+                    db.execute("INSERT OR IGNORE INTO meta VALUES ('version', 1)")
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -268,9 +273,11 @@ class Store:
         """Changes with every write, by any process: tells a cached copy it is stale."""
         return self.get("version")
 
-    def items(self) -> list[Item]:
+    def items(self, *, bindings: bool = True) -> list[Item]:
+        """Every item; without ``bindings``, all but the bindings (a few rows)."""
         with self._translated("reading"):
-            rows = self._open().execute("SELECT kind, data FROM items").fetchall()
+            rows = self._open().execute("SELECT kind, data FROM items" if bindings else
+                                        "SELECT kind, data FROM items WHERE kind != 'binding'").fetchall()
         return self._decoded(rows)
 
     def of(self, endpoint: str) -> list[Item]:
@@ -286,6 +293,15 @@ class Store:
             raise StoreCorruptError(f"natmap's store {self.path} holds a row natmap did not write ({exc!r}); "
                                     "the kernel's rules are untouched: `natmap adopt` rebuilds the store "
                                     "from them") from exc
+
+    def applied_from(self, digest: str) -> bool:
+        """Whether the items are as applying the file of ``digest`` left them
+        (:meth:`record_applied`), no write by any process since."""
+        with self._translated("reading"):
+            row = self._open().execute(
+                "SELECT (SELECT value FROM meta WHERE name = 'applied'), "
+                "(SELECT COALESCE(MAX(value), '') FROM meta WHERE name = 'version')").fetchone()
+        return row[0] is not None and row[0] == f"{digest} {row[1]}"
 
     def pending(self) -> bool:
         """Whether a process began a change and did not finish it (it died)."""
@@ -331,6 +347,15 @@ class Store:
         with self._write("finishing the change") as db:
             db.execute("DELETE FROM meta WHERE name = 'pending'")
             self._set_generation(db, generation)
+
+    def record_applied(self, digest: str) -> None:
+        """Note that the items are what applying the file of ``digest`` made, as
+        of this version (meta ``applied``; the version stays: no item changed)."""
+        if self.applied_from(digest):
+            return
+        with self._write("noting the file applied", items=False) as db:
+            db.execute("INSERT OR REPLACE INTO meta SELECT 'applied', ? || ' ' || "
+                       "(SELECT COALESCE(MAX(value), '') FROM meta WHERE name = 'version')", (digest,))
 
     def replace(self, items: Iterable[Item], generation: str | None = None) -> None:
         """Make the store hold exactly ``items`` (``natmap adopt``): one transaction."""

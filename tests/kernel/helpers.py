@@ -33,3 +33,12 @@ def delete_behind_natmaps_back(sb, backend, binding, table="natmap"):
     for line in Layout(table).text(change).splitlines():
         tool, *args = shlex.split(line)
         sb.host.run([_LEGACY[tool], *args], check=True)
+
+
+def wipe(sb, backend):
+    """What `nft flush ruleset` or `iptables -F` does to natmap's rules."""
+    if backend == "nft":
+        sb.host.run(["nft", "flush", "ruleset"], check=True)
+    else:
+        for tool in ("iptables-legacy", "ip6tables-legacy"):
+            sb.host.run([tool, "-t", "nat", "-F", "NATMAP-DNAT"], check=True)

@@ -151,7 +151,7 @@ def test_apply_then_plan_shows_no_diff_and_edits_change_only_what_changed(sandbo
 
 
 def test_help_has_an_example_on_every_command():
-    commands = ["publish", "port", "ls", "unpublish", "link", "unlink", "links", "isolate", "apply",
+    commands = ["publish", "port", "ls", "unpublish", "link", "unlink", "links", "tables", "isolate", "apply",
                 "plan", "check", "spec", "version", "help", "completion"]
     for command in commands:
         result = subprocess.run([NATMAP, command, "--help"], capture_output=True, text=True, check=True)

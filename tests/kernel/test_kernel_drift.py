@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import natmap
-from helpers import delete_behind_natmaps_back
+from helpers import delete_behind_natmaps_back, wipe
 
 
 @pytest.fixture
@@ -17,15 +17,6 @@ def published(sandbox, nm):
     web.serve(5000)
     nm.publish(web.endpoint(), ["8080:5000", "127.0.0.1:5001:5000"])
     return web, sandbox.client("client1")
-
-
-def wipe(sb, backend):
-    """What `nft flush ruleset` or `iptables -F` does to natmap's rules."""
-    if backend == "nft":
-        sb.host.run(["nft", "flush", "ruleset"], check=True)
-    else:
-        for tool in ("iptables-legacy", "ip6tables-legacy"):
-            sb.host.run([tool, "-t", "nat", "-F", "NATMAP-DNAT"], check=True)
 
 
 def test_a_flushed_table_is_reported_and_repaired(sandbox, nm, backend, published):

@@ -145,7 +145,7 @@ def test_threads_and_processes_on_one_table_lose_nothing(wide, backend, data):
 # --- random input to the command ------------------------------------------------------------
 
 TOKENS = st.sampled_from([
-    "publish", "port", "ls", "ps", "unpublish", "link", "unlink", "links", "isolate", "apply", "plan", "check",
+    "publish", "port", "ls", "ps", "unpublish", "link", "unlink", "links", "tables", "isolate", "apply", "plan", "check",
     "spec", "web01", "db01", "natmap0", "nosuch0", "-p", "-P", "--publish", "--expose", "--ip", "--ipv6",
     "--bridge", "--table", "--backend", "nft", "iptables", "auto", "--json", "-v", "--env", "--open",
     "--lock-timeout", "--publish-file", "--link", "--", "172.30.0.2", "fd00:30::2", "8080:80", "80/udp",

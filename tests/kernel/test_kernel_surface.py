@@ -105,6 +105,7 @@ def test_every_commands_json_is_the_documented_shape(sandbox, tmp_path):
     link = valid("link", j("link", "web01", "db01:db").stdout)["link"]
     assert link["ports"] == [{"port": 5432, "proto": "tcp"}] and link["target_ips"] == [str(db.ip)]
     valid("links", j("links").stdout)
+    assert valid("tables", j("tables").stdout)["tables"] == [{"table": "natmap", "backend": "nft"}]
     valid("isolate", j("isolate", sandbox.bridge).stdout)
     assert valid("gateway", j("gateway", sandbox.bridge, "--mode", "nat-unprotected", "--trust", "lo").stdout) \
         == {"version": 1, "bridge": sandbox.bridge, "mode": "nat-unprotected", "trusted_interfaces": ["lo"]}
