@@ -223,8 +223,14 @@ class NatMap:
     def set_gateway(self, bridge: str, mode: str = "nat", trusted_interfaces: Sequence[str] = ()) -> Gateway:
         """How traffic routed from outside reaches ``bridge``'s containers, as
         Docker 28's gateway modes: ``nat`` (the default: only published ports
-        and replies; and any flow from a ``trusted_interfaces`` interface) or
-        ``nat-unprotected`` (everything routed passes). Returns the setting."""
+        and replies; and any flow from a ``trusted_interfaces`` interface),
+        ``nat-unprotected`` (everything routed passes) or ``routed`` (no NAT:
+        no masquerade, no DNAT from host ports; routed flows reach only the
+        published container ports, ICMP, replies, and what a trusted
+        interface sends). In ``routed`` the bridge's bindings are kept with
+        their host side, as :class:`RoutedBinding`, and mapped again when the
+        mode goes back to ``nat`` (then checked against host sockets and
+        other tables as a publish is: ConflictError). Returns the setting."""
         with self.transaction() as tx:
             return tx.set_gateway(bridge, mode, trusted_interfaces)
 
@@ -292,7 +298,8 @@ class NatMap:
         """Drift's notes (the [::1] advice) and shadowing (bindings that take a
         host socket's traffic, natmap.guest) for what the kernel holds."""
         return {"notes": _loopback6_notes(table, self._kernel.bridged_ipv6_hooked),
-                "shadowing": tuple(guest.shadowed([b for b in table.held_bindings() if b.key not in self._forced],
+                "shadowing": tuple(guest.shadowed([b for b in table.held_bindings() if b.key not in self._forced
+                                                   and type(b) is Binding],  # RoutedBinding: no host port
                                                   functools.cache(self._kernel.listeners),
                                                   self._kernel.socket_owner))}
 

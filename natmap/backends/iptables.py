@@ -47,7 +47,7 @@ from ..guest import marker, owner_of
 from ..hoststate import crash_point
 from ..links import Flow, Link, links_from_flows
 from ..locking import LOCK_TIMEOUT, flocked
-from ..model import Binding, Bridge, Change, Gateway, Isolation, Item, Table
+from ..model import Binding, Bridge, Change, Gateway, Isolation, Item, RoutedBinding, Table
 from ..spec import Protocol
 from .base import Generation
 
@@ -208,6 +208,8 @@ class Layout:
     def rules(self, item: Item) -> Iterator[_Rule]:
         """The rules that make up one item of the table."""
         match item:
+            case RoutedBinding():
+                return iter((self._routed(item),))
             case Binding():
                 return iter((self._dnat(item),))
             case Bridge():
@@ -238,7 +240,9 @@ class Layout:
                     items.append(binding)
             items += self._read_bridges(rules_of(family, "nat", self._chain("POSTROUTING")))
             items += self._read_isolation(rules_of(family, "filter", self._chain("FORWARD")))
-            items += self._read_gateways(rules_of(family, "filter", self._chain("PROTECT")))
+            protect = rules_of(family, "filter", self._chain("PROTECT"))
+            items += self._read_gateways(protect)
+            items += filter(None, map(self._read_routed, protect))
         items += self._read_links(*(rules_of(family, "filter", self._chain("ISOLATION")) for family in _FAMILIES))
         return _merge_bridges(items)
 
@@ -276,6 +280,31 @@ class Layout:
         except (ValueError, KeyError, TypeError, AttributeError, IndexError):  # SpecError too
             return None
 
+    def _routed(self, b: RoutedBinding) -> _Rule:
+        """A binding on a routed bridge: a RETURN in NATMAP-PROTECT for its
+        container address, protocol and port(s), commented ``routed:ENDPOINT
+        HOST_IP HOST_PORT`` (the host side is not mapped, only kept)."""
+        dport = str(b.container_port) if b.count == 1 else f"{b.container_port}:{b.container_port + b.count - 1}"
+        return _Rule(b.version, "filter", self._chain("PROTECT"), "RETURN",
+                     ((b.proto.value, (("dport", dport),)),
+                      ("comment", (("comment", f"routed:{b.endpoint} {b.host_ip} {b.host_port}"),))),
+                     (("dst", str(b.container_ip)), ("protocol", b.proto.value)), first=True)
+
+    @staticmethod
+    def _read_routed(rule: Any) -> RoutedBinding | None:
+        comment = _comment(rule) or ""
+        if not comment.startswith("routed:"):
+            return None
+        try:
+            endpoint, host_ip, host_port = comment[len("routed:"):].split(" ")
+            proto = Protocol(rule.protocol)
+            first, _, last = next(m for m in rule.matches if m.name == proto.value).dport.partition(":")
+            return RoutedBinding(endpoint, proto, ipaddress.ip_address(host_ip), int(host_port),
+                                 ipaddress.ip_network(rule.dst, strict=False).network_address, int(first),
+                                 int(last or first) - int(first) + 1)
+        except (ValueError, TypeError, StopIteration, AttributeError):  # SpecError too
+            return None  # not natmap's, whatever its comment says
+
     def _bridge_rules(self, bridge: Bridge) -> Iterator[_Rule]:
         """A bridge: localhost, hairpin and egress masquerade in NATMAP-POSTROUTING,
         per family it has subnets of, commented ``bridge:NAME``."""
@@ -310,6 +339,12 @@ class Layout:
             if gateway.mode == "nat-unprotected":
                 yield _Rule(family, "filter", self._chain("PROTECT"), "RETURN", (comment,),
                             (("out_interface", gateway.bridge),), first=True)
+            elif gateway.mode == "routed":  # ICMP passes; the published ports: _routed; no masquerade
+                yield _Rule(family, "filter", self._chain("PROTECT"), "RETURN", (comment,),
+                            (("protocol", "icmp" if family == 4 else "icmpv6"), ("out_interface", gateway.bridge)),
+                            first=True)
+                yield _Rule(family, "nat", self._chain("POSTROUTING"), "RETURN", (comment,),
+                            (("in_interface", gateway.bridge),), first=True)
             for interface in gateway.trusted:
                 yield _Rule(family, "filter", self._chain("PROTECT"), "RETURN",
                             (("comment", (("comment", f"trusted:{gateway.bridge}"),)),),
