@@ -846,7 +846,7 @@ class Transaction:
             known = self._nm._kernel.bridge(bridge)
         table = self._require()
         table.add_bridge(known)  # its mode guards it from now on, endpoints published on it or not
-        table.set_gateway(gateway)
+        table.set_gateway(gateway, known)  # the host's subnets: which endpoints are on the bridge
         return gateway
 
     def unisolate(self, bridge: str) -> None:

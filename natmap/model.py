@@ -647,8 +647,10 @@ class Table:
         if (bridge in self.isolated) != closed:
             self._do(Verb.ADD if closed else Verb.DELETE, Isolation(bridge))
 
-    def set_gateway(self, gateway: Gateway) -> None:
-        """Put ``gateway.bridge`` in ``gateway``'s mode (the default one is kept as no item)."""
+    def set_gateway(self, gateway: Gateway, bridge: Bridge | None = None) -> None:
+        """Put ``gateway.bridge`` in ``gateway``'s mode (the default one is kept as no item).
+        Into or out of ``routed``, the bindings of the endpoints in the bridge's
+        subnets (``bridge``'s, as the host has them, else the table's) change form."""
         existing = self.gateways.get(gateway.bridge)
         if existing == gateway or (existing is None and gateway.default):
             return
@@ -658,12 +660,11 @@ class Table:
             self._do(Verb.ADD, gateway)
         routed = gateway.mode == "routed"
         if (existing is not None and existing.mode == "routed") != routed:
-            self._reroute(gateway.bridge, routed)
+            self._reroute(bridge or self.bridges.get(gateway.bridge), routed)
 
-    def _reroute(self, bridge: str, routed: bool) -> None:
-        """Hold the bindings of the endpoints on ``bridge`` (by its subnets) as
-        RoutedBinding (``routed``) or as mapped Binding again, host sides kept."""
-        where = self.bridges.get(bridge)
+    def _reroute(self, where: Bridge | None, routed: bool) -> None:
+        """Hold the bindings of the endpoints on bridge ``where`` (by its subnets)
+        as RoutedBinding (``routed``) or as mapped Binding again, host sides kept."""
         if where is None:
             return
         for b in [b for b in self._by_key.values()
