@@ -13,6 +13,9 @@ Chains, for a NatMap whose table is ``natmap`` (``lab1`` gives ``LAB1-...``)::
                                NATMAP-ISOLATION for bridges closed to each other
     filter NATMAP-ISOLATION    replies, neighbour discovery, the links' flows
                                (commented source>target:alias), then drop
+    filter NATMAP-PROTECT      new flows routed into a bridge: the gateway modes'
+                               returns (a routed bridge's bindings are returns
+                               here, commented routed:..., not DNAT rules), then drop
 
 What is atomic: each table of each family is replaced in one commit
 (``iptc_commit``). A change spans up to two tables in two families, committed
