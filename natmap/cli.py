@@ -416,7 +416,8 @@ COMMANDS: list[Command] = [
             "nft flush ruleset)", "natmap restore"),
     Command("adopt", cmd_adopt, "rebuild natmap's store from the kernel (a lost or damaged store)", "natmap adopt",
             [_arg("--force", action="store_true",
-                  help="take the kernel's state even over a whole store that says otherwise")]),
+                  help="take the kernel's state even over a whole store that says otherwise, and natmap's "
+                       "chains whose marker was deleted by hand if every rule in them is natmap's")]),
     Command("watch", cmd_watch, "repair natmap's table as soon as nftables change (until SIGTERM/SIGINT)",
             "natmap watch"),
     Command("spec", cmd_spec, "check specs and print them in canonical form",

@@ -328,8 +328,13 @@ class NatMap:
         A whole store that says otherwise than the kernel is the desired
         state, and the kernel the one that drifted: that raises
         :class:`ConflictError` (``repair()`` puts the kernel back), unless
-        ``force`` takes the kernel's state over it (``natmap adopt --force``)."""
+        ``force`` takes the kernel's state over it (``natmap adopt --force``).
+        ``force`` also takes back a table whose marker was deleted by hand
+        (iptables' marker rule), if every rule in its chains is one natmap
+        writes; a table that is not provably natmap's stays a ConflictError."""
         with self._locked(), self._ns():
+            if force:  # a marker deleted by hand: put back if the table proves itself natmap's (ConflictError)
+                self._backend.take_back()
             table = self._backend.read()
             items = sorted(table.items() if table is not None else (), key=describe)
             if not force and self._store.exists():

@@ -173,6 +173,72 @@ def test_an_existing_chain_of_natmaps_names_is_refused(sandbox, web):
     assert _save(sandbox, "filter", "nat") == before
 
 
+_MARKER_RULE = ["-m", "comment", "--comment", "natmap v1 table=natmap", "-j", "RETURN"]
+
+
+def test_a_marker_rule_deleted_by_hand_is_drift_that_repair_puts_back(sandbox, web, client):
+    with natmap.NatMap(netns=sandbox.host.name, backend="iptables") as nm:
+        nm.publish(web.endpoint(), ["8080:5000"])
+        sandbox.host.run(["iptables-legacy", "-D", "NATMAP-GENERATION", *_MARKER_RULE], check=True)
+        assert client.request(sandbox.outside_ip, 8080) == "web01 192.0.2.2"   # traffic does not care
+        drift = nm.check()
+        assert [p for p in drift.structure if "natmap v1 table=natmap" in p] and not drift.missing, str(drift)
+        assert nm.port("web01")  # natmap's store remembers the table: still natmap's
+        nm.repair()
+        assert not nm.check()
+        assert '-A NATMAP-GENERATION -m comment --comment "natmap v1 table=natmap" -j RETURN' in _save(
+            sandbox, "filter")
+        assert client.request(sandbox.outside_ip, 8080) == "web01 192.0.2.2"
+
+
+def test_without_a_store_adopt_force_takes_chains_back_only_if_every_rule_is_natmaps(sandbox, web, client, tmp_path):
+    with natmap.NatMap(netns=sandbox.host.name, backend="iptables") as nm:
+        published = nm.publish(web.endpoint(), ["8080:5000", "127.0.0.1:8081:5000"])
+    sandbox.host.run(["iptables-legacy", "-D", "NATMAP-GENERATION", *_MARKER_RULE], check=True)
+    sandbox.host.run(["iptables-legacy", "-A", "NATMAP-FORWARD", "-s", "198.51.100.7", "-j", "ACCEPT"], check=True)
+    lost = natmap.NatMap(netns=sandbox.host.name, backend="iptables", state_dir=str(tmp_path))  # the store lost
+    before = _save(sandbox, "filter", "nat", "raw")
+    with pytest.raises(ConflictError, match="no natmap marker for table 'natmap'.*adopt --force"):
+        lost.publish(web.endpoint(), ["9090:5000"])
+    with pytest.raises(ConflictError, match="no natmap marker"):
+        lost.adopt()
+    with pytest.raises(ConflictError, match="not provably natmap's.*rule in NATMAP-FORWARD is not natmap's"):
+        lost.adopt(force=True)  # another program's rule in natmap's chain: never taken
+    assert _save(sandbox, "filter", "nat", "raw") == before
+    sandbox.host.run(["iptables-legacy", "-D", "NATMAP-FORWARD", "-s", "198.51.100.7", "-j", "ACCEPT"], check=True)
+    adopted = lost.adopt(force=True)
+    assert set(published) <= set(adopted)
+    assert not lost.check()
+    assert lost.port("web01") == published
+    assert client.request(sandbox.outside_ip, 8080) == "web01 192.0.2.2"
+
+
+def test_adopt_force_never_takes_chains_without_natmaps_generation_chain(sandbox, web, tmp_path):
+    sandbox.host.run(["iptables-legacy", "-N", "DOCKER-FORWARD"], check=True)
+    sandbox.host.run(["iptables-legacy", "-A", "DOCKER-FORWARD", "-j", "ACCEPT"], check=True)
+    before = _save(sandbox, "filter", "nat", "raw")
+    with natmap.NatMap(table="docker", netns=sandbox.host.name, backend="iptables",
+                       state_dir=str(tmp_path)) as nm:
+        with pytest.raises(ConflictError, match="DOCKER-GENERATION is missing.*will not take them"):
+            nm.adopt(force=True)
+    assert _save(sandbox, "filter", "nat", "raw") == before
+
+
+def test_an_nft_table_whose_marked_set_was_deleted_by_hand_is_still_natmaps(sandbox, web, client):
+    with natmap.NatMap(netns=sandbox.host.name) as nm:
+        nm.publish(web.endpoint(), ["8080:5000"])
+        # The set that carries the marker in listings, after every rule that uses it; the table's
+        # own comment cannot be changed by hand (nft keeps it), so it still proves the table natmap's.
+        sandbox.host.run(["nft", "flush chain inet natmap postrouting; flush chain inet natmap forward; "
+                          "delete set inet natmap bridges"], check=True)
+        sandbox.host.run(["nft", 'add table inet natmap { comment "someone else" ; }'], check=True)
+        drift = nm.check()
+        assert any("set bridges is missing" in p for p in drift.structure), str(drift)
+        nm.repair()
+        assert not nm.check()
+        assert client.request(sandbox.outside_ip, 8080) == "web01 192.0.2.2"
+
+
 def test_tables_differing_in_case_or_past_16_characters_get_their_own_chains(sandbox, web, client):
     web2 = sandbox.container("web02")
     web2.serve(5000)
