@@ -568,6 +568,9 @@ class OneCommandBackend:
     def rebuild(self, items: Iterable[Item]) -> None:
         self._backend.rebuild(items)
 
+    def take_back(self) -> None:
+        self._backend.take_back()
+
     def delete(self) -> None:
         self._backend.delete()
 

@@ -670,7 +670,7 @@ class Table:
         for b in [b for b in self._by_key.values()
                   if isinstance(b, RoutedBinding) != routed and where.contains(b.container_ip)]:
             self._do(Verb.DELETE, b)
-            self._do(Verb.ADD, RoutedBinding.of(b) if routed else b.mapped())  # type: ignore[attr-defined]
+            self._do(Verb.ADD, b.mapped() if isinstance(b, RoutedBinding) else RoutedBinding.of(b))
 
     def change(self) -> Change:
         """The net change journaled since the last :meth:`commit` or :meth:`rollback`."""
