@@ -501,3 +501,18 @@ def test_adopt_takes_no_drift_over_a_whole_store_unless_forced(nm, backend):
     assert lost in nm.check().missing
     adopted = nm.adopt(force=True)
     assert lost not in adopted and not nm.check()
+
+
+def test_a_file_puts_a_bridge_in_routed_mode_and_applying_it_again_changes_nothing(backend, tmp_path):
+    from natmap import Config, RoutedBinding
+
+    nm = NatMap(backend=backend, host=FakeHost([BRIDGE], ports=PortRange(40000, 40009)), lock_dir=str(tmp_path))
+    routed = {"bridges": {"natmap0": {"gateway_mode": "routed"}},
+              "endpoints": {"web01": {"ip": "172.30.0.2", "bridge": "natmap0", "publish": ["8080:5000", "5001"]}}}
+    change = nm.apply(Config.from_dict(routed))
+    assert {type(i) for i in change.add} == {RoutedBinding, Bridge, natmap.Gateway} and not change.delete
+    assert not nm.apply(Config.from_dict(routed)) and not nm.check()
+    nat = {**routed, "bridges": {}}
+    change = nm.apply(Config.from_dict(nat))  # back to nat: the same ports, mapped
+    assert sorted(map(str, change.added(Binding))) == ["0.0.0.0:40000", "0.0.0.0:8080"]
+    assert not nm.apply(Config.from_dict(nat)) and nm.gateways() == []
