@@ -213,6 +213,20 @@ def test_without_a_store_adopt_force_takes_chains_back_only_if_every_rule_is_nat
     assert client.request(sandbox.outside_ip, 8080) == "web01 192.0.2.2"
 
 
+def test_adopt_force_takes_back_a_routed_bridge_with_its_gateway_rules(sandbox, web, client, tmp_path):
+    with natmap.NatMap(netns=sandbox.host.name, backend="iptables") as nm:
+        nm.publish(web.endpoint(), ["8080:5000", "6000-6002:6000-6002/udp"])
+        nm.set_gateway(sandbox.bridge, "routed", ["nmout"])
+        before = (list(nm.bindings()), nm.gateways())
+    sandbox.host.run(["iptables-legacy", "-D", "NATMAP-GENERATION", *_MARKER_RULE], check=True)
+    lost = natmap.NatMap(netns=sandbox.host.name, backend="iptables", state_dir=str(tmp_path))
+    lost.adopt(force=True)
+    assert (list(lost.bindings()), lost.gateways()) == before
+    assert len(before[0]) == 8 and all(isinstance(b, natmap.RoutedBinding) for b in before[0])
+    assert not lost.check()
+    assert client.request(str(web.ip), 5000) == "web01 192.0.2.2"
+
+
 def test_adopt_force_never_takes_chains_without_natmaps_generation_chain(sandbox, web, tmp_path):
     sandbox.host.run(["iptables-legacy", "-N", "DOCKER-FORWARD"], check=True)
     sandbox.host.run(["iptables-legacy", "-A", "DOCKER-FORWARD", "-j", "ACCEPT"], check=True)
