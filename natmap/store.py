@@ -11,8 +11,9 @@ per (namespace, table, backend)::
 
 Tables::
 
-    items(key PRIMARY KEY, kind, endpoint, data)   one row an item: a binding,
-                                                   a bridge, a link (with its
+    items(key PRIMARY KEY, kind, endpoint, data)   one row an item: a binding
+                                                   (kind routed on a routed
+                                                   bridge), a bridge, a link (with its
                                                    target's env), an isolation
     meta(name PRIMARY KEY, value)                  version (one more each write),
                                                    generation (the kernel's, after
