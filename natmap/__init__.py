@@ -12,7 +12,7 @@ from .errors import (BackendError, CommandLineError, ConfigError, ConflictError,
                      SandboxError, SpecError, StoreCorruptError, StoreError, TableMissingError, TransactionClosedError,
                      TransactionOpenError, UnknownInterfaceError, UsageError, WrongNamespaceError)
 from .links import Link, hosts_line, link_env
-from .model import Binding, Bridge, Change, Drift, Endpoint, Gateway, Isolation
+from .model import Binding, Bridge, Change, Drift, Endpoint, Gateway, Isolation, RoutedBinding
 from .spec import LinkSpec, PortRange, PortSpec, Protocol, validate_name
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
@@ -49,6 +49,7 @@ __all__ = [
     "PortSpec",
     "PrivilegeError",
     "Protocol",
+    "RoutedBinding",
     "Sandbox",
     "SandboxError",
     "SpecError",

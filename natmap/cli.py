@@ -29,8 +29,8 @@ from .engine import NatMap
 from .errors import (BackendError, CommandLineError, ConfigError, ConflictError, DriftError, NatmapError,
                      NotFoundError, PrivilegeError, SpecError)
 from .links import Link
-from .model import (Binding, Bindings, Bridge, Change, Drift, Endpoint, Gateway, Isolation, Item, assert_never,
-                    describe, natural_key)
+from .model import (Binding, Bindings, Bridge, Change, Drift, Endpoint, Gateway, Isolation, Item, RoutedBinding,
+                    assert_never, describe, natural_key)
 from .spec import LinkSpec, PortSpec
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
@@ -71,7 +71,8 @@ def _link_json(link: Link) -> dict[str, Any]:
 def _item_json(item: Item) -> dict[str, Any]:
     match item:
         case Binding():  # a same-port range is one item: count ports from host_port on
-            return {"kind": "binding", **_binding_json(item), **({"count": item.count} if item.count > 1 else {})}
+            return {"kind": "binding", **_binding_json(item), **({"count": item.count} if item.count > 1 else {}),
+                    **({"routed": True} if isinstance(item, RoutedBinding) else {})}
         case Link():
             return {"kind": "link", "source": item.source, "target": item.target, "alias": item.alias,
                     "ports": [{"port": port, "proto": proto.value} for port, proto in item.ports]}
@@ -405,9 +406,10 @@ COMMANDS: list[Command] = [
             [_arg("bridge", help="the bridge"), _arg("--open", action="store_true", help="open it again instead")]),
     Command("gateway", cmd_gateway, "set how routed traffic reaches a bridge's containers (Docker 28's "
             "gateway modes): nat drops it unless published or from a trusted interface; nat-unprotected "
-            "lets it pass", "natmap gateway natmap0 --mode nat --trust eth1",
+            "lets it pass; routed: no NAT, only the published container ports (host port ignored) and ICMP",
+            "natmap gateway natmap0 --mode nat --trust eth1",
             [_arg("bridge", help="the bridge"),
-             _arg("--mode", default="nat", choices=("nat", "nat-unprotected"), help="the gateway mode"),
+             _arg("--mode", default="nat", choices=("nat", "nat-unprotected", "routed"), help="the gateway mode"),
              _arg("--trust", action="append", default=[], metavar="INTERFACE",
                   help="a host interface whose routed traffic may reach the containers (repeatable)")]),
     Command("apply", cmd_apply, "make the table match a TOML file, in one transaction",
@@ -423,7 +425,8 @@ COMMANDS: list[Command] = [
             "nft flush ruleset)", "natmap restore"),
     Command("adopt", cmd_adopt, "rebuild natmap's store from the kernel (a lost or damaged store)", "natmap adopt",
             [_arg("--force", action="store_true",
-                  help="take the kernel's state even over a whole store that says otherwise")]),
+                  help="take the kernel's state even over a whole store that says otherwise, and natmap's "
+                       "chains whose marker was deleted by hand if every rule in them is natmap's")]),
     Command("watch", cmd_watch, "repair natmap's table as soon as nftables change (until SIGTERM/SIGINT)",
             "natmap watch"),
     Command("spec", cmd_spec, "check specs and print them in canonical form",

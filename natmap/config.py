@@ -2,7 +2,7 @@
 
     [bridges.natmap0]
     isolate = true                  # Docker's --icc=false
-    gateway_mode = "nat"            # or "nat-unprotected" (Docker 28's gateway modes)
+    gateway_mode = "nat"            # or "nat-unprotected", "routed" (Docker 28's gateway modes)
     trusted_interfaces = ["eth1"]   # routed traffic from these reaches containers directly
 
     [endpoints.db01]

@@ -223,8 +223,14 @@ class NatMap:
     def set_gateway(self, bridge: str, mode: str = "nat", trusted_interfaces: Sequence[str] = ()) -> Gateway:
         """How traffic routed from outside reaches ``bridge``'s containers, as
         Docker 28's gateway modes: ``nat`` (the default: only published ports
-        and replies; and any flow from a ``trusted_interfaces`` interface) or
-        ``nat-unprotected`` (everything routed passes). Returns the setting."""
+        and replies; and any flow from a ``trusted_interfaces`` interface),
+        ``nat-unprotected`` (everything routed passes) or ``routed`` (no NAT:
+        no masquerade, no DNAT from host ports; routed flows reach only the
+        published container ports, ICMP, replies, and what a trusted
+        interface sends). In ``routed`` the bridge's bindings are kept with
+        their host side, as :class:`RoutedBinding`, and mapped again when the
+        mode goes back to ``nat`` (then checked against host sockets and
+        other tables as a publish is: ConflictError). Returns the setting."""
         with self.transaction() as tx:
             return tx.set_gateway(bridge, mode, trusted_interfaces)
 
@@ -307,7 +313,8 @@ class NatMap:
         """Drift's notes (the [::1] advice) and shadowing (bindings that take a
         host socket's traffic, natmap.guest) for what the kernel holds."""
         return {"notes": _loopback6_notes(table, self._kernel.bridged_ipv6_hooked),
-                "shadowing": tuple(guest.shadowed([b for b in table.held_bindings() if b.key not in self._forced],
+                "shadowing": tuple(guest.shadowed([b for b in table.held_bindings() if b.key not in self._forced
+                                                   and type(b) is Binding],  # RoutedBinding: no host port
                                                   functools.cache(self._kernel.listeners),
                                                   self._kernel.socket_owner))}
 
@@ -336,8 +343,13 @@ class NatMap:
         A whole store that says otherwise than the kernel is the desired
         state, and the kernel the one that drifted: that raises
         :class:`ConflictError` (``repair()`` puts the kernel back), unless
-        ``force`` takes the kernel's state over it (``natmap adopt --force``)."""
+        ``force`` takes the kernel's state over it (``natmap adopt --force``).
+        ``force`` also takes back a table whose marker was deleted by hand
+        (iptables' marker rule), if every rule in its chains is one natmap
+        writes; a table that is not provably natmap's stays a ConflictError."""
         with self._locked(), self._ns():
+            if force:  # a marker deleted by hand: put back if the table proves itself natmap's (ConflictError)
+                self._backend.take_back()
             table = self._backend.read()
             items = sorted(table.items() if table is not None else (), key=describe)
             if not force and self._store.exists():
@@ -895,7 +907,7 @@ class Transaction:
             known = self._nm._kernel.bridge(bridge)
         table = self._require()
         table.add_bridge(known)  # its mode guards it from now on, endpoints published on it or not
-        table.set_gateway(gateway)
+        table.set_gateway(gateway, known)  # the host's subnets: which endpoints are on the bridge
         return gateway
 
     def unisolate(self, bridge: str) -> None:

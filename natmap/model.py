@@ -35,7 +35,8 @@ else:
         ``match`` on every kind of :data:`Item`, where mypy names a forgotten one."""
         raise AssertionError(f"unhandled kind of item: {type(value).__name__}")
 
-__all__ = ["Binding", "Bindings", "Bridge", "Change", "Drift", "Endpoint", "Gateway", "Isolation", "PortPool", "Table"]
+__all__ = ["Binding", "Bindings", "Bridge", "Change", "Drift", "Endpoint", "Gateway", "Isolation", "PortPool",
+           "RoutedBinding", "Table"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -153,11 +154,11 @@ class Binding:
         """This binding on each ``(host_port, container_port)``: equal to
         ``Binding(...)`` with those ports, made in half the time, since the
         fields they share were checked once, here (a range spec makes thousands)."""
-        new, set_ = object.__new__, object.__setattr__
+        new, set_, kind = object.__new__, object.__setattr__, type(self)  # a RoutedBinding's ports are routed too
         version, address, proto, _ = self.key
         made = []
         for host_port, container_port in pairs:
-            b = new(Binding)
+            b = new(kind)
             set_(b, "endpoint", self.endpoint)
             set_(b, "proto", self.proto)
             set_(b, "host_ip", self.host_ip)
@@ -223,6 +224,28 @@ class Binding:
 
 
 @dataclass(frozen=True, slots=True)
+class RoutedBinding(Binding):
+    """A binding of an endpoint on a bridge in Docker's ``routed`` gateway
+    mode: no DNAT from the host port (Docker ignores it, as the host address),
+    only the container port opened to routed traffic. It is kept, and listed
+    by ``port``/``ps``, with the host side it was published with, so putting
+    the bridge back in a ``nat`` mode maps that port again. Never equal to the
+    :class:`Binding` of the same fields: a mode change is a change of item."""
+
+    __hash__ = Binding.__hash__
+
+    @classmethod
+    def of(cls, binding: Binding) -> RoutedBinding:
+        return cls(binding.endpoint, binding.proto, binding.host_ip, binding.host_port, binding.container_ip,
+                   binding.container_port, binding.count)
+
+    def mapped(self) -> Binding:
+        """The same binding as a ``nat`` mode bridge holds it."""
+        return Binding(self.endpoint, self.proto, self.host_ip, self.host_port, self.container_ip,
+                       self.container_port, self.count)
+
+
+@dataclass(frozen=True, slots=True)
 class Bridge:
     """A bridge natmap masquerades for: its name and its subnets."""
 
@@ -259,7 +282,7 @@ class Isolation:
     bridge: str
 
 
-GATEWAY_MODES = ("nat", "nat-unprotected")
+GATEWAY_MODES = ("nat", "nat-unprotected", "routed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +293,11 @@ class Gateway:
     ``nat`` (the default, never stored): new flows from any interface but a
     bridge of the table are dropped unless published (DNATed), or they come
     from one of the ``trusted`` host interfaces. ``nat-unprotected``: they
-    all pass (natmap before Docker 28). Docker's ``routed`` is not supported.
+    all pass (natmap before Docker 28). ``routed``: no NAT for the bridge's
+    containers (no masquerade, no DNAT from host ports: its bindings become
+    :class:`RoutedBinding`), and routed flows reach only the published
+    container ports, ICMP, and anything from a ``trusted`` interface. One
+    mode for both IP families (Docker sets ``_ipv4`` and ``_ipv6`` apart).
     """
 
     bridge: str
@@ -279,9 +306,6 @@ class Gateway:
 
     def __post_init__(self) -> None:
         validate_ifname(self.bridge)
-        if self.mode == "routed":
-            raise SpecError("Docker's routed gateway mode is not supported yet (choose "
-                            f"{', '.join(GATEWAY_MODES)})", self.mode, None)
         if self.mode not in GATEWAY_MODES:
             raise SpecError(f"unknown gateway mode (choose {', '.join(GATEWAY_MODES)})", str(self.mode))
         if isinstance(self.trusted, str):
@@ -314,6 +338,8 @@ def preferred(bindings: Iterable[Binding]) -> dict[Slot, list[int]]:
 def describe(item: Item) -> str:
     """One item as a person reads it: ``port web01 5000/tcp -> 0.0.0.0:8080``."""
     match item:
+        case RoutedBinding():
+            return f"port {item.endpoint} {item.port_line()} (routed: host port not mapped)"
         case Binding():
             return f"port {item.endpoint} {item.port_line()}"
         case Bridge():
@@ -666,8 +692,10 @@ class Table:
         if (bridge in self.isolated) != closed:
             self._do(Verb.ADD if closed else Verb.DELETE, Isolation(bridge))
 
-    def set_gateway(self, gateway: Gateway) -> None:
-        """Put ``gateway.bridge`` in ``gateway``'s mode (the default one is kept as no item)."""
+    def set_gateway(self, gateway: Gateway, bridge: Bridge | None = None) -> None:
+        """Put ``gateway.bridge`` in ``gateway``'s mode (the default one is kept as no item).
+        Into or out of ``routed``, the bindings of the endpoints in the bridge's
+        subnets (``bridge``'s, as the host has them, else the table's) change form."""
         existing = self.gateways.get(gateway.bridge)
         if existing == gateway or (existing is None and gateway.default):
             return
@@ -675,6 +703,19 @@ class Table:
             self._do(Verb.DELETE, existing)
         if not gateway.default:
             self._do(Verb.ADD, gateway)
+        routed = gateway.mode == "routed"
+        if (existing is not None and existing.mode == "routed") != routed:
+            self._reroute(bridge or self.bridges.get(gateway.bridge), routed)
+
+    def _reroute(self, where: Bridge | None, routed: bool) -> None:
+        """Hold the bindings of the endpoints on bridge ``where`` (by its subnets)
+        as RoutedBinding (``routed``) or as mapped Binding again, host sides kept."""
+        if where is None:
+            return
+        for b in [b for b in self._by_key.values()
+                  if isinstance(b, RoutedBinding) != routed and where.contains(b.container_ip)]:
+            self._do(Verb.DELETE, b)
+            self._do(Verb.ADD, b.mapped() if isinstance(b, RoutedBinding) else RoutedBinding.of(b))
 
     def change(self) -> Change:
         """The net change journaled since the last :meth:`commit` or :meth:`rollback`."""
@@ -789,7 +830,7 @@ class Table:
                 container_ip = endpoint.address(host_ip.version)
                 assert container_ip is not None  # _host_ips gives only the endpoint's own families
                 made.append(Binding(endpoint.name, spec.proto, host_ip, host.start, container_ip, host.start, len(host)))
-            return self._add_all(made)
+            return self._add_all(self._routed(endpoint.bridge, made))
         if host is None:
             ports = [self._assign(spec.proto, host_ips, pool, prefer=prefer.get((host_ips[0], spec.proto, port), ()))
                      for port in spec.container_ports]
@@ -807,7 +848,14 @@ class Table:
                 made.append(first)
             else:
                 made += first._on_ports(pairs)
-        return self._add_all(made)
+        return self._add_all(self._routed(endpoint.bridge, made))
+
+    def _routed(self, bridge: str, made: list[Binding]) -> list[Binding]:
+        """``made`` as ``bridge``'s gateway mode holds bindings: RoutedBinding in ``routed``."""
+        gateway = self.gateways.get(bridge)
+        if gateway is None or gateway.mode != "routed":
+            return made
+        return [RoutedBinding.of(b) for b in made]
 
     def _publish_exposed(self, endpoint: Endpoint, pool: PortPool,
                          prefer: Mapping[Slot, Sequence[int]]) -> list[Binding]:

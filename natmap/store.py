@@ -11,8 +11,9 @@ per (namespace, table, backend)::
 
 Tables::
 
-    items(key PRIMARY KEY, kind, endpoint, data)   one row an item: a binding,
-                                                   a bridge, a link (with its
+    items(key PRIMARY KEY, kind, endpoint, data)   one row an item: a binding
+                                                   (kind routed on a routed
+                                                   bridge), a bridge, a link (with its
                                                    target's env), an isolation
     meta(name PRIMARY KEY, value)                  version (one more each write),
                                                    generation (the kernel's, after
@@ -44,7 +45,7 @@ from contextlib import contextmanager
 
 from .errors import PrivilegeError, StoreCorruptError, StoreError
 from .links import Link
-from .model import Binding, Bridge, Change, Gateway, Isolation, Item, assert_never
+from .model import Binding, Bridge, Change, Gateway, Isolation, Item, RoutedBinding, assert_never
 from .spec import Protocol
 
 __all__ = ["Store", "default_dir", "item_key"]
@@ -106,7 +107,7 @@ def _rows(items: Iterable[Item]) -> list[tuple[str, str, str | None, str]]:
     container_ip: object = None
     host_text = container_text = ""
     for item in items:
-        if type(item) is not Binding:
+        if type(item) is not Binding and type(item) is not RoutedBinding:
             rows.append(_row(item))
             continue
         if item.host_ip is not host_ip:
@@ -115,7 +116,8 @@ def _rows(items: Iterable[Item]) -> list[tuple[str, str, str | None, str]]:
             container_ip, container_text = item.container_ip, str(item.container_ip)
         proto = item.proto._value_
         count = f",{item.count}" if item.count != 1 else ""  # a same-port range: one row, as one kernel element
-        rows.append((f"binding {item.key[0]} {host_text} {proto} {item.host_port}", "binding", item.endpoint,
+        kind = "binding" if type(item) is Binding else "routed"  # routed: a bridge in Docker's routed mode
+        rows.append((f"binding {item.key[0]} {host_text} {proto} {item.host_port}", kind, item.endpoint,
                      f'["{item.endpoint}","{proto}","{host_text}",{item.host_port},'
                      f'"{container_text}",{item.container_port}{count}]'))
     return rows
@@ -123,13 +125,13 @@ def _rows(items: Iterable[Item]) -> list[tuple[str, str, str | None, str]]:
 
 def _item(kind: str, data: str) -> Item:
     d = json.loads(data)
-    if kind == "binding":
+    if kind == "binding" or kind == "routed":
         count = d[6] if len(d) > 6 else 1
         if not all(type(n) is int for n in (d[3], d[5], count)) or not (
                 1 <= d[3] and 1 <= d[5] and d[3] + count - 1 <= 65535 and d[5] + count - 1 <= 65535):
             raise ValueError(f"a port out of range in {data}")  # the kernel would refuse it: damaged
-        return Binding(d[0], Protocol(d[1]), ipaddress.ip_address(d[2]), d[3], ipaddress.ip_address(d[4]), d[5],
-                       count)
+        return (Binding if kind == "binding" else RoutedBinding)(
+            d[0], Protocol(d[1]), ipaddress.ip_address(d[2]), d[3], ipaddress.ip_address(d[4]), d[5], count)
     if kind == "bridge":
         return Bridge(d[0], tuple(ipaddress.ip_network(n) for n in d[1]))
     if kind == "gateway":

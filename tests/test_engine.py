@@ -426,6 +426,41 @@ def test_a_gateway_mode_is_an_item_of_the_table(backend, tmp_path):
         nm.set_gateway("natmap0", "nat", ["eth9"])
 
 
+def test_routed_mode_holds_the_bridges_bindings_unmapped_and_maps_them_again_after(backend, tmp_path):
+    from natmap import RoutedBinding
+    from natmap.host import Listener
+
+    other = Bridge("natmap1", (ipaddress.ip_network("172.31.0.0/24"),))
+    host = FakeHost([BRIDGE, other], ports=PortRange(40000, 40009))
+    nm = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    nm.publish(WEB, ["8080:5000"])
+    db = nm.publish(Endpoint("db01", "172.31.0.2", "natmap1"), ["5432"])
+    nm.set_gateway("natmap0", "routed")
+    assert all(type(b) is RoutedBinding for b in nm.port("web01"))
+    assert lines(nm.port("web01")) == ["5000/tcp -> 0.0.0.0:8080", "5000/tcp -> [::]:8080"]  # the host side kept
+    assert nm.port("db01") == db and all(type(b) is Binding for b in db)                  # another bridge: as it was
+    assert {type(i) for i in backend.last_change.add} == {RoutedBinding, natmap.Gateway}
+    assert {type(i) for i in backend.last_change.delete} == {Binding}
+    assert backend.last_change.deleted(Binding) == [b.mapped() for b in backend.last_change.added(RoutedBinding)]
+    made = nm.publish(Endpoint("web02", "172.30.0.3", "natmap0"), ["5000"])  # -P-style: a port still assigned
+    assert [type(b) for b in made] == [RoutedBinding] and made[0].host_port == 40001
+    fresh = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))  # the store keeps the form
+    assert fresh.port("web02") == made and not fresh.check()
+    assert "port web02 5000/tcp -> 0.0.0.0:40001 (routed: host port not mapped)" in backend.dump()
+    # A routed binding takes no host port's traffic: a socket on it is no conflict...
+    host.sockets.append(Listener(Protocol.TCP, ipaddress.ip_address("0.0.0.0"), 8080, False, 7))
+    assert not nm.check().shadowing
+    # ... until the bridge is mapped again, which is refused then, and changes nothing.
+    before = backend.dump()
+    with pytest.raises(ConflictError, match="a host socket listens on 0.0.0.0:8080/tcp"):
+        nm.set_gateway("natmap0", "nat")
+    assert backend.dump() == before and nm.gateways() == [natmap.Gateway("natmap0", "routed")]
+    host.sockets.clear()
+    nm.set_gateway("natmap0", "nat")
+    assert lines(nm.port("web01")) == ["5000/tcp -> 0.0.0.0:8080", "5000/tcp -> [::]:8080"]
+    assert not any(isinstance(i, RoutedBinding) for i in backend.items)
+
+
 def test_isolate_refuses_what_is_not_a_bridge_and_changes_nothing(backend, tmp_path):
     import ipaddress
 
@@ -466,3 +501,18 @@ def test_adopt_takes_no_drift_over_a_whole_store_unless_forced(nm, backend):
     assert lost in nm.check().missing
     adopted = nm.adopt(force=True)
     assert lost not in adopted and not nm.check()
+
+
+def test_a_file_puts_a_bridge_in_routed_mode_and_applying_it_again_changes_nothing(backend, tmp_path):
+    from natmap import Config, RoutedBinding
+
+    nm = NatMap(backend=backend, host=FakeHost([BRIDGE], ports=PortRange(40000, 40009)), lock_dir=str(tmp_path))
+    routed = {"bridges": {"natmap0": {"gateway_mode": "routed"}},
+              "endpoints": {"web01": {"ip": "172.30.0.2", "bridge": "natmap0", "publish": ["8080:5000", "5001"]}}}
+    change = nm.apply(Config.from_dict(routed))
+    assert {type(i) for i in change.add} == {RoutedBinding, Bridge, natmap.Gateway} and not change.delete
+    assert not nm.apply(Config.from_dict(routed)) and not nm.check()
+    nat = {**routed, "bridges": {}}
+    change = nm.apply(Config.from_dict(nat))  # back to nat: the same ports, mapped
+    assert sorted(map(str, change.added(Binding))) == ["0.0.0.0:40000", "0.0.0.0:8080"]
+    assert not nm.apply(Config.from_dict(nat)) and nm.gateways() == []

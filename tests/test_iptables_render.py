@@ -100,3 +100,25 @@ def test_undo_inverts_one_tables_steps_newest_first():
     marker = undo(steps, 4, "filter")
     assert marker[0].verb is Verb.DELETE and "natmap-generation:c3d4" in marker[0].text()
     assert marker[1].verb is Verb.ADD and "natmap-generation:a1b2" in marker[1].text()
+
+
+def test_a_routed_bridge_and_its_bindings_read_back_as_written():
+    from natmap import Gateway, RoutedBinding
+
+    table = Table()
+    table.set_gateway(Gateway("natmap0", "routed"), BRIDGE)
+    table.publish(WEB, [PortSpec.parse("8080:5000"), PortSpec.parse("6000-6002:6000-6002/udp")], bridge=BRIDGE)
+    written = table.items()
+    assert {type(i) for i in written} == {RoutedBinding, Bridge, Gateway}
+    assert set(LAYOUT.read_items(chains_of(written))) == written
+    text = LAYOUT.text(Change(add=tuple(sorted(written, key=str)))).splitlines()
+    # the container port opened, the host side kept in the comment; ICMP; no masquerade
+    assert ('iptables -t filter -I NATMAP-PROTECT -d 172.30.0.2 -p tcp -m tcp --dport 5000 '
+            '-m comment --comment "routed:web01 0.0.0.0 8080" -j RETURN') in text
+    assert ('ip6tables -t filter -I NATMAP-PROTECT -d fd00:30::2 -p udp -m udp --dport 6000:6002 '
+            '-m comment --comment "routed:web01 :: 6000" -j RETURN') in text
+    assert ('iptables -t filter -I NATMAP-PROTECT -p icmp -o natmap0 -m comment --comment "gateway:natmap0:routed" '
+            '-j RETURN') in text
+    assert ('ip6tables -t nat -I NATMAP-POSTROUTING -i natmap0 -m comment --comment "gateway:natmap0:routed" '
+            '-j RETURN') in text
+    assert not any("-j DNAT" in line for line in text)

@@ -3,7 +3,7 @@ complete and its fast path for bindings says the same as the general one."""
 
 import ipaddress
 
-from natmap import Binding, Endpoint, Isolation
+from natmap import Binding, Endpoint, Isolation, PortSpec
 from natmap.backends.nft import _elements, _text_entry, change_json, change_text
 from natmap.model import Bridge, Change, Table
 
@@ -53,3 +53,18 @@ def test_a_change_renders_deletions_before_additions_in_both_forms():
     commands = change_json("natmap", change)["nftables"]
     assert [next(iter(c)) for c in commands] == ["delete", "delete", "add"]  # web02 has no IPv6
     assert Isolation("natmap0") not in change.add
+
+
+def test_a_routed_bridge_renders_its_bindings_as_open_container_ports():
+    from natmap import Gateway
+
+    table = Table()
+    web = Endpoint("web01", "172.30.0.2", "natmap0", ipv6="fd00:30::2")
+    bridge = Bridge("natmap0", (ipaddress.ip_network("172.30.0.0/24"), ipaddress.ip_network("fd00:30::/64")))
+    table.set_gateway(Gateway("natmap0", "routed"), bridge)
+    table.publish(web, [PortSpec.parse("8080:5000")], bridge=bridge)
+    text = change_text("natmap", table.change()).splitlines()
+    assert 'add element inet natmap routed { "natmap0" }' in text
+    assert 'add element inet natmap routed4 { 172.30.0.2 . tcp . 5000-5000 comment "web01 0.0.0.0 8080" }' in text
+    assert 'add element inet natmap routed6 { fd00:30::2 . tcp . 5000-5000 comment "web01 :: 8080" }' in text
+    assert not any("dnat" in line for line in text)

@@ -89,6 +89,13 @@ class Backend(Protocol):
         """Replace the table with a fresh one holding ``items``."""
         ...
 
+    def take_back(self) -> None:
+        """Make natmap's marker whole again on a table whose marker was removed
+        by hand, if what the table holds proves it natmap's (``adopt --force``);
+        raise :class:`~natmap.ConflictError`, changing nothing, if it does not.
+        Nothing to do without a table, or with the marker in place."""
+        ...
+
     def delete(self) -> None:
         """Remove the table and everything in it."""
         ...
@@ -218,6 +225,9 @@ class FakeBackend:
         self.items = set(items)
         self.structure, self.foreign = [], []
         self.commits += 1
+
+    def take_back(self) -> None:
+        self._call("take_back")  # the fake's table has no marker to lose: fail_next plays a foreign one
 
     def delete(self) -> None:
         self._call("delete")

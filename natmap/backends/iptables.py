@@ -13,6 +13,9 @@ Chains, for a NatMap whose table is ``natmap`` (``lab1`` gives ``LAB1-...``)::
                                NATMAP-ISOLATION for bridges closed to each other
     filter NATMAP-ISOLATION    replies, neighbour discovery, the links' flows
                                (commented source>target:alias), then drop
+    filter NATMAP-PROTECT      new flows routed into a bridge: the gateway modes'
+                               returns (a routed bridge's bindings are returns
+                               here, commented routed:..., not DNAT rules), then drop
 
 What is atomic: each table of each family is replaced in one commit
 (``iptc_commit``). A change spans up to two tables in two families, committed
@@ -47,7 +50,7 @@ from ..guest import marker, owner_of
 from ..hoststate import crash_point
 from ..links import Flow, Link, links_from_flows
 from ..locking import LOCK_TIMEOUT, flocked
-from ..model import Binding, Bridge, Change, Gateway, Isolation, Item, Table
+from ..model import Binding, Bridge, Change, Gateway, Isolation, Item, RoutedBinding, Table
 from ..spec import Protocol
 from .base import Generation
 
@@ -206,6 +209,8 @@ class Layout:
     def rules(self, item: Item) -> Iterator[_Rule]:
         """The rules that make up one item of the table."""
         match item:
+            case RoutedBinding():
+                return iter((self._routed(item),))
             case Binding():
                 return iter((self._dnat(item),))
             case Bridge():
@@ -236,7 +241,9 @@ class Layout:
                     items.append(binding)
             items += self._read_bridges(rules_of(family, "nat", self._chain("POSTROUTING")))
             items += self._read_isolation(rules_of(family, "filter", self._chain("FORWARD")))
-            items += self._read_gateways(rules_of(family, "filter", self._chain("PROTECT")))
+            protect = rules_of(family, "filter", self._chain("PROTECT"))
+            items += self._read_gateways(protect)
+            items += filter(None, map(self._read_routed, protect))
         items += self._read_links(*(rules_of(family, "filter", self._chain("ISOLATION")) for family in _FAMILIES))
         return _merge_bridges(items)
 
@@ -274,6 +281,31 @@ class Layout:
         except (ValueError, KeyError, TypeError, AttributeError, IndexError):  # SpecError too
             return None
 
+    def _routed(self, b: RoutedBinding) -> _Rule:
+        """A binding on a routed bridge: a RETURN in NATMAP-PROTECT for its
+        container address, protocol and port(s), commented ``routed:ENDPOINT
+        HOST_IP HOST_PORT`` (the host side is not mapped, only kept)."""
+        dport = str(b.container_port) if b.count == 1 else f"{b.container_port}:{b.container_port + b.count - 1}"
+        return _Rule(b.version, "filter", self._chain("PROTECT"), "RETURN",
+                     ((b.proto.value, (("dport", dport),)),
+                      ("comment", (("comment", f"routed:{b.endpoint} {b.host_ip} {b.host_port}"),))),
+                     (("dst", str(b.container_ip)), ("protocol", b.proto.value)), first=True)
+
+    @staticmethod
+    def _read_routed(rule: Any) -> RoutedBinding | None:
+        comment = _comment(rule) or ""
+        if not comment.startswith("routed:"):
+            return None
+        try:
+            endpoint, host_ip, host_port = comment[len("routed:"):].split(" ")
+            proto = Protocol(rule.protocol)
+            first, _, last = next(m for m in rule.matches if m.name == proto.value).dport.partition(":")
+            return RoutedBinding(endpoint, proto, ipaddress.ip_address(host_ip), int(host_port),
+                                 ipaddress.ip_network(rule.dst, strict=False).network_address, int(first),
+                                 int(last or first) - int(first) + 1)
+        except (ValueError, TypeError, StopIteration, AttributeError):  # SpecError too
+            return None  # not natmap's, whatever its comment says
+
     def _bridge_rules(self, bridge: Bridge) -> Iterator[_Rule]:
         """A bridge: localhost, hairpin and egress masquerade in NATMAP-POSTROUTING,
         per family it has subnets of, commented ``bridge:NAME``."""
@@ -308,6 +340,12 @@ class Layout:
             if gateway.mode == "nat-unprotected":
                 yield _Rule(family, "filter", self._chain("PROTECT"), "RETURN", (comment,),
                             (("out_interface", gateway.bridge),), first=True)
+            elif gateway.mode == "routed":  # ICMP passes; the published ports: _routed; no masquerade
+                yield _Rule(family, "filter", self._chain("PROTECT"), "RETURN", (comment,),
+                            (("protocol", "icmp" if family == 4 else "icmpv6"), ("out_interface", gateway.bridge)),
+                            first=True)
+                yield _Rule(family, "nat", self._chain("POSTROUTING"), "RETURN", (comment,),
+                            (("in_interface", gateway.bridge),), first=True)
             for interface in gateway.trusted:
                 yield _Rule(family, "filter", self._chain("PROTECT"), "RETURN",
                             (("comment", (("comment", f"trusted:{gateway.bridge}"),)),),
@@ -494,13 +532,78 @@ class IptablesBackend(Layout):
             filt = _table(4, "filter")
             if filt.is_chain(generation):
                 owner = _owner(_chain(filt, generation))
-                return None if owner == self.table or (owner is None and self.claimed) else (
-                    f"iptables chain {generation} exists but is not natmap's table {self.table!r}'s "
-                    f"(its marker names {owner!r})")
+                if owner == self.table or (owner is None and self.claimed):
+                    return None
+                if owner is None:
+                    return (f"iptables chain {generation} exists but has no natmap marker for table "
+                            f"{self.table!r} (deleted by hand? `natmap adopt --force` takes the chains back "
+                            "if every rule in them is one natmap writes)")
+                return (f"iptables chain {generation} exists but is not natmap's table {self.table!r}'s "
+                        f"(its marker names {owner!r})")
             for step in self._skeleton() if not self.claimed else ():
                 if step.verb is Verb.CHAIN and _table(step.family, step.table).is_chain(step.chain):
                     return f"{_name(step.family)} chain {step.chain} in table {step.table} exists but is not natmap's"
         return None
+
+    def take_back(self) -> None:
+        """Put natmap's marker rule back when it was deleted by hand (``natmap
+        adopt --force``), if the chains prove themselves natmap's: the
+        GENERATION chain (a name only natmap uses) is there and holds no
+        other table's marker nor any rule but natmap's markers, and every rule
+        of every chain of natmap's names is one natmap writes (a fixed one,
+        or one of an item read back from them, written again the same).
+        Raises ConflictError, changing nothing, otherwise; nothing to do
+        without chains or with the marker in place."""
+        with _iptc_errors("taking natmap's chains back"), _xtables_lock(self.lock_timeout):
+            generation = self._chain("GENERATION")
+            filt = _table(4, "filter")
+            if not filt.is_chain(generation):
+                if self._any_chain():
+                    raise ConflictError(f"iptables chain {generation} is missing, so nothing proves the chains "
+                                        f"named {self.prefix}-* natmap's table {self.table!r}'s: natmap will not "
+                                        "take them")
+                return
+            rules = list(_chain(filt, generation).rules)
+            owner = _owner(_chain(filt, generation))
+            if owner == self.table:
+                return
+            problems = [f"iptables chain {generation}'s marker names table {owner!r}"] if owner else []
+            problems += [f"iptables chain {generation} has a rule natmap did not make: {_decoded(r, 4)}"
+                         for r in rules if not (_comment(r) or "").startswith(_MARKER)]
+            problems += self._not_natmaps()
+            if problems:
+                raise ConflictError(f"the chains of table {self.table!r} are not provably natmap's, so natmap "
+                                    f"will not take them: {'; '.join(problems)}")
+            _commit(4, "filter", [s for s in self._skeleton() if s.verb is Verb.ADD and s.chain == generation])
+
+    def _not_natmaps(self) -> list[str]:
+        """Each rule in a chain of natmap's names (GENERATION aside) that
+        natmap would not write for the items those chains hold."""
+        tables: dict[tuple[int, str], Any] = {}
+
+        def table_of(family: int, table_name: str) -> Any:
+            if (family, table_name) not in tables:
+                tables[(family, table_name)] = _table(family, table_name)
+            return tables[(family, table_name)]
+
+        def rules_of(family: int, table_name: str, chain: str) -> list[Any]:
+            table = table_of(family, table_name)
+            return list(_chain(table, chain).rules) if table.is_chain(chain) else []
+
+        # Compared as python-iptables decodes them: its Rule equality finds an
+        # IPv4 MASQUERADE built here unequal to the same rule read back.
+        foreign: list[str] = []
+        allowed: set[tuple[int, str, str, str]] = set()
+        for rule in [*(r for item in self.read_items(rules_of, foreign) for r in self.rules(item)),
+                     *(s.needs_rule() for s in self._skeleton() if s.verb is Verb.ADD)]:
+            allowed.add((rule.family, rule.table, rule.chain, _decoded(rule.build(), rule.family)))
+        for family, table_name in _CREATE_ORDER:
+            for chain in table_of(family, table_name).chains:
+                if chain.name.startswith(self.prefix + "-") and chain.name != self._chain("GENERATION"):
+                    foreign += [f"{_name(family)} rule in {chain.name} is not natmap's: {shape}"
+                                for rule in chain.rules for shape in [_decoded(rule, family)]
+                                if (family, table_name, chain.name, shape) not in allowed]
+        return foreign
 
     def inspect(self) -> tuple[Table | None, list[str], list[str]]:
         """The table (None if missing), its structure's problems, the rules natmap did not write."""
@@ -771,7 +874,7 @@ def _decoded(rule: Any, family: int) -> str:
     try:
         decoded = iptc.easy.decode_iptc_rule(rule, family == 6)
         decoded.pop("counters", None)
-        return str(decoded)
+        return str(decoded)  # the same rule, the same text: take_back compares rules by it
     except Exception:  # noqa: BLE001  (only words for a message)
         return "(unreadable)"
 

@@ -11,6 +11,8 @@ The layout, one ``inet`` table per NatMap::
     map dnat6_ports, dnat6_ports_any_*  the same for IPv6
     set bridges, subnets4, subnets6   what to masquerade
     set isolated       ifname . ifname: bridges closed to inter-container traffic
+    set unprotected, trusted, routed   the gateway modes (docs/kernel.md)
+    set routed4 / routed6  container address . proto . ports: what a routed bridge opens
     set links4 / links6  source . target . proto . port: the flows links open
 
 Each binding is ONE map element whose comment is its endpoint's name (each
@@ -48,7 +50,8 @@ from contextlib import contextmanager
 from ..errors import BackendError, ConflictError, PrivilegeError, SpecError
 from ..guest import marker
 from ..links import Flow, Link, links_from_flows
-from ..model import Binding, Bridge, Change, Gateway, Isolation, Item, Table, assert_never, validate_ifname
+from ..model import (Binding, Bridge, Change, Gateway, Isolation, Item, RoutedBinding, Table, assert_never,
+                     validate_ifname)
 from ..spec import Protocol
 from .nft_keywords import KEYWORDS
 
@@ -89,12 +92,14 @@ def skeleton(table: str) -> str:
               for p in Protocol),
             f"add set {t} subnets{v} {{ type {addr} ; flags interval ; }}",
             f"add set {t} links{v} {{ type {addr} . {addr} . inet_proto . inet_service ; }}",
+            f"add set {t} routed{v} {{ type {addr} . inet_proto . inet_service ; flags interval ; }}",
         ]
     lines += [
         f'add set {t} bridges {{ type ifname ; comment "{marker(table)}" ; }}',
         f"add set {t} isolated {{ type ifname . ifname ; }}",
         f"add set {t} unprotected {{ type ifname ; }}",
         f"add set {t} trusted {{ type ifname . ifname ; }}",
+        f"add set {t} routed {{ type ifname ; }}",
         # Docker once had 127.0.0.1 bindings reachable from the LAN: drop such
         # packets before NAT can see them.
         f"add chain {t} localhost_guard {{ type filter hook prerouting priority raw ; policy accept ; }}",
@@ -114,6 +119,8 @@ def skeleton(table: str) -> str:
         f"add chain {t} output {{ type nat hook output priority -100 ; policy accept ; }}",
         f"add rule {t} output fib daddr type local jump published",
         f"add chain {t} postrouting {{ type nat hook postrouting priority srcnat ; policy accept ; }}",
+        # Docker's routed mode: no masquerade for the containers of a routed bridge
+        f"add rule {t} postrouting iifname @routed return",
         # localhost -> container: the container must answer the bridge, not 127.0.0.1
         f"add rule {t} postrouting oifname @bridges ip saddr 127.0.0.0/8 masquerade",
         f"add rule {t} postrouting oifname @bridges ip6 saddr ::1 masquerade",
@@ -142,6 +149,10 @@ def skeleton(table: str) -> str:
         f"add rule {t} forward oifname @bridges iifname != @bridges ct state new jump protect",
         f"add rule {t} protect oifname @unprotected return",
         f"add rule {t} protect iifname . oifname @trusted return",
+        # routed: the published container ports (the host port ignored) and ICMP, as Docker's routed mode
+        f"add rule {t} protect ip daddr . meta l4proto . th dport @routed4 return",
+        f"add rule {t} protect ip6 daddr . meta l4proto . th dport @routed6 return",
+        f"add rule {t} protect oifname @routed meta l4proto {{ icmp, ipv6-icmp }} return",
         f"add rule {t} protect drop",
     ]
     return "\n".join(lines) + "\n"
@@ -170,6 +181,8 @@ _Element = namedtuple("_Element", "set key data comment", defaults=(None, None))
 def _elements(item: Item) -> Iterator[_Element]:
     """The kernel elements that make up one item of the table."""
     match item:
+        case RoutedBinding():
+            return iter((_routed_element(item),))
         case Binding():
             return _binding_elements(item)
         case Bridge():
@@ -230,6 +243,7 @@ def _read_bindings(contents: dict[str, list[Any]], foreign: list[str]) -> Iterat
     for version in _VERSIONS:
         yield from _readable(functools.partial(_range_binding, version, None), contents, f"dnat{version}_ports",
                              foreign)
+        yield from _readable(_routed_binding, contents, f"routed{version}", foreign)
         for proto in Protocol:
             yield from _readable(functools.partial(_range_binding, version, proto), contents,
                                  f"dnat{version}_ports_any_{proto.value}", foreign)
@@ -267,6 +281,24 @@ def _range_binding(version: int, proto: Protocol | None, elem: list[Any]) -> Bin
     first, last = ports["range"] if isinstance(ports, dict) else (ports, ports)
     return Binding(entry.get("comment", ""), Protocol(parts[1]), ipaddress.ip_address(parts[0]),
                    int(first), ipaddress.ip_address(container_ip), int(first), int(last) - int(first) + 1)
+
+
+def _routed_element(b: RoutedBinding) -> _Element:
+    """A binding on a routed bridge: its container address, protocol and
+    port(s) in ``routed4``/``routed6``, commented ``ENDPOINT HOST_IP HOST_PORT``
+    (the host side is not mapped, only kept: see RoutedBinding)."""
+    return _Element(f"routed{b.version}", (b.container_ip, b.proto, _Ports(b.container_port, b.container_port
+                                                                            + b.count - 1)),
+                    None, f"{b.endpoint} {b.host_ip} {b.host_port}")
+
+
+def _routed_binding(elem: Any) -> RoutedBinding:
+    entry = elem["elem"]
+    container_ip, proto, ports = entry["val"]["concat"]
+    first, last = ports["range"] if isinstance(ports, dict) else (ports, ports)
+    endpoint, host_ip, host_port = entry["comment"].split(" ")
+    return RoutedBinding(endpoint, Protocol(proto), ipaddress.ip_address(host_ip), int(host_port),
+                         ipaddress.ip_address(container_ip), int(first), int(last) - int(first) + 1)
 
 
 def _bridge_elements(bridge: Bridge) -> Iterator[_Element]:
@@ -320,8 +352,8 @@ def _read_isolation(contents: dict[str, list[Any]], foreign: list[str]) -> list[
 def _gateway_elements(gateway: Gateway) -> Iterator[_Element]:
     """A bridge not in the default mode: its name in ``unprotected``
     (``nat-unprotected``), each trusted interface ``IFACE . BRIDGE`` in ``trusted``."""
-    if gateway.mode == "nat-unprotected":
-        yield _Element("unprotected", (_Ifname(gateway.bridge),))
+    if gateway.mode != "nat":
+        yield _Element("unprotected" if gateway.mode == "nat-unprotected" else "routed", (_Ifname(gateway.bridge),))
     for interface in gateway.trusted:
         yield _Element("trusted", (_Ifname(interface), _Ifname(gateway.bridge)))
 
@@ -331,12 +363,12 @@ def _read_gateways(contents: dict[str, list[Any]], foreign: list[str]) -> list[G
         interface, bridge = elem["concat"]
         return validate_ifname(interface), validate_ifname(bridge)
 
-    unprotected = set(_readable(validate_ifname, contents, "unprotected", foreign))
+    modes = {b: "nat-unprotected" for b in _readable(validate_ifname, contents, "unprotected", foreign)}
+    modes.update((b, "routed") for b in _readable(validate_ifname, contents, "routed", foreign))
     trusted: dict[str, list[str]] = {}
     for interface, bridge in _readable(pair, contents, "trusted", foreign):
         trusted.setdefault(bridge, []).append(interface)
-    return [Gateway(b, "nat-unprotected" if b in unprotected else "nat", tuple(trusted.get(b, ())))
-            for b in sorted(unprotected | set(trusted))]
+    return [Gateway(b, modes.get(b, "nat"), tuple(trusted.get(b, ()))) for b in sorted(set(modes) | set(trusted))]
 
 
 def _json_value(part: Any) -> Any:
@@ -400,7 +432,8 @@ def change_text(table: str, change: Change) -> str:
     lines = [f"delete element inet {table} {name} {{ {', '.join(_text_parts(e.key) for e in elements)} }}"
              for name, elements in _grouped(change.delete).items()]
     others: tuple[Item, ...] = (*change.added(Bridge), *change.added(Link), *change.added(Isolation),
-                                *change.added(Gateway), *(b for b in change.added(Binding) if b.count > 1))
+                                *change.added(Gateway), *change.added(RoutedBinding),
+                                *(b for b in change.added(Binding) if b.count > 1))
     lines += [f"add element inet {table} {name} {{ {', '.join(_text_entry(e) for e in elements)} }}"
               for name, elements in _grouped(others).items()]
     singles = [b for b in change.added(Binding) if b.count == 1]
@@ -702,7 +735,7 @@ class NftBackend:
         natmap did not write is described in ``foreign``, not read."""
         listing = self.listing()
         if listing is not None:
-            require_marker(listing, self.table)
+            self._require_marker(listing)
         return None if listing is None else parse_table(listing, foreign)
 
     def inspect(self) -> tuple[Table | None, list[str], list[str]]:
@@ -711,9 +744,39 @@ class NftBackend:
         listing = self.listing()
         if listing is None:
             return None, [], []
-        require_marker(listing, self.table)
+        self._require_marker(listing)
         foreign: list[str] = []
         return parse_table(listing, foreign), self.structure_problems(listing), foreign
+
+    def _require_marker(self, listing: str) -> None:
+        """require_marker, and when the bridges set's marker is gone (its rules
+        and the set deleted by hand), the table's own comment, which nft
+        never changes on a table that exists: natmap's table, then, whose
+        structure drifted (check() says so, repair() rebuilds it)."""
+        try:
+            require_marker(listing, self.table)
+        except ConflictError:
+            if self._table_comment() != marker(self.table):
+                raise
+
+    def _table_comment(self) -> str | None:
+        """The table's comment. nft 1.0.6's JSON leaves it out, so it is read
+        from the text listing, terse (without elements: cheap at any size),
+        where it is the line after the table's."""
+        self._nft.set_json_output(False)
+        self._nft.set_terse_output(True)
+        try:
+            rc, out, err = self._call(f"list table inet {self.table}")
+        finally:
+            self._nft.set_terse_output(False)
+            self._nft.set_json_output(True)
+        _check(f"listing table inet {self.table}", rc, err)
+        found = re.match(rf'table inet {self.table} {{\n\tcomment "([^"\n]*)"\n', str(out))
+        return found.group(1) if found else None
+
+    def take_back(self) -> None:
+        """Nothing to take back: nft never changes a table's comment, the marker
+        that outlasts any hand edit but deleting the table (see _require_marker)."""
 
     def generation(self) -> int:
         """The ruleset generation: one more with every committed transaction."""

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 import natmap
-from helpers import kernel_state
+from helpers import delete_behind_natmaps_back, kernel_state
 from test_kernel_engine import client, web  # noqa: F401 (the same fixtures: web01 serving, client1 outside)
 from natmap import ConflictError, SpecError
 from natmap.errors import UnknownInterfaceError
@@ -171,6 +171,86 @@ def test_an_existing_chain_of_natmaps_names_is_refused(sandbox, web):
         with pytest.raises(ConflictError):
             nm.remove()
     assert _save(sandbox, "filter", "nat") == before
+
+
+_MARKER_RULE = ["-m", "comment", "--comment", "natmap v1 table=natmap", "-j", "RETURN"]
+
+
+def test_a_marker_rule_deleted_by_hand_is_drift_that_repair_puts_back(sandbox, web, client):
+    with natmap.NatMap(netns=sandbox.host.name, backend="iptables") as nm:
+        nm.publish(web.endpoint(), ["8080:5000"])
+        sandbox.host.run(["iptables-legacy", "-D", "NATMAP-GENERATION", *_MARKER_RULE], check=True)
+        assert client.request(sandbox.outside_ip, 8080) == "web01 192.0.2.2"   # traffic does not care
+        drift = nm.check()
+        assert [p for p in drift.structure if "natmap v1 table=natmap" in p] and not drift.missing, str(drift)
+        assert nm.port("web01")  # natmap's store remembers the table: still natmap's
+        nm.repair()
+        assert not nm.check()
+        assert '-A NATMAP-GENERATION -m comment --comment "natmap v1 table=natmap" -j RETURN' in _save(
+            sandbox, "filter")
+        assert client.request(sandbox.outside_ip, 8080) == "web01 192.0.2.2"
+
+
+def test_without_a_store_adopt_force_takes_chains_back_only_if_every_rule_is_natmaps(sandbox, web, client, tmp_path):
+    with natmap.NatMap(netns=sandbox.host.name, backend="iptables") as nm:
+        published = nm.publish(web.endpoint(), ["8080:5000", "127.0.0.1:8081:5000"])
+    sandbox.host.run(["iptables-legacy", "-D", "NATMAP-GENERATION", *_MARKER_RULE], check=True)
+    sandbox.host.run(["iptables-legacy", "-A", "NATMAP-FORWARD", "-s", "198.51.100.7", "-j", "ACCEPT"], check=True)
+    lost = natmap.NatMap(netns=sandbox.host.name, backend="iptables", state_dir=str(tmp_path))  # the store lost
+    before = _save(sandbox, "filter", "nat", "raw")
+    with pytest.raises(ConflictError, match="no natmap marker for table 'natmap'.*adopt --force"):
+        lost.publish(web.endpoint(), ["9090:5000"])
+    with pytest.raises(ConflictError, match="no natmap marker"):
+        lost.adopt()
+    with pytest.raises(ConflictError, match="not provably natmap's.*rule in NATMAP-FORWARD is not natmap's"):
+        lost.adopt(force=True)  # another program's rule in natmap's chain: never taken
+    assert _save(sandbox, "filter", "nat", "raw") == before
+    sandbox.host.run(["iptables-legacy", "-D", "NATMAP-FORWARD", "-s", "198.51.100.7", "-j", "ACCEPT"], check=True)
+    adopted = lost.adopt(force=True)
+    assert set(published) <= set(adopted)
+    assert not lost.check()
+    assert lost.port("web01") == published
+    assert client.request(sandbox.outside_ip, 8080) == "web01 192.0.2.2"
+
+
+def test_adopt_force_takes_back_a_routed_bridge_with_its_gateway_rules(sandbox, web, client, tmp_path):
+    with natmap.NatMap(netns=sandbox.host.name, backend="iptables") as nm:
+        nm.publish(web.endpoint(), ["8080:5000", "6000-6002:6000-6002/udp"])
+        nm.set_gateway(sandbox.bridge, "routed", ["nmout"])
+        before = (list(nm.bindings()), nm.gateways())
+    sandbox.host.run(["iptables-legacy", "-D", "NATMAP-GENERATION", *_MARKER_RULE], check=True)
+    lost = natmap.NatMap(netns=sandbox.host.name, backend="iptables", state_dir=str(tmp_path))
+    lost.adopt(force=True)
+    assert (list(lost.bindings()), lost.gateways()) == before
+    assert len(before[0]) == 8 and all(isinstance(b, natmap.RoutedBinding) for b in before[0])
+    assert not lost.check()
+    assert client.request(str(web.ip), 5000) == "web01 192.0.2.2"
+
+
+def test_adopt_force_never_takes_chains_without_natmaps_generation_chain(sandbox, web, tmp_path):
+    sandbox.host.run(["iptables-legacy", "-N", "DOCKER-FORWARD"], check=True)
+    sandbox.host.run(["iptables-legacy", "-A", "DOCKER-FORWARD", "-j", "ACCEPT"], check=True)
+    before = _save(sandbox, "filter", "nat", "raw")
+    with natmap.NatMap(table="docker", netns=sandbox.host.name, backend="iptables",
+                       state_dir=str(tmp_path)) as nm:
+        with pytest.raises(ConflictError, match="DOCKER-GENERATION is missing.*will not take them"):
+            nm.adopt(force=True)
+    assert _save(sandbox, "filter", "nat", "raw") == before
+
+
+def test_an_nft_table_whose_marked_set_was_deleted_by_hand_is_still_natmaps(sandbox, web, client):
+    with natmap.NatMap(netns=sandbox.host.name) as nm:
+        nm.publish(web.endpoint(), ["8080:5000"])
+        # The set that carries the marker in listings, after every rule that uses it; the table's
+        # own comment cannot be changed by hand (nft keeps it), so it still proves the table natmap's.
+        sandbox.host.run(["nft", "flush chain inet natmap postrouting; flush chain inet natmap forward; "
+                          "delete set inet natmap bridges"], check=True)
+        sandbox.host.run(["nft", 'add table inet natmap { comment "someone else" ; }'], check=True)
+        drift = nm.check()
+        assert any("set bridges is missing" in p for p in drift.structure), str(drift)
+        nm.repair()
+        assert not nm.check()
+        assert client.request(sandbox.outside_ip, 8080) == "web01 192.0.2.2"
 
 
 def test_tables_differing_in_case_or_past_16_characters_get_their_own_chains(sandbox, web, client):
@@ -407,8 +487,65 @@ def test_gateway_settings_read_back_and_come_from_the_toml_file(sandbox, nm, web
     change = fresh.apply(natmap.Config.load(path))
     assert f"gateway {sandbox.bridge} nat-unprotected" in [natmap.model.describe(i) for i in change.add]
     assert client.request(str(web.ip), 9999) == "web01 192.0.2.2"
-    with pytest.raises(SpecError, match="routed gateway mode is not supported yet"):
+    with pytest.raises(SpecError, match="unknown gateway mode"):
+        nm.set_gateway(sandbox.bridge, "route")
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_routed_mode_opens_only_published_container_ports_without_nat(sandbox, nm, web, client, family):
+    """Docker's routed gateway mode: no DNAT from the host port, no masquerade;
+    routed flows reach the published container ports (and what a trusted
+    interface sends), nothing else; back to nat, the mapping is as it was."""
+    web.serve(9999)
+    direct = str(web.ip if family == 4 else web.ipv6)
+    outside = str(sandbox.outside_ip if family == 4 else sandbox.outside_ip6)
+    seen = "192.0.2.2" if family == 4 else "2001:db8:2::2"
+    nm.publish(web.endpoint(), ["8080:5000"])
+    client.serve(9000)
+    def state():  # but the iptables generation marker, new with every transaction
+        return re.sub(r".*natmap-generation:.*", "", kernel_state(sandbox, nm.backend_name))
+
+    states: dict[str, set[str]] = {"nat": {state()}, "routed": set()}
+    for _ in range(2):  # back and forth: nothing stale either way
         nm.set_gateway(sandbox.bridge, "routed")
+        states["routed"].add(state())
+        assert client.request(direct, 5000) == f"web01 {seen}"              # published container port
+        assert client.request(direct, 9999, timeout=0.5) is None           # unpublished: dropped
+        assert client.request(outside, 8080, timeout=0.5) is None          # no mapping from the host port
+        assert web.request(seen, 9000) == f"client1 {direct}"               # no masquerade
+        assert [b.port_line() for b in nm.port("web01")] == ["5000/tcp -> 0.0.0.0:8080", "5000/tcp -> [::]:8080"]
+        assert all(isinstance(b, natmap.RoutedBinding) for b in nm.port("web01"))
+        assert not nm.check()
+        nm.set_gateway(sandbox.bridge, "routed", ["nmout"])
+        assert client.request(direct, 9999) == f"web01 {seen}"              # trusted: everything
+        nm.set_gateway(sandbox.bridge, "nat")
+        assert client.request(outside, 8080) == f"web01 {seen}"             # mapped again, same port
+        assert client.request(direct, 9999, timeout=0.5) is None
+        assert client.request(direct, 5000, timeout=0.5) is None            # nat: only through the mapping
+        assert web.request(seen, 9000) == f"client1 {outside}"               # masqueraded again
+        assert not any(isinstance(b, natmap.RoutedBinding) for b in nm.port("web01"))
+        assert not nm.check()
+        states["nat"].add(state())
+    assert (len(states["nat"]), len(states["routed"])) == (1, 1)  # each mode: the same kernel every time
+
+
+def test_routed_mode_survives_repair_and_a_fresh_process_reads_it(sandbox, nm, web, client):
+    nm.publish(web.endpoint(), ["8080:5000", "6000-6002:6000-6002/udp"])
+    nm.set_gateway(sandbox.bridge, "routed")
+    fresh = natmap.NatMap(netns=sandbox.host.name, backend=nm.backend_name)
+    assert fresh.gateways() == [natmap.Gateway(sandbox.bridge, "routed")]
+    assert len(fresh.port("web01")) == 8 and all(isinstance(b, natmap.RoutedBinding) for b in fresh.port("web01"))
+    adopted = fresh.adopt()  # refused unless the kernel, read back, says what the store says
+    assert sum(isinstance(i, natmap.RoutedBinding) for i in adopted) == 4
+    routed = next(i for i in adopted if isinstance(i, natmap.RoutedBinding) and i.version == 4 and i.count == 1)
+    delete_behind_natmaps_back(sandbox, nm.backend_name, routed)
+    assert client.request(str(web.ip), 5000, timeout=0.5) is None
+    assert [natmap.model.describe(i) for i in fresh.check().missing] == [natmap.model.describe(routed)]
+    fresh.repair()
+    assert client.request(str(web.ip), 5000) == "web01 192.0.2.2"
+    nm.set_gateway(sandbox.bridge, "nat")
+    drift = fresh.check()
+    assert not drift, str(drift)
 
 
 def test_the_gateway_command_sets_and_prints_the_mode(sandbox, web, client):
