@@ -272,3 +272,70 @@ def test_a_self_conflict_names_the_endpoint_once(specs, message):
     with pytest.raises(ConflictError) as raised:
         publish(Table(), web(ipv6=False), specs)
     assert str(raised.value) == message
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["web", "db-1"]), st.sampled_from(["tcp", "udp", "sctp"]),
+       st.sampled_from(["0.0.0.0", "::", "10.0.0.1", "fd00::1"]), st.integers(1, 65535),
+       st.sampled_from(["172.30.0.2", "fd00:30::2"]), st.integers(1, 65535))
+def test_a_single_port_binding_made_the_fast_way_equals_one_made_by_the_constructor(
+        name, proto, host_ip, host_port, container_ip, container_port):
+    """Table's one-port path builds Binding values without __post_init__: they
+    must be the same values, hash and key included."""
+    from natmap.model import _single
+    from natmap.spec import Protocol
+
+    host, container = ipaddress.ip_address(host_ip), ipaddress.ip_address(container_ip)
+    fast = _single(name, Protocol(proto), host, host_port, container, container_port)
+    made = Binding(name, proto, host_ip, host_port, container_ip, container_port)
+    assert fast == made and hash(fast) == hash(made) and fast.key == made.key and repr(fast) == repr(made)
+
+
+# --- the one-port-to-one-port loop (Table._publish_ones) does what the general path does
+
+_steps = st.lists(st.tuples(
+    st.sampled_from(["publish", "unpublish", "rollback"]),
+    st.integers(min_value=2, max_value=4),                          # which endpoint
+    st.booleans(),                                                  # with IPv6
+    st.lists(st.tuples(st.sampled_from(["", "127.0.0.1:", "[::1]:"]), st.integers(8000, 8003),
+                       st.integers(80, 81), st.sampled_from(["tcp", "udp"])), max_size=4),
+), max_size=25)
+
+
+def _general():
+    """A Table whose publish never takes the one-to-one loop."""
+    class General(Table):
+        def _publish_ones(self, endpoint, specs):
+            made = []
+            for spec in specs:
+                made += self._publish_spec(endpoint, spec, POOL, {})
+            return made
+    return General()
+
+
+def _outcome(table, verb, endpoint, specs):
+    try:
+        if verb == "unpublish":
+            return sorted(map(repr, table.unpublish(endpoint.name)))
+        if verb == "rollback":
+            table.rollback()
+            return None
+        return [repr(b) for b in publish(table, endpoint, specs)]
+    except (ConflictError, SpecError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+@given(_steps)
+@settings(max_examples=300, deadline=None)
+def test_the_one_to_one_loop_leaves_the_table_the_general_path_leaves(sequence):
+    fast, general = Table(), _general()
+    for verb, n, ipv6, parts in sequence:
+        endpoint = web(f"ep{n}", n, ipv6=ipv6 and n != 3)  # ep3 never has IPv6: one name, one address set
+        specs = [f"{ip}{host}:{container}/{proto}" for ip, host, container, proto in parts]
+        assert _outcome(fast, verb, endpoint, specs) == _outcome(general, verb, endpoint, specs)
+        assert fast.items() == general.items()
+        assert fast.change() == general.change()
+        assert fast.bindings() == general.bindings()
+        for key in ("_by_key", "_specific", "_ranges", "_by_endpoint", "_by_container", "_addresses_of"):
+            assert getattr(fast, key) == getattr(general, key), key
+        assert {k: v for k, v in fast._ports.items() if v} == {k: v for k, v in general._ports.items() if v}
