@@ -3,7 +3,7 @@
 import ipaddress
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from natmap import Binding, ConflictError, Endpoint, PortRange, PortSpec, SpecError
@@ -291,14 +291,16 @@ def test_a_single_port_binding_made_the_fast_way_equals_one_made_by_the_construc
     assert fast == made and hash(fast) == hash(made) and fast.key == made.key and repr(fast) == repr(made)
 
 
-# --- the one-port-to-one-port loop (Table._publish_ones) does what the general path does
+# --- the one-to-one loop (Table._publish_ones: 8080:80, 8000-8001:80-81) does what the general path does
 
 _steps = st.lists(st.tuples(
     st.sampled_from(["publish", "unpublish", "rollback"]),
     st.integers(min_value=2, max_value=4),                          # which endpoint
     st.booleans(),                                                  # with IPv6
-    st.lists(st.tuples(st.sampled_from(["", "127.0.0.1:", "[::1]:"]), st.integers(8000, 8003),
-                       st.integers(80, 81), st.sampled_from(["tcp", "udp"])), max_size=4),
+    st.lists(st.tuples(st.sampled_from(["", "", "127.0.0.1:", "[::1]:"]),
+                       st.sampled_from(["8000", "8001", "8003", "8000-8001", "8001-8003", "80-81", "81"]),
+                       st.sampled_from(["80", "81", "80-81", "8000-8001", "80-82"]),
+                       st.sampled_from(["tcp", "udp"])), max_size=4),
 ), max_size=25)
 
 
@@ -326,6 +328,9 @@ def _outcome(table, verb, endpoint, specs):
 
 
 @given(_steps)
+@example([("publish", 2, False, [("", "8003", "80", "tcp")]),  # a single port of (4, tcp) first, then
+          ("publish", 2, False, [("", "8000-8001", "8000-8001", "tcp")]),  # a same-port range, then
+          ("publish", 2, False, [("", "8001", "81", "tcp")])])  # a port inside it: a conflict
 @settings(max_examples=300, deadline=None)
 def test_the_one_to_one_loop_leaves_the_table_the_general_path_leaves(sequence):
     fast, general = Table(), _general()
