@@ -16,7 +16,8 @@ installed package has it.
 4. packet path: new flows a second that the host DNATs, N = 1 and 10,000;
 5. start-up: `import natmap` and `natmap port NAME` as processes;
 6. memory: peak RSS publishing 10,000 bindings, and processes left behind;
-7. scale (issue 16): 10,000 single `-p` strings in one transaction; tcp+udp
+7. the store (issue 12): `natmap port NAME` by table size, watch after a flush;
+8. scale (issue 16): 10,000 single `-p` strings in one transaction; tcp+udp
    1-65535 same-port (publish, port() from a new NatMap, `natmap ls` as a
    process, unpublish, peak RSS, iptables publish); a shifted range of 10,000;
    `natmap port NAME` with 10,000 other bindings; unpublishing 10,000 bindings
@@ -427,7 +428,7 @@ def _children() -> set[int]:
     return found
 
 
-# --- 7. scale: the workloads of issue 16 ------------------------------------------------------
+# --- 8. scale: the workloads of issue 16 ------------------------------------------------------
 
 
 def singles(sb: Sandbox) -> dict:
@@ -589,7 +590,7 @@ def range_flows(sb: Sandbox) -> dict:
 
 
 def scale(sb: Sandbox) -> dict:
-    out("## 7. Scale: the workloads of issue 16 (medians, measured in turns)")
+    out("## 8. Scale: the workloads of issue 16 (medians, measured in turns)")
     out()
     return dict(singles=singles(sb), whole=whole_range(sb), shifted=shifted(sb), port=port_among(sb),
                 conntrack=conntrack_cleanup(sb), flows=range_flows(sb))
@@ -617,9 +618,9 @@ def scale_checks(sc: dict) -> list[tuple[str, float, float]]:
     ]
 
 
-# What section 7's targets that do not hold on this machine cost, and what was tried (issue 16).
+# What section 8's targets that do not hold on this machine cost, and what was tried (issue 16).
 SCALE_NOTES = """\
-### Section 7: why a target does not hold, and what was tried
+### Section 8: why a target does not hold, and what was tried
 
 - **10,000 single `-p` strings <= 1.5x the floor.** The floor is one libnftables
   call; natmap adds Python per spec: parsing (a regex fast path for the common

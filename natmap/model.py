@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import itertools
+import operator
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -1007,8 +1008,15 @@ def docker_order(bindings: Iterable[Binding]) -> list[Binding] | Bindings:
         return bindings  # already in that order
     bindings = list(bindings)
     if all(b.count == 1 for b in bindings):
+        if len({b.key[:3] for b in bindings}) <= 1:
+            # One address and protocol (most publishes): the lines differ only in
+            # their port numbers, which sort_key compares as numbers.
+            return sorted(bindings, key=_BY_PORTS)
         return sorted(bindings, key=Binding.sort_key)
     return Bindings(bindings)
+
+
+_BY_PORTS = operator.attrgetter("container_port", "host_port")
 
 
 def _expand_in_order(bindings: list[Binding]) -> list[Binding]:

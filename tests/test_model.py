@@ -7,7 +7,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from natmap import Binding, ConflictError, Endpoint, PortRange, PortSpec, SpecError
-from natmap.model import Bridge, PortPool, Table
+from natmap.model import Bridge, PortPool, Table, natural_key
 
 BRIDGE = Bridge("natmap0", (ipaddress.ip_network("172.30.0.0/24"), ipaddress.ip_network("fd00:30::/64")))
 POOL = PortPool(PortRange(32768, 32800))
@@ -344,3 +344,19 @@ def test_the_one_to_one_loop_leaves_the_table_the_general_path_leaves(sequence):
         for key in ("_by_key", "_specific", "_ranges", "_by_endpoint", "_by_container", "_addresses_of"):
             assert getattr(fast, key) == getattr(general, key), key
         assert {k: v for k, v in fast._ports.items() if v} == {k: v for k, v in general._ports.items() if v}
+
+
+@given(st.lists(st.tuples(st.sampled_from(["0.0.0.0", "10.0.0.1", "::", "fd00::1"]), st.sampled_from(["tcp", "udp"]),
+                          st.integers(1, 65535), st.integers(1, 65535)), max_size=30),
+       st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_docker_order_is_the_natural_sort_of_docker_ports_lines(parts, one_address):
+    """docker_order sorts one address and protocol by port numbers alone: the same order."""
+    from natmap.model import docker_order
+
+    if one_address:
+        parts = [("0.0.0.0", "tcp", host, container) for _, _, host, container in parts]
+    bindings = list({(ip, proto, host): Binding("web", proto, ip, host, "fd00:30::2" if ":" in ip else "172.30.0.2",
+                                                container)
+                     for ip, proto, host, container in parts}.values())  # one binding a key, as in a table
+    assert docker_order(bindings) == sorted(bindings, key=lambda b: natural_key(b.port_line()))
