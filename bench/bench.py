@@ -677,10 +677,23 @@ SCALE_NOTES = """\
   section it measured 0.50x-0.77x in three runs, and 1.3x in one run with
   the range measured first. Something in the sequence (publish, flush,
   flows, remove) differs between the two; not found by the deadline.
-- **Targets of sections 1-6 that held before** (full apply 1.35x, flows at
-  N=10,000, `natmap port`) did not in the 2026-11-30 run: other engineers'
-  test suites loaded both cores (`python -c pass` 57 ms instead of 18), and
-  Python start-up and the garbage collector suffer more than libnftables.
+- **`natmap port` <= 2x (python start + kernel read), section 5.** The
+  process is Python's start, natmap's import and about 6 ms of work. The
+  import (about 45 ms quiet) is mostly what natmap is made of: 14
+  dataclasses whose generated methods Python compiles at import (about 1 ms
+  each), sqlite3 for the store, ctypes for setns, argparse. Done on
+  2026-11-30: the nftables generation asked on a `_socket` socket (the
+  `socket` module's enum classes cost 3-4 ms), the sub-parsers' prog given
+  instead of derived by formatting a usage text (1-4 ms). It measured
+  1.80-2.07x in turns since; it holds by a few ms, so a loaded machine can
+  tip it. What would hold it for good: hand-written classes for the values
+  a `natmap port` imports, or a reader for it that imports neither argparse
+  nor the engine.
+- **This run's machine.** Other engineers' test suites loaded both cores
+  (see `python -c pass` in section 5 against its quiet 18-36 ms). Under such
+  load Python suffers more than libnftables' C, and natmap's checks of the
+  namespace's iptables tables wait for the xtables lock other programs hold:
+  ratios of Python against C read higher than on a quiet machine.
 """
 
 

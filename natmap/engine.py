@@ -858,8 +858,8 @@ def _in_order(table: Table) -> tuple[Item, ...]:
     binding's "port ..." last): the few others sorted, the bindings as the
     table holds them, since sorting 10,000 by their text was a tenth of a
     big first publish."""
-    others = [*table.bridges.values(), *table.links(), *(Isolation(bridge) for bridge in table.isolated),
-              *table.gateways.values()]  # what table.items() holds besides the bindings
+    others: list[Item] = [*table.bridges.values(), *table.links(), *(Isolation(bridge) for bridge in table.isolated),
+                          *table.gateways.values()]  # what table.items() holds besides the bindings
     return (*sorted(others, key=describe), *table.held_bindings())
 
 

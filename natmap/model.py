@@ -784,32 +784,33 @@ class Table:
         here as _insert would; any other goes through _add_all, which inserts,
         skips an equal one or raises, as it does."""
         name = endpoint.name
-        targets = [[_ANY[v], address, v, self._by_container.get((v, int(address))) == name]
-                   for v, address in ((4, endpoint.ip), (6, endpoint.ipv6)) if address is not None]
+        targets = [(_ANY[v], address, v) for v, address in ((4, endpoint.ip), (6, endpoint.ipv6))
+                   if address is not None]
+        registered = [self._by_container.get((v, int(address))) == name for _, address, v in targets]
         by_key, specific, ranges, all_ports = self._by_key, self._specific, self._ranges, self._ports
         of_endpoint = self._by_endpoint.get(name)
         steps = self._steps(Verb.ADD)
         made: list[Binding] = []
         for spec in specs:
             host, container, proto = spec.host_ports, spec.container_ports, spec.proto
-            pairs = ([(host.start, container.start)] if host.start == host.end  # type: ignore[union-attr]
-                     else list(zip(host, container)))  # type: ignore[call-overload]
+            assert host is not None  # _one_to_one
+            pairs = [(host.start, container.start)] if host.start == host.end else list(zip(host, container))
             p = proto._value_
-            for target in targets:
-                host_ip, container_ip, version, registered = target
+            for i, (host_ip, container_ip, version) in enumerate(targets):
+                known = registered[i]
                 ports = all_ports.get((version, p))
                 for host_port, container_port in pairs:
                     binding = _single(name, proto, host_ip, host_port, container_ip, container_port)
                     key = binding.key
-                    if (not registered or ports is None or key in by_key or (version, p, host_port) in specific
-                            or (version, p) in ranges):
+                    if (not known or ports is None or of_endpoint is None or key in by_key
+                            or (version, p, host_port) in specific or (version, p) in ranges):
                         self._add_all([binding])
-                        target[3] = registered = True  # _insert registered the address (or it raised)
+                        registered[i] = known = True  # _insert registered the address (or it raised)
                         ports, of_endpoint = all_ports.get((version, p)), self._by_endpoint.get(name)
                     else:
                         by_key[key] = binding
                         ports[host_port] = ports.get(host_port, 0) + 1
-                        of_endpoint[key] = binding  # type: ignore[index]  # registered: it has bindings
+                        of_endpoint[key] = binding
                         steps.append(binding)
                     made.append(binding)
         return made
