@@ -624,31 +624,36 @@ SCALE_NOTES = """\
 ### Section 8: why a target does not hold, and what was tried
 
 - **10,000 single `-p` strings, a shifted range of 10,000 (and section 1's
-  full apply of 10,000) <= 1.5x the floor.** natmap makes the floor's own
-  call (its nft text is the floor's, and costs the floor's time); what it
-  adds is Python per binding. Done on 2026-11-30: `8080:80[/proto]` parsed
-  without the regex (about 2 us a spec, from 3.5); specs that map each host
-  port to one container port (`8080:80`, `10000-10039:1-40`,
-  `20000-29999:30000-39999`) published in one loop that changes the indexes
-  in line (the model's cost halved: about 2.3 us a binding); a first
-  publish's items no longer sorted by their text (25-30 ms of 10,000);
-  `docker port`'s order sorted by the port numbers when one address and
-  protocol is concerned; no setns per endpoint when no host IP is checked;
-  host sockets looked up only on ports they hold. Property tests hold each
-  fast path equal to the general one. Left, for 10,000 bindings measured
-  alone at a quiet moment: parsing 21 ms (the single strings only), the model
-  23 ms, the store 35 ms (SQLite, one row per kernel element in two indexes:
-  25 ms inserting, 8 ms making the rows), the rest (host sockets, other
-  natmap tables, the elements' text, the order) about 15 ms; the floor is
-  60-80 ms then. The store alone is about half the floor. What would reach
-  1.5x: writing the store's rows while the kernel commits (libnftables and
-  SQLite both release the GIL), which gives up "recorded before applied",
-  what crash recovery rests on; or one row per run of ports instead of per
-  port, a new store format. Both are the store's (issue 12); not done. Before
-  2026-11-30 natmap's turns also found the floor's table in place (it
-  carries natmap's marker): since natmap checks the namespace's other natmap
-  tables, that was a conflict; the floor's table is dropped before natmap's
-  turn now.
+  full apply of 10,000) <= 1.5x the floor.** natmap makes the floor's own call
+  (its nft text is the floor's, and costs the floor's time); what it adds is
+  Python per binding. Done on 2026-11-30: `8080:80[/proto]` parsed without the
+  regex (about 2 us a spec, from 3.5); specs that map each host port to one
+  container port (`8080:80`, `10000-10039:1-40`, `20000-29999:30000-39999`)
+  published in one loop that changes the indexes in line (the model's cost
+  halved: about 2.3 us a binding); a first publish's items no longer sorted by
+  their text (25-30 ms of 10,000); `docker port`'s order sorted by the port
+  numbers when one address and protocol is concerned; no setns per endpoint
+  when no host IP is checked; host sockets looked up only on ports they hold.
+  Property tests hold each fast path equal to the general one. The Python part
+  alone (parsing, the model, the order, the nft text, the store; no kernel),
+  the code before and after measured in turns on the same loaded machine,
+  medians of 3: single strings 559 -> 232 ms, section 1's 10,000 -> 204 from
+  340, the shifted range 343 -> 159. The ratios of this run (singles 3.22x,
+  shifted 1.81x, full apply 2.23x; 2.75x, 2.35x and 1.66x in an earlier run
+  the same hour) moved with the load more than with the code. Left, for 10,000
+  bindings measured alone at a quiet moment: parsing 21 ms (the single strings
+  only), the model 23 ms, the store 35 ms (SQLite, one row per kernel element
+  in two indexes: 25 ms inserting, 8 ms making the rows), the rest (host
+  sockets, other natmap tables, the elements' text, the order) about 15 ms;
+  the floor is 60-110 ms then. The store alone is about half the floor. What
+  would reach 1.5x: writing the store's rows while the kernel commits
+  (libnftables and SQLite both release the GIL), which gives up "recorded
+  before applied", what crash recovery rests on; or one row per run of ports
+  instead of per port, a new store format. Both are the store's (issue 12);
+  not done. Before 2026-11-30 natmap's turns also found the floor's table in
+  place (it carries natmap's marker): since natmap checks the namespace's
+  other natmap tables, that was a conflict; the floor's table is dropped
+  before natmap's turn now.
 - **`natmap port NAME` with 10,000 others <= 1.5x with 10.** The kernel cannot
   be asked for one endpoint's elements: the comment is not a key. `list
   table` makes libnftables format all 10,000 elements (about 40% of the time)
@@ -677,23 +682,24 @@ SCALE_NOTES = """\
   section it measured 0.50x-0.77x in three runs, and 1.3x in one run with
   the range measured first. Something in the sequence (publish, flush,
   flows, remove) differs between the two; not found by the deadline.
-- **`natmap port` <= 2x (python start + kernel read), section 5.** The
-  process is Python's start, natmap's import and about 6 ms of work. The
-  import (about 45 ms quiet) is mostly what natmap is made of: 14
-  dataclasses whose generated methods Python compiles at import (about 1 ms
-  each), sqlite3 for the store, ctypes for setns, argparse. Done on
-  2026-11-30: the nftables generation asked on a `_socket` socket (the
-  `socket` module's enum classes cost 3-4 ms), the sub-parsers' prog given
-  instead of derived by formatting a usage text (1-4 ms). It measured
-  1.80-2.07x in turns since; it holds by a few ms, so a loaded machine can
-  tip it. What would hold it for good: hand-written classes for the values
-  a `natmap port` imports, or a reader for it that imports neither argparse
-  nor the engine.
-- **This run's machine.** Other engineers' test suites loaded both cores
-  (see `python -c pass` in section 5 against its quiet 18-36 ms). Under such
-  load Python suffers more than libnftables' C, and natmap's checks of the
-  namespace's iptables tables wait for the xtables lock other programs hold:
-  ratios of Python against C read higher than on a quiet machine.
+- **`natmap port` <= 2x (python start + kernel read), section 5.** The process
+  is Python's start, natmap's import and about 6 ms of work. The import (about
+  45 ms quiet) is mostly what natmap is made of: 14 dataclasses whose
+  generated methods Python compiles at import (about 1 ms each), sqlite3 for
+  the store, ctypes for setns, argparse. Done on 2026-11-30: the nftables
+  generation asked on a `_socket` socket (the `socket` module's enum classes
+  cost 3-4 ms), the sub-parsers' prog given instead of derived by formatting a
+  usage text (1-4 ms). It measured 1.80x and 2.12x in two runs of this section
+  the same hour (2.21x before): it is within a few ms of the line, so the
+  machine's load tips it. What would hold it for good: hand-written classes
+  for the values a `natmap port` imports, or a reader for it that imports
+  neither argparse nor the engine.
+- **This run's machine.** Other engineers' test suites loaded both cores (see
+  `python -c pass` in section 5 against its quiet 18-36 ms). Ratios of Python
+  against libnftables' C moved from run to run by more than the code changed
+  them (see the write-path figures above), and natmap's look at the
+  namespace's iptables tables (for conflicts) can wait for the xtables lock
+  other programs hold (seen once: 0.5 s).
 """
 
 
