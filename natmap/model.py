@@ -539,6 +539,7 @@ class Table:
         self._check_identity(endpoint)
         if bridge is not None:
             self._ensure_bridge(endpoint, bridge)
+        specs = tuple(specs)  # read twice below: an iterator would be empty the second time
         if not publish_all and all(_one_to_one(spec) for spec in specs):
             return self._publish_ones(endpoint, specs)
         made: list[Binding] = []

@@ -360,3 +360,9 @@ def test_docker_order_is_the_natural_sort_of_docker_ports_lines(parts, one_addre
                                                 container)
                      for ip, proto, host, container in parts}.values())  # one binding a key, as in a table
     assert docker_order(bindings) == sorted(bindings, key=lambda b: natural_key(b.port_line()))
+
+
+def test_specs_given_as_an_iterator_are_all_published():
+    table = Table()
+    made = table.publish(web(), (PortSpec.parse(s) for s in ["8080:80", "8081:81"]), bridge=BRIDGE, pool=POOL)
+    assert sorted(b.host_port for b in made) == [8080, 8080, 8081, 8081]
