@@ -104,7 +104,7 @@ def floor_text(table: str, eps) -> str:
     """The same rule set, written by hand: the skeleton and one element each.
     The skeleton carries natmap's marker: a floor table left in place is, to
     natmap, another natmap table of the namespace (its bindings conflict, and
-    reading it would be charged to natmap), so natmap's turns drop it first."""
+    reading it would be charged to natmap), so natmap's turns follow its removal."""
     elements = []
     for endpoint, spec in eps:
         first = int(spec.split("-")[0])
@@ -147,8 +147,10 @@ def full_apply(sb: Sandbox) -> dict:
         drop_floor = lambda: sb.host.run(["nft", "delete", "table", "inet", "floor"])  # noqa: E731
         lib = sb.host.call(nftables.Nftables)
         timed = interleaved({
-            "natmap": (lambda: publish_all(nm, eps), lambda: (drop_floor(), _clean(nm))),
-            "nft_f": (lambda: sb.host.run(["nft", "-f", str(path)], check=True), drop_floor),
+            # Each setup removes what the turn before it left: every run follows one
+            # table's deletion (the kernel finishes freeing one after the call).
+            "natmap": (lambda: publish_all(nm, eps), drop_floor),
+            "nft_f": (lambda: sb.host.run(["nft", "-f", str(path)], check=True), lambda: _clean(nm)),
             "in_process": (lambda: sb.host.call(lib.cmd, text), drop_floor),
         })
         natmap_s, nft_f, in_process = timed["natmap"], timed["nft_f"], timed["in_process"]
@@ -449,8 +451,8 @@ def singles(sb: Sandbox) -> dict:
             for endpoint, texts in specs:
                 tx.publish(endpoint, texts)
 
-    timed = interleaved({"natmap": (publish_singles, lambda: (drop_floor(), _clean(nm))),
-                         "floor": (lambda: sb.host.call(lib.cmd, text), drop_floor)})
+    timed = interleaved({"natmap": (publish_singles, drop_floor),  # each setup removes the other's table
+                         "floor": (lambda: sb.host.call(lib.cmd, text), lambda: _clean(nm))})
     _clean(nm)
     drop_floor()
     out(f"10,000 single `-p` strings, one transaction: natmap {timed['natmap'] * 1000:.1f} ms, "
@@ -506,9 +508,8 @@ def shifted(sb: Sandbox) -> dict:
             f"add element inet floor subnets4 {{ 172.30.0.0/16 }}\n"
             f"add element inet floor dnat4_any {{ {elements} }}\n")
     drop_floor = lambda: sb.host.run(["nft", "delete", "table", "inet", "floor"])  # noqa: E731
-    timed = interleaved({"natmap": (lambda: nm.publish(big, ["20000-29999:30000-39999"]),
-                                    lambda: (drop_floor(), _clean(nm))),
-                         "floor": (lambda: sb.host.call(lib.cmd, text), drop_floor)})
+    timed = interleaved({"natmap": (lambda: nm.publish(big, ["20000-29999:30000-39999"]), drop_floor),
+                         "floor": (lambda: sb.host.call(lib.cmd, text), lambda: _clean(nm))})
     _clean(nm)
     drop_floor()
     out(f"shifted range 20000-29999:30000-39999 (10,000 elements): natmap {timed['natmap'] * 1000:.1f} ms, "
@@ -638,23 +639,27 @@ SCALE_NOTES = """\
   alone (parsing, the model, the order, the nft text, the store; no kernel),
   the code before and after measured in turns on the same loaded machine,
   medians of 3: single strings 559 -> 232 ms, section 1's 10,000 -> 204 from
-  340, the shifted range 343 -> 159. The ratios of this run (singles 3.22x,
-  shifted 1.81x, full apply 2.23x; 2.75x, 2.35x and 1.66x in an earlier run
-  the same hour) moved with the load more than with the code. Left, for 10,000
-  bindings measured alone at a quiet moment: parsing 21 ms (the single strings
-  only), the model 23 ms, the store 35 ms at best and often 100 (SQLite, one
-  row per kernel element in two indexes: 25 ms inserting at best, 8 ms making
-  the rows; its commits vary most, with the disk and the WAL's checkpoints),
-  the rest (host sockets, other natmap tables, the elements' text, the order)
-  about 15 ms; the floor is 60-110 ms then. The store alone is half the floor
-  or more. What would reach 1.5x: writing the store's rows while the kernel
-  commits (libnftables and SQLite both release the GIL), which gives up
-  "recorded before applied", what crash recovery rests on; or one row per run
-  of ports instead of per port, a new store format. Both are the store's
-  (issue 12); not done. Before 2026-11-30 natmap's turns also found the
-  floor's table in place (it carries natmap's marker): since natmap checks the
-  namespace's other natmap tables, that was a conflict; the floor's table is
-  dropped before natmap's turn now.
+  340, the shifted range 343 -> 159. natmap's own times fell (this run:
+  singles 274 ms, shifted 198, full apply 263; the run before these changes:
+  367, 278, 487), but the ratios moved with the load more than with the code:
+  2.89x, 2.36x, 2.18x in this run, 3.22x, 1.81x, 2.23x and 2.75x, 2.35x, 1.66x
+  in two runs the same hour (2.55x, 1.64x, 1.97x before); a floor measured on
+  a quieter machine (95 ms here, 144 before) makes the same Python a larger
+  ratio. Left, for 10,000 bindings measured alone at a quiet moment: parsing
+  21 ms (the single strings only), the model 23 ms, the store 35 ms at best
+  and often 100 (SQLite, one row per kernel element in two indexes: 25 ms
+  inserting at best, 8 ms making the rows; its commits vary most, with the
+  disk and the WAL's checkpoints), the rest (host sockets, other natmap
+  tables, the elements' text, the order) about 15 ms; the floor is 60-110 ms
+  then. The store alone is half the floor or more. What would reach 1.5x:
+  writing the store's rows while the kernel commits (libnftables and SQLite
+  both release the GIL), which gives up "recorded before applied", what crash
+  recovery rests on; or one row per run of ports instead of per port, a new
+  store format. Both are the store's (issue 12); not done. Before 2026-11-30
+  natmap's turns also found the floor's table in place (it carries natmap's
+  marker): since natmap checks the namespace's other natmap tables, that was a
+  conflict; each turn now follows the removal of the table the turn before it
+  left.
 - **`natmap port NAME` with 10,000 others <= 1.5x with 10.** The kernel cannot
   be asked for one endpoint's elements: the comment is not a key. `list
   table` makes libnftables format all 10,000 elements (about 40% of the time)
@@ -690,11 +695,11 @@ SCALE_NOTES = """\
   the store, ctypes for setns, argparse. Done on 2026-11-30: the nftables
   generation asked on a `_socket` socket (the `socket` module's enum classes
   cost 3-4 ms), the sub-parsers' prog given instead of derived by formatting a
-  usage text (1-4 ms). It measured 1.80x and 2.12x in two runs of this section
-  the same hour (2.21x before): it is within a few ms of the line, so the
-  machine's load tips it. What would hold it for good: hand-written classes
-  for the values a `natmap port` imports, or a reader for it that imports
-  neither argparse nor the engine.
+  usage text (1-4 ms). It measured 1.80x, 2.12x, 2.12x and 2.19x in four runs
+  of this section the same hour (2.21x before): it sits at the line, a few ms
+  above it more often than not. What would hold it for good: hand-written
+  classes for the values a `natmap port` imports, or a reader for it that
+  imports neither argparse nor the engine.
 - **This run's machine.** Other engineers' test suites loaded both cores (see
   `python -c pass` in section 5 against its quiet 18-36 ms). Ratios of Python
   against libnftables' C moved from run to run by more than the code changed
