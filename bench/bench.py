@@ -646,20 +646,19 @@ SCALE_NOTES = """\
   in two runs the same hour (2.55x, 1.64x, 1.97x before); a floor measured on
   a quieter machine (95 ms here, 144 before) makes the same Python a larger
   ratio. Left, for 10,000 bindings measured alone at a quiet moment: parsing
-  21 ms (the single strings only), the model 23 ms, the store 35 ms at best
-  and often 100 (SQLite, one row per kernel element in two indexes: 25 ms
-  inserting at best, 8 ms making the rows; its commits vary most, with the
-  disk and the WAL's checkpoints), the rest (host sockets, other natmap
-  tables, the elements' text, the order) about 15 ms; the floor is 60-110 ms
-  then. The store alone is half the floor or more. What would reach 1.5x:
-  writing the store's rows while the kernel commits (libnftables and SQLite
-  both release the GIL), which gives up "recorded before applied", what crash
-  recovery rests on; or one row per run of ports instead of per port, a new
-  store format. Both are the store's (issue 12); not done. Before 2026-11-30
-  natmap's turns also found the floor's table in place (it carries natmap's
-  marker): since natmap checks the namespace's other natmap tables, that was a
-  conflict; each turn now follows the removal of the table the turn before it
-  left.
+  21 ms (the single strings only), the model 23 ms, the store 55-100 ms
+  (SQLite, one row per kernel element in two indexes: 35-45 ms inserting, 15
+  ms making the rows, the rest its commits, which vary most), the rest (host
+  sockets, other natmap tables, the elements' text, the order) about 15 ms;
+  the floor is 60-110 ms then. The store alone is 0.6x the floor or more. What
+  would reach 1.5x: writing the store's rows while the kernel commits
+  (libnftables and SQLite both release the GIL), which gives up "recorded
+  before applied", what crash recovery rests on; or one row per run of ports
+  instead of per port, a new store format. Both are the store's (issue 12);
+  not done. Before 2026-11-30 natmap's turns also found the floor's table in
+  place (it carries natmap's marker): since natmap checks the namespace's
+  other natmap tables, that was a conflict; each turn now follows the removal
+  of the table the turn before it left.
 - **`natmap port NAME` with 10,000 others <= 1.5x with 10.** The kernel cannot
   be asked for one endpoint's elements: the comment is not a key. `list
   table` makes libnftables format all 10,000 elements (about 40% of the time)
