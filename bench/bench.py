@@ -693,12 +693,13 @@ SCALE_NOTES = """\
   generated methods Python compiles at import (about 1 ms each), sqlite3 for
   the store, ctypes for setns, argparse. Done on 2026-11-30: the nftables
   generation asked on a `_socket` socket (the `socket` module's enum classes
-  cost 3-4 ms), the sub-parsers' prog given instead of derived by formatting a
-  usage text (1-4 ms). It measured 1.80x, 2.12x, 2.12x and 2.19x in four runs
-  of this section the same hour (2.21x before): it sits at the line, a few ms
-  above it more often than not. What would hold it for good: hand-written
-  classes for the values a `natmap port` imports, or a reader for it that
-  imports neither argparse nor the engine.
+  cost 3-4 ms; main has the same change from another branch), the sub-parsers'
+  prog given instead of derived by formatting a usage text (1-4 ms). It
+  measured 1.80x, 2.12x, 2.12x and 2.19x in four runs of this section the same
+  hour (2.21x before): it sits at the line, a few ms above it more often than
+  not. What would hold it for good: hand-written classes for the values a
+  `natmap port` imports, or a reader for it that imports neither argparse nor
+  the engine.
 - **This run's machine.** Other engineers' test suites loaded both cores (see
   `python -c pass` in section 5 against its quiet 18-36 ms). Ratios of Python
   against libnftables' C moved from run to run by more than the code changed

@@ -754,12 +754,10 @@ class _GenerationCounter:
     def read(self) -> int:
         with self._lock, _os_errors("reading the nftables generation"):
             if self._socket is None:
-                # The C module, here: `natmap port` in sync needs it, `import natmap.cli`
-                # does not, and `socket`'s enum classes cost a `natmap port` 3-4 ms more.
-                import _socket
+                import socket  # here: `natmap port` in sync needs it, `import natmap.cli` does not
 
-                self._socket = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC,
-                                              _NETLINK_NETFILTER)
+                self._socket = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                             _NETLINK_NETFILTER)
                 self._socket.bind((0, 0))
             return _nft_genid(self._socket)
 
