@@ -540,7 +540,9 @@ class Table:
         if bridge is not None:
             self._ensure_bridge(endpoint, bridge)
         specs = tuple(specs)  # read twice below: an iterator would be empty the second time
-        if not publish_all and all(_one_to_one(spec) for spec in specs):
+        # The one-to-one loop knows only the default gateway mode's bindings: a
+        # bridge in another mode (a gateway item) takes the general way.
+        if not publish_all and endpoint.bridge not in self.gateways and all(_one_to_one(spec) for spec in specs):
             return self._publish_ones(endpoint, specs)
         made: list[Binding] = []
         for spec in specs:
@@ -744,12 +746,6 @@ class Table:
                       prefer: Mapping[Slot, Sequence[int]]) -> list[Binding]:
         host_ips = self._host_ips(endpoint, spec)
         host = spec.host_ports
-        if host is not None and host.start == host.end and spec.container_ports.start == spec.container_ports.end:
-            # One port to one port, most specs (a sandbox manager's 10,000 in one
-            # transaction): the Binding(...) below, its fields known good already.
-            return self._add_all([_single(endpoint.name, spec.proto, host_ip, host.start,
-                                          endpoint.address(host_ip.version), spec.container_ports.start)
-                                  for host_ip in host_ips])
         made: list[Binding] = []
         if host is not None and len(host) > 1 and host == spec.container_ports:  # a same-port range
             for host_ip in host_ips:
