@@ -474,7 +474,9 @@ def _build(commands: list[Command]) -> tuple[_Parser, dict[str, argparse.Argumen
     parser.add_argument("-V", "--version", action="version", version=f"natmap {__version__}")
     for flags, options in GLOBAL_OPTIONS:
         parser.add_argument(*flags, **options)
-    verbs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # prog given: what argparse would derive (the parser has no positionals) without
+    # formatting a usage text for it, a tenth of a `natmap port`'s own work.
+    verbs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", prog="natmap")
     subs: dict[str, argparse.ArgumentParser] = {}
     for command in commands:
         sub = verbs.add_parser(command.name, help=command.help, description=command.help,

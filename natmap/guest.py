@@ -64,7 +64,10 @@ def check_listeners(bindings: Iterable[Binding], listeners: Callable[[Protocol],
     ``owner(inode)`` names a socket's process."""
     by_port = _by_port(listeners)
     for held in bindings:
-        listener = next((s for s in _near(by_port(held.proto), held) if overlaps(held, s)), None)
+        ports = by_port(held.proto)
+        if held.count == 1 and held.host_port not in ports:
+            continue  # most ports: no socket there (a big publish checks thousands)
+        listener = next((s for s in _near(ports, held) if overlaps(held, s)), None)
         if listener is not None:
             binding = held if held.count == 1 else held.at(listener.port)  # a range: the port it takes
             who = owner(listener.inode)

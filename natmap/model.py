@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import itertools
+import operator
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -510,6 +511,8 @@ class Table:
     def clash(self, binding: Binding) -> Binding | None:
         """An existing binding that would catch some of the same packets, if any."""
         version, address, proto, first = binding.key
+        if binding.count == 1 and (version, proto) not in self._ranges:  # most: no range to walk
+            return self._single_at(binding.key)
         found = self._range_over(version, address, proto, first, binding.last_port)
         if found is not None or binding.count == 1:
             return found or self._single_at(binding.key)
@@ -567,6 +570,11 @@ class Table:
         self._check_identity(endpoint)
         if bridge is not None:
             self._ensure_bridge(endpoint, bridge)
+        specs = tuple(specs)  # read twice below: an iterator would be empty the second time
+        # The one-to-one loop knows only the default gateway mode's bindings: a
+        # bridge in another mode (a gateway item) takes the general way.
+        if not publish_all and endpoint.bridge not in self.gateways and all(_one_to_one(spec) for spec in specs):
+            return self._publish_ones(endpoint, specs)
         made: list[Binding] = []
         for spec in specs:
             made += self._publish_spec(endpoint, spec, pool, prefer)
@@ -857,6 +865,46 @@ class Table:
             return made
         return [RoutedBinding.of(b) for b in made]
 
+    def _publish_ones(self, endpoint: Endpoint, specs: Sequence[PortSpec]) -> list[Binding]:
+        """What _publish_spec does for each spec, all mapping each host port to
+        one container port (see :func:`_one_to_one`), in one loop that changes
+        the indexes in line (a sandbox manager publishes 10,000 ``PORT:PORT`` in
+        one transaction; at a third of the cost), in the same order: a binding
+        whose port is free and whose endpoint address is registered is inserted
+        here as _insert would; any other goes through _add_all, which inserts,
+        skips an equal one or raises, as it does."""
+        name = endpoint.name
+        targets = [(_ANY[v], address, v) for v, address in ((4, endpoint.ip), (6, endpoint.ipv6))
+                   if address is not None]
+        registered = [self._by_container.get((v, int(address))) == name for _, address, v in targets]
+        by_key, specific, ranges, all_ports = self._by_key, self._specific, self._ranges, self._ports
+        of_endpoint = self._by_endpoint.get(name)
+        steps = self._steps(Verb.ADD)
+        made: list[Binding] = []
+        for spec in specs:
+            host, container, proto = spec.host_ports, spec.container_ports, spec.proto
+            assert host is not None  # _one_to_one
+            pairs = [(host.start, container.start)] if host.start == host.end else list(zip(host, container))
+            p = proto._value_
+            for i, (host_ip, container_ip, version) in enumerate(targets):
+                known = registered[i]
+                ports = all_ports.get((version, p))
+                for host_port, container_port in pairs:
+                    binding = _single(name, proto, host_ip, host_port, container_ip, container_port)
+                    key = binding.key
+                    if (not known or ports is None or of_endpoint is None or key in by_key
+                            or (version, p, host_port) in specific or (version, p) in ranges):
+                        self._add_all([binding])
+                        registered[i] = known = True  # _insert registered the address (or it raised)
+                        ports, of_endpoint = all_ports.get((version, p)), self._by_endpoint.get(name)
+                    else:
+                        by_key[key] = binding
+                        ports[host_port] = ports.get(host_port, 0) + 1
+                        of_endpoint[key] = binding
+                        steps.append(binding)
+                    made.append(binding)
+        return made
+
     def _publish_exposed(self, endpoint: Endpoint, pool: PortPool,
                          prefer: Mapping[Slot, Sequence[int]]) -> list[Binding]:
         published = {(b.proto, port) for b in self._by_endpoint.get(endpoint.name, {}).values()
@@ -961,6 +1009,33 @@ class Table:
                 del self._by_container[container]
 
 
+def _one_to_one(spec: PortSpec) -> bool:
+    """Whether ``spec`` maps each of its host ports to one container port, on
+    every address: ``8080:80``, ``8000-8010:80-90``; not a same-port range (one
+    binding), a pool (``8000-8010:80``), an assigned port or a host IP."""
+    host, container = spec.host_ports, spec.container_ports
+    return (spec.host_ip is None and host is not None and host.end - host.start == container.end - container.start
+            and (host.start == host.end or host.start != container.start))
+
+
+def _single(endpoint: str, proto: Protocol, host_ip: IPAddress, host_port: int, container_ip: IPAddress | None,
+            container_port: int) -> Binding:
+    """``Binding(endpoint, proto, host_ip, host_port, container_ip, container_port)``
+    of fields already checked (a Protocol, address values, ports 1-65535), made
+    in a third of the time; a property test holds the two equal."""
+    b = object.__new__(Binding)
+    set_ = object.__setattr__
+    set_(b, "endpoint", endpoint)
+    set_(b, "proto", proto)
+    set_(b, "host_ip", host_ip)
+    set_(b, "host_port", host_port)
+    set_(b, "container_ip", container_ip)
+    set_(b, "container_port", container_port)
+    set_(b, "count", 1)
+    set_(b, "key", (host_ip.version, int(host_ip), proto._value_, host_port))
+    return b
+
+
 def _self_conflict(binding: Binding, existing: Binding) -> str:
     """The message for two bindings of one endpoint that catch the same packets
     (``-p 9000:80 -p 9000:81``): one endpoint, named once."""
@@ -1024,8 +1099,15 @@ def docker_order(bindings: Iterable[Binding]) -> list[Binding] | Bindings:
         return bindings  # already in that order
     bindings = list(bindings)
     if all(b.count == 1 for b in bindings):
+        if len({b.key[:3] for b in bindings}) <= 1:
+            # One address and protocol (most publishes): the lines differ only in
+            # their port numbers, which sort_key compares as numbers.
+            return sorted(bindings, key=_BY_PORTS)
         return sorted(bindings, key=Binding.sort_key)
     return Bindings(bindings)
+
+
+_BY_PORTS = operator.attrgetter("container_port", "host_port")
 
 
 def _expand_in_order(bindings: list[Binding]) -> list[Binding]:

@@ -295,6 +295,14 @@ def _fast_spec(text: str) -> PortSpec | None:
     the value :func:`_spec` gives (a property test holds them equal); ``None``
     for anything else, and for anything wrong, which :func:`_spec` then reads
     and explains."""
+    head, colon, tail = text.partition(":")
+    if colon and ":" not in tail:  # ``8080:80`` or ``8080:80/udp``, the commonest: no regex
+        proto: str | None = None
+        if "/" in tail:
+            tail, _, proto = tail.partition("/")
+        host, container = _fast_port(head), _fast_port(tail)
+        if host is not None and container is not None and proto in _PROTOCOLS:
+            return _fast_new(None, host, container, _PROTOCOLS[proto])
     match = _COMMON.fullmatch(text)
     if match is None:
         return None
@@ -311,11 +319,32 @@ def _fast_spec(text: str) -> PortSpec | None:
             host_ip = ipaddress.IPv4Address(ip_text)
         except ValueError:
             return None
-    spec = object.__new__(PortSpec)  # every field checked above: what __post_init__ would check
-    for name, value in (("host_ip", host_ip), ("host_ports", host), ("container_ports", container),
-                        ("proto", _PROTOCOLS[proto])):
-        object.__setattr__(spec, name, value)
+    return _fast_new(host_ip, host, container, _PROTOCOLS[proto])
+
+
+def _fast_new(host_ip: IPAddress | None, host: PortRange | None, container: PortRange,
+              proto: Protocol) -> PortSpec:
+    """A PortSpec of fields checked already (what __post_init__ would check)."""
+    spec = object.__new__(PortSpec)
+    set_ = object.__setattr__
+    set_(spec, "host_ip", host_ip)
+    set_(spec, "host_ports", host)
+    set_(spec, "container_ports", container)
+    set_(spec, "proto", proto)
     return spec
+
+
+def _fast_port(text: str) -> PortRange | None:
+    """``port`` as _COMMON reads it (1-65535, ASCII digits, no sign, no leading zero), else None."""
+    if not (0 < len(text) <= 5 and text.isascii() and text.isdigit() and text[0] != "0"):
+        return None
+    port = int(text)
+    if port > MAX_PORT:
+        return None
+    ports = object.__new__(PortRange)
+    object.__setattr__(ports, "start", port)
+    object.__setattr__(ports, "end", port)
+    return ports
 
 
 def _fast_range(start_text: str, end_text: str | None) -> PortRange | None:

@@ -41,6 +41,16 @@ def test_only_the_asked_commands_parser_is_built():
     assert list(verbs.choices) == ["port"]
 
 
+def test_a_commands_usage_names_natmap_and_the_command(capsys):
+    """The sub-parsers' prog is given, not derived from the main usage: it must read the same."""
+    with pytest.raises(SystemExit):
+        _parser(["port"]).parse_args(["port"])
+    assert "(see natmap port --help)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _parser(["port", "--help"]).parse_args(["port", "--help"])
+    assert capsys.readouterr().out.startswith("usage: natmap port [-h]")
+
+
 @pytest.mark.parametrize("argv", [["-V"], ["--version"], ["version"]])
 def test_the_version_three_ways(argv):
     result = run(*argv)

@@ -3,11 +3,11 @@
 import ipaddress
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from natmap import Binding, ConflictError, Endpoint, PortRange, PortSpec, SpecError
-from natmap.model import Bridge, PortPool, Table
+from natmap.model import Bridge, PortPool, Table, natural_key
 
 BRIDGE = Bridge("natmap0", (ipaddress.ip_network("172.30.0.0/24"), ipaddress.ip_network("fd00:30::/64")))
 POOL = PortPool(PortRange(32768, 32800))
@@ -288,3 +288,97 @@ def test_an_ipv6_only_endpoint_publishes_ipv6_only():
         publish(table, v6, ["127.0.0.1:8082:80"])
     with pytest.raises(SpecError, match="needs an address"):
         Endpoint("web02", None, "natmap0")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["web", "db-1"]), st.sampled_from(["tcp", "udp", "sctp"]),
+       st.sampled_from(["0.0.0.0", "::", "10.0.0.1", "fd00::1"]), st.integers(1, 65535),
+       st.sampled_from(["172.30.0.2", "fd00:30::2"]), st.integers(1, 65535))
+def test_a_single_port_binding_made_the_fast_way_equals_one_made_by_the_constructor(
+        name, proto, host_ip, host_port, container_ip, container_port):
+    """Table's one-port path builds Binding values without __post_init__: they
+    must be the same values, hash and key included."""
+    from natmap.model import _single
+    from natmap.spec import Protocol
+
+    host, container = ipaddress.ip_address(host_ip), ipaddress.ip_address(container_ip)
+    fast = _single(name, Protocol(proto), host, host_port, container, container_port)
+    made = Binding(name, proto, host_ip, host_port, container_ip, container_port)
+    assert fast == made and hash(fast) == hash(made) and fast.key == made.key and repr(fast) == repr(made)
+
+
+# --- the one-to-one loop (Table._publish_ones: 8080:80, 8000-8001:80-81) does what the general path does
+
+_steps = st.lists(st.tuples(
+    st.sampled_from(["publish", "unpublish", "rollback"]),
+    st.integers(min_value=2, max_value=4),                          # which endpoint
+    st.booleans(),                                                  # with IPv6
+    st.lists(st.tuples(st.sampled_from(["", "", "127.0.0.1:", "[::1]:"]),
+                       st.sampled_from(["8000", "8001", "8003", "8000-8001", "8001-8003", "80-81", "81"]),
+                       st.sampled_from(["80", "81", "80-81", "8000-8001", "80-82"]),
+                       st.sampled_from(["tcp", "udp"])), max_size=4),
+), max_size=25)
+
+
+def _general():
+    """A Table whose publish never takes the one-to-one loop."""
+    class General(Table):
+        def _publish_ones(self, endpoint, specs):
+            made = []
+            for spec in specs:
+                made += self._publish_spec(endpoint, spec, POOL, {})
+            return made
+    return General()
+
+
+def _outcome(table, verb, endpoint, specs):
+    try:
+        if verb == "unpublish":
+            return sorted(map(repr, table.unpublish(endpoint.name)))
+        if verb == "rollback":
+            table.rollback()
+            return None
+        return [repr(b) for b in publish(table, endpoint, specs)]
+    except (ConflictError, SpecError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+@given(_steps)
+@example([("publish", 2, False, [("", "8003", "80", "tcp")]),  # a single port of (4, tcp) first, then
+          ("publish", 2, False, [("", "8000-8001", "8000-8001", "tcp")]),  # a same-port range, then
+          ("publish", 2, False, [("", "8001", "81", "tcp")])])  # a port inside it: a conflict
+@settings(max_examples=300, deadline=None)
+def test_the_one_to_one_loop_leaves_the_table_the_general_path_leaves(sequence):
+    fast, general = Table(), _general()
+    for verb, n, ipv6, parts in sequence:
+        endpoint = web(f"ep{n}", n, ipv6=ipv6 and n != 3)  # ep3 never has IPv6: one name, one address set
+        specs = [f"{ip}{host}:{container}/{proto}" for ip, host, container, proto in parts]
+        assert _outcome(fast, verb, endpoint, specs) == _outcome(general, verb, endpoint, specs)
+        assert fast.items() == general.items()
+        assert fast.change() == general.change()
+        assert fast.bindings() == general.bindings()
+        for key in ("_by_key", "_specific", "_ranges", "_by_endpoint", "_by_container", "_addresses_of"):
+            assert getattr(fast, key) == getattr(general, key), key
+        assert {k: v for k, v in fast._ports.items() if v} == {k: v for k, v in general._ports.items() if v}
+
+
+@given(st.lists(st.tuples(st.sampled_from(["0.0.0.0", "10.0.0.1", "::", "fd00::1"]), st.sampled_from(["tcp", "udp"]),
+                          st.integers(1, 65535), st.integers(1, 65535)), max_size=30),
+       st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_docker_order_is_the_natural_sort_of_docker_ports_lines(parts, one_address):
+    """docker_order sorts one address and protocol by port numbers alone: the same order."""
+    from natmap.model import docker_order
+
+    if one_address:
+        parts = [("0.0.0.0", "tcp", host, container) for _, _, host, container in parts]
+    bindings = list({(ip, proto, host): Binding("web", proto, ip, host, "fd00:30::2" if ":" in ip else "172.30.0.2",
+                                                container)
+                     for ip, proto, host, container in parts}.values())  # one binding a key, as in a table
+    assert docker_order(bindings) == sorted(bindings, key=lambda b: natural_key(b.port_line()))
+
+
+def test_specs_given_as_an_iterator_are_all_published():
+    table = Table()
+    made = table.publish(web(), (PortSpec.parse(s) for s in ["8080:80", "8081:81"]), bridge=BRIDGE, pool=POOL)
+    assert sorted(b.host_port for b in made) == [8080, 8080, 8081, 8081]

@@ -52,3 +52,20 @@ def test_the_common_forms_take_the_fast_path():
     for text in ("80", "8080:80", "20000:8000/udp", "10000-20000:10000-20000/udp", "127.0.0.1:8080:80",
                  "127.0.0.1::80", "8000-8010:80/sctp"):
         assert _fast_spec(text) == _full(text)
+
+
+_DIGITS = st.text(alphabet="0123456789\u00b2\u0661+-", max_size=7)  # with digits str.isdigit() takes and Docker does not
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.tuples(_DIGITS, _DIGITS, st.sampled_from(["", "/tcp", "/udp", "/sctp", "/", "/UDP", "/tcp/udp"]))
+       .map(lambda t: f"{t[0]}:{t[1]}{t[2]}"))
+@example("\u0668\u0660:80")  # Arabic-Indic digits: str.isdigit() says yes, Docker's parser says no
+@example("080:80")
+@example("65536:80")
+@example("8080:80/")
+def test_the_host_colon_container_shortcut_agrees_with_the_full_parser(text):
+    """``8080:80[/proto]`` skips the regex; what it gives is still the full parser's value."""
+    fast = _fast_spec(text)
+    if fast is not None:
+        assert fast == _full(text) and str(fast) == str(_full(text))
