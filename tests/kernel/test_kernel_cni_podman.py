@@ -97,3 +97,32 @@ def test_the_documented_podman_conflist_works_as_written(sandbox):
         assert answers(sandbox.host, "127.0.0.1", 8080)
         pm.rm("web")
         assert not answers(client, sandbox.outside_ip, 8080)
+
+
+def test_the_documented_try_out_in_a_namespace_runs_as_written():
+    """docs/cni.md's "Trying it in a namespace", pasted into a root shell: podman
+    publishes through natmap-cni in the namespace it makes, and removing the
+    container removes the binding; the namespace and its files are gone after."""
+    import os
+    import re
+    import shutil
+    import tempfile
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "cni.md").read_text()
+    script = re.search(r"#### Trying it in a namespace\n.*?```sh\n(.*?)```", docs, re.S).group(1)
+    assert not os.path.exists("/run/netns/cnitry"), "a namespace named cnitry exists already"
+    outer = Path(tempfile.mkdtemp(prefix="nm-"))  # the script's mktemp -d lands here (podman wants a short runroot)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "TMPDIR": str(outer)}
+    env.pop("NATMAP_LOCK_DIR", None)  # the script names its own directories
+    try:
+        result = subprocess.run(["bash", "-e", "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        left = list(outer.iterdir())
+        shutil.rmtree(outer, ignore_errors=True)
+        if os.path.exists("/run/netns/cnitry"):  # the script failed before its end: clean up for it
+            subprocess.run(["ip", "netns", "del", "cnitry"], capture_output=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    listed = [line for line in result.stdout.splitlines() if line.startswith("cni-")]
+    assert len(listed) == 1 and listed[0].endswith("0.0.0.0:8080->80/tcp"), result.stdout
+    assert result.stdout.splitlines()[-1].split() == ["ENDPOINT", "ADDRESSES", "PORTS"]  # after podman rm
+    assert not left  # rm -rf "$tmp" took everything
