@@ -175,6 +175,18 @@ def sweep(lock_dir: str) -> None:
             _remove_unheld(os.path.join(lock_dir, name))
 
 
+def forget_namespace(lock_dir: str, netns: tuple[int, int]) -> None:
+    """Remove the lock files of namespace ``netns`` (its nsfs (device, inode)):
+    its own and its tables', each only while holding its lock. For whoever
+    deleted the namespace (natmap.sandbox), so that nothing of it is left for
+    a later :func:`sweep` to find."""
+    key = f"{netns[0]}-{netns[1]}"
+    for name in _listdir(lock_dir):
+        match = _LOCK_NAME.fullmatch(name)
+        if match and match["netns"] == key:
+            _remove_unheld(os.path.join(lock_dir, name))
+
+
 def holder(fd: int) -> int | None:
     """The PID of the process that holds the flock on ``fd``'s file, as the
     kernel lists it in ``/proc/locks``; None if it says none."""

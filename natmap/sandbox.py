@@ -14,7 +14,8 @@ sysctls; containers hang off the bridge (with hairpin mode on their bridge
 port, as a runtime's bridge driver sets it); clients sit on a second bridge,
 the host's "outside" link. Everything lives in namespaces the sandbox made,
 and :meth:`Sandbox.close` (or leaving the ``with`` block, error or not)
-deletes them and stops the processes it started. It never configures the
+deletes them, natmap's lock and state files for them, and stops the
+processes it started. It never configures the
 root namespace: every ``ip`` command it runs names one of its own namespaces.
 """
 
@@ -33,7 +34,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar, cast
 
 from .errors import SandboxError
-from .netns import entered
+from .locking import forget_namespace
+from .netns import entered, identity
 from .model import Endpoint
 from .spec import IPAddress, PortSpec, Protocol
 
@@ -270,10 +272,17 @@ class Sandbox:
         state files for them. Safe to call twice."""
         for ns in reversed(self.namespaces):
             ns.close()
+            try:
+                inode = identity(ns.name)
+            except OSError:  # never made, or deleted already
+                inode = None
             subprocess.run(["ip", "netns", "del", ns.name], capture_output=True)
             state_dir = os.environ.get("NATMAP_STATE_DIR")
             for path in glob.glob(f"{state_dir}/netns-{ns.name}.*") if state_dir else ():
                 os.remove(path)
+            lock_dir = os.environ.get("NATMAP_LOCK_DIR")  # the sandbox's own, or the caller's
+            if lock_dir and inode is not None:
+                forget_namespace(lock_dir, inode)
         self.namespaces.clear()
         if self._state_dir is not None:
             if os.environ.get("NATMAP_STATE_DIR") == self._state_dir:

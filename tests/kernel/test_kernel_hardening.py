@@ -280,6 +280,21 @@ def test_lock_files_go_with_their_table_and_namespace(tmp_path):
         assert {p.name for p in locks.iterdir()} == {f"{ns}-natmap.lock", f"{ns}.lock"}  # the second's only
 
 
+def test_a_sandbox_leaves_no_lock_files_of_its_namespaces(tmp_path, monkeypatch):
+    # NATMAP_LOCK_DIR set (as the tests, or a caller, set it): the sandbox uses that
+    # directory, and closing removes its namespaces' files there, no other file.
+    locks = tmp_path / "locks"
+    monkeypatch.setenv("NATMAP_LOCK_DIR", str(locks))
+    with natmap.Sandbox() as sb:
+        natmap.NatMap(netns=sb.host.name).publish(sb.container("web01").endpoint(), ["8080:80"])
+        natmap.NatMap(netns=sb.host.name, table="lab1").publish(sb.container("web02").endpoint(), ["8081:80"])
+        ns = "{}-{}".format(*netns.identity(sb.host.name))
+        assert {p.name for p in locks.iterdir()} == {f"{ns}-natmap.lock", f"{ns}-lab1.lock", f"{ns}.lock"}
+        (locks / "1-2.lock").write_text("")  # natmap's name for another namespace's file: not the sandbox's
+        (locks / "notes").write_text("")
+    assert {p.name for p in locks.iterdir()} == {"1-2.lock", "notes"}
+
+
 def test_a_held_lock_file_is_never_swept(tmp_path):
     locks = tmp_path / "locks"
     with locking.table_lock(str(locks), (1, 2), "natmap", timeout=1):  # a namespace that does not exist
