@@ -300,7 +300,7 @@ class NatMap:
         if not self._store.exists():  # never written here: nothing to compare with
             table, structure, foreign = self._backend.inspect()
             return Drift(structure=tuple(structure), foreign=tuple(foreign), remembered=False,
-                         **self._advice(table or Table()))
+                         in_kernel=table is not None, **self._advice(table or Table()))
         desired = self._store.items()
         view = self._view = self._inspect()  # what a repair that follows starts from
         missing, unexpected = _differences(desired, view.table, self.backend_name)
@@ -346,11 +346,15 @@ class NatMap:
         ``force`` takes the kernel's state over it (``natmap adopt --force``).
         ``force`` also takes back a table whose marker was deleted by hand
         (iptables' marker rule), if every rule in its chains is one natmap
-        writes; a table that is not provably natmap's stays a ConflictError."""
+        writes; a table that is not provably natmap's stays a ConflictError.
+        Neither a table in the kernel nor a store: :class:`NotFoundError`."""
         with self._locked(), self._ns():
             if force:  # a marker deleted by hand: put back if the table proves itself natmap's (ConflictError)
                 self._backend.take_back()
             table = self._backend.read()
+            if table is None and not self._store.exists():  # no store is made for a table that is nowhere
+                raise NotFoundError(f"no natmap table {self.table_name} in the kernel here and nothing stored: "
+                                    "nothing to adopt")
             items = sorted(table.items() if table is not None else (), key=describe)
             if not force and self._store.exists():
                 try:

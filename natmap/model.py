@@ -367,7 +367,10 @@ class Drift:
     ``host``: host settings natmap needs and finds unset (route_localnet,
     the ``::1`` route, br_netfilter's hooks); ``interrupted``: a natmap
     process died in the middle of a change; ``remembered``: whether there is
-    a store at all (without one, run ``natmap adopt``); ``shadowing``:
+    a store at all (without one, run ``natmap adopt``); ``in_kernel``:
+    whether the kernel holds the table (told only without a store: with
+    neither, natmap was not used here and there is nothing to check or
+    adopt); ``shadowing``:
     bindings that catch a host socket's traffic (natmap.guest); ``notes``:
     what works other than one would expect, though nothing drifted (it does
     not make the drift true).
@@ -378,6 +381,7 @@ class Drift:
     table_missing: bool = False
     structure: tuple[str, ...] = ()
     remembered: bool = True
+    in_kernel: bool = True
     foreign: tuple[str, ...] = ()
     host: tuple[str, ...] = ()
     interrupted: bool = False
@@ -390,7 +394,10 @@ class Drift:
 
     def __str__(self) -> str:
         lines = []
-        if not self.remembered:
+        if not self.remembered and not self.in_kernel:
+            lines.append("nothing stored and no natmap table in the kernel: nothing to check "
+                         "(nothing was published with this table here)")
+        elif not self.remembered:
             lines.append("nothing stored (no natmap store for this table): only the table's structure "
                          "was checked; `natmap adopt` makes the store from the kernel")
         if self.interrupted:

@@ -5,6 +5,7 @@ flows with real traffic; these prove the engine's own logic: cache and
 generation, rollback, dry runs, locking, the order of host steps."""
 
 import ipaddress
+import os
 import threading
 import time
 from pathlib import Path
@@ -501,6 +502,29 @@ def test_adopt_takes_no_drift_over_a_whole_store_unless_forced(nm, backend):
     assert lost in nm.check().missing
     adopted = nm.adopt(force=True)
     assert lost not in adopted and not nm.check()
+
+
+def test_a_fresh_namespace_has_nothing_to_check_and_nothing_to_adopt(nm):
+    # Nothing stored and no table in the kernel: natmap was not used here. No
+    # drift, no advice to adopt, and adopting makes no store for a table that is nowhere.
+    drift = nm.check()
+    assert not drift and not drift.remembered and not drift.in_kernel
+    assert str(drift) == ("nothing stored and no natmap table in the kernel: nothing to check "
+                          "(nothing was published with this table here)")
+    with pytest.raises(natmap.NotFoundError, match="nothing to adopt"):
+        nm.adopt()
+    assert not os.path.exists(nm.state_path)
+
+
+def test_a_table_in_the_kernel_without_a_store_is_adopted(nm, backend, host, tmp_path):
+    nm.publish(WEB, ["8080:5000"])
+    nm.close()
+    os.remove(nm.state_path)  # the store lost, the kernel's table still there
+    with NatMap(backend=backend, host=host, lock_dir=str(tmp_path)) as later:
+        drift = later.check()
+        assert not drift and drift.in_kernel and "`natmap adopt` makes the store from the kernel" in str(drift)
+        assert {b.host_port for b in later.adopt() if isinstance(b, Binding)} == {8080}
+        assert later.check().remembered
 
 
 def test_a_file_puts_a_bridge_in_routed_mode_and_applying_it_again_changes_nothing(backend, tmp_path):
