@@ -43,3 +43,18 @@ def test_the_readmes_command_listing_runs_in_order(sandbox):
         assert result.returncode == 0, f"{typed}: exit {result.returncode}\n{result.stdout}{result.stderr}"
         if shown:
             assert result.stdout.splitlines() == shown, typed
+
+
+def test_check_where_natmap_was_never_used_says_so_and_adopt_makes_no_table(sandbox):
+    def natmap(*argv):
+        return subprocess.run([NATMAP, "--netns", sandbox.host.name, *argv], capture_output=True, text=True,
+                              timeout=60)
+
+    checked = natmap("check")
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.splitlines() == ["nothing stored and no natmap table in the kernel: nothing to check "
+                                           "(nothing was published with this table here)"]
+    adopted = natmap("adopt")
+    assert adopted.returncode == 3 and "nothing to adopt" in adopted.stderr
+    listed = natmap("tables", "-q")
+    assert listed.returncode == 0 and listed.stdout == ""
