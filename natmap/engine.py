@@ -742,14 +742,21 @@ class NatMap:
         return self._kernel.natmap_tables(exclude=(self.backend_name, self.table_name))
 
     def _guard(self, change: Change, forced: set[tuple[int, int, str, int]],
-               others: Callable[[], list[tuple[str, Table]]],
-               listeners: Callable[[Protocol], list[Listener]]) -> None:
+               others: Callable[[], list[tuple[str, Table]]]) -> None:
         """Raise ConflictError if a binding ``change`` adds takes a host socket's
-        port (unless forced) or another natmap table's."""
+        port (unless forced) or another natmap table's. The kernel is asked
+        only for the sockets on the ports added (one port: one filtered
+        sock_diag answer, whatever the host holds)."""
         added = change.added(Binding)
         if not added:
             return
-        guest.check_listeners([b for b in added if b.key not in forced], listeners, self._kernel.socket_owner)
+        checked = [b for b in added if b.key not in forced]
+        wanted: dict[Protocol, set[tuple[int, int]]] = {}
+        for binding in checked:
+            wanted.setdefault(binding.proto, set()).add((binding.host_port, binding.last_port))
+        guest.check_listeners(checked, lambda proto: self._in_ns(self._kernel.listeners, proto,
+                                                                 sorted(wanted.get(proto, ()))),
+                              self._kernel.socket_owner)
         guest.check_other_tables(added, others())
 
 
@@ -806,7 +813,7 @@ class Transaction:
                 return
             self.change = table.change()
             try:
-                self._nm._guard(self.change, self._forced, self._others, self._listeners)
+                self._nm._guard(self.change, self._forced, self._others)
             except BaseException:
                 table.rollback()
                 raise

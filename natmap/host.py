@@ -29,7 +29,7 @@ from .spec import PortRange, Protocol
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
     from typing import Any, Protocol as _Protocol
 
     class Host(_Protocol):
@@ -63,8 +63,10 @@ if TYPE_CHECKING:
             and its addresses as ``ipaddress`` interfaces (``172.30.0.1/24``)."""
             ...
 
-        def listeners(self, proto: Protocol) -> list[Listener]:
-            """The host sockets holding a port of ``proto``."""
+        def listeners(self, proto: Protocol, ports: Sequence[tuple[int, int]] | None = None) -> list[Listener]:
+            """The host sockets holding a port of ``proto``; with ``ports``,
+            (first, last) ranges, those on these ports are enough (more may
+            come back: callers test each socket's port)."""
             ...
 
         def socket_owner(self, inode: int) -> str | None:
@@ -414,6 +416,7 @@ class Session:
 
     def __init__(self) -> None:
         self._conntrack: dict[int, Any] = {}  # by family: see _socket
+        self._netfilter: Any = None  # the socket nft tables are listed on: see _nft_tables
         self._lock = threading.Lock()
 
     # The facts and settings: this module's functions (see each one).
@@ -426,14 +429,19 @@ class Session:
     def reserved_ports(self) -> frozenset[int]:
         return reserved_ports()
 
+    # The guest checks' questions run on every publish: asked through
+    # natmap.nlquery's stdlib sockets, a tenth of a millisecond each, where
+    # pyroute2's sockets took 1-2 ms to set up (9-11 ms a one-port publish).
     def listening_ports(self, proto: Protocol) -> frozenset[int]:
-        return listening_ports(proto)
+        return frozenset(s.port for s in self.listeners(proto))
 
     def interface_facts(self, name: str) -> tuple[str | None, tuple[Any, ...]]:
         return interface_facts(name)
 
-    def listeners(self, proto: Protocol) -> list[Listener]:
-        return listeners(proto)
+    def listeners(self, proto: Protocol, ports: Sequence[tuple[int, int]] | None = None) -> list[Listener]:
+        from .nlquery import listeners as asked
+
+        return asked(proto, ports)
 
     def socket_owner(self, inode: int) -> str | None:
         return socket_owner(inode)
@@ -445,10 +453,25 @@ class Session:
         return nonlocal_bind(version)
 
     def natmap_tables(self, exclude: tuple[str, str]) -> list[tuple[str, Table]]:
-        return natmap_tables(exclude)
+        return natmap_tables(exclude, listing=self._nft_tables)
 
     def natmap_table_names(self) -> list[tuple[str, str]]:
-        return natmap_table_names()
+        return natmap_table_names(self._nft_tables)
+
+    def _nft_tables(self) -> dict[str, str | None]:
+        """nlquery.nft_tables on a socket kept open (see nlquery.netfilter_socket);
+        a socket a failed question may have left answers in is dropped."""
+        from . import nlquery
+
+        with self._lock:
+            if self._netfilter is None:
+                self._netfilter = nlquery.netfilter_socket()
+            try:
+                return nlquery.nft_tables(self._netfilter)
+            except BaseException:
+                self._netfilter.close()
+                self._netfilter = None
+                raise
 
     def enable_route_localnet(self, bridge_name: str) -> None:
         enable_route_localnet(bridge_name)
@@ -590,6 +613,9 @@ class Session:
             for ct in self._conntrack.values():
                 ct.close()
             self._conntrack.clear()
+            if self._netfilter is not None:
+                self._netfilter.close()
+                self._netfilter = None
 
 
 class FakeHost:
@@ -665,11 +691,12 @@ class FakeHost:
         self.bridge(name)  # UnknownInterfaceError if there is none
         return "bridge", ()
 
-    def listeners(self, proto: Protocol) -> list[Listener]:
+    def listeners(self, proto: Protocol, ports: Sequence[tuple[int, int]] | None = None) -> list[Listener]:
         self.events.append("host.listeners")
         wildcard = ipaddress.IPv4Address(0)
-        return ([s for s in self.sockets if s.proto is proto]
-                + [Listener(proto, wildcard, port, False, 0) for port in sorted(self.listening.get(proto, ()))])
+        found = ([s for s in self.sockets if s.proto is proto]
+                 + [Listener(proto, wildcard, port, False, 0) for port in sorted(self.listening.get(proto, ()))])
+        return found if ports is None else [s for s in found if any(a <= s.port <= b for a, b in ports)]
 
     def socket_owner(self, inode: int) -> str | None:
         return None
