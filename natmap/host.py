@@ -152,7 +152,8 @@ _TCP_LISTEN = 10
 # a tenth of the time `natmap port` spends importing natmap.
 _IPPROTO = {Protocol.TCP: 6, Protocol.UDP: 17, Protocol.SCTP: 132}
 _PROTOCOL = {number: proto for proto, number in _IPPROTO.items()}
-_FAMILY = {4: 2, 6: 10}  # IP version -> AF_INET, AF_INET6 (socket's, without importing it)
+_FAMILY = {4: 2, 6: 10}
+_PORT_DUMPS = 8  # conntrack dumps filtered by port, at most, before one of every port is cheaper  # IP version -> AF_INET, AF_INET6 (socket's, without importing it)
 
 
 @contextmanager
@@ -554,10 +555,12 @@ class Session:
                      for cut in isolated for version in {net.version for net in cut[0]} for proto in Protocol]
         # The bindings' tests are made only once the kernel has handed back
         # entries to test (10,000 of them cost more than the dump of none).
-        groups: tuple[tuple[bool, set[tuple[int, Protocol]], Any], ...] = (  # (nat only, keys, tests to make)
-            (True, {(_FAMILY[b.version], b.proto) for b in removed},
+        # A group's keys: (family, protocol, destination port or None for any).
+        groups: tuple[tuple[bool, set[tuple[int, Protocol, int | None]], Any], ...] = (  # (nat only, keys, tests)
+            (True, {(_FAMILY[b.version], b.proto, None) for b in removed},
              lambda: [_matcher(_translated_for, b, local) for b in removed]),
-            (False, {(family, proto) for family, proto, _, _ in matchers} | {(_FAMILY[b.version], b.proto) for b in stale},
+            (False, {(family, proto, None) for family, proto, _, _ in matchers}
+             | {(_FAMILY[b.version], b.proto, b.host_port if b.count == 1 else None) for b in stale},
              lambda: matchers + [_matcher(_stale_for, b, local) for b in stale]))
         deleted = 0
         if not (removed or stale or matchers):
@@ -589,24 +592,35 @@ class Session:
             self._conntrack[family] = Conntrack(nfgen_family=family)
         return self._conntrack[family]
 
-    def _entries(self, keys: Iterable[tuple[int, Protocol]], nat_only: bool) -> list[Any]:
-        """The conntrack entries of ``keys`` (family, protocol), read in
-        full before any is deleted (pyroute2 cannot delete while a dump runs).
-        With ``nat_only``: those whose destination was translated, of every
-        family in one dump (the kernel filters by status, Linux 5.15+, but
-        not by status and protocol at once, nor by a tuple without a family);
-        otherwise one dump a family and protocol, filtered by the kernel."""
+    def _entries(self, keys: Iterable[tuple[int, Protocol, int | None]], nat_only: bool) -> list[Any]:
+        """The conntrack entries of ``keys`` (family, protocol, original
+        destination port or None for any), read in full before any is deleted
+        (pyroute2 cannot delete while a dump runs). With ``nat_only``: those
+        whose destination was translated, of every family in one dump (the
+        kernel filters by status, Linux 5.15+, but not by status and protocol
+        at once, nor by a tuple without a family); otherwise one dump a
+        family and protocol, or (a few ports: a new UDP binding's stale flows)
+        one a port, filtered by the kernel (Linux 5.8+; an older one hands
+        back more, which the caller's tests leave alone)."""
         from pyroute2.conntrack import ConntrackEntry
         from pyroute2.netlink.nfnetlink.nfctsocket import IPS_DST_NAT, NFCTAttrTuple
 
         if nat_only:
-            numbers = {_IPPROTO[proto] for _, proto in keys}
+            numbers = {_IPPROTO[proto] for _, proto, _ in keys}
             return [ConntrackEntry(msg["nfgen_family"], *map(msg.get_attr, _ENTRY_ATTRS))
                     for msg in self._socket(0).dump(status=IPS_DST_NAT, status_mask=IPS_DST_NAT)
                     if msg.get_attr("CTA_TUPLE_ORIG").get_attr("CTA_TUPLE_PROTO").get_attr("CTA_PROTO_NUM")
                     in numbers]
-        return [entry for family, proto in keys for entry in self._socket(family).dump_entries(
-            tuple_orig=NFCTAttrTuple(family=family, proto=_IPPROTO[proto]))]
+        ports: dict[tuple[int, Protocol], set[int | None]] = {}
+        for family, proto, port in keys:
+            ports.setdefault((family, proto), set()).add(port)
+        entries = []
+        for (family, proto), wanted in ports.items():
+            # Any port asked, or more ports than dumps are worth: one dump of them all.
+            for port in (None,) if None in wanted or len(wanted) > _PORT_DUMPS else wanted:
+                entries += self._socket(family).dump_entries(
+                    tuple_orig=NFCTAttrTuple(family=family, proto=_IPPROTO[proto], dport=port))
+        return entries
 
     def close(self) -> None:
         with self._lock:
