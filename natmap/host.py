@@ -65,8 +65,7 @@ if TYPE_CHECKING:
 
         def listeners(self, proto: Protocol, ports: Sequence[tuple[int, int]] | None = None) -> list[Listener]:
             """The host sockets holding a port of ``proto``; with ``ports``,
-            (first, last) ranges, those on these ports are enough (more may
-            come back: callers test each socket's port)."""
+            (first, last) ranges, only those on these ports."""
             ...
 
         def socket_owner(self, inode: int) -> str | None:
@@ -152,8 +151,8 @@ _TCP_LISTEN = 10
 # a tenth of the time `natmap port` spends importing natmap.
 _IPPROTO = {Protocol.TCP: 6, Protocol.UDP: 17, Protocol.SCTP: 132}
 _PROTOCOL = {number: proto for proto, number in _IPPROTO.items()}
-_FAMILY = {4: 2, 6: 10}
-_PORT_DUMPS = 8  # conntrack dumps filtered by port, at most, before one of every port is cheaper  # IP version -> AF_INET, AF_INET6 (socket's, without importing it)
+_FAMILY = {4: 2, 6: 10}  # IP version -> AF_INET, AF_INET6 (socket's, without importing it)
+_PORT_DUMPS = 8  # conntrack dumps filtered by port, at most, before one of every port is cheaper
 
 
 @contextmanager

@@ -1,14 +1,16 @@
 """Four narrow netlink questions, asked with the standard library's socket, for
-processes that ask once and end (natmap-cni): the host sockets holding ports
-(sock_diag), an interface's kind and addresses (rtnetlink), the namespace's
-``inet`` nftables tables and their comments (nfnetlink), whether the local
-``::1`` route of a bridge is there.
+processes that ask once and end (natmap-cni) and for the checks every publish
+makes: the host sockets holding ports (sock_diag, filtered by port), an
+interface's kind and addresses (rtnetlink), the namespace's ``inet`` nftables
+tables and their comments (nfnetlink), whether the local ``::1`` route of a
+bridge is there.
 
-:mod:`natmap.host` asks the same through pyroute2, and a long-lived NatMap
-should keep doing so; but pyroute2's netlink core alone (asyncio and its
-message classes) costs about 60 ms to import, the whole package 130-170 ms:
-three times what the rest of a CNI ADD costs, on the path of every
-``podman run``. These functions answer what host.py's namesakes answer, in
+:mod:`natmap.host` has the same through pyroute2; but pyroute2's netlink core
+alone (asyncio and its message classes) costs about 60 ms to import, the
+whole package 130-170 ms: three times what the rest of a CNI ADD costs, on
+the path of every ``podman run``; and setting up one of its sockets costs
+1-2 ms, which made a one-port publish 9-11 ms (host.Session asks the
+publish's questions here). These functions answer what host.py's namesakes answer, in
 the same shapes (tests/kernel/test_kernel_nlquery.py compares them on a live
 namespace), and raise natmap's errors: :class:`PrivilegeError` where the
 kernel says EPERM/EACCES, :class:`BackendError` for any other refusal.
@@ -94,7 +96,8 @@ def netfilter_socket() -> Any:
 
 def _ask(protocol: int, what: str, kind: int, flags: int, payload: bytes,
          sock: Any = None) -> list[tuple[int, bytes]]:
-    """Send one request on a fresh netlink socket of ``protocol``; return each
+    """Send one request on ``sock`` if given (see _ask_once), else on a fresh
+    netlink socket of ``protocol``; return each
     answer's (type, body). A dump the kernel marks interrupted (the set changed
     while it was read: NLM_F_DUMP_INTR) is asked again, up to 3 times. A kernel
     error is raised as natmap's (``what`` names the question), except that an
