@@ -47,7 +47,7 @@ from natmap import (Binding, Bridge, ConflictError, Endpoint, LockTimeoutError, 
                     Protocol, SpecError, Transaction, __version__)
 from natmap import nlquery
 from natmap.backends.nft import validate_table
-from natmap.host import Session, natmap_table_names, natmap_tables
+from natmap.host import Session
 from natmap_cni import SUPPORTED_VERSIONS, version_answer  # the executable's entry, which answers VERSION
 
 try:  # the C module of hashlib's SHA-256: importing hashlib loads OpenSSL, a tenth of a plugin process
@@ -61,8 +61,7 @@ if TYPE_CHECKING:
     from typing import IO, Any
 
     from natmap import Link
-    from natmap.host import Isolated, Listener
-    from natmap.model import Table
+    from natmap.host import Isolated
 
 __all__ = ["CniError", "NetConf", "Plugin", "PortMapping", "SUPPORTED_VERSIONS", "endpoint_name", "main",
            "network_prefix", "run"]
@@ -481,11 +480,11 @@ class CniHost(Session):
     - :meth:`forget_flows`: nothing to forget (an ADD of TCP ports, a DEL
       of a container no tracked connection answers from, as
       ``/proc/net/nf_conntrack`` shows) opens no conntrack socket;
-    - the guest checks' facts (the host sockets holding ports, the bridge's
-      kind and addresses, the other natmap tables) and whether a bridge has its
-      ``::1`` route are asked by :mod:`natmap.nlquery`, on the standard
-      library's netlink sockets: importing pyroute2 would cost three times the
-      rest of an ADD.
+    - the bridge's kind and addresses and whether a bridge has its ``::1``
+      route are asked by :mod:`natmap.nlquery`, on the standard library's
+      netlink sockets (as Session asks the guest checks' other facts, the
+      host sockets and the other natmap tables): importing pyroute2 would
+      cost three times the rest of an ADD.
 
     The rest (``/proc/sys`` reads and writes, and the rare changes through
     netlink: the ``::1`` route of a new IPv6 bridge, conntrack cleanup) is Session's.
@@ -495,20 +494,8 @@ class CniHost(Session):
         super().__init__()
         self._known = {b.name: b for b in bridges}
 
-    def listeners(self, proto: Protocol) -> list[Listener]:
-        return nlquery.listeners(proto)
-
-    def listening_ports(self, proto: Protocol) -> frozenset[int]:
-        return frozenset(s.port for s in nlquery.listeners(proto))
-
     def interface_facts(self, name: str) -> tuple[str | None, tuple[Any, ...]]:
         return nlquery.interface_facts(name)
-
-    def natmap_tables(self, exclude: tuple[str, str]) -> list[tuple[str, Table]]:
-        return natmap_tables(exclude, listing=nlquery.nft_tables)
-
-    def natmap_table_names(self) -> list[tuple[str, str]]:
-        return natmap_table_names(nlquery.nft_tables)
 
     def loopback6_present(self, bridge_name: str) -> bool:
         return nlquery.loopback6_present(bridge_name)

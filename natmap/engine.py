@@ -136,6 +136,7 @@ class NatMap:
         self._cache_version: str | None = None
         self._view: _KernelView | None = None  # the kernel, when it was read for this change
         self._seen: Generation = None          # the generation when this change began
+        self._others_seen: tuple[Generation, list[tuple[str, Table]]] | None = None  # see _others
         self._missing = True
 
     # --- the API -------------------------------------------------------------------
@@ -667,6 +668,9 @@ class NatMap:
                                   self._isolated_cuts(table, applied))
         # Trusted next time only if nobody else committed in between.
         trusted = after is not None and (not isinstance(before, int) or after == before + 1)
+        if (self._others_seen is not None and isinstance(before, int) and after == before + 1
+                and self._others_seen[0] == before):
+            self._others_seen = (after, self._others_seen[1])  # only natmap's own commit since they were read
         self._store.done(self._stamp() if trusted else None)
         hoststate.crash_point("store-commit")
         self._missing = False
@@ -742,18 +746,38 @@ class NatMap:
 
     def _others(self) -> list[tuple[str, Table]]:
         """The other natmap tables of the namespace, both backends, found by
-        their markers and read. Call in the namespace."""
-        return self._kernel.natmap_tables(exclude=(self.backend_name, self.table_name))
+        their markers and read. Call in the namespace.
+
+        Kept while the kernel's nftables generation stays (it counts every
+        nftables commit in the namespace, anyone's; :meth:`_sync` moves it on
+        past natmap's own commit when no other came in between), and only
+        where the namespace has no legacy iptables filter table (iptables
+        counts no commits: there the tables are read every time)."""
+        from .backends import iptables_in_use
+
+        key = self._backend.generation() if self.backend_name == "nft" and not iptables_in_use() else None
+        if key is not None and self._others_seen is not None and self._others_seen[0] == key:
+            return self._others_seen[1]
+        found = self._kernel.natmap_tables(exclude=(self.backend_name, self.table_name))
+        self._others_seen = None if key is None else (key, found)  # the generation read BEFORE them
+        return found
 
     def _guard(self, change: Change, forced: set[tuple[int, int, str, int]],
-               others: Callable[[], list[tuple[str, Table]]],
-               listeners: Callable[[Protocol], list[Listener]]) -> None:
+               others: Callable[[], list[tuple[str, Table]]]) -> None:
         """Raise ConflictError if a binding ``change`` adds takes a host socket's
-        port (unless forced) or another natmap table's."""
+        port (unless forced) or another natmap table's. The kernel is asked
+        only for the sockets on the ports added (one port: one filtered
+        sock_diag answer, whatever the host holds)."""
         added = change.added(Binding)
         if not added:
             return
-        guest.check_listeners([b for b in added if b.key not in forced], listeners, self._kernel.socket_owner)
+        checked = [b for b in added if b.key not in forced]
+        wanted: dict[Protocol, set[tuple[int, int]]] = {}
+        for binding in checked:
+            wanted.setdefault(binding.proto, set()).add((binding.host_port, binding.last_port))
+        guest.check_listeners(checked, lambda proto: self._in_ns(self._kernel.listeners, proto,
+                                                                 sorted(wanted.get(proto, ()))),
+                              self._kernel.socket_owner)
         guest.check_other_tables(added, others())
 
 
@@ -810,7 +834,7 @@ class Transaction:
                 return
             self.change = table.change()
             try:
-                self._nm._guard(self.change, self._forced, self._others, self._listeners)
+                self._nm._guard(self.change, self._forced, self._others)
             except BaseException:
                 table.rollback()
                 raise

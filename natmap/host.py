@@ -29,7 +29,7 @@ from .spec import PortRange, Protocol
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
     from typing import Any, Protocol as _Protocol
 
     class Host(_Protocol):
@@ -63,8 +63,9 @@ if TYPE_CHECKING:
             and its addresses as ``ipaddress`` interfaces (``172.30.0.1/24``)."""
             ...
 
-        def listeners(self, proto: Protocol) -> list[Listener]:
-            """The host sockets holding a port of ``proto``."""
+        def listeners(self, proto: Protocol, ports: Sequence[tuple[int, int]] | None = None) -> list[Listener]:
+            """The host sockets holding a port of ``proto``; with ``ports``,
+            (first, last) ranges, only those on these ports."""
             ...
 
         def socket_owner(self, inode: int) -> str | None:
@@ -151,6 +152,7 @@ _TCP_LISTEN = 10
 _IPPROTO = {Protocol.TCP: 6, Protocol.UDP: 17, Protocol.SCTP: 132}
 _PROTOCOL = {number: proto for proto, number in _IPPROTO.items()}
 _FAMILY = {4: 2, 6: 10}  # IP version -> AF_INET, AF_INET6 (socket's, without importing it)
+_PORT_DUMPS = 8  # conntrack dumps filtered by port, at most, before one of every port is cheaper
 
 
 @contextmanager
@@ -414,6 +416,7 @@ class Session:
 
     def __init__(self) -> None:
         self._conntrack: dict[int, Any] = {}  # by family: see _socket
+        self._netfilter: Any = None  # the socket nft tables are listed on: see _nft_tables
         self._lock = threading.Lock()
 
     # The facts and settings: this module's functions (see each one).
@@ -426,14 +429,19 @@ class Session:
     def reserved_ports(self) -> frozenset[int]:
         return reserved_ports()
 
+    # The guest checks' questions run on every publish: asked through
+    # natmap.nlquery's stdlib sockets, a tenth of a millisecond each, where
+    # pyroute2's sockets took 1-2 ms to set up (9-11 ms a one-port publish).
     def listening_ports(self, proto: Protocol) -> frozenset[int]:
-        return listening_ports(proto)
+        return frozenset(s.port for s in self.listeners(proto))
 
     def interface_facts(self, name: str) -> tuple[str | None, tuple[Any, ...]]:
         return interface_facts(name)
 
-    def listeners(self, proto: Protocol) -> list[Listener]:
-        return listeners(proto)
+    def listeners(self, proto: Protocol, ports: Sequence[tuple[int, int]] | None = None) -> list[Listener]:
+        from .nlquery import listeners as asked
+
+        return asked(proto, ports)
 
     def socket_owner(self, inode: int) -> str | None:
         return socket_owner(inode)
@@ -445,10 +453,25 @@ class Session:
         return nonlocal_bind(version)
 
     def natmap_tables(self, exclude: tuple[str, str]) -> list[tuple[str, Table]]:
-        return natmap_tables(exclude)
+        return natmap_tables(exclude, listing=self._nft_tables)
 
     def natmap_table_names(self) -> list[tuple[str, str]]:
-        return natmap_table_names()
+        return natmap_table_names(self._nft_tables)
+
+    def _nft_tables(self) -> dict[str, str | None]:
+        """nlquery.nft_tables on a socket kept open (see nlquery.netfilter_socket);
+        a socket a failed question may have left answers in is dropped."""
+        from . import nlquery
+
+        with self._lock:
+            if self._netfilter is None:
+                self._netfilter = nlquery.netfilter_socket()
+            try:
+                return nlquery.nft_tables(self._netfilter)
+            except BaseException:
+                self._netfilter.close()
+                self._netfilter = None
+                raise
 
     def enable_route_localnet(self, bridge_name: str) -> None:
         enable_route_localnet(bridge_name)
@@ -531,10 +554,12 @@ class Session:
                      for cut in isolated for version in {net.version for net in cut[0]} for proto in Protocol]
         # The bindings' tests are made only once the kernel has handed back
         # entries to test (10,000 of them cost more than the dump of none).
-        groups: tuple[tuple[bool, set[tuple[int, Protocol]], Any], ...] = (  # (nat only, keys, tests to make)
-            (True, {(_FAMILY[b.version], b.proto) for b in removed},
+        # A group's keys: (family, protocol, destination port or None for any).
+        groups: tuple[tuple[bool, set[tuple[int, Protocol, int | None]], Any], ...] = (  # (nat only, keys, tests)
+            (True, {(_FAMILY[b.version], b.proto, None) for b in removed},
              lambda: [_matcher(_translated_for, b, local) for b in removed]),
-            (False, {(family, proto) for family, proto, _, _ in matchers} | {(_FAMILY[b.version], b.proto) for b in stale},
+            (False, {(family, proto, None) for family, proto, _, _ in matchers}
+             | {(_FAMILY[b.version], b.proto, b.host_port if b.count == 1 else None) for b in stale},
              lambda: matchers + [_matcher(_stale_for, b, local) for b in stale]))
         deleted = 0
         if not (removed or stale or matchers):
@@ -566,30 +591,44 @@ class Session:
             self._conntrack[family] = Conntrack(nfgen_family=family)
         return self._conntrack[family]
 
-    def _entries(self, keys: Iterable[tuple[int, Protocol]], nat_only: bool) -> list[Any]:
-        """The conntrack entries of ``keys`` (family, protocol), read in
-        full before any is deleted (pyroute2 cannot delete while a dump runs).
-        With ``nat_only``: those whose destination was translated, of every
-        family in one dump (the kernel filters by status, Linux 5.15+, but
-        not by status and protocol at once, nor by a tuple without a family);
-        otherwise one dump a family and protocol, filtered by the kernel."""
+    def _entries(self, keys: Iterable[tuple[int, Protocol, int | None]], nat_only: bool) -> list[Any]:
+        """The conntrack entries of ``keys`` (family, protocol, original
+        destination port or None for any), read in full before any is deleted
+        (pyroute2 cannot delete while a dump runs). With ``nat_only``: those
+        whose destination was translated, of every family in one dump (the
+        kernel filters by status, Linux 5.15+, but not by status and protocol
+        at once, nor by a tuple without a family); otherwise one dump a
+        family and protocol, or (a few ports: a new UDP binding's stale flows)
+        one a port, filtered by the kernel (Linux 5.8+; an older one hands
+        back more, which the caller's tests leave alone)."""
         from pyroute2.conntrack import ConntrackEntry
         from pyroute2.netlink.nfnetlink.nfctsocket import IPS_DST_NAT, NFCTAttrTuple
 
         if nat_only:
-            numbers = {_IPPROTO[proto] for _, proto in keys}
+            numbers = {_IPPROTO[proto] for _, proto, _ in keys}
             return [ConntrackEntry(msg["nfgen_family"], *map(msg.get_attr, _ENTRY_ATTRS))
                     for msg in self._socket(0).dump(status=IPS_DST_NAT, status_mask=IPS_DST_NAT)
                     if msg.get_attr("CTA_TUPLE_ORIG").get_attr("CTA_TUPLE_PROTO").get_attr("CTA_PROTO_NUM")
                     in numbers]
-        return [entry for family, proto in keys for entry in self._socket(family).dump_entries(
-            tuple_orig=NFCTAttrTuple(family=family, proto=_IPPROTO[proto]))]
+        ports: dict[tuple[int, Protocol], set[int | None]] = {}
+        for family, proto, port in keys:
+            ports.setdefault((family, proto), set()).add(port)
+        entries = []
+        for (family, proto), wanted in ports.items():
+            # Any port asked, or more ports than dumps are worth: one dump of them all.
+            for port in (None,) if None in wanted or len(wanted) > _PORT_DUMPS else wanted:
+                entries += self._socket(family).dump_entries(
+                    tuple_orig=NFCTAttrTuple(family=family, proto=_IPPROTO[proto], dport=port))
+        return entries
 
     def close(self) -> None:
         with self._lock:
             for ct in self._conntrack.values():
                 ct.close()
             self._conntrack.clear()
+            if self._netfilter is not None:
+                self._netfilter.close()
+                self._netfilter = None
 
 
 class FakeHost:
@@ -665,11 +704,12 @@ class FakeHost:
         self.bridge(name)  # UnknownInterfaceError if there is none
         return "bridge", ()
 
-    def listeners(self, proto: Protocol) -> list[Listener]:
+    def listeners(self, proto: Protocol, ports: Sequence[tuple[int, int]] | None = None) -> list[Listener]:
         self.events.append("host.listeners")
         wildcard = ipaddress.IPv4Address(0)
-        return ([s for s in self.sockets if s.proto is proto]
-                + [Listener(proto, wildcard, port, False, 0) for port in sorted(self.listening.get(proto, ()))])
+        found = ([s for s in self.sockets if s.proto is proto]
+                 + [Listener(proto, wildcard, port, False, 0) for port in sorted(self.listening.get(proto, ()))])
+        return found if ports is None else [s for s in found if any(a <= s.port <= b for a, b in ports)]
 
     def socket_owner(self, inode: int) -> str | None:
         return None

@@ -1,14 +1,16 @@
 """Four narrow netlink questions, asked with the standard library's socket, for
-processes that ask once and end (natmap-cni): the host sockets holding ports
-(sock_diag), an interface's kind and addresses (rtnetlink), the namespace's
-``inet`` nftables tables and their comments (nfnetlink), whether the local
-``::1`` route of a bridge is there.
+processes that ask once and end (natmap-cni) and for the checks every publish
+makes: the host sockets holding ports (sock_diag, filtered by port), an
+interface's kind and addresses (rtnetlink), the namespace's ``inet`` nftables
+tables and their comments (nfnetlink), whether the local ``::1`` route of a
+bridge is there.
 
-:mod:`natmap.host` asks the same through pyroute2, and a long-lived NatMap
-should keep doing so; but pyroute2's netlink core alone (asyncio and its
-message classes) costs about 60 ms to import, the whole package 130-170 ms:
-three times what the rest of a CNI ADD costs, on the path of every
-``podman run``. These functions answer what host.py's namesakes answer, in
+:mod:`natmap.host` has the same through pyroute2; but pyroute2's netlink core
+alone (asyncio and its message classes) costs about 60 ms to import, the
+whole package 130-170 ms: three times what the rest of a CNI ADD costs, on
+the path of every ``podman run``; and setting up one of its sockets costs
+1-2 ms, which made a one-port publish 9-11 ms (host.Session asks the
+publish's questions here). These functions answer what host.py's namesakes answer, in
 the same shapes (tests/kernel/test_kernel_nlquery.py compares them on a live
 namespace), and raise natmap's errors: :class:`PrivilegeError` where the
 kernel says EPERM/EACCES, :class:`BackendError` for any other refusal.
@@ -31,6 +33,7 @@ from .spec import Protocol
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import Any
 
     from .host import Listener
@@ -50,6 +53,10 @@ _SOCK_DIAG_BY_FAMILY = 20
 _DIAG_REQ = struct.Struct("=BBBxI48x")          # family, protocol, ext, states, an empty inet_diag_sockid
 _DIAG_MSG = struct.Struct("=BBBB2s2s16s16sI8xIIIII")  # inet_diag_msg, sockid spelled out
 _INET_DIAG_SKV6ONLY = 11
+_INET_DIAG_REQ_BYTECODE = 1
+_BC_S_GE, _BC_S_LE, _BC_JMP = 2, 3, 1  # inet_diag_bc_op codes
+_BC_OP = struct.Struct("=BBH")         # inet_diag_bc_op: code, yes, no
+_BC_MAX_RANGES = 64                    # more: one unfiltered dump is as cheap (and nla_len is 16 bits)
 _TCP_LISTEN = 10
 _IPPROTO = {Protocol.TCP: socket.IPPROTO_TCP, Protocol.UDP: socket.IPPROTO_UDP, Protocol.SCTP: 132}
 
@@ -71,31 +78,55 @@ _NFTA_TABLE_NAME, _NFTA_TABLE_USERDATA = 1, 6
 _UDATA_TABLE_COMMENT = 0
 
 
-def _ask(protocol: int, what: str, kind: int, flags: int, payload: bytes) -> list[tuple[int, bytes]]:
-    """Send one request on a fresh netlink socket of ``protocol``; return each
+def netfilter_socket() -> Any:
+    """A NETLINK_NETFILTER socket to keep and pass to :func:`nft_tables`: closing
+    one waits for nf_tables' pending cleanup of the last commit (its
+    NETLINK_URELEASE handler flushes that work, an RCU grace period: up to
+    milliseconds on a busy host), which a process that asks on every change
+    should not pay each time. It belongs to the calling thread's namespace."""
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, _NETLINK_NETFILTER)
+        sock.bind((0, 0))
+    except PermissionError as exc:
+        raise PrivilegeError("listing nftables tables") from exc
+    except OSError as exc:
+        raise BackendError(f"listing nftables tables: {exc.strerror}") from exc
+    return sock
+
+
+def _ask(protocol: int, what: str, kind: int, flags: int, payload: bytes,
+         sock: Any = None) -> list[tuple[int, bytes]]:
+    """Send one request on ``sock`` if given (see _ask_once), else on a fresh
+    netlink socket of ``protocol``; return each
     answer's (type, body). A dump the kernel marks interrupted (the set changed
     while it was read: NLM_F_DUMP_INTR) is asked again, up to 3 times. A kernel
     error is raised as natmap's (``what`` names the question), except that an
     ENOENT or ENODEV answer is raised as the OSError it is, for the caller to read."""
     for _ in range(3):
-        answers, interrupted = _ask_once(protocol, what, kind, flags, payload)
+        answers, interrupted = _ask_once(protocol, what, kind, flags, payload, sock)
         if not interrupted:
             break
     return answers
 
 
 def _ask_once(protocol: int, what: str, kind: int, flags: int,
-              payload: bytes) -> tuple[list[tuple[int, bytes]], bool]:
-    try:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
-    except PermissionError as exc:
-        raise PrivilegeError(what) from exc
-    except OSError as exc:
-        raise BackendError(f"{what}: {exc.strerror}") from exc
+              payload: bytes, kept: Any = None) -> tuple[list[tuple[int, bytes]], bool]:
+    """One request; on ``kept`` (a socket of the caller's, left open, which
+    must be dropped if this raises: answers may be left in it), else on a
+    socket of its own."""
+    sock = kept
+    if sock is None:
+        try:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
+        except PermissionError as exc:
+            raise PrivilegeError(what) from exc
+        except OSError as exc:
+            raise BackendError(f"{what}: {exc.strerror}") from exc
     answers: list[tuple[int, bytes]] = []
     interrupted = False
     try:
-        sock.bind((0, 0))
+        if kept is None:
+            sock.bind((0, 0))
         sock.sendall(_HEADER.pack(_HEADER.size + len(payload), kind, _F_REQUEST | flags, 1, 0) + payload)
         while True:
             data = sock.recv(1 << 17)  # more than the kernel puts in one datagram of a dump
@@ -122,7 +153,8 @@ def _ask_once(protocol: int, what: str, kind: int, flags: int,
                 if not flags & _F_DUMP:
                     return answers, interrupted
     finally:
-        sock.close()
+        if kept is None:
+            sock.close()
 
 
 def _attrs(data: bytes, offset: int = 0) -> dict[int, bytes]:
@@ -147,15 +179,25 @@ def _address(family: int, raw: bytes) -> Any:
     return ipaddress.IPv4Address(raw[:4]) if family == socket.AF_INET else ipaddress.IPv6Address(raw[:16])
 
 
-def listeners(proto: Protocol) -> list[Listener]:
+def listeners(proto: Protocol, ports: Sequence[tuple[int, int]] | None = None) -> list[Listener]:
     """The host sockets holding a port of ``proto``, as :func:`natmap.host.listeners`
-    gives them: listening TCP/SCTP sockets, every UDP one (one sock_diag dump a family)."""
+    gives them: listening TCP/SCTP sockets, every UDP one (one sock_diag dump a family).
+
+    ``ports``: only those on a port of these (first, last) ranges; the kernel
+    is asked for them alone (a sock_diag bytecode filter), so a publish of one
+    port does not decode every UDP socket of a busy host. What the kernel
+    does not filter (sctp_diag runs no bytecode; more ranges than one filter
+    holds) is filtered here."""
     from .host import Listener
 
     states = (1 << _TCP_LISTEN) if proto is not Protocol.UDP else 0xFFFFFFFF
     found: list[Listener] = []
+    if ports is not None and not ports:
+        return found
+    merged = _merged(ports) if ports is not None else []
+    program = _port_filter(merged) if ports is not None else b""
     for family in (socket.AF_INET, socket.AF_INET6):
-        request = _DIAG_REQ.pack(family, _IPPROTO[proto], 0, states)
+        request = _DIAG_REQ.pack(family, _IPPROTO[proto], 0, states) + program
         try:
             for _, body in _ask(_NETLINK_SOCK_DIAG, "listing sockets", _SOCK_DIAG_BY_FAMILY, _F_DUMP, request):
                 msg_family, _, _, _, sport, _, src, _, _, _, _, _, _, inode = _DIAG_MSG.unpack_from(body)
@@ -166,7 +208,49 @@ def listeners(proto: Protocol) -> list[Listener]:
             if isinstance(exc, BackendError):
                 raise
             continue  # no diag support for this protocol (sctp_diag not loaded)
+    if ports is not None:
+        import bisect  # here: natmap-cni imports this module on every ADD
+
+        starts = [first for first, _ in merged]
+        found = [s for s in found if (at := bisect.bisect_right(starts, s.port) - 1) >= 0 and s.port <= merged[at][1]]
     return found
+
+
+def _merged(ports: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The (first, last) ranges sorted, overlapping and adjacent ones joined."""
+    merged: list[tuple[int, int]] = []
+    for first, last in sorted(ports):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    return merged
+
+
+def _port_filter(merged: list[tuple[int, int]]) -> bytes:
+    """A sock_diag bytecode attribute that accepts a socket whose local port is
+    in one of the ``merged`` ranges (b"": none, for more ranges than one
+    filter should hold).
+
+    The kernel runs the ops in order: a true test moves on by ``yes`` bytes, a
+    false one by ``no``; the program accepts by ending exactly at its end and
+    rejects by jumping 4 bytes past it (inet_diag_bc_run). Its audit walks the
+    ``yes`` chain op by op (inet_diag_bc_audit), so every ``yes`` is the op's
+    own length and the way out of a match is a JMP (which always takes
+    ``no``), as ss(8) compiles ``sport = a or sport = b``. One range:
+    ``S_GE first; S_LE last; JMP end``, 20 bytes; a failed test goes to the
+    next range (or, after the last one, to the rejection)."""
+    if len(merged) > _BC_MAX_RANGES:
+        return b""
+    size = 20 * len(merged)
+    code = b""
+    for i, (first, last) in enumerate(merged):
+        at = 20 * i
+        left = size - at  # bytes from this block's first op to the end
+        code += (_BC_OP.pack(_BC_S_GE, 8, 20 if i + 1 < len(merged) else left + 4) + _BC_OP.pack(0, 0, first)
+                 + _BC_OP.pack(_BC_S_LE, 8, 12 if i + 1 < len(merged) else left - 8 + 4) + _BC_OP.pack(0, 0, last)
+                 + _BC_OP.pack(_BC_JMP, 4, left - 16))
+    return _attr(_INET_DIAG_REQ_BYTECODE, code)
 
 
 def _index(name: str) -> int | None:
@@ -208,12 +292,13 @@ def interface_facts(name: str) -> tuple[str | None, tuple[Any, ...]]:
     return kind, tuple(addresses)
 
 
-def nft_tables() -> dict[str, str | None]:
+def nft_tables(sock: Any = None) -> dict[str, str | None]:
     """As :func:`natmap.host.nft_tables`: the ``inet`` nftables tables and their
-    comments, in one dump (no table's content is read)."""
+    comments, in one dump (no table's content is read); asked on ``sock``
+    (:func:`netfilter_socket`, to be dropped if this raises) if given."""
     found: dict[str, str | None] = {}
     request = _NFGEN.pack(_NFPROTO_INET, 0, 0)
-    for _, body in _ask(_NETLINK_NETFILTER, "listing nftables tables", _NFT_GETTABLE, _F_DUMP, request):
+    for _, body in _ask(_NETLINK_NETFILTER, "listing nftables tables", _NFT_GETTABLE, _F_DUMP, request, sock):
         attrs = _attrs(body, _NFGEN.size)
         name = attrs.get(_NFTA_TABLE_NAME, b"").rstrip(b"\0").decode(errors="replace")
         found[name] = _comment(attrs.get(_NFTA_TABLE_USERDATA))

@@ -345,8 +345,16 @@ class Store:
 
     def done(self, generation: str | None) -> None:
         """The kernel holds the pending change: clear it, and record the kernel's
-        generation after natmap's commit (None: unknown, read the kernel next time)."""
-        with self._write("finishing the change") as db:
+        generation after natmap's commit (None: unknown, read the kernel next time).
+
+        Its own transaction, after the kernel's: the pending mark must be on
+        disk before the kernel commits (a crash in between leaves it for the
+        next process to finish the change), and cleared only after. It
+        changes no item, so the version stays (begin moved it on): readers
+        that cache the items by version keep them. Both commits are cheap in
+        WAL mode with synchronous=NORMAL (see _open): no fsync, and a commit
+        survives the process being killed, which is what recovery needs."""
+        with self._write("finishing the change", items=False) as db:
             db.execute("DELETE FROM meta WHERE name = 'pending'")
             self._set_generation(db, generation)
 

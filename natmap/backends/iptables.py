@@ -180,10 +180,14 @@ def natmap_tables() -> list[str]:
         import iptc  # noqa: F401
     except (ImportError, OSError):  # no python-iptables here: it cannot have made chains either
         return []
-    with _xtables_lock():
-        table = _table(4, "filter")
-        return [name for chain in table.chains if chain.name.endswith("-GENERATION")
-                for name in [_owner(chain)] if name is not None and chain_prefix(name) + "-GENERATION" == chain.name]
+    # Without the xtables lock, which every iptables command on the machine
+    # takes (a publish waited up to 0.2 s for other programs' commands): a read
+    # is the kernel's snapshot of the table, and libiptc reads it again when
+    # it changed between its two getsockopt calls (EAGAIN); the lock keeps
+    # commits from overwriting each other, and this commits nothing.
+    table = _table(4, "filter")
+    return [name for chain in table.chains if chain.name.endswith("-GENERATION")
+            for name in [_owner(chain)] if name is not None and chain_prefix(name) + "-GENERATION" == chain.name]
 
 
 def _owner(chain: Any) -> str | None:

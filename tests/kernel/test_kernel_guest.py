@@ -91,6 +91,34 @@ def test_two_tables_never_hold_one_host_port(sandbox, nm, web, client, other_bac
         tb.remove()
 
 
+def test_another_tables_ports_are_seen_after_every_change_to_it_while_kept_between(sandbox, web, client,
+                                                                                 monkeypatch):
+    """A NatMap keeps the other nft tables it read while the kernel's
+    generation says nothing but its own commits came after (as on a host
+    without legacy iptables, where that is done): a port the other table
+    takes or gives back meanwhile is seen at the next publish."""
+    import natmap.backends
+
+    monkeypatch.setattr(natmap.backends, "iptables_in_use", lambda: False)
+    other_web = sandbox.container("web02")
+    other_web.serve(5000)
+    with natmap.NatMap(table="mine", netns=sandbox.host.name) as mine, \
+            natmap.NatMap(table="tb", netns=sandbox.host.name) as tb:
+        tb.publish(other_web.endpoint(), ["8080:5000"])
+        mine.publish(web.endpoint(), ["8081:5000"])  # tb read, and kept
+        mine.publish(web.endpoint(), ["8082:5000"])  # kept: only mine committed since
+        with pytest.raises(ConflictError, match="endpoint 'web02' in table inet tb"):
+            mine.publish(web.endpoint(), ["8080:5000"])
+        tb.publish(other_web.endpoint(), ["8083:5000"])  # another table's commit: read again
+        with pytest.raises(ConflictError, match="8083/tcp of endpoint 'web02'"):
+            mine.publish(web.endpoint(), ["8083:5000"])
+        tb.unpublish("web02")  # the ports given back
+        mine.publish(web.endpoint(), ["8080:5000", "8083:5000"])
+        assert client.request(sandbox.outside_ip, 8080) == "web01 192.0.2.2"
+        mine.remove()
+        tb.remove()
+
+
 def test_same_table_name_on_the_other_backend_is_another_table(sandbox, nm, web):
     other = "iptables" if nm.backend_name == "nft" else "nft"
     with natmap.NatMap(netns=sandbox.host.name, backend=other) as twin:

@@ -4,6 +4,7 @@ every kind, a bridge with addresses, natmap's and foreign nftables tables and
 the ::1 route natmap adds to an IPv6 bridge."""
 
 import socket
+import subprocess
 
 import pytest
 
@@ -78,3 +79,57 @@ def test_nlquery_answers_as_host_does(sandbox):
     finally:
         for s in made:
             s.close()
+
+
+def test_listeners_filtered_by_port_are_the_sockets_on_those_ports(sandbox):
+    """The question a publish asks (the sockets on the ports it adds, filtered
+    by the kernel) answers what the whole listing answers for those ports:
+    single ports, ranges, the lowest and highest port, adjacent ranges merged,
+    and more ranges than one filter holds (then the whole listing)."""
+    def bind_all():
+        made = []
+        for port in (1, 7001, 7002, 7100, 9000, 65535):
+            s = socket.socket()
+            s.bind(("127.0.0.1", port))
+            s.listen()
+            made.append(s)
+        for port in (7001, 7050, 9001):
+            s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            s.bind(("::", port))
+            made.append(s)
+        return made
+
+    made = sandbox.host.call(bind_all)
+    try:
+        asks = [[], [(7001, 7001)], [(9000, 9001), (7001, 7002)], [(1, 1), (65535, 65535)], [(7002, 7100)],
+                [(8000, 8999)], [(7001, 7001), (7002, 7002), (7003, 7049)], [(p, p) for p in range(7000, 7400, 2)],
+                [(1, 65535)]]
+        for proto in (Protocol.TCP, Protocol.UDP):
+            every = sandbox.host.call(nlquery.listeners, proto)
+            for ports in asks:
+                wanted = [s for s in every if any(a <= s.port <= b for a, b in ports)]
+                got = sandbox.host.call(nlquery.listeners, proto, ports)
+                assert _as_text(got) == _as_text(wanted), (proto, ports)
+        assert {s.port for s in sandbox.host.call(nlquery.listeners, Protocol.TCP, [(7002, 7100)])} == {7002, 7100}
+        assert {s.port for s in sandbox.host.call(nlquery.listeners, Protocol.UDP, [(7002, 7100)])} == {7050}
+    finally:
+        for s in made:
+            s.close()
+
+
+def test_a_kept_netfilter_socket_lists_tables_again_and_again(sandbox):
+    """Session lists nft tables on one kept socket: each answer is the whole,
+    current listing (no answer left over from the one before)."""
+    def ask():
+        sock = nlquery.netfilter_socket()
+        try:
+            first = nlquery.nft_tables(sock)
+            subprocess.run(["nft", "add table inet kept { comment \"x\"; }"], check=True)
+            second = nlquery.nft_tables(sock)
+            third = nlquery.nft_tables(sock)
+            return first, second, third
+        finally:
+            sock.close()
+
+    first, second, third = sandbox.host.call(ask)
+    assert "kept" not in first and second["kept"] == "x" and third == second == sandbox.host.call(host.nft_tables)

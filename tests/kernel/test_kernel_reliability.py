@@ -268,6 +268,25 @@ def test_publishing_over_a_stale_udp_flow_takes_it_over(sandbox, nm, family):
     flow.close()
 
 
+def test_publishing_udp_ports_takes_over_the_stale_flows_of_each_and_no_other(sandbox, nm):
+    """The stale flows are dumped by port (one dump a port, for a few ports):
+    each published port's are taken over; another port's unanswered flow stays."""
+    web = sandbox.container("web01")
+    web.serve(5353, "udp")
+    web.serve(5354, "udp")
+    client = sandbox.client("client1")
+    nm.publish(sandbox.container("db01").endpoint(), ["1:1"])  # the table and bridge exist
+    flows = {port: client.udp_socket(4) for port in (5353, 5354, 5355)}
+    for port, flow in flows.items():
+        assert client.request(sandbox.outside_ip, port, "udp", sock=flow, timeout=0.3) is None
+    nm.publish(web.endpoint(), ["5353:5353/udp", "5354:5354/udp"])
+    for port in (5353, 5354):
+        assert client.request(sandbox.outside_ip, port, "udp", sock=flows[port]) == "web01 192.0.2.2"
+    assert "dport=5355" in sandbox.host.run(["conntrack", "-L", "-p", "udp", "-f", "ipv4"]).stdout
+    for flow in flows.values():
+        flow.close()
+
+
 # --- limits ------------------------------------------------------------------------------------------------
 
 def test_all_65535_ports_of_one_range_in_one_transaction(sandbox):
