@@ -41,6 +41,7 @@ from .locking import LOCK_DIR, LOCK_TIMEOUT, describe_holder, discard, namespace
 from .model import (Binding, Bindings, Bridge, Change, Drift, Endpoint, Gateway, Isolation, Item, PortPool, Slot,
                     Table, describe, docker_order, validate_ifname)
 from .netns import current as current_netns, entered as entered_netns, validate_name as validate_netns
+from .netns import cookie as netns_cookie
 from .spec import PortSpec, Protocol, validate_name
 from .store import Store, default_dir
 
@@ -519,9 +520,14 @@ class NatMap:
 
     def _stamp(self, generation: Generation = None) -> str | None:
         """The kernel's generation (now, unless given) as the store records it:
-        with the boot and the namespace, since a counter starts again at every boot."""
+        with the boot and the namespace, since a counter starts again at every
+        boot and in every namespace. The namespace is told by its cookie too:
+        one deleted and made again (``ip netns del X; ip netns add X``) may get
+        the same nsfs inode, never the same cookie."""
         generation = self._backend.generation() if generation is None else generation
-        return None if generation is None else f"{_boot_id()}:{self._home[1]}:{generation}"
+        if generation is None:
+            return None
+        return f"{_boot_id()}:{self._home[1]}:{self._in_ns(netns_cookie)}:{generation}"
 
     def _in_sync(self) -> bool:
         """Whether nothing was committed to the kernel since natmap's last change

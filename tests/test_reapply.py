@@ -170,3 +170,26 @@ def test_a_store_that_cannot_note_the_file_fails_nothing(process, tmp_path, monk
     assert not process().apply(path)
     assert "host.bridge" in process.events  # reconciled: the file was not taken for applied
     assert not process().apply(path) and process.backend.commits == 1
+
+
+def test_a_namespace_made_again_with_the_same_inode_and_generation_is_not_trusted(process, tmp_path, monkeypatch):
+    """`ip netns del X; ip netns add X`: the kernel may give the new namespace
+    the old one's nsfs inode, and its nftables generation may reach the
+    recorded number; its cookie is new, so the table is made again."""
+    path = write(tmp_path / "lab.toml", 5)
+    monkeypatch.setattr("natmap.engine.netns_cookie", lambda: 101)
+    process().apply(path)
+    held, commits = set(process.backend.items), process.backend.commits
+    process.backend.items = None  # the new namespace: no table, the same generation number, the same inode
+    assert process.backend.commits == commits
+    monkeypatch.setattr("natmap.engine.netns_cookie", lambda: 102)
+    process().apply(path)
+    assert process.backend.items == held and not process().check()
+
+
+def test_the_same_namespace_stays_trusted(process, tmp_path, monkeypatch):
+    path = write(tmp_path / "lab.toml", 5)
+    monkeypatch.setattr("natmap.engine.netns_cookie", lambda: 101)
+    process().apply(path)
+    change, asked = reapplied(process, path)
+    assert not change and [e for e in asked if e.startswith("backend.")] == ["backend.generation"]
