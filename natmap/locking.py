@@ -171,8 +171,8 @@ def check_own_dir(path: str, what: str, risk: str, error: type[Exception], *,
         raise error(f"the {what} {path} is not a directory; remove it")
     mode = stat.S_IMODE(st.st_mode)
     if st.st_uid != os.geteuid() or mode & 0o022 or (exact_mode is not None and mode != exact_mode):
-        wanted = f"mode {exact_mode:04o}" if exact_mode is not None else "no other user able to write it (not writable by others)"
-        raise error(f"the {what} {path} must be owned by uid {os.geteuid()} with {wanted} "
+        wanted = f"with mode {exact_mode:04o}" if exact_mode is not None else "and not writable by others"
+        raise error(f"the {what} {path} must be owned by uid {os.geteuid()} {wanted} "
                     f"(it is uid {st.st_uid}, mode {mode:04o}): another user could "
                     f"{risk}; remove it or fix it (chown, chmod 700)")
 
