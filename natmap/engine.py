@@ -127,7 +127,7 @@ class NatMap:
         named = netns or _netns_name(self._home)
         where = named and ("root" if named == "/" else f"netns-{named}")
         self.state_path = os.path.join(state_dir or default_dir(named is not None),
-                                       f"{where or 'anon-%d-%d' % self._home}.{self.table_name}."
+                                       f"{where or _anonymous(self._home, self._in_ns(netns_cookie))}.{self.table_name}."
                                        f"{self.backend_name}.db")
         self._store = Store(self.state_path)
         self._bridges: dict[str, Bridge] = {}
@@ -996,6 +996,14 @@ def _netns_name(home: tuple[int, int]) -> str | None:
         if (st.st_dev, st.st_ino) == home:
             return name
     return None
+
+
+def _anonymous(home: tuple[int, int], cookie: int | None) -> str:
+    """An anonymous namespace's part of its store's name: its nsfs (device,
+    inode), which a namespace made after it is deleted may get again, and its
+    cookie, which no other namespace of this boot gets (so a new namespace
+    never takes an old one's store, and its rules, for its own)."""
+    return "anon-%d-%d-%s" % (*home, cookie)
 
 
 def _file_digest(raw: bytes) -> str:

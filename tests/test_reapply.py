@@ -7,6 +7,7 @@ one FakeBackend, the host: one FakeHost). What the engine asks of the kernel
 and the host is counted through the fakes' ``events``."""
 
 import ipaddress
+import os
 
 import pytest
 
@@ -193,3 +194,16 @@ def test_the_same_namespace_stays_trusted(process, tmp_path, monkeypatch):
     process().apply(path)
     change, asked = reapplied(process, path)
     assert not change and [e for e in asked if e.startswith("backend.")] == ["backend.generation"]
+
+
+def test_an_anonymous_namespace_made_again_with_the_same_inode_gets_a_store_of_its_own(tmp_path, monkeypatch):
+    """An anonymous namespace's store is named by its inode and its cookie: a
+    new namespace that gets a deleted one's inode does not take its rules."""
+    monkeypatch.setattr("natmap.engine._netns_name", lambda home: None)  # neither the root nor a named one
+    paths = []
+    for cookie in (101, 102):
+        monkeypatch.setattr("natmap.engine.netns_cookie", lambda: cookie)
+        with NatMap(backend=FakeBackend(), host=FakeHost([BRIDGE]), lock_dir=str(tmp_path / "locks"),
+                    state_dir=str(tmp_path / "state")) as nm:
+            paths.append(os.path.basename(nm.state_path))
+    assert paths[0] != paths[1] and paths[0].startswith("anon-") and "-101." in paths[0]
