@@ -15,9 +15,12 @@ __all__ = ["script"]
 # Shell functions the generated script calls: bash ones print candidates for
 # the word in $1; zsh ones add them with compadd.
 _PREAMBLE = {
+    # Not compgen -W: it expands $(...), $VAR and globs in the words given,
+    # and a name is anyone's text. Each line is compared as a string.
     "bash": """
-_natmap_endpoints() { compgen -W "$(natmap ps -q 2>/dev/null)" -- "$1"; }
-_natmap_tables() { compgen -W "$(natmap tables -q 2>/dev/null)" -- "$1"; }
+_natmap_match() { local w; while IFS= read -r w; do if [[ -n $w && $w == "$1"* ]]; then printf '%s\\n' "$w"; fi; done; }
+_natmap_endpoints() { natmap ps -q 2>/dev/null | _natmap_match "$1"; }
+_natmap_tables() { natmap tables -q 2>/dev/null | _natmap_match "$1"; }
 """,
     "zsh": """
 _natmap_endpoints() { compadd -- ${(f)"$(natmap ps -q 2>/dev/null)"}; }

@@ -41,6 +41,7 @@ from .locking import LOCK_DIR, LOCK_TIMEOUT, describe_holder, discard, namespace
 from .model import (Binding, Bindings, Bridge, Change, Drift, Endpoint, Gateway, Isolation, Item, PortPool, Slot,
                     Table, describe, docker_order, validate_ifname)
 from .netns import current as current_netns, entered as entered_netns, validate_name as validate_netns
+from .netns import cookie as netns_cookie
 from .spec import PortSpec, Protocol, validate_name
 from .store import Store, default_dir
 
@@ -126,7 +127,7 @@ class NatMap:
         named = netns or _netns_name(self._home)
         where = named and ("root" if named == "/" else f"netns-{named}")
         self.state_path = os.path.join(state_dir or default_dir(named is not None),
-                                       f"{where or 'anon-%d-%d' % self._home}.{self.table_name}."
+                                       f"{where or _anonymous(self._home, self._in_ns(netns_cookie))}.{self.table_name}."
                                        f"{self.backend_name}.db")
         self._store = Store(self.state_path)
         self._bridges: dict[str, Bridge] = {}
@@ -524,9 +525,14 @@ class NatMap:
 
     def _stamp(self, generation: Generation = None) -> str | None:
         """The kernel's generation (now, unless given) as the store records it:
-        with the boot and the namespace, since a counter starts again at every boot."""
+        with the boot and the namespace, since a counter starts again at every
+        boot and in every namespace. The namespace is told by its cookie too:
+        one deleted and made again (``ip netns del X; ip netns add X``) may get
+        the same nsfs inode, never the same cookie."""
         generation = self._backend.generation() if generation is None else generation
-        return None if generation is None else f"{_boot_id()}:{self._home[1]}:{generation}"
+        if generation is None:
+            return None
+        return f"{_boot_id()}:{self._home[1]}:{self._in_ns(netns_cookie)}:{generation}"
 
     def _in_sync(self) -> bool:
         """Whether nothing was committed to the kernel since natmap's last change
@@ -1018,6 +1024,14 @@ def _netns_name(home: tuple[int, int]) -> str | None:
         if (st.st_dev, st.st_ino) == home:
             return name
     return None
+
+
+def _anonymous(home: tuple[int, int], cookie: int | None) -> str:
+    """An anonymous namespace's part of its store's name: its nsfs (device,
+    inode), which a namespace made after it is deleted may get again, and its
+    cookie, which no other namespace of this boot gets (so a new namespace
+    never takes an old one's store, and its rules, for its own)."""
+    return "anon-%d-%d-%s" % (*home, cookie)
 
 
 def _file_digest(raw: bytes) -> str:

@@ -210,11 +210,16 @@ class Listener:
     ``address`` is what it is bound to (``0.0.0.0`` / ``::`` for every
     address); ``v6only`` whether a ``::`` socket leaves IPv4 alone;
     ``inode`` the socket's inode, which :func:`socket_owner` maps to a process.
+    An IPv6 socket bound to an IPv4-mapped address (``::ffff:127.0.0.1``,
+    ``::ffff:0.0.0.0``) holds that IPv4 address's port, so it is read as the
+    IPv4 address (``127.0.0.1``, ``0.0.0.0``), as the kernel's bind treats it.
     """
 
     __slots__ = ("proto", "address", "port", "v6only", "inode")
 
     def __init__(self, proto: Protocol, address: Any, port: int, v6only: bool, inode: int) -> None:
+        if address.version == 6 and address.ipv4_mapped is not None:
+            address, v6only = address.ipv4_mapped, False
         self.proto, self.address, self.port, self.v6only, self.inode = proto, address, port, v6only, inode
 
     def __str__(self) -> str:

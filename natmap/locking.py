@@ -148,17 +148,33 @@ def prepare_dir(lock_dir: str) -> None:
         st = os.lstat(lock_dir)
     except OSError as exc:
         raise LockError(f"cannot use the lock directory {lock_dir}: {exc.strerror}") from exc
-    if not stat.S_ISDIR(st.st_mode):
-        raise LockError(f"the lock directory {lock_dir} is not a directory; remove it")
     mode = stat.S_IMODE(st.st_mode)
-    if (os.path.abspath(lock_dir) == LOCK_DIR and st.st_uid == os.geteuid() and mode != 0o700
-            and not mode & 0o022):
+    if (stat.S_ISDIR(st.st_mode) and os.path.abspath(lock_dir) == LOCK_DIR and st.st_uid == os.geteuid()
+            and mode != 0o700 and not mode & 0o022):
         os.chmod(lock_dir, 0o700)  # natmap's own by name, and no one else could write it: an older natmap's
-        mode = 0o700
-    if st.st_uid != os.geteuid() or mode != 0o700:
-        raise LockError(f"the lock directory {lock_dir} must be owned by uid {os.geteuid()} with mode 0700 "
-                        f"(it is uid {st.st_uid}, mode {mode:04o}): another user could "
-                        "take or fake natmap's locks; remove it or fix it (chown, chmod 700)")
+    check_own_dir(lock_dir, "lock directory", "take or fake natmap's locks", LockError, exact_mode=0o700)
+
+
+def check_own_dir(path: str, what: str, risk: str, error: type[Exception], *,
+                  exact_mode: int | None = None) -> None:
+    """Refuse (``error``) ``path`` unless it is a directory, not a symbolic
+    link, owned by this user (root), that no other user can write (with mode
+    ``exact_mode`` if given): else another user could ``risk``. ``what``
+    names it (``lock directory``)."""
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise error(f"cannot use the {what} {path}: {exc.strerror}") from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise error(f"the {what} {path} is a symbolic link; natmap follows none: give the directory itself")
+    if not stat.S_ISDIR(st.st_mode):
+        raise error(f"the {what} {path} is not a directory; remove it")
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != os.geteuid() or mode & 0o022 or (exact_mode is not None and mode != exact_mode):
+        wanted = f"with mode {exact_mode:04o}" if exact_mode is not None else "and not writable by others"
+        raise error(f"the {what} {path} must be owned by uid {os.geteuid()} {wanted} "
+                    f"(it is uid {st.st_uid}, mode {mode:04o}): another user could "
+                    f"{risk}; remove it or fix it (chown, chmod 700)")
 
 
 def sweep(lock_dir: str) -> None:

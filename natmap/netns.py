@@ -16,6 +16,7 @@ from .errors import NatmapError, NotFoundError, PrivilegeError, SpecError
 
 _CLONE_NEWNET = 0x40000000
 _SELF = "/proc/thread-self/ns/net"
+_SO_NETNS_COOKIE = 71  # asm-generic/socket.h
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)  # find_library would run ldconfig
 
 
@@ -23,6 +24,25 @@ def current() -> tuple[int, int]:
     """The calling thread's network namespace, as (device, inode)."""
     st = os.stat(_SELF)
     return (st.st_dev, st.st_ino)
+
+
+def cookie() -> int | None:
+    """The calling thread's network namespace's cookie: a number the kernel
+    gives each namespace once per boot (SO_NETNS_COOKIE, Linux >= 5.14), where
+    the nsfs inode of :func:`current` is reused for a namespace made after one
+    is deleted. None on a kernel without it."""
+    import _socket  # the C module: no enums to import
+
+    try:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM | _socket.SOCK_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return int.from_bytes(sock.getsockopt(_socket.SOL_SOCKET, _SO_NETNS_COOKIE, 8), "little")
+    except OSError:
+        return None
+    finally:
+        sock.close()
 
 
 def validate_name(name: str) -> str:

@@ -43,6 +43,7 @@ __all__ = ["listeners", "interface_facts", "nft_tables", "loopback6_present"]
 # linux/netlink.h
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _F_REQUEST, _F_DUMP_INTR, _F_DUMP = 0x1, 0x10, 0x300
+_DUMP_TRIES = 10
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, sequence, port id
 _ATTR = struct.Struct("=HH")       # nlattr / rtattr: length, type
 _NLA_TYPE_MASK = 0x3FFF            # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
@@ -99,14 +100,17 @@ def _ask(protocol: int, what: str, kind: int, flags: int, payload: bytes,
     """Send one request on ``sock`` if given (see _ask_once), else on a fresh
     netlink socket of ``protocol``; return each
     answer's (type, body). A dump the kernel marks interrupted (the set changed
-    while it was read: NLM_F_DUMP_INTR) is asked again, up to 3 times. A kernel
-    error is raised as natmap's (``what`` names the question), except that an
-    ENOENT or ENODEV answer is raised as the OSError it is, for the caller to read."""
-    for _ in range(3):
+    while it was read: NLM_F_DUMP_INTR) is asked again, up to 10 times, then
+    :class:`BackendError` (an incomplete answer could miss a socket holding a
+    port). A kernel error is raised as natmap's (``what`` names the question),
+    except that an ENOENT or ENODEV answer is raised as the OSError it is, for
+    the caller to read."""
+    for _ in range(_DUMP_TRIES):
         answers, interrupted = _ask_once(protocol, what, kind, flags, payload, sock)
         if not interrupted:
-            break
-    return answers
+            return answers
+    raise BackendError(f"{what}: the kernel's answer was interrupted {_DUMP_TRIES} times "
+                       "(what it lists kept changing); try again")
 
 
 def _ask_once(protocol: int, what: str, kind: int, flags: int,

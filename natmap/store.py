@@ -186,13 +186,17 @@ class Store:
         with self._translated("opening"):
             directory = os.path.dirname(self.path)
             os.makedirs(directory, mode=0o700, exist_ok=True)
-            if os.stat(directory).st_mode & 0o022:  # never loosen or tighten a directory of others'
-                raise StoreError(f"natmap's state directory {directory} is writable by others; "
-                                 "give natmap a directory of its own (0700)")
+            from .locking import check_own_dir
+
+            # never loosen or tighten a directory of others': refuse it (the lock directory's rule)
+            check_own_dir(directory, "state directory", "replace natmap's store and have natmap install "
+                          "their rules", StoreError)
             if not os.path.lexists(self.path):
                 self._create()
             elif os.path.islink(self.path):
                 raise StoreError(f"natmap's store {self.path} is a symbolic link; natmap follows none")
+            else:
+                _check_own_file(self.path)
             # autocommit off by hand: every write below is one explicit transaction
             db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
             try:
@@ -393,3 +397,14 @@ class Store:
         db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?)", added)
         # the generation of before the change says nothing about the kernel after it
         db.execute("DELETE FROM meta WHERE name = 'generation'")
+
+
+def _check_own_file(path: str) -> None:
+    """Refuse a store file another user owns or can write: its rows become the kernel's rules."""
+    import stat
+
+    st = os.lstat(path)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise StoreError(f"natmap's store {path} must be owned by uid {os.geteuid()} and writable by no "
+                         f"other user (it is uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}): another "
+                         "user could have natmap install their rules; remove it or fix it (chown, chmod 600)")

@@ -36,6 +36,13 @@ def sock(address, port=2222, proto=TCP, v6only=False):
     ("::", sock("0.0.0.0"), False),
     ("0.0.0.0", sock("0.0.0.0", proto=UDP), False),  # another protocol
     ("0.0.0.0", sock("0.0.0.0", port=2223), False),
+    # an IPv6 socket bound to an IPv4-mapped address holds the IPv4 port
+    ("0.0.0.0", sock("::ffff:0.0.0.0"), True),
+    ("10.0.0.1", sock("::ffff:0.0.0.0"), True),
+    ("0.0.0.0", sock("::ffff:127.0.0.1"), True),
+    ("127.0.0.1", sock("::ffff:127.0.0.1"), True),
+    ("10.0.0.1", sock("::ffff:192.0.2.1"), False),
+    ("::", sock("::ffff:0.0.0.0"), False),
 ])
 def test_a_binding_conflicts_with_a_host_socket_on_its_port(bound, listener, conflict):
     check = lambda: check_listeners([binding(bound)], listening(listener), lambda inode: "pid 7 (sshd)")
@@ -97,3 +104,8 @@ def test_addresses_docker_refuses_are_spec_errors(ip, specs, kind, message):
 def test_addresses_docker_accepts_pass():
     check("172.30.0.2", ["80", "192.0.2.1:80:80", "127.0.0.5:81:80", "0.0.0.0:82:80", "[::]:83:80"])
     check("172.30.0.2", ["203.0.113.5:80:80"], nonlocal_bind=True)
+
+
+def test_a_mapped_address_is_read_as_the_ipv4_address_it_holds():
+    assert str(sock("::ffff:192.0.2.1")) == "192.0.2.1:2222/tcp"
+    assert sock("::ffff:0.0.0.0").address == ipaddress.IPv4Address("0.0.0.0")

@@ -7,6 +7,7 @@ one FakeBackend, the host: one FakeHost). What the engine asks of the kernel
 and the host is counted through the fakes' ``events``."""
 
 import ipaddress
+import os
 
 import pytest
 
@@ -170,3 +171,39 @@ def test_a_store_that_cannot_note_the_file_fails_nothing(process, tmp_path, monk
     assert not process().apply(path)
     assert "host.bridge" in process.events  # reconciled: the file was not taken for applied
     assert not process().apply(path) and process.backend.commits == 1
+
+
+def test_a_namespace_made_again_with_the_same_inode_and_generation_is_not_trusted(process, tmp_path, monkeypatch):
+    """`ip netns del X; ip netns add X`: the kernel may give the new namespace
+    the old one's nsfs inode, and its nftables generation may reach the
+    recorded number; its cookie is new, so the table is made again."""
+    path = write(tmp_path / "lab.toml", 5)
+    monkeypatch.setattr("natmap.engine.netns_cookie", lambda: 101)
+    process().apply(path)
+    held, commits = set(process.backend.items), process.backend.commits
+    process.backend.items = None  # the new namespace: no table, the same generation number, the same inode
+    assert process.backend.commits == commits
+    monkeypatch.setattr("natmap.engine.netns_cookie", lambda: 102)
+    process().apply(path)
+    assert process.backend.items == held and not process().check()
+
+
+def test_the_same_namespace_stays_trusted(process, tmp_path, monkeypatch):
+    path = write(tmp_path / "lab.toml", 5)
+    monkeypatch.setattr("natmap.engine.netns_cookie", lambda: 101)
+    process().apply(path)
+    change, asked = reapplied(process, path)
+    assert not change and [e for e in asked if e.startswith("backend.")] == ["backend.generation"]
+
+
+def test_an_anonymous_namespace_made_again_with_the_same_inode_gets_a_store_of_its_own(tmp_path, monkeypatch):
+    """An anonymous namespace's store is named by its inode and its cookie: a
+    new namespace that gets a deleted one's inode does not take its rules."""
+    monkeypatch.setattr("natmap.engine._netns_name", lambda home: None)  # neither the root nor a named one
+    paths = []
+    for cookie in (101, 102):
+        monkeypatch.setattr("natmap.engine.netns_cookie", lambda: cookie)
+        with NatMap(backend=FakeBackend(), host=FakeHost([BRIDGE]), lock_dir=str(tmp_path / "locks"),
+                    state_dir=str(tmp_path / "state")) as nm:
+            paths.append(os.path.basename(nm.state_path))
+    assert paths[0] != paths[1] and paths[0].startswith("anon-") and "-101." in paths[0]

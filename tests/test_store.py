@@ -123,3 +123,35 @@ def test_a_row_with_a_port_the_kernel_would_refuse_is_damage(store):
                           ('["web01","tcp","0.0.0.0",99999,"172.30.0.2",80]',))
     with pytest.raises(StoreCorruptError, match="adopt"):
         store.items()
+
+
+NOBODY = 65534
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_a_state_directory_of_another_user_or_a_symlink_is_refused(tmp_path):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, NOBODY, NOBODY)
+    with pytest.raises(StoreError, match=r"state directory .*theirs must be owned by uid 0 .*uid 65534, mode 0755"):
+        Store(str(theirs / "x.natmap.nft.db")).items()
+    assert not os.listdir(theirs)  # nothing made there
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(mine)
+    with pytest.raises(StoreError, match="state directory .*link is a symbolic link"):
+        Store(str(tmp_path / "link" / "x.natmap.nft.db")).items()
+    assert not os.listdir(mine)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+@pytest.mark.parametrize("owner, mode", [(NOBODY, 0o600), (0, 0o666), (0, 0o620)])
+def test_a_store_file_another_user_owns_or_can_write_is_refused(tmp_path, owner, mode):
+    tmp_path.chmod(0o700)
+    store = Store(str(tmp_path / "x.natmap.nft.db"))
+    store.replace([WEB])
+    store.close()
+    os.chown(store.path, owner, owner)
+    os.chmod(store.path, mode)
+    with pytest.raises(StoreError, match=r"must be owned by uid 0 and writable by no other user"):
+        Store(store.path).items()

@@ -4,6 +4,7 @@ namespace; real traffic from the host's loopback and from a client namespace."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -135,6 +136,24 @@ def test_an_add_after_a_del_checks_the_host_again(sandbox, cni, backend):
     status, out = cni("ADD", web, [mapping(8080)])
     assert (status, out["code"]) == (1, 100) and "a host socket listens on 0.0.0.0:8080" in out["msg"], out
     assert bindings(sandbox, backend) == []
+
+
+@pytest.mark.parametrize("address", ["::ffff:0.0.0.0", "::ffff:127.0.0.1", "::ffff:192.0.2.1"])
+def test_an_add_is_refused_a_port_held_through_an_ipv4_mapped_address(sandbox, cni, backend, address):
+    """natmap-cni reads the host's sockets with natmap.nlquery: an IPv6 socket
+    bound to an IPv4-mapped address holds the IPv4 port, and is named by it."""
+    def listen():
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((address, 8080))
+        sock.listen()
+        return sock
+    web = sandbox.container("web01")
+    with sandbox.host.call(listen):
+        status, out = cni("ADD", web, [mapping(8080)])
+        ipv4 = address.removeprefix("::ffff:")
+        assert (status, out["code"]) == (1, 100) and f"a host socket listens on {ipv4}:8080" in out["msg"], out
+        assert bindings(sandbox, backend) == []
 
 
 def test_check_fails_when_a_binding_is_lost(sandbox, cni, backend):

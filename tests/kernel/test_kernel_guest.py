@@ -45,6 +45,37 @@ def test_an_explicit_port_a_host_socket_listens_on_is_refused_naming_it(sandbox,
             nm.publish(web.endpoint(), [f"{sandbox.outside_ip}:5353:5353/udp"])  # another address: free
 
 
+def mapped_listener(sandbox, port, address):
+    """An IPv6 TCP socket (IPV6_V6ONLY=0) bound to the IPv4-mapped ``address``:
+    it holds the IPv4 port, so a plain IPv4 bind of it fails."""
+    def make():
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((address, port))
+        sock.listen()
+        plain = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        with plain, pytest.raises(OSError, match="Address already in use"):
+            plain.bind((address.removeprefix("::ffff:"), port))
+        return sock
+    return sandbox.host.call(make)
+
+
+@pytest.mark.parametrize("address", ["::ffff:0.0.0.0", "::ffff:127.0.0.1", "::ffff:192.0.2.1"])
+def test_a_socket_on_an_ipv4_mapped_address_holds_the_ipv4_port(sandbox, nm, web, address):
+    ipv4 = address.removeprefix("::ffff:")
+    with mapped_listener(sandbox, 2222, address):
+        with pytest.raises(ConflictError, match=r"listens on %s:2222/tcp" % re.escape(ipv4)):
+            nm.publish(web.endpoint(), ["2222:5000"])
+        with pytest.raises(ConflictError, match=r"listens on %s:2222/tcp" % re.escape(ipv4)):
+            nm.publish(web.endpoint(), [f"{ipv4}:2222:5000"])
+        assert nm.bindings() == []
+        nm.publish(web.endpoint(), ["[::]:2222:5000"])  # the IPv6 port is free
+        nm.remove()
+        nm.publish(web.endpoint(), ["2222:5000"], force=True)
+        drift = natmap.NatMap(netns=sandbox.host.name, backend=nm.backend_name).check()
+        assert "shadows the host socket on %s:2222/tcp" % ipv4 in str(drift)
+
+
 def test_force_takes_a_host_sockets_port_knowingly_and_check_reports_it_to_others(sandbox, nm, web, client):
     with host_listener(sandbox, 2222):
         nm.publish(web.endpoint(), ["2222:5000"], force=True)

@@ -228,6 +228,33 @@ def test_the_lock_directory_is_made_private_and_a_bad_one_refused(sandbox, tmp_p
     assert one_error_line(result.stderr).endswith("is not a directory; remove it")
 
 
+def test_a_state_directory_of_another_user_or_a_symlink_is_refused(sandbox, tmp_path):
+    """`nobody` owning NATMAP_STATE_DIR could put its own store there, and a
+    root `natmap repair` would install its DNAT: natmap refuses the directory."""
+    from natmap.store import Store
+
+    planted = natmap.Binding("evil", natmap.Protocol.TCP, "0.0.0.0", 2222, "172.30.0.66", 22)
+    made = {}
+    for name in ("theirs", "mine"):
+        made[name] = tmp_path / name
+        made[name].mkdir(mode=0o700)
+        store = Store(str(made[name] / f"netns-{sandbox.host.name}.natmap.nft.db"))
+        store.replace([planted])  # the attacker's store, in the name natmap looks for
+        store.close()
+    os.chmod(made["theirs"], 0o755)
+    for path in [made["theirs"], *made["theirs"].iterdir()]:
+        os.chown(path, 65534, 65534)
+    (tmp_path / "link").symlink_to(made["mine"])
+    for state_dir, words in ((made["theirs"], "uid 65534, mode 0755"), (tmp_path / "link", "is a symbolic link")):
+        for command in (["repair"], ["publish", "web01", "--ip", "172.30.0.2", "--bridge", sandbox.bridge,
+                                     "-p", "8080:80"]):
+            result = run_natmap(*command, "--netns", sandbox.host.name,
+                                env={**os.environ, "NATMAP_STATE_DIR": str(state_dir)})
+            line = one_error_line(result.stderr)
+            assert result.returncode != 0 and f"state directory {state_dir}" in line and words in line, line
+    assert sandbox.host.run(["nft", "list", "table", "inet", "natmap"]).returncode != 0  # no table made
+
+
 @pytest.mark.parametrize("options, words", [("ro", "Read-only file system"),
                                             ("size=64k,nr_inodes=2", "No space left on device")])
 def test_a_read_only_or_full_lock_directory_is_one_clear_error(sandbox, tmp_path, options, words):

@@ -392,3 +392,33 @@ def test_an_unpublish_killed_before_cutting_its_flows_has_them_cut_by_the_next_c
     assert client.request(host, 5353, "udp", sock=flow, timeout=0.5) is None
     assert not nm.check()
     flow.close()
+
+
+def test_apply_makes_the_table_in_a_namespace_made_again_under_the_same_name(sandbox, backend, tmp_path):
+    """`ip netns del X; ip netns add X`: the store (kept by name) outlives the
+    namespace, the table does not; apply makes it again. (The new namespace
+    may get the old one's nsfs inode and reach the recorded generation: the
+    namespace's cookie in the stamp tells them apart, see test_reapply.py.)"""
+    web = sandbox.container("web01")
+    web.serve(5000)
+    client = sandbox.client("client1")
+    lab = tmp_path / "lab.toml"
+    lab.write_text(f'[endpoints.web01]\nip = "{web.ip}"\nbridge = "{sandbox.bridge}"\npublish = ["8080:5000"]\n')
+    assert cli(sandbox, backend, "apply", str(lab)).returncode == 0
+    assert client.request(sandbox.outside_ip, 8080) == f"web01 {sandbox.outside.network_address + 2}"
+    sandbox.host.close()
+    subprocess.run(["ip", "netns", "del", sandbox.host.name], check=True)
+    sandbox.start()  # the same name, a new namespace: its bridge and outside link again
+    assert kernel_table(sandbox, backend) is None
+    done = cli(sandbox, backend, "apply", str(lab))
+    assert done.returncode == 0, done.stderr
+    assert "8080" in (kernel_table(sandbox, backend) or "")
+    assert cli(sandbox, backend, "check").returncode == 0
+
+def kernel_table(sandbox, backend):
+    """The table's text in the kernel, None if it is not there."""
+    if backend == "nft":
+        listed = sandbox.host.run(["nft", "list", "table", "inet", "natmap"], capture_output=True, text=True)
+        return listed.stdout if listed.returncode == 0 else None
+    listed = sandbox.host.run(["iptables-legacy-save", "-t", "nat"], capture_output=True, text=True).stdout
+    return listed if "NATMAP" in listed else None
