@@ -227,6 +227,59 @@ def test_adopt_force_takes_back_a_routed_bridge_with_its_gateway_rules(sandbox, 
     assert client.request(str(web.ip), 5000) == "web01 192.0.2.2"
 
 
+def _iptables(sandbox, *commands):
+    for command in commands:
+        sandbox.host.run(["iptables-legacy", *command.split()], check=True)
+
+
+def test_adopt_force_never_takes_another_programs_generation_chain(sandbox, web, client, tmp_path):
+    # Another program's chain of natmap's name, a marker-like rule of another
+    # target in it, jumped to from built-in chains natmap never jumps from.
+    _iptables(sandbox, "-N NATMAP-GENERATION", "-I FORWARD -j NATMAP-GENERATION", "-I INPUT -j NATMAP-GENERATION")
+    sandbox.host.run(["iptables-legacy", "-A", "NATMAP-GENERATION", "-m", "comment", "--comment",
+                      "natmap-generation:evil", "-j", "ACCEPT"], check=True)
+    before = _save(sandbox, "filter", "nat", "raw")
+    lost = natmap.NatMap(netns=sandbox.host.name, backend="iptables", state_dir=str(tmp_path))
+    with pytest.raises(ConflictError, match="not provably natmap's.*natmap-generation:evil.*"
+                                            "chain NATMAP-FORWARD in table filter is missing.*"
+                                            "rule in INPUT jumps to NATMAP-GENERATION"):
+        lost.adopt(force=True)
+    assert _save(sandbox, "filter", "nat", "raw") == before
+    # The same chain empty, nothing jumping to it: still nothing proves it natmap's.
+    _iptables(sandbox, "-D FORWARD -j NATMAP-GENERATION", "-D INPUT -j NATMAP-GENERATION", "-F NATMAP-GENERATION")
+    before = _save(sandbox, "filter", "nat", "raw")
+    with pytest.raises(ConflictError, match="is missing"):
+        lost.adopt(force=True)
+    assert _save(sandbox, "filter", "nat", "raw") == before
+    with pytest.raises(ConflictError):
+        lost.publish(web.endpoint(), ["8080:5000"])
+    assert _save(sandbox, "filter", "nat", "raw") == before
+
+
+@pytest.mark.parametrize("extra, undo, found", [
+    (["-I INPUT -j NATMAP-FORWARD"], ["-D INPUT -j NATMAP-FORWARD"], "rule in INPUT jumps to NATMAP-FORWARD"),
+    (["-N OTHER", "-A OTHER -j NATMAP-PROTECT", "-I FORWARD -j OTHER"],
+     ["-D FORWARD -j OTHER", "-F OTHER", "-X OTHER"], "rule in OTHER jumps to NATMAP-PROTECT"),
+    (["-A FORWARD -j NATMAP-FORWARD"], ["-D FORWARD -j NATMAP-FORWARD"], "rule in FORWARD jumps to NATMAP-FORWARD"),
+    (["-A NATMAP-GENERATION -m comment --comment natmap-generation:x -j ACCEPT"],
+     ["-D NATMAP-GENERATION -m comment --comment natmap-generation:x -j ACCEPT"], "natmap-generation:x"),
+])
+def test_adopt_force_refuses_natmaps_chains_that_others_use(sandbox, web, client, tmp_path, extra, undo, found):
+    with natmap.NatMap(netns=sandbox.host.name, backend="iptables") as nm:
+        published = nm.publish(web.endpoint(), ["8080:5000"])
+    sandbox.host.run(["iptables-legacy", "-D", "NATMAP-GENERATION", *_MARKER_RULE], check=True)
+    _iptables(sandbox, *extra)
+    before = _save(sandbox, "filter", "nat", "raw")
+    lost = natmap.NatMap(netns=sandbox.host.name, backend="iptables", state_dir=str(tmp_path))
+    with pytest.raises(ConflictError, match="not provably natmap's.*" + re.escape(found)):
+        lost.adopt(force=True)
+    assert _save(sandbox, "filter", "nat", "raw") == before
+    _iptables(sandbox, *undo)
+    assert set(published) <= set(lost.adopt(force=True))
+    assert not lost.check()
+    assert client.request(sandbox.outside_ip, 8080) == "web01 192.0.2.2"
+
+
 def test_adopt_force_never_takes_chains_without_natmaps_generation_chain(sandbox, web, tmp_path):
     sandbox.host.run(["iptables-legacy", "-N", "DOCKER-FORWARD"], check=True)
     sandbox.host.run(["iptables-legacy", "-A", "DOCKER-FORWARD", "-j", "ACCEPT"], check=True)
