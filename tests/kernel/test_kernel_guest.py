@@ -611,3 +611,70 @@ def test_the_gateway_command_sets_and_prints_the_mode(sandbox, web, client):
                              sandbox.host.name], capture_output=True, text=True, timeout=60)
     assert (result.returncode, result.stdout) == (0, f"gateway {sandbox.bridge} nat trusted nmout\n")
     assert client.request(str(web.ip), 9999) == "web01 192.0.2.2"
+
+
+def test_a_bridge_overlapping_a_bridge_natmap_guards_is_refused_up_front(sandbox, nm, web, client):
+    """Which bridge an endpoint is on must be plain: a second bridge whose
+    subnet overlaps one natmap guards is refused before anything changes,
+    on both backends (nft's sets could not hold both anyway)."""
+    nm.publish(web.endpoint(), ["8080:5000"])
+    sandbox.host.run(["ip", "link", "add", "br2", "type", "bridge"], check=True)
+    sandbox.host.run(["ip", "addr", "add", "172.30.200.1/16", "dev", "br2"], check=True)
+    sandbox.host.run(["ip", "link", "set", "br2", "up"], check=True)
+    before = kernel_state(sandbox, nm.backend_name)
+    for mode in ("routed", "nat"):
+        with pytest.raises(SpecError, match=r"subnet 172\.30\.0\.0/16 of bridge br2 overlaps bridge natmap0's"):
+            nm.set_gateway("br2", mode)
+    assert kernel_state(sandbox, nm.backend_name) == before and nm.gateways() == []
+    assert not any(isinstance(b, natmap.RoutedBinding) for b in nm.port("web01"))
+    assert client.request(sandbox.outside_ip, 8080) == "web01 192.0.2.2"
+    assert not nm.check()
+
+
+def _address(sandbox, verb, address):
+    sandbox.host.run(["ip", "addr", verb, address, "dev", sandbox.bridge], check=True)
+
+
+def test_a_gateway_mode_takes_the_bindings_published_on_the_bridge_whatever_its_addresses_now(
+        sandbox, nm, web, client):
+    nm.publish(web.endpoint(), ["8080:5000"])
+    _address(sandbox, "add", "10.77.0.1/24")
+    _address(sandbox, "del", f"{sandbox.bridge_ip}/24")  # re-addressed behind natmap's back
+    nm.set_gateway(sandbox.bridge, "routed")
+    assert [type(b) for b in nm.port("web01")] == [natmap.RoutedBinding] * 2
+    assert not nm.check()
+    assert client.request(str(web.ipv6), 5000) == "web01 2001:db8:2::2"
+    _address(sandbox, "add", f"{sandbox.bridge_ip}/24")  # its IPv4 subnet back: routed, not mapped
+    assert client.request(str(web.ip), 5000) == "web01 192.0.2.2"
+    assert client.request(sandbox.outside_ip, 8080, timeout=0.5) is None
+    nm.set_gateway(sandbox.bridge, "nat")
+    assert [type(b) for b in nm.port("web01")] == [natmap.Binding] * 2
+    assert client.request(sandbox.outside_ip, 8080) == "web01 192.0.2.2"
+    assert client.request(str(web.ip), 5000, timeout=0.5) is None
+    assert not nm.check()
+
+
+def test_routed_mode_keeps_loopback_bindings_host_only(sandbox, nm, web, client):
+    """Docker 28 opens the container port of every mapping in routed mode,
+    host address ignored; a loopback one asked for this host only, so natmap
+    keeps it mapped from loopback and opens nothing to routed traffic."""
+    web.serve(5001)
+    web.serve(5002)
+    nm.publish(web.endpoint(), ["127.0.0.1:8081:5001", "[::1]:8082:5002", "8080:5000"])
+    nm.set_gateway(sandbox.bridge, "routed")
+    assert [(type(b).__name__, b.port_line()) for b in nm.port("web01")] == [
+        ("RoutedBinding", "5000/tcp -> 0.0.0.0:8080"), ("RoutedBinding", "5000/tcp -> [::]:8080"),
+        ("Binding", "5001/tcp -> 127.0.0.1:8081"), ("Binding", "5002/tcp -> [::1]:8082")]
+    assert client.request(str(web.ip), 5000) == "web01 192.0.2.2"          # asked for: open
+    assert client.request(str(web.ipv6), 5000) == "web01 2001:db8:2::2"
+    assert client.request(str(web.ip), 5001, timeout=0.5) is None          # loopback only: closed
+    assert client.request(str(web.ipv6), 5002, timeout=0.5) is None
+    assert sandbox.host.request("127.0.0.1", 8081) == f"web01 {sandbox.bridge_ip}"  # and still there
+    assert sandbox.host.request("::1", 8082) == f"web01 {sandbox.bridge_ip6}"
+    assert not nm.check()
+    fresh = natmap.NatMap(netns=sandbox.host.name, backend=nm.backend_name)
+    assert not fresh.check() and fresh.adopt()  # the kernel read back says what the store says
+    nm.set_gateway(sandbox.bridge, "nat")
+    assert client.request(str(web.ip), 5001, timeout=0.5) is None
+    assert sandbox.host.request("127.0.0.1", 8081) == f"web01 {sandbox.bridge_ip}"
+    assert not nm.check()
