@@ -734,8 +734,9 @@ class Table:
 
     def set_gateway(self, gateway: Gateway, bridge: Bridge | None = None) -> None:
         """Put ``gateway.bridge`` in ``gateway``'s mode (the default one is kept as no item).
-        Into or out of ``routed``, the bindings of the endpoints in the bridge's
-        subnets (``bridge``'s, as the host has them, else the table's) change form."""
+        Into or out of ``routed``, the bindings of the endpoints published on the
+        bridge (:meth:`bridge_of`; ``bridge``, as the host has it, only for an
+        endpoint the table knows no bridge of) change form."""
         existing = self.gateways.get(gateway.bridge)
         if existing != gateway and not (existing is None and gateway.default):
             if existing is not None:
