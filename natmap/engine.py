@@ -40,6 +40,7 @@ from .links import Link
 from .locking import LOCK_DIR, LOCK_TIMEOUT, describe_holder, discard, namespace_lock, table_lock
 from .model import (Binding, Bindings, Bridge, Change, Drift, Endpoint, Gateway, Isolation, Item, PortPool, Slot,
                     Table, describe, docker_order, validate_ifname)
+from .model import misheld  # a binding held in a form its bridge's gateway mode does not want
 from .netns import current as current_netns, entered as entered_netns, validate_name as validate_netns
 from .netns import cookie as netns_cookie
 from .spec import PortSpec, Protocol, validate_name
@@ -307,7 +308,7 @@ class NatMap:
         view = self._view = self._inspect()  # what a repair that follows starts from
         missing, unexpected = _differences(desired, view.table, self.backend_name)
         return Drift(missing=missing, unexpected=unexpected, table_missing=view.table is None and bool(desired),
-                     structure=tuple(view.structure), foreign=tuple(view.foreign),
+                     structure=(*view.structure, *misheld(desired)), foreign=tuple(view.foreign),
                      host=tuple(hoststate.problems(self._kernel, desired)),
                      interrupted=self._store.pending(), **self._advice(view.table or Table()))
 
@@ -942,7 +943,7 @@ class Transaction:
             known = self._nm._kernel.bridge(bridge)
         table = self._require()
         table.add_bridge(known)  # its mode guards it from now on, endpoints published on it or not
-        table.set_gateway(gateway, known)  # the host's subnets: which endpoints are on the bridge
+        table.set_gateway(gateway, known)  # the bindings published on it change form (Table.bridge_of)
         return gateway
 
     def unisolate(self, bridge: str) -> None:

@@ -10,6 +10,7 @@ kernel, no I/O, no pyroute2, iptc or nftables.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import itertools
 import operator
@@ -246,6 +247,15 @@ class RoutedBinding(Binding):
                        self.container_port, self.count)
 
 
+def held_routed(binding: Binding, routed: bool) -> bool:
+    """Whether a bridge in ``routed`` mode (or not) holds ``binding`` as a
+    :class:`RoutedBinding`. A loopback host address asked for access from this
+    host only: Docker 28 opens the container port to routed traffic for it too
+    (it takes 0.0.0.0 for any host address when NAT is disabled); natmap opens
+    no door not asked for and keeps such a binding mapped (docs/kernel.md)."""
+    return routed and not binding.host_ip.is_loopback
+
+
 @dataclass(frozen=True, slots=True)
 class Bridge:
     """A bridge natmap masquerades for: its name and its subnets."""
@@ -438,6 +448,26 @@ class Change:
         return list(self._deleted.get(kind, ()))  # type: ignore[arg-type]
 
 
+def misheld(items: Iterable[Item]) -> list[str]:
+    """Each binding of ``items`` held in a form (routed or mapped, see
+    :func:`held_routed`) its bridge's gateway mode does not want, in words.
+    A binding's bridge is the one whose subnets hold its container address."""
+    items = list(items)
+    bridges = [i for i in items if isinstance(i, Bridge)]
+    modes = {i.bridge: i.mode for i in items if isinstance(i, Gateway)}
+    problems = []
+    for b in items:
+        if not isinstance(b, Binding):
+            continue
+        on = [bridge.name for bridge in bridges if bridge.contains(b.container_ip)]
+        mode = modes.get(on[0], "nat") if len(on) == 1 else None
+        if mode is not None and isinstance(b, RoutedBinding) != held_routed(b, mode == "routed"):
+            problems.append(f"{describe(b)} is held {'routed' if isinstance(b, RoutedBinding) else 'mapped'} "
+                            f"on bridge {on[0]} in gateway mode {mode} (`natmap gateway {on[0]} --mode {mode}` "
+                            "holds it as the mode wants)")
+    return sorted(problems)
+
+
 def _by_kind(items: tuple[Item, ...]) -> dict[type, list[Item]]:
     kinds: dict[type, list[Item]] = {}
     for item in items:
@@ -472,6 +502,7 @@ class Table:
         self._committed_next_port: dict[Protocol, int] = {}  # what rollback() restores
         self._links_of: dict[str, set[tuple[str, str]]] = {}  # endpoint -> keys of its links
         self._addresses_of: dict[str, list[tuple[int, int]]] = {}  # endpoint -> its _by_container keys
+        self._bridge_of: dict[str, str] = {}  # endpoint -> the bridge it was published on (see bridge_of)
         self._requests: dict[str, tuple[object, frozenset[Binding]]] = {}  # see remember()
         for item in items:
             self._apply(Verb.ADD, item)
@@ -577,6 +608,7 @@ class Table:
         self._check_identity(endpoint)
         if bridge is not None:
             self._ensure_bridge(endpoint, bridge)
+            self._bridge_of[endpoint.name] = bridge.name
         specs = tuple(specs)  # read twice below: an iterator would be empty the second time
         # The one-to-one loop knows only the default gateway mode's bindings: a
         # bridge in another mode (a gateway item) takes the general way.
@@ -709,26 +741,40 @@ class Table:
 
     def set_gateway(self, gateway: Gateway, bridge: Bridge | None = None) -> None:
         """Put ``gateway.bridge`` in ``gateway``'s mode (the default one is kept as no item).
-        Into or out of ``routed``, the bindings of the endpoints in the bridge's
-        subnets (``bridge``'s, as the host has them, else the table's) change form."""
+        Into or out of ``routed``, the bindings of the endpoints published on the
+        bridge (:meth:`bridge_of`; ``bridge``, as the host has it, only for an
+        endpoint the table knows no bridge of) change form."""
         existing = self.gateways.get(gateway.bridge)
-        if existing == gateway or (existing is None and gateway.default):
-            return
-        if existing is not None:
-            self._do(Verb.DELETE, existing)
-        if not gateway.default:
-            self._do(Verb.ADD, gateway)
-        routed = gateway.mode == "routed"
-        if (existing is not None and existing.mode == "routed") != routed:
-            self._reroute(bridge or self.bridges.get(gateway.bridge), routed)
+        if existing != gateway and not (existing is None and gateway.default):
+            if existing is not None:
+                self._do(Verb.DELETE, existing)
+            if not gateway.default:
+                self._do(Verb.ADD, gateway)
+        # Also with the mode unchanged: what check() reports held in the wrong form is held right again.
+        self._reroute(gateway.bridge, gateway.mode == "routed", bridge)
 
-    def _reroute(self, where: Bridge | None, routed: bool) -> None:
-        """Hold the bindings of the endpoints on bridge ``where`` (by its subnets)
-        as RoutedBinding (``routed``) or as mapped Binding again, host sides kept."""
-        if where is None:
-            return
-        for b in [b for b in self._by_key.values()
-                  if isinstance(b, RoutedBinding) != routed and where.contains(b.container_ip)]:
+    def bridge_of(self, endpoint: str) -> str | None:
+        """The bridge ``endpoint`` was published on: as this table recorded it,
+        else the one bridge of the table whose subnets (as they were when it
+        was added, not the host's now) hold the endpoint's address; None if
+        none does (or, in a table from before overlaps were refused, several)."""
+        recorded = self._bridge_of.get(endpoint)
+        if recorded is not None:
+            return recorded
+        addresses = [ipaddress.ip_address(a[1]) if a[0] == 4 else ipaddress.IPv6Address(a[1])
+                     for a in self._addresses_of.get(endpoint, ())]
+        found = [name for name, bridge in self.bridges.items() if any(map(bridge.contains, addresses))]
+        return found[0] if len(found) == 1 else None
+
+    def _reroute(self, name: str, routed: bool, where: Bridge | None = None) -> None:
+        """Hold the bindings of the endpoints published on bridge ``name`` as
+        ``name``'s mode wants them (see :func:`held_routed`), host sides kept.
+        An endpoint this table knows no bridge of counts as on ``name`` if
+        ``where`` (the bridge as the host has it) holds its address."""
+        bridge_of = functools.cache(self.bridge_of)
+        for b in [b for b in self._by_key.values() if isinstance(b, RoutedBinding) != held_routed(b, routed)
+                  and (bridge_of(b.endpoint) == name or (bridge_of(b.endpoint) is None and where is not None
+                                                         and where.contains(b.container_ip)))]:
             self._do(Verb.DELETE, b)
             self._do(Verb.ADD, b.mapped() if isinstance(b, RoutedBinding) else RoutedBinding.of(b))
 
@@ -833,6 +879,12 @@ class Table:
         """natmap masquerades and guards ``bridge`` from now on (a publish on it,
         or a gateway mode set for it, adds it); bridges are long-lived: added once, kept."""
         if bridge.name not in self.bridges:
+            for other in self.bridges.values():
+                overlap = next((n for n in bridge.subnets for m in other.subnets if n.overlaps(m)), None)
+                if overlap is not None:
+                    raise SpecError(f"subnet {overlap} of bridge {bridge.name} overlaps bridge {other.name}'s "
+                                    f"({', '.join(map(str, other.subnets))}): natmap cannot tell their "
+                                    "containers apart", str(overlap), None)
             self._do(Verb.ADD, bridge)
 
     def _publish_spec(self, endpoint: Endpoint, spec: PortSpec, pool: PortPool,
@@ -870,7 +922,7 @@ class Table:
         gateway = self.gateways.get(bridge)
         if gateway is None or gateway.mode != "routed":
             return made
-        return [RoutedBinding.of(b) for b in made]
+        return [RoutedBinding.of(b) if held_routed(b, True) else b for b in made]
 
     def _publish_ones(self, endpoint: Endpoint, specs: Sequence[PortSpec]) -> list[Binding]:
         """What _publish_spec does for each spec, all mapping each host port to

@@ -540,3 +540,22 @@ def test_a_file_puts_a_bridge_in_routed_mode_and_applying_it_again_changes_nothi
     change = nm.apply(Config.from_dict(nat))  # back to nat: the same ports, mapped
     assert sorted(map(str, change.added(Binding))) == ["0.0.0.0:40000", "0.0.0.0:8080"]
     assert not nm.apply(Config.from_dict(nat)) and nm.gateways() == []
+
+
+def test_check_names_a_binding_held_in_a_form_its_bridges_mode_does_not_want(backend, tmp_path):
+    """A store and kernel that agree, from a natmap that moved bindings by the
+    host's subnets then: check names the binding, setting the mode again heals it."""
+    from natmap import RoutedBinding
+
+    nm = NatMap(backend=backend, host=FakeHost([BRIDGE]), lock_dir=str(tmp_path))
+    nm.publish(WEB, ["8080:5000"])
+    nm.set_gateway("natmap0", "routed")
+    wrong = [b.mapped() for b in nm.port("web01")]
+    items = [i for i in nm._store.items() if not isinstance(i, RoutedBinding)] + wrong
+    nm._store.replace(items)
+    backend.items = set(items)
+    drift = nm.check()
+    assert [p for p in drift.structure if "is held mapped on bridge natmap0 in gateway mode routed" in p] \
+        and len(drift.structure) == 2 and not drift.missing and not drift.unexpected
+    nm.set_gateway("natmap0", "routed")  # the mode it has: the bindings in its form again
+    assert not nm.check() and all(type(b) is RoutedBinding for b in nm.port("web01"))

@@ -382,3 +382,51 @@ def test_specs_given_as_an_iterator_are_all_published():
     table = Table()
     made = table.publish(web(), (PortSpec.parse(s) for s in ["8080:80", "8081:81"]), bridge=BRIDGE, pool=POOL)
     assert sorted(b.host_port for b in made) == [8080, 8080, 8081, 8081]
+
+
+# --- gateway modes: which bindings a mode change takes, in which form -----------------
+
+
+def test_a_gateway_mode_takes_the_bindings_of_the_bridge_they_were_published_on():
+    from natmap import Gateway, RoutedBinding
+
+    table = Table()
+    publish(table, web(), ["8080:5000", "127.0.0.1:8081:5001"])
+    moved = Bridge("natmap0", (ipaddress.ip_network("10.77.0.0/24"),))  # the host's subnets now: none of web01's
+    table.set_gateway(Gateway("natmap0", "routed"), moved)
+    assert sorted((type(b).__name__, b.port_line()) for b in table.of("web01")) == [
+        ("Binding", "5001/tcp -> 127.0.0.1:8081"),                 # loopback only: kept mapped
+        ("RoutedBinding", "5000/tcp -> 0.0.0.0:8080"), ("RoutedBinding", "5000/tcp -> [::]:8080")]
+    fresh = Table(table.items())  # read back (from the store or the kernel): the bridge's subnets as recorded
+    fresh.set_gateway(Gateway("natmap0", "nat"))
+    assert not any(isinstance(b, RoutedBinding) for b in fresh.bindings())
+
+
+def test_a_bridge_whose_subnet_overlaps_another_is_refused_and_nothing_changes():
+    from natmap import Gateway
+
+    table = Table()
+    publish(table, web(), ["8080:5000"])
+    table.commit()
+    with pytest.raises(SpecError, match=r"172\.30\.0\.0/16 of bridge br2 overlaps bridge natmap0's"):
+        table.add_bridge(Bridge("br2", (ipaddress.ip_network("172.30.0.0/16"),)))
+    assert not table.change().add and "br2" not in table.bridges
+    table.set_gateway(Gateway("br2", "routed"))  # not a bridge natmap knows: web01 is natmap0's
+    assert [type(b) for b in table.bindings()] == [Binding, Binding]
+
+
+def test_misheld_names_bindings_in_a_form_their_bridges_mode_does_not_want():
+    from natmap import Gateway, RoutedBinding
+    from natmap.model import misheld
+
+    table = Table()
+    publish(table, web(), ["8080:5000", "127.0.0.1:8081:5001"])
+    items = table.items()
+    assert misheld(items) == []
+    assert misheld(items | {Gateway("natmap0", "routed")}) == [
+        "port web01 5000/tcp -> 0.0.0.0:8080 is held mapped on bridge natmap0 in gateway mode routed "
+        "(`natmap gateway natmap0 --mode routed` holds it as the mode wants)",
+        "port web01 5000/tcp -> [::]:8080 is held mapped on bridge natmap0 in gateway mode routed "
+        "(`natmap gateway natmap0 --mode routed` holds it as the mode wants)"]
+    routed_loopback = RoutedBinding.of(next(b for b in items if isinstance(b, Binding) and b.host_ip.is_loopback))
+    assert len(misheld([*items, routed_loopback, Gateway("natmap0", "routed")])) == 3  # loopback: never routed

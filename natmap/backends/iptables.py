@@ -573,12 +573,61 @@ class IptablesBackend(Layout):
                 return
             problems = [f"iptables chain {generation}'s marker names table {owner!r}"] if owner else []
             problems += [f"iptables chain {generation} has a rule natmap did not make: {_decoded(r, 4)}"
-                         for r in rules if not (_comment(r) or "").startswith(_MARKER)]
-            problems += self._not_natmaps()
+                         for r in rules if not self._is_marker(r)]
+            problems += self._missing_skeleton() or self._not_natmaps()
+            problems += self._foreign_jumps()
             if problems:
                 raise ConflictError(f"the chains of table {self.table!r} are not provably natmap's, so natmap "
                                     f"will not take them: {'; '.join(problems)}")
             _commit(4, "filter", [s for s in self._skeleton() if s.verb is Verb.ADD and s.chain == generation])
+
+    def _is_marker(self, rule: Any) -> bool:
+        """Whether ``rule`` is a marker exactly as natmap writes one (its comment,
+        match and target), not just a rule whose comment starts like one."""
+        comment = _comment(rule) or ""
+        return comment.startswith(_MARKER) and \
+            _decoded(rule, 4) == _decoded(self._marker_rule(comment[len(_MARKER):]).build(), 4)
+
+    def _missing_skeleton(self) -> list[str]:
+        """What of natmap's fixed chains and rules is not there: without the
+        marker, only they can prove a set of chains natmap's (an empty or
+        marker-shaped GENERATION chain alone proves nothing)."""
+        missing = []
+        for step in self._skeleton():
+            table = _table(step.family, step.table)
+            if step.verb is Verb.CHAIN and not table.is_chain(step.chain):
+                missing.append(f"{_name(step.family)} chain {step.chain} in table {step.table} is missing")
+            elif step.verb is Verb.ADD and step.chain != self._chain("GENERATION") and table.is_chain(step.chain):
+                shape = _decoded(step.needs_rule().build(), step.family)
+                if shape not in (_decoded(r, step.family) for r in _chain(table, step.chain).rules):
+                    missing.append(f"{_name(step.family)} rule natmap writes in {step.chain} is missing: {shape}")
+        return missing
+
+    def _foreign_jumps(self) -> list[str]:
+        """Each rule outside natmap's chains that jumps (or goes) to one of them
+        and is not one of natmap's own jumps (from the built-in chains natmap
+        jumps from, once each): another program's use of the chains."""
+        expected: dict[tuple[int, str, str, str], int] = {}
+        for step in self._skeleton():
+            if step.verb is Verb.JUMP and _table(step.family, step.table).is_chain(step.needs_rule().target):
+                key = (step.family, step.table, step.chain, _decoded(step.needs_rule().build(), step.family))
+                expected[key] = expected.get(key, 0) + 1
+        foreign = []
+        for family, table_name in _CREATE_ORDER:
+            for chain in _table(family, table_name).chains:
+                if chain.name.startswith(self.prefix + "-"):
+                    continue
+                for rule in chain.rules:
+                    target = rule.target.name if rule.target is not None else ""
+                    if not target.startswith(self.prefix + "-"):
+                        continue
+                    key = (family, table_name, chain.name, _decoded(rule, family))
+                    if expected.get(key, 0) > 0:
+                        expected[key] -= 1
+                    else:
+                        foreign.append(f"{_name(family)} rule in {chain.name} jumps to {target} "
+                                       f"and is not natmap's: {key[3]}")
+        return foreign
 
     def _not_natmaps(self) -> list[str]:
         """Each rule in a chain of natmap's names (GENERATION aside) that

@@ -184,3 +184,18 @@ def test_the_mini_runtime_example_runs():
         "web02 8000/tcp -> 0.0.0.0:32768", "web02 8000/tcp -> [::]:32768",
         "GET http://192.0.2.1:8080/ (web01): 200 OK", "GET http://192.0.2.1:32768/ (web02): 200 OK",
         "stopped web01: 0.0.0.0:8080, [::]:8080", "GET http://192.0.2.1:8080/ after stop: no answer"]
+
+
+def test_adopt_force_refuses_another_programs_generation_chain(sandbox, tmp_path, monkeypatch):
+    """Another program's chain of natmap's name with a marker-like rule and
+    jumps from INPUT and FORWARD: `adopt --force` exits 1 and changes nothing."""
+    for command in (["-N", "NATMAP-GENERATION"],
+                    ["-A", "NATMAP-GENERATION", "-m", "comment", "--comment", "natmap-generation:evil", "-j", "ACCEPT"],
+                    ["-I", "FORWARD", "-j", "NATMAP-GENERATION"], ["-I", "INPUT", "-j", "NATMAP-GENERATION"]):
+        sandbox.host.run(["iptables-legacy", *command], check=True)
+    before = sandbox.host.run(["iptables-legacy-save", "-t", "filter"]).stdout.splitlines()[1:-1]
+    monkeypatch.setenv("NATMAP_STATE_DIR", str(tmp_path))  # no store: the case adopt --force is for
+    result = natmap(sandbox, "--backend", "iptables", "adopt", "--force", code=1)
+    assert "not provably natmap's" in result.stderr and "jumps to NATMAP-GENERATION" in result.stderr
+    after = sandbox.host.run(["iptables-legacy-save", "-t", "filter"]).stdout.splitlines()[1:-1]
+    assert [line for line in after if "NATMAP" in line] == [line for line in before if "NATMAP" in line]

@@ -286,6 +286,59 @@ def test_adopt_force_takes_back_a_routed_bridge_with_its_gateway_rules(sandbox, 
     assert client.request(str(web.ip), 5000) == "web01 192.0.2.2"
 
 
+def _iptables(sandbox, *commands):
+    for command in commands:
+        sandbox.host.run(["iptables-legacy", *command.split()], check=True)
+
+
+def test_adopt_force_never_takes_another_programs_generation_chain(sandbox, web, client, tmp_path):
+    # Another program's chain of natmap's name, a marker-like rule of another
+    # target in it, jumped to from built-in chains natmap never jumps from.
+    _iptables(sandbox, "-N NATMAP-GENERATION", "-I FORWARD -j NATMAP-GENERATION", "-I INPUT -j NATMAP-GENERATION")
+    sandbox.host.run(["iptables-legacy", "-A", "NATMAP-GENERATION", "-m", "comment", "--comment",
+                      "natmap-generation:evil", "-j", "ACCEPT"], check=True)
+    before = _save(sandbox, "filter", "nat", "raw")
+    lost = natmap.NatMap(netns=sandbox.host.name, backend="iptables", state_dir=str(tmp_path))
+    with pytest.raises(ConflictError, match="not provably natmap's.*natmap-generation:evil.*"
+                                            "chain NATMAP-FORWARD in table filter is missing.*"
+                                            "rule in INPUT jumps to NATMAP-GENERATION"):
+        lost.adopt(force=True)
+    assert _save(sandbox, "filter", "nat", "raw") == before
+    # The same chain empty, nothing jumping to it: still nothing proves it natmap's.
+    _iptables(sandbox, "-D FORWARD -j NATMAP-GENERATION", "-D INPUT -j NATMAP-GENERATION", "-F NATMAP-GENERATION")
+    before = _save(sandbox, "filter", "nat", "raw")
+    with pytest.raises(ConflictError, match="is missing"):
+        lost.adopt(force=True)
+    assert _save(sandbox, "filter", "nat", "raw") == before
+    with pytest.raises(ConflictError):
+        lost.publish(web.endpoint(), ["8080:5000"])
+    assert _save(sandbox, "filter", "nat", "raw") == before
+
+
+@pytest.mark.parametrize("extra, undo, found", [
+    (["-I INPUT -j NATMAP-FORWARD"], ["-D INPUT -j NATMAP-FORWARD"], "rule in INPUT jumps to NATMAP-FORWARD"),
+    (["-N OTHER", "-A OTHER -j NATMAP-PROTECT", "-I FORWARD -j OTHER"],
+     ["-D FORWARD -j OTHER", "-F OTHER", "-X OTHER"], "rule in OTHER jumps to NATMAP-PROTECT"),
+    (["-A FORWARD -j NATMAP-FORWARD"], ["-D FORWARD -j NATMAP-FORWARD"], "rule in FORWARD jumps to NATMAP-FORWARD"),
+    (["-A NATMAP-GENERATION -m comment --comment natmap-generation:x -j ACCEPT"],
+     ["-D NATMAP-GENERATION -m comment --comment natmap-generation:x -j ACCEPT"], "natmap-generation:x"),
+])
+def test_adopt_force_refuses_natmaps_chains_that_others_use(sandbox, web, client, tmp_path, extra, undo, found):
+    with natmap.NatMap(netns=sandbox.host.name, backend="iptables") as nm:
+        published = nm.publish(web.endpoint(), ["8080:5000"])
+    sandbox.host.run(["iptables-legacy", "-D", "NATMAP-GENERATION", *_MARKER_RULE], check=True)
+    _iptables(sandbox, *extra)
+    before = _save(sandbox, "filter", "nat", "raw")
+    lost = natmap.NatMap(netns=sandbox.host.name, backend="iptables", state_dir=str(tmp_path))
+    with pytest.raises(ConflictError, match="not provably natmap's.*" + re.escape(found)):
+        lost.adopt(force=True)
+    assert _save(sandbox, "filter", "nat", "raw") == before
+    _iptables(sandbox, *undo)
+    assert set(published) <= set(lost.adopt(force=True))
+    assert not lost.check()
+    assert client.request(sandbox.outside_ip, 8080) == "web01 192.0.2.2"
+
+
 def test_adopt_force_never_takes_chains_without_natmaps_generation_chain(sandbox, web, tmp_path):
     sandbox.host.run(["iptables-legacy", "-N", "DOCKER-FORWARD"], check=True)
     sandbox.host.run(["iptables-legacy", "-A", "DOCKER-FORWARD", "-j", "ACCEPT"], check=True)
@@ -617,3 +670,70 @@ def test_the_gateway_command_sets_and_prints_the_mode(sandbox, web, client):
                              sandbox.host.name], capture_output=True, text=True, timeout=60)
     assert (result.returncode, result.stdout) == (0, f"gateway {sandbox.bridge} nat trusted nmout\n")
     assert client.request(str(web.ip), 9999) == "web01 192.0.2.2"
+
+
+def test_a_bridge_overlapping_a_bridge_natmap_guards_is_refused_up_front(sandbox, nm, web, client):
+    """Which bridge an endpoint is on must be plain: a second bridge whose
+    subnet overlaps one natmap guards is refused before anything changes,
+    on both backends (nft's sets could not hold both anyway)."""
+    nm.publish(web.endpoint(), ["8080:5000"])
+    sandbox.host.run(["ip", "link", "add", "br2", "type", "bridge"], check=True)
+    sandbox.host.run(["ip", "addr", "add", "172.30.200.1/16", "dev", "br2"], check=True)
+    sandbox.host.run(["ip", "link", "set", "br2", "up"], check=True)
+    before = kernel_state(sandbox, nm.backend_name)
+    for mode in ("routed", "nat"):
+        with pytest.raises(SpecError, match=r"subnet 172\.30\.0\.0/16 of bridge br2 overlaps bridge natmap0's"):
+            nm.set_gateway("br2", mode)
+    assert kernel_state(sandbox, nm.backend_name) == before and nm.gateways() == []
+    assert not any(isinstance(b, natmap.RoutedBinding) for b in nm.port("web01"))
+    assert client.request(sandbox.outside_ip, 8080) == "web01 192.0.2.2"
+    assert not nm.check()
+
+
+def _address(sandbox, verb, address):
+    sandbox.host.run(["ip", "addr", verb, address, "dev", sandbox.bridge], check=True)
+
+
+def test_a_gateway_mode_takes_the_bindings_published_on_the_bridge_whatever_its_addresses_now(
+        sandbox, nm, web, client):
+    nm.publish(web.endpoint(), ["8080:5000"])
+    _address(sandbox, "add", "10.77.0.1/24")
+    _address(sandbox, "del", f"{sandbox.bridge_ip}/24")  # re-addressed behind natmap's back
+    nm.set_gateway(sandbox.bridge, "routed")
+    assert [type(b) for b in nm.port("web01")] == [natmap.RoutedBinding] * 2
+    assert not nm.check()
+    assert client.request(str(web.ipv6), 5000) == "web01 2001:db8:2::2"
+    _address(sandbox, "add", f"{sandbox.bridge_ip}/24")  # its IPv4 subnet back: routed, not mapped
+    assert client.request(str(web.ip), 5000) == "web01 192.0.2.2"
+    assert client.request(sandbox.outside_ip, 8080, timeout=0.5) is None
+    nm.set_gateway(sandbox.bridge, "nat")
+    assert [type(b) for b in nm.port("web01")] == [natmap.Binding] * 2
+    assert client.request(sandbox.outside_ip, 8080) == "web01 192.0.2.2"
+    assert client.request(str(web.ip), 5000, timeout=0.5) is None
+    assert not nm.check()
+
+
+def test_routed_mode_keeps_loopback_bindings_host_only(sandbox, nm, web, client):
+    """Docker 28 opens the container port of every mapping in routed mode,
+    host address ignored; a loopback one asked for this host only, so natmap
+    keeps it mapped from loopback and opens nothing to routed traffic."""
+    web.serve(5001)
+    web.serve(5002)
+    nm.publish(web.endpoint(), ["127.0.0.1:8081:5001", "[::1]:8082:5002", "8080:5000"])
+    nm.set_gateway(sandbox.bridge, "routed")
+    assert [(type(b).__name__, b.port_line()) for b in nm.port("web01")] == [
+        ("RoutedBinding", "5000/tcp -> 0.0.0.0:8080"), ("RoutedBinding", "5000/tcp -> [::]:8080"),
+        ("Binding", "5001/tcp -> 127.0.0.1:8081"), ("Binding", "5002/tcp -> [::1]:8082")]
+    assert client.request(str(web.ip), 5000) == "web01 192.0.2.2"          # asked for: open
+    assert client.request(str(web.ipv6), 5000) == "web01 2001:db8:2::2"
+    assert client.request(str(web.ip), 5001, timeout=0.5) is None          # loopback only: closed
+    assert client.request(str(web.ipv6), 5002, timeout=0.5) is None
+    assert sandbox.host.request("127.0.0.1", 8081) == f"web01 {sandbox.bridge_ip}"  # and still there
+    assert sandbox.host.request("::1", 8082) == f"web01 {sandbox.bridge_ip6}"
+    assert not nm.check()
+    fresh = natmap.NatMap(netns=sandbox.host.name, backend=nm.backend_name)
+    assert not fresh.check() and fresh.adopt()  # the kernel read back says what the store says
+    nm.set_gateway(sandbox.bridge, "nat")
+    assert client.request(str(web.ip), 5001, timeout=0.5) is None
+    assert sandbox.host.request("127.0.0.1", 8081) == f"web01 {sandbox.bridge_ip}"
+    assert not nm.check()
