@@ -131,7 +131,7 @@ class NatMap:
         self._store = Store(self.state_path)
         self._bridges: dict[str, Bridge] = {}
         self._facts: dict[str, tuple[str | None, tuple[Any, ...]]] = {}  # bridge -> its kind and addresses
-        self._forced: set[tuple[int, int, str, int]] = set()  # Binding.key of what publish(force=True) made
+        self._forced: set[tuple[int, int, str, int]] = set()  # the committing change's force=True keys (the store keeps them)
         self._cache: Table | None = None     # the store's items, as of _cache_version
         self._cache_version: str | None = None
         self._view: _KernelView | None = None  # the kernel, when it was read for this change
@@ -312,8 +312,9 @@ class NatMap:
     def _advice(self, table: Table) -> dict[str, Any]:
         """Drift's notes (the [::1] advice) and shadowing (bindings that take a
         host socket's traffic, natmap.guest) for what the kernel holds."""
+        forced = self._store.forced() if self._store.exists() else set()  # in any process (natmap.store)
         return {"notes": _loopback6_notes(table, self._kernel.bridged_ipv6_hooked),
-                "shadowing": tuple(guest.shadowed([b for b in table.held_bindings() if b.key not in self._forced
+                "shadowing": tuple(guest.shadowed([b for b in table.held_bindings() if b.key not in forced
                                                    and type(b) is Binding],  # RoutedBinding: no host port
                                                   functools.cache(self._kernel.listeners),
                                                   self._kernel.socket_owner))}
@@ -634,7 +635,7 @@ class NatMap:
         started = time.perf_counter()
         hoststate.precheck(self._kernel, _host_items(table))
         if change:
-            self._store.begin(change)
+            self._store.begin(change, self._forced)
         hoststate.crash_point("store-write")
         view, self._view = self._view, None
         before, self._seen = (self._backend.generation() if self._seen is None else self._seen), None
@@ -814,12 +815,13 @@ class Transaction:
                 self.text = self._nm._backend.text(self.change, create=self._nm._missing)
                 table.rollback()
             else:
+                self._nm._forced = self._forced  # recorded with the change (Store.begin)
                 with self._nm._ns():
                     self._nm._commit(table, self.change)
                 if self._applying is not None:  # under the lock: no other write in between
                     self._nm._record_applied(self._applying)
-                self._nm._forced |= self._forced
         finally:
+            self._nm._forced = set()
             self._table = None
             self._lock.__exit__(None, None, None)
 

@@ -123,3 +123,18 @@ def test_a_row_with_a_port_the_kernel_would_refuse_is_damage(store):
                           ('["web01","tcp","0.0.0.0",99999,"172.30.0.2",80]',))
     with pytest.raises(StoreCorruptError, match="adopt"):
         store.items()
+
+
+def test_a_forced_binding_is_kept_as_forced_until_it_is_deleted(store):
+    """A binding published with force is a binding to every reader, and forced
+    to `natmap check` in any process; deleting it forgets that."""
+    other = Binding("web02", Protocol.TCP, ipaddress.ip_address("0.0.0.0"), 8081,
+                    ipaddress.ip_address("172.30.0.3"), 5000)
+    store.begin(Change(add=(WEB, other, BRIDGE)), {WEB.key})
+    store.done(None)
+    assert set(store.items()) == {WEB, other, BRIDGE} and store.of("web01") == [WEB]
+    assert store.items(bindings=False) == [BRIDGE]
+    assert store.forced() == {WEB.key}
+    store.begin(Change(delete=(WEB,)))
+    store.begin(Change(add=(WEB,)))  # published again without force
+    assert store.forced() == set()
