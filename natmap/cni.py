@@ -593,7 +593,10 @@ class Plugin:
             specs = _specs(call.conf.mappings, endpoint)
             with self.natmap(call.conf, where) as nm, nm.transaction() as tx:
                 _forget(tx, call.endpoint)
-                tx.publish(endpoint, specs)
+                # force: the runtime reserves its published ports itself (podman's conmon
+                # holds a socket on each, bound after ADD; a port another program holds
+                # fails that bind); natmap check does not call its own reservation shadowed
+                tx.publish(endpoint, specs, force=True)
         else:
             self.delete(call)  # a repeated ADD without mappings leaves none behind
         return {**prev, "cniVersion": call.conf.cni_version}
