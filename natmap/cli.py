@@ -463,7 +463,12 @@ def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     wanted = [c for c in COMMANDS if name in (c.name, *c.aliases)]
     if name == "help":  # natmap help CMD: CMD's parser is built by cmd_help
         wanted = [c for c in COMMANDS if c.name == "help"]
-    return _build(wanted or COMMANDS)[0]
+    parser = _build(wanted or COMMANDS)[0]
+    if name is None:  # argparse would say the command is missing, not name the option it does not know
+        _, unknown = parser.parse_known_args([*argv, "version"])
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return parser
 
 
 def _build(commands: list[Command]) -> tuple[_Parser, dict[str, argparse.ArgumentParser]]:

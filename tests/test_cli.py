@@ -115,3 +115,13 @@ def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
     result = subprocess.run(f"{natmap_cmd} spec --publish-file {specs} | head -c 5", shell=True,
                             capture_output=True, text=True, timeout=60)
     assert result.stdout == "-p 1:" and "Traceback" not in result.stderr and "Error" not in result.stderr
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--bogus"], "--bogus"), (["--json", "-x"], "-x"), (["--bogus=1"], "--bogus=1"), (["ps", "--bogus"], "--bogus"),
+])
+def test_an_unknown_option_is_named_before_or_after_the_command(argv, named, capsys):
+    with pytest.raises(SystemExit) as exit:
+        _parser(argv).parse_args(argv)
+    assert exit.value.code == 2
+    assert f"unrecognized arguments: {named}" in capsys.readouterr().err
