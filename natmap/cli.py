@@ -206,7 +206,18 @@ def cmd_isolate(nm: NatMap, args: argparse.Namespace) -> Output:
 
 
 def cmd_gateway(nm: NatMap, args: argparse.Namespace) -> Output:
-    gateway = nm.set_gateway(args.bridge, args.mode, args.trust)
+    """Set the bridge's gateway mode if --mode or --trust is given (both make
+    the whole setting: no --mode is nat); else print its setting, or (no
+    bridge) every bridge's that is not the default."""
+    if args.mode is None and args.trust is None:  # no setting given: change nothing
+        gateways = nm.gateways()
+        if args.bridge is None:
+            return _document(gateways=[_gateway_json(g) for g in gateways]), [describe(g) for g in gateways]
+        gateway = next((g for g in gateways if g.bridge == args.bridge), None) or Gateway(args.bridge)
+    elif args.bridge is None:
+        raise CommandLineError("--mode and --trust set one bridge's gateway mode: name the bridge")
+    else:
+        gateway = nm.set_gateway(args.bridge, args.mode or "nat", args.trust or ())
     return _document(**_gateway_json(gateway)), [describe(gateway)]
 
 
@@ -406,12 +417,16 @@ COMMANDS: list[Command] = [
             [_arg("bridge", help="the bridge"), _arg("--open", action="store_true", help="open it again instead")]),
     Command("gateway", cmd_gateway, "set how routed traffic reaches a bridge's containers (Docker 28's "
             "gateway modes): nat drops it unless published or from a trusted interface; nat-unprotected "
-            "lets it pass; routed: no NAT, only the published container ports (host port ignored) and ICMP",
+            "lets it pass; routed: no NAT, only the published container ports (host port ignored) and ICMP. "
+            "Without --mode and --trust, print the bridge's setting (no bridge: every bridge not in the "
+            "default nat mode)",
             "natmap gateway natmap0 --mode nat --trust eth1",
-            [_arg("bridge", help="the bridge"),
-             _arg("--mode", default="nat", choices=("nat", "nat-unprotected", "routed"), help="the gateway mode"),
-             _arg("--trust", action="append", default=[], metavar="INTERFACE",
-                  help="a host interface whose routed traffic may reach the containers (repeatable)")]),
+            [_arg("bridge", nargs="?", help="the bridge"),
+             _arg("--mode", choices=("nat", "nat-unprotected", "routed"),
+                  help="the gateway mode (with --trust only: nat)"),
+             _arg("--trust", action="append", metavar="INTERFACE",
+                  help="a host interface whose routed traffic may reach the containers (repeatable; "
+                       "those not given are no longer trusted)")]),
     Command("apply", cmd_apply, "make the table match a TOML file, in one transaction",
             "natmap apply examples/lab.toml", [_arg("file", help="the declarative file (README: Declarative files)")]),
     Command("plan", cmd_plan, "show what apply would change; change nothing", "natmap plan examples/lab.toml",

@@ -125,3 +125,61 @@ def test_an_unknown_option_is_named_before_or_after_the_command(argv, named, cap
         _parser(argv).parse_args(argv)
     assert exit.value.code == 2
     assert f"unrecognized arguments: {named}" in capsys.readouterr().err
+
+
+# --- commands through the fakes (natmap.cli.NatMap made on a FakeBackend and a FakeHost) ----------
+
+
+@pytest.fixture
+def fake_cli(monkeypatch, tmp_path):
+    """``main`` on fakes: one FakeBackend per (table, backend name), one FakeHost.
+    Returns a function that runs ``natmap ARGS`` and gives (exit code, stdout, stderr)."""
+    import ipaddress
+    import json
+
+    import natmap.cli as cli
+    from natmap import NatMap
+    from natmap.backends.base import FakeBackend
+    from natmap.host import FakeHost
+    from natmap.model import Bridge
+
+    host = FakeHost([Bridge("natmap0", (ipaddress.ip_network("172.30.0.0/24"),))], interfaces={"eth1": (None, ())})
+    backends = {}
+
+    def factory(table="natmap", *, backend="nft", **_):
+        fake = backends.get((table, backend))
+        if fake is None:
+            fake = backends[table, backend] = FakeBackend()
+            fake.name = backend
+        return NatMap(table, backend=fake, host=host, lock_dir=str(tmp_path), state_dir=str(tmp_path))
+
+    monkeypatch.setattr(cli, "NatMap", factory)
+
+    def natmap(*args, as_json=False):
+        import io
+        from contextlib import redirect_stderr, redirect_stdout
+
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main([*args, *(["--json"] if as_json else [])])
+        return code, json.loads(out.getvalue()) if as_json and out.getvalue() else out.getvalue(), err.getvalue()
+
+    natmap.host, natmap.backends = host, backends
+    return natmap
+
+
+def test_gateway_without_a_setting_prints_it_and_changes_nothing(fake_cli):
+    assert fake_cli("gateway", "natmap0", "--mode", "routed", "--trust", "eth1")[:2] == (
+        0, "gateway natmap0 routed trusted eth1\n")
+    assert fake_cli("gateway", "natmap0")[:2] == (0, "gateway natmap0 routed trusted eth1\n")  # not reset
+    assert fake_cli("gateway", "natmap0", as_json=True)[1] == {
+        "version": 1, "bridge": "natmap0", "mode": "routed", "trusted_interfaces": ["eth1"]}
+    assert fake_cli("gateway")[:2] == (0, "gateway natmap0 routed trusted eth1\n")
+    assert fake_cli("gateway", as_json=True)[1] == {"version": 1, "gateways": [
+        {"bridge": "natmap0", "mode": "routed", "trusted_interfaces": ["eth1"]}]}
+    assert fake_cli("gateway", "natmap0", "--trust", "eth1")[:2] == (0, "gateway natmap0 nat trusted eth1\n")
+    assert fake_cli("gateway", "natmap0", "--mode", "nat")[:2] == (0, "gateway natmap0 nat\n")
+    assert fake_cli("gateway", "natmap0")[:2] == (0, "gateway natmap0 nat\n")  # the default, as it is
+    assert fake_cli("gateway")[:2] == (0, "")  # no bridge outside the default
+    code, _, err = fake_cli("gateway", "--mode", "routed")
+    assert code == 2 and "name the bridge" in err
