@@ -57,7 +57,7 @@ def _document(**fields: Any) -> dict[str, Any]:
 def _binding_json(b: Binding) -> dict[str, Any]:
     return {"endpoint": b.endpoint, "proto": b.proto.value, "host_ip": str(b.host_ip),
             "host_port": b.host_port, "container_ip": str(b.container_ip),
-            "container_port": b.container_port}
+            "container_port": b.container_port, **({"routed": True} if isinstance(b, RoutedBinding) else {})}
 
 
 def _link_json(link: Link) -> dict[str, Any]:
@@ -71,8 +71,7 @@ def _link_json(link: Link) -> dict[str, Any]:
 def _item_json(item: Item) -> dict[str, Any]:
     match item:
         case Binding():  # a same-port range is one item: count ports from host_port on
-            return {"kind": "binding", **_binding_json(item), **({"count": item.count} if item.count > 1 else {}),
-                    **({"routed": True} if isinstance(item, RoutedBinding) else {})}
+            return {"kind": "binding", **_binding_json(item), **({"count": item.count} if item.count > 1 else {})}
         case Link():
             return {"kind": "link", "source": item.source, "target": item.target, "alias": item.alias,
                     "ports": [{"port": port, "proto": proto.value} for port, proto in item.ports]}

@@ -2,6 +2,7 @@
 version and help, help text, completion (issue 15, cases 4, 9, 10)."""
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -168,6 +169,14 @@ def fake_cli(monkeypatch, tmp_path):
     return natmap
 
 
+def valid(command, text):
+    """``text`` is of the shape docs/json.md gives ``command`` (the kernel surface test's schemas)."""
+    sys.path.insert(0, str(Path(__file__).parent / "kernel"))
+    from test_kernel_surface import valid as documented
+
+    return documented(command, text)
+
+
 def test_gateway_without_a_setting_prints_it_and_changes_nothing(fake_cli):
     assert fake_cli("gateway", "natmap0", "--mode", "routed", "--trust", "eth1")[:2] == (
         0, "gateway natmap0 routed trusted eth1\n")
@@ -181,5 +190,25 @@ def test_gateway_without_a_setting_prints_it_and_changes_nothing(fake_cli):
     assert fake_cli("gateway", "natmap0", "--mode", "nat")[:2] == (0, "gateway natmap0 nat\n")
     assert fake_cli("gateway", "natmap0")[:2] == (0, "gateway natmap0 nat\n")  # the default, as it is
     assert fake_cli("gateway")[:2] == (0, "")  # no bridge outside the default
+    valid("gateway", json.dumps(fake_cli("gateway", as_json=True)[1]))
+    valid("gateway", json.dumps(fake_cli("gateway", "natmap0", as_json=True)[1]))
     code, _, err = fake_cli("gateway", "--mode", "routed")
     assert code == 2 and "name the bridge" in err
+
+
+def test_json_tells_a_routed_binding_and_text_stays_dockers(fake_cli):
+    publish = ["publish", "web01", "--ip", "172.30.0.2", "--bridge", "natmap0", "-p", "8080:5000"]
+    assert fake_cli(*publish, as_json=True)[1]["bindings"][0].get("routed") is None  # nat: mapped
+    fake_cli("gateway", "natmap0", "--mode", "routed")
+    assert fake_cli("port", "web01")[1] == "5000/tcp -> 0.0.0.0:8080\n"
+    for args in (["port", "web01"], ["port", "web01", "5000"]):
+        assert [b["routed"] for b in fake_cli(*args, as_json=True)[1]["bindings"]] == [True]
+    [listed] = fake_cli("ps", as_json=True)[1]["endpoints"]
+    for command, args in (("port", ["port", "web01"]), ("ls", ["ps"]), ("check", ["check"])):
+        valid(command, json.dumps(fake_cli(*args, as_json=True)[1]))  # docs/json.md's shapes
+    assert [b["routed"] for b in listed["bindings"]] == [True]
+    fake_cli("unpublish", "web01")
+    made = fake_cli(*publish, "-p", "9000-9001:9000-9001", as_json=True)[1]["bindings"]
+    assert [b.get("routed") for b in made] == [True, True, True]
+    fake_cli("gateway", "natmap0", "--mode", "nat")
+    assert all("routed" not in b for b in fake_cli("port", "web01", as_json=True)[1]["bindings"])
