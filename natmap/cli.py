@@ -140,7 +140,7 @@ def cmd_ls(nm: NatMap, args: argparse.Namespace) -> Output:
     for b in bindings.held if isinstance(bindings, Bindings) else bindings:  # ranges unexpanded
         by_endpoint.setdefault(b.endpoint, []).append(b)
     exposed: dict[str, tuple[PortSpec, ...]] = {}
-    known: dict[str, set[str]] = {}  # the file's addresses of its endpoints
+    known: dict[str, set[str]] = {}  # the file's addresses of its endpoints: shown for one with no binding
     if args.file:  # the file knows what is exposed without a binding (docker compose -f FILE ps)
         from .config import Config
 
@@ -155,7 +155,7 @@ def cmd_ls(nm: NatMap, args: argparse.Namespace) -> Output:
     data, rows = [], [("ENDPOINT", "ADDRESSES", "PORTS")]
     for name in names:
         held = by_endpoint[name]
-        addresses = sorted({str(b.container_ip) for b in held} | known.get(name, set()), key=natural_key)
+        addresses = sorted({str(b.container_ip) for b in held} or known.get(name, set()), key=natural_key)
         bound = {(port, b.proto) for b in held if exposed.get(name)
                  for port in range(b.container_port, b.container_port + b.count)}
         unbound = [{"port": port, "proto": spec.proto.value} for spec in exposed.get(name, ())

@@ -212,3 +212,19 @@ def test_json_tells_a_routed_binding_and_text_stays_dockers(fake_cli):
     assert [b.get("routed") for b in made] == [True, True, True]
     fake_cli("gateway", "natmap0", "--mode", "nat")
     assert all("routed" not in b for b in fake_cli("port", "web01", as_json=True)[1]["bindings"])
+
+
+def test_ps_f_shows_the_addresses_of_the_kernels_bindings_and_the_files_for_an_endpoint_without(fake_cli, tmp_path):
+    lab = tmp_path / "lab.toml"
+    lab.write_text('[endpoints.web01]\nip = "172.30.0.2"\nipv6 = "fd00:30::2"\nbridge = "natmap0"\n'
+                   'expose = ["5000/tcp"]\n\n[endpoints.web09]\nip = "172.30.0.9"\nipv6 = "fd00:30::9"\n'
+                   'bridge = "natmap0"\nexpose = ["9000"]\n')
+    assert fake_cli("publish", "web01", "--ip", "172.30.0.2", "--bridge", "natmap0",  # IPv4 bindings only
+                    "-p", "5001:5000")[:2] == (0, "5000/tcp -> 0.0.0.0:5001\n")
+    code, out, _ = fake_cli("ps", "-f", str(lab))
+    assert (code, out.splitlines()) == (0, [
+        "ENDPOINT   ADDRESSES                PORTS",
+        "web01      172.30.0.2               0.0.0.0:5001->5000/tcp",
+        "web09      172.30.0.9, fd00:30::9   9000/tcp"])
+    [web01, web09] = fake_cli("ps", "-f", str(lab), as_json=True)[1]["endpoints"]
+    assert (web01["addresses"], web09["addresses"]) == (["172.30.0.2"], ["172.30.0.9", "fd00:30::9"])
