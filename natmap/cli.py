@@ -199,6 +199,26 @@ def cmd_tables(nm: NatMap, args: argparse.Namespace) -> Output:
     return data, _columns([("TABLE", "BACKEND"), *tables])
 
 
+def cmd_remove(nm: NatMap, args: argparse.Namespace) -> Output:
+    if (nm.table_name, nm.backend_name) not in nm.tables():
+        raise NotFoundError(f"No such table: {nm.table_name} ({nm.backend_name})")
+    nm.remove()
+    return (_document(table=nm.table_name, backend=nm.backend_name, removed=True),
+            [f"removed table {nm.table_name} ({nm.backend_name})"])
+
+
+def _on_its_backend(nm: NatMap) -> None:
+    """Raise NotFoundError, naming the backend to use, if the table is not on
+    ``nm``'s backend (no store, no kernel marker there) but on the other one:
+    else the command would show it empty, and call its endpoints unknown."""
+    if os.path.exists(nm.state_path):  # stored here: this backend's (the common case, no kernel asked)
+        return
+    where = sorted({backend for table, backend in nm.tables() if table == nm.table_name})
+    if where and nm.backend_name not in where:
+        raise NotFoundError(f"No such table on the {nm.backend_name} backend: {nm.table_name} is on "
+                            f"{' and '.join(where)} (pass --backend {where[0]})")
+
+
 def cmd_isolate(nm: NatMap, args: argparse.Namespace) -> Output:
     (nm.unisolate if args.open else nm.isolate)(args.bridge)
     return _document(bridge=args.bridge, isolated=not args.open), []
@@ -411,6 +431,8 @@ COMMANDS: list[Command] = [
     Command("tables", cmd_tables, "list natmap's tables in the namespace: those the kernel holds with "
             "natmap's marker (either backend) and those natmap's store keeps", "natmap tables",
             [_arg("-q", "--quiet", action="store_true", help="only the table names")]),
+    Command("remove", cmd_remove, "delete the table and every binding and link in it (one transaction), "
+            "and forget it in natmap's store", "natmap --table lab remove"),
     Command("isolate", cmd_isolate, "close inter-container traffic on a bridge (--icc=false)",
             "natmap isolate natmap0",
             [_arg("bridge", help="the bridge"), _arg("--open", action="store_true", help="open it again instead")]),
@@ -628,6 +650,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             with NatMap(table=args.table, backend=args.backend, netns=args.netns, netns_path=args.netns_path,
                         lock_timeout=args.lock_timeout) as nm:
+                if command.name not in ("tables", "restore"):  # those list every table, on either backend
+                    _on_its_backend(nm)
                 data, lines = command.func(nm, args)
     except (NatmapError, ValueError, TypeError) as exc:
         _report(exc, args.json)

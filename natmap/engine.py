@@ -378,7 +378,7 @@ class NatMap:
 
     def remove(self) -> None:
         """Delete this instance's table, and every binding with it (one
-        transaction), and forget it in the store."""
+        transaction), and its store (``natmap remove``)."""
         with self._locked(), self._ns():
             self._backend.claimed = self._store.exists()
             table = self._backend.read()

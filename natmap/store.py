@@ -381,8 +381,13 @@ class Store:
             self._set_generation(db, generation)
 
     def forget(self) -> None:
-        """Nothing is meant to exist any more (``remove()``)."""
-        self.replace(())
+        """Nothing is meant to exist any more (``remove()``): the file goes, so
+        the table is no longer listed as stored (``natmap tables``, ``restore``)."""
+        self.close()
+        with self._translated("deleting"):
+            for path in (self.path, f"{self.path}-wal", f"{self.path}-shm"):
+                if os.path.lexists(path):
+                    os.unlink(path)
 
     @staticmethod
     def _set_generation(db: sqlite3.Connection, generation: str | None) -> None:

@@ -228,3 +228,28 @@ def test_ps_f_shows_the_addresses_of_the_kernels_bindings_and_the_files_for_an_e
         "web09      172.30.0.9, fd00:30::9   9000/tcp"])
     [web01, web09] = fake_cli("ps", "-f", str(lab), as_json=True)[1]["endpoints"]
     assert (web01["addresses"], web09["addresses"]) == (["172.30.0.2"], ["172.30.0.9", "fd00:30::9"])
+
+
+def test_a_table_on_the_other_backend_is_named_not_shown_empty(fake_cli):
+    publish = ["publish", "web01", "--ip", "172.30.0.2", "--bridge", "natmap0", "-p", "8080:5000"]
+    assert fake_cli("--table", "ipt", "--backend", "iptables", *publish)[0] == 0
+    for args in (["ps"], ["port", "web01"], ["unpublish", "web01"], ["check"], ["links"], ["adopt"], publish):
+        code, out, err = fake_cli("--table", "ipt", *args)
+        assert (code, out) == (3, ""), args
+        assert err == ("natmap: No such table on the nft backend: ipt is on iptables (pass --backend iptables)\n")
+    code, _, err = fake_cli("--table", "ipt", "check", as_json=True)
+    assert code == 3 and json.loads(err)["error"]["kind"] == "not_found" and "adopt" not in err
+    assert "web01" in fake_cli("--table", "ipt", "--backend", "iptables", "ps")[1]
+    assert fake_cli("tables")[1].splitlines() == ["TABLE   BACKEND", "ipt     iptables"]
+
+
+def test_remove_deletes_the_table_and_its_store(fake_cli):
+    publish = ["publish", "web01", "--ip", "172.30.0.2", "--bridge", "natmap0", "-p", "8080:5000"]
+    assert fake_cli("--table", "lab", *publish)[0] == 0
+    assert fake_cli("--table", "lab", "remove")[:2] == (0, "removed table lab (nft)\n")
+    assert fake_cli.backends["lab", "nft"].items is None  # gone from the kernel
+    assert fake_cli("tables")[1] == "TABLE   BACKEND\n"
+    code, _, err = fake_cli("--table", "lab", "remove")
+    assert (code, err) == (3, "natmap: No such table: lab (nft)\n")
+    assert fake_cli("--table", "lab", *publish)[0] == 0
+    valid("remove", json.dumps(fake_cli("--table", "lab", "remove", as_json=True)[1]))
