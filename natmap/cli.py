@@ -6,8 +6,8 @@ Global options (--table, --netns, --netns-path, --backend, --lock-timeout,
 Exit codes: 0 done; 1 the change failed (a conflict, the kernel refused, the
 table's lock was held too long; natmap check: drift found); 2 bad input (a
 spec, a name, a file, the command line); 3 not found (no such endpoint, port,
-link or interface); 4 not privileged (natmap needs CAP_NET_ADMIN); 130
-interrupted (Ctrl-C). Listing commands (ps, links) find
+link, interface or table, or the table is on the other backend); 4 not
+privileged (natmap needs CAP_NET_ADMIN); 130 interrupted (Ctrl-C). Listing commands (ps, links) find
 nothing to list on a fresh host, and that is not an error. Errors go to
 stderr in one line (grammar errors add the input with a caret under the
 fault); with --json as one JSON object (docs/json.md).
