@@ -7,8 +7,9 @@ Exit codes: 0 done; 1 the change failed (a conflict, the kernel refused, the
 table's lock was held too long; natmap check: drift found); 2 bad input (a
 spec, a name, a file, the command line); 3 not found (no such endpoint, port,
 link, interface or table, or the table is on the other backend); 4 not
-privileged (natmap needs CAP_NET_ADMIN); 130 interrupted (Ctrl-C). Listing commands (ps, links) find
-nothing to list on a fresh host, and that is not an error. Errors go to
+privileged (natmap needs CAP_NET_ADMIN); 130 interrupted (Ctrl-C). Listing
+commands (ps, links) find nothing to list on a fresh host, and that is not
+an error. Errors go to
 stderr in one line (grammar errors add the input with a caret under the
 fault); with --json as one JSON object (docs/json.md).
 """
@@ -432,7 +433,7 @@ COMMANDS: list[Command] = [
             "natmap's marker (either backend) and those natmap's store keeps", "natmap tables",
             [_arg("-q", "--quiet", action="store_true", help="only the table names")]),
     Command("remove", cmd_remove, "delete the table and every binding and link in it (one transaction), "
-            "and forget it in natmap's store", "natmap --table lab remove"),
+            "and natmap's store of it", "natmap --table lab remove"),
     Command("isolate", cmd_isolate, "close inter-container traffic on a bridge (--icc=false)",
             "natmap isolate natmap0",
             [_arg("bridge", help="the bridge"), _arg("--open", action="store_true", help="open it again instead")]),

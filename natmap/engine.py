@@ -131,7 +131,7 @@ class NatMap:
         self._store = Store(self.state_path)
         self._bridges: dict[str, Bridge] = {}
         self._facts: dict[str, tuple[str | None, tuple[Any, ...]]] = {}  # bridge -> its kind and addresses
-        self._forced: set[tuple[int, int, str, int]] = set()  # the committing change's force=True keys (the store keeps them)
+        self._forced: set[tuple[int, int, str, int]] = set()  # force=True keys of the change committing (stored)
         self._cache: Table | None = None     # the store's items, as of _cache_version
         self._cache_version: str | None = None
         self._view: _KernelView | None = None  # the kernel, when it was read for this change

@@ -284,8 +284,9 @@ class Store:
     def items(self, *, bindings: bool = True) -> list[Item]:
         """Every item; without ``bindings``, all but the bindings (a few rows)."""
         with self._translated("reading"):
-            rows = self._open().execute("SELECT kind, data FROM items" if bindings else
-                                        "SELECT kind, data FROM items WHERE kind NOT IN ('binding', 'forced')").fetchall()
+            rows = self._open().execute(
+                "SELECT kind, data FROM items" if bindings else
+                "SELECT kind, data FROM items WHERE kind NOT IN ('binding', 'forced')").fetchall()
         return self._decoded(rows)
 
     def forced(self) -> set[tuple[int, int, str, int]]:

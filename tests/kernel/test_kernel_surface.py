@@ -193,8 +193,8 @@ def test_publish_returns_what_port_lists_and_a_self_conflict_names_one_endpoint(
     web = sandbox.container("web01")
     made = nm.publish(web.endpoint(), ["9090:5000", "127.0.0.1::5000", "8080:80"])
     assert made == nm.port("web01")
-    result = run("--netns", sandbox.host.name, "--backend", backend, "publish", "web02", "--ip", "172.30.0.9", "--bridge",
-                 sandbox.bridge, "-p", "9000:80", "-p", "9000:81", code=1)
+    result = run("--netns", sandbox.host.name, "--backend", backend, "publish", "web02", "--ip", "172.30.0.9",
+                 "--bridge", sandbox.bridge, "-p", "9000:80", "-p", "9000:81", code=1)
     assert result.stderr == ("natmap: 0.0.0.0:9000/tcp of endpoint 'web02' conflicts with itself: it cannot "
                              "forward to both container port 80 and 81\n")
 
