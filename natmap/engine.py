@@ -776,6 +776,7 @@ class Transaction:
         self._lock: Any = None
         self.change = Change()  # what the transaction did (or, dry, would do)
         self._forced: set[tuple[int, int, str, int]] = set()  # Binding.key of bindings published with force=True
+        self._reserved: set[tuple[int, int, str, int]] = set()  # ... with reserved=True: stored as forced too
         # The namespace's other natmap tables and host sockets, each read once, when first needed.
         self._others: Callable[[], list[tuple[str, Table]]] = functools.cache(
             functools.partial(natmap._in_ns, natmap._others))
@@ -815,7 +816,7 @@ class Transaction:
                 self.text = self._nm._backend.text(self.change, create=self._nm._missing)
                 table.rollback()
             else:
-                self._nm._forced = self._forced  # recorded with the change (Store.begin)
+                self._nm._forced = self._forced | self._reserved  # recorded with the change (Store.begin)
                 with self._nm._ns():
                     self._nm._commit(table, self.change)
                 if self._applying is not None:  # under the lock: no other write in between
@@ -832,10 +833,13 @@ class Transaction:
     def publish(self, endpoint: Endpoint, specs: Iterable[str | PortSpec] = (), *,
                 publish_all: bool = False,
                 prefer: Mapping[Slot, Sequence[int]] | None = None,
-                force: bool = False) -> list[Binding]:
+                force: bool = False, reserved: bool = False) -> list[Binding]:
         """As :meth:`NatMap.publish`, applied when the transaction ends. An assigned
         port is the first free one of ``prefer[(host_ip, proto, container_port)]``
-        (``host_ip`` 0.0.0.0 for a spec without one), if any is."""
+        (``host_ip`` 0.0.0.0 for a spec without one), if any is. ``reserved``:
+        the caller holds a socket of its own on the host ports once published
+        (a runtime's port reservation, natmap-cni): checked against host sockets
+        as any publish, then stored as forced, so check calls that one no shadowing."""
         if not isinstance(endpoint, Endpoint):
             raise TypeError(f"expected a natmap.Endpoint, got {type(endpoint).__name__}")
         parsed = [s if isinstance(s, PortSpec) else PortSpec.parse(s) for s in _list(specs)]
@@ -852,8 +856,9 @@ class Transaction:
         self._check_addresses(endpoint, parsed)
         made = table.publish(endpoint, parsed, publish_all=publish_all,
                              pool=self._pool, bridge=bridge, prefer=prefer or {})
-        if force:
-            self._forced.update(b.key for b in (made.held if isinstance(made, Bindings) else made))
+        if force or reserved:
+            (self._forced if force else self._reserved).update(
+                b.key for b in (made.held if isinstance(made, Bindings) else made))
         return docker_order(made)  # type: ignore[return-value]  # a Sequence: ranges expand when read
 
     def _check_addresses(self, endpoint: Endpoint, specs: list[PortSpec]) -> None:

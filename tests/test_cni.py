@@ -63,9 +63,8 @@ class FakeNatMap:
             def unpublish(self, name):
                 calls.append(("unpublish", name))
 
-            def publish(self, endpoint, specs, force=False):
+            def publish(self, endpoint, specs, reserved=False):
                 calls.append(("publish", endpoint, list(specs)))
-                fake.forced = force
                 if fake.fail:
                     raise fake.fail
 
@@ -491,7 +490,14 @@ def test_the_runtimes_own_port_reservation_is_no_drift(tmp_path):
         "prevResult": PREV, "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80}]}}).encode(),
         cni.Plugin(factory))
     assert status == 0
-    host.sockets.append(Listener(natmap.Protocol.TCP, ipaddress.ip_address("0.0.0.0"), 8080, False, 9))  # conmon
+    conmon = Listener(natmap.Protocol.TCP, ipaddress.ip_address("0.0.0.0"), 8080, False, 9)
+    host.sockets.append(conmon)
     with factory("natmap", "nft") as nm:
         drift = nm.check()
     assert not drift.shadowing and not drift, str(drift)
+    host.sockets.append(Listener(natmap.Protocol.TCP, ipaddress.ip_address("0.0.0.0"), 8081, False, 10))
+    status, out = cni.run({**ENV}, json.dumps({  # a host service's port: refused, reserved or not
+        "cniVersion": "1.0.0", "name": "podman", "type": "natmap", "capabilities": {"portMappings": True},
+        "prevResult": PREV, "runtimeConfig": {"portMappings": [{"hostPort": 8081, "containerPort": 80}]}}).encode(),
+        cni.Plugin(factory))
+    assert status == 1 and "a host socket listens on 0.0.0.0:8081" in out
