@@ -6,9 +6,10 @@ Global options (--table, --netns, --netns-path, --backend, --lock-timeout,
 Exit codes: 0 done; 1 the change failed (a conflict, the kernel refused, the
 table's lock was held too long; natmap check: drift found); 2 bad input (a
 spec, a name, a file, the command line); 3 not found (no such endpoint, port,
-link or interface); 4 not privileged (natmap needs CAP_NET_ADMIN); 130
-interrupted (Ctrl-C). Listing commands (ps, links) find
-nothing to list on a fresh host, and that is not an error. Errors go to
+link, interface or table, or the table is on the other backend); 4 not
+privileged (natmap needs CAP_NET_ADMIN); 130 interrupted (Ctrl-C). Listing
+commands (ps, links) find nothing to list on a fresh host, and that is not
+an error. Errors go to
 stderr in one line (grammar errors add the input with a caret under the
 fault); with --json as one JSON object (docs/json.md).
 """
@@ -57,7 +58,7 @@ def _document(**fields: Any) -> dict[str, Any]:
 def _binding_json(b: Binding) -> dict[str, Any]:
     return {"endpoint": b.endpoint, "proto": b.proto.value, "host_ip": str(b.host_ip),
             "host_port": b.host_port, "container_ip": str(b.container_ip),
-            "container_port": b.container_port}
+            "container_port": b.container_port, **({"routed": True} if isinstance(b, RoutedBinding) else {})}
 
 
 def _link_json(link: Link) -> dict[str, Any]:
@@ -71,8 +72,7 @@ def _link_json(link: Link) -> dict[str, Any]:
 def _item_json(item: Item) -> dict[str, Any]:
     match item:
         case Binding():  # a same-port range is one item: count ports from host_port on
-            return {"kind": "binding", **_binding_json(item), **({"count": item.count} if item.count > 1 else {}),
-                    **({"routed": True} if isinstance(item, RoutedBinding) else {})}
+            return {"kind": "binding", **_binding_json(item), **({"count": item.count} if item.count > 1 else {})}
         case Link():
             return {"kind": "link", "source": item.source, "target": item.target, "alias": item.alias,
                     "ports": [{"port": port, "proto": proto.value} for port, proto in item.ports]}
@@ -141,7 +141,7 @@ def cmd_ls(nm: NatMap, args: argparse.Namespace) -> Output:
     for b in bindings.held if isinstance(bindings, Bindings) else bindings:  # ranges unexpanded
         by_endpoint.setdefault(b.endpoint, []).append(b)
     exposed: dict[str, tuple[PortSpec, ...]] = {}
-    known: dict[str, set[str]] = {}  # the file's addresses of its endpoints
+    known: dict[str, set[str]] = {}  # the file's addresses of its endpoints: shown for one with no binding
     if args.file:  # the file knows what is exposed without a binding (docker compose -f FILE ps)
         from .config import Config
 
@@ -156,7 +156,7 @@ def cmd_ls(nm: NatMap, args: argparse.Namespace) -> Output:
     data, rows = [], [("ENDPOINT", "ADDRESSES", "PORTS")]
     for name in names:
         held = by_endpoint[name]
-        addresses = sorted({str(b.container_ip) for b in held} | known.get(name, set()), key=natural_key)
+        addresses = sorted({str(b.container_ip) for b in held} or known.get(name, set()), key=natural_key)
         bound = {(port, b.proto) for b in held if exposed.get(name)
                  for port in range(b.container_port, b.container_port + b.count)}
         unbound = [{"port": port, "proto": spec.proto.value} for spec in exposed.get(name, ())
@@ -200,13 +200,44 @@ def cmd_tables(nm: NatMap, args: argparse.Namespace) -> Output:
     return data, _columns([("TABLE", "BACKEND"), *tables])
 
 
+def cmd_remove(nm: NatMap, args: argparse.Namespace) -> Output:
+    if (nm.table_name, nm.backend_name) not in nm.tables():
+        raise NotFoundError(f"No such table: {nm.table_name} ({nm.backend_name})")
+    nm.remove()
+    return (_document(table=nm.table_name, backend=nm.backend_name, removed=True),
+            [f"removed table {nm.table_name} ({nm.backend_name})"])
+
+
+def _on_its_backend(nm: NatMap) -> None:
+    """Raise NotFoundError, naming the backend to use, if the table is not on
+    ``nm``'s backend (no store, no kernel marker there) but on the other one:
+    else the command would show it empty, and call its endpoints unknown."""
+    if os.path.exists(nm.state_path):  # stored here: this backend's (the common case, no kernel asked)
+        return
+    where = sorted({backend for table, backend in nm.tables() if table == nm.table_name})
+    if where and nm.backend_name not in where:
+        raise NotFoundError(f"No such table on the {nm.backend_name} backend: {nm.table_name} is on "
+                            f"{' and '.join(where)} (pass --backend {where[0]})")
+
+
 def cmd_isolate(nm: NatMap, args: argparse.Namespace) -> Output:
     (nm.unisolate if args.open else nm.isolate)(args.bridge)
     return _document(bridge=args.bridge, isolated=not args.open), []
 
 
 def cmd_gateway(nm: NatMap, args: argparse.Namespace) -> Output:
-    gateway = nm.set_gateway(args.bridge, args.mode, args.trust)
+    """Set the bridge's gateway mode if --mode or --trust is given (both make
+    the whole setting: no --mode is nat); else print its setting, or (no
+    bridge) every bridge's that is not the default."""
+    if args.mode is None and args.trust is None:  # no setting given: change nothing
+        gateways = nm.gateways()
+        if args.bridge is None:
+            return _document(gateways=[_gateway_json(g) for g in gateways]), [describe(g) for g in gateways]
+        gateway = next((g for g in gateways if g.bridge == args.bridge), None) or Gateway(args.bridge)
+    elif args.bridge is None:
+        raise CommandLineError("--mode and --trust set one bridge's gateway mode: name the bridge")
+    else:
+        gateway = nm.set_gateway(args.bridge, args.mode or "nat", args.trust or ())
     return _document(**_gateway_json(gateway)), [describe(gateway)]
 
 
@@ -401,17 +432,23 @@ COMMANDS: list[Command] = [
     Command("tables", cmd_tables, "list natmap's tables in the namespace: those the kernel holds with "
             "natmap's marker (either backend) and those natmap's store keeps", "natmap tables",
             [_arg("-q", "--quiet", action="store_true", help="only the table names")]),
+    Command("remove", cmd_remove, "delete the table and every binding and link in it (one transaction), "
+            "and natmap's store of it", "natmap --table lab remove"),
     Command("isolate", cmd_isolate, "close inter-container traffic on a bridge (--icc=false)",
             "natmap isolate natmap0",
             [_arg("bridge", help="the bridge"), _arg("--open", action="store_true", help="open it again instead")]),
     Command("gateway", cmd_gateway, "set how routed traffic reaches a bridge's containers (Docker 28's "
             "gateway modes): nat drops it unless published or from a trusted interface; nat-unprotected "
-            "lets it pass; routed: no NAT, only the published container ports (host port ignored) and ICMP",
+            "lets it pass; routed: no NAT, only the published container ports (host port ignored) and ICMP. "
+            "Without --mode and --trust, print the bridge's setting (no bridge: every bridge not in the "
+            "default nat mode)",
             "natmap gateway natmap0 --mode nat --trust eth1",
-            [_arg("bridge", help="the bridge"),
-             _arg("--mode", default="nat", choices=("nat", "nat-unprotected", "routed"), help="the gateway mode"),
-             _arg("--trust", action="append", default=[], metavar="INTERFACE",
-                  help="a host interface whose routed traffic may reach the containers (repeatable)")]),
+            [_arg("bridge", nargs="?", help="the bridge"),
+             _arg("--mode", choices=("nat", "nat-unprotected", "routed"),
+                  help="the gateway mode (with --trust only: nat)"),
+             _arg("--trust", action="append", metavar="INTERFACE",
+                  help="a host interface whose routed traffic may reach the containers (repeatable; "
+                       "those not given are no longer trusted)")]),
     Command("apply", cmd_apply, "make the table match a TOML file, in one transaction",
             "natmap apply examples/lab.toml", [_arg("file", help="the declarative file (README: Declarative files)")]),
     Command("plan", cmd_plan, "show what apply would change; change nothing", "natmap plan examples/lab.toml",
@@ -463,7 +500,12 @@ def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     wanted = [c for c in COMMANDS if name in (c.name, *c.aliases)]
     if name == "help":  # natmap help CMD: CMD's parser is built by cmd_help
         wanted = [c for c in COMMANDS if c.name == "help"]
-    return _build(wanted or COMMANDS)[0]
+    parser = _build(wanted or COMMANDS)[0]
+    if name is None:  # argparse would say the command is missing, not name the option it does not know
+        _, unknown = parser.parse_known_args([*argv, "version"])
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return parser
 
 
 def _build(commands: list[Command]) -> tuple[_Parser, dict[str, argparse.ArgumentParser]]:
@@ -609,6 +651,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             with NatMap(table=args.table, backend=args.backend, netns=args.netns, netns_path=args.netns_path,
                         lock_timeout=args.lock_timeout) as nm:
+                if command.name not in ("tables", "restore"):  # those list every table, on either backend
+                    _on_its_backend(nm)
                 data, lines = command.func(nm, args)
     except (NatmapError, ValueError, TypeError) as exc:
         _report(exc, args.json)

@@ -580,7 +580,9 @@ class Plugin:
             specs = _specs(call.conf.mappings, endpoint)
             with self.natmap(call.conf, where) as nm, nm.transaction() as tx:
                 _forget(tx, call.endpoint)
-                tx.publish(endpoint, specs)
+                # reserved: the runtime holds a socket on each published port once ADD is
+                # done (podman's conmon): natmap check does not call that one shadowing
+                tx.publish(endpoint, specs, reserved=True)
         else:
             self.delete(call)  # a repeated ADD without mappings leaves none behind
         return {**prev, "cniVersion": call.conf.cni_version}

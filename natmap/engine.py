@@ -133,7 +133,7 @@ class NatMap:
         self._store = Store(self.state_path)
         self._bridges: dict[str, Bridge] = {}
         self._facts: dict[str, tuple[str | None, tuple[Any, ...]]] = {}  # bridge -> its kind and addresses
-        self._forced: set[tuple[int, int, str, int]] = set()  # Binding.key of what publish(force=True) made
+        self._forced: set[tuple[int, int, str, int]] = set()  # force=True keys of the change committing (stored)
         self._cache: Table | None = None     # the store's items, as of _cache_version
         self._cache_version: str | None = None
         self._view: _KernelView | None = None  # the kernel, when it was read for this change
@@ -315,8 +315,9 @@ class NatMap:
     def _advice(self, table: Table) -> dict[str, Any]:
         """Drift's notes (the [::1] advice) and shadowing (bindings that take a
         host socket's traffic, natmap.guest) for what the kernel holds."""
+        forced = self._store.forced() if self._store.exists() else set()  # in any process (natmap.store)
         return {"notes": _loopback6_notes(table, self._kernel.bridged_ipv6_hooked),
-                "shadowing": tuple(guest.shadowed([b for b in table.held_bindings() if b.key not in self._forced
+                "shadowing": tuple(guest.shadowed([b for b in table.held_bindings() if b.key not in forced
                                                    and type(b) is Binding],  # RoutedBinding: no host port
                                                   functools.cache(self._kernel.listeners),
                                                   self._kernel.socket_owner))}
@@ -384,7 +385,7 @@ class NatMap:
 
     def remove(self) -> None:
         """Delete this instance's table, and every binding with it (one
-        transaction), and forget it in the store."""
+        transaction), and its store (``natmap remove``)."""
         with self._locked(), self._ns():
             self._backend.claimed = self._store.exists()
             table = self._backend.read()
@@ -646,7 +647,7 @@ class NatMap:
         started = time.perf_counter()
         hoststate.precheck(self._kernel, _host_items(table))
         if change:
-            self._store.begin(change)
+            self._store.begin(change, self._forced)
         hoststate.crash_point("store-write")
         view, self._view = self._view, None
         before, self._seen = (self._backend.generation() if self._seen is None else self._seen), None
@@ -810,6 +811,7 @@ class Transaction:
         self._lock: Any = None
         self.change = Change()  # what the transaction did (or, dry, would do)
         self._forced: set[tuple[int, int, str, int]] = set()  # Binding.key of bindings published with force=True
+        self._reserved: set[tuple[int, int, str, int]] = set()  # ... with reserved=True: stored as forced too
         # The namespace's other natmap tables and host sockets, each read once, when first needed.
         self._others: Callable[[], list[tuple[str, Table]]] = functools.cache(
             functools.partial(natmap._in_ns, natmap._others))
@@ -849,12 +851,13 @@ class Transaction:
                 self.text = self._nm._backend.text(self.change, create=self._nm._missing)
                 table.rollback()
             else:
+                self._nm._forced = self._forced | self._reserved  # recorded with the change (Store.begin)
                 with self._nm._ns():
                     self._nm._commit(table, self.change)
                 if self._applying is not None:  # under the lock: no other write in between
                     self._nm._record_applied(self._applying)
-                self._nm._forced |= self._forced
         finally:
+            self._nm._forced = set()
             self._table = None
             self._lock.__exit__(None, None, None)
 
@@ -865,10 +868,13 @@ class Transaction:
     def publish(self, endpoint: Endpoint, specs: Iterable[str | PortSpec] = (), *,
                 publish_all: bool = False,
                 prefer: Mapping[Slot, Sequence[int]] | None = None,
-                force: bool = False) -> list[Binding]:
+                force: bool = False, reserved: bool = False) -> list[Binding]:
         """As :meth:`NatMap.publish`, applied when the transaction ends. An assigned
         port is the first free one of ``prefer[(host_ip, proto, container_port)]``
-        (``host_ip`` 0.0.0.0 for a spec without one), if any is."""
+        (``host_ip`` 0.0.0.0 for a spec without one), if any is. ``reserved``:
+        the caller holds a socket of its own on the host ports once published
+        (a runtime's port reservation, natmap-cni): checked against host sockets
+        as any publish, then stored as forced, so check calls that one no shadowing."""
         if not isinstance(endpoint, Endpoint):
             raise TypeError(f"expected a natmap.Endpoint, got {type(endpoint).__name__}")
         parsed = [s if isinstance(s, PortSpec) else PortSpec.parse(s) for s in _list(specs)]
@@ -885,8 +891,9 @@ class Transaction:
         self._check_addresses(endpoint, parsed)
         made = table.publish(endpoint, parsed, publish_all=publish_all,
                              pool=self._pool, bridge=bridge, prefer=prefer or {})
-        if force:
-            self._forced.update(b.key for b in (made.held if isinstance(made, Bindings) else made))
+        if force or reserved:
+            (self._forced if force else self._reserved).update(
+                b.key for b in (made.held if isinstance(made, Bindings) else made))
         return docker_order(made)  # type: ignore[return-value]  # a Sequence: ranges expand when read
 
     def _check_addresses(self, endpoint: Endpoint, specs: list[PortSpec]) -> None:

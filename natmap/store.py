@@ -13,7 +13,9 @@ Tables::
 
     items(key PRIMARY KEY, kind, endpoint, data)   one row an item: a binding
                                                    (kind routed on a routed
-                                                   bridge), a bridge, a link (with its
+                                                   bridge; kind forced if published
+                                                   with force, taking a host socket's
+                                                   port knowingly), a bridge, a link (with its
                                                    target's env), an isolation
     meta(name PRIMARY KEY, value)                  version (one more each write),
                                                    generation (the kernel's, after
@@ -40,7 +42,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 
 from .errors import PrivilegeError, StoreCorruptError, StoreError
@@ -97,8 +99,10 @@ def _row(item: Item) -> tuple[str, str, str | None, str]:
             assert_never(item)
 
 
-def _rows(items: Iterable[Item]) -> list[tuple[str, str, str | None, str]]:
-    """Each item's row, as :func:`_row` makes it. A binding's row is written
+def _rows(items: Iterable[Item], forced: Collection[tuple[int, int, str, int]] = ()
+          ) -> list[tuple[str, str, str | None, str]]:
+    """Each item's row, as :func:`_row` makes it (a binding whose key is in
+    ``forced``: kind ``forced``). A binding's row is written
     out, not json.dumps'd (names, protocols and addresses hold no character
     JSON escapes), and the bindings of one spec come one after another and
     share their address objects: each is formatted once."""
@@ -117,6 +121,8 @@ def _rows(items: Iterable[Item]) -> list[tuple[str, str, str | None, str]]:
         proto = item.proto._value_
         count = f",{item.count}" if item.count != 1 else ""  # a same-port range: one row, as one kernel element
         kind = "binding" if type(item) is Binding else "routed"  # routed: a bridge in Docker's routed mode
+        if forced and kind == "binding" and item.key in forced:
+            kind = "forced"  # `natmap check` does not call its host socket shadowed, in any process
         rows.append((f"binding {item.key[0]} {host_text} {proto} {item.host_port}", kind, item.endpoint,
                      f'["{item.endpoint}","{proto}","{host_text}",{item.host_port},'
                      f'"{container_text}",{item.container_port}{count}]'))
@@ -125,12 +131,12 @@ def _rows(items: Iterable[Item]) -> list[tuple[str, str, str | None, str]]:
 
 def _item(kind: str, data: str) -> Item:
     d = json.loads(data)
-    if kind == "binding" or kind == "routed":
+    if kind == "binding" or kind == "routed" or kind == "forced":
         count = d[6] if len(d) > 6 else 1
         if not all(type(n) is int for n in (d[3], d[5], count)) or not (
                 1 <= d[3] and 1 <= d[5] and d[3] + count - 1 <= 65535 and d[5] + count - 1 <= 65535):
             raise ValueError(f"a port out of range in {data}")  # the kernel would refuse it: damaged
-        return (Binding if kind == "binding" else RoutedBinding)(
+        return (RoutedBinding if kind == "routed" else Binding)(
             d[0], Protocol(d[1]), ipaddress.ip_address(d[2]), d[3], ipaddress.ip_address(d[4]), d[5], count)
     if kind == "bridge":
         return Bridge(d[0], tuple(ipaddress.ip_network(n) for n in d[1]))
@@ -282,9 +288,16 @@ class Store:
     def items(self, *, bindings: bool = True) -> list[Item]:
         """Every item; without ``bindings``, all but the bindings (a few rows)."""
         with self._translated("reading"):
-            rows = self._open().execute("SELECT kind, data FROM items" if bindings else
-                                        "SELECT kind, data FROM items WHERE kind != 'binding'").fetchall()
+            rows = self._open().execute(
+                "SELECT kind, data FROM items" if bindings else
+                "SELECT kind, data FROM items WHERE kind NOT IN ('binding', 'forced')").fetchall()
         return self._decoded(rows)
+
+    def forced(self) -> set[tuple[int, int, str, int]]:
+        """The keys (Binding.key) of the bindings published with force."""
+        with self._translated("reading"):
+            rows = self._open().execute("SELECT kind, data FROM items WHERE kind = 'forced'").fetchall()
+        return {b.key for b in self._decoded(rows)}  # type: ignore[union-attr]
 
     def of(self, endpoint: str) -> list[Item]:
         """The bindings of one endpoint and the links from it (an index lookup)."""
@@ -315,11 +328,12 @@ class Store:
 
         # --- writing ---------------------------------------------------------------
 
-    def begin(self, change: Change) -> None:
+    def begin(self, change: Change, forced: Collection[tuple[int, int, str, int]] = ()) -> None:
         """Write ``change`` to the items, and record it as pending: one transaction.
+        The added bindings whose key is in ``forced`` are recorded as forced.
         The pending record holds what :meth:`undo_pending` needs: the keys
         added and the rows deleted."""
-        added, deleted = _rows(change.add), _rows(change.delete)
+        added, deleted = _rows(change.add, forced), _rows(change.delete)
         with self._write("recording the change") as db:
             self._change_rows(db, added, deleted)
             pending = {"added": [row[0] for row in added], "deleted": deleted}
@@ -380,8 +394,13 @@ class Store:
             self._set_generation(db, generation)
 
     def forget(self) -> None:
-        """Nothing is meant to exist any more (``remove()``)."""
-        self.replace(())
+        """Nothing is meant to exist any more (``remove()``): the file goes, so
+        the table is no longer listed as stored (``natmap tables``, ``restore``)."""
+        self.close()
+        with self._translated("deleting"):
+            for path in (self.path, f"{self.path}-wal", f"{self.path}-shm"):
+                if os.path.lexists(path):
+                    os.unlink(path)
 
     @staticmethod
     def _set_generation(db: sqlite3.Connection, generation: str | None) -> None:

@@ -2,6 +2,7 @@
 version and help, help text, completion (issue 15, cases 4, 9, 10)."""
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -115,3 +116,140 @@ def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
     result = subprocess.run(f"{natmap_cmd} spec --publish-file {specs} | head -c 5", shell=True,
                             capture_output=True, text=True, timeout=60)
     assert result.stdout == "-p 1:" and "Traceback" not in result.stderr and "Error" not in result.stderr
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--bogus"], "--bogus"), (["--json", "-x"], "-x"), (["--bogus=1"], "--bogus=1"), (["ps", "--bogus"], "--bogus"),
+])
+def test_an_unknown_option_is_named_before_or_after_the_command(argv, named, capsys):
+    with pytest.raises(SystemExit) as exit:
+        _parser(argv).parse_args(argv)
+    assert exit.value.code == 2
+    assert f"unrecognized arguments: {named}" in capsys.readouterr().err
+
+
+# --- commands through the fakes (natmap.cli.NatMap made on a FakeBackend and a FakeHost) ----------
+
+
+@pytest.fixture
+def fake_cli(monkeypatch, tmp_path):
+    """``main`` on fakes: one FakeBackend per (table, backend name), one FakeHost.
+    Returns a function that runs ``natmap ARGS`` and gives (exit code, stdout, stderr)."""
+    import ipaddress
+    import json
+
+    import natmap.cli as cli
+    from natmap import NatMap
+    from natmap.backends.base import FakeBackend
+    from natmap.host import FakeHost
+    from natmap.model import Bridge
+
+    host = FakeHost([Bridge("natmap0", (ipaddress.ip_network("172.30.0.0/24"),))], interfaces={"eth1": (None, ())})
+    backends = {}
+
+    def factory(table="natmap", *, backend="nft", **_):
+        fake = backends.get((table, backend))
+        if fake is None:
+            fake = backends[table, backend] = FakeBackend()
+            fake.name = backend
+        return NatMap(table, backend=fake, host=host, lock_dir=str(tmp_path), state_dir=str(tmp_path))
+
+    monkeypatch.setattr(cli, "NatMap", factory)
+
+    def natmap(*args, as_json=False):
+        import io
+        from contextlib import redirect_stderr, redirect_stdout
+
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main([*args, *(["--json"] if as_json else [])])
+        return code, json.loads(out.getvalue()) if as_json and out.getvalue() else out.getvalue(), err.getvalue()
+
+    natmap.host, natmap.backends = host, backends
+    return natmap
+
+
+def valid(command, text):
+    """``text`` is of the shape docs/json.md gives ``command`` (the kernel surface test's schemas)."""
+    sys.path.insert(0, str(Path(__file__).parent / "kernel"))
+    from test_kernel_surface import valid as documented
+
+    return documented(command, text)
+
+
+def test_gateway_without_a_setting_prints_it_and_changes_nothing(fake_cli):
+    assert fake_cli("gateway", "natmap0", "--mode", "routed", "--trust", "eth1")[:2] == (
+        0, "gateway natmap0 routed trusted eth1\n")
+    assert fake_cli("gateway", "natmap0")[:2] == (0, "gateway natmap0 routed trusted eth1\n")  # not reset
+    assert fake_cli("gateway", "natmap0", as_json=True)[1] == {
+        "version": 1, "bridge": "natmap0", "mode": "routed", "trusted_interfaces": ["eth1"]}
+    assert fake_cli("gateway")[:2] == (0, "gateway natmap0 routed trusted eth1\n")
+    assert fake_cli("gateway", as_json=True)[1] == {"version": 1, "gateways": [
+        {"bridge": "natmap0", "mode": "routed", "trusted_interfaces": ["eth1"]}]}
+    assert fake_cli("gateway", "natmap0", "--trust", "eth1")[:2] == (0, "gateway natmap0 nat trusted eth1\n")
+    assert fake_cli("gateway", "natmap0", "--mode", "nat")[:2] == (0, "gateway natmap0 nat\n")
+    assert fake_cli("gateway", "natmap0")[:2] == (0, "gateway natmap0 nat\n")  # the default, as it is
+    assert fake_cli("gateway")[:2] == (0, "")  # no bridge outside the default
+    valid("gateway", json.dumps(fake_cli("gateway", as_json=True)[1]))
+    valid("gateway", json.dumps(fake_cli("gateway", "natmap0", as_json=True)[1]))
+    code, _, err = fake_cli("gateway", "--mode", "routed")
+    assert code == 2 and "name the bridge" in err
+
+
+def test_json_tells_a_routed_binding_and_text_stays_dockers(fake_cli):
+    publish = ["publish", "web01", "--ip", "172.30.0.2", "--bridge", "natmap0", "-p", "8080:5000"]
+    assert fake_cli(*publish, as_json=True)[1]["bindings"][0].get("routed") is None  # nat: mapped
+    fake_cli("gateway", "natmap0", "--mode", "routed")
+    assert fake_cli("port", "web01")[1] == "5000/tcp -> 0.0.0.0:8080\n"
+    for args in (["port", "web01"], ["port", "web01", "5000"]):
+        assert [b["routed"] for b in fake_cli(*args, as_json=True)[1]["bindings"]] == [True]
+    [listed] = fake_cli("ps", as_json=True)[1]["endpoints"]
+    for command, args in (("port", ["port", "web01"]), ("ls", ["ps"]), ("check", ["check"])):
+        valid(command, json.dumps(fake_cli(*args, as_json=True)[1]))  # docs/json.md's shapes
+    assert [b["routed"] for b in listed["bindings"]] == [True]
+    fake_cli("unpublish", "web01")
+    made = fake_cli(*publish, "-p", "9000-9001:9000-9001", as_json=True)[1]["bindings"]
+    assert [b.get("routed") for b in made] == [True, True, True]
+    fake_cli("gateway", "natmap0", "--mode", "nat")
+    assert all("routed" not in b for b in fake_cli("port", "web01", as_json=True)[1]["bindings"])
+
+
+def test_ps_f_shows_the_addresses_of_the_kernels_bindings_and_the_files_for_an_endpoint_without(fake_cli, tmp_path):
+    lab = tmp_path / "lab.toml"
+    lab.write_text('[endpoints.web01]\nip = "172.30.0.2"\nipv6 = "fd00:30::2"\nbridge = "natmap0"\n'
+                   'expose = ["5000/tcp"]\n\n[endpoints.web09]\nip = "172.30.0.9"\nipv6 = "fd00:30::9"\n'
+                   'bridge = "natmap0"\nexpose = ["9000"]\n')
+    assert fake_cli("publish", "web01", "--ip", "172.30.0.2", "--bridge", "natmap0",  # IPv4 bindings only
+                    "-p", "5001:5000")[:2] == (0, "5000/tcp -> 0.0.0.0:5001\n")
+    code, out, _ = fake_cli("ps", "-f", str(lab))
+    assert (code, out.splitlines()) == (0, [
+        "ENDPOINT   ADDRESSES                PORTS",
+        "web01      172.30.0.2               0.0.0.0:5001->5000/tcp",
+        "web09      172.30.0.9, fd00:30::9   9000/tcp"])
+    [web01, web09] = fake_cli("ps", "-f", str(lab), as_json=True)[1]["endpoints"]
+    assert (web01["addresses"], web09["addresses"]) == (["172.30.0.2"], ["172.30.0.9", "fd00:30::9"])
+
+
+def test_a_table_on_the_other_backend_is_named_not_shown_empty(fake_cli):
+    publish = ["publish", "web01", "--ip", "172.30.0.2", "--bridge", "natmap0", "-p", "8080:5000"]
+    assert fake_cli("--table", "ipt", "--backend", "iptables", *publish)[0] == 0
+    for args in (["ps"], ["port", "web01"], ["unpublish", "web01"], ["check"], ["links"], ["adopt"], publish):
+        code, out, err = fake_cli("--table", "ipt", *args)
+        assert (code, out) == (3, ""), args
+        assert err == ("natmap: No such table on the nft backend: ipt is on iptables (pass --backend iptables)\n")
+    code, _, err = fake_cli("--table", "ipt", "check", as_json=True)
+    assert code == 3 and json.loads(err)["error"]["kind"] == "not_found" and "adopt" not in err
+    assert "web01" in fake_cli("--table", "ipt", "--backend", "iptables", "ps")[1]
+    assert fake_cli("tables")[1].splitlines() == ["TABLE   BACKEND", "ipt     iptables"]
+
+
+def test_remove_deletes_the_table_and_its_store(fake_cli):
+    publish = ["publish", "web01", "--ip", "172.30.0.2", "--bridge", "natmap0", "-p", "8080:5000"]
+    assert fake_cli("--table", "lab", *publish)[0] == 0
+    assert fake_cli("--table", "lab", "remove")[:2] == (0, "removed table lab (nft)\n")
+    assert fake_cli.backends["lab", "nft"].items is None  # gone from the kernel
+    assert fake_cli("tables")[1] == "TABLE   BACKEND\n"
+    code, _, err = fake_cli("--table", "lab", "remove")
+    assert (code, err) == (3, "natmap: No such table: lab (nft)\n")
+    assert fake_cli("--table", "lab", *publish)[0] == 0
+    valid("remove", json.dumps(fake_cli("--table", "lab", "remove", as_json=True)[1]))

@@ -63,7 +63,7 @@ class FakeNatMap:
             def unpublish(self, name):
                 calls.append(("unpublish", name))
 
-            def publish(self, endpoint, specs):
+            def publish(self, endpoint, specs, reserved=False):
                 calls.append(("publish", endpoint, list(specs)))
                 if fake.fail:
                     raise fake.fail
@@ -467,3 +467,37 @@ def test_a_held_table_lock_is_try_again_later_not_a_failure():
 
     error = _natmap_error(LockTimeoutError("the table's lock was held for more than 30 s", 1234))
     assert error.code == TRY_AGAIN_LATER == 11
+
+
+def test_the_runtimes_own_port_reservation_is_no_drift(tmp_path):
+    """Rootful podman's conmon holds a socket on each published host port (its
+    port reservation, bound after ADD): ADD publishes knowingly (as forced), so
+    `natmap check` in any later process does not report it as shadowing."""
+    import ipaddress
+
+    from natmap.backends.base import FakeBackend
+    from natmap.host import FakeHost, Listener
+    from natmap.model import Bridge
+
+    fake_backend = FakeBackend()
+    host = FakeHost([Bridge("cni0", (ipaddress.ip_network("10.1.0.0/16"), ipaddress.ip_network("fd00::/64")))])
+
+    def factory(table, backend=None, bridges=(), lock_dir=None, state_dir=None):
+        return natmap.NatMap(table, backend=fake_backend, host=host, lock_dir=str(tmp_path), state_dir=str(tmp_path))
+
+    status, _ = cni.run({**ENV}, json.dumps({
+        "cniVersion": "1.0.0", "name": "podman", "type": "natmap", "capabilities": {"portMappings": True},
+        "prevResult": PREV, "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80}]}}).encode(),
+        cni.Plugin(factory))
+    assert status == 0
+    conmon = Listener(natmap.Protocol.TCP, ipaddress.ip_address("0.0.0.0"), 8080, False, 9)
+    host.sockets.append(conmon)
+    with factory("natmap", "nft") as nm:
+        drift = nm.check()
+    assert not drift.shadowing and not drift, str(drift)
+    host.sockets.append(Listener(natmap.Protocol.TCP, ipaddress.ip_address("0.0.0.0"), 8081, False, 10))
+    status, out = cni.run({**ENV}, json.dumps({  # a host service's port: refused, reserved or not
+        "cniVersion": "1.0.0", "name": "podman", "type": "natmap", "capabilities": {"portMappings": True},
+        "prevResult": PREV, "runtimeConfig": {"portMappings": [{"hostPort": 8081, "containerPort": 80}]}}).encode(),
+        cni.Plugin(factory))
+    assert status == 1 and "a host socket listens on 0.0.0.0:8081" in out

@@ -388,7 +388,28 @@ def test_a_host_sockets_port_is_refused_and_force_takes_it_and_check_tells_other
     assert lines(nm.publish(WEB, ["2222:5000"], force=True)) == ["5000/tcp -> 0.0.0.0:2222", "5000/tcp -> [::]:2222"]
     assert not nm.check().shadowing  # this NatMap took it knowingly
     other = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
-    assert other.check().shadowing == (
+    assert not other.check().shadowing  # and the store says so to any process (issue: forced persisted)
+    other.unpublish("web01")
+    other.publish(WEB, ["2223:5000"])  # a port no socket holds: nothing forced
+    with pytest.raises(ConflictError):  # unforced again: a publish without force is refused
+        other.publish(WEB, ["2222:5001"])
+    host.sockets.append(Listener(Protocol.TCP, ipaddress.ip_address("0.0.0.0"), 2223, False, 8))
+    assert NatMap(backend=backend, host=host, lock_dir=str(tmp_path)).check().shadowing == (
+        "port web01 5000/tcp -> 0.0.0.0:2223 shadows the host socket on 0.0.0.0:2223/tcp",)
+
+
+def test_a_forced_binding_stays_forced_only_until_unpublished(backend, tmp_path):
+    from natmap.host import Listener
+
+    sshd = Listener(Protocol.TCP, ipaddress.ip_address("0.0.0.0"), 2222, False, 7)
+    host = FakeHost([BRIDGE], sockets=[sshd])
+    nm = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    nm.publish(WEB, ["2222:5000"], force=True)
+    nm.unpublish("web01")
+    host.sockets.remove(sshd)
+    nm.publish(WEB, ["2222:5000"])  # republished without force, then a socket comes
+    host.sockets.append(sshd)
+    assert NatMap(backend=backend, host=host, lock_dir=str(tmp_path)).check().shadowing == (
         "port web01 5000/tcp -> 0.0.0.0:2222 shadows the host socket on 0.0.0.0:2222/tcp",)
 
 

@@ -155,3 +155,18 @@ def test_a_store_file_another_user_owns_or_can_write_is_refused(tmp_path, owner,
     os.chmod(store.path, mode)
     with pytest.raises(StoreError, match=r"must be owned by uid 0 and writable by no other user"):
         Store(store.path).items()
+
+
+def test_a_forced_binding_is_kept_as_forced_until_it_is_deleted(store):
+    """A binding published with force is a binding to every reader, and forced
+    to `natmap check` in any process; deleting it forgets that."""
+    other = Binding("web02", Protocol.TCP, ipaddress.ip_address("0.0.0.0"), 8081,
+                    ipaddress.ip_address("172.30.0.3"), 5000)
+    store.begin(Change(add=(WEB, other, BRIDGE)), {WEB.key})
+    store.done(None)
+    assert set(store.items()) == {WEB, other, BRIDGE} and store.of("web01") == [WEB]
+    assert store.items(bindings=False) == [BRIDGE]
+    assert store.forced() == {WEB.key}
+    store.begin(Change(delete=(WEB,)))
+    store.begin(Change(add=(WEB,)))  # published again without force
+    assert store.forced() == set()

@@ -199,3 +199,25 @@ def test_adopt_force_refuses_another_programs_generation_chain(sandbox, tmp_path
     assert "not provably natmap's" in result.stderr and "jumps to NATMAP-GENERATION" in result.stderr
     after = sandbox.host.run(["iptables-legacy-save", "-t", "filter"]).stdout.splitlines()[1:-1]
     assert [line for line in after if "NATMAP" in line] == [line for line in before if "NATMAP" in line]
+
+
+def test_a_table_made_with_iptables_is_named_to_the_default_backend_and_remove_deletes_it(sandbox, web):
+    """A newcomer's table made with --backend iptables: the default (nft) names
+    the backend to use instead of showing it empty; remove deletes it."""
+    ipt = ("--table", "ipt", "--backend", "iptables")
+    publish_web01(sandbox, web, *ipt, "-p", "8080:5000")
+    client = sandbox.client("client1")
+    web.serve(5000)
+    assert client.request(sandbox.outside_ip, 8080) == "web01 192.0.2.2"
+    wrong = "natmap: No such table on the nft backend: ipt is on iptables (pass --backend iptables)\n"
+    for args in (["ps"], ["port", "web01"], ["unpublish", "web01"], ["check"]):
+        result = natmap(sandbox, "--table", "ipt", *args, code=3)
+        assert (result.stdout, result.stderr) == ("", wrong)
+    assert "web01" in natmap(sandbox, *ipt, "ps").stdout
+    auto = natmap(sandbox, "--table", "ipt", "--backend", "auto", "port", "web01", "5000")
+    assert auto.stdout == "0.0.0.0:8080\n[::]:8080\n"
+    assert natmap(sandbox, *ipt, "remove").stdout == "removed table ipt (iptables)\n"
+    assert client.request(sandbox.outside_ip, 8080, timeout=0.5) is None
+    assert "NATMAP" not in sandbox.host.run(["iptables-legacy-save"]).stdout
+    assert natmap(sandbox, "tables").stdout == "TABLE   BACKEND\n"
+    assert natmap(sandbox, *ipt, "remove", code=3).stderr == "natmap: No such table: ipt (iptables)\n"

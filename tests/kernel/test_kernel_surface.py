@@ -109,7 +109,9 @@ def test_every_commands_json_is_the_documented_shape(sandbox, tmp_path):
     valid("isolate", j("isolate", sandbox.bridge).stdout)
     assert valid("gateway", j("gateway", sandbox.bridge, "--mode", "nat-unprotected", "--trust", "lo").stdout) \
         == {"version": 1, "bridge": sandbox.bridge, "mode": "nat-unprotected", "trusted_interfaces": ["lo"]}
-    valid("gateway", j("gateway", sandbox.bridge).stdout)
+    assert valid("gateway", j("gateway", sandbox.bridge).stdout)["mode"] == "nat-unprotected"  # as it is
+    assert valid("gateway", j("gateway").stdout)["gateways"] == [
+        {"bridge": sandbox.bridge, "mode": "nat-unprotected", "trusted_interfaces": ["lo"]}]
     valid("check", j("check").stdout)
     valid("unlink", j("unlink", "web01", "db01").stdout)
     valid("unpublish", j("unpublish", "web01").stdout)
@@ -187,12 +189,12 @@ def test_ps_shows_what_docker_ps_shows(sandbox):
         "0.0.0.0:9002->8002/tcp")
 
 
-def test_publish_returns_what_port_lists_and_a_self_conflict_names_one_endpoint(sandbox, nm):
+def test_publish_returns_what_port_lists_and_a_self_conflict_names_one_endpoint(sandbox, nm, backend):
     web = sandbox.container("web01")
     made = nm.publish(web.endpoint(), ["9090:5000", "127.0.0.1::5000", "8080:80"])
     assert made == nm.port("web01")
-    result = run("--netns", sandbox.host.name, "publish", "web02", "--ip", "172.30.0.9", "--bridge",
-                 sandbox.bridge, "-p", "9000:80", "-p", "9000:81", code=1)
+    result = run("--netns", sandbox.host.name, "--backend", backend, "publish", "web02", "--ip", "172.30.0.9",
+                 "--bridge", sandbox.bridge, "-p", "9000:80", "-p", "9000:81", code=1)
     assert result.stderr == ("natmap: 0.0.0.0:9000/tcp of endpoint 'web02' conflicts with itself: it cannot "
                              "forward to both container port 80 and 81\n")
 
