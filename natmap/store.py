@@ -290,7 +290,7 @@ class Store:
         with self._translated("reading"):
             rows = self._open().execute(
                 "SELECT kind, data FROM items" if bindings else
-                "SELECT kind, data FROM items WHERE kind NOT IN ('binding', 'forced')").fetchall()
+                "SELECT kind, data FROM items WHERE kind NOT IN ('binding', 'forced', 'routed')").fetchall()
         return self._decoded(rows)
 
     def forced(self) -> set[tuple[int, int, str, int]]:

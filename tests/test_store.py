@@ -170,3 +170,16 @@ def test_a_forced_binding_is_kept_as_forced_until_it_is_deleted(store):
     store.begin(Change(delete=(WEB,)))
     store.begin(Change(add=(WEB,)))  # published again without force
     assert store.forced() == set()
+
+
+def test_items_without_bindings_leave_out_every_kind_of_binding(store):
+    """An unchanged file's re-apply reads all but the bindings: a routed one
+    (a bridge in Docker's routed mode) is a binding too."""
+    from natmap.model import RoutedBinding
+
+    routed = RoutedBinding("web02", Protocol.TCP, ipaddress.ip_address("0.0.0.0"), 8081,
+                           ipaddress.ip_address("172.30.0.3"), 5000)
+    store.begin(Change(add=(WEB, routed, BRIDGE)), {WEB.key})
+    store.done(None)
+    assert set(store.items()) == {WEB, routed, BRIDGE}
+    assert store.items(bindings=False) == [BRIDGE]
