@@ -146,7 +146,6 @@ if TYPE_CHECKING:
     Isolated = tuple[tuple[Any, ...], frozenset[tuple[Any, Any, Protocol, int]]]
 
 _FALLBACK_RANGE = PortRange(49153, 65535)
-_TCP_LISTEN = 10
 # IANA protocol numbers, as socket.IPPROTO_*: importing socket here would be
 # a tenth of the time `natmap port` spends importing natmap.
 _IPPROTO = {Protocol.TCP: 6, Protocol.UDP: 17, Protocol.SCTP: 132}
@@ -199,11 +198,6 @@ def reserved_ports() -> frozenset[int]:
     return frozenset(ports)
 
 
-def listening_ports(proto: Protocol) -> frozenset[int]:
-    """Local ports with a listening TCP/SCTP socket or a bound UDP socket."""
-    return frozenset(s.port for s in listeners(proto))
-
-
 class Listener:
     """A host socket holding a port: a listening TCP/SCTP socket or a bound UDP one.
 
@@ -226,27 +220,6 @@ class Listener:
         from .spec import format_ip
 
         return f"{format_ip(self.address)}:{self.port}/{self.proto.value}"
-
-
-def listeners(proto: Protocol) -> list[Listener]:
-    """The host sockets holding a port of ``proto`` (sock_diag, both families)."""
-    from socket import AF_INET, AF_INET6
-
-    from pyroute2 import DiagSocket
-
-    states = (1 << _TCP_LISTEN) if proto is not Protocol.UDP else 0xFFFFFFFF
-    found: list[Listener] = []
-    with _netlink("listing sockets"), DiagSocket() as diag:
-        diag.bind()
-        for family in (AF_INET, AF_INET6):
-            try:
-                answers = diag.get_sock_stats(family=family, states=states, protocol=_IPPROTO[proto])
-            except OSError:
-                continue  # no diag support for this protocol (sctp_diag not loaded)
-            found += [Listener(proto, ipaddress.ip_address(msg["idiag_src"]), msg["idiag_sport"],
-                               bool(msg.get_attr("INET_DIAG_SKV6ONLY")), msg["idiag_inode"])
-                      for msg in answers]
-    return found
 
 
 def socket_owner(inode: int) -> str | None:

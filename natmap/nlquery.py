@@ -10,8 +10,9 @@ alone (asyncio and its message classes) costs about 60 ms to import, the
 whole package 130-170 ms: three times what the rest of a CNI ADD costs, on
 the path of every ``podman run``; and setting up one of its sockets costs
 1-2 ms, which made a one-port publish 9-11 ms (host.Session asks the
-publish's questions here). These functions answer what host.py's namesakes answer, in
-the same shapes (tests/kernel/test_kernel_nlquery.py compares them on a live
+publish's questions here). These functions answer what pyroute2 answers
+(host.py's namesakes; for sockets, the kernel test's reference), in the
+same shapes (tests/kernel/test_kernel_nlquery.py compares them on a live
 namespace), and raise natmap's errors: :class:`PrivilegeError` where the
 kernel says EPERM/EACCES, :class:`BackendError` for any other refusal.
 
@@ -184,7 +185,7 @@ def _address(family: int, raw: bytes) -> Any:
 
 
 def listeners(proto: Protocol, ports: Sequence[tuple[int, int]] | None = None) -> list[Listener]:
-    """The host sockets holding a port of ``proto``, as :func:`natmap.host.listeners`
+    """The host sockets holding a port of ``proto``, as pyroute2's sock_diag reads them
     gives them: listening TCP/SCTP sockets, every UDP one (one sock_diag dump a family).
 
     ``ports``: only those on a port of these (first, last) ranges; the kernel
