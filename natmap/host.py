@@ -258,32 +258,20 @@ def nonlocal_bind(version: int) -> bool:
 
 def interface_facts(name: str) -> tuple[str | None, tuple[Any, ...]]:
     """The kind of interface ``name`` (``bridge``, ``veth``, None for a plain
-    one) and its addresses as interfaces (``172.30.0.1/24``)."""
-    from pyroute2 import IPRoute
+    one) and its addresses as interfaces (``172.30.0.1/24``), asked on the
+    standard library's netlink socket (:mod:`natmap.nlquery`);
+    :class:`UnknownInterfaceError` if it is not there."""
+    from .nlquery import interface_facts as asked
 
-    with _netlink(f"reading interface {name}"), IPRoute() as ipr:
-        links = ipr.get_links(ifname=name) if ipr.link_lookup(ifname=name) else []
-        if not links:
-            raise UnknownInterfaceError(f"no interface named {name!r} in this network namespace")
-        info = links[0].get_attr("IFLA_LINKINFO")
-        kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
-        addresses = tuple(ipaddress.ip_interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
-                          for msg in ipr.get_addr(index=links[0]["index"]) if msg.get_attr("IFA_ADDRESS"))
-    return kind, addresses
+    return asked(name)
 
 
 def nft_tables() -> dict[str, str | None]:
     """The ``inet`` nftables tables of the namespace and their comments, in one
     netlink dump (no elements are read, whatever the tables hold)."""
-    from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_GETTABLE, NFTSocket, nfgen_msg
+    from .nlquery import nft_tables as asked
 
-    with _netlink("listing nftables tables"):
-        sock = NFTSocket(nfgen_family=1)  # NFPROTO_INET
-        try:
-            return {msg.get_attr("NFTA_TABLE_NAME"): msg.get_attr("NFTA_TABLE_USERDATA")
-                    for msg in sock.request_get(nfgen_msg(), NFT_MSG_GETTABLE)}
-        finally:
-            sock.close()
+    return asked()
 
 
 def natmap_table_names(listing: Callable[[], dict[str, str | None]] | None = None) -> list[tuple[str, str]]:
@@ -879,16 +867,9 @@ def bridge_hooks_enabled() -> bool:
 
 def loopback6_present(bridge_name: str) -> bool:
     """Whether the local ``::1`` route on ``bridge_name`` (see enable_loopback6) is there."""
-    from socket import AF_INET6
+    from .nlquery import loopback6_present as asked
 
-    from pyroute2 import IPRoute
-
-    with _netlink(f"reading the ::1 route on {bridge_name}"), IPRoute() as ipr:
-        index = ipr.link_lookup(ifname=bridge_name)
-        if not index:
-            return False
-        return any(r.get_attr("RTA_DST") == "::1" and r["dst_len"] == 128
-                   for r in ipr.get_routes(family=AF_INET6, table=255, oif=index[0]))
+    return asked(bridge_name)
 
 
 def sysctl_writable(path: str) -> None:
