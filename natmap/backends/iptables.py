@@ -40,12 +40,14 @@ import re
 import secrets
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, assert_never
 
-from ..errors import BackendError, ConflictError, PrivilegeError, SpecError
+from ..errors import BackendError, ConflictError, LockTimeoutError, PrivilegeError, SpecError
 from ..guest import marker, owner_of
 from ..hoststate import crash_point
 from ..links import Flow, Link, links_from_flows
@@ -184,10 +186,12 @@ def natmap_tables() -> list[str]:
     # takes (a publish waited up to 0.2 s for other programs' commands): a read
     # is the kernel's snapshot of the table, and libiptc reads it again when
     # it changed between its two getsockopt calls (EAGAIN); the lock keeps
-    # commits from overwriting each other, and this commits nothing.
-    table = _table(4, "filter")
-    return [name for chain in table.chains if chain.name.endswith("-GENERATION")
-            for name in [_owner(chain)] if name is not None and chain_prefix(name) + "-GENERATION" == chain.name]
+    # commits from overwriting each other, and this commits nothing. But in
+    # this process's turn: its threads share python-iptables' Table objects.
+    with _iptc_turn():
+        table = _table(4, "filter")
+        return [name for chain in table.chains if chain.name.endswith("-GENERATION")
+                for name in [_owner(chain)] if name is not None and chain_prefix(name) + "-GENERATION" == chain.name]
 
 
 def _owner(chain: Any) -> str | None:
@@ -932,7 +936,33 @@ def _decoded(rule: Any, family: int) -> str:
         return "(unreadable)"
 
 
-def _xtables_lock(timeout: float = LOCK_TIMEOUT) -> Any:
+@contextmanager
+def _xtables_lock(timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
     """The lock the iptables commands take, so natmap and they never commit over
-    each other; waited for at most ``timeout`` seconds (LockTimeoutError)."""
-    return flocked(_XTABLES_LOCK, timeout=timeout)
+    each other, inside this process's turn on python-iptables (see
+    :func:`_iptc_turn`); both waited for at most ``timeout`` seconds in all
+    (LockTimeoutError). Held for one backend call, never longer."""
+    deadline = time.monotonic() + timeout
+    with _iptc_turn(timeout), flocked(_XTABLES_LOCK, timeout=max(0.0, deadline - time.monotonic())):
+        yield
+
+
+# python-iptables keeps ONE Table object per table name for the whole process
+# (iptc.Table.__new__ caches it), and its refresh() frees the C handle that
+# another thread may be reading: threads that used it at once crashed the
+# process (SIGSEGV) or committed garbage. Every use of python-iptables in the
+# process takes this turn, in every namespace; a thread stuck in freed memory
+# would otherwise keep /run/xtables.lock for the life of the process.
+_IPTC_TURN = threading.RLock()
+
+
+@contextmanager
+def _iptc_turn(timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """This thread's turn on python-iptables, waited for at most ``timeout`` seconds."""
+    if not _IPTC_TURN.acquire(timeout=min(timeout, threading.TIMEOUT_MAX)):
+        raise LockTimeoutError(f"another thread of this process used python-iptables for more than {timeout:g} s",
+                               os.getpid())
+    try:
+        yield
+    finally:
+        _IPTC_TURN.release()
