@@ -1,0 +1,83 @@
+"""A lock natmap takes is released on every way out: here, a
+KeyboardInterrupt (Ctrl-C, or any exception a signal handler raises) that
+arrives right after any call natmap's locking makes: Python delivers signals
+between calls, so these are the places one can land. No root needed."""
+
+import fcntl
+import os
+import sys
+
+import pytest
+
+from lockguard import held_locks
+from natmap import locking
+
+NETNS = (4, 4026531840)  # as natmap names a namespace's files: its nsfs (device, inode)
+
+
+def interrupted(take, n):
+    """Run ``with take(): pass`` with a KeyboardInterrupt raised after the
+    ``n``-th call that a function of natmap.locking makes; True if the block
+    ran to its end (n was past the last call)."""
+    calls = 0
+
+    def profile(frame, event, arg):
+        nonlocal calls
+        caller = frame if event == "c_return" else frame.f_back
+        if event in ("c_return", "return") and caller is not None \
+                and caller.f_code.co_filename == locking.__file__:
+            calls += 1
+            if calls == n:
+                sys.setprofile(None)
+                raise KeyboardInterrupt
+
+    sys.setprofile(profile)
+    try:
+        with take():
+            pass
+    except KeyboardInterrupt:
+        return False
+    finally:
+        sys.setprofile(None)
+    return True
+
+
+TAKERS = {
+    "flocked": lambda d: locking.flocked(os.path.join(d, "1-2.lock"), timeout=1),
+    "table_lock": lambda d: locking.table_lock(d, NETNS, "natmap", timeout=1),
+    "namespace_lock": lambda d: locking.namespace_lock(d, NETNS, timeout=1),
+}
+
+
+@pytest.mark.parametrize("kind", TAKERS)
+def test_an_interrupt_after_any_call_of_the_locking_leaves_nothing_held(tmp_path, monkeypatch, kind):
+    monkeypatch.setenv("NATMAP_LOCK_DIR", str(tmp_path / "locks"))  # where the guard looks, too
+    locks = str(tmp_path / "locks")
+    locking.prepare_dir(locks)
+    for n in range(1, 1000):
+        finished = interrupted(lambda: TAKERS[kind](locks), n)
+        assert held_locks() == {}, f"an interrupt after call {n} kept the lock"
+        with TAKERS[kind](locks):  # and this thread can take it again at once (no false nesting)
+            pass
+        if finished:
+            break
+    else:
+        pytest.fail("the lock was never taken without an interrupt")
+    assert n > 5  # the interrupts landed in the lock taking, not nowhere
+
+
+def test_a_nested_take_in_one_thread_raises_and_keeps_the_outer_lock(tmp_path):
+    path = str(tmp_path / "1-2.lock")
+    with locking.flocked(path, timeout=1):
+        with pytest.raises(locking.NestedTransactionError):
+            with locking.flocked(path, timeout=1):
+                pass
+        other = os.open(path, os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):  # still held, by the outer block
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(other)
+        with pytest.raises(locking.NestedTransactionError):  # and still known as this thread's
+            with locking.flocked(path, timeout=1):
+                pass
