@@ -81,3 +81,33 @@ def test_a_nested_take_in_one_thread_raises_and_keeps_the_outer_lock(tmp_path):
         with pytest.raises(locking.NestedTransactionError):  # and still known as this thread's
             with locking.flocked(path, timeout=1):
                 pass
+
+
+def test_entering_an_open_transaction_again_raises_and_keeps_its_locks(tmp_path, monkeypatch):
+    """Entering it again once gave it a second lock and freed the first: the
+    table's and namespace's lock files were released in the middle of the
+    outer block, and the outer block went on unlocked."""
+    import ipaddress
+
+    import natmap
+    from natmap.backends.base import FakeBackend
+    from natmap.host import FakeHost
+    from natmap.model import Bridge
+
+    monkeypatch.setenv("NATMAP_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("NATMAP_LOCK_DIR", str(tmp_path / "locks"))
+    bridge = Bridge("natmap0", (ipaddress.ip_network("172.30.0.0/24"),))
+    nm = natmap.NatMap(backend=FakeBackend(), host=FakeHost([bridge]), lock_dir=str(tmp_path / "locks"))
+    tx = nm.transaction()
+    with tx:
+        held = held_locks()
+        assert len(held) == 2  # the table's and the namespace's
+        with pytest.raises(natmap.NestedTransactionError, match="open already"):
+            with tx:
+                pass
+        assert held_locks() == held
+        tx.publish(natmap.Endpoint("web01", "172.30.0.2", "natmap0"), ["8080:80"])
+    assert held_locks() == {}
+    with tx:  # one block after another is fine
+        tx.unpublish("web01")
+    assert nm.bindings() == []
