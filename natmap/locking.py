@@ -45,10 +45,32 @@ _LONGEST_NAP = 0.02  # seconds between two looks at a held lock
 
 # Which thread holds which lock file, across every NatMap of the process:
 # flock does not conflict within one open file, but two NatMaps open the
-# file twice, and a thread waiting for itself would wait forever. An entry is
-# (device, inode of the file, thread ident): each thread adds and removes only
-# its own, so no guard is needed (set operations are atomic).
-_held: set[tuple[int, int, int]] = set()
+# file twice, and a thread waiting for itself would wait forever. A key is
+# (device, inode of the file, thread ident), its value the open file's fd:
+# each thread adds and removes only its own, so no guard is needed.
+_held: dict[tuple[int, int, int], int] = {}
+
+
+def _forget_in_child() -> None:
+    """In a child forked (without exec) from a process that holds locks: drop
+    its copies of their files. A flock belongs to the open file, so the child
+    would keep the parent's lock for its whole life after the parent let it go
+    (and /proc/locks names the parent). Dropping a copy never releases the
+    parent's lock. Each fd number is pointed at /dev/null rather than closed,
+    so that the block which took it (if the forking thread is in one) closes
+    a number that is still its own."""
+    if not _held:
+        return
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for fd in list(_held.values()):
+            os.dup2(null, fd, inheritable=False)
+    finally:
+        os.close(null)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 # The names natmap gives its lock files: <dev>-<inode>-<table>.lock for a
 # table, <dev>-<inode>.lock for a namespace. Only these are ever swept.
@@ -88,14 +110,14 @@ def flocked(path: str, *, timeout: float = LOCK_TIMEOUT,
             closing, fd = fd, -1  # removed (see sweep) while we waited: lock the file there now
             os.close(closing)
             waiting = None
-        _held.add(mine)
+        _held[mine] = fd
         added = True
         yield
     finally:
         if fd >= 0:
             os.close(fd)
         if added:
-            _held.discard(mine)
+            _held.pop(mine, None)
 
 
 def _still_held(fd: int) -> bool:
@@ -105,7 +127,7 @@ def _still_held(fd: int) -> bool:
     if holder(fd) == os.getpid():
         return True
     st = os.fstat(fd)
-    _held.discard((st.st_dev, st.st_ino, threading.get_ident()))
+    _held.pop((st.st_dev, st.st_ino, threading.get_ident()), None)
     return False
 
 

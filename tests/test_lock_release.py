@@ -111,3 +111,64 @@ def test_entering_an_open_transaction_again_raises_and_keeps_its_locks(tmp_path,
     with tx:  # one block after another is fine
         tx.unpublish("web01")
     assert nm.bindings() == []
+
+
+def test_a_child_forked_while_a_lock_is_held_does_not_keep_it(tmp_path, monkeypatch):
+    """A flock belongs to the open file, which a child forked without exec
+    shares: it kept the lock, under this PID, after this process let it go."""
+    monkeypatch.setenv("NATMAP_LOCK_DIR", str(tmp_path))
+    path = str(tmp_path / "1-2.lock")
+    go, wait = os.pipe()
+    started, ready = os.pipe()
+    with locking.flocked(path, timeout=1):
+        child = os.fork()
+        if child == 0:  # the child lives on, in the block, until told
+            try:
+                os.close(wait)
+                os.write(ready, b"!")  # it runs: what happens at a fork has happened
+                os.read(go, 1)
+            finally:
+                os._exit(0)
+    os.close(go)
+    os.close(ready)
+    try:
+        assert os.read(started, 1) == b"!"
+        assert held_locks() == {}
+        with locking.flocked(path, timeout=0):  # free at once
+            pass
+    finally:
+        os.close(wait)
+        os.close(started)
+        os.waitpid(child, 0)
+
+
+def test_a_child_forked_while_another_thread_uses_python_iptables_gets_its_own_turn():
+    """The process's turn on python-iptables (its threads share its Table
+    objects) is a thread lock: a child forked while another thread had it
+    would wait for a thread it does not have."""
+    import threading
+
+    from natmap.backends import iptables
+
+    inside, leave = threading.Event(), threading.Event()
+
+    def user():
+        with iptables._iptc_turn():
+            inside.set()
+            leave.wait(10)
+
+    thread = threading.Thread(target=user)
+    thread.start()
+    try:
+        assert inside.wait(10)
+        child = os.fork()
+        if child == 0:
+            try:
+                with iptables._iptc_turn(timeout=0):
+                    os._exit(0)
+            finally:
+                os._exit(1)
+    finally:
+        leave.set()
+        thread.join()
+    assert os.waitpid(child, 0)[1] == 0

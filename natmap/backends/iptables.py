@@ -956,13 +956,24 @@ def _xtables_lock(timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
 _IPTC_TURN = threading.RLock()
 
 
+def _fresh_turn() -> None:
+    """In a child forked while another thread had the turn: that thread is
+    not in the child, and would never give it back."""
+    global _IPTC_TURN
+    _IPTC_TURN = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_fresh_turn)
+
+
 @contextmanager
 def _iptc_turn(timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
     """This thread's turn on python-iptables, waited for at most ``timeout`` seconds."""
-    if not _IPTC_TURN.acquire(timeout=min(timeout, threading.TIMEOUT_MAX)):
+    turn = _IPTC_TURN  # the one released, also if a fork replaced it meanwhile
+    if not turn.acquire(timeout=min(timeout, threading.TIMEOUT_MAX)):
         raise LockTimeoutError(f"another thread of this process used python-iptables for more than {timeout:g} s",
                                os.getpid())
     try:
         yield
     finally:
-        _IPTC_TURN.release()
+        turn.release()
