@@ -10,6 +10,8 @@ through the file it inherited. Nothing is released here: the guard names.
 
 import os
 import re
+import threading
+from contextlib import contextmanager
 
 XTABLES_LOCK = "/run/xtables.lock"
 NATMAP_LOCK_DIRS = ("/run/natmap",)  # and $NATMAP_LOCK_DIR, read at each look
@@ -73,3 +75,23 @@ def held_locks(pid: int | None = None) -> dict[str, str]:
     if not held:
         return {}
     return {where: path for where, path in _candidates().items() if where in held}
+
+
+@contextmanager
+def held_by_another_thread(take):
+    """Run the block while another thread is inside ``with take():``."""
+    inside, leave = threading.Event(), threading.Event()
+
+    def hold():
+        with take():
+            inside.set()
+            leave.wait(30)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert inside.wait(10), "the other thread never got in"
+        yield
+    finally:
+        leave.set()
+        thread.join()

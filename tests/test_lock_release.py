@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from lockguard import held_locks
+from lockguard import held_by_another_thread, held_locks
 from natmap import locking
 
 NETNS = (4, 4026531840)  # as natmap names a namespace's files: its nsfs (device, inode)
@@ -146,21 +146,9 @@ def test_a_child_forked_while_another_thread_uses_python_iptables_gets_its_own_t
     """The process's turn on python-iptables (its threads share its Table
     objects) is a thread lock: a child forked while another thread had it
     would wait for a thread it does not have."""
-    import threading
-
     from natmap.backends import iptables
 
-    inside, leave = threading.Event(), threading.Event()
-
-    def user():
-        with iptables._iptc_turn():
-            inside.set()
-            leave.wait(10)
-
-    thread = threading.Thread(target=user)
-    thread.start()
-    try:
-        assert inside.wait(10)
+    with held_by_another_thread(iptables._iptc_turn):
         child = os.fork()
         if child == 0:
             try:
@@ -168,7 +156,4 @@ def test_a_child_forked_while_another_thread_uses_python_iptables_gets_its_own_t
                     os._exit(0)
             finally:
                 os._exit(1)
-    finally:
-        leave.set()
-        thread.join()
     assert os.waitpid(child, 0)[1] == 0

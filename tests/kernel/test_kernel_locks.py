@@ -8,6 +8,7 @@ import threading
 import time
 
 import natmap
+from lockguard import held_by_another_thread
 from natmap.backends import iptables
 
 # A NatMap publishing and unpublishing on iptables while another thread of the
@@ -59,23 +60,11 @@ def test_listing_tables_waits_for_a_thread_inside_python_iptables(sandbox):
     """The same, without luck: while one thread is inside a backend call,
     another thread's listing waits for it."""
     natmap.NatMap(netns=sandbox.host.name, backend="iptables").publish(sandbox.container("web01").endpoint(), ["80"])
-    inside, leave, listed = threading.Event(), threading.Event(), []
-
-    def holder():
-        with iptables._xtables_lock():
-            inside.set()
-            leave.wait(10)
-
-    thread = threading.Thread(target=holder)
-    thread.start()
-    try:
-        assert inside.wait(10)
+    listed = []
+    with held_by_another_thread(iptables._xtables_lock):
         lister = threading.Thread(target=lambda: listed.append(sandbox.host.call(iptables.natmap_tables)))
         lister.start()
         time.sleep(0.3)
         assert listed == []  # still waiting its turn
-    finally:
-        leave.set()
-        thread.join()
     lister.join(10)
     assert listed == [["natmap"]]
