@@ -9,14 +9,14 @@ through the file it inherited. Nothing is released here: the guard names.
 """
 
 import os
-import re
 import threading
 from contextlib import contextmanager
 
+from natmap.locking import LOCK_DIR
+from natmap.locking import _LOCK_NAME as NATMAP_LOCK  # <dev>-<ino>[-<table>].lock
+
 XTABLES_LOCK = "/run/xtables.lock"
-NATMAP_LOCK_DIRS = ("/run/natmap",)  # and $NATMAP_LOCK_DIR, read at each look
-# natmap's lock file names (natmap.locking._LOCK_NAME): <dev>-<ino>[-<table>].lock
-_NATMAP_LOCK = re.compile(r"[0-9]+-[0-9]+(-[A-Za-z][A-Za-z0-9_]{0,31})?\.lock")
+NATMAP_LOCK_DIRS = (LOCK_DIR,)  # and $NATMAP_LOCK_DIR, read at each look
 
 
 def _where(st: os.stat_result) -> str:
@@ -58,7 +58,7 @@ def _candidates() -> dict[str, str]:
             target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             continue
-        if target == XTABLES_LOCK or _NATMAP_LOCK.fullmatch(os.path.basename(target)):
+        if target == XTABLES_LOCK or NATMAP_LOCK.fullmatch(os.path.basename(target)):
             paths.append(target)
     for path in paths:
         try:
