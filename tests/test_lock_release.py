@@ -4,28 +4,32 @@ arrives right after any call natmap's locking makes: Python delivers signals
 between calls, so these are the places one can land. No root needed."""
 
 import fcntl
+import ipaddress
 import os
 import sys
 
 import pytest
 
+import natmap
 from lockguard import held_by_another_thread, held_locks
 from natmap import locking
+from natmap.backends.base import FakeBackend
+from natmap.host import FakeHost
+from natmap.model import Bridge
 
 NETNS = (4, 4026531840)  # as natmap names a namespace's files: its nsfs (device, inode)
 
 
-def interrupted(take, n):
+def interrupted(take, n, where=lambda code: code.co_filename == locking.__file__):
     """Run ``with take(): pass`` with a KeyboardInterrupt raised after the
-    ``n``-th call that a function of natmap.locking makes; True if the block
-    ran to its end (n was past the last call)."""
+    ``n``-th call that a function of natmap.locking (or any code ``where``
+    says) makes; True if the block ran to its end (n was past the last call)."""
     calls = 0
 
     def profile(frame, event, arg):
         nonlocal calls
         caller = frame if event == "c_return" else frame.f_back
-        if event in ("c_return", "return") and caller is not None \
-                and caller.f_code.co_filename == locking.__file__:
+        if event in ("c_return", "return") and caller is not None and where(caller.f_code):
             calls += 1
             if calls == n:
                 sys.setprofile(None)
@@ -83,21 +87,40 @@ def test_a_nested_take_in_one_thread_raises_and_keeps_the_outer_lock(tmp_path):
                 pass
 
 
-def test_entering_an_open_transaction_again_raises_and_keeps_its_locks(tmp_path, monkeypatch):
-    """Entering it again once gave it a second lock and freed the first: the
-    table's and namespace's lock files were released in the middle of the
-    outer block, and the outer block went on unlocked."""
-    import ipaddress
-
-    import natmap
-    from natmap.backends.base import FakeBackend
-    from natmap.host import FakeHost
-    from natmap.model import Bridge
-
+@pytest.fixture
+def nm(tmp_path, monkeypatch):
+    """A NatMap on the fakes, its lock files and store in the test's directory."""
     monkeypatch.setenv("NATMAP_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("NATMAP_LOCK_DIR", str(tmp_path / "locks"))
     bridge = Bridge("natmap0", (ipaddress.ip_network("172.30.0.0/24"),))
-    nm = natmap.NatMap(backend=FakeBackend(), host=FakeHost([bridge]), lock_dir=str(tmp_path / "locks"))
+    return natmap.NatMap(backend=FakeBackend(), host=FakeHost([bridge]), lock_dir=str(tmp_path / "locks"))
+
+
+WEB = natmap.Endpoint("web01", "172.30.0.2", "natmap0")
+_TAKING = {"__enter__", "__exit__", "_locked", "_turn"}  # the engine's code that takes and releases
+
+
+def test_an_interrupt_after_any_call_taking_a_transaction_s_locks_leaves_nothing_held(nm):
+    engine = natmap.engine.__file__
+
+    def taking(code):
+        return code.co_filename == locking.__file__ or (code.co_filename == engine and code.co_name in _TAKING)
+
+    for n in range(1, 1000):
+        finished = interrupted(nm.transaction, n, taking)
+        assert held_locks() == {}, f"an interrupt after call {n} kept a lock"
+        if finished:
+            break
+    assert n > 20
+    with nm.transaction() as tx:  # and the NatMap works on
+        tx.publish(WEB, ["8080:80"])
+    assert [b.host_port for b in nm.bindings()] == [8080]
+
+
+def test_entering_an_open_transaction_again_raises_and_keeps_its_locks(nm):
+    """Entering it again once gave it a second lock and freed the first: the
+    table's and namespace's lock files were released in the middle of the
+    outer block, and the outer block went on unlocked."""
     tx = nm.transaction()
     with tx:
         held = held_locks()
@@ -106,7 +129,7 @@ def test_entering_an_open_transaction_again_raises_and_keeps_its_locks(tmp_path,
             with tx:
                 pass
         assert held_locks() == held
-        tx.publish(natmap.Endpoint("web01", "172.30.0.2", "natmap0"), ["8080:80"])
+        tx.publish(WEB, ["8080:80"])
     assert held_locks() == {}
     with tx:  # one block after another is fine
         tx.unpublish("web01")
