@@ -939,11 +939,13 @@ def _decoded(rule: Any, family: int) -> str:
 @contextmanager
 def _xtables_lock(timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
     """The lock the iptables commands take, so natmap and they never commit over
-    each other, inside this process's turn on python-iptables (see
-    :func:`_iptc_turn`); both waited for at most ``timeout`` seconds in all
-    (LockTimeoutError). Held for one backend call, never longer."""
+    each other, then this process's turn on python-iptables (see
+    :func:`_iptc_turn`: the flock already makes the process's threads take
+    turns, but not with a listing, which takes no flock); both waited for at
+    most ``timeout`` seconds in all (LockTimeoutError). Held for one backend
+    call, never longer."""
     deadline = time.monotonic() + timeout
-    with _iptc_turn(timeout), flocked(_XTABLES_LOCK, timeout=max(0.0, deadline - time.monotonic())):
+    with flocked(_XTABLES_LOCK, timeout=timeout), _iptc_turn(max(0.0, deadline - time.monotonic())):
         yield
 
 
