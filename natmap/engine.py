@@ -821,8 +821,11 @@ class Transaction:
         self.text = ""          # the same as nft text, for a dry run
 
     def __enter__(self) -> Transaction:
-        self._lock = self._nm._locked()
-        self._lock.__enter__()
+        if self._lock is not None:  # replacing its lock would free it, and release the table mid-block
+            raise NestedTransactionError("this transaction is open already: one with block at a time")
+        lock = self._nm._locked()
+        lock.__enter__()
+        self._lock = lock
         try:
             with self._nm._ns():
                 if self._applying is not None and not self._dry_run:
@@ -831,7 +834,8 @@ class Transaction:
                 if self._table is None:
                     self._table = self._nm._load(self._dry_run)
         except BaseException:
-            self._lock.__exit__(None, None, None)
+            lock, self._lock = self._lock, None
+            lock.__exit__(None, None, None)
             raise
         return self
 
@@ -859,7 +863,8 @@ class Transaction:
         finally:
             self._nm._forced = set()
             self._table = None
-            self._lock.__exit__(None, None, None)
+            lock, self._lock = self._lock, None
+            lock.__exit__(None, None, None)
 
     def table(self) -> Table:
         """The table as this transaction has changed it so far."""

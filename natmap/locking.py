@@ -45,9 +45,32 @@ _LONGEST_NAP = 0.02  # seconds between two looks at a held lock
 
 # Which thread holds which lock file, across every NatMap of the process:
 # flock does not conflict within one open file, but two NatMaps open the
-# file twice, and a thread waiting for itself would wait forever.
-_held: dict[tuple[int, int], int] = {}  # (device, inode) of the file: thread ident
-_held_guard = threading.Lock()
+# file twice, and a thread waiting for itself would wait forever. A key is
+# (device, inode of the file, thread ident), its value the open file's fd:
+# each thread adds and removes only its own, so no guard is needed.
+_held: dict[tuple[int, int, int], int] = {}
+
+
+def _forget_in_child() -> None:
+    """In a child forked (without exec) from a process that holds locks: drop
+    its copies of their files. A flock belongs to the open file, so the child
+    would keep the parent's lock for its whole life after the parent let it go
+    (and /proc/locks names the parent). Dropping a copy never releases the
+    parent's lock. Each fd number is pointed at /dev/null rather than closed,
+    so that the block which took it (if the forking thread is in one) closes
+    a number that is still its own."""
+    if not _held:
+        return
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for fd in list(_held.values()):
+            os.dup2(null, fd, inheritable=False)
+    finally:
+        os.close(null)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 # The names natmap gives its lock files: <dev>-<inode>-<table>.lock for a
 # table, <dev>-<inode>.lock for a namespace. Only these are ever swept.
@@ -67,32 +90,45 @@ def flocked(path: str, *, timeout: float = LOCK_TIMEOUT,
     """
     me = threading.get_ident()
     deadline = time.monotonic() + timeout
-    while True:
-        fd = _open(path)
-        try:
+    # The lock is the open file: whatever happens after it is taken (an
+    # exception, a KeyboardInterrupt after any call), the finally closes it,
+    # and closing comes first there, since an fd number lost is a lock kept
+    # for the life of the process (/run/xtables.lock: every iptables command).
+    fd, mine, added = -1, (0, 0, me), False
+    try:
+        while True:
+            fd = _open(path)
             st = os.fstat(fd)
-            key = (st.st_dev, st.st_ino)  # the file, however the path is spelled
-            with _held_guard:
-                if _held.get(key) == me:
-                    raise NestedTransactionError(
-                        f"this thread already holds the lock {path}: a change inside a transaction "
-                        "goes through that transaction (tx.publish(...)), not through another call")
+            mine = (st.st_dev, st.st_ino, me)  # the file, however the path is spelled
+            if mine in _held and _still_held(fd):
+                raise NestedTransactionError(
+                    f"this thread already holds the lock {path}: a change inside a transaction "
+                    "goes through that transaction (tx.publish(...)), not through another call")
             _wait(fd, path, deadline, timeout, waiting)
             if _still_at(fd, path):
                 break
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)  # removed (see sweep) while we waited: lock the file there now
-        waiting = None
-    with _held_guard:
-        _held[key] = me
-    try:
+            closing, fd = fd, -1  # removed (see sweep) while we waited: lock the file there now
+            os.close(closing)
+            waiting = None
+        _held[mine] = fd
+        added = True
         yield
     finally:
-        with _held_guard:
-            _held.pop(key, None)
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
+        if added:
+            _held.pop(mine, None)
+
+
+def _still_held(fd: int) -> bool:
+    """Whether this process holds the flock on ``fd``'s file: an entry of
+    :data:`_held` outlives its lock if an interrupt came between closing the
+    file and removing the entry; then it is dropped, not obeyed."""
+    if holder(fd) == os.getpid():
+        return True
+    st = os.fstat(fd)
+    _held.pop((st.st_dev, st.st_ino, threading.get_ident()), None)
+    return False
 
 
 @contextmanager

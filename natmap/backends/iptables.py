@@ -40,12 +40,14 @@ import re
 import secrets
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, assert_never
 
-from ..errors import BackendError, ConflictError, PrivilegeError, SpecError
+from ..errors import BackendError, ConflictError, LockTimeoutError, PrivilegeError, SpecError
 from ..guest import marker, owner_of
 from ..hoststate import crash_point
 from ..links import Flow, Link, links_from_flows
@@ -184,10 +186,12 @@ def natmap_tables() -> list[str]:
     # takes (a publish waited up to 0.2 s for other programs' commands): a read
     # is the kernel's snapshot of the table, and libiptc reads it again when
     # it changed between its two getsockopt calls (EAGAIN); the lock keeps
-    # commits from overwriting each other, and this commits nothing.
-    table = _table(4, "filter")
-    return [name for chain in table.chains if chain.name.endswith("-GENERATION")
-            for name in [_owner(chain)] if name is not None and chain_prefix(name) + "-GENERATION" == chain.name]
+    # commits from overwriting each other, and this commits nothing. But in
+    # this process's turn: its threads share python-iptables' Table objects.
+    with _iptc_turn():
+        table = _table(4, "filter")
+        return [name for chain in table.chains if chain.name.endswith("-GENERATION")
+                for name in [_owner(chain)] if name is not None and chain_prefix(name) + "-GENERATION" == chain.name]
 
 
 def _owner(chain: Any) -> str | None:
@@ -932,7 +936,46 @@ def _decoded(rule: Any, family: int) -> str:
         return "(unreadable)"
 
 
-def _xtables_lock(timeout: float = LOCK_TIMEOUT) -> Any:
+@contextmanager
+def _xtables_lock(timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
     """The lock the iptables commands take, so natmap and they never commit over
-    each other; waited for at most ``timeout`` seconds (LockTimeoutError)."""
-    return flocked(_XTABLES_LOCK, timeout=timeout)
+    each other, then this process's turn on python-iptables (see
+    :func:`_iptc_turn`: the flock already makes the process's threads take
+    turns, but not with a listing, which takes no flock); both waited for at
+    most ``timeout`` seconds in all (LockTimeoutError). Held for one backend
+    call, never longer."""
+    deadline = time.monotonic() + timeout
+    with flocked(_XTABLES_LOCK, timeout=timeout), _iptc_turn(max(0.0, deadline - time.monotonic())):
+        yield
+
+
+# python-iptables keeps ONE Table object per table name for the whole process
+# (iptc.Table.__new__ caches it), and its refresh() frees the C handle that
+# another thread may be reading: threads that used it at once crashed the
+# process (SIGSEGV) or committed garbage. Every use of python-iptables in the
+# process takes this turn, in every namespace; a thread stuck in freed memory
+# would otherwise keep /run/xtables.lock for the life of the process.
+_IPTC_TURN = threading.RLock()
+
+
+def _fresh_turn() -> None:
+    """In a child forked while another thread had the turn: that thread is
+    not in the child, and would never give it back."""
+    global _IPTC_TURN
+    _IPTC_TURN = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_fresh_turn)
+
+
+@contextmanager
+def _iptc_turn(timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """This thread's turn on python-iptables, waited for at most ``timeout`` seconds."""
+    turn = _IPTC_TURN  # the one released, also if a fork replaced it meanwhile
+    if not turn.acquire(timeout=min(timeout, threading.TIMEOUT_MAX)):
+        raise LockTimeoutError(f"another thread of this process used python-iptables for more than {timeout:g} s",
+                               os.getpid())
+    try:
+        yield
+    finally:
+        turn.release()
