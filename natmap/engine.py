@@ -223,19 +223,26 @@ class NatMap:
         with self.transaction() as tx:
             tx.unisolate(bridge)
 
-    def set_gateway(self, bridge: str, mode: str = "nat", trusted_interfaces: Sequence[str] = ()) -> Gateway:
+    def set_gateway(self, bridge: str, mode: str | None = None, trusted_interfaces: Sequence[str] = (), *,
+                    mode_ipv4: str | None = None, mode_ipv6: str | None = None) -> Gateway:
         """How traffic routed from outside reaches ``bridge``'s containers, as
-        Docker 28's gateway modes: ``nat`` (the default: only published ports
+        Docker 28's gateway modes, per IP family (``gateway_mode_ipv4`` /
+        ``_ipv6``): ``mode`` sets both, ``mode_ipv4`` / ``mode_ipv6`` one
+        family's over it (``set_gateway("natmap0", mode_ipv6="routed")``:
+        IPv4 NATed and protected, IPv6 routed, Docker's common IPv6 setup).
+        A call states the bridge's whole setting, as Docker's network options
+        do: a family not given takes ``mode``, else ``nat``; interfaces not
+        given are no longer trusted. The modes: ``nat`` (the default: only published ports
         and replies; and any flow from a ``trusted_interfaces`` interface),
         ``nat-unprotected`` (everything routed passes) or ``routed`` (no NAT:
         no masquerade, no DNAT from host ports; routed flows reach only the
         published container ports, ICMP, replies, and what a trusted
-        interface sends). In ``routed`` the bridge's bindings are kept with
+        interface sends). In ``routed`` the bridge's bindings of that family are kept with
         their host side, as :class:`RoutedBinding`, and mapped again when the
         mode goes back to ``nat`` (then checked against host sockets and
         other tables as a publish is: ConflictError). Returns the setting."""
         with self.transaction() as tx:
-            return tx.set_gateway(bridge, mode, trusted_interfaces)
+            return tx.set_gateway(bridge, mode, trusted_interfaces, mode_ipv4=mode_ipv4, mode_ipv6=mode_ipv6)
 
     def gateways(self) -> list[Gateway]:
         """The bridges not in the default ``nat`` mode, read back from the kernel."""
@@ -940,9 +947,11 @@ class Transaction:
             _require_bridge(bridge, self._nm._kernel.interface_facts(bridge)[0])  # UnknownInterfaceError too
         table.isolate(bridge)
 
-    def set_gateway(self, bridge: str, mode: str = "nat", trusted_interfaces: Sequence[str] = ()) -> Gateway:
+    def set_gateway(self, bridge: str, mode: str | None = None, trusted_interfaces: Sequence[str] = (), *,
+                    mode_ipv4: str | None = None, mode_ipv6: str | None = None) -> Gateway:
         """As :meth:`NatMap.set_gateway`, applied when the transaction ends."""
-        gateway = Gateway(validate_ifname(bridge), mode, tuple(trusted_interfaces))
+        gateway = Gateway(validate_ifname(bridge), mode, tuple(trusted_interfaces), mode_ipv4=mode_ipv4,
+                          mode_ipv6=mode_ipv6)
         with self._nm._ns():  # what it names must be there (UnknownInterfaceError), the bridge a bridge
             _require_bridge(bridge, self._nm._kernel.interface_facts(bridge)[0])
             for name in gateway.trusted:

@@ -94,7 +94,7 @@ def _row(item: Item) -> tuple[str, str, str | None, str]:
             return f"isolation {item.bridge}", "isolation", None, json.dumps([item.bridge])
         case Gateway():
             return (f"gateway {item.bridge}", "gateway", None,
-                    json.dumps([item.bridge, item.mode, list(item.trusted)]))
+                    json.dumps([item.bridge, item.mode_ipv4, list(item.trusted), item.mode_ipv6]))
         case _:
             assert_never(item)
 
@@ -141,7 +141,8 @@ def _item(kind: str, data: str) -> Item:
     if kind == "bridge":
         return Bridge(d[0], tuple(ipaddress.ip_network(n) for n in d[1]))
     if kind == "gateway":
-        return Gateway(d[0], d[1], tuple(d[2]))
+        # [bridge, IPv4 mode, trusted, IPv6 mode]; a row of before the modes per family: one mode
+        return Gateway(d[0], d[1], tuple(d[2]), mode_ipv6=d[3] if len(d) > 3 else d[1])
     if kind == "link":
         return Link(d[0], d[1], d[2], tuple(map(ipaddress.ip_address, d[3])),
                     tuple(map(ipaddress.ip_address, d[4])), tuple((p, Protocol(proto)) for p, proto in d[5]),

@@ -424,9 +424,12 @@ def test_misheld_names_bindings_in_a_form_their_bridges_mode_does_not_want():
     items = table.items()
     assert misheld(items) == []
     assert misheld(items | {Gateway("natmap0", "routed")}) == [
-        "port web01 5000/tcp -> 0.0.0.0:8080 is held mapped on bridge natmap0 in gateway mode routed "
+        "port web01 5000/tcp -> 0.0.0.0:8080 is held mapped on bridge natmap0 in IPv4 gateway mode routed "
         "(`natmap gateway natmap0 --mode routed` holds it as the mode wants)",
-        "port web01 5000/tcp -> [::]:8080 is held mapped on bridge natmap0 in gateway mode routed "
+        "port web01 5000/tcp -> [::]:8080 is held mapped on bridge natmap0 in IPv6 gateway mode routed "
         "(`natmap gateway natmap0 --mode routed` holds it as the mode wants)"]
+    assert misheld(items | {Gateway("natmap0", mode_ipv6="routed")}) == [  # IPv4 is nat: only IPv6's
+        "port web01 5000/tcp -> [::]:8080 is held mapped on bridge natmap0 in IPv6 gateway mode routed "
+        "(`natmap gateway natmap0 --mode-ipv4 nat --mode-ipv6 routed` holds it as the mode wants)"]
     routed_loopback = RoutedBinding.of(next(b for b in items if isinstance(b, Binding) and b.host_ip.is_loopback))
     assert len(misheld([*items, routed_loopback, Gateway("natmap0", "routed")])) == 3  # loopback: never routed
