@@ -478,10 +478,11 @@ class Change:
         return list(self._deleted.get(kind, ()))  # type: ignore[arg-type]
 
 
-def misheld(items: Iterable[Item]) -> list[str]:
+def misheld(items: Iterable[Item], bridges_of: Mapping[str, str] = MappingProxyType({})) -> list[str]:
     """Each binding of ``items`` held in a form (routed or mapped, see
     :func:`held_routed`) its bridge's gateway mode does not want, in words.
-    A binding's bridge is the one whose subnets hold its container address."""
+    A binding's bridge is its endpoint's in ``bridges_of`` (the store's
+    record), else the one whose subnets hold its container address."""
     items = list(items)
     bridges = [i for i in items if isinstance(i, Bridge)]
     gateways = {i.bridge: i for i in items if isinstance(i, Gateway)}
@@ -489,7 +490,8 @@ def misheld(items: Iterable[Item]) -> list[str]:
     for b in items:
         if not isinstance(b, Binding):
             continue
-        on = [bridge.name for bridge in bridges if bridge.contains(b.container_ip)]
+        on = ([bridges_of[b.endpoint]] if b.endpoint in bridges_of
+              else [bridge.name for bridge in bridges if bridge.contains(b.container_ip)])
         gateway = gateways.get(on[0], Gateway(on[0])) if len(on) == 1 else None
         mode = gateway and gateway.mode_of(b.version)
         if gateway and isinstance(b, RoutedBinding) != held_routed(b, mode == "routed"):
@@ -520,7 +522,7 @@ class Table:
     publish cost the same whatever the number of bindings already there.
     """
 
-    def __init__(self, items: Iterable[Item] = ()) -> None:
+    def __init__(self, items: Iterable[Item] = (), bridges_of: Mapping[str, str] = MappingProxyType({})) -> None:
         # Binding.key: (version, int(host address), proto, port)
         self._by_key: dict[tuple[int, int, str, int], Binding] = {}
         self._specific: dict[tuple[int, str, int], int] = {}  # (version, proto, port): bindings on a specific address
@@ -540,7 +542,9 @@ class Table:
         self._committed_next_port: dict[Protocol, int] = {}  # what rollback() restores
         self._links_of: dict[str, set[tuple[str, str]]] = {}  # endpoint -> keys of its links
         self._addresses_of: dict[str, list[tuple[int, int]]] = {}  # endpoint -> its _by_container keys
-        self._bridge_of: dict[str, str] = {}  # endpoint -> the bridge it was published on (see bridge_of)
+        # endpoint -> the bridge it was published on (see bridge_of), as the store records it
+        self._bridge_of: dict[str, str] = dict(bridges_of)
+        self._placed: dict[str, str | None] = {}  # endpoint -> its bridge at the last commit, if changed since
         self._requests: dict[str, tuple[object, frozenset[Binding]]] = {}  # see remember()
         for item in items:
             self._apply(Verb.ADD, item)
@@ -646,7 +650,7 @@ class Table:
         self._check_identity(endpoint)
         if bridge is not None:
             self._ensure_bridge(endpoint, bridge)
-            self._bridge_of[endpoint.name] = bridge.name
+            self._place(endpoint.name, bridge.name)
         specs = tuple(specs)  # read twice below: an iterator would be empty the second time
         # The one-to-one loop knows only the default gateway mode's bindings: a
         # bridge in another mode (a gateway item) takes the general way.
@@ -710,7 +714,26 @@ class Table:
             steps.append(binding)
         for key in sorted(self._links_of.get(endpoint, ())):
             self._do(Verb.DELETE, self._links[key])
+        self._place(endpoint, None)  # gone: published again, it may be on another bridge
         return removed
+
+    def _place(self, endpoint: str, bridge: str | None) -> None:
+        """Record that ``endpoint`` is on ``bridge`` (None: on none now)."""
+        before = self._bridge_of.get(endpoint)
+        if before != bridge:
+            self._placed.setdefault(endpoint, before)
+            if bridge is None:
+                del self._bridge_of[endpoint]
+            else:
+                self._bridge_of[endpoint] = bridge
+
+    def placed(self) -> dict[str, str | None]:
+        """Which endpoint is on which bridge, where that changed since the last
+        :meth:`commit` (None: forgotten): what the store is to record, so a
+        gateway mode set in another process finds the bindings published on
+        the bridge whatever its subnets have become."""
+        return {name: self._bridge_of.get(name) for name, before in self._placed.items()
+                if self._bridge_of.get(name) != before}
 
     def remember(self, endpoint: str, request: object, made: Iterable[Binding]) -> None:
         """Note that publishing ``request`` (any value: Config uses the
@@ -792,8 +815,8 @@ class Table:
         self._reroute(gateway, bridge)
 
     def bridge_of(self, endpoint: str) -> str | None:
-        """The bridge ``endpoint`` was published on: as this table recorded it,
-        else the one bridge of the table whose subnets (as they were when it
+        """The bridge ``endpoint`` was published on: as this table (and the
+        store, :meth:`placed`) recorded it, else the one bridge of the table whose subnets (as they were when it
         was added, not the host's now) hold the endpoint's address; None if
         none does (or, in a table from before overlaps were refused, several)."""
         recorded = self._bridge_of.get(endpoint)
@@ -836,6 +859,7 @@ class Table:
         """The journaled change is now in the kernel: forget the journal."""
         self._journal.clear()
         self._committed_next_port = dict(self._next_port)
+        self._placed.clear()
 
     def rollback(self) -> None:
         """Undo every journaled step, newest first, and the port cursor's moves:
@@ -846,6 +870,11 @@ class Table:
         self._journal.clear()
         self._next_port = dict(self._committed_next_port)
         self._requests.clear()
+        for name, before in self._placed.items():
+            self._bridge_of.pop(name, None)
+            if before is not None:
+                self._bridge_of[name] = before
+        self._placed.clear()
 
     def _do(self, verb: Verb, item: Item) -> None:
         self._apply(verb, item)
@@ -916,14 +945,24 @@ class Table:
 
     def add_bridge(self, bridge: Bridge) -> None:
         """natmap masquerades and guards ``bridge`` from now on (a publish on it,
-        or a gateway mode set for it, adds it); bridges are long-lived: added once, kept."""
-        if bridge.name not in self.bridges:
+        or a gateway mode set for it, adds it); bridges are long-lived: added
+        once, kept. One natmap knows already with other subnets (re-addressed
+        since) is replaced: its subnets recorded as the host has them now."""
+        known = self.bridges.get(bridge.name)
+        if known is None or set(known.subnets) != set(bridge.subnets):
+            # Only subnets new to it are checked: a table adopted from nft's
+            # kernel recorded each bridge with every bridge's subnets.
+            new = [n for n in bridge.subnets if known is None or n not in known.subnets]
             for other in self.bridges.values():
-                overlap = next((n for n in bridge.subnets for m in other.subnets if n.overlaps(m)), None)
+                if other.name == bridge.name:
+                    continue
+                overlap = next((n for n in new for m in other.subnets if n.overlaps(m)), None)
                 if overlap is not None:
                     raise SpecError(f"subnet {overlap} of bridge {bridge.name} overlaps bridge {other.name}'s "
                                     f"({', '.join(map(str, other.subnets))}): natmap cannot tell their "
                                     "containers apart", str(overlap), None)
+            if known is not None:
+                self._do(Verb.DELETE, known)
             self._do(Verb.ADD, bridge)
 
     def _publish_spec(self, endpoint: Endpoint, spec: PortSpec, pool: PortPool,

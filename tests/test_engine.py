@@ -578,6 +578,53 @@ def test_each_ip_family_has_its_own_gateway_mode_from_the_api_and_the_file(backe
         Config.from_dict({"bridges": {"natmap0": {"gateway_mode_ipv4": "nat-protected"}}})
 
 
+def test_a_new_process_sets_a_mode_on_the_bindings_published_on_the_bridge_after_a_readdress(backend, tmp_path):
+    """Which endpoint is on which bridge is in the store, and a re-addressed
+    bridge's subnets are recorded anew when natmap sees it: a new process
+    (another NatMap) picks exactly the bindings published on the bridge, even
+    where the old subnet now belongs to another bridge."""
+    from natmap import RoutedBinding
+
+    old = Bridge("natmap0", (ipaddress.ip_network("172.30.0.0/24"),))
+    host = FakeHost([old], ports=PortRange(40000, 40009))
+    NatMap(backend=backend, host=host, lock_dir=str(tmp_path)).publish(
+        Endpoint("web01", "172.30.0.2", "natmap0"), ["8080:5000"])
+    host.bridges["natmap0"] = Bridge("natmap0", (ipaddress.ip_network("10.9.0.0/24"),))  # re-addressed
+    host.bridges["natmap1"] = Bridge("natmap1", (ipaddress.ip_network("172.30.0.0/24"),))  # its old subnet
+    second = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    with pytest.raises(natmap.SpecError, match="overlaps bridge natmap0's"):  # natmap0 not seen re-addressed yet
+        second.publish(Endpoint("web02", "172.30.0.3", "natmap1"), ["8081:5000"])
+    second.publish(Endpoint("db01", "10.9.0.5", "natmap0"), ["5432:5432"])  # seen: its subnets recorded anew
+    assert Bridge("natmap0", (ipaddress.ip_network("10.9.0.0/24"),)) in backend.items and old not in backend.items
+    second.publish(Endpoint("web02", "172.30.0.3", "natmap1"), ["8081:5000"])  # no overlap now
+    third = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    third.set_gateway("natmap0", "routed")
+    assert {b.endpoint: type(b) for b in third.bindings()} == {
+        "web01": RoutedBinding, "db01": RoutedBinding, "web02": Binding}
+    assert not third.check()
+    fourth = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    fourth.unpublish("web01")
+    fourth.publish(Endpoint("web01", "172.30.0.2", "natmap1"), ["8080:5000"])  # now on natmap1
+    NatMap(backend=backend, host=host, lock_dir=str(tmp_path)).set_gateway("natmap1", "routed")
+    assert {b.endpoint: type(b) for b in fourth.bindings()} == {
+        "web01": RoutedBinding, "db01": RoutedBinding, "web02": RoutedBinding}
+
+
+def test_repair_records_a_readdressed_bridges_subnets_and_keeps_one_that_would_overlap(backend, tmp_path):
+    old = Bridge("natmap0", (ipaddress.ip_network("172.30.0.0/24"),))
+    other = Bridge("natmap1", (ipaddress.ip_network("10.9.0.0/24"),))
+    host = FakeHost([old, other])
+    nm = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    nm.publish(Endpoint("web01", "172.30.0.2", "natmap0"), ["8080:5000"])
+    nm.publish(Endpoint("db01", "10.9.0.2", "natmap1"), ["5432:5432"])
+    moved = host.bridges["natmap0"] = Bridge("natmap0", (ipaddress.ip_network("10.8.0.0/24"),))
+    host.bridges["natmap1"] = Bridge("natmap1", (ipaddress.ip_network("10.8.0.0/16"),))  # would overlap
+    drift = NatMap(backend=backend, host=host, lock_dir=str(tmp_path)).repair()
+    assert (drift.missing, drift.unexpected) == ((moved,), (old,))
+    assert moved in backend.items and other in backend.items and old not in backend.items
+    assert not nm.check() and not nm.repair()
+
+
 def test_a_file_puts_a_bridge_in_routed_mode_and_applying_it_again_changes_nothing(backend, tmp_path):
     from natmap import Config, RoutedBinding
 

@@ -757,6 +757,26 @@ def test_a_gateway_mode_takes_the_bindings_published_on_the_bridge_whatever_its_
     assert not nm.check()
 
 
+def test_a_new_process_sets_the_mode_of_the_bindings_published_on_a_readdressed_bridge(sandbox, nm, web, client):
+    """Which endpoint is on which bridge is in the store: a process that never
+    saw web01 published takes its binding, though the bridge's subnets as now
+    recorded (seen re-addressed, at the mode change) hold none of its addresses."""
+    nm.publish(natmap.Endpoint("web01", web.ip, sandbox.bridge), ["8080:5000"])  # IPv4 only
+    _address(sandbox, "add", "10.77.0.1/24")
+    _address(sandbox, "del", f"{sandbox.bridge_ip}/24")  # re-addressed behind natmap's back
+    fresh = natmap.NatMap(netns=sandbox.host.name, backend=nm.backend_name)
+    fresh.set_gateway(sandbox.bridge, "routed")
+    assert [type(b) for b in fresh.port("web01")] == [natmap.RoutedBinding]
+    recorded = next(i for i in fresh._store.items() if isinstance(i, natmap.Bridge))
+    assert "10.77.0.0/24" in map(str, recorded.subnets) and "172.30.0.0/24" not in map(str, recorded.subnets)
+    _address(sandbox, "add", f"{sandbox.bridge_ip}/24")  # a route to web01 again: routed, not mapped
+    assert client.request(str(web.ip), 5000) == "web01 192.0.2.2"
+    assert client.request(sandbox.outside_ip, 8080, timeout=0.5) is None
+    natmap.NatMap(netns=sandbox.host.name, backend=nm.backend_name).set_gateway(sandbox.bridge, "nat")
+    assert client.request(sandbox.outside_ip, 8080) == "web01 192.0.2.2"
+    assert not natmap.NatMap(netns=sandbox.host.name, backend=nm.backend_name).check()
+
+
 def test_routed_mode_keeps_loopback_bindings_host_only(sandbox, nm, web, client):
     """Docker 28 opens the container port of every mapping in routed mode,
     host address ignored; a loopback one asked for this host only, so natmap
