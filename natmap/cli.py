@@ -237,7 +237,8 @@ def cmd_gateway(nm: NatMap, args: argparse.Namespace) -> Output:
             return _document(gateways=[_gateway_json(g) for g in gateways]), [describe(g) for g in gateways]
         gateway = next((g for g in gateways if g.bridge == args.bridge), None) or Gateway(args.bridge)
     elif args.bridge is None:
-        raise CommandLineError("--mode and --trust set one bridge's gateway mode: name the bridge")
+        raise CommandLineError("--mode, --mode-ipv4, --mode-ipv6 and --trust set one bridge's gateway modes: "
+                               "name the bridge")
     else:
         gateway = nm.set_gateway(args.bridge, args.mode, args.trust or (), mode_ipv4=args.mode_ipv4,
                                  mode_ipv6=args.mode_ipv6)

@@ -490,7 +490,8 @@ def misheld(items: Iterable[Item], bridges_of: Mapping[str, str] = MappingProxyT
     for b in items:
         if not isinstance(b, Binding):
             continue
-        on = ([bridges_of[b.endpoint]] if b.endpoint in bridges_of
+        recorded = bridges_of.get(b.endpoint)
+        on = ([recorded] if any(bridge.name == recorded for bridge in bridges)
               else [bridge.name for bridge in bridges if bridge.contains(b.container_ip)])
         gateway = gateways.get(on[0], Gateway(on[0])) if len(on) == 1 else None
         mode = gateway and gateway.mode_of(b.version)

@@ -191,6 +191,8 @@ def test_gateway_sets_each_ip_family_apart_and_prints_both(fake_cli):
         0, "gateway natmap0 ipv4 nat ipv6 nat-unprotected\n")  # the whole setting: IPv4 back to nat
     assert fake_cli("gateway", "natmap0", "--mode-ipv6", "nat")[:2] == (0, "gateway natmap0 nat\n")
     assert fake_cli("gateway")[:2] == (0, "")
+    code, _, error = fake_cli("gateway", "--mode-ipv6", "routed")  # which bridge: it does not guess
+    assert code == 2 and "set one bridge's gateway modes: name the bridge" in error
 
 
 def test_gateway_without_a_setting_prints_it_and_changes_nothing(fake_cli):
