@@ -490,9 +490,8 @@ def misheld(items: Iterable[Item], bridges_of: Mapping[str, str] = MappingProxyT
     for b in items:
         if not isinstance(b, Binding):
             continue
-        recorded = bridges_of.get(b.endpoint)
-        on = ([recorded] if any(bridge.name == recorded for bridge in bridges)
-              else [bridge.name for bridge in bridges if bridge.contains(b.container_ip)])
+        recorded = [bridge.name for bridge in bridges if bridge.name == bridges_of.get(b.endpoint)]
+        on = recorded or [bridge.name for bridge in bridges if bridge.contains(b.container_ip)]
         gateway = gateways.get(on[0], Gateway(on[0])) if len(on) == 1 else None
         mode = gateway and gateway.mode_of(b.version)
         if gateway and isinstance(b, RoutedBinding) != held_routed(b, mode == "routed"):
