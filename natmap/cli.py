@@ -30,8 +30,8 @@ from .engine import NatMap
 from .errors import (BackendError, CommandLineError, ConfigError, ConflictError, DriftError, NatmapError,
                      NotFoundError, PrivilegeError, SpecError)
 from .links import Link
-from .model import (Binding, Bindings, Bridge, Change, Drift, Endpoint, Gateway, Isolation, Item, RoutedBinding,
-                    assert_never, describe, natural_key)
+from .model import (GATEWAY_MODES, Binding, Bindings, Bridge, Change, Drift, Endpoint, Gateway, Isolation, Item,
+                    RoutedBinding, assert_never, describe, natural_key)
 from .spec import LinkSpec, PortSpec
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
@@ -226,23 +226,29 @@ def cmd_isolate(nm: NatMap, args: argparse.Namespace) -> Output:
 
 
 def cmd_gateway(nm: NatMap, args: argparse.Namespace) -> Output:
-    """Set the bridge's gateway mode if --mode or --trust is given (both make
-    the whole setting: no --mode is nat); else print its setting, or (no
-    bridge) every bridge's that is not the default."""
-    if args.mode is None and args.trust is None:  # no setting given: change nothing
+    """Set the bridge's gateway modes if --mode, --mode-ipv4, --mode-ipv6 or
+    --trust is given (they make the whole setting: a family no option names
+    is nat); else print its setting, or (no bridge) every bridge's that is not
+    the default."""
+    if args.mode is None and args.mode_ipv4 is None and args.mode_ipv6 is None and args.trust is None:
+        # no setting given: change nothing
         gateways = nm.gateways()
         if args.bridge is None:
             return _document(gateways=[_gateway_json(g) for g in gateways]), [describe(g) for g in gateways]
         gateway = next((g for g in gateways if g.bridge == args.bridge), None) or Gateway(args.bridge)
     elif args.bridge is None:
-        raise CommandLineError("--mode and --trust set one bridge's gateway mode: name the bridge")
+        raise CommandLineError("--mode, --mode-ipv4, --mode-ipv6 and --trust set one bridge's gateway modes: "
+                               "name the bridge")
     else:
-        gateway = nm.set_gateway(args.bridge, args.mode or "nat", args.trust or ())
+        gateway = nm.set_gateway(args.bridge, args.mode, args.trust or (), mode_ipv4=args.mode_ipv4,
+                                 mode_ipv6=args.mode_ipv6)
     return _document(**_gateway_json(gateway)), [describe(gateway)]
 
 
 def _gateway_json(gateway: Gateway) -> dict[str, Any]:
-    return {"bridge": gateway.bridge, "mode": gateway.mode, "trusted_interfaces": list(gateway.trusted)}
+    """``mode``: both families' one mode, null when they differ (then see ``mode_ipv4`` / ``mode_ipv6``)."""
+    return {"bridge": gateway.bridge, "mode": gateway.mode, "mode_ipv4": gateway.mode_ipv4,
+            "mode_ipv6": gateway.mode_ipv6, "trusted_interfaces": list(gateway.trusted)}
 
 
 def cmd_apply(nm: NatMap, args: argparse.Namespace) -> Output:
@@ -438,14 +444,18 @@ COMMANDS: list[Command] = [
             "natmap isolate natmap0",
             [_arg("bridge", help="the bridge"), _arg("--open", action="store_true", help="open it again instead")]),
     Command("gateway", cmd_gateway, "set how routed traffic reaches a bridge's containers (Docker 28's "
-            "gateway modes): nat drops it unless published or from a trusted interface; nat-unprotected "
-            "lets it pass; routed: no NAT, only the published container ports (host port ignored) and ICMP. "
-            "Without --mode and --trust, print the bridge's setting (no bridge: every bridge not in the "
-            "default nat mode)",
-            "natmap gateway natmap0 --mode nat --trust eth1",
+            "gateway modes, per IP family): nat drops it unless published or from a trusted interface; "
+            "nat-unprotected lets it pass; routed: no NAT, only the published container ports (host port "
+            "ignored) and ICMP. Without a --mode option or --trust, print the bridge's setting (no bridge: "
+            "every bridge not in the default nat mode)",
+            "natmap gateway natmap0 --mode-ipv4 nat --mode-ipv6 routed --trust eth1",
             [_arg("bridge", nargs="?", help="the bridge"),
-             _arg("--mode", choices=("nat", "nat-unprotected", "routed"),
-                  help="the gateway mode (with --trust only: nat)"),
+             _arg("--mode", choices=GATEWAY_MODES,
+                  help="both IP families' gateway mode (a family no option names: nat)"),
+             _arg("--mode-ipv4", choices=GATEWAY_MODES,
+                  help="the IPv4 gateway mode, over --mode (Docker's gateway_mode_ipv4)"),
+             _arg("--mode-ipv6", choices=GATEWAY_MODES,
+                  help="the IPv6 gateway mode, over --mode (Docker's gateway_mode_ipv6)"),
              _arg("--trust", action="append", metavar="INTERFACE",
                   help="a host interface whose routed traffic may reach the containers (repeatable; "
                        "those not given are no longer trusted)")]),

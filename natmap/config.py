@@ -2,7 +2,8 @@
 
     [bridges.natmap0]
     isolate = true                  # Docker's --icc=false
-    gateway_mode = "nat"            # or "nat-unprotected", "routed" (Docker 28's gateway modes)
+    gateway_mode = "nat"            # or "nat-unprotected", "routed" (Docker 28's gateway modes), both families
+    gateway_mode_ipv6 = "routed"    # one family's own (gateway_mode_ipv4 too): overrides gateway_mode
     trusted_interfaces = ["eth1"]   # routed traffic from these reaches containers directly
 
     [endpoints.db01]
@@ -40,7 +41,7 @@ from .spec import LinkSpec, PortSpec
 __all__ = ["Config", "EndpointConfig"]
 
 _ENDPOINT_KEYS = {"ip", "ipv6", "bridge", "expose", "publish", "publish_all", "links"}
-_BRIDGE_KEYS = {"isolate", "gateway_mode", "trusted_interfaces"}
+_BRIDGE_KEYS = {"isolate", "gateway_mode", "gateway_mode_ipv4", "gateway_mode_ipv6", "trusted_interfaces"}
 
 
 class _Transaction(TypingProtocol):
@@ -54,7 +55,8 @@ class _Transaction(TypingProtocol):
     def unlink(self, source: str, target: str) -> Link: ...
     def isolate(self, bridge: str) -> None: ...
     def unisolate(self, bridge: str) -> None: ...
-    def set_gateway(self, bridge: str, mode: str = "nat", trusted_interfaces: Any = ()) -> Gateway: ...
+    def set_gateway(self, bridge: str, mode: str | None = None, trusted_interfaces: Any = (), *,
+                    mode_ipv4: str | None = None, mode_ipv6: str | None = None) -> Gateway: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +174,8 @@ class Config:
         for bridge in sorted(set(table.gateways) - set(wanted_gateways)):
             tx.set_gateway(bridge)
         for gateway in self.gateways:
-            tx.set_gateway(gateway.bridge, gateway.mode, gateway.trusted)
+            tx.set_gateway(gateway.bridge, None, gateway.trusted, mode_ipv4=gateway.mode_ipv4,
+                           mode_ipv6=gateway.mode_ipv6)
 
 
     def _reconcile_links(self, tx: _Transaction, wanted: Mapping[str, EndpointConfig], kept: set[str]) -> None:
@@ -194,15 +197,20 @@ class Config:
 
 
 def _gateways(bridges: Mapping[str, Any], source: str) -> tuple[Gateway, ...]:
-    """The ``gateway_mode`` / ``trusted_interfaces`` of each bridge, where not the default."""
+    """The ``gateway_mode`` / ``trusted_interfaces`` of each bridge, where not the default.
+    ``gateway_mode`` is both families' mode; ``gateway_mode_ipv4`` / ``_ipv6``
+    (Docker's option names) set one family's, over it."""
     gateways = []
     for name, settings in bridges.items():
         where = f"{source}: bridges.{name}"
-        mode = _typed(settings.get("gateway_mode", "nat"), str, f"{where}.gateway_mode")
+        modes = {key: _parsed(lambda m: Gateway(name, m).mode, _typed(settings[key], str, f"{where}.{key}"),
+                              f"{where}.{key}")
+                 for key in ("gateway_mode", "gateway_mode_ipv4", "gateway_mode_ipv6") if key in settings}
         trusted = _typed(settings.get("trusted_interfaces", []), list, f"{where}.trusted_interfaces")
         interfaces = tuple(_parsed(validate_ifname, _typed(i, str, f"{where}.trusted_interfaces[{n}]"),
                                    f"{where}.trusted_interfaces[{n}]") for n, i in enumerate(trusted))
-        gateway = _parsed(lambda m: Gateway(name, m, interfaces), mode, f"{where}.gateway_mode")
+        gateway = Gateway(name, modes.get("gateway_mode"), interfaces, mode_ipv4=modes.get("gateway_mode_ipv4"),
+                          mode_ipv6=modes.get("gateway_mode_ipv6"))
         if not gateway.default:
             gateways.append(gateway)
     return tuple(gateways)

@@ -223,19 +223,26 @@ class NatMap:
         with self.transaction() as tx:
             tx.unisolate(bridge)
 
-    def set_gateway(self, bridge: str, mode: str = "nat", trusted_interfaces: Sequence[str] = ()) -> Gateway:
+    def set_gateway(self, bridge: str, mode: str | None = None, trusted_interfaces: Sequence[str] = (), *,
+                    mode_ipv4: str | None = None, mode_ipv6: str | None = None) -> Gateway:
         """How traffic routed from outside reaches ``bridge``'s containers, as
-        Docker 28's gateway modes: ``nat`` (the default: only published ports
+        Docker 28's gateway modes, per IP family (``gateway_mode_ipv4`` /
+        ``_ipv6``): ``mode`` sets both, ``mode_ipv4`` / ``mode_ipv6`` one
+        family's over it (``set_gateway("natmap0", mode_ipv6="routed")``:
+        IPv4 NATed and protected, IPv6 routed, Docker's common IPv6 setup).
+        A call states the bridge's whole setting, as Docker's network options
+        do: a family not given takes ``mode``, else ``nat``; interfaces not
+        given are no longer trusted. The modes: ``nat`` (the default: only published ports
         and replies; and any flow from a ``trusted_interfaces`` interface),
         ``nat-unprotected`` (everything routed passes) or ``routed`` (no NAT:
         no masquerade, no DNAT from host ports; routed flows reach only the
         published container ports, ICMP, replies, and what a trusted
-        interface sends). In ``routed`` the bridge's bindings are kept with
+        interface sends). In ``routed`` the bridge's bindings of that family are kept with
         their host side, as :class:`RoutedBinding`, and mapped again when the
         mode goes back to ``nat`` (then checked against host sockets and
         other tables as a publish is: ConflictError). Returns the setting."""
         with self.transaction() as tx:
-            return tx.set_gateway(bridge, mode, trusted_interfaces)
+            return tx.set_gateway(bridge, mode, trusted_interfaces, mode_ipv4=mode_ipv4, mode_ipv6=mode_ipv6)
 
     def gateways(self) -> list[Gateway]:
         """The bridges not in the default ``nat`` mode, read back from the kernel."""
@@ -308,7 +315,8 @@ class NatMap:
         view = self._view = self._inspect()  # what a repair that follows starts from
         missing, unexpected = _differences(desired, view.table, self.backend_name)
         return Drift(missing=missing, unexpected=unexpected, table_missing=view.table is None and bool(desired),
-                     structure=(*view.structure, *misheld(desired)), foreign=tuple(view.foreign),
+                     structure=(*view.structure, *misheld(desired, self._store.placements())),
+                     foreign=tuple(view.foreign),
                      host=tuple(hoststate.problems(self._kernel, desired)),
                      interrupted=self._store.pending(), **self._advice(view.table or Table()))
 
@@ -328,16 +336,40 @@ class NatMap:
         put back what is missing, take out what natmap did not write inside
         its own table, finish a change a dying process left. Never deletes
         what any natmap process published (every one records it in the
-        store). Returns the drift it repaired."""
+        store). A bridge the host has re-addressed since is recorded with its
+        subnets now first (unless they overlap another bridge's: kept, logged).
+        Returns the drift it repaired."""
         with self._locked(), self._ns():
             if not self._store.exists():
                 raise NotFoundError(f"no natmap store for table {self.table_name} here ({self.state_path}); "
                                     "`natmap adopt` makes it from the kernel")
+            self._record_readdressed()
             drift = self._drift()
             if drift:
                 _log_drift(drift, "repairing")
                 self._sync_to_store(force=bool(drift.foreign or drift.structure))
             return drift
+
+    def _record_readdressed(self) -> None:
+        """Record anew the subnets of each stored bridge the host has
+        re-addressed (one with no address now, or gone, is kept as it was).
+        Call locked, in the namespace, with no change pending."""
+        if self._store.pending():
+            return  # finished first, as it was meant (repair's sync)
+        table = Table(self._store.items(bindings=False))
+        for name in sorted(table.bridges):
+            try:
+                now = self._kernel.bridge(name)
+                if now.subnets:
+                    table.add_bridge(now)
+            except NatmapError as exc:  # UnknownInterfaceError, an overlap's SpecError
+                _log("bridge %s as recorded is kept: %s", name, exc)
+        change = table.change()
+        if change:
+            _log("recording re-addressed bridges: %s", ", ".join(b.name for b in change.added(Bridge)))
+            self._store.begin(change)
+            self._store.done(None)
+            self._cache = None
 
     def adopt(self, *, force: bool = False) -> list[Item]:
         """Make the store from what the kernel holds now (a lost or damaged
@@ -506,7 +538,7 @@ class NatMap:
             if endpoint:
                 desired = Table(self._store.of(endpoint))
             elif self._owner is not None:  # a transaction is changing the cached table: a copy of our own
-                desired = Table(self._store.items())
+                desired = Table(self._store.items(), self._store.placements())
             else:
                 desired = self._desired()
             if self._in_sync():
@@ -522,7 +554,7 @@ class NatMap:
         """The store's items as a Table, kept while the store's version stays."""
         version = self._store.version()
         if self._cache is None or version is None or version != self._cache_version:
-            self._cache, self._cache_version = Table(self._store.items()), version
+            self._cache, self._cache_version = Table(self._store.items(), self._store.placements()), version
         return self._cache
 
     def _stamp(self, generation: Generation = None) -> str | None:
@@ -626,6 +658,7 @@ class NatMap:
     def _commit(self, table: Table, change: Change) -> None:
         """Apply ``change``, ``table``'s journaled change, in one transaction, or roll it back."""
         if not change and self._view is None:  # the kernel as natmap left it: only the host to ensure
+            self._store.place(table.placed())  # an endpoint's bridge first recorded (a store of before)
             table.commit()
             for what in hoststate.ensure(self._kernel, _host_items(table), routes=False):
                 _log("host: set %s", what)
@@ -647,7 +680,9 @@ class NatMap:
         started = time.perf_counter()
         hoststate.precheck(self._kernel, _host_items(table))
         if change:
-            self._store.begin(change, self._forced)
+            self._store.begin(change, self._forced, table.placed())
+        else:
+            self._store.place(table.placed())
         hoststate.crash_point("store-write")
         view, self._view = self._view, None
         before, self._seen = (self._backend.generation() if self._seen is None else self._seen), None
@@ -724,11 +759,13 @@ class NatMap:
         known = self._bridges.get(name)
         return known.subnets if known is not None else self._kernel.bridge(name).subnets
 
-    def _bridge(self, endpoint: Endpoint) -> Bridge:
+    def _bridge(self, endpoint: Endpoint, recorded: Bridge | None = None) -> Bridge:
         """The endpoint's bridge: remembered, and read again when it does not fit
-        (with its kind and addresses, which :func:`guest.check_addresses` needs)."""
+        (with its kind and addresses, which :func:`guest.check_addresses` needs)
+        or the table ``recorded`` it otherwise (another process saw it re-addressed)."""
         known = self._bridges.get(endpoint.bridge)
-        if known is None or not all(known.contains(ip) for ip in (endpoint.ip, endpoint.ipv6) if ip):
+        if known is None or (recorded is not None and set(recorded.subnets) != set(known.subnets)) \
+                or not all(known.contains(ip) for ip in (endpoint.ip, endpoint.ipv6) if ip):
             with self._ns():
                 self._facts[endpoint.bridge] = self._kernel.interface_facts(endpoint.bridge)
                 known = self._bridges[endpoint.bridge] = self._kernel.bridge(endpoint.bridge)
@@ -886,7 +923,7 @@ class Transaction:
         table = self._require()
         # The namespace is entered only to ask the kernel: a big transaction
         # publishes hundreds of endpoints on one bridge.
-        bridge = self._nm._bridge(endpoint)
+        bridge = self._nm._bridge(endpoint, table.bridges.get(endpoint.bridge))
         if self._pool is None:
             self._pool = self._nm._pool(self._others, self._listeners)
         if any(spec.host_ip is not None and spec.host_ip == _LOOPBACK6 for spec in parsed):  # only a spec can name [::1]
@@ -945,9 +982,11 @@ class Transaction:
             _require_bridge(bridge, self._nm._kernel.interface_facts(bridge)[0])  # UnknownInterfaceError too
         table.isolate(bridge)
 
-    def set_gateway(self, bridge: str, mode: str = "nat", trusted_interfaces: Sequence[str] = ()) -> Gateway:
+    def set_gateway(self, bridge: str, mode: str | None = None, trusted_interfaces: Sequence[str] = (), *,
+                    mode_ipv4: str | None = None, mode_ipv6: str | None = None) -> Gateway:
         """As :meth:`NatMap.set_gateway`, applied when the transaction ends."""
-        gateway = Gateway(validate_ifname(bridge), mode, tuple(trusted_interfaces))
+        gateway = Gateway(validate_ifname(bridge), mode, tuple(trusted_interfaces), mode_ipv4=mode_ipv4,
+                          mode_ipv6=mode_ipv6)
         with self._nm._ns():  # what it names must be there (UnknownInterfaceError), the bridge a bridge
             _require_bridge(bridge, self._nm._kernel.interface_facts(bridge)[0])
             for name in gateway.trusted:

@@ -296,32 +296,62 @@ class Isolation:
 GATEWAY_MODES = ("nat", "nat-unprotected", "routed")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Gateway:
     """How traffic routed from outside reaches the containers of ``bridge``,
-    as Docker 28's ``com.docker.network.bridge.gateway_mode_ipv4/ipv6``.
+    per IP family, as Docker 28's ``com.docker.network.bridge.gateway_mode_ipv4``
+    and ``_ipv6``: ``mode_ipv4`` rules the bridge's IPv4 traffic and bindings,
+    ``mode_ipv6`` its IPv6 ones, each mode touching nothing of the other family.
 
     ``nat`` (the default, never stored): new flows from any interface but a
     bridge of the table are dropped unless published (DNATed), or they come
     from one of the ``trusted`` host interfaces. ``nat-unprotected``: they
     all pass (natmap before Docker 28). ``routed``: no NAT for the bridge's
-    containers (no masquerade, no DNAT from host ports: its bindings become
-    :class:`RoutedBinding`), and routed flows reach only the published
-    container ports, ICMP, and anything from a ``trusted`` interface. One
-    mode for both IP families (Docker sets ``_ipv4`` and ``_ipv6`` apart).
+    containers in that family (no masquerade, no DNAT from host ports: its
+    bindings of that family become :class:`RoutedBinding`), and routed flows
+    reach only the published container ports, ICMP, and anything from a
+    ``trusted`` interface (trusted for both families, as Docker's
+    ``trusted_host_interfaces``).
+
+    ``Gateway("br0", "routed")`` puts both families in one mode;
+    ``Gateway("br0", mode_ipv6="routed")`` sets one, the other taking ``mode``
+    (``nat`` if not given): a value states the bridge's whole setting, as
+    Docker's network options do. Raises SpecError for an unknown mode or name.
     """
 
     bridge: str
-    mode: str = "nat"
-    trusted: tuple[str, ...] = ()
+    mode_ipv4: str
+    mode_ipv6: str
+    trusted: tuple[str, ...]
 
-    def __post_init__(self) -> None:
-        validate_ifname(self.bridge)
-        if self.mode not in GATEWAY_MODES:
-            raise SpecError(f"unknown gateway mode (choose {', '.join(GATEWAY_MODES)})", str(self.mode))
-        if isinstance(self.trusted, str):
-            raise SpecError("trusted interfaces are a list of names", self.trusted)
-        object.__setattr__(self, "trusted", tuple(sorted(set(map(validate_ifname, self.trusted)))))
+    def __init__(self, bridge: str, mode: str | None = None, trusted: Iterable[str] = (), *,
+                 mode_ipv4: str | None = None, mode_ipv6: str | None = None) -> None:
+        validate_ifname(bridge)
+        if isinstance(trusted, str):
+            raise SpecError("trusted interfaces are a list of names", trusted)
+        modes = [m if m is not None else mode if mode is not None else "nat" for m in (mode_ipv4, mode_ipv6)]
+        for given in (mode, *modes):
+            if given is not None and given not in GATEWAY_MODES:
+                raise SpecError(f"unknown gateway mode (choose {', '.join(GATEWAY_MODES)})", str(given))
+        set_ = object.__setattr__
+        set_(self, "bridge", bridge)
+        set_(self, "mode_ipv4", modes[0])
+        set_(self, "mode_ipv6", modes[1])
+        set_(self, "trusted", tuple(sorted(set(map(validate_ifname, trusted)))))
+
+    def mode_of(self, version: int) -> str:
+        """The mode of IP family ``version`` (4 or 6)."""
+        return self.mode_ipv4 if version == 4 else self.mode_ipv6
+
+    @property
+    def mode(self) -> str | None:
+        """The one mode of both families; None when they differ."""
+        return self.mode_ipv4 if self.mode_ipv4 == self.mode_ipv6 else None
+
+    @property
+    def modes_text(self) -> str:
+        """``routed``, or ``ipv4 nat ipv6 routed`` when the families differ."""
+        return self.mode or f"ipv4 {self.mode_ipv4} ipv6 {self.mode_ipv6}"
 
     @property
     def default(self) -> bool:
@@ -360,7 +390,7 @@ def describe(item: Item) -> str:
         case Isolation():
             return f"isolate {item.bridge}"
         case Gateway():
-            return f"gateway {item.bridge} {item.mode}" + "".join(f" trusted {i}" for i in item.trusted)
+            return f"gateway {item.bridge} {item.modes_text}" + "".join(f" trusted {i}" for i in item.trusted)
         case _:
             assert_never(item)
 
@@ -448,24 +478,34 @@ class Change:
         return list(self._deleted.get(kind, ()))  # type: ignore[arg-type]
 
 
-def misheld(items: Iterable[Item]) -> list[str]:
+def misheld(items: Iterable[Item], bridges_of: Mapping[str, str] = MappingProxyType({})) -> list[str]:
     """Each binding of ``items`` held in a form (routed or mapped, see
     :func:`held_routed`) its bridge's gateway mode does not want, in words.
-    A binding's bridge is the one whose subnets hold its container address."""
+    A binding's bridge is its endpoint's in ``bridges_of`` (the store's
+    record), else the one whose subnets hold its container address."""
     items = list(items)
     bridges = [i for i in items if isinstance(i, Bridge)]
-    modes = {i.bridge: i.mode for i in items if isinstance(i, Gateway)}
+    gateways = {i.bridge: i for i in items if isinstance(i, Gateway)}
     problems = []
     for b in items:
         if not isinstance(b, Binding):
             continue
-        on = [bridge.name for bridge in bridges if bridge.contains(b.container_ip)]
-        mode = modes.get(on[0], "nat") if len(on) == 1 else None
-        if mode is not None and isinstance(b, RoutedBinding) != held_routed(b, mode == "routed"):
+        recorded = [bridge.name for bridge in bridges if bridge.name == bridges_of.get(b.endpoint)]
+        on = recorded or [bridge.name for bridge in bridges if bridge.contains(b.container_ip)]
+        gateway = gateways.get(on[0], Gateway(on[0])) if len(on) == 1 else None
+        mode = gateway and gateway.mode_of(b.version)
+        if gateway and isinstance(b, RoutedBinding) != held_routed(b, mode == "routed"):
             problems.append(f"{describe(b)} is held {'routed' if isinstance(b, RoutedBinding) else 'mapped'} "
-                            f"on bridge {on[0]} in gateway mode {mode} (`natmap gateway {on[0]} --mode {mode}` "
-                            "holds it as the mode wants)")
+                            f"on bridge {on[0]} in IPv{b.version} gateway mode {mode} (`natmap gateway {on[0]} "
+                            f"{_gateway_options(gateway)}` holds it as the mode wants)")
     return sorted(problems)
+
+
+def _gateway_options(gateway: Gateway) -> str:
+    """The ``natmap gateway`` options that set ``gateway``'s modes."""
+    if gateway.mode is not None:
+        return f"--mode {gateway.mode}"
+    return f"--mode-ipv4 {gateway.mode_ipv4} --mode-ipv6 {gateway.mode_ipv6}"
 
 
 def _by_kind(items: tuple[Item, ...]) -> dict[type, list[Item]]:
@@ -482,7 +522,7 @@ class Table:
     publish cost the same whatever the number of bindings already there.
     """
 
-    def __init__(self, items: Iterable[Item] = ()) -> None:
+    def __init__(self, items: Iterable[Item] = (), bridges_of: Mapping[str, str] = MappingProxyType({})) -> None:
         # Binding.key: (version, int(host address), proto, port)
         self._by_key: dict[tuple[int, int, str, int], Binding] = {}
         self._specific: dict[tuple[int, str, int], int] = {}  # (version, proto, port): bindings on a specific address
@@ -502,7 +542,9 @@ class Table:
         self._committed_next_port: dict[Protocol, int] = {}  # what rollback() restores
         self._links_of: dict[str, set[tuple[str, str]]] = {}  # endpoint -> keys of its links
         self._addresses_of: dict[str, list[tuple[int, int]]] = {}  # endpoint -> its _by_container keys
-        self._bridge_of: dict[str, str] = {}  # endpoint -> the bridge it was published on (see bridge_of)
+        # endpoint -> the bridge it was published on (see bridge_of), as the store records it
+        self._bridge_of: dict[str, str] = dict(bridges_of)
+        self._placed: dict[str, str | None] = {}  # endpoint -> its bridge at the last commit, if changed since
         self._requests: dict[str, tuple[object, frozenset[Binding]]] = {}  # see remember()
         for item in items:
             self._apply(Verb.ADD, item)
@@ -608,7 +650,7 @@ class Table:
         self._check_identity(endpoint)
         if bridge is not None:
             self._ensure_bridge(endpoint, bridge)
-            self._bridge_of[endpoint.name] = bridge.name
+            self._place(endpoint.name, bridge.name)
         specs = tuple(specs)  # read twice below: an iterator would be empty the second time
         # The one-to-one loop knows only the default gateway mode's bindings: a
         # bridge in another mode (a gateway item) takes the general way.
@@ -672,7 +714,26 @@ class Table:
             steps.append(binding)
         for key in sorted(self._links_of.get(endpoint, ())):
             self._do(Verb.DELETE, self._links[key])
+        self._place(endpoint, None)  # gone: published again, it may be on another bridge
         return removed
+
+    def _place(self, endpoint: str, bridge: str | None) -> None:
+        """Record that ``endpoint`` is on ``bridge`` (None: on none now)."""
+        before = self._bridge_of.get(endpoint)
+        if before != bridge:
+            self._placed.setdefault(endpoint, before)
+            if bridge is None:
+                del self._bridge_of[endpoint]
+            else:
+                self._bridge_of[endpoint] = bridge
+
+    def placed(self) -> dict[str, str | None]:
+        """Which endpoint is on which bridge, where that changed since the last
+        :meth:`commit` (None: forgotten): what the store is to record, so a
+        gateway mode set in another process finds the bindings published on
+        the bridge whatever its subnets have become."""
+        return {name: self._bridge_of.get(name) for name, before in self._placed.items()
+                if self._bridge_of.get(name) != before}
 
     def remember(self, endpoint: str, request: object, made: Iterable[Binding]) -> None:
         """Note that publishing ``request`` (any value: Config uses the
@@ -741,8 +802,8 @@ class Table:
 
     def set_gateway(self, gateway: Gateway, bridge: Bridge | None = None) -> None:
         """Put ``gateway.bridge`` in ``gateway``'s mode (the default one is kept as no item).
-        Into or out of ``routed``, the bindings of the endpoints published on the
-        bridge (:meth:`bridge_of`; ``bridge``, as the host has it, only for an
+        Into or out of ``routed`` (per IP family), the bindings of that family of the
+        endpoints published on the bridge (:meth:`bridge_of`; ``bridge``, as the host has it, only for an
         endpoint the table knows no bridge of) change form."""
         existing = self.gateways.get(gateway.bridge)
         if existing != gateway and not (existing is None and gateway.default):
@@ -751,11 +812,11 @@ class Table:
             if not gateway.default:
                 self._do(Verb.ADD, gateway)
         # Also with the mode unchanged: what check() reports held in the wrong form is held right again.
-        self._reroute(gateway.bridge, gateway.mode == "routed", bridge)
+        self._reroute(gateway, bridge)
 
     def bridge_of(self, endpoint: str) -> str | None:
-        """The bridge ``endpoint`` was published on: as this table recorded it,
-        else the one bridge of the table whose subnets (as they were when it
+        """The bridge ``endpoint`` was published on: as this table (and the
+        store, :meth:`placed`) recorded it, else the one bridge of the table whose subnets (as they were when it
         was added, not the host's now) hold the endpoint's address; None if
         none does (or, in a table from before overlaps were refused, several)."""
         recorded = self._bridge_of.get(endpoint)
@@ -766,13 +827,14 @@ class Table:
         found = [name for name, bridge in self.bridges.items() if any(map(bridge.contains, addresses))]
         return found[0] if len(found) == 1 else None
 
-    def _reroute(self, name: str, routed: bool, where: Bridge | None = None) -> None:
-        """Hold the bindings of the endpoints published on bridge ``name`` as
-        ``name``'s mode wants them (see :func:`held_routed`), host sides kept.
-        An endpoint this table knows no bridge of counts as on ``name`` if
-        ``where`` (the bridge as the host has it) holds its address."""
-        bridge_of = functools.cache(self.bridge_of)
-        for b in [b for b in self._by_key.values() if isinstance(b, RoutedBinding) != held_routed(b, routed)
+    def _reroute(self, gateway: Gateway, where: Bridge | None = None) -> None:
+        """Hold the bindings of the endpoints published on ``gateway.bridge`` as
+        the mode of each one's IP family wants them (see :func:`held_routed`),
+        host sides kept. An endpoint this table knows no bridge of counts as
+        on it if ``where`` (the bridge as the host has it) holds its address."""
+        name, bridge_of = gateway.bridge, functools.cache(self.bridge_of)
+        routed = {4: gateway.mode_ipv4 == "routed", 6: gateway.mode_ipv6 == "routed"}
+        for b in [b for b in self._by_key.values() if isinstance(b, RoutedBinding) != held_routed(b, routed[b.version])
                   and (bridge_of(b.endpoint) == name or (bridge_of(b.endpoint) is None and where is not None
                                                          and where.contains(b.container_ip)))]:
             self._do(Verb.DELETE, b)
@@ -797,6 +859,7 @@ class Table:
         """The journaled change is now in the kernel: forget the journal."""
         self._journal.clear()
         self._committed_next_port = dict(self._next_port)
+        self._placed.clear()
 
     def rollback(self) -> None:
         """Undo every journaled step, newest first, and the port cursor's moves:
@@ -807,6 +870,11 @@ class Table:
         self._journal.clear()
         self._next_port = dict(self._committed_next_port)
         self._requests.clear()
+        for name, before in self._placed.items():
+            self._bridge_of.pop(name, None)
+            if before is not None:
+                self._bridge_of[name] = before
+        self._placed.clear()
 
     def _do(self, verb: Verb, item: Item) -> None:
         self._apply(verb, item)
@@ -877,14 +945,24 @@ class Table:
 
     def add_bridge(self, bridge: Bridge) -> None:
         """natmap masquerades and guards ``bridge`` from now on (a publish on it,
-        or a gateway mode set for it, adds it); bridges are long-lived: added once, kept."""
-        if bridge.name not in self.bridges:
+        or a gateway mode set for it, adds it); bridges are long-lived: added
+        once, kept. One natmap knows already with other subnets (re-addressed
+        since) is replaced: its subnets recorded as the host has them now."""
+        known = self.bridges.get(bridge.name)
+        if known is None or set(known.subnets) != set(bridge.subnets):
+            # Only subnets new to it are checked: a table adopted from nft's
+            # kernel recorded each bridge with every bridge's subnets.
+            new = [n for n in bridge.subnets if known is None or n not in known.subnets]
             for other in self.bridges.values():
-                overlap = next((n for n in bridge.subnets for m in other.subnets if n.overlaps(m)), None)
+                if other.name == bridge.name:
+                    continue
+                overlap = next((n for n in new for m in other.subnets if n.overlaps(m)), None)
                 if overlap is not None:
                     raise SpecError(f"subnet {overlap} of bridge {bridge.name} overlaps bridge {other.name}'s "
                                     f"({', '.join(map(str, other.subnets))}): natmap cannot tell their "
                                     "containers apart", str(overlap), None)
+            if known is not None:
+                self._do(Verb.DELETE, known)
             self._do(Verb.ADD, bridge)
 
     def _publish_spec(self, endpoint: Endpoint, spec: PortSpec, pool: PortPool,
@@ -918,11 +996,12 @@ class Table:
         return self._add_all(self._routed(endpoint.bridge, made))
 
     def _routed(self, bridge: str, made: list[Binding]) -> list[Binding]:
-        """``made`` as ``bridge``'s gateway mode holds bindings: RoutedBinding in ``routed``."""
+        """``made`` as ``bridge``'s gateway mode holds bindings: RoutedBinding
+        where the binding's IP family is ``routed``."""
         gateway = self.gateways.get(bridge)
-        if gateway is None or gateway.mode != "routed":
+        if gateway is None or "routed" not in (gateway.mode_ipv4, gateway.mode_ipv6):
             return made
-        return [RoutedBinding.of(b) if held_routed(b, True) else b for b in made]
+        return [RoutedBinding.of(b) if held_routed(b, gateway.mode_of(b.version) == "routed") else b for b in made]
 
     def _publish_ones(self, endpoint: Endpoint, specs: Sequence[PortSpec]) -> list[Binding]:
         """What _publish_spec does for each spec, all mapping each host port to

@@ -16,7 +16,10 @@ Tables::
                                                    bridge; kind forced if published
                                                    with force, taking a host socket's
                                                    port knowingly), a bridge, a link (with its
-                                                   target's env), an isolation
+                                                   target's env), an isolation; and kind
+                                                   endpoint: which bridge an endpoint was
+                                                   published on (key "endpoint NAME", data
+                                                   [NAME, BRIDGE]; no item, no kernel element)
     meta(name PRIMARY KEY, value)                  version (one more each write),
                                                    generation (the kernel's, after
                                                    natmap's last commit), pending
@@ -42,8 +45,9 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from types import MappingProxyType
 
 from .errors import PrivilegeError, StoreCorruptError, StoreError
 from .links import Link
@@ -94,7 +98,7 @@ def _row(item: Item) -> tuple[str, str, str | None, str]:
             return f"isolation {item.bridge}", "isolation", None, json.dumps([item.bridge])
         case Gateway():
             return (f"gateway {item.bridge}", "gateway", None,
-                    json.dumps([item.bridge, item.mode, list(item.trusted)]))
+                    json.dumps([item.bridge, item.mode_ipv4, list(item.trusted), item.mode_ipv6]))
         case _:
             assert_never(item)
 
@@ -141,7 +145,8 @@ def _item(kind: str, data: str) -> Item:
     if kind == "bridge":
         return Bridge(d[0], tuple(ipaddress.ip_network(n) for n in d[1]))
     if kind == "gateway":
-        return Gateway(d[0], d[1], tuple(d[2]))
+        # [bridge, IPv4 mode, trusted, IPv6 mode]; a row of before the modes per family: one mode
+        return Gateway(d[0], d[1], tuple(d[2]), mode_ipv6=d[3] if len(d) > 3 else d[1])
     if kind == "link":
         return Link(d[0], d[1], d[2], tuple(map(ipaddress.ip_address, d[3])),
                     tuple(map(ipaddress.ip_address, d[4])), tuple((p, Protocol(proto)) for p, proto in d[5]),
@@ -289,9 +294,29 @@ class Store:
         """Every item; without ``bindings``, all but the bindings (a few rows)."""
         with self._translated("reading"):
             rows = self._open().execute(
-                "SELECT kind, data FROM items" if bindings else
-                "SELECT kind, data FROM items WHERE kind NOT IN ('binding', 'forced', 'routed')").fetchall()
+                "SELECT kind, data FROM items WHERE kind != 'endpoint'" if bindings else
+                "SELECT kind, data FROM items WHERE kind NOT IN ('binding', 'forced', 'routed', 'endpoint')"
+            ).fetchall()
         return self._decoded(rows)
+
+    def placements(self) -> dict[str, str]:
+        """Which bridge each endpoint was published on (:meth:`Table.placed`)."""
+        with self._translated("reading"):
+            rows = self._open().execute("SELECT data FROM items WHERE kind = 'endpoint'").fetchall()
+        try:
+            return {name: bridge for name, bridge in (json.loads(row[0]) for row in rows)
+                    if isinstance(name, str) and isinstance(bridge, str)}
+        except (ValueError, TypeError) as exc:
+            raise StoreCorruptError(f"natmap's store {self.path} holds an endpoint row natmap did not write "
+                                    f"({exc!r}); `natmap adopt` rebuilds the store from the kernel") from exc
+
+    def place(self, placed: Mapping[str, str | None]) -> None:
+        """Record which bridge each endpoint of ``placed`` is on (None: none
+        now), when no change of items is written with it (:meth:`begin` takes
+        it otherwise)."""
+        if placed:
+            with self._write("recording the endpoints' bridges") as db:
+                self._placement_rows(db, placed)
 
     def forced(self) -> set[tuple[int, int, str, int]]:
         """The keys (Binding.key) of the bindings published with force."""
@@ -328,14 +353,18 @@ class Store:
 
         # --- writing ---------------------------------------------------------------
 
-    def begin(self, change: Change, forced: Collection[tuple[int, int, str, int]] = ()) -> None:
+    def begin(self, change: Change, forced: Collection[tuple[int, int, str, int]] = (),
+              placed: Mapping[str, str | None] = MappingProxyType({})) -> None:
         """Write ``change`` to the items, and record it as pending: one transaction.
-        The added bindings whose key is in ``forced`` are recorded as forced.
+        The added bindings whose key is in ``forced`` are recorded as forced;
+        ``placed``, in the same transaction, as :meth:`place` records it (a
+        change taken back leaves it: only a hint for an endpoint published).
         The pending record holds what :meth:`undo_pending` needs: the keys
         added and the rows deleted."""
         added, deleted = _rows(change.add, forced), _rows(change.delete)
         with self._write("recording the change") as db:
             self._change_rows(db, added, deleted)
+            self._placement_rows(db, placed)
             pending = {"added": [row[0] for row in added], "deleted": deleted}
             db.execute("INSERT OR REPLACE INTO meta VALUES ('pending', ?)", (json.dumps(pending),))
 
@@ -408,6 +437,14 @@ class Store:
             db.execute("DELETE FROM meta WHERE name = 'generation'")
         else:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('generation', ?)", (generation,))
+
+    @staticmethod
+    def _placement_rows(db: sqlite3.Connection, placed: Mapping[str, str | None]) -> None:
+        db.executemany("DELETE FROM items WHERE key = ?",
+                       ((f"endpoint {name}",) for name, bridge in placed.items() if bridge is None))
+        db.executemany("INSERT OR REPLACE INTO items VALUES (?, 'endpoint', NULL, ?)",
+                       ((f"endpoint {name}", json.dumps([name, bridge])) for name, bridge in placed.items()
+                        if bridge is not None))
 
     @staticmethod
     def _change_rows(db: sqlite3.Connection, added: list[tuple[str, str, str | None, str]],

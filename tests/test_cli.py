@@ -177,15 +177,35 @@ def valid(command, text):
     return documented(command, text)
 
 
+def test_gateway_sets_each_ip_family_apart_and_prints_both(fake_cli):
+    """Docker's common IPv6 setup: IPv4 NATed, IPv6 routed; a family no option names is nat."""
+    assert fake_cli("gateway", "natmap0", "--mode-ipv4", "nat", "--mode-ipv6", "routed")[:2] == (
+        0, "gateway natmap0 ipv4 nat ipv6 routed\n")
+    code, shown = fake_cli("gateway", "natmap0", as_json=True)[:2]
+    assert (code, shown) == (0, {"version": 1, "bridge": "natmap0", "mode": None, "mode_ipv4": "nat",
+                                 "mode_ipv6": "routed", "trusted_interfaces": []})
+    assert valid("gateway", json.dumps(shown))
+    assert fake_cli("gateway", "natmap0", "--mode", "routed", "--mode-ipv4", "nat-unprotected")[:2] == (
+        0, "gateway natmap0 ipv4 nat-unprotected ipv6 routed\n")  # one family's over --mode
+    assert fake_cli("gateway", "natmap0", "--mode-ipv6", "nat-unprotected")[:2] == (
+        0, "gateway natmap0 ipv4 nat ipv6 nat-unprotected\n")  # the whole setting: IPv4 back to nat
+    assert fake_cli("gateway", "natmap0", "--mode-ipv6", "nat")[:2] == (0, "gateway natmap0 nat\n")
+    assert fake_cli("gateway")[:2] == (0, "")
+    code, _, error = fake_cli("gateway", "--mode-ipv6", "routed")  # which bridge: it does not guess
+    assert code == 2 and "set one bridge's gateway modes: name the bridge" in error
+
+
 def test_gateway_without_a_setting_prints_it_and_changes_nothing(fake_cli):
     assert fake_cli("gateway", "natmap0", "--mode", "routed", "--trust", "eth1")[:2] == (
         0, "gateway natmap0 routed trusted eth1\n")
     assert fake_cli("gateway", "natmap0")[:2] == (0, "gateway natmap0 routed trusted eth1\n")  # not reset
     assert fake_cli("gateway", "natmap0", as_json=True)[1] == {
-        "version": 1, "bridge": "natmap0", "mode": "routed", "trusted_interfaces": ["eth1"]}
+        "version": 1, "bridge": "natmap0", "mode": "routed", "mode_ipv4": "routed", "mode_ipv6": "routed",
+        "trusted_interfaces": ["eth1"]}
     assert fake_cli("gateway")[:2] == (0, "gateway natmap0 routed trusted eth1\n")
     assert fake_cli("gateway", as_json=True)[1] == {"version": 1, "gateways": [
-        {"bridge": "natmap0", "mode": "routed", "trusted_interfaces": ["eth1"]}]}
+        {"bridge": "natmap0", "mode": "routed", "mode_ipv4": "routed", "mode_ipv6": "routed",
+         "trusted_interfaces": ["eth1"]}]}
     assert fake_cli("gateway", "natmap0", "--trust", "eth1")[:2] == (0, "gateway natmap0 nat trusted eth1\n")
     assert fake_cli("gateway", "natmap0", "--mode", "nat")[:2] == (0, "gateway natmap0 nat\n")
     assert fake_cli("gateway", "natmap0")[:2] == (0, "gateway natmap0 nat\n")  # the default, as it is

@@ -548,6 +548,83 @@ def test_a_table_in_the_kernel_without_a_store_is_adopted(nm, backend, host, tmp
         assert later.check().remembered
 
 
+def test_each_ip_family_has_its_own_gateway_mode_from_the_api_and_the_file(backend, tmp_path):
+    """Docker's gateway_mode_ipv4 / _ipv6: IPv4 NATed and IPv6 routed on one
+    bridge; ``mode`` is both, a family's own over it, a call the whole setting."""
+    from natmap import Config, Gateway, RoutedBinding
+
+    host = FakeHost([BRIDGE], ports=PortRange(40000, 40009))
+    nm = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    nm.publish(WEB, ["8080:5000"])
+    gateway = nm.set_gateway("natmap0", mode_ipv6="routed")
+    assert (gateway.mode_ipv4, gateway.mode_ipv6, gateway.mode) == ("nat", "routed", None)
+    assert {(b.version, type(b)) for b in nm.port("web01")} == {(4, Binding), (6, RoutedBinding)}
+    fresh = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))  # the store keeps both modes
+    assert fresh.gateways() == [Gateway("natmap0", mode_ipv6="routed")] and not fresh.check()
+    assert nm.set_gateway("natmap0", "routed", mode_ipv4="nat-unprotected") == Gateway(
+        "natmap0", mode_ipv4="nat-unprotected", mode_ipv6="routed")
+    assert nm.set_gateway("natmap0", mode_ipv4="routed").mode_ipv6 == "nat"  # the whole setting: IPv6 back to nat
+    assert {(b.version, type(b)) for b in nm.port("web01")} == {(4, RoutedBinding), (6, Binding)}
+    with pytest.raises(natmap.SpecError, match="unknown gateway mode"):
+        nm.set_gateway("natmap0", mode_ipv6="route")
+    wanted = {"bridges": {"natmap0": {"gateway_mode": "nat-unprotected", "gateway_mode_ipv6": "routed"}},
+              "endpoints": {"web01": {"ip": "172.30.0.2", "ipv6": "fd00:30::2", "bridge": "natmap0",
+                                      "publish": ["8080:5000"]}}}
+    nm.apply(Config.from_dict(wanted))
+    assert nm.gateways() == [Gateway("natmap0", "nat-unprotected", mode_ipv6="routed")]
+    assert {(b.version, type(b)) for b in nm.port("web01")} == {(4, Binding), (6, RoutedBinding)}
+    assert not nm.apply(Config.from_dict(wanted)) and not nm.check()
+    with pytest.raises(natmap.SpecError, match=r"bridges\.natmap0\.gateway_mode_ipv4: unknown gateway mode"):
+        Config.from_dict({"bridges": {"natmap0": {"gateway_mode_ipv4": "nat-protected"}}})
+
+
+def test_a_new_process_sets_a_mode_on_the_bindings_published_on_the_bridge_after_a_readdress(backend, tmp_path):
+    """Which endpoint is on which bridge is in the store, and a re-addressed
+    bridge's subnets are recorded anew when natmap sees it: a new process
+    (another NatMap) picks exactly the bindings published on the bridge, even
+    where the old subnet now belongs to another bridge."""
+    from natmap import RoutedBinding
+
+    old = Bridge("natmap0", (ipaddress.ip_network("172.30.0.0/24"),))
+    host = FakeHost([old], ports=PortRange(40000, 40009))
+    NatMap(backend=backend, host=host, lock_dir=str(tmp_path)).publish(
+        Endpoint("web01", "172.30.0.2", "natmap0"), ["8080:5000"])
+    host.bridges["natmap0"] = Bridge("natmap0", (ipaddress.ip_network("10.9.0.0/24"),))  # re-addressed
+    host.bridges["natmap1"] = Bridge("natmap1", (ipaddress.ip_network("172.30.0.0/24"),))  # its old subnet
+    second = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    with pytest.raises(natmap.SpecError, match="overlaps bridge natmap0's"):  # natmap0 not seen re-addressed yet
+        second.publish(Endpoint("web02", "172.30.0.3", "natmap1"), ["8081:5000"])
+    second.publish(Endpoint("db01", "10.9.0.5", "natmap0"), ["5432:5432"])  # seen: its subnets recorded anew
+    assert Bridge("natmap0", (ipaddress.ip_network("10.9.0.0/24"),)) in backend.items and old not in backend.items
+    second.publish(Endpoint("web02", "172.30.0.3", "natmap1"), ["8081:5000"])  # no overlap now
+    third = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    third.set_gateway("natmap0", "routed")
+    assert {b.endpoint: type(b) for b in third.bindings()} == {
+        "web01": RoutedBinding, "db01": RoutedBinding, "web02": Binding}
+    assert not third.check()
+    fourth = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    fourth.unpublish("web01")
+    fourth.publish(Endpoint("web01", "172.30.0.2", "natmap1"), ["8080:5000"])  # now on natmap1
+    NatMap(backend=backend, host=host, lock_dir=str(tmp_path)).set_gateway("natmap1", "routed")
+    assert {b.endpoint: type(b) for b in fourth.bindings()} == {
+        "web01": RoutedBinding, "db01": RoutedBinding, "web02": RoutedBinding}
+
+
+def test_repair_records_a_readdressed_bridges_subnets_and_keeps_one_that_would_overlap(backend, tmp_path):
+    old = Bridge("natmap0", (ipaddress.ip_network("172.30.0.0/24"),))
+    other = Bridge("natmap1", (ipaddress.ip_network("10.9.0.0/24"),))
+    host = FakeHost([old, other])
+    nm = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    nm.publish(Endpoint("web01", "172.30.0.2", "natmap0"), ["8080:5000"])
+    nm.publish(Endpoint("db01", "10.9.0.2", "natmap1"), ["5432:5432"])
+    moved = host.bridges["natmap0"] = Bridge("natmap0", (ipaddress.ip_network("10.8.0.0/24"),))
+    host.bridges["natmap1"] = Bridge("natmap1", (ipaddress.ip_network("10.8.0.0/16"),))  # would overlap
+    drift = NatMap(backend=backend, host=host, lock_dir=str(tmp_path)).repair()
+    assert (drift.missing, drift.unexpected) == ((moved,), (old,))
+    assert moved in backend.items and other in backend.items and old not in backend.items
+    assert not nm.check() and not nm.repair()
+
+
 def test_a_file_puts_a_bridge_in_routed_mode_and_applying_it_again_changes_nothing(backend, tmp_path):
     from natmap import Config, RoutedBinding
 
@@ -576,7 +653,7 @@ def test_check_names_a_binding_held_in_a_form_its_bridges_mode_does_not_want(bac
     nm._store.replace(items)
     backend.items = set(items)
     drift = nm.check()
-    assert [p for p in drift.structure if "is held mapped on bridge natmap0 in gateway mode routed" in p] \
+    assert [p for p in drift.structure if "is held mapped on bridge natmap0 in IPv4 gateway mode routed" in p] \
         and len(drift.structure) == 2 and not drift.missing and not drift.unexpected
     nm.set_gateway("natmap0", "routed")  # the mode it has: the bindings in its form again
     assert not nm.check() and all(type(b) is RoutedBinding for b in nm.port("web01"))

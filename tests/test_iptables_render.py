@@ -102,6 +102,27 @@ def test_undo_inverts_one_tables_steps_newest_first():
     assert marker[1].verb is Verb.ADD and "natmap-generation:a1b2" in marker[1].text()
 
 
+def test_each_ip_family_has_its_gateway_mode_in_its_own_table_and_reads_back():
+    from natmap import Gateway, RoutedBinding
+
+    table = Table()
+    table.set_gateway(Gateway("natmap0", mode_ipv4="nat-unprotected", mode_ipv6="routed"), BRIDGE)
+    table.publish(WEB, [PortSpec.parse("8080:5000")], bridge=BRIDGE)
+    written = table.items()
+    assert {(type(b), b.version) for b in written if isinstance(b, Binding)} == {(Binding, 4), (RoutedBinding, 6)}
+    assert set(LAYOUT.read_items(chains_of(written))) == written
+    text = LAYOUT.text(Change(add=tuple(sorted(written, key=str)))).splitlines()
+    assert ('iptables -t filter -I NATMAP-PROTECT -o natmap0 -m comment --comment "gateway:natmap0:nat-unprotected" '
+            '-j RETURN') in text
+    assert ('ip6tables -t nat -I NATMAP-POSTROUTING -i natmap0 -m comment --comment "gateway:natmap0:routed" '
+            '-j RETURN') in text
+    assert not any(line.startswith("iptables") and ":routed" in line for line in text)
+    assert not any(line.startswith("ip6tables") and "nat-unprotected" in line for line in text)
+    only6 = Table()
+    only6.set_gateway(Gateway("natmap0", mode_ipv6="routed", trusted=["eth1"]), BRIDGE)
+    assert set(LAYOUT.read_items(chains_of(only6.items()))) == only6.items()  # IPv4: nat, no mode rule
+
+
 def test_a_routed_bridge_and_its_bindings_read_back_as_written():
     from natmap import Gateway, RoutedBinding
 

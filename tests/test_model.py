@@ -402,6 +402,36 @@ def test_a_gateway_mode_takes_the_bindings_of_the_bridge_they_were_published_on(
     assert not any(isinstance(b, RoutedBinding) for b in fresh.bindings())
 
 
+def test_which_bridge_an_endpoint_is_on_is_a_change_of_its_own_committed_or_rolled_back():
+    table = Table(bridges_of={"db01": "natmap1"})  # as the store recorded it
+    assert table.bridge_of("db01") == "natmap1" and table.placed() == {}
+    publish(table, web(), ["8080:5000"])
+    assert table.placed() == {"web01": "natmap0"}
+    table.rollback()
+    assert table.bridge_of("web01") is None and table.placed() == {}
+    publish(table, web(), ["8080:5000"])
+    table.commit()
+    assert table.placed() == {} and table.bridge_of("web01") == "natmap0"
+    table.unpublish("web01")
+    assert table.placed() == {"web01": None}
+    publish(table, web(), ["8080:5000"])  # gone and back on the same bridge: nothing to record
+    assert table.placed() == {}
+
+
+def test_a_readdressed_bridge_is_recorded_anew_and_a_new_subnet_still_may_not_overlap():
+    table = Table()
+    publish(table, web(), ["8080:5000"])
+    table.add_bridge(Bridge("br2", (ipaddress.ip_network("10.9.0.0/24"),)))
+    table.commit()
+    moved = Bridge("natmap0", (ipaddress.ip_network("10.8.0.0/24"),))
+    table.add_bridge(moved)
+    assert table.bridges["natmap0"] == moved and (table.change().add, table.change().delete) == ((moved,), (BRIDGE,))
+    table.commit()
+    with pytest.raises(SpecError, match=r"10\.9\.0\.0/16 of bridge natmap0 overlaps bridge br2's"):
+        table.add_bridge(Bridge("natmap0", (ipaddress.ip_network("10.9.0.0/16"),)))
+    assert table.bridges["natmap0"] == moved and not table.change()
+
+
 def test_a_bridge_whose_subnet_overlaps_another_is_refused_and_nothing_changes():
     from natmap import Gateway
 
@@ -424,9 +454,12 @@ def test_misheld_names_bindings_in_a_form_their_bridges_mode_does_not_want():
     items = table.items()
     assert misheld(items) == []
     assert misheld(items | {Gateway("natmap0", "routed")}) == [
-        "port web01 5000/tcp -> 0.0.0.0:8080 is held mapped on bridge natmap0 in gateway mode routed "
+        "port web01 5000/tcp -> 0.0.0.0:8080 is held mapped on bridge natmap0 in IPv4 gateway mode routed "
         "(`natmap gateway natmap0 --mode routed` holds it as the mode wants)",
-        "port web01 5000/tcp -> [::]:8080 is held mapped on bridge natmap0 in gateway mode routed "
+        "port web01 5000/tcp -> [::]:8080 is held mapped on bridge natmap0 in IPv6 gateway mode routed "
         "(`natmap gateway natmap0 --mode routed` holds it as the mode wants)"]
+    assert misheld(items | {Gateway("natmap0", mode_ipv6="routed")}) == [  # IPv4 is nat: only IPv6's
+        "port web01 5000/tcp -> [::]:8080 is held mapped on bridge natmap0 in IPv6 gateway mode routed "
+        "(`natmap gateway natmap0 --mode-ipv4 nat --mode-ipv6 routed` holds it as the mode wants)"]
     routed_loopback = RoutedBinding.of(next(b for b in items if isinstance(b, Binding) and b.host_ip.is_loopback))
     assert len(misheld([*items, routed_loopback, Gateway("natmap0", "routed")])) == 3  # loopback: never routed

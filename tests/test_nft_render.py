@@ -64,7 +64,29 @@ def test_a_routed_bridge_renders_its_bindings_as_open_container_ports():
     table.set_gateway(Gateway("natmap0", "routed"), bridge)
     table.publish(web, [PortSpec.parse("8080:5000")], bridge=bridge)
     text = change_text("natmap", table.change()).splitlines()
-    assert 'add element inet natmap routed { "natmap0" }' in text
+    assert 'add element inet natmap routed_bridges4 { "natmap0" }' in text
+    assert 'add element inet natmap routed_bridges6 { "natmap0" }' in text
     assert 'add element inet natmap routed4 { 172.30.0.2 . tcp . 5000-5000 comment "web01 0.0.0.0 8080" }' in text
     assert 'add element inet natmap routed6 { fd00:30::2 . tcp . 5000-5000 comment "web01 :: 8080" }' in text
     assert not any("dnat" in line for line in text)
+
+
+def test_each_ip_family_renders_its_own_gateway_mode():
+    """IPv4 nat, IPv6 routed (Docker's common IPv6 setup): the IPv4 binding a
+    DNAT element, the IPv6 one an open container port; IPv6 alone is routed."""
+    from natmap import Gateway
+
+    table = Table()
+    web = Endpoint("web01", "172.30.0.2", "natmap0", ipv6="fd00:30::2")
+    bridge = Bridge("natmap0", (ipaddress.ip_network("172.30.0.0/24"), ipaddress.ip_network("fd00:30::/64")))
+    table.set_gateway(Gateway("natmap0", mode_ipv6="routed"), bridge)
+    table.publish(web, [PortSpec.parse("8080:5000")], bridge=bridge)
+    text = change_text("natmap", table.change()).splitlines()
+    assert 'add element inet natmap routed_bridges6 { "natmap0" }' in text
+    assert not any("routed_bridges4" in line or "routed4" in line or "dnat6" in line for line in text)
+    assert 'add element inet natmap dnat4_any { tcp . 8080 comment "web01" : 172.30.0.2 . 5000 }' in text
+    assert 'add element inet natmap routed6 { fd00:30::2 . tcp . 5000-5000 comment "web01 :: 8080" }' in text
+    table.set_gateway(Gateway("natmap0", mode_ipv4="nat-unprotected"), bridge)
+    text = change_text("natmap", table.change()).splitlines()
+    assert 'add element inet natmap unprotected4 { "natmap0" }' in text
+    assert 'add element inet natmap dnat6_any { tcp . 8080 comment "web01" : fd00:30::2 . 5000 }' in text

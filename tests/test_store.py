@@ -35,6 +35,32 @@ def test_items_round_trip_with_what_the_kernel_cannot_keep(store):
     assert store.get("generation") == "gen" and not store.pending()
 
 
+def test_which_bridge_an_endpoint_is_on_is_kept_beside_the_items(store):
+    store.begin(Change(add=(WEB, BRIDGE)), placed={"web01": "natmap0"})
+    store.done("gen")
+    assert store.placements() == {"web01": "natmap0"}
+    assert set(store.items()) == {WEB, BRIDGE} and set(store.items(bindings=False)) == {BRIDGE}
+    assert store.of("web01") == [WEB]  # no item: not among the endpoint's
+    store.place({"web01": "natmap1", "db01": "natmap0"})
+    assert store.placements() == {"web01": "natmap1", "db01": "natmap0"}
+    store.place({"web01": None})
+    assert store.placements() == {"db01": "natmap0"}
+
+
+def test_a_gateway_row_keeps_each_families_mode_and_reads_one_of_before(store):
+    import json
+    import sqlite3
+
+    from natmap import Gateway
+
+    store.begin(Change(add=(Gateway("natmap0", mode_ipv6="routed", trusted=["eth1"]),)))
+    assert store.items() == [Gateway("natmap0", "nat", ("eth1",), mode_ipv6="routed")]
+    store.close()
+    with sqlite3.connect(store.path) as db:  # a row natmap wrote when one mode held for both families
+        db.execute("UPDATE items SET data = ? WHERE kind = 'gateway'", (json.dumps(["natmap0", "routed", []]),))
+    assert store.items() == [Gateway("natmap0", "routed")]
+
+
 def test_a_change_is_pending_until_done_and_undo_takes_it_back(store):
     store.begin(Change(add=(WEB,)))
     assert store.pending() and store.get("generation") is None

@@ -239,6 +239,7 @@ class Layout:
         DNAT rule natmap did not write is described in ``foreign``, not read."""
         foreign = [] if foreign is None else foreign
         items: list[Item] = []
+        gateways: dict[int, list[Gateway]] = {}
         for family in _FAMILIES:
             for rule in rules_of(family, "nat", self._chain("DNAT")):
                 binding = self._read_dnat(rule)
@@ -250,8 +251,9 @@ class Layout:
             items += self._read_bridges(rules_of(family, "nat", self._chain("POSTROUTING")))
             items += self._read_isolation(rules_of(family, "filter", self._chain("FORWARD")))
             protect = rules_of(family, "filter", self._chain("PROTECT"))
-            items += self._read_gateways(protect)
+            gateways[family] = self._read_gateways(protect)
             items += filter(None, map(self._read_routed, protect))
+        items += _gateways_of_families(gateways[4], gateways[6])
         items += self._read_links(*(rules_of(family, "filter", self._chain("ISOLATION")) for family in _FAMILIES))
         return _merge_bridges(items)
 
@@ -342,13 +344,16 @@ class Layout:
                     (("in_interface", bridge.name),), first=True)
 
     def _gateway_rules(self, gateway: Gateway) -> Iterator[_Rule]:
-        """What lets routed traffic through PROTECT to one bridge: its mode, trusted interfaces."""
-        comment = ("comment", (("comment", f"gateway:{gateway.bridge}:{gateway.mode}"),))
+        """What lets routed traffic through PROTECT to one bridge: each IP
+        family's mode in that family's table, commented ``gateway:BRIDGE:MODE``,
+        and the trusted interfaces (both families)."""
         for family in _FAMILIES:
-            if gateway.mode == "nat-unprotected":
+            mode = gateway.mode_of(family)
+            comment = ("comment", (("comment", f"gateway:{gateway.bridge}:{mode}"),))
+            if mode == "nat-unprotected":
                 yield _Rule(family, "filter", self._chain("PROTECT"), "RETURN", (comment,),
                             (("out_interface", gateway.bridge),), first=True)
-            elif gateway.mode == "routed":  # ICMP passes; the published ports: _routed; no masquerade
+            elif mode == "routed":  # ICMP passes; the published ports: _routed; no masquerade
                 yield _Rule(family, "filter", self._chain("PROTECT"), "RETURN", (comment,),
                             (("protocol", "icmp" if family == 4 else "icmpv6"), ("out_interface", gateway.bridge)),
                             first=True)
@@ -410,6 +415,7 @@ class Layout:
 
     @staticmethod
     def _read_gateways(rules: list[Any]) -> list[Gateway]:
+        """The gateways one family's PROTECT chain holds (their ``mode`` that family's)."""
         modes: dict[str, str] = {}
         trusted: dict[str, list[str]] = {}
         for rule in rules:
@@ -909,6 +915,19 @@ def _find_marker(chain: Any) -> str | None:
 
 def _comment(rule: Any) -> str | None:
     return next((m.comment for m in rule.matches if m.name == "comment"), None)
+
+
+def _gateways_of_families(ipv4: list[Gateway], ipv6: list[Gateway]) -> list[Gateway]:
+    """One Gateway a bridge from what the IPv4 and the IPv6 tables hold (a
+    family without a rule for the bridge: ``nat``; trusted: in either)."""
+    of4, of6 = {g.bridge: g for g in ipv4}, {g.bridge: g for g in ipv6}
+    gateways = []
+    for bridge in sorted({*of4, *of6}):
+        read = [g for g in (of4.get(bridge), of6.get(bridge)) if g is not None]
+        gateways.append(Gateway(bridge, None, {i for g in read for i in g.trusted},
+                                mode_ipv4=of4[bridge].mode_ipv4 if bridge in of4 else None,
+                                mode_ipv6=of6[bridge].mode_ipv6 if bridge in of6 else None))
+    return gateways
 
 
 def _merge_bridges(items: list[Item]) -> list[Item]:

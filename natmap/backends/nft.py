@@ -11,7 +11,8 @@ The layout, one ``inet`` table per NatMap::
     map dnat6_ports, dnat6_ports_any_*  the same for IPv6
     set bridges, subnets4, subnets6   what to masquerade
     set isolated       ifname . ifname: bridges closed to inter-container traffic
-    set unprotected, trusted, routed   the gateway modes (docs/kernel.md)
+    set unprotected4 / unprotected6, routed_bridges4 / routed_bridges6, trusted
+                       the gateway modes, per IP family (docs/kernel.md)
     set routed4 / routed6  container address . proto . ports: what a routed bridge opens
     set links4 / links6  source . target . proto . port: the flows links open
 
@@ -97,9 +98,9 @@ def skeleton(table: str) -> str:
     lines += [
         f'add set {t} bridges {{ type ifname ; comment "{marker(table)}" ; }}',
         f"add set {t} isolated {{ type ifname . ifname ; }}",
-        f"add set {t} unprotected {{ type ifname ; }}",
+        # the bridges per gateway mode (not nat), one set per IP family (Docker's _ipv4 / _ipv6)
+        *(f"add set {t} {mode}{v} {{ type ifname ; }}" for mode in ("unprotected", "routed_bridges") for v in _VERSIONS),
         f"add set {t} trusted {{ type ifname . ifname ; }}",
-        f"add set {t} routed {{ type ifname ; }}",
         # Docker once had 127.0.0.1 bindings reachable from the LAN: drop such
         # packets before NAT can see them.
         f"add chain {t} localhost_guard {{ type filter hook prerouting priority raw ; policy accept ; }}",
@@ -120,7 +121,7 @@ def skeleton(table: str) -> str:
         f"add rule {t} output fib daddr type local jump published",
         f"add chain {t} postrouting {{ type nat hook postrouting priority srcnat ; policy accept ; }}",
         # Docker's routed mode: no masquerade for the containers of a routed bridge
-        f"add rule {t} postrouting iifname @routed return",
+        *(f"add rule {t} postrouting meta nfproto ipv{v} iifname @routed_bridges{v} return" for v in _VERSIONS),
         # localhost -> container: the container must answer the bridge, not 127.0.0.1
         f"add rule {t} postrouting oifname @bridges ip saddr 127.0.0.0/8 masquerade",
         f"add rule {t} postrouting oifname @bridges ip6 saddr ::1 masquerade",
@@ -147,12 +148,13 @@ def skeleton(table: str) -> str:
         # above), if the bridge is nat-unprotected, or from a trusted interface.
         f"add chain {t} protect",
         f"add rule {t} forward oifname @bridges iifname != @bridges ct state new jump protect",
-        f"add rule {t} protect oifname @unprotected return",
+        *(f"add rule {t} protect meta nfproto ipv{v} oifname @unprotected{v} return" for v in _VERSIONS),
         f"add rule {t} protect iifname . oifname @trusted return",
         # routed: the published container ports (the host port ignored) and ICMP, as Docker's routed mode
         f"add rule {t} protect ip daddr . meta l4proto . th dport @routed4 return",
         f"add rule {t} protect ip6 daddr . meta l4proto . th dport @routed6 return",
-        f"add rule {t} protect oifname @routed meta l4proto {{ icmp, ipv6-icmp }} return",
+        f"add rule {t} protect meta nfproto ipv4 oifname @routed_bridges4 meta l4proto icmp return",
+        f"add rule {t} protect meta nfproto ipv6 oifname @routed_bridges6 meta l4proto ipv6-icmp return",
         f"add rule {t} protect drop",
     ]
     return "\n".join(lines) + "\n"
@@ -350,10 +352,14 @@ def _read_isolation(contents: dict[str, list[Any]], foreign: list[str]) -> list[
 
 
 def _gateway_elements(gateway: Gateway) -> Iterator[_Element]:
-    """A bridge not in the default mode: its name in ``unprotected``
-    (``nat-unprotected``), each trusted interface ``IFACE . BRIDGE`` in ``trusted``."""
-    if gateway.mode != "nat":
-        yield _Element("unprotected" if gateway.mode == "nat-unprotected" else "routed", (_Ifname(gateway.bridge),))
+    """A bridge not in the default mode: its name, per IP family, in
+    ``unprotected4``/``6`` (``nat-unprotected``) or ``routed_bridges4``/``6``
+    (``routed``); each trusted interface ``IFACE . BRIDGE`` in ``trusted``."""
+    for v in _VERSIONS:
+        mode = gateway.mode_of(v)
+        if mode != "nat":
+            yield _Element(f"{'unprotected' if mode == 'nat-unprotected' else 'routed_bridges'}{v}",
+                           (_Ifname(gateway.bridge),))
     for interface in gateway.trusted:
         yield _Element("trusted", (_Ifname(interface), _Ifname(gateway.bridge)))
 
@@ -363,12 +369,15 @@ def _read_gateways(contents: dict[str, list[Any]], foreign: list[str]) -> list[G
         interface, bridge = elem["concat"]
         return validate_ifname(interface), validate_ifname(bridge)
 
-    modes = {b: "nat-unprotected" for b in _readable(validate_ifname, contents, "unprotected", foreign)}
-    modes.update((b, "routed") for b in _readable(validate_ifname, contents, "routed", foreign))
+    modes: dict[int, dict[str, str]] = {v: {} for v in _VERSIONS}
+    for v in _VERSIONS:
+        modes[v].update((b, "nat-unprotected") for b in _readable(validate_ifname, contents, f"unprotected{v}", foreign))
+        modes[v].update((b, "routed") for b in _readable(validate_ifname, contents, f"routed_bridges{v}", foreign))
     trusted: dict[str, list[str]] = {}
     for interface, bridge in _readable(pair, contents, "trusted", foreign):
         trusted.setdefault(bridge, []).append(interface)
-    return [Gateway(b, modes.get(b, "nat"), tuple(trusted.get(b, ()))) for b in sorted(set(modes) | set(trusted))]
+    return [Gateway(b, None, tuple(trusted.get(b, ())), mode_ipv4=modes[4].get(b), mode_ipv6=modes[6].get(b))
+            for b in sorted({*modes[4], *modes[6], *trusted})]
 
 
 def _json_value(part: Any) -> Any:

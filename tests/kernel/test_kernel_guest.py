@@ -647,6 +647,44 @@ def test_routed_mode_opens_only_published_container_ports_without_nat(sandbox, n
     assert (len(states["nat"]), len(states["routed"])) == (1, 1)  # each mode: the same kernel every time
 
 
+def test_nat_for_ipv4_and_routed_for_ipv6_on_one_bridge(sandbox, nm, web, client):
+    """Docker's common IPv6 setup (gateway_mode_ipv4=nat, gateway_mode_ipv6=routed):
+    IPv4 through the host port, masqueraded; IPv6 straight to the published
+    container port, not NATed; each family's other ports dropped. Swapped, the
+    other way round; back to nat, both mapped as they were."""
+    web.serve(9999)
+    client.serve(9000)
+    nm.publish(web.endpoint(), ["8080:5000"])
+    seen = {4: "192.0.2.2", 6: "2001:db8:2::2"}
+    outside = {4: str(sandbox.outside_ip), 6: str(sandbox.outside_ip6)}
+    direct = {4: str(web.ip), 6: str(web.ipv6)}
+
+    def holds(mode_of):
+        for v in (4, 6):
+            if mode_of[v] == "routed":
+                assert client.request(direct[v], 5000) == f"web01 {seen[v]}", v
+                assert client.request(outside[v], 8080, timeout=0.5) is None, v
+                assert web.request(seen[v], 9000) == f"client1 {direct[v]}", v    # no masquerade
+            else:
+                assert client.request(outside[v], 8080) == f"web01 {seen[v]}", v
+                assert client.request(direct[v], 5000, timeout=0.5) is None, v
+                assert web.request(seen[v], 9000) == f"client1 {outside[v]}", v   # masqueraded
+            assert client.request(direct[v], 9999, timeout=0.5) is None, v
+        assert {(b.version, type(b) is natmap.RoutedBinding) for b in nm.port("web01")} == {
+            (v, mode_of[v] == "routed") for v in (4, 6)}
+        assert not nm.check()
+
+    for ipv4, ipv6 in (("nat", "routed"), ("routed", "nat"), ("nat", "routed")):
+        gateway = nm.set_gateway(sandbox.bridge, mode_ipv4=ipv4, mode_ipv6=ipv6)
+        assert natmap.model.describe(gateway) == f"gateway {sandbox.bridge} ipv4 {ipv4} ipv6 {ipv6}"
+        holds({4: ipv4, 6: ipv6})
+        fresh = natmap.NatMap(netns=sandbox.host.name, backend=nm.backend_name)
+        assert fresh.gateways() == [natmap.Gateway(sandbox.bridge, mode_ipv4=ipv4, mode_ipv6=ipv6)]
+    nm.set_gateway(sandbox.bridge)
+    holds({4: "nat", 6: "nat"})
+    assert nm.gateways() == []
+
+
 def test_routed_mode_survives_repair_and_a_fresh_process_reads_it(sandbox, nm, web, client):
     nm.publish(web.endpoint(), ["8080:5000", "6000-6002:6000-6002/udp"])
     nm.set_gateway(sandbox.bridge, "routed")
@@ -717,6 +755,26 @@ def test_a_gateway_mode_takes_the_bindings_published_on_the_bridge_whatever_its_
     assert client.request(sandbox.outside_ip, 8080) == "web01 192.0.2.2"
     assert client.request(str(web.ip), 5000, timeout=0.5) is None
     assert not nm.check()
+
+
+def test_a_new_process_sets_the_mode_of_the_bindings_published_on_a_readdressed_bridge(sandbox, nm, web, client):
+    """Which endpoint is on which bridge is in the store: a process that never
+    saw web01 published takes its binding, though the bridge's subnets as now
+    recorded (seen re-addressed, at the mode change) hold none of its addresses."""
+    nm.publish(natmap.Endpoint("web01", web.ip, sandbox.bridge), ["8080:5000"])  # IPv4 only
+    _address(sandbox, "add", "10.77.0.1/24")
+    _address(sandbox, "del", f"{sandbox.bridge_ip}/24")  # re-addressed behind natmap's back
+    fresh = natmap.NatMap(netns=sandbox.host.name, backend=nm.backend_name)
+    fresh.set_gateway(sandbox.bridge, "routed")
+    assert [type(b) for b in fresh.port("web01")] == [natmap.RoutedBinding]
+    recorded = next(i for i in fresh._store.items() if isinstance(i, natmap.Bridge))
+    assert "10.77.0.0/24" in map(str, recorded.subnets) and "172.30.0.0/24" not in map(str, recorded.subnets)
+    _address(sandbox, "add", f"{sandbox.bridge_ip}/24")  # a route to web01 again: routed, not mapped
+    assert client.request(str(web.ip), 5000) == "web01 192.0.2.2"
+    assert client.request(sandbox.outside_ip, 8080, timeout=0.5) is None
+    natmap.NatMap(netns=sandbox.host.name, backend=nm.backend_name).set_gateway(sandbox.bridge, "nat")
+    assert client.request(sandbox.outside_ip, 8080) == "web01 192.0.2.2"
+    assert not natmap.NatMap(netns=sandbox.host.name, backend=nm.backend_name).check()
 
 
 def test_routed_mode_keeps_loopback_bindings_host_only(sandbox, nm, web, client):

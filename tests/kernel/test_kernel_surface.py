@@ -108,10 +108,13 @@ def test_every_commands_json_is_the_documented_shape(sandbox, tmp_path):
     assert valid("tables", j("tables").stdout)["tables"] == [{"table": "natmap", "backend": "nft"}]
     valid("isolate", j("isolate", sandbox.bridge).stdout)
     assert valid("gateway", j("gateway", sandbox.bridge, "--mode", "nat-unprotected", "--trust", "lo").stdout) \
-        == {"version": 1, "bridge": sandbox.bridge, "mode": "nat-unprotected", "trusted_interfaces": ["lo"]}
+        == {"version": 1, "bridge": sandbox.bridge, "mode": "nat-unprotected", "mode_ipv4": "nat-unprotected",
+            "mode_ipv6": "nat-unprotected", "trusted_interfaces": ["lo"]}
     assert valid("gateway", j("gateway", sandbox.bridge).stdout)["mode"] == "nat-unprotected"  # as it is
     assert valid("gateway", j("gateway").stdout)["gateways"] == [
-        {"bridge": sandbox.bridge, "mode": "nat-unprotected", "trusted_interfaces": ["lo"]}]
+        {"bridge": sandbox.bridge, "mode": "nat-unprotected", "mode_ipv4": "nat-unprotected",
+         "mode_ipv6": "nat-unprotected", "trusted_interfaces": ["lo"]}]
+    assert valid("gateway", j("gateway", sandbox.bridge, "--mode-ipv6", "routed").stdout)["mode"] is None
     valid("check", j("check").stdout)
     valid("unlink", j("unlink", "web01", "db01").stdout)
     valid("unpublish", j("unpublish", "web01").stdout)
