@@ -513,17 +513,17 @@ def _plain_args(argv: Sequence[str]) -> Namespace | None:
     command = next((c for c in COMMANDS if name in (c.name, *c.aliases)), None)
     if command is None or command.name not in _PLAIN:
         return None
-    options: dict[str, tuple[str, dict[str, Any]]] = {}  # flag -> (its dest, add_argument's options)
+    options: dict[str, tuple[bool, str, dict[str, Any]]] = {}  # flag -> (the command's?, dest, its options)
     values: dict[str, Any] = {"command": command}
     positionals: list[tuple[str, dict[str, Any]]] = []
-    for scope, arguments in (("global", GLOBAL_OPTIONS), ("command", command.arguments)):
+    for own, arguments in ((False, GLOBAL_OPTIONS), (True, command.arguments)):
         for flags, spec in arguments:
             if not flags[0].startswith("-"):
                 positionals.append((flags[0], spec))
                 continue
             dest = flags[-1].lstrip("-").replace("-", "_")
             for flag in flags:
-                options[flag] = (f"{scope}:{dest}", spec)
+                options[flag] = (own, dest, spec)
             values[dest] = spec.get("default", False if spec.get("action") == "store_true" else None)
     given: list[str] = []
     last = -1  # where the last of them is in argv
@@ -544,10 +544,9 @@ def _plain_args(argv: Sequence[str]) -> Namespace | None:
         flag, eq, text = arg.partition("=")
         if flag not in options or (eq and not flag.startswith("--")):
             return None  # -h, -v, --help, an abbreviation, -qVALUE, ...: argparse's
-        scope, spec = options[flag]
-        if scope.startswith("command:") and not seen_command:
+        own, dest, spec = options[flag]
+        if own and not seen_command:
             return None  # a command's option before the command: argparse's error
-        dest = scope.split(":", 1)[1]
         if spec.get("action") not in (None, "store_true"):
             return None  # -v's count
         if spec.get("action") == "store_true":
