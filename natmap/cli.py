@@ -521,7 +521,8 @@ def _plain_args(argv: Sequence[str]) -> Namespace | None:
             if not flags[0].startswith("-"):
                 positionals.append((flags[0], spec))
                 continue
-            dest = flags[-1].lstrip("-").replace("-", "_")
+            long = [f for f in flags if f.startswith("--")]  # argparse's dest: the first long flag's
+            dest = spec.get("dest") or (long or flags)[0].lstrip("-").replace("-", "_")
             for flag in flags:
                 options[flag] = (own, dest, spec)
             values[dest] = spec.get("default", False if spec.get("action") == "store_true" else None)
