@@ -44,6 +44,22 @@ def test_plain_args_are_argparses_or_none(words, command, at):
         assert vars(plain) == argparse_reads(argv), argv
 
 
+# whole options (a flag and its value), for lines shaped as users write them
+OPTIONS = st.sampled_from([["--json"], ["--table", "lab"], ["--table=lab"], ["--netns", "ns1"], ["--backend", "auto"],
+                           ["--backend=bogus"], ["--lock-timeout", "2"], ["--netns-path", "/x"], ["-q"], ["--quiet"],
+                           ["-f", "lab.toml"], ["-v"], ["--tab", "lab"], ["--table"]])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(OPTIONS, max_size=3), st.sampled_from(["port", "ls", "ps"]),
+       st.lists(st.sampled_from(["web01", "5000/tcp", "53", ""]), max_size=3), st.lists(OPTIONS, max_size=3))
+def test_plain_args_of_whole_options_are_argparses_or_none(before, command, positionals, after):
+    argv = [*(w for o in before for w in o), command, *positionals, *(w for o in after for w in o)]
+    plain = _plain_args(argv)
+    if plain is not None:
+        assert vars(plain) == argparse_reads(argv), argv
+
+
 @pytest.mark.parametrize("argv", [
     ["port", "web01"],
     ["port", "web01", "5000/tcp"],
