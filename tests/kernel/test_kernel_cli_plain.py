@@ -61,7 +61,8 @@ def test_plain_port_and_ls_print_what_argparses_path_prints(sandbox, backend, mo
     for name in names:
         lines += [["port", name], ["--json", "port", name], ["port", name, "1/sctp"], ["port", name, "65535"]]
     for b in rng.sample(bindings, min(4, len(bindings))):
-        lines += [["port", b.endpoint, str(b.container_port)], ["port", b.endpoint, f"{b.container_port}/{b.proto.value}"]]
+        lines += [["port", b.endpoint, str(b.container_port)],
+                  ["port", b.endpoint, f"{b.container_port}/{b.proto.value}"]]
     outputs = []
     for argv in lines:
         plain, full = both_ways(monkeypatch, capsys, [*argv, *where])
