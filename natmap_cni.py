@@ -27,6 +27,14 @@ def console() -> None:
         sys.stdin.buffer.read()  # the runtime writes {"cniVersion": ...}; read it, as it expects
         print(version_answer())
         sys.exit(0)
+    import gc
+
+    gc.disable()  # the import makes no garbage to collect (see natmap/__init__.py)
     from natmap.cni import main
 
-    sys.exit(main())
+    gc.enable()
+    status = main()
+    # The process ends now: its last collections would walk every object the
+    # import made to free memory the kernel takes back anyway (as `natmap` does).
+    gc.freeze()
+    sys.exit(status)

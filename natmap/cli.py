@@ -16,13 +16,13 @@ fault); with --json as one JSON object (docs/json.md).
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace as Namespace  # what _plain_args gives: argparse's Namespace, without argparse
 
 from . import __version__
 from .backends import BACKENDS
@@ -36,6 +36,7 @@ from .spec import LinkSpec, PortSpec
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
 if TYPE_CHECKING:
+    import argparse  # at run time only when a parser is built: not for `natmap port` and `ls` (_plain_args)
     from typing import Any, NoReturn
 
     Output = tuple[Any, list[str]]  # (what --json prints, the lines to print otherwise)
@@ -503,6 +504,86 @@ def _command_of(argv: Sequence[str]) -> str | None:
     return None
 
 
+_PLAIN = ("port", "ls")  # the reads _plain_args takes: a process each, where start-up is the cost
+
+
+def _plain_args(argv: Sequence[str]) -> Namespace | None:
+    """``argv`` read without argparse when it is a plain ``natmap port`` or
+    ``natmap ls``: the attributes argparse would give (the test holds them
+    equal), or None for anything else (another command, help, -v, an
+    abbreviated or unknown option, a value that starts with ``-``, ``--``, an
+    error), which argparse reads. Importing argparse and building the
+    command's parser is a tenth of a ``natmap port``.
+
+    Read as argparse reads it: global options before or after the command,
+    the command's own after it; ``--name=value`` or ``--name value``; a
+    repeated option's last value; a value converted by its ``type`` and
+    checked against its ``choices``; the positionals in one run."""
+    name = _command_of(argv)
+    command = next((c for c in COMMANDS if name in (c.name, *c.aliases)), None)
+    if command is None or command.name not in _PLAIN:
+        return None
+    options: dict[str, tuple[bool, str, dict[str, Any]]] = {}  # flag -> (the command's?, dest, its options)
+    values: dict[str, Any] = {"command": command}
+    positionals: list[tuple[str, dict[str, Any]]] = []
+    for own, arguments in ((False, GLOBAL_OPTIONS), (True, command.arguments)):
+        for flags, spec in arguments:
+            if not flags[0].startswith("-"):
+                positionals.append((flags[0], spec))
+                continue
+            long = [f for f in flags if f.startswith("--")]  # argparse's dest: the first long flag's
+            dest = spec.get("dest") or (long or flags)[0].lstrip("-").replace("-", "_")
+            for flag in flags:
+                options[flag] = (own, dest, spec)
+            values[dest] = spec.get("default", False if spec.get("action") == "store_true" else None)
+    given: list[str] = []
+    last = -1  # where the last of them is in argv
+    seen_command = False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if not arg.startswith("-"):
+            if not seen_command:
+                seen_command = True  # _command_of's word: the command, or one of its aliases
+            elif given and last != i - 2:
+                return None  # argparse takes the positionals of a run at once: an option between ends them
+            else:
+                given.append(arg)
+                last = i - 1
+            continue
+        flag, eq, text = arg.partition("=")
+        if flag not in options or (eq and not flag.startswith("--")):
+            return None  # -h, -v, --help, an abbreviation, -qVALUE, ...: argparse's
+        own, dest, spec = options[flag]
+        if own and not seen_command:
+            return None  # a command's option before the command: argparse's error
+        if spec.get("action") not in (None, "store_true"):
+            return None  # -v's count
+        if spec.get("action") == "store_true":
+            if eq:
+                return None
+            values[dest] = True
+            continue
+        if not eq:
+            if i == len(argv) or argv[i].startswith("-"):
+                return None
+            text, i = argv[i], i + 1
+        try:
+            value = spec.get("type", str)(text)
+        except ValueError:
+            return None
+        if "choices" in spec and value not in spec["choices"]:
+            return None
+        values[dest] = value
+    required = [p for p in positionals if p[1].get("nargs") != "?"]
+    if not len(required) <= len(given) <= len(positionals):
+        return None
+    for (dest, spec), value in zip(positionals, [*given, *[None] * (len(positionals) - len(given))]):
+        values[dest] = value
+    return Namespace(**values)
+
+
 def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     """The parser for ``argv``: when it names a command, only that command's
     parser is built (building them all is a tenth of ``natmap port``'s time)."""
@@ -518,7 +599,10 @@ def _parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
-def _build(commands: list[Command]) -> tuple[_Parser, dict[str, argparse.ArgumentParser]]:
+def _build(commands: list[Command]) -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    import argparse
+
+    _Parser, _Formatter = _parser_classes()
     parser = _Parser(
         prog="natmap", formatter_class=_Formatter,
         description="Docker-style port publishing and links on nftables, without Docker.",
@@ -547,24 +631,30 @@ def _build(commands: list[Command]) -> tuple[_Parser, dict[str, argparse.Argumen
     return parser, subs
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, its errors in natmap's form: one line (``--json``: one JSON object), exit 2."""
+def _parser_classes() -> tuple[type[argparse.ArgumentParser], type[argparse.HelpFormatter]]:
+    """natmap's parser and help formatter, made on first use: importing
+    argparse is for the commands :func:`_plain_args` does not read."""
+    import argparse
 
-    def error(self, message: str) -> NoReturn:
-        _report(CommandLineError(f"{message} (see {self.prog} --help)"), _JSON_ARGV[0])
-        sys.exit(EXIT_BAD_INPUT)
+    class _Parser(argparse.ArgumentParser):
+        """argparse, its errors in natmap's form: one line (``--json``: one JSON object), exit 2."""
+
+        def error(self, message: str) -> NoReturn:
+            _report(CommandLineError(f"{message} (see {self.prog} --help)"), _JSON_ARGV[0])
+            sys.exit(EXIT_BAD_INPUT)
+
+    class _Formatter(argparse.RawDescriptionHelpFormatter):
+        """Help as written, as wide as the terminal. The width comes from os:
+        argparse would ask shutil, whose import (it loads the compression
+        modules) costs more than the rest of a ``natmap port``'s parsing."""
+
+        def __init__(self, prog: str) -> None:
+            super().__init__(prog, width=_terminal_width() - 2)
+
+    return _Parser, _Formatter
 
 
 _JSON_ARGV = [False]  # whether the argv being parsed asks for --json (main sets it)
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Help as written, as wide as the terminal. The width comes from os:
-    argparse would ask shutil, whose import (it loads the compression
-    modules) costs more than the rest of a ``natmap port``'s parsing."""
-
-    def __init__(self, prog: str) -> None:
-        super().__init__(prog, width=_terminal_width() - 2)
 
 
 def _terminal_width() -> int:
@@ -649,7 +739,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if specs:  # argparse still says whether this command takes -p at all
         at = rest.index("--") if "--" in rest else len(rest)
         rest[at:at] = ["-p", specs[0]]
-    args = _parser(rest).parse_args(rest)
+    args = _plain_args(rest) or _parser(rest).parse_args(rest)
     if specs:
         args.publish = specs
     if args.verbose:

@@ -13,7 +13,6 @@ Each is idempotent: setting what is already set changes nothing.
 from __future__ import annotations
 
 import os
-import signal
 from collections.abc import Iterable
 
 TYPE_CHECKING = False
@@ -30,6 +29,8 @@ def crash_point(step: str) -> None:
     environment variable ``NATMAP_CRASH_AT`` names this step (the crash tests
     kill a publish at every step of a change to prove it recoverable)."""
     if os.environ.get("NATMAP_CRASH_AT") == step:
+        import signal  # here only: its enum classes are most of a ms of every natmap process's start
+
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -19,5 +19,5 @@ def test_import_natmap_loads_no_kernel_library():
 
 def test_the_command_line_loads_nothing_a_read_does_not_use():
     # Each of these cost `natmap port` one to three milliseconds of about forty.
-    unused = {"typing", "logging", "socket", "shutil", "tomllib", "subprocess"}
+    unused = {"typing", "logging", "socket", "shutil", "tomllib", "subprocess", "signal"}
     assert not loaded_by("import natmap.cli") & (KERNEL_LIBRARIES | unused)
