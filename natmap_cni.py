@@ -31,10 +31,13 @@ def console() -> None:
 
     gc.disable()  # the import makes no garbage to collect (see natmap/__init__.py)
     from natmap.cni import main
+    from natmap.store import exit_without_close, leave_open_until_exit
 
     gc.enable()
+    leave_open_until_exit()
     status = main()
-    # The process ends now: its last collections would walk every object the
-    # import made to free memory the kernel takes back anyway (as `natmap` does).
-    gc.freeze()
-    sys.exit(status)
+    # The process ends now, without a close of natmap's store (its checkpoint's
+    # fsyncs: see leave_open_until_exit) and without the last collections, which
+    # would walk every object the import made to free memory the kernel takes
+    # back anyway. Nothing else is left to do at exit but flushing the answer.
+    exit_without_close(status)

@@ -16,7 +16,6 @@ fault); with --json as one JSON object (docs/json.md).
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import sys
@@ -776,9 +775,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run() -> None:
     """The ``natmap`` command: the console script and ``python -m natmap``."""
+    from .store import exit_without_close, leave_open_until_exit
+
+    leave_open_until_exit()
     code = main()
-    # The process ends now. Its last garbage collections would walk every object
+    # The process ends now, without the store's close (its checkpoint's fsyncs)
+    # and without the last garbage collections, which would walk every object
     # importing natmap made, a fifth of a `natmap port`'s time, to free memory
-    # the kernel takes back anyway: hand them all to the permanent generation.
-    gc.freeze()
-    sys.exit(code)
+    # the kernel takes back anyway.
+    exit_without_close(code)

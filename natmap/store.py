@@ -54,7 +54,11 @@ from .links import Link
 from .model import Binding, Bridge, Change, Gateway, Isolation, Item, RoutedBinding, assert_never
 from .spec import Protocol
 
-__all__ = ["Store", "default_dir", "item_key"]
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (every natmap process would)
+if TYPE_CHECKING:
+    from typing import NoReturn
+
+__all__ = ["Store", "default_dir", "exit_without_close", "item_key", "leave_open_until_exit"]
 
 PERSISTENT_DIR = "/var/lib/natmap"  # the root namespace and `ip netns` named ones survive a reboot
 VOLATILE_DIR = "/run/natmap"        # an anonymous namespace does not
@@ -65,6 +69,46 @@ CREATE TABLE IF NOT EXISTS items (key TEXT PRIMARY KEY, kind TEXT NOT NULL, endp
 CREATE INDEX IF NOT EXISTS items_endpoint ON items (endpoint);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+# The connections Store.close leaves open in a process about to end by os._exit
+# (see leave_open_until_exit); None: close closes.
+_left_open: list[sqlite3.Connection] | None = None
+
+
+def leave_open_until_exit() -> None:
+    """Make :meth:`Store.close` leave its SQLite connection open for the rest
+    of the process, which then ends by ``os._exit`` (natmap-cni, ``natmap``).
+
+    SQLite's last connection to close checkpoints the WAL into the database
+    and deletes it: four fsyncs a process (the WAL's header and its directory
+    again when the next process's first write makes a new WAL), 10-25 ms of a
+    CNI ADD here. Ended without a close, the process leaves its commits in the
+    WAL, as a killed process does, which SQLite is made for: the next
+    connection reads them, and a commit checkpoints once the WAL passes
+    SQLite's 1,000 pages. Durability is what synchronous=NORMAL gives anyway
+    (see Store._open): a commit survives the process; a power cut may lose
+    the last ones, never the file.
+    """
+    global _left_open
+    if _left_open is None:
+        _left_open = []
+
+
+def exit_without_close(status: int) -> NoReturn:
+    """End the process with ``status`` after flushing stdout and stderr, by
+    ``os._exit``: no close of the stores left open (see
+    :func:`leave_open_until_exit`) and no interpreter teardown, whose last
+    collections would walk every object importing natmap made to free memory
+    the kernel takes back anyway. A reader that went away is no error: the
+    answer was written as far as anyone read it."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
 
 
 def default_dir(named: bool) -> str:
@@ -258,7 +302,10 @@ class Store:
 
     def close(self) -> None:
         if self._db is not None:
-            self._db.close()
+            if _left_open is None:
+                self._db.close()
+            else:
+                _left_open.append(self._db)  # the process ends by os._exit: see leave_open_until_exit
             self._db = None
 
     @contextmanager

@@ -209,3 +209,38 @@ def test_items_without_bindings_leave_out_every_kind_of_binding(store):
     store.done(None)
     assert set(store.items()) == {WEB, routed, BRIDGE}
     assert store.items(bindings=False) == [BRIDGE]
+
+
+def test_a_process_ending_without_close_leaves_its_commits_for_the_next(tmp_path):
+    """natmap and natmap-cni end by os._exit with the store left open (no
+    checkpoint's fsyncs): the commits stay in the WAL, whole, and the next
+    process reads them; a store closed the usual way has no WAL left."""
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "state" / "x.natmap.nft.db")
+    program = f"""
+import sys
+from natmap import Binding, Protocol
+from natmap.model import Change
+from natmap import store
+if sys.argv[1] == "kept":
+    store.leave_open_until_exit()
+s = store.Store({path!r})
+s.begin(Change(add=(Binding("web01", Protocol.TCP, "0.0.0.0", 8080, "172.30.0.2", 80),)))
+s.done("1")
+s.close()
+print("answered", end="")
+store.exit_without_close(7)
+"""
+    ended = subprocess.run([sys.executable, "-c", program, "kept"], capture_output=True, text=True)
+    assert (ended.returncode, ended.stdout) == (7, "answered")  # the answer flushed, the status kept
+    assert os.path.getsize(path + "-wal") > 0  # no checkpoint ran: the commits are in the WAL
+    again = Store(path)
+    assert [str(b) for b in again.items()] == ["0.0.0.0:8080"] and not again.pending()
+    assert again.get("generation") == "1"
+    again.close()
+    assert not os.path.exists(path + "-wal")  # the last close checkpointed it into the file
+
+    subprocess.run([sys.executable, "-c", program, "closed"], capture_output=True, check=False)
+    assert not os.path.exists(path + "-wal")
