@@ -612,6 +612,10 @@ class IptablesBackend(Layout):
             if step.verb is Verb.CHAIN and not table.is_chain(step.chain):
                 missing.append(f"{_name(step.family)} chain {step.chain} in table {step.table} is missing")
             elif step.verb is Verb.ADD and step.chain != self._chain("GENERATION") and table.is_chain(step.chain):
+                if self._to_missing_chain(step.needs_rule()):
+                    missing.append(f"{_name(step.family)} rule natmap writes in {step.chain} is missing: "
+                                   f"{step.needs_rule().text()}")
+                    continue
                 shape = _decoded(step.needs_rule().build(), step.family)
                 if shape not in (_decoded(r, step.family) for r in _chain(table, step.chain).rules):
                     missing.append(f"{_name(step.family)} rule natmap writes in {step.chain} is missing: {shape}")
@@ -662,7 +666,8 @@ class IptablesBackend(Layout):
         foreign: list[str] = []
         allowed: set[tuple[int, str, str, str]] = set()
         for rule in [*(r for item in self.read_items(rules_of, foreign) for r in self.rules(item)),
-                     *(s.needs_rule() for s in self._skeleton() if s.verb is Verb.ADD)]:
+                     *(s.needs_rule() for s in self._skeleton()
+                       if s.verb is Verb.ADD and not self._to_missing_chain(s.needs_rule()))]:
             allowed.add((rule.family, rule.table, rule.chain, _decoded(rule.build(), rule.family)))
         for family, table_name in _CREATE_ORDER:
             for chain in table_of(family, table_name).chains:
@@ -751,10 +756,16 @@ class IptablesBackend(Layout):
                     problems.append(f"{_name(step.family)} jump from {step.chain} to "
                                     f"{step.needs_rule().target} is missing")
                 elif step.verb is Verb.ADD and table.is_chain(step.chain) and \
-                        step.needs_rule().build() not in _chain(table, step.chain).rules:
+                        (self._to_missing_chain(step.needs_rule())
+                         or step.needs_rule().build() not in _chain(table, step.chain).rules):
                     problems.append(f"{_name(step.family)} rule {step.needs_rule().text()} is missing or changed")
             problems += self._unknown_rules()
         return problems
+
+    def _to_missing_chain(self, rule: _Rule) -> bool:
+        """Whether ``rule`` goes to one of natmap's chains that is not there
+        (then it cannot be there either, and python-iptables cannot build it)."""
+        return rule.target.startswith(self.prefix + "-") and not _table(rule.family, rule.table).is_chain(rule.target)
 
     def _any_chain(self) -> bool:
         """Whether any of natmap's chains exists, in any table (also a half-made set)."""
@@ -767,7 +778,7 @@ class IptablesBackend(Layout):
         rules in the DNAT chain are :meth:`load`'s foreign ones."""
         fixed: dict[tuple[int, str, str], list[Any]] = {}
         for step in self._skeleton():
-            if step.verb is Verb.ADD:
+            if step.verb is Verb.ADD and not self._to_missing_chain(step.needs_rule()):
                 fixed.setdefault((step.family, step.table, step.chain), []).append(step.needs_rule().build())
         unknown = []
         for family, table_name in _CREATE_ORDER:

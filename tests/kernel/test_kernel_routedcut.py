@@ -202,3 +202,29 @@ def test_another_programs_ct_mark_bits_are_kept(sandbox, nm, web, client):
     assert flow.ask(timeout=0.5) is None
     flow.close()
     sandbox.host.run(["nft", "delete", "table", "inet", "other"], check=True)
+
+
+def test_an_unpublish_killed_before_cutting_routed_flows_has_them_cut_by_the_next_call(sandbox, nm, web, client):
+    """The cut runs after the kernel commit: a process killed in between leaves
+    a pending change whose finishing (here by repair) cuts the marked flows."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    echo_server(web, 7000)
+    nm.publish(web.endpoint(), ["8080:7000"])
+    nm.set_gateway(sandbox.bridge, "routed")
+    flow = Flow(client, web.ip, 7000)
+    assert flow.ask() == "web01 answer:ping"
+    env = {**os.environ, "NATMAP_CRASH_AT": "kernel-commit"}
+    result = subprocess.run([str(Path(sys.executable).with_name("natmap")), "unpublish", "web01",
+                             "--backend", nm.backend_name, "--netns", sandbox.host.name],
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    assert flow.ask() == "web01 answer:ping"  # the rule is gone, the established flow not yet
+    nm.repair()  # finishes the change, flows included
+    assert flow.ask(timeout=0.5) is None
+    assert not nm.check()
+    flow.close()
