@@ -41,10 +41,10 @@ from .locking import LOCK_DIR, LOCK_TIMEOUT, describe_holder, discard, namespace
 from .model import (Binding, Bindings, Bridge, Change, Drift, Endpoint, Gateway, Isolation, Item, PortPool, Slot,
                     Table, describe, docker_order, validate_ifname)
 from .model import misheld  # a binding held in a form its bridge's gateway mode does not want
-from .routedcut import closed_routed
 from .model import RoutedBinding
 from .netns import current as current_netns, entered as entered_netns, validate_name as validate_netns
 from .netns import cookie as netns_cookie
+from .routedcut import closed_routed  # the routed flows a change forbids
 from .spec import PortSpec, Protocol, validate_name
 from .store import Store, default_dir
 
