@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from typing import IO, Any
 
-    from natmap import Link
+    from natmap import Link, RoutedBinding
     from natmap.host import Isolated
 
 __all__ = ["CniError", "NetConf", "Plugin", "PortMapping", "SUPPORTED_VERSIONS", "endpoint_name", "main",
@@ -508,11 +508,12 @@ class CniHost(Session):
         return super().bridge(name)  # UnknownInterfaceError if it is not there
 
     def forget_flows(self, removed: Iterable[Binding] = (), links: Iterable[Link] = (),
-                     added: Iterable[Binding] = (), isolated: Iterable[Isolated] = ()) -> int:
-        removed, links, isolated = list(removed), list(links), list(isolated)
+                     added: Iterable[Binding] = (), isolated: Iterable[Isolated] = (),
+                     routed: Iterable[RoutedBinding] = ()) -> int:
+        removed, links, isolated, routed = list(removed), list(links), list(isolated), list(routed)
         added = [b for b in added if b.proto is not Protocol.TCP]  # Session skips these too
-        if isolated:  # natmap-cni isolates no bridge; should a change do, Session cuts its flows
-            return super().forget_flows(removed, links, added, isolated)
+        if isolated or routed:  # natmap-cni isolates no bridge nor routes one; should a change do, Session cuts
+            return super().forget_flows(removed, links, added, isolated, routed)
         if not (removed or links or added):
             return 0
         tracked = _tracked()

@@ -41,8 +41,10 @@ from .locking import LOCK_DIR, LOCK_TIMEOUT, describe_holder, discard, namespace
 from .model import (Binding, Bindings, Bridge, Change, Drift, Endpoint, Gateway, Isolation, Item, PortPool, Slot,
                     Table, describe, docker_order, validate_ifname)
 from .model import misheld  # a binding held in a form its bridge's gateway mode does not want
+from .model import RoutedBinding
 from .netns import current as current_netns, entered as entered_netns, validate_name as validate_netns
 from .netns import cookie as netns_cookie
+from .routedcut import closed_routed  # the routed flows a change forbids
 from .spec import PortSpec, Protocol, validate_name
 from .store import Store, default_dir
 
@@ -652,8 +654,10 @@ class NatMap:
         the kernel holds), and cut the flows a pending change forbids: the
         process that began it may have died before it could."""
         deleted = Change(delete=tuple(self._store.pending_deleted()))
-        self._sync(Table(self._store.items()), Change(), force=force)
-        self._kernel.forget_flows(deleted.deleted(Binding), deleted.deleted(Link))
+        table = Table(self._store.items())
+        self._sync(table, Change(), force=force)
+        self._kernel.forget_flows(deleted.deleted(Binding), deleted.deleted(Link),
+                                  routed=closed_routed(table, deleted.deleted(RoutedBinding)))
 
     def _commit(self, table: Table, change: Change) -> None:
         """Apply ``change``, ``table``'s journaled change, in one transaction, or roll it back."""
@@ -708,7 +712,8 @@ class NatMap:
         for what in set_now:
             _log("host: set %s", what)
         self._kernel.forget_flows(applied.deleted(Binding), applied.deleted(Link), applied.added(Binding),
-                                  self._isolated_cuts(table, applied))
+                                  self._isolated_cuts(table, applied),
+                                  closed_routed(table, applied.deleted(RoutedBinding)))
         # Trusted next time only if nobody else committed in between.
         trusted = after is not None and (not isinstance(before, int) or after == before + 1)
         if (self._others_seen is not None and isinstance(before, int) and after == before + 1

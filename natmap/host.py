@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from .errors import BackendError, PrivilegeError, UnknownInterfaceError
 from .links import Link
-from .model import Binding, Bridge, Table
+from .model import ROUTED_CT_MARK, Binding, Bridge, RoutedBinding, Table
 from .spec import PortRange, Protocol
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
@@ -133,7 +133,8 @@ if TYPE_CHECKING:
             ...
 
         def forget_flows(self, removed: Iterable[Binding] = (), links: Iterable[Link] = (),
-                         added: Iterable[Binding] = (), isolated: Iterable[Isolated] = ()) -> int:
+                         added: Iterable[Binding] = (), isolated: Iterable[Isolated] = (),
+                         routed: Iterable[RoutedBinding] = ()) -> int:
             """Delete the conntrack entries a change makes stale; return how many."""
             ...
 
@@ -470,7 +471,8 @@ class Session:
         sysctl_writable(path)
 
     def forget_flows(self, removed: Iterable[Binding] = (), links: Iterable[Link] = (),
-                     added: Iterable[Binding] = (), isolated: Iterable[Isolated] = ()) -> int:
+                     added: Iterable[Binding] = (), isolated: Iterable[Isolated] = (),
+                     routed: Iterable[RoutedBinding] = ()) -> int:
         """Delete the conntrack entries that would keep steering traffic the old way.
 
         Only flows natmap changes qualify: a binding's are those whose ORIGINAL
@@ -486,7 +488,14 @@ class Session:
           a new binding until its entry expires). Only for UDP and SCTP: a TCP
           flow without an answer is refused at once;
         - an ``isolated`` bridge's: flows between two addresses of its subnets
-          that no link opens (isolation drops their next packets).
+          that no link opens (isolation drops their next packets);
+        - a closed ``routed`` binding's (its container port no longer open
+          to routed traffic): flows to its container address, protocol and
+          port(s) that carry natmap's conntrack mark (``ROUTED_CT_MARK``,
+          set by the routed accept rule on the flows it lets in). Conntrack
+          does not record where a flow came from: the mark is what tells a
+          flow natmap let in from the container's own, a trusted
+          interface's or a forwarded one, none of which is touched.
 
         Both families: a dump and a delete each name one (pyroute2's socket
         carries it), so IPv4 and IPv6 entries are asked for and deleted
@@ -521,23 +530,29 @@ class Session:
         # The bindings' tests are made only once the kernel has handed back
         # entries to test (10,000 of them cost more than the dump of none).
         # A group's keys: (family, protocol, destination port or None for any).
-        groups: tuple[tuple[bool, set[tuple[int, Protocol, int | None]], Any], ...] = (  # (nat only, keys, tests)
-            (True, {(_FAMILY[b.version], b.proto, None) for b in removed},
+        routed = list(routed)
+        # (nat only, conntrack mark, keys, tests)
+        groups: tuple[tuple[bool, int | None, set[tuple[int, Protocol, int | None]], Any], ...] = (
+            (True, None, {(_FAMILY[b.version], b.proto, None) for b in removed},
              lambda: [_matcher(_translated_for, b, local) for b in removed]),
-            (False, {(family, proto, None) for family, proto, _, _ in matchers}
+            (False, None, {(family, proto, None) for family, proto, _, _ in matchers}
              | {(_FAMILY[b.version], b.proto, b.host_port if b.count == 1 else None) for b in stale},
-             lambda: matchers + [_matcher(_stale_for, b, local) for b in stale]))
+             lambda: matchers + [_matcher(_stale_for, b, local) for b in stale]),
+            (False, ROUTED_CT_MARK, {_routed_key(b) for b in routed},
+             lambda: [(*_routed_key(b), functools.partial(_routed_flow, b)) for b in routed]))
         deleted = 0
-        if not (removed or stale or matchers):
+        if not (removed or stale or matchers or routed):
             return deleted
         with self._lock, _netlink("cleaning conntrack"):
-            for nat_only, keys, tests_for in groups:
-                entries = self._entries(keys, nat_only) if keys else []
+            for nat_only, mark, keys, tests_for in groups:
+                entries = self._entries(keys, nat_only, mark) if keys else []
                 by_key = _tests_by_port(tests_for()) if entries else {}
                 for entry in entries:
                     proto = _PROTOCOL.get(entry.tuple_orig.proto)  # a kernel without dump filters hands back all
                     tests_of = by_key.get((entry.tuple_orig.family, proto), {}) if proto else {}
                     tests = [*tests_of.get(entry.tuple_orig.dport, ()), *tests_of.get(None, ())]
+                    if mark is not None and (entry.mark or 0) & mark != mark:
+                        continue  # not a flow natmap marked (an old kernel may not filter by mark)
                     if not any(test(entry.tuple_orig, entry.tuple_reply, entry.status) for test in tests):
                         continue
                     try:
@@ -557,9 +572,11 @@ class Session:
             self._conntrack[family] = Conntrack(nfgen_family=family)
         return self._conntrack[family]
 
-    def _entries(self, keys: Iterable[tuple[int, Protocol, int | None]], nat_only: bool) -> list[Any]:
+    def _entries(self, keys: Iterable[tuple[int, Protocol, int | None]], nat_only: bool,
+                 mark: int | None = None) -> list[Any]:
         """The conntrack entries of ``keys`` (family, protocol, original
-        destination port or None for any), read in full before any is deleted
+        destination port or None for any), with ``mark``: only those whose
+        conntrack mark has those bits set, read in full before any is deleted
         (pyroute2 cannot delete while a dump runs). With ``nat_only``: those
         whose destination was translated, of every family in one dump (the
         kernel filters by status, Linux 5.15+, but not by status and protocol
@@ -584,7 +601,8 @@ class Session:
             # Any port asked, or more ports than dumps are worth: one dump of them all.
             for port in (None,) if None in wanted or len(wanted) > _PORT_DUMPS else wanted:
                 entries += self._socket(family).dump_entries(
-                    tuple_orig=NFCTAttrTuple(family=family, proto=_IPPROTO[proto], dport=port))
+                    tuple_orig=NFCTAttrTuple(family=family, proto=_IPPROTO[proto], dport=port),
+                    **({} if mark is None else {"mark": mark, "mark_mask": mark}))
         return entries
 
     def close(self) -> None:
@@ -613,7 +631,8 @@ class FakeHost:
     ``route_localnet`` and ``loopback6`` (bridge names),
     ``bridged_ipv4``/``bridged_ipv6`` (turned on by
     :meth:`hook_bridged_traffic`), ``forgotten`` (the removed, links and added
-    arguments of each :meth:`forget_flows`) and ``cut`` (its isolated ones).
+    arguments of each :meth:`forget_flows`), ``cut`` (its isolated ones) and
+    ``routed_cut`` (its routed ones).
     ``events`` names every call, in order (share one list with a
     ``FakeBackend`` to see the order of both).
     """
@@ -636,6 +655,7 @@ class FakeHost:
         self.nonlocal_ok = nonlocal_bind
         self.others = list(others)
         self.cut: list[list[Isolated]] = []
+        self.routed_cut: list[list[RoutedBinding]] = []
         self.br_netfilter = br_netfilter
         self.bridged_ipv4 = False
         self.bridged_ipv6 = bridged_ipv6
@@ -720,10 +740,12 @@ class FakeHost:
         return self.bridged_ipv6
 
     def forget_flows(self, removed: Iterable[Binding] = (), links: Iterable[Link] = (),
-                     added: Iterable[Binding] = (), isolated: Iterable[Isolated] = ()) -> int:
+                     added: Iterable[Binding] = (), isolated: Iterable[Isolated] = (),
+                     routed: Iterable[RoutedBinding] = ()) -> int:
         self.events.append("host.forget_flows")
         self.forgotten.append((list(removed), list(links), list(added)))
         self.cut.append(list(isolated))
+        self.routed_cut.append(list(routed))
         return 0
 
     # The host settings read back (natmap.hoststate): what natmap set here.
@@ -813,6 +835,19 @@ def _translated_for(binding: Binding, local: Any, orig: Any, reply: Any, status:
 def _stale_for(binding: Binding, local: Any, orig: Any, reply: Any, status: int = 0) -> bool:
     return (not status & _SEEN_REPLY and _to_host_port(binding, local, orig)
             and not _translated_for(binding, local, orig, reply))
+
+
+def _routed_key(binding: RoutedBinding) -> tuple[int, Protocol, int | None]:
+    """A routed binding's flows keyed as :func:`_tests_by_port` keys them: on
+    the container port they go to (None: any port, for a same-port range)."""
+    return _FAMILY[binding.version], binding.proto, binding.container_port if binding.count == 1 else None
+
+
+def _routed_flow(binding: RoutedBinding, orig: Any, reply: Any, status: int = 0) -> bool:
+    """A flow whose original destination is the routed binding's container
+    address and one of its container ports (the caller tests natmap's mark)."""
+    return (_ip(orig.daddr) == binding.container_ip
+            and binding.container_port <= (orig.dport or 0) < binding.container_port + binding.count)
 
 
 def _link_flow(flow: tuple[Any, Any, int], orig: Any, reply: Any, status: int = 0) -> bool:

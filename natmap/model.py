@@ -247,6 +247,12 @@ class RoutedBinding(Binding):
                        self.container_port, self.count)
 
 
+# The conntrack mark bit natmap sets on the flows a routed binding lets in
+# (docs/kernel.md), set and tested under this mask alone: other programs' bits
+# stay theirs. Unpublishing the binding cuts the flows that carry it.
+ROUTED_CT_MARK = 0x04000000
+
+
 def held_routed(binding: Binding, routed: bool) -> bool:
     """Whether a bridge in ``routed`` mode (or not) holds ``binding`` as a
     :class:`RoutedBinding`. A loopback host address asked for access from this

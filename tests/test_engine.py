@@ -657,3 +657,58 @@ def test_check_names_a_binding_held_in_a_form_its_bridges_mode_does_not_want(bac
         and len(drift.structure) == 2 and not drift.missing and not drift.unexpected
     nm.set_gateway("natmap0", "routed")  # the mode it has: the bindings in its form again
     assert not nm.check() and all(type(b) is RoutedBinding for b in nm.port("web01"))
+
+
+# --- routed flows: what unpublishing a routed binding cuts (the decision; the cut itself is
+# tests/kernel/test_kernel_routedcut.py's) -------------------------------------------------
+
+
+def _routed(backend, tmp_path, *bridges):
+    host = FakeHost([BRIDGE, *bridges], ports=PortRange(40000, 40009))
+    nm = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    nm.set_gateway("natmap0", "routed")
+    return nm, host
+
+
+def test_unpublishing_a_routed_binding_cuts_its_marked_flows_and_no_nat_ones(backend, tmp_path):
+    from natmap import RoutedBinding
+
+    nm, host = _routed(backend, tmp_path)
+    made = nm.publish(WEB, ["8080:5000", "9000-9002:9000-9002/udp"])
+    assert host.routed_cut[-1] == []  # a publish closes nothing
+    nm.unpublish("web01")
+    cut = host.routed_cut[-1]
+    assert any(b.count == 3 for b in cut)  # a range whole
+    assert sorted((x for b in cut for x in b.expand()), key=repr) == sorted(made, key=repr)  # both families
+    assert all(type(b) is RoutedBinding for b in cut)
+    assert host.forgotten[-1][0] == []  # nothing was DNATed: no NAT flow to forget
+
+
+def test_leaving_routed_for_nat_closes_the_ports_and_for_nat_unprotected_does_not(backend, tmp_path):
+    nm, host = _routed(backend, tmp_path)
+    made = nm.publish(WEB, ["8080:5000"])
+    nm.set_gateway("natmap0", "nat-unprotected")  # every routed flow passes there: nothing to cut
+    assert host.routed_cut[-1] == []
+    nm.set_gateway("natmap0", "routed")
+    nm.set_gateway("natmap0", "nat")  # now only DNATed flows pass: the direct ones end
+    assert sorted(host.routed_cut[-1], key=str) == sorted(made, key=str)
+
+
+def test_a_port_published_again_in_the_same_change_stays_open(backend, tmp_path):
+    nm, host = _routed(backend, tmp_path)
+    nm.publish(WEB, ["8080:5000", "7000-7003:7000-7003"])
+    with nm.transaction() as tx:
+        tx.unpublish("web01")
+        tx.publish(WEB, ["8081:5000", "7001:7001"])  # another host side, the same container port
+    # Only the range's ports no binding opens any more are cut, one binding each.
+    assert sorted((b.version, b.container_port, b.count) for b in host.routed_cut[-1]) == \
+        [(4, 7000, 1), (4, 7002, 1), (4, 7003, 1), (6, 7000, 1), (6, 7002, 1), (6, 7003, 1)]
+
+
+def test_another_bridges_unpublish_cuts_no_routed_flow(backend, tmp_path):
+    other = Bridge("natmap1", (ipaddress.ip_network("172.31.0.0/24"),))
+    nm, host = _routed(backend, tmp_path, other)
+    nm.publish(WEB, ["8080:5000"])
+    nm.publish(Endpoint("db01", "172.31.0.2", "natmap1"), ["5432"])
+    nm.unpublish("db01")
+    assert host.routed_cut[-1] == [] and len(host.forgotten[-1][0]) == 1

@@ -34,7 +34,7 @@ class IptcLike:
         self.src, self.dst = fields.get("src", anywhere), fields.get("dst", anywhere)
         self.in_interface, self.out_interface = fields.get("in_interface"), fields.get("out_interface")
         self.matches = [SimpleNamespace(name=name, **dict(options)) for name, options in rule.matches]
-        self.target = SimpleNamespace(name=rule.target, **dict(rule.target_args))
+        self.target = SimpleNamespace(name=rule.target, goto=rule.goto, **dict(rule.target_args))
 
 
 def chains_of(written):
@@ -134,12 +134,50 @@ def test_a_routed_bridge_and_its_bindings_read_back_as_written():
     assert set(LAYOUT.read_items(chains_of(written))) == written
     text = LAYOUT.text(Change(add=tuple(sorted(written, key=str)))).splitlines()
     # the container port opened, the host side kept in the comment; ICMP; no masquerade
-    assert ('iptables -t filter -I NATMAP-PROTECT -d 172.30.0.2 -p tcp -m tcp --dport 5000 '
-            '-m comment --comment "routed:web01 0.0.0.0 8080" -j RETURN') in text
-    assert ('ip6tables -t filter -I NATMAP-PROTECT -d fd00:30::2 -p udp -m udp --dport 6000:6002 '
-            '-m comment --comment "routed:web01 :: 6000" -j RETURN') in text
+    # (each goes to NATMAP-ROUTED, which marks the flow and whose end returns from PROTECT)
+    assert ('iptables -t filter -I NATMAP-ROUTES -d 172.30.0.2 -p tcp -m tcp --dport 5000 '
+            '-m comment --comment "routed:web01 0.0.0.0 8080" -g NATMAP-ROUTED') in text
+    assert ('ip6tables -t filter -I NATMAP-ROUTES -d fd00:30::2 -p udp -m udp --dport 6000:6002 '
+            '-m comment --comment "routed:web01 :: 6000" -g NATMAP-ROUTED') in text
     assert ('iptables -t filter -I NATMAP-PROTECT -p icmp -o natmap0 -m comment --comment "gateway:natmap0:routed" '
             '-j RETURN') in text
     assert ('ip6tables -t nat -I NATMAP-POSTROUTING -i natmap0 -m comment --comment "gateway:natmap0:routed" '
             '-j RETURN') in text
     assert not any("-j DNAT" in line for line in text)
+
+
+def test_the_routed_mark_rule_is_fixed_structure_and_sets_natmaps_bit_alone():
+    """NATMAP-ROUTED is a chain of the skeleton in both families, and its one
+    rule sets natmap's conntrack bit under a mask of that bit alone."""
+    from natmap.model import ROUTED_CT_MARK
+
+    text = LAYOUT.text(Change(), create=True).splitlines()
+    for tool in ("iptables", "ip6tables"):
+        # appended, so after every return of PROTECT (items insert theirs at the top: a trusted
+        # interface's flow is let in unmarked): the routes, then drop
+        assert [line for line in text if f"{tool} -t filter -A NATMAP-PROTECT" in line] == \
+            [f"{tool} -t filter -A NATMAP-PROTECT -g NATMAP-ROUTES"]
+        assert f"{tool} -t filter -A NATMAP-ROUTES -j DROP" in text
+        assert f"{tool} -t filter -N NATMAP-ROUTED" in text
+        assert (f"{tool} -t filter -A NATMAP-ROUTED -j CONNMARK "
+                f"--set-xmark {ROUTED_CT_MARK:#x}/{ROUTED_CT_MARK:#x}") in text
+    assert bin(ROUTED_CT_MARK).count("1") == 1
+
+
+def test_a_routed_rule_that_does_not_mark_is_not_read_as_the_binding():
+    """A hand edit (or an older natmap) that makes a routed rule -j RETURN lets
+    flows in unmarked, which unpublishing could not cut: the binding reads as
+    missing, so check() reports it and repair() writes it again."""
+    from dataclasses import replace
+
+    from natmap import Gateway
+
+    table = Table()
+    table.set_gateway(Gateway("natmap0", "routed"), BRIDGE)
+    table.publish(WEB, [PortSpec.parse("8080:5000")], bridge=BRIDGE)
+    routed = [b for b in table.items() if type(b).__name__ == "RoutedBinding" and b.version == 4]
+    rule = next(LAYOUT.rules(routed[0]))
+    unmarked = IptcLike(replace(rule, target="RETURN", goto=False))
+    jumped = IptcLike(replace(rule, goto=False))
+    assert LAYOUT.read_items(lambda f, t, c: [unmarked, jumped] if c == "NATMAP-ROUTES" and f == 4 else []) == []
+    assert LAYOUT.read_items(lambda f, t, c: [IptcLike(rule)] if c == "NATMAP-ROUTES" and f == 4 else []) == routed

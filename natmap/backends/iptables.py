@@ -14,8 +14,11 @@ Chains, for a NatMap whose table is ``natmap`` (``lab1`` gives ``LAB1-...``)::
     filter NATMAP-ISOLATION    replies, neighbour discovery, the links' flows
                                (commented source>target:alias), then drop
     filter NATMAP-PROTECT      new flows routed into a bridge: the gateway modes'
-                               returns (a routed bridge's bindings are returns
-                               here, commented routed:..., not DNAT rules), then drop
+                               returns, then a goto NATMAP-ROUTES
+    filter NATMAP-ROUTES       a routed bridge's bindings (commented routed:...,
+                               not DNAT rules): gotos NATMAP-ROUTED; then drop
+    filter NATMAP-ROUTED       marks a routed flow (CONNMARK, natmap's bit); its
+                               end returns from PROTECT (every step was a goto)
 
 What is atomic: each table of each family is replaced in one commit
 (``iptc_commit``). A change spans up to two tables in two families, committed
@@ -52,7 +55,7 @@ from ..guest import marker, owner_of
 from ..hoststate import crash_point
 from ..links import Flow, Link, links_from_flows
 from ..locking import LOCK_TIMEOUT, flocked
-from ..model import Binding, Bridge, Change, Gateway, Isolation, Item, RoutedBinding, Table
+from ..model import ROUTED_CT_MARK, Binding, Bridge, Change, Gateway, Isolation, Item, RoutedBinding, Table
 from ..spec import Protocol
 from .base import Generation
 
@@ -75,6 +78,7 @@ class _Rule:
     fields: tuple[tuple[str, str], ...] = ()     # src, dst, protocol, in_interface, out_interface
     target_args: tuple[tuple[str, str], ...] = ()
     first: bool = False                           # insert at the top instead of appending
+    goto: bool = False                            # -g: the target chain's end returns from this one's caller
 
     def build(self) -> Any:
         import iptc
@@ -86,7 +90,7 @@ class _Rule:
             match = rule.create_match(match_name)
             for option, value in options:
                 setattr(match, option, value)
-        target = rule.create_target(self.target)
+        target = rule.create_target(self.target, goto=self.goto)
         for option, value in self.target_args:
             setattr(target, option, value)
         return rule
@@ -102,7 +106,7 @@ class _Rule:
             words += ["-m", match_name]
             for option, value in options:
                 words += [f"--{option.replace('_', '-')}", f'"{value}"' if match_name == "comment" else value]
-        words += ["-j", self.target]
+        words += ["-g" if self.goto else "-j", self.target]
         for option, value in self.target_args:
             words += [f"--{option.replace('_', '-')}", value]
         return f"{'ip6tables' if self.family == 6 else 'iptables'} -t {self.table} " + " ".join(words)
@@ -250,9 +254,8 @@ class Layout:
                     items.append(binding)
             items += self._read_bridges(rules_of(family, "nat", self._chain("POSTROUTING")))
             items += self._read_isolation(rules_of(family, "filter", self._chain("FORWARD")))
-            protect = rules_of(family, "filter", self._chain("PROTECT"))
-            gateways[family] = self._read_gateways(protect)
-            items += filter(None, map(self._read_routed, protect))
+            gateways[family] = self._read_gateways(rules_of(family, "filter", self._chain("PROTECT")))
+            items += filter(None, map(self._read_routed, rules_of(family, "filter", self._chain("ROUTES"))))
         items += _gateways_of_families(gateways[4], gateways[6])
         items += self._read_links(*(rules_of(family, "filter", self._chain("ISOLATION")) for family in _FAMILIES))
         return _merge_bridges(items)
@@ -292,20 +295,24 @@ class Layout:
             return None
 
     def _routed(self, b: RoutedBinding) -> _Rule:
-        """A binding on a routed bridge: a RETURN in NATMAP-PROTECT for its
-        container address, protocol and port(s), commented ``routed:ENDPOINT
-        HOST_IP HOST_PORT`` (the host side is not mapped, only kept)."""
+        """A binding on a routed bridge: in NATMAP-ROUTES, a goto NATMAP-ROUTED
+        (which marks the flow and returns from PROTECT) for its container
+        address, protocol and port(s), commented ``routed:ENDPOINT HOST_IP
+        HOST_PORT`` (the host side is not mapped, only kept). NATMAP-ROUTES
+        comes after every return of PROTECT: a flow PROTECT lets in otherwise
+        (a trusted interface's, another bridge's of the table) is not marked."""
         dport = str(b.container_port) if b.count == 1 else f"{b.container_port}:{b.container_port + b.count - 1}"
-        return _Rule(b.version, "filter", self._chain("PROTECT"), "RETURN",
+        return _Rule(b.version, "filter", self._chain("ROUTES"), self._chain("ROUTED"),
                      ((b.proto.value, (("dport", dport),)),
                       ("comment", (("comment", f"routed:{b.endpoint} {b.host_ip} {b.host_port}"),))),
-                     (("dst", str(b.container_ip)), ("protocol", b.proto.value)), first=True)
+                     (("dst", str(b.container_ip)), ("protocol", b.proto.value)), first=True, goto=True)
 
-    @staticmethod
-    def _read_routed(rule: Any) -> RoutedBinding | None:
+    def _read_routed(self, rule: Any) -> RoutedBinding | None:
         comment = _comment(rule) or ""
         if not comment.startswith("routed:"):
             return None
+        if rule.target is None or rule.target.name != self._chain("ROUTED") or not rule.target.goto:
+            return None  # a routed rule that would not mark its flows (an older natmap's, a hand edit): not one
         try:
             endpoint, host_ip, host_port = comment[len("routed:"):].split(" ")
             proto = Protocol(rule.protocol)
@@ -446,7 +453,8 @@ class Layout:
                                           (("comment", (("comment", marker(self.table)),)),)))]
         for family in _FAMILIES:
             for table, chain in (("raw", guard), ("nat", dnat), ("nat", post), ("filter", forward),
-                                 ("filter", isolation), ("filter", self._chain("PROTECT"))):
+                                 ("filter", isolation), ("filter", self._chain("PROTECT")),
+                                 ("filter", self._chain("ROUTES")), ("filter", self._chain("ROUTED"))):
                 steps.append(_Step(Verb.CHAIN, family, table, chain))
             rules = [
                 _Rule(family, "raw", guard, "DROP", (), (("dst", _LOOPBACK[family]), ("in_interface", "!lo"))),
@@ -458,7 +466,13 @@ class Layout:
                                 (("protocol", "icmpv6"),))
                           for kind in ("neighbour-solicitation", "neighbour-advertisement")]
             rules.append(_Rule(family, "filter", isolation, "DROP"))
-            rules.append(_Rule(family, "filter", self._chain("PROTECT"), "DROP"))
+            # After PROTECT's returns, by gotos (whose end returns from PROTECT): the routed
+            # bindings, then drop; a routed binding goes to the mark (natmap's bit alone, so
+            # that unpublishing can cut the flow: host.forget_flows).
+            rules.append(_Rule(family, "filter", self._chain("PROTECT"), self._chain("ROUTES"), goto=True))
+            rules.append(_Rule(family, "filter", self._chain("ROUTES"), "DROP"))
+            rules.append(_Rule(family, "filter", self._chain("ROUTED"), "CONNMARK",
+                               target_args=(("set_xmark", f"{ROUTED_CT_MARK:#x}/{ROUTED_CT_MARK:#x}"),)))
             steps += [_Step.of(Verb.ADD, r) for r in rules]
             jumps = [_Rule(family, "raw", "PREROUTING", guard, first=True),
                      _Rule(family, "nat", "PREROUTING", dnat, local),
@@ -608,6 +622,10 @@ class IptablesBackend(Layout):
             if step.verb is Verb.CHAIN and not table.is_chain(step.chain):
                 missing.append(f"{_name(step.family)} chain {step.chain} in table {step.table} is missing")
             elif step.verb is Verb.ADD and step.chain != self._chain("GENERATION") and table.is_chain(step.chain):
+                if self._to_missing_chain(step.needs_rule()):
+                    missing.append(f"{_name(step.family)} rule natmap writes in {step.chain} is missing: "
+                                   f"{step.needs_rule().text()}")
+                    continue
                 shape = _decoded(step.needs_rule().build(), step.family)
                 if shape not in (_decoded(r, step.family) for r in _chain(table, step.chain).rules):
                     missing.append(f"{_name(step.family)} rule natmap writes in {step.chain} is missing: {shape}")
@@ -658,7 +676,8 @@ class IptablesBackend(Layout):
         foreign: list[str] = []
         allowed: set[tuple[int, str, str, str]] = set()
         for rule in [*(r for item in self.read_items(rules_of, foreign) for r in self.rules(item)),
-                     *(s.needs_rule() for s in self._skeleton() if s.verb is Verb.ADD)]:
+                     *(s.needs_rule() for s in self._skeleton()
+                       if s.verb is Verb.ADD and not self._to_missing_chain(s.needs_rule()))]:
             allowed.add((rule.family, rule.table, rule.chain, _decoded(rule.build(), rule.family)))
         for family, table_name in _CREATE_ORDER:
             for chain in table_of(family, table_name).chains:
@@ -747,10 +766,16 @@ class IptablesBackend(Layout):
                     problems.append(f"{_name(step.family)} jump from {step.chain} to "
                                     f"{step.needs_rule().target} is missing")
                 elif step.verb is Verb.ADD and table.is_chain(step.chain) and \
-                        step.needs_rule().build() not in _chain(table, step.chain).rules:
+                        (self._to_missing_chain(step.needs_rule())
+                         or step.needs_rule().build() not in _chain(table, step.chain).rules):
                     problems.append(f"{_name(step.family)} rule {step.needs_rule().text()} is missing or changed")
             problems += self._unknown_rules()
         return problems
+
+    def _to_missing_chain(self, rule: _Rule) -> bool:
+        """Whether ``rule`` goes to one of natmap's chains that is not there
+        (then it cannot be there either, and python-iptables cannot build it)."""
+        return rule.target.startswith(self.prefix + "-") and not _table(rule.family, rule.table).is_chain(rule.target)
 
     def _any_chain(self) -> bool:
         """Whether any of natmap's chains exists, in any table (also a half-made set)."""
@@ -763,7 +788,7 @@ class IptablesBackend(Layout):
         rules in the DNAT chain are :meth:`load`'s foreign ones."""
         fixed: dict[tuple[int, str, str], list[Any]] = {}
         for step in self._skeleton():
-            if step.verb is Verb.ADD:
+            if step.verb is Verb.ADD and not self._to_missing_chain(step.needs_rule()):
                 fixed.setdefault((step.family, step.table, step.chain), []).append(step.needs_rule().build())
         unknown = []
         for family, table_name in _CREATE_ORDER:

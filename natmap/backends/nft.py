@@ -51,8 +51,8 @@ from contextlib import contextmanager
 from ..errors import BackendError, ConflictError, PrivilegeError, SpecError
 from ..guest import marker
 from ..links import Flow, Link, links_from_flows
-from ..model import (Binding, Bridge, Change, Gateway, Isolation, Item, RoutedBinding, Table, assert_never,
-                     validate_ifname)
+from ..model import (ROUTED_CT_MARK, Binding, Bridge, Change, Gateway, Isolation, Item, RoutedBinding, Table,
+                     assert_never, validate_ifname)
 from ..spec import Protocol
 from .nft_keywords import KEYWORDS
 
@@ -150,9 +150,10 @@ def skeleton(table: str) -> str:
         f"add rule {t} forward oifname @bridges iifname != @bridges ct state new jump protect",
         *(f"add rule {t} protect meta nfproto ipv{v} oifname @unprotected{v} return" for v in _VERSIONS),
         f"add rule {t} protect iifname . oifname @trusted return",
-        # routed: the published container ports (the host port ignored) and ICMP, as Docker's routed mode
-        f"add rule {t} protect ip daddr . meta l4proto . th dport @routed4 return",
-        f"add rule {t} protect ip6 daddr . meta l4proto . th dport @routed6 return",
+        # routed: the published container ports (the host port ignored) and ICMP, as Docker's routed mode;
+        # a flow let in is marked (natmap's bit alone), so that unpublishing can cut it (host.forget_flows)
+        *(f"add rule {t} protect ip{'' if v == 4 else '6'} daddr . meta l4proto . th dport @routed{v} "
+          f"ct mark set ct mark or {ROUTED_CT_MARK:#010x} return" for v in _VERSIONS),
         f"add rule {t} protect meta nfproto ipv4 oifname @routed_bridges4 meta l4proto icmp return",
         f"add rule {t} protect meta nfproto ipv6 oifname @routed_bridges6 meta l4proto ipv6-icmp return",
         f"add rule {t} protect drop",

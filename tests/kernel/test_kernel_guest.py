@@ -327,6 +327,11 @@ def test_adopt_force_never_takes_another_programs_generation_chain(sandbox, web,
     (["-A FORWARD -j NATMAP-FORWARD"], ["-D FORWARD -j NATMAP-FORWARD"], "rule in FORWARD jumps to NATMAP-FORWARD"),
     (["-A NATMAP-GENERATION -m comment --comment natmap-generation:x -j ACCEPT"],
      ["-D NATMAP-GENERATION -m comment --comment natmap-generation:x -j ACCEPT"], "natmap-generation:x"),
+    # the routed mark's chain: a rule natmap does not write in it, a goto into it from elsewhere, its rule gone
+    (["-I NATMAP-ROUTED -j ACCEPT"], ["-D NATMAP-ROUTED -j ACCEPT"], "rule in NATMAP-ROUTED is not natmap's"),
+    (["-I INPUT -g NATMAP-ROUTED"], ["-D INPUT -g NATMAP-ROUTED"], "rule in INPUT jumps to NATMAP-ROUTED"),
+    (["-D NATMAP-ROUTED -j CONNMARK --set-xmark 0x4000000/0x4000000"],
+     ["-A NATMAP-ROUTED -j CONNMARK --set-xmark 0x4000000/0x4000000"], "rule natmap writes in NATMAP-ROUTED is missing"),
 ])
 def test_adopt_force_refuses_natmaps_chains_that_others_use(sandbox, web, client, tmp_path, extra, undo, found):
     with natmap.NatMap(netns=sandbox.host.name, backend="iptables") as nm:
