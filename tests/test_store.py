@@ -74,7 +74,7 @@ def test_a_damaged_file_is_one_clear_error(tmp_path):
 
 def test_a_row_natmap_did_not_write_is_a_damaged_store(store):
     store.begin(Change(add=(WEB,)))
-    store._open().execute("UPDATE items SET data = '[\"bad name!\", \"tcp\"]'")
+    store._open().execute("UPDATE runs SET proto = 'bad!', container = 'not an address'")
     with pytest.raises(StoreCorruptError, match="did not write"):
         store.items()
 
@@ -119,8 +119,7 @@ def test_a_store_that_is_a_symlink_is_refused(tmp_path):
 def test_a_row_with_a_port_the_kernel_would_refuse_is_damage(store):
     store.begin(Change(add=(WEB,)))
     store.done("gen")
-    store._open().execute("UPDATE items SET data = ? WHERE kind = 'binding'",
-                          ('["web01","tcp","0.0.0.0",99999,"172.30.0.2",80]',))
+    store._open().execute("UPDATE runs SET port = 99999 WHERE kind = 'binding'")
     with pytest.raises(StoreCorruptError, match="adopt"):
         store.items()
 
