@@ -11,21 +11,36 @@ per (namespace, table, backend)::
 
 Tables::
 
-    items(key PRIMARY KEY, kind, endpoint, data)   one row an item: a binding
-                                                   (kind routed on a routed
-                                                   bridge; kind forced if published
-                                                   with force, taking a host socket's
-                                                   port knowingly), a bridge, a link (with its
-                                                   target's env), an isolation
+    items(key PRIMARY KEY, kind, endpoint, data)   one row an item other than a
+                                                   binding: a bridge, a link (with
+                                                   its target's env), an isolation,
+                                                   a gateway mode
+    runs(endpoint, host, proto, port, kind,        the bindings, one row a run: n
+         container, container_port, n, count)      single ports of one endpoint,
+         PRIMARY KEY (endpoint, host, proto,       address pair and shift
+         port) WITHOUT ROWID                       (``-p 20000-29999:30000-39999``,
+                                                   or 40 ``-p`` of consecutive
+                                                   ports), or one same-port range of
+                                                   count ports (n 1). kind binding,
+                                                   routed (a routed bridge's), or
+                                                   forced (published with force,
+                                                   taking a host socket's port
+                                                   knowingly)
     meta(name PRIMARY KEY, value)                  version (one more each write),
                                                    generation (the kernel's, after
                                                    natmap's last commit), pending
-                                                   (a change begun and not done),
-                                                   format ("natmap-store 1": a file
-                                                   without it is damaged, never empty),
-                                                   applied (the digest of the file
-                                                   `natmap apply` made the items from,
-                                                   and the version it left)
+                                                   (a change begun and not done: the
+                                                   touched endpoints' runs before it,
+                                                   the other items' keys added and
+                                                   rows deleted), format
+                                                   ("natmap-store 2": a file without
+                                                   it is damaged, never empty; a
+                                                   "natmap-store 1" file, a row a
+                                                   binding in items, is made format
+                                                   2 in place when opened), applied
+                                                   (the digest of the file `natmap
+                                                   apply` made the items from, and
+                                                   the version it left)
 
 A change is written in two store transactions that bracket the kernel's:
 :meth:`Store.begin` writes the new items and the change as ``pending``; the
@@ -486,8 +501,10 @@ class Store:
             db = sqlite3.connect(new, isolation_level=None)
             try:
                 db.execute("PRAGMA journal_mode=WAL")
-                db.executescript(_SCHEMA)
-                db.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT,))
+                # No fsync: nothing is linked in place until it is whole, and a power
+                # cut that loses it loses the kernel's rules as well (see _open).
+                db.execute("PRAGMA synchronous=OFF")
+                db.executescript(f"BEGIN; {_SCHEMA} INSERT INTO meta VALUES ('format', '{FORMAT}'); COMMIT;")
             finally:
                 db.close()
             try:
