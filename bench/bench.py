@@ -454,7 +454,11 @@ def singles(sb: Sandbox) -> dict:
             for endpoint, texts in specs:
                 tx.publish(endpoint, texts)
 
-    timed = interleaved({"natmap": (publish_singles, drop_floor),  # each setup removes the other's table
+    def natmap_setup() -> None:  # removes the floor's table; the ports parsed as a new process parses them
+        drop_floor()
+        natmap.spec._PORTS.clear()  # the single ports read before (spec._fast_port): a first parse is measured
+
+    timed = interleaved({"natmap": (publish_singles, natmap_setup),  # each setup removes the other's table
                          "floor": (lambda: sb.host.call(lib.cmd, text), lambda: _clean(nm))})
     _clean(nm)
     drop_floor()
