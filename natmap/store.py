@@ -191,7 +191,8 @@ def _kind(binding: Binding, forced: Collection[_Key]) -> str:
 def _held_of(rows: Iterable[_Run], held: dict[str, _Held]) -> None:
     """Each row's bindings into ``held`` (by endpoint), keyed as Binding.key."""
     parsed: dict[str, tuple[int, int]] = {}
-    for endpoint, host, proto, port, kind, container, container_port, n, count in rows:
+    for row in rows:
+        endpoint, host, proto, port, kind, container, container_port, n, count = _checked(row)
         mine = held.setdefault(endpoint, {})
         if host not in parsed:
             ip = ipaddress.ip_address(host)
@@ -263,17 +264,25 @@ def _new_runs(endpoint: str, bindings: list[Binding], forced: Collection[_Key]) 
     return [tuple(row) for row in rows]
 
 
+def _checked(row: _Run) -> _Run:
+    """``row``, or ValueError if natmap did not write it (a port out of range:
+    the kernel would refuse it; a run of more ports than there are)."""
+    endpoint, host, proto, port, kind, container, container_port, n, count = row
+    if not all(type(v) is int for v in (port, container_port, n, count)) or not (
+            n >= 1 and count >= 1 and (n == 1 or count == 1) and 1 <= port and 1 <= container_port
+            and port + n + count - 2 <= 65535 and container_port + n + count - 2 <= 65535) \
+            or kind not in _BINDING_KINDS:
+        raise ValueError(f"a run natmap did not write: {host} {proto} {port}+{n}x{count} of {endpoint!r}")
+    return row
+
+
 def _run_items(rows: Iterable[_Run]) -> list[Binding]:
     """The bindings of run rows; raises ValueError (or TypeError) for a row
     natmap did not write (a port out of range: the kernel would refuse it)."""
     made: list[Binding] = []
     addresses: dict[str, IPAddress] = {}
-    for endpoint, host, proto, port, kind, container, container_port, n, count in rows:
-        if not all(type(v) is int for v in (port, container_port, n, count)) or not (
-                n >= 1 and count >= 1 and (n == 1 or count == 1) and 1 <= port and 1 <= container_port
-                and port + n + count - 2 <= 65535 and container_port + n + count - 2 <= 65535) \
-                or kind not in _BINDING_KINDS:
-            raise ValueError(f"a run natmap did not write: {host} {proto} {port}+{n}x{count} of {endpoint!r}")
+    for row in rows:
+        endpoint, host, proto, port, kind, container, container_port, n, count = _checked(row)
         host_ip = addresses.get(host) or addresses.setdefault(host, ipaddress.ip_address(host))
         container_ip = addresses.get(container) or addresses.setdefault(container, ipaddress.ip_address(container))
         first = (RoutedBinding if kind == "routed" else Binding)(
@@ -573,8 +582,14 @@ class Store:
         return self._decoded(rows, runs)
 
     def _decoded(self, rows: list[tuple[str, str]], runs: Iterable[_Run] = ()) -> list[Item]:
-        try:
+        with self._damage():
             return [_item(kind, data) for kind, data in rows] + _run_items(runs)
+
+    @contextmanager
+    def _damage(self) -> Iterator[None]:
+        """A row natmap did not write, met reading or changing the items: a damaged store."""
+        try:
+            yield
         except (ValueError, KeyError, TypeError, IndexError) as exc:  # SpecError is a ValueError
             raise StoreCorruptError(f"natmap's store {self.path} holds a row natmap did not write ({exc!r}); "
                                     "the kernel's rules are untouched: `natmap adopt` rebuilds the store "
@@ -601,7 +616,7 @@ class Store:
         The pending record holds what :meth:`undo_pending` needs: the run rows
         the touched endpoints had, the keys of the other items added and the
         rows of those deleted."""
-        with self._write("recording the change") as db:
+        with self._write("recording the change") as db, self._damage():
             pending = _change(db, change._added, change._deleted, forced)  # by type, as Change sorted them
             db.execute("INSERT OR REPLACE INTO meta VALUES ('pending', ?)", (json.dumps(pending),))
 
@@ -614,7 +629,8 @@ class Store:
             if text is not None:
                 _restore(db, json.loads(text))
             else:
-                _change(db, change._deleted, change._added, ())
+                with self._damage():
+                    _change(db, change._deleted, change._added, ())
             db.execute("DELETE FROM meta WHERE name = 'pending'")
 
     def pending_deleted(self) -> list[Item]:

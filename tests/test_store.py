@@ -182,3 +182,16 @@ def test_items_without_bindings_leave_out_every_kind_of_binding(store):
     store.done(None)
     assert set(store.items()) == {WEB, routed, BRIDGE}
     assert store.items(bindings=False) == [BRIDGE]
+
+
+def test_a_run_of_more_ports_than_there_are_is_damage_to_a_read_and_to_a_change(store):
+    """A run row is read back port by port: a damaged count is refused before
+    any is made (a change reads the endpoint's runs too), and nothing is written."""
+    store.begin(Change(add=(WEB,)))
+    store.done("gen")
+    store._open().execute("UPDATE runs SET n = 1000000000")
+    with pytest.raises(StoreCorruptError, match="adopt"):
+        store.items()
+    with pytest.raises(StoreCorruptError, match="adopt"):
+        store.begin(Change(delete=(WEB,)))
+    assert not store.pending() and store.get("generation") == "gen"
