@@ -745,9 +745,12 @@ SCALE_NOTES = """\
   deleting its 10,000 elements (text or JSON alike, measured in turns): a
   change that empties or nearly empties a map is cheapest as a flush and the
   rest added back, which would save most of both the libnftables call and
-  the JSON. The backend's apply does not know the table after the change
-  (the Backend protocol's apply takes the change only); not done by the
-  deadline. This run: 509 ms at load 5-6.
+  the JSON. Written and taken back: a flush also drops any element another
+  program put in natmap's maps, which natmap leaves and reports (README,
+  Guarantees: other programs' rules), and knowing there is none takes a
+  read of the map, which costs about what the flush saves. Left: the
+  deletions' JSON made without an _Element a binding (as the publish's
+  text is). This run: 509 ms at load 5-6.
 - **Absolute targets (publish, unpublish, `natmap ls` of tcp+udp 1-65535).**
   Held as one interval element per protocol (nft) or one rule (iptables),
   they cost what one element costs; `natmap ls` as a process is Python's
