@@ -748,9 +748,10 @@ SCALE_NOTES = """\
   the JSON. Written and taken back: a flush also drops any element another
   program put in natmap's maps, which natmap leaves and reports (README,
   Guarantees: other programs' rules), and knowing there is none takes a
-  read of the map, which costs about what the flush saves. Left: the
-  deletions' JSON made without an _Element a binding (as the publish's
-  text is). This run: 509 ms at load 5-6.
+  read of the map, which costs about what the flush saves. Done after this
+  run: the deletions' JSON keys written out, no _Element a binding (as the
+  publish's text is): 10,000 keys in about 5 ms of CPU instead of 31. This
+  run: 509 ms at load 5-6.
 - **Absolute targets (publish, unpublish, `natmap ls` of tcp+udp 1-65535).**
   Held as one interval element per protocol (nft) or one rule (iptables),
   they cost what one element costs; `natmap ls` as a process is Python's
