@@ -712,10 +712,11 @@ SCALE_NOTES = """\
   in one SQLite transaction without fsync (about 9 ms -> 1, in each first
   write to a table: every bench turn follows a table's removal); single
   ports read are kept by their text (the bench clears them before natmap's
-  turn, to measure a first parse). Run of 16:31 UTC, load 5-6 on the 2
-  vCPUs (the floor at 2-2.5x its quiet time): singles 2.02x (2.86x, 2.89x
-  before), shifted 1.67x (2.01x, 2.36x), section 1's 10,000 2.01x (2.18x;
-  that row measured alone, natmap and the in-process floor in turns). Left:
+  turn, to measure a first parse). Run of 17:08 UTC, load 0.6-2: singles
+  2.32x (2.86x at 16:20 before these changes, 2.89x in the run before),
+  shifted 1.66x (2.01x, 2.36x), section 1's 10,000 1.68x (2.18x; that row
+  measured alone, natmap and the in-process floor in turns); at 16:31, load
+  5-6: 2.02x, 1.67x, 2.01x. Left:
   Python per binding outside the store, about 12 us of a 10,000-binding
   publish's (parsing 3-4, the model 4, the checks 2-3, the nft text 1.5);
   1.5x needs it halved again (fewer objects per binding: a run's text and
@@ -750,8 +751,9 @@ SCALE_NOTES = """\
   Guarantees: other programs' rules), and knowing there is none takes a
   read of the map, which costs about what the flush saves. Done after this
   run: the deletions' JSON keys written out, no _Element a binding (as the
-  publish's text is): 10,000 keys in about 5 ms of CPU instead of 31. This
-  run: 509 ms at load 5-6.
+  publish's text is): 10,000 keys in about 5 ms of CPU instead of 31.
+  Run of 17:08, load 0.6-2: 113 ms (191 ms at 16:20 before these changes;
+  509 ms at 16:31, load 5-6).
 - **Absolute targets (publish, unpublish, `natmap ls` of tcp+udp 1-65535).**
   Held as one interval element per protocol (nft) or one rule (iptables),
   they cost what one element costs; `natmap ls` as a process is Python's
