@@ -455,7 +455,11 @@ def singles(sb: Sandbox) -> dict:
             for endpoint, texts in specs:
                 tx.publish(endpoint, texts)
 
-    timed = interleaved({"natmap": (publish_singles, drop_floor),  # each setup removes the other's table
+    def natmap_setup() -> None:  # removes the floor's table; the ports parsed as a new process parses them
+        drop_floor()
+        natmap.spec._PORTS.clear()  # the single ports read before (spec._fast_port): a first parse is measured
+
+    timed = interleaved({"natmap": (publish_singles, natmap_setup),  # each setup removes the other's table
                          "floor": (lambda: sb.host.call(lib.cmd, text), lambda: _clean(nm))})
     _clean(nm)
     drop_floor()
@@ -698,6 +702,26 @@ SCALE_NOTES = """\
   place (it carries natmap's marker): since natmap checks the namespace's
   other natmap tables, that was a conflict; each turn now follows the removal
   of the table the turn before it left.
+  Done later on 2026-11-30 (storefast): the store keeps a row a run of
+  ports (format 2: 10,000 single `-p` of 250 endpoints are 250 rows, the
+  shifted range one; WITHOUT ROWID, keyed by endpoint, no second index; the
+  pending record is the touched endpoints' rows before the change, not every
+  key added), so its write for 10,000 bindings fell from 40-90 ms to 14-19
+  ms (timed by phase in one loaded run, perf_counter around each: parsing
+  30-40 ms, the model 35-45, the guard's host-socket and other-table checks
+  20-30, the store 14-19, libnftables about 80); a new store file is made
+  in one SQLite transaction without fsync (about 9 ms -> 1, in each first
+  write to a table: every bench turn follows a table's removal); single
+  ports read are kept by their text (the bench clears them before natmap's
+  turn, to measure a first parse). Run of 17:08 UTC, load 0.6-2: singles
+  2.32x (2.86x at 16:20 before these changes, 2.89x in the run before),
+  shifted 1.66x (2.01x, 2.36x), section 1's 10,000 1.68x (2.18x; that row
+  measured alone, natmap and the in-process floor in turns); at 16:31, load
+  5-6: 2.02x, 1.67x, 2.01x. Left:
+  Python per binding outside the store, about 12 us of a 10,000-binding
+  publish's (parsing 3-4, the model 4, the checks 2-3, the nft text 1.5);
+  1.5x needs it halved again (fewer objects per binding: a run's text and
+  one key per run instead of per port). Not reached by the deadline.
 - **`natmap port NAME` with 10,000 others <= 1.5x with 10.** The kernel cannot
   be asked for one endpoint's elements: the comment is not a key. `list
   table` makes libnftables format all 10,000 elements (about 40% of the time)
@@ -716,6 +740,21 @@ SCALE_NOTES = """\
   8-44 ms. The cleanup stays under the table's lock (see
   natmap.host.Session.forget_flows: outside it, a republished binding's new
   flows could be cut, and a crash would leave old ones with nothing pending).
+  Timed by phase on 2026-11-30 (storefast; loaded, totals 240-260 ms):
+  libnftables deleting the 10,000 elements 80-90 ms, making that JSON batch
+  70-100 ms, conntrack 15-30, the model 12-20, the store 7-30 (now a row
+  a run). `flush map` of the same map takes 7-16 ms, against 95-125 ms for
+  deleting its 10,000 elements (text or JSON alike, measured in turns): a
+  change that empties or nearly empties a map is cheapest as a flush and the
+  rest added back, which would save most of both the libnftables call and
+  the JSON. Written and taken back: a flush also drops any element another
+  program put in natmap's maps, which natmap leaves and reports (README,
+  Guarantees: other programs' rules), and knowing there is none takes a
+  read of the map, which costs about what the flush saves. Done after this
+  run: the deletions' JSON keys written out, no _Element a binding (as the
+  publish's text is): 10,000 keys in about 5 ms of CPU instead of 31.
+  Run of 17:08, load 0.6-2: 113 ms (191 ms at 16:20 before these changes;
+  509 ms at 16:31, load 5-6).
 - **Absolute targets (publish, unpublish, `natmap ls` of tcp+udp 1-65535).**
   Held as one interval element per protocol (nft) or one rule (iptables),
   they cost what one element costs; `natmap ls` as a process is Python's

@@ -336,6 +336,9 @@ def _fast_new(host_ip: IPAddress | None, host: PortRange | None, container: Port
 
 def _fast_port(text: str) -> PortRange | None:
     """``port`` as _COMMON reads it (1-65535, ASCII digits, no sign, no leading zero), else None."""
+    ports = _PORTS.get(text)
+    if ports is not None:
+        return ports
     if not (0 < len(text) <= 5 and text.isascii() and text.isdigit() and text[0] != "0"):
         return None
     port = int(text)
@@ -344,7 +347,14 @@ def _fast_port(text: str) -> PortRange | None:
     ports = object.__new__(PortRange)
     object.__setattr__(ports, "start", port)
     object.__setattr__(ports, "end", port)
+    _PORTS[text] = ports
     return ports
+
+
+# Each single port read, by its text: a value (frozen) a process reads again
+# and again (a container port, a host port published again). At most one a
+# port: only the canonical text of a port is kept.
+_PORTS: dict[str, PortRange] = {}
 
 
 def _fast_range(start_text: str, end_text: str | None) -> PortRange | None:

@@ -11,24 +11,40 @@ per (namespace, table, backend)::
 
 Tables::
 
-    items(key PRIMARY KEY, kind, endpoint, data)   one row an item: a binding
-                                                   (kind routed on a routed
-                                                   bridge; kind forced if published
-                                                   with force, taking a host socket's
-                                                   port knowingly), a bridge, a link (with its
-                                                   target's env), an isolation; and kind
-                                                   endpoint: which bridge an endpoint was
-                                                   published on (key "endpoint NAME", data
-                                                   [NAME, BRIDGE]; no item, no kernel element)
+    items(key PRIMARY KEY, kind, endpoint, data)   one row an item other than a
+                                                   binding: a bridge, a link (with
+                                                   its target's env), an isolation,
+                                                   a gateway mode; and kind endpoint:
+                                                   which bridge an endpoint was
+                                                   published on (key "endpoint NAME",
+                                                   data [NAME, BRIDGE]; no item, no
+                                                   kernel element)
+    runs(endpoint, host, proto, port, kind,        the bindings, one row a run: n
+         container, container_port, n, count)      single ports of one endpoint,
+         PRIMARY KEY (endpoint, host, proto,       address pair and shift
+         port) WITHOUT ROWID                       (``-p 20000-29999:30000-39999``,
+                                                   or 40 ``-p`` of consecutive
+                                                   ports), or one same-port range of
+                                                   count ports (n 1). kind binding,
+                                                   routed (a routed bridge's), or
+                                                   forced (published with force,
+                                                   taking a host socket's port
+                                                   knowingly)
     meta(name PRIMARY KEY, value)                  version (one more each write),
                                                    generation (the kernel's, after
                                                    natmap's last commit), pending
-                                                   (a change begun and not done),
-                                                   format ("natmap-store 1": a file
-                                                   without it is damaged, never empty),
-                                                   applied (the digest of the file
-                                                   `natmap apply` made the items from,
-                                                   and the version it left)
+                                                   (a change begun and not done: the
+                                                   touched endpoints' runs before it,
+                                                   the other items' keys added and
+                                                   rows deleted), format
+                                                   ("natmap-store 2": a file without
+                                                   it is damaged, never empty; a
+                                                   "natmap-store 1" file, a row a
+                                                   binding in items, is made format
+                                                   2 in place when opened), applied
+                                                   (the digest of the file `natmap
+                                                   apply` made the items from, and
+                                                   the version it left)
 
 A change is written in two store transactions that bracket the kernel's:
 :meth:`Store.begin` writes the new items and the change as ``pending``; the
@@ -41,7 +57,9 @@ Every SQLite failure is translated to :class:`~natmap.errors.StoreError`.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
+import operator
 import os
 import sqlite3
 import threading
@@ -52,21 +70,32 @@ from types import MappingProxyType
 from .errors import PrivilegeError, StoreCorruptError, StoreError
 from .links import Link
 from .model import Binding, Bridge, Change, Gateway, Isolation, Item, RoutedBinding, assert_never
-from .spec import Protocol
+from .spec import IPAddress, Protocol
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (every natmap process would)
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
 if TYPE_CHECKING:
-    from typing import NoReturn
+    from typing import Any, NoReturn
+
+    _Pending = dict[str, Any]  # the pending record: see _change
 
 __all__ = ["Store", "default_dir", "exit_without_close", "item_key", "leave_open_until_exit"]
 
 PERSISTENT_DIR = "/var/lib/natmap"  # the root namespace and `ip netns` named ones survive a reboot
 VOLATILE_DIR = "/run/natmap"        # an anonymous namespace does not
-FORMAT = "natmap-store 1"  # meta's 'format' row: what makes a SQLite file natmap's store
+FORMAT = "natmap-store 2"    # meta's 'format' row: what makes a SQLite file natmap's store
+FORMAT_1 = "natmap-store 1"  # one row a binding in items: migrated in place when opened (_migrate)
+_BINDING_KINDS = ("binding", "forced", "routed")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (key TEXT PRIMARY KEY, kind TEXT NOT NULL, endpoint TEXT, data TEXT NOT NULL);
+_ITEMS = "CREATE TABLE IF NOT EXISTS items (key TEXT PRIMARY KEY, kind TEXT NOT NULL, endpoint TEXT, data TEXT NOT NULL)"
+# The bindings, a row a run of ports (see _runs_of), keyed by endpoint first:
+# one endpoint's are one range of the primary key, no second index to keep.
+_RUNS = ("CREATE TABLE IF NOT EXISTS runs (endpoint TEXT NOT NULL, host TEXT NOT NULL, proto TEXT NOT NULL, "
+         "port INTEGER NOT NULL, kind TEXT NOT NULL, container TEXT NOT NULL, container_port INTEGER NOT NULL, "
+         "n INTEGER NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (endpoint, host, proto, port)) WITHOUT ROWID")
+_SCHEMA = f"""
+{_ITEMS};
 CREATE INDEX IF NOT EXISTS items_endpoint ON items (endpoint);
+{_RUNS};
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -122,15 +151,19 @@ def default_dir(named: bool) -> str:
 
 
 def item_key(item: Item) -> str:
-    """The row key: what the kernel looks an item up by (one item a key)."""
+    """The row key of an item other than a binding, and a binding's own key
+    text: what the kernel looks an item up by (one item a key)."""
+    if isinstance(item, Binding):
+        return f"binding {item.key[0]} {item.host_ip} {item.proto._value_} {item.host_port}"
     return _row(item)[0]
 
 
 def _row(item: Item) -> tuple[str, str, str | None, str]:
-    """(key, kind, endpoint, data) of one item."""
+    """(key, kind, endpoint, data) of one item of table ``items`` (all but the
+    bindings; format 1 kept bindings there too, see :func:`_item`)."""
     match item:
         case Binding():
-            return _rows([item])[0]
+            raise TypeError("a binding is kept in a run row (table runs), not in items")
         case Bridge():
             return f"bridge {item.name}", "bridge", None, json.dumps([item.name, [str(n) for n in item.subnets]])
         case Link():
@@ -147,45 +180,12 @@ def _row(item: Item) -> tuple[str, str, str | None, str]:
             assert_never(item)
 
 
-def _rows(items: Iterable[Item], forced: Collection[tuple[int, int, str, int]] = ()
-          ) -> list[tuple[str, str, str | None, str]]:
-    """Each item's row, as :func:`_row` makes it (a binding whose key is in
-    ``forced``: kind ``forced``). A binding's row is written
-    out, not json.dumps'd (names, protocols and addresses hold no character
-    JSON escapes), and the bindings of one spec come one after another and
-    share their address objects: each is formatted once."""
-    rows = []
-    host_ip: object = None
-    container_ip: object = None
-    host_text = container_text = ""
-    for item in items:
-        if type(item) is not Binding and type(item) is not RoutedBinding:
-            rows.append(_row(item))
-            continue
-        if item.host_ip is not host_ip:
-            host_ip, host_text = item.host_ip, str(item.host_ip)
-        if item.container_ip is not container_ip:
-            container_ip, container_text = item.container_ip, str(item.container_ip)
-        proto = item.proto._value_
-        count = f",{item.count}" if item.count != 1 else ""  # a same-port range: one row, as one kernel element
-        kind = "binding" if type(item) is Binding else "routed"  # routed: a bridge in Docker's routed mode
-        if forced and kind == "binding" and item.key in forced:
-            kind = "forced"  # `natmap check` does not call its host socket shadowed, in any process
-        rows.append((f"binding {item.key[0]} {host_text} {proto} {item.host_port}", kind, item.endpoint,
-                     f'["{item.endpoint}","{proto}","{host_text}",{item.host_port},'
-                     f'"{container_text}",{item.container_port}{count}]'))
-    return rows
-
-
 def _item(kind: str, data: str) -> Item:
+    """An item of table ``items`` from its row; a binding as format 1 wrote it
+    (read only to migrate a format-1 store)."""
+    if kind in _BINDING_KINDS:
+        return _binding_of_format_1(kind, data)
     d = json.loads(data)
-    if kind == "binding" or kind == "routed" or kind == "forced":
-        count = d[6] if len(d) > 6 else 1
-        if not all(type(n) is int for n in (d[3], d[5], count)) or not (
-                1 <= d[3] and 1 <= d[5] and d[3] + count - 1 <= 65535 and d[5] + count - 1 <= 65535):
-            raise ValueError(f"a port out of range in {data}")  # the kernel would refuse it: damaged
-        return (RoutedBinding if kind == "routed" else Binding)(
-            d[0], Protocol(d[1]), ipaddress.ip_address(d[2]), d[3], ipaddress.ip_address(d[4]), d[5], count)
     if kind == "bridge":
         return Bridge(d[0], tuple(ipaddress.ip_network(n) for n in d[1]))
     if kind == "gateway":
@@ -198,6 +198,273 @@ def _item(kind: str, data: str) -> Item:
     if kind == "isolation":
         return Isolation(d[0])
     raise StoreCorruptError(f"unknown item kind {kind!r} in natmap's store")
+
+
+def _binding_of_format_1(kind: str, data: str) -> Binding:
+    """A binding's row as format 1 wrote it (read only to migrate a format-1 store)."""
+    d = json.loads(data)
+    count = d[6] if len(d) > 6 else 1
+    if not all(type(n) is int for n in (d[3], d[5], count)) or not (
+            1 <= d[3] and 1 <= d[5] and d[3] + count - 1 <= 65535 and d[5] + count - 1 <= 65535):
+        raise ValueError(f"a port out of range in {data}")  # the kernel would refuse it: damaged
+    return (RoutedBinding if kind == "routed" else Binding)(
+        d[0], Protocol(d[1]), ipaddress.ip_address(d[2]), d[3], ipaddress.ip_address(d[4]), d[5], count)
+
+
+# --- bindings as runs ----------------------------------------------------------------
+#
+# A run row is (endpoint, host, proto, port, kind, container, container_port,
+# n, count): n single bindings host:port+i -> container:container_port+i
+# (count 1: consecutive `-p` of one endpoint with one shift, a shifted range),
+# or one same-port range of count ports (n 1). 10,000 single `-p` strings of
+# 250 endpoints are 250 rows; `-p 20000-29999:30000-39999` is one.
+
+# One binding as a run sees it: Binding.key -> (kind, container, container_port, count).
+_Key = tuple[int, int, str, int]
+_Held = dict[_Key, tuple[str, str, int, int]]
+_Run = tuple[str, str, str, int, str, str, int, int, int]
+_ItemRow = tuple[str, str, str | None, str]
+_ENDPOINT = operator.attrgetter("endpoint")
+
+
+def _kind(binding: Binding, forced: Collection[_Key]) -> str:
+    if type(binding) is RoutedBinding:
+        return "routed"  # a bridge in Docker's routed mode
+    # forced: `natmap check` does not call its host socket shadowed, in any process
+    return "forced" if forced and binding.key in forced else "binding"
+
+
+def _held_of(rows: Iterable[_Run], held: dict[str, _Held]) -> None:
+    """Each row's bindings into ``held`` (by endpoint), keyed as Binding.key."""
+    parsed: dict[str, tuple[int, int]] = {}
+    for row in rows:
+        endpoint, host, proto, port, kind, container, container_port, n, count = _checked(row)
+        mine = held.setdefault(endpoint, {})
+        if host not in parsed:
+            ip = ipaddress.ip_address(host)
+            parsed[host] = (ip.version, int(ip))
+        version, address = parsed[host]
+        for i in range(n):
+            mine[(version, address, proto, port + i)] = (kind, container, container_port + i, count)
+
+
+def _held(bindings: Iterable[Binding], forced: Collection[_Key], held: _Held | None = None) -> _Held:
+    """``bindings`` (into ``held``, or a new dict) as :func:`_held_of` keeps them."""
+    held = {} if held is None else held
+    container_ip: object = None
+    container = ""
+    for b in bindings:
+        if b.container_ip is not container_ip:
+            container_ip, container = b.container_ip, str(b.container_ip)
+        held[b.key] = (_kind(b, forced), container, b.container_port, b.count)
+    return held
+
+
+def _runs_of(endpoint: str, held: _Held) -> list[_Run]:
+    """An endpoint's bindings (as :func:`_held_of` keeps them) as run rows:
+    consecutive single ports of one kind, address pair and shift merge into one."""
+    rows: list[list[Any]] = []
+    last: list[Any] = [None, None, None, 0, None, None, 0, 0, 0, None]
+    texts: dict[tuple[int, int], str] = {}
+    for (version, address, proto, port), (kind, container, container_port, count) in sorted(held.items()):
+        n = last[7]
+        if (count == 1 and last[8] == 1 and last[3] + n == port and last[6] + n == container_port
+                and last[9] == (version, address) and last[2] == proto and last[4] == kind and last[5] == container):
+            last[7] += 1
+            continue
+        host = texts.get((version, address))
+        if host is None:
+            host = texts[(version, address)] = str(ipaddress.IPv4Address(address) if version == 4
+                                                   else ipaddress.IPv6Address(address))
+        last = [endpoint, host, proto, port, kind, container, container_port, 1, count, (version, address)]
+        rows.append(last)
+    return [tuple(row[:9]) for row in rows]
+
+
+def _new_runs(endpoint: str, bindings: list[Binding], forced: Collection[_Key]) -> list[_Run]:
+    """The run rows of the bindings of an endpoint that has none yet: taken
+    as they come if their keys ascend (a publish's do), else through
+    :func:`_runs_of` (sorted, and one binding a key: the last)."""
+    rows: list[list[Any]] = []
+    previous: _Key = (0, 0, "", 0)
+    last: list[Any] = [None, None, None, 0, None, None, 0, 0, 0]
+    host_ip: object = None
+    container_ip: object = None
+    host = container = ""
+    for b in bindings:
+        if b.key <= previous:
+            return _runs_of(endpoint, _held(bindings, forced))
+        previous = b.key
+        if b.host_ip is not host_ip:  # the bindings of one spec share their address objects
+            host_ip, host = b.host_ip, str(b.host_ip)
+        if b.container_ip is not container_ip:
+            container_ip, container = b.container_ip, str(b.container_ip)
+        kind = _kind(b, forced)
+        port, container_port, n = b.host_port, b.container_port, last[7]
+        if (b.count == 1 and last[8] == 1 and last[3] + n == port and last[6] + n == container_port
+                and last[1] == host and last[2] == b.proto._value_ and last[4] == kind and last[5] == container):
+            last[7] += 1
+        else:
+            last = [endpoint, host, b.proto._value_, port, kind, container, container_port, 1, b.count]
+            rows.append(last)
+    return [tuple(row) for row in rows]
+
+
+def _checked(row: _Run) -> _Run:
+    """``row``, or ValueError if natmap did not write it (a port out of range:
+    the kernel would refuse it; a run of more ports than there are)."""
+    endpoint, host, proto, port, kind, container, container_port, n, count = row
+    if not all(type(v) is int for v in (port, container_port, n, count)) or not (
+            n >= 1 and count >= 1 and (n == 1 or count == 1) and 1 <= port and 1 <= container_port
+            and port + n + count - 2 <= 65535 and container_port + n + count - 2 <= 65535) \
+            or kind not in _BINDING_KINDS:
+        raise ValueError(f"a run natmap did not write: {host} {proto} {port}+{n}x{count} of {endpoint!r}")
+    return row
+
+
+def _run_items(rows: Iterable[_Run]) -> list[Binding]:
+    """The bindings of run rows; raises ValueError (or TypeError) for a row
+    natmap did not write (a port out of range: the kernel would refuse it)."""
+    made: list[Binding] = []
+    addresses: dict[str, IPAddress] = {}
+    for row in rows:
+        endpoint, host, proto, port, kind, container, container_port, n, count = _checked(row)
+        host_ip = addresses.get(host) or addresses.setdefault(host, ipaddress.ip_address(host))
+        container_ip = addresses.get(container) or addresses.setdefault(container, ipaddress.ip_address(container))
+        first = (RoutedBinding if kind == "routed" else Binding)(
+            endpoint, Protocol(proto), host_ip, port, container_ip, container_port, count)
+        made.append(first)
+        if n > 1:
+            made += first._on_ports((port + i, container_port + i) for i in range(1, n))
+    return made
+
+
+def _runs_from(items: Iterable[Binding], forced: Collection[_Key] = ()) -> list[_Run]:
+    """The run rows of ``items`` (bindings of unique keys; those whose key is
+    in ``forced``: kind forced)."""
+    by_endpoint: dict[str, list[Binding]] = {}
+    for b in items:
+        by_endpoint.setdefault(b.endpoint, []).append(b)
+    return [row for endpoint, mine in by_endpoint.items() for row in _new_runs(endpoint, mine, forced)]
+
+
+_COLUMNS = "endpoint, host, proto, port, kind, container, container_port, n, count"
+_INSERT_RUN = "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def _select_runs(db: sqlite3.Connection, endpoints: list[str]) -> list[_Run]:
+    """The run rows of ``endpoints`` (primary key lookups, a few hundred a statement)."""
+    rows: list[_Run] = []
+    for i in range(0, len(endpoints), 500):
+        chunk = endpoints[i:i + 500]
+        rows += db.execute(f"SELECT {_COLUMNS} FROM runs WHERE endpoint IN ({','.join('?' * len(chunk))})",
+                           chunk).fetchall()
+    return rows
+
+
+def _by_endpoint(by_kind: dict[type, list[Item]]) -> tuple[dict[str, list[Binding]], list[_ItemRow]]:
+    """One side of a change (its items by type, as Change keeps them): the
+    bindings by endpoint, the other items' rows."""
+    bindings: dict[str, list[Binding]] = {}
+    rows: list[_ItemRow] = []
+    for kind, items in by_kind.items():
+        if not issubclass(kind, Binding):
+            rows += map(_row, items)
+            continue
+        for endpoint, group in itertools.groupby(items, _ENDPOINT):  # a publish's come together
+            mine = bindings.get(endpoint)
+            if mine is None:
+                bindings[endpoint] = list(group)  # type: ignore[arg-type]  # items of a Binding type
+            else:
+                mine.extend(group)  # type: ignore[arg-type]
+    return bindings, rows
+
+
+def _change(db: sqlite3.Connection, add: dict[type, list[Item]], delete: dict[type, list[Item]],
+            forced: Collection[_Key]) -> _Pending:
+    """Write a change (each side's items by type, as Change keeps them): the
+    other items by key, the bindings as the runs of the endpoints they
+    touch, made again. Returns what takes it back (the pending record):
+    those endpoints' rows before, the other items' keys added and rows deleted."""
+    deletes, other_delete = _by_endpoint(delete)
+    adds, other_add = _by_endpoint(add)
+    endpoints = list(dict.fromkeys([*deletes, *adds]))
+    before = _select_runs(db, endpoints)
+    held: dict[str, _Held] = {}
+    _held_of(before, held)
+    new_rows: list[_Run] = []
+    for endpoint in endpoints:
+        mine = held.get(endpoint)
+        if mine is None:  # none yet: a publish's runs, as they come
+            new_rows += _new_runs(endpoint, adds.get(endpoint, []), forced)
+            continue
+        for b in deletes.get(endpoint, ()):
+            mine.pop(b.key, None)
+        new_rows += _runs_of(endpoint, _held(adds.get(endpoint, ()), forced, mine))
+    db.executemany("DELETE FROM runs WHERE endpoint = ?", ((e,) for e in held))
+    db.executemany(_INSERT_RUN, new_rows)
+    db.executemany("DELETE FROM items WHERE key = ?", ((row[0],) for row in other_delete))
+    db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?)", other_add)
+    # the generation of before the change says nothing about the kernel after it
+    db.execute("DELETE FROM meta WHERE name = 'generation'")
+    return {"endpoints": endpoints, "runs": before, "added": [row[0] for row in other_add], "deleted": other_delete}
+
+
+def _restore(db: sqlite3.Connection, pending: _Pending) -> None:
+    """Take back the change whose pending record (see :func:`_change`) is ``pending``."""
+    db.executemany("DELETE FROM runs WHERE endpoint = ?", ((e,) for e in pending["endpoints"]))
+    db.executemany(_INSERT_RUN, [tuple(row) for row in pending["runs"]])
+    db.executemany("DELETE FROM items WHERE key = ?", ((key,) for key in pending["added"]))
+    db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?)", [tuple(row) for row in pending["deleted"]])
+    db.execute("DELETE FROM meta WHERE name = 'generation'")
+
+
+def _migrate(db: sqlite3.Connection, path: str) -> None:
+    """Make a format-1 store (one row a binding in items, their keys and rows
+    in the pending record) format 2, in place, in one transaction: SQLite's
+    write lock is held throughout, so another process opening it meanwhile
+    waits, then finds it done (the mark is read again under the lock). A
+    change a dead process left pending stays pending, as format 2 records it."""
+    kinds = "('binding', 'forced', 'routed')"
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        mark = db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone()
+        if mark is not None and str(mark[0]) == FORMAT_1:
+            rows = db.execute(f"SELECT key, kind, data FROM items WHERE kind IN {kinds}").fetchall()
+            text = db.execute("SELECT value FROM meta WHERE name = 'pending'").fetchone()
+            try:
+                held = {key: (kind, _binding_of_format_1(kind, data)) for key, kind, data in rows}
+                pending = None if text is None else _pending_of_format_1(json.loads(text[0]), held)
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                raise StoreCorruptError(f"natmap's store {path} (format 1) holds a row natmap did not write "
+                                        f"({exc!r}); the kernel's rules are untouched: `natmap adopt` rebuilds "
+                                        "the store from them") from exc
+            db.execute(_RUNS)
+            db.execute(f"DELETE FROM items WHERE kind IN {kinds}")
+            db.executemany(_INSERT_RUN, _runs_from([b for _, b in held.values()],
+                                                   {b.key for kind, b in held.values() if kind == "forced"}))
+            if pending is not None:
+                db.execute("UPDATE meta SET value = ? WHERE name = 'pending'", (json.dumps(pending),))
+            db.execute("UPDATE meta SET value = ? WHERE name = 'format'", (FORMAT,))
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+def _pending_of_format_1(old: _Pending, held: dict[str, tuple[str, Binding]]) -> _Pending:
+    """A format-1 pending record (``added``: row keys, ``deleted``: rows) as
+    format 2's: the touched endpoints' bindings before the change, as runs."""
+    added = {key for key in old["added"] if key.startswith("binding ")}
+    gone = [(row[1], _binding_of_format_1(row[1], row[3])) for row in old["deleted"] if row[1] in _BINDING_KINDS]
+    touched = list(dict.fromkeys([held[key][1].endpoint for key in added if key in held]
+                                 + [b.endpoint for _, b in gone]))
+    before = [(kind, b) for key, (kind, b) in held.items() if key not in added and b.endpoint in touched] + gone
+    return {"endpoints": touched,
+            "runs": _runs_from([b for _, b in before], {b.key for kind, b in before if kind == "forced"}),
+            "added": [key for key in old["added"] if not key.startswith("binding ")],
+            "deleted": [row for row in old["deleted"] if row[1] not in _BINDING_KINDS]}
 
 
 # --- the store -----------------------------------------------------------------------
@@ -266,7 +533,9 @@ class Store:
                     if "no such table" not in str(exc):
                         raise
                     mark = None  # no meta table: an empty file, or another program's
-                if mark is None or str(mark[0]) != FORMAT:
+                if mark is not None and str(mark[0]) == FORMAT_1:
+                    _migrate(db, self.path)
+                elif mark is None or str(mark[0]) != FORMAT:
                     # An empty or foreign SQLite file: were it read as natmap's, an empty
                     # store would have every binding in the kernel deleted as unexpected.
                     raise sqlite3.DatabaseError("not a natmap store (no format mark)")
@@ -287,8 +556,10 @@ class Store:
             db = sqlite3.connect(new, isolation_level=None)
             try:
                 db.execute("PRAGMA journal_mode=WAL")
-                db.executescript(_SCHEMA)
-                db.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT,))
+                # No fsync: nothing is linked in place until it is whole, and a power
+                # cut that loses it loses the kernel's rules as well (see _open).
+                db.execute("PRAGMA synchronous=OFF")
+                db.executescript(f"BEGIN; {_SCHEMA} INSERT INTO meta VALUES ('format', '{FORMAT}'); COMMIT;")
             finally:
                 db.close()
             try:
@@ -340,11 +611,10 @@ class Store:
     def items(self, *, bindings: bool = True) -> list[Item]:
         """Every item; without ``bindings``, all but the bindings (a few rows)."""
         with self._translated("reading"):
-            rows = self._open().execute(
-                "SELECT kind, data FROM items WHERE kind != 'endpoint'" if bindings else
-                "SELECT kind, data FROM items WHERE kind NOT IN ('binding', 'forced', 'routed', 'endpoint')"
-            ).fetchall()
-        return self._decoded(rows)
+            db = self._open()
+            rows = db.execute("SELECT kind, data FROM items WHERE kind != 'endpoint'").fetchall()
+            runs = db.execute(f"SELECT {_COLUMNS} FROM runs").fetchall() if bindings else []
+        return self._decoded(rows, runs)
 
     def placements(self) -> dict[str, str]:
         """Which bridge each endpoint was published on (:meth:`Table.placed`)."""
@@ -368,18 +638,26 @@ class Store:
     def forced(self) -> set[tuple[int, int, str, int]]:
         """The keys (Binding.key) of the bindings published with force."""
         with self._translated("reading"):
-            rows = self._open().execute("SELECT kind, data FROM items WHERE kind = 'forced'").fetchall()
-        return {b.key for b in self._decoded(rows)}  # type: ignore[union-attr]
+            runs = self._open().execute(f"SELECT {_COLUMNS} FROM runs WHERE kind = 'forced'").fetchall()
+        return {b.key for b in self._decoded([], runs)}  # type: ignore[union-attr]
 
     def of(self, endpoint: str) -> list[Item]:
         """The bindings of one endpoint and the links from it (an index lookup)."""
         with self._translated("reading"):
-            rows = self._open().execute("SELECT kind, data FROM items WHERE endpoint = ?", (endpoint,)).fetchall()
-        return self._decoded(rows)
+            db = self._open()
+            rows = db.execute("SELECT kind, data FROM items WHERE endpoint = ?", (endpoint,)).fetchall()
+            runs = _select_runs(db, [endpoint])
+        return self._decoded(rows, runs)
 
-    def _decoded(self, rows: list[tuple[str, str]]) -> list[Item]:
+    def _decoded(self, rows: list[tuple[str, str]], runs: Iterable[_Run] = ()) -> list[Item]:
+        with self._damage():
+            return [_item(kind, data) for kind, data in rows] + _run_items(runs)
+
+    @contextmanager
+    def _damage(self) -> Iterator[None]:
+        """A row natmap did not write, met reading or changing the items: a damaged store."""
         try:
-            return [_item(kind, data) for kind, data in rows]
+            yield
         except (ValueError, KeyError, TypeError, IndexError) as exc:  # SpecError is a ValueError
             raise StoreCorruptError(f"natmap's store {self.path} holds a row natmap did not write ({exc!r}); "
                                     "the kernel's rules are untouched: `natmap adopt` rebuilds the store "
@@ -398,7 +676,7 @@ class Store:
         """Whether a process began a change and did not finish it (it died)."""
         return self.get("pending") is not None
 
-        # --- writing ---------------------------------------------------------------
+    # --- writing ---------------------------------------------------------------
 
     def begin(self, change: Change, forced: Collection[tuple[int, int, str, int]] = (),
               placed: Mapping[str, str | None] = MappingProxyType({})) -> None:
@@ -406,25 +684,39 @@ class Store:
         The added bindings whose key is in ``forced`` are recorded as forced;
         ``placed``, in the same transaction, as :meth:`place` records it (a
         change taken back leaves it: only a hint for an endpoint published).
-        The pending record holds what :meth:`undo_pending` needs: the keys
-        added and the rows deleted."""
-        added, deleted = _rows(change.add, forced), _rows(change.delete)
-        with self._write("recording the change") as db:
-            self._change_rows(db, added, deleted)
+        The pending record holds what :meth:`undo_pending` needs: the run rows
+        the touched endpoints had, the keys of the other items added and the
+        rows of those deleted."""
+        with self._write("recording the change") as db, self._damage():
+            pending = _change(db, change._added, change._deleted, forced)  # by type, as Change sorted them
             self._placement_rows(db, placed)
-            pending = {"added": [row[0] for row in added], "deleted": deleted}
             db.execute("INSERT OR REPLACE INTO meta VALUES ('pending', ?)", (json.dumps(pending),))
 
     def undo(self, change: Change) -> None:
-        """Take back a change the kernel refused: the inverse change, pending cleared."""
+        """Take back a change the kernel refused: the store as it was before
+        :meth:`begin` (from its pending record; without one, the inverse change),
+        pending cleared."""
+        text = self.get("pending")
         with self._write("taking the change back") as db:
-            self._change_rows(db, _rows(change.delete), _rows(change.add))
+            if text is not None:
+                _restore(db, json.loads(text))
+            else:
+                with self._damage():
+                    _change(db, change._deleted, change._added, ())
             db.execute("DELETE FROM meta WHERE name = 'pending'")
 
     def pending_deleted(self) -> list[Item]:
         """What the pending change deleted (its flows are still to be forgotten)."""
         text = self.get("pending")
-        return [] if text is None else self._decoded([(row[1], row[3]) for row in json.loads(text)["deleted"]])
+        if text is None:
+            return []
+        pending = json.loads(text)
+        with self._translated("reading"):
+            now = _select_runs(self._open(), pending["endpoints"])
+        before = self._decoded([], [tuple(row) for row in pending["runs"]])
+        kept = set(self._decoded([], now))
+        return [item for item in before if item not in kept] + \
+            self._decoded([(row[1], row[3]) for row in pending["deleted"]])
 
     def undo_pending(self) -> None:
         """Take back the pending change a dead process left (the kernel refuses it)."""
@@ -432,9 +724,7 @@ class Store:
         if text is None:
             return
         with self._write("taking the pending change back") as db:
-            pending = json.loads(text)
-            self._change_rows(db, [tuple(row) for row in pending["deleted"]],
-                              [(key, "", None, "") for key in pending["added"]])
+            _restore(db, json.loads(text))
             db.execute("DELETE FROM meta WHERE name = 'pending'")
 
     def done(self, generation: str | None) -> None:
@@ -465,7 +755,11 @@ class Store:
         """Make the store hold exactly ``items`` (``natmap adopt``): one transaction."""
         with self._write("replacing the items") as db:
             db.execute("DELETE FROM items")
-            db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?)", _rows(items))
+            db.execute("DELETE FROM runs")
+            items = list(items)
+            db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?)",
+                           [_row(i) for i in items if not isinstance(i, Binding)])
+            db.executemany(_INSERT_RUN, _runs_from(i for i in items if isinstance(i, Binding)))
             db.execute("DELETE FROM meta WHERE name = 'pending'")
             self._set_generation(db, generation)
 
@@ -492,14 +786,6 @@ class Store:
         db.executemany("INSERT OR REPLACE INTO items VALUES (?, 'endpoint', NULL, ?)",
                        ((f"endpoint {name}", json.dumps([name, bridge])) for name, bridge in placed.items()
                         if bridge is not None))
-
-    @staticmethod
-    def _change_rows(db: sqlite3.Connection, added: list[tuple[str, str, str | None, str]],
-                     deleted: list[tuple[str, str, str | None, str]]) -> None:
-        db.executemany("DELETE FROM items WHERE key = ?", ((row[0],) for row in deleted))
-        db.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?)", added)
-        # the generation of before the change says nothing about the kernel after it
-        db.execute("DELETE FROM meta WHERE name = 'generation'")
 
 
 def _check_own_file(path: str) -> None:

@@ -90,3 +90,32 @@ def test_each_ip_family_renders_its_own_gateway_mode():
     text = change_text("natmap", table.change()).splitlines()
     assert 'add element inet natmap unprotected4 { "natmap0" }' in text
     assert 'add element inet natmap dnat6_any { tcp . 8080 comment "web01" : fd00:30::2 . 5000 }' in text
+
+
+def test_the_deletions_keys_written_out_are_those_of_the_bindings_elements():
+    """change_json writes a single port's key out (an unpublish of a big table
+    deletes thousands): the same keys, by map, as _json_parts of _elements."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from natmap import Protocol
+    from natmap.backends.nft import _binding_keys, _json_parts
+
+    hosts = [ipaddress.ip_address(a) for a in ("0.0.0.0", "::", "127.0.0.1", "10.0.0.1", "2001:db8::1")]
+    bindings = st.builds(lambda host, proto, port, n: Binding(
+        "web", proto, host, port, ipaddress.ip_address("172.30.0.2" if host.version == 4 else "fd00::2"), n),
+        st.sampled_from(hosts), st.sampled_from(list(Protocol)), st.integers(1, 65535), st.integers(1, 65535))
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(bindings))
+    def check(made):
+        expected: dict = {}
+        for b in made:
+            for e in _elements(b):
+                expected.setdefault(e.set, []).append(_json_parts(e.key))
+        assert _binding_keys(made) == expected
+        change = Change(delete=tuple(made))
+        assert {c["delete"]["element"]["name"]: c["delete"]["element"]["elem"]
+                for c in change_json("t", change)["nftables"]} == expected
+
+    check()

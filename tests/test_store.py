@@ -100,7 +100,7 @@ def test_a_damaged_file_is_one_clear_error(tmp_path):
 
 def test_a_row_natmap_did_not_write_is_a_damaged_store(store):
     store.begin(Change(add=(WEB,)))
-    store._open().execute("UPDATE items SET data = '[\"bad name!\", \"tcp\"]'")
+    store._open().execute("UPDATE runs SET proto = 'bad!', container = 'not an address'")
     with pytest.raises(StoreCorruptError, match="did not write"):
         store.items()
 
@@ -145,8 +145,7 @@ def test_a_store_that_is_a_symlink_is_refused(tmp_path):
 def test_a_row_with_a_port_the_kernel_would_refuse_is_damage(store):
     store.begin(Change(add=(WEB,)))
     store.done("gen")
-    store._open().execute("UPDATE items SET data = ? WHERE kind = 'binding'",
-                          ('["web01","tcp","0.0.0.0",99999,"172.30.0.2",80]',))
+    store._open().execute("UPDATE runs SET port = 99999 WHERE kind = 'binding'")
     with pytest.raises(StoreCorruptError, match="adopt"):
         store.items()
 
@@ -244,3 +243,16 @@ store.exit_without_close(7)
 
     subprocess.run([sys.executable, "-c", program, "closed"], capture_output=True, check=False)
     assert not os.path.exists(path + "-wal")
+
+
+def test_a_run_of_more_ports_than_there_are_is_damage_to_a_read_and_to_a_change(store):
+    """A run row is read back port by port: a damaged count is refused before
+    any is made (a change reads the endpoint's runs too), and nothing is written."""
+    store.begin(Change(add=(WEB,)))
+    store.done("gen")
+    store._open().execute("UPDATE runs SET n = 1000000000")
+    with pytest.raises(StoreCorruptError, match="adopt"):
+        store.items()
+    with pytest.raises(StoreCorruptError, match="adopt"):
+        store.begin(Change(delete=(WEB,)))
+    assert not store.pending() and store.get("generation") == "gen"

@@ -414,13 +414,34 @@ def _grouped(items: tuple[Item, ...]) -> dict[str, list[_Element]]:
 def change_json(table: str, change: Change) -> dict[str, Any]:
     """The change as one libnftables JSON batch: deletions first, then additions."""
     commands: list[dict[str, Any]] = []
-    for name, elements in _grouped(change.delete).items():
-        commands.append({"delete": {"element": _json_element(table, name, [
-            _json_parts(e.key) for e in elements])}})
+    keys = _binding_keys([b for b in change.deleted(Binding) if b.count == 1])
+    others = (item for item in change.delete if type(item) is not Binding or item.count != 1)
+    for name, elements in _grouped(tuple(others)).items():
+        keys.setdefault(name, []).extend(_json_parts(e.key) for e in elements)
+    for name, elems in keys.items():
+        commands.append({"delete": {"element": _json_element(table, name, elems)}})
     for name, elements in _grouped(change.add).items():
         commands.append({"add": {"element": _json_element(table, name, [
             _json_entry(e) for e in elements])}})
     return {"nftables": commands}
+
+
+def _binding_keys(bindings: list[Binding]) -> dict[str, list[Any]]:
+    """Each single-port binding's map key as JSON, by map: _json_parts of its
+    element's key (see _binding_elements), written out, since unpublishing a
+    big table deletes thousands; the address is formatted once a run."""
+    groups: dict[str, list[Any]] = {}
+    host_ip: Any = None
+    for b in bindings:
+        if b.host_ip is not host_ip:
+            host_ip = b.host_ip
+            if host_ip.is_unspecified:  # 0.0.0.0 or ::
+                group, host = groups.setdefault(f"dnat{host_ip.version}_any", []), None
+            else:
+                group, host = groups.setdefault(f"dnat{host_ip.version}", []), str(host_ip)
+        _, _, proto, port = b.key
+        group.append({"concat": [proto, port] if host is None else [host, proto, port]})
+    return groups
 
 
 def _json_entry(element: _Element) -> Any:

@@ -305,3 +305,26 @@ def test_the_publish_example_runs():
         "127.0.0.1 binding from outside: None",
         "after unpublish: None",
     ]
+
+
+def test_unpublishing_most_of_a_big_table_in_one_transaction_keeps_the_rest(sandbox, nm, web, client):
+    """1,240 bindings, 1,160 unpublished and one added to an endpoint that
+    keeps its others, in one transaction (the store rewrites the runs of the
+    endpoints touched): what stays answers, and a new NatMap reads exactly
+    the table back, with no drift."""
+    others = [(natmap.Endpoint(f"bulk{i}", f"172.30.0.{100 + i}", web.bridge),
+               f"{20000 + 40 * i}-{20039 + 40 * i}:1-40") for i in range(29)]  # IPv4 only
+    with nm.transaction() as tx:
+        for endpoint, spec in others:
+            tx.publish(endpoint, [spec])
+        tx.publish(web.endpoint(), ["8080:5000", *[f"{9000 + i}:{7000 + i}" for i in range(39)]])
+    assert len(nm.bindings()) == 29 * 40 + 2 * 40  # web01 on both families
+    with nm.transaction() as tx:
+        for endpoint, _ in others:
+            tx.unpublish(endpoint.name)
+        tx.publish(web.endpoint(), ["8081:5000"])
+    assert client.request(sandbox.outside_ip, 8080) == "web01 192.0.2.2"
+    assert client.request(sandbox.outside_ip6, 8081) == "web01 2001:db8:2::2"
+    fresh = natmap.NatMap(netns=sandbox.host.name, backend=nm.backend_name)
+    assert sorted(map(repr, fresh.bindings())) == sorted(map(repr, nm.bindings()))
+    assert len(nm.bindings()) == 82 and not nm.check()
