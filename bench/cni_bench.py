@@ -144,7 +144,7 @@ def one_port_note(cpu: dict[str, dict[str, float]], start: float, end: float, sl
             "compiling 18 at import (1.4 ms); the process ends by os._exit with natmap's store left open, "
             "so SQLite's checkpoint on close (four fsyncs, 10-25 ms of wall time on this VM's disk) does not "
             "run, and without the last collections. What is left of an ADD (profiled 2026-11-30, installed "
-            "layout, load 2-3: about 56 ms of CPU with nsenter) is Python's start (about 11 ms), "
+            "layout) is Python's start (about 11 ms), "
             "importing natmap (about 39 ms: the dataclasses module and the inspect, ast, dis and tokenize it "
             "imports, about 8; the 18 frozen dataclasses of the model, specs and CNI values, whose five "
             "generated methods each (__init__, __eq__, __hash__ and the frozen __setattr__ and __delattr__) "
