@@ -775,8 +775,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run() -> None:
     """The ``natmap`` command: the console script and ``python -m natmap``."""
+    import gc
+
     from .store import exit_without_close, leave_open_until_exit
 
+    # What importing natmap made lives as long as the process: frozen, the
+    # command's first collection does not walk it all as young (as natmap-cni).
+    gc.freeze()
     leave_open_until_exit()
     code = main()
     # The process ends now, without the store's close (its checkpoint's fsyncs)
