@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import gc
 import ipaddress
+import operator
 import os
 import sys
 import threading
@@ -68,6 +69,7 @@ _NO_LOOPBACK6 = (
     "them; publish on 127.0.0.1, or keep that sysctl at 0 and bridges unisolated")
 
 _LOOPBACK6 = ipaddress.IPv6Address("::1")
+_HOST_IP = operator.attrgetter("host_ip")
 _ANY6 = ipaddress.IPv6Address("::")
 
 _pauses = 0                     # calls inside _uncollected, in every thread
@@ -968,7 +970,8 @@ class Transaction:
         bridge = self._nm._bridge(endpoint, table.bridges.get(endpoint.bridge))
         if self._pool is None:
             self._pool = self._nm._pool(self._others, self._listeners)
-        if any(spec.host_ip is not None and spec.host_ip == _LOOPBACK6 for spec in parsed):  # only a spec can name [::1]
+        named = any(map(_HOST_IP, parsed))  # (in C: most specs, thousands in a transaction, name none)
+        if named and any(spec.host_ip is not None and spec.host_ip == _LOOPBACK6 for spec in parsed):  # only a spec can name [::1]
             with self._nm._ns():
                 if self._nm._kernel.bridged_ipv6_hooked():
                     raise Loopback6Error(_NO_LOOPBACK6)
@@ -983,7 +986,7 @@ class Transaction:
     def _check_addresses(self, endpoint: Endpoint, specs: list[PortSpec]) -> None:
         """Docker's address checks (natmap.guest), the host asked once per transaction."""
         kernel = self._nm._kernel
-        asks = any(s.host_ip for s in specs)  # only a host IP has the kernel asked: else no setns twice a call
+        asks = any(map(_HOST_IP, specs))  # only a host IP has the kernel asked: else no setns twice a call
         with self._nm._ns() if asks else nullcontext():
             if self._local is None and asks:
                 self._local = kernel.local_addresses()
