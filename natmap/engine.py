@@ -72,35 +72,43 @@ _LOOPBACK6 = ipaddress.IPv6Address("::1")
 _HOST_IP = operator.attrgetter("host_ip")
 _ANY6 = ipaddress.IPv6Address("::")
 
-_pauses = 0                     # calls inside _uncollected, in every thread
+_pauses = 0                     # natmap calls running with the collector paused, in every thread
 _pause_lock = threading.Lock()
 _resume = False                 # whether the first of them found collection on
 
 
+@contextmanager
+def _collection_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused inside, and back as it was
+    once the last such block of any thread ends. A transaction of 10,000
+    bindings makes some 100,000 objects (bindings, their keys, the store's
+    rows, the kernel's text) and no reference cycle: the 150-odd collections
+    they would set off find nothing, yet each full one walks every object of
+    the process (a third to a half of a big publish's Python time, measured).
+    Their objects are freed as before, by reference counts. Never around a
+    wait (the table's lock): the collector is the whole process's."""
+    global _pauses, _resume
+    with _pause_lock:
+        if not _pauses:
+            _resume = gc.isenabled()
+            gc.disable()
+        _pauses += 1
+    try:
+        yield
+    finally:
+        with _pause_lock:
+            _pauses -= 1
+            if not _pauses and _resume:
+                gc.enable()
+
+
 def _uncollected(method: _F) -> _F:
-    """``method`` run with Python's cyclic garbage collector paused, and back
-    as it was after the last such call of any thread ends. A transaction of
-    10,000 bindings makes some 100,000 objects (bindings, their keys, the
-    store's rows, the kernel's text) and no reference cycle: the 150-odd
-    collections they set off find nothing, yet each full one walks every
-    object of the process (a third to a half of a big publish's Python time,
-    measured). Their objects are collected as before, by reference counts."""
+    """``method`` run inside :func:`_collection_paused`."""
 
     @functools.wraps(method)
     def paused(*args: Any, **kwargs: Any) -> Any:
-        global _pauses, _resume
-        with _pause_lock:
-            if not _pauses:
-                _resume = gc.isenabled()
-                gc.disable()
-            _pauses += 1
-        try:
+        with _collection_paused():
             return method(*args, **kwargs)
-        finally:
-            with _pause_lock:
-                _pauses -= 1
-                if not _pauses and _resume:
-                    gc.enable()
     return paused  # type: ignore[return-value]
 
 
@@ -898,7 +906,6 @@ class Transaction:
         self._local: frozenset[Any] | None = None  # the namespace's addresses, read once if needed
         self.text = ""          # the same as nft text, for a dry run
 
-    @_uncollected
     def __enter__(self) -> Transaction:
         if self._lock is not None:  # replacing its lock would free it, and release the table mid-block
             raise NestedTransactionError("this transaction is open already: one with block at a time")
@@ -906,7 +913,7 @@ class Transaction:
         lock.__enter__()
         self._lock = lock
         try:
-            with self._nm._ns():
+            with self._nm._ns(), _collection_paused():
                 if self._applying is not None and not self._dry_run:
                     self._table = self._nm._load_unchanged(self._applying)
                     self.unchanged = self._table is not None
