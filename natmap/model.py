@@ -1247,7 +1247,7 @@ def docker_order(bindings: Iterable[Binding]) -> list[Binding] | Bindings:
         return bindings  # already in that order
     bindings = list(bindings)
     if all(map((1).__eq__, map(_COUNT, bindings))):  # (looped in C: a big publish returns 10,000)
-        if len(set(map(_KIND_OF_KEY, map(_KEY, bindings)))) <= 1:
+        if len(set(map(_ADDRESS_OF_KEY, map(_KEY, bindings)))) <= 1:
             # One address and protocol (most publishes): the lines differ only in
             # their port numbers, which sort_key compares as numbers.
             return sorted(bindings, key=_BY_PORTS)
@@ -1256,7 +1256,7 @@ def docker_order(bindings: Iterable[Binding]) -> list[Binding] | Bindings:
 
 
 _BY_PORTS = operator.attrgetter("container_port", "host_port")
-_COUNT, _KEY, _KIND_OF_KEY = operator.attrgetter("count"), operator.attrgetter("key"), operator.itemgetter(0, 1, 2)
+_COUNT, _KEY, _ADDRESS_OF_KEY = operator.attrgetter("count"), operator.attrgetter("key"), operator.itemgetter(0, 1, 2)
 
 
 def _expand_in_order(bindings: list[Binding]) -> list[Binding]:

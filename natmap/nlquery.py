@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import _socket as socket  # the C module: the socket module's enums cost a tenth of an ADD to import
 import errno
-import itertools
 import ipaddress
+import itertools
 import os
 import struct
 from .errors import BackendError, PrivilegeError, UnknownInterfaceError
