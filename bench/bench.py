@@ -722,6 +722,36 @@ SCALE_NOTES = """\
   publish's (parsing 3-4, the model 4, the checks 2-3, the nft text 1.5);
   1.5x needs it halved again (fewer objects per binding: a run's text and
   one key per run instead of per port). Not reached by the deadline.
+  Done later on 2026-11-30 (perf2), each profiled (cProfile, and
+  perf_counter around each phase) before it was cut: Python's cyclic
+  garbage collector is paused while natmap's calls run (once the table's
+  lock is held; back as the caller had it after the last call of any
+  thread: engine._collection_paused). A 10,000-binding transaction makes
+  some 100,000 objects and no cycle; the ~150 collections they set off
+  found nothing and each full one walked the whole heap: the model's phase
+  fell 50 -> 25 ms and the guard's 20 -> 11 with nothing else changed (in
+  the bench process, whose heap holds the sections before, more). Binding
+  and PortSpec fields set through their slots' setters directly (0.8 us a
+  binding instead of 1.5; the keys of the one-to-one loop made without
+  asking the address for its version and int); a change's items grouped by
+  kind with groupby, docker_order's checks and the socket query's range
+  merge as C loops and comprehensions; a publish's bindings looked at one
+  by one against host sockets only when the kernel handed back a socket on
+  their ports. Tried and taken back, no gain measurable in CPU time (A/B,
+  thread_time, min of 15): the one-to-one loop's per-spec tuples and a
+  hoisted per-spec test. Run of 17:36 UTC, load 1.7-2.2 (BENCH_ONLY=scale,
+  then BENCH_ONLY=full): section 1's 10,000 1.41x (holds), the shifted
+  range 1.50x (on the edge: 0.92x and 1.80x in two runs earlier in this
+  work, floor 146 and 81 ms), singles 2.24x (2.21x and 2.41x in those). Left for the singles, timed alone (CPU time, 10,000
+  specs): parsing 15-17 ms (a first parse of 10,000 distinct host ports:
+  half of it making their PortRange values), the model 20-23 ms (about
+  1.2 us a spec on top of the shifted range's 1 us a binding: the loop's
+  own bytecode, no call left in it but the slot setters), the nft text
+  7 ms, the guard 8-10, the store 6, 250 publish calls' checks and order
+  about 10: some 70 ms of Python against a floor of 80-120 ms. 1.5x needs
+  a third of that gone: one object per run of specs instead of per spec
+  (single `-p` strings of consecutive ports read as one shifted run), not
+  begun.
 - **`natmap port NAME` with 10,000 others <= 1.5x with 10.** The kernel cannot
   be asked for one endpoint's elements: the comment is not a key. `list
   table` makes libnftables format all 10,000 elements (about 40% of the time)
@@ -754,7 +784,12 @@ SCALE_NOTES = """\
   run: the deletions' JSON keys written out, no _Element a binding (as the
   publish's text is): 10,000 keys in about 5 ms of CPU instead of 31.
   Run of 17:08, load 0.6-2: 113 ms (191 ms at 16:20 before these changes;
-  509 ms at 16:31, load 5-6).
+  509 ms at 16:31, load 5-6). After perf2's changes (the collector paused,
+  conntrack's families read from the bindings' keys): 88, 73 and 105 ms in
+  three runs at load 1-2.6, so it holds unless the machine is loaded. The
+  libnftables call is 55-60 ms of it; deleting the same 10,000 keys as nft
+  text instead of JSON measured 62 against 71 ms (JSON encoding included),
+  not switched (the change's JSON is what apply sends for every change).
 - **Absolute targets (publish, unpublish, `natmap ls` of tcp+udp 1-65535).**
   Held as one interval element per protocol (nft) or one rule (iptables),
   they cost what one element costs; `natmap ls` as a process is Python's
@@ -885,6 +920,12 @@ def main() -> None:
             ratio = start["port"] / (start["python"] + start["read"])
             out(f"| `natmap port` <= 2x (python start + kernel read) | {ratio:.2f} | 2.00 | "
                 f"{'yes' if ratio <= 2 else 'NO'} |")
+            return
+        if os.environ.get("BENCH_ONLY") == "full":  # section 1 alone, with its target
+            full = full_apply(sb)
+            ratio = full[max(full)]["natmap"] / full[max(full)]["floor"]
+            out(f"| full apply of {max(full):,} bindings <= 1.5x the in-process floor | {ratio:.2f} | 1.50 | "
+                f"{'yes' if ratio <= 1.5 else 'NO'} |")
             return
         if os.environ.get("BENCH_ONLY") == "reapply":
             reapply_section(sb, out)

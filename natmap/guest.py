@@ -63,6 +63,9 @@ def check_listeners(bindings: Iterable[Binding], listeners: Callable[[Protocol],
     Docker's "address already in use". ``listeners(proto)`` lists the sockets;
     ``owner(inode)`` names a socket's process."""
     by_port = _by_port(listeners)
+    bindings = list(bindings)
+    if not any(by_port(proto) for proto in {b.proto for b in bindings}):
+        return  # no socket on any of their ports (the commonest answer): none to look for, binding by binding
     for held in bindings:
         ports = by_port(held.proto)
         if held.count == 1 and held.host_port not in ports:

@@ -533,7 +533,7 @@ class Session:
         routed = list(routed)
         # (nat only, conntrack mark, keys, tests)
         groups: tuple[tuple[bool, int | None, set[tuple[int, Protocol, int | None]], Any], ...] = (
-            (True, None, {(_FAMILY[b.version], b.proto, None) for b in removed},
+            (True, None, {(_FAMILY[v], proto, None) for v, proto in {(b.key[0], b.proto) for b in removed}},
              lambda: [_matcher(_translated_for, b, local) for b in removed]),
             (False, None, {(family, proto, None) for family, proto, _, _ in matchers}
              | {(_FAMILY[b.version], b.proto, b.host_port if b.count == 1 else None) for b in stale},

@@ -326,12 +326,17 @@ def _fast_new(host_ip: IPAddress | None, host: PortRange | None, container: Port
               proto: Protocol) -> PortSpec:
     """A PortSpec of fields checked already (what __post_init__ would check)."""
     spec = object.__new__(PortSpec)
-    set_ = object.__setattr__
-    set_(spec, "host_ip", host_ip)
-    set_(spec, "host_ports", host)
-    set_(spec, "container_ports", container)
-    set_(spec, "proto", proto)
+    set_host_ip, set_host_ports, set_container_ports, set_proto = _SPEC_SETTERS
+    set_host_ip(spec, host_ip)
+    set_host_ports(spec, host)
+    set_container_ports(spec, container)
+    set_proto(spec, proto)
     return spec
+
+
+# Each field's slot setter, called directly: half object.__setattr__'s cost.
+_SPEC_SETTERS = tuple(getattr(PortSpec, name).__set__ for name in ("host_ip", "host_ports", "container_ports", "proto"))
+_SET_START, _SET_END = getattr(PortRange, "start").__set__, getattr(PortRange, "end").__set__
 
 
 def _fast_port(text: str) -> PortRange | None:
@@ -345,8 +350,8 @@ def _fast_port(text: str) -> PortRange | None:
     if port > MAX_PORT:
         return None
     ports = object.__new__(PortRange)
-    object.__setattr__(ports, "start", port)
-    object.__setattr__(ports, "end", port)
+    _SET_START(ports, port)
+    _SET_END(ports, port)
     _PORTS[text] = ports
     return ports
 

@@ -712,3 +712,52 @@ def test_another_bridges_unpublish_cuts_no_routed_flow(backend, tmp_path):
     nm.publish(Endpoint("db01", "172.31.0.2", "natmap1"), ["5432"])
     nm.unpublish("db01")
     assert host.routed_cut[-1] == [] and len(host.forgotten[-1][0]) == 1
+
+
+# --- the cyclic garbage collector paused for natmap's work (see engine._uncollected)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_transaction_leaves_the_collector_as_it_found_it_and_pauses_it_inside(nm, enabled, monkeypatch):
+    import gc
+
+    from natmap.model import Table
+
+    seen, inside = [], []
+    publish = Table.publish
+    monkeypatch.setattr(Table, "publish", lambda *a, **k: inside.append(gc.isenabled()) or publish(*a, **k))
+    (gc.enable if enabled else gc.disable)()
+    try:
+        with nm.transaction() as tx:
+            seen.append(gc.isenabled())  # the caller's own code in the block: collection as the caller has it
+            tx.publish(WEB, ["8080:5000"])
+        with pytest.raises(ConflictError), nm.transaction() as tx:
+            tx.publish(DB, ["8080:5432"])  # raises inside a paused call
+        assert gc.isenabled() is enabled
+        assert nm.unpublish("web01") and gc.isenabled() is enabled
+    finally:
+        gc.enable()
+    assert seen == [enabled] and inside == [False, False]
+
+
+def test_threads_publishing_at_once_leave_the_collector_on(backend, host, tmp_path):
+    import gc
+
+    assert gc.isenabled()
+    errors = []
+
+    def publish(i):
+        try:
+            with NatMap(backend=backend, host=host, lock_dir=str(tmp_path)) as mine:
+                for j in range(5):
+                    mine.publish(Endpoint(f"t{i}x{j}", f"172.30.0.{10 + i * 5 + j}", "natmap0"),
+                                 [f"{9000 + i * 5 + j}:80"])
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publish, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and gc.isenabled()

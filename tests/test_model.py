@@ -291,20 +291,24 @@ def test_an_ipv6_only_endpoint_publishes_ipv6_only():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.sampled_from(["web", "db-1"]), st.sampled_from(["tcp", "udp", "sctp"]),
-       st.sampled_from(["0.0.0.0", "::", "10.0.0.1", "fd00::1"]), st.integers(1, 65535),
-       st.sampled_from(["172.30.0.2", "fd00:30::2"]), st.integers(1, 65535))
+@given(st.sampled_from(["web", "db-1"]), st.sampled_from(["tcp", "udp", "sctp"]), st.booleans(), st.booleans(),
+       st.integers(1, 65535), st.integers(1, 65535))
 def test_a_single_port_binding_made_the_fast_way_equals_one_made_by_the_constructor(
-        name, proto, host_ip, host_port, container_ip, container_port):
-    """Table's one-port path builds Binding values without __post_init__: they
-    must be the same values, hash and key included."""
-    from natmap.model import _single
-    from natmap.spec import Protocol
+        name, proto, ipv4, ipv6, host_port, container_port):
+    """Table's one-to-one loop (``8080:80``) builds Binding values without
+    __post_init__: they must be the constructor's values, hash and key included."""
+    from natmap.model import Table
+    from natmap.spec import PortSpec
 
-    host, container = ipaddress.ip_address(host_ip), ipaddress.ip_address(container_ip)
-    fast = _single(name, Protocol(proto), host, host_port, container, container_port)
-    made = Binding(name, proto, host_ip, host_port, container_ip, container_port)
-    assert fast == made and hash(fast) == hash(made) and fast.key == made.key and repr(fast) == repr(made)
+    endpoint = Endpoint(name, "172.30.0.2" if ipv4 or not ipv6 else None, "natmap0",
+                        ipv6="fd00:30::2" if ipv6 else None)
+    spec = PortSpec.parse(f"{host_port}:{container_port}/{proto}")
+    fast = Table().publish(endpoint, [spec])
+    made = [Binding(name, proto, "0.0.0.0" if b.version == 4 else "::", host_port, b.container_ip, container_port)
+            for b in fast]
+    assert [b.version for b in fast] == [4] * (ipv4 or not ipv6) + [6] * ipv6
+    assert fast == made and [hash(b) for b in fast] == [hash(b) for b in made]
+    assert [b.key for b in fast] == [b.key for b in made] and repr(fast) == repr(made)
 
 
 # --- the one-to-one loop (Table._publish_ones: 8080:80, 8000-8001:80-81) does what the general path does

@@ -5,6 +5,8 @@ import struct
 import types
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from natmap import nlquery
 from natmap.errors import BackendError
@@ -61,3 +63,28 @@ def test_a_dump_interrupted_every_time_is_an_error_not_a_partial_answer(netlink)
     with pytest.raises(BackendError, match="listing sockets: the kernel's answer was interrupted 10 times"):
         nlquery.listeners(Protocol.TCP)
     assert fake.asked == nlquery._DUMP_TRIES
+
+
+def _merged_by_loop(ports):
+    """The plain loop _merged replaced: what its comprehensions must give."""
+    merged = []
+    for first, last in sorted(ports):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    return merged
+
+
+@given(st.lists(st.tuples(st.integers(1, 60), st.integers(0, 8)).map(lambda t: (t[0], t[0] + t[1])), max_size=30))
+def test_merged_ranges_join_overlapping_and_adjacent_ones_as_the_plain_loop_does(ports):
+    from natmap.nlquery import _merged
+
+    assert _merged(ports) == _merged_by_loop(ports)
+
+
+def test_merged_ranges_of_examples():
+    from natmap.nlquery import _merged
+
+    assert _merged([]) == []
+    assert _merged([(5, 5), (1, 3), (4, 4), (7, 9), (8, 8), (11, 11)]) == [(1, 5), (7, 9), (11, 11)]
