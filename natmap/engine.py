@@ -44,7 +44,7 @@ from .model import misheld  # a binding held in a form its bridge's gateway mode
 from .model import RoutedBinding
 from .netns import current as current_netns, entered as entered_netns, validate_name as validate_netns
 from .netns import cookie as netns_cookie
-from .routedcut import closed_routed  # the routed flows a change forbids
+from .routedcut import closed_direct, closed_routed  # the routed and direct flows a change forbids
 from .spec import PortSpec, Protocol, validate_name
 from .store import Store, default_dir
 
@@ -657,7 +657,8 @@ class NatMap:
         table = Table(self._store.items())
         self._sync(table, Change(), force=force)
         self._kernel.forget_flows(deleted.deleted(Binding), deleted.deleted(Link),
-                                  routed=closed_routed(table, deleted.deleted(RoutedBinding)))
+                                  routed=closed_routed(table, deleted.deleted(RoutedBinding)),
+                                  direct=closed_direct(table, deleted.deleted(Gateway)))
 
     def _commit(self, table: Table, change: Change) -> None:
         """Apply ``change``, ``table``'s journaled change, in one transaction, or roll it back."""
@@ -713,7 +714,8 @@ class NatMap:
             _log("host: set %s", what)
         self._kernel.forget_flows(applied.deleted(Binding), applied.deleted(Link), applied.added(Binding),
                                   self._isolated_cuts(table, applied),
-                                  closed_routed(table, applied.deleted(RoutedBinding)))
+                                  closed_routed(table, applied.deleted(RoutedBinding)),
+                                  closed_direct(table, applied.deleted(Gateway)))
         # Trusted next time only if nobody else committed in between.
         trusted = after is not None and (not isinstance(before, int) or after == before + 1)
         if (self._others_seen is not None and isinstance(before, int) and after == before + 1

@@ -86,6 +86,8 @@ class _Rule:
         rule = iptc.Rule() if self.family == 4 else iptc.Rule6()
         for name, value in self.fields:
             setattr(rule, name, value)
+        if self.family == 6:
+            _full_interface_masks(rule.entry.ipv6)
         for match_name, options in self.matches:
             match = rule.create_match(match_name)
             for option, value in options:
@@ -898,6 +900,15 @@ def _table(family: int, name: str) -> Any:
     return table
 
 
+def _full_interface_masks(entry: Any) -> None:
+    """Make an ip6tables rule's ``-i``/``-o`` match the whole name, as ip6tables
+    does (mask bytes 0xff). python-iptables 1.2's Rule6 writes 0x01 bytes, which
+    the kernel ANDs with the name's bytes: only their lowest bits compared,
+    ``-i nmout2`` matched ``nmout`` (and ``-o natmap0`` other bridges)."""
+    for mask in ("iniface_mask", "outiface_mask"):
+        setattr(entry, mask, bytes(0xFF if byte else 0 for byte in getattr(entry, mask)))
+
+
 def _chain(table: Any, name: str) -> Any:
     import iptc
 
@@ -906,6 +917,8 @@ def _chain(table: Any, name: str) -> Any:
 
 def _commit(family: int, table_name: str, steps: list[_Step]) -> None:
     """Apply the steps to one table's handle, then commit it in one call."""
+    import iptc
+
     table = _table(family, table_name)
     for step in steps:
         match step.verb:
@@ -923,7 +936,11 @@ def _commit(family: int, table_name: str, steps: list[_Step]) -> None:
                 rule, chain = step.needs_rule(), _chain(table, step.chain)
                 chain.insert_rule(rule.build()) if rule.first else chain.append_rule(rule.build())
             case Verb.DELETE:
-                _chain(table, step.chain).delete_rule(step.needs_rule().build())
+                chain, built = _chain(table, step.chain), step.needs_rule().build()
+                try:
+                    chain.delete_rule(built)
+                except iptc.IPTCError:  # made before _full_interface_masks: the kernel's equal rule
+                    chain.delete_rule(next((r for r in chain.rules if r == built), built))
             case _:
                 assert_never(step.verb)
     table.commit()
