@@ -712,3 +712,62 @@ def test_another_bridges_unpublish_cuts_no_routed_flow(backend, tmp_path):
     nm.publish(Endpoint("db01", "172.31.0.2", "natmap1"), ["5432"])
     nm.unpublish("db01")
     assert host.routed_cut[-1] == [] and len(host.forgotten[-1][0]) == 1
+
+
+# --- direct flows: what switching protection back on cuts (the decision; the cut itself is
+# tests/kernel/test_kernel_directcut.py's) --------------------------------------------------
+
+V4, V6 = BRIDGE.subnets
+
+
+def test_leaving_nat_unprotected_cuts_the_direct_flows_of_each_family_it_protects(nm, host):
+    nm.publish(WEB, ["8080:5000"])
+    nm.set_gateway("natmap0", "nat-unprotected")
+    assert host.direct_cut[-1] == []  # opening forbids nothing
+    nm.set_gateway("natmap0", mode_ipv4="nat-unprotected", mode_ipv6="routed")
+    assert host.direct_cut[-1] == [(6, (V6,), (V4, V6))]
+    nm.set_gateway("natmap0", "nat")
+    assert host.direct_cut[-1] == [(4, (V4,), (V4, V6))]  # IPv6 was protected already
+
+
+def test_a_withdrawn_trusted_interface_cuts_both_families_and_a_new_one_nothing(backend, tmp_path):
+    host = FakeHost([BRIDGE], interfaces={"eth1": (None, ()), "eth2": (None, ())})
+    nm = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    nm.set_gateway("natmap0", "nat", ["eth1"])
+    assert host.direct_cut[-1] == []
+    nm.set_gateway("natmap0", "routed", ["eth1", "eth2"])  # nat -> routed, eth1 still trusted
+    assert host.direct_cut[-1] == []
+    nm.set_gateway("natmap0", "routed", ["eth2"])
+    assert host.direct_cut[-1] == [(4, (V4,), (V4, V6)), (6, (V6,), (V4, V6))]
+
+
+def test_a_direct_cut_names_every_bridge_of_the_table_as_inside(backend, tmp_path):
+    other = Bridge("natmap1", (ipaddress.ip_network("172.31.0.0/24"),))
+    host = FakeHost([BRIDGE, other], ports=PortRange(40000, 40009))
+    nm = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    nm.publish(Endpoint("db01", "172.31.0.2", "natmap1"), ["5432"])
+    nm.set_gateway("natmap0", "nat-unprotected")
+    nm.set_gateway("natmap0", "nat")
+    assert [(v, subnets, set(inside)) for v, subnets, inside in host.direct_cut[-1]] == \
+        [(4, (V4,), {V4, V6, other.subnets[0]}), (6, (V6,), {V4, V6, other.subnets[0]})]
+
+
+def test_a_gateway_change_killed_before_its_cut_has_it_cut_by_the_next_call(backend, host, tmp_path,
+                                                                            monkeypatch):
+    from natmap import hoststate
+
+    def die(where):
+        if where == "kernel-commit":
+            raise KeyboardInterrupt  # stands for the kill: the store's pending change stays
+
+    nm = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    nm.set_gateway("natmap0", "nat-unprotected")
+    alive = hoststate.crash_point
+    monkeypatch.setattr(hoststate, "crash_point", die)
+    with pytest.raises(KeyboardInterrupt):
+        nm.set_gateway("natmap0", "nat")
+    assert host.direct_cut[-1] == []  # killed before it
+    monkeypatch.setattr(hoststate, "crash_point", alive)
+    fresh = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    fresh.repair()
+    assert (4, (V4,), (V4, V6)) in host.direct_cut[-1]
