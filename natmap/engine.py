@@ -320,17 +320,22 @@ class NatMap:
                      structure=(*view.structure, *misheld(desired, self._store.placements())),
                      foreign=tuple(view.foreign),
                      host=tuple(hoststate.problems(self._kernel, desired)),
-                     interrupted=self._store.pending(), **self._advice(view.table or Table()))
+                     interrupted=self._store.pending(),
+                     **self._advice(view.table or Table(), [i for i in desired if isinstance(i, (Bridge, Gateway))]))
 
-    def _advice(self, table: Table) -> dict[str, Any]:
-        """Drift's notes (the [::1] advice) and shadowing (bindings that take a
-        host socket's traffic, natmap.guest) for what the kernel holds."""
+    def _advice(self, table: Table, gateways: list[Item] | None = None) -> dict[str, Any]:
+        """Drift's notes (the [::1] advice), shadowing (bindings that take a
+        host socket's traffic, natmap.guest) and conflicts (bridges another
+        natmap table holds in another gateway setting) for what the kernel holds
+        (the conflicts: for the bridges and gateways of ``gateways``, the store's, if given)."""
+        held = table if gateways is None else Table(gateways)
         forced = self._store.forced() if self._store.exists() else set()  # in any process (natmap.store)
         return {"notes": _loopback6_notes(table, self._kernel.bridged_ipv6_hooked),
                 "shadowing": tuple(guest.shadowed([b for b in table.held_bindings() if b.key not in forced
                                                    and type(b) is Binding],  # RoutedBinding: no host port
                                                   functools.cache(self._kernel.listeners),
-                                                  self._kernel.socket_owner))}
+                                                  self._kernel.socket_owner)),
+                "conflicts": tuple(guest.gateway_disagreements(held, self._others()) if held.bridges else ())}
 
     def repair(self) -> Drift:
         """Make the kernel and the host match natmap's store (one transaction on
@@ -1000,6 +1005,8 @@ class Transaction:
                 self._nm._kernel.interface_facts(name)
             known = self._nm._kernel.bridge(bridge)
         table = self._require()
+        current = (table.gateways.get(bridge) or Gateway(bridge)) if bridge in table.bridges else None
+        guest.check_gateway(gateway, current, self._others())  # the bridge's setting is the namespace's
         table.add_bridge(known)  # its mode guards it from now on, endpoints published on it or not
         table.set_gateway(gateway, known)  # the bindings published on it change form (Table.bridge_of)
         return gateway

@@ -315,7 +315,7 @@ def natmap_tables(exclude: tuple[str, str], *,
                 continue  # a half-marked table: not natmap's to count
             finally:
                 reader.close()
-            others.append((label, table or Table()))
+            others.append((label, Table() if table is None else table))  # one of bridges alone is falsy
     return others
 
 

@@ -771,3 +771,51 @@ def test_a_gateway_change_killed_before_its_cut_has_it_cut_by_the_next_call(back
     fresh = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
     fresh.repair()
     assert (4, (V4,), (V4, V6)) in host.direct_cut[-1]
+
+
+# --- a bridge's gateway setting is the namespace's: other natmap tables on it must agree ---
+
+
+def _beside(backend, tmp_path, *their_items):
+    from natmap.model import Table
+
+    theirs = Table([BRIDGE, *their_items])
+    host = FakeHost([BRIDGE], interfaces={"eth1": (None, ())}, others=[("table inet natmap (nft)", theirs)])
+    return NatMap("lab2", backend=backend, host=host, lock_dir=str(tmp_path)), host
+
+
+def test_a_gateway_another_table_holds_otherwise_is_a_conflict_naming_it(backend, tmp_path):
+    from natmap import Gateway
+
+    nm, host = _beside(backend, tmp_path)  # theirs: natmap0 in the default nat
+    with pytest.raises(ConflictError, match=r"natmap0 \(ipv4 routed ipv6 nat\) conflicts with table inet "
+                                            r"natmap \(nft\), which holds it in nat"):
+        nm.set_gateway("natmap0", mode_ipv4="routed")
+    with pytest.raises(ConflictError, match="which holds it in nat"):
+        nm.set_gateway("natmap0", "nat", ["eth1"])  # trust too is the namespace's
+    assert nm.gateways() == [] and host.direct_cut == []  # nothing applied
+    assert nm.set_gateway("natmap0", "nat") == Gateway("natmap0")  # the same setting: no conflict
+
+
+def test_a_table_that_agreed_may_move_first_and_check_reports_the_disagreement(backend, tmp_path):
+    from natmap import Gateway
+
+    nm, host = _beside(backend, tmp_path, Gateway("natmap0", "routed"))
+    nm.set_gateway("natmap0", "routed")  # agrees with theirs
+    nm.set_gateway("natmap0", "nat")     # moves first: theirs agreed with lab2 until now
+    drift = nm.check()
+    assert drift and drift.conflicts == (
+        "bridge natmap0: gateway nat here, routed in table inet natmap (nft) "
+        "(a bridge's gateway setting is the namespace's: set it the same in both)",)
+    assert "conflict: bridge natmap0: gateway nat here, routed in table inet natmap (nft)" in str(drift)
+    with pytest.raises(ConflictError, match="which holds it in routed"):
+        nm.set_gateway("natmap0", "nat-unprotected")  # a third setting agrees with nobody
+
+
+def test_a_table_not_on_the_bridge_is_no_conflict(backend, tmp_path):
+    from natmap.model import Table
+
+    host = FakeHost([BRIDGE], others=[("table inet natmap (nft)", Table())])
+    nm = NatMap("lab2", backend=backend, host=host, lock_dir=str(tmp_path))
+    nm.set_gateway("natmap0", "routed")
+    assert not nm.check()
