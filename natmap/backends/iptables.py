@@ -803,6 +803,9 @@ class IptablesBackend(Layout):
                     if rule not in fixed.get((family, table_name, chain.name), []) and not _comment(rule):
                         unknown.append(f"{_name(family)} rule in {chain.name} is not natmap's: "
                                        f"{_decoded(rule, family)}")
+                    elif family == 6 and _loose_masks(rule.entry.ipv6):
+                        unknown.append(f"ip6tables rule in {chain.name} matches interface names by their "
+                                       f"lowest bits only (an older natmap's): {_decoded(rule, family)}")
         return unknown
 
     def rebuild(self, items: Iterable[Item]) -> None:
@@ -909,6 +912,11 @@ def _full_interface_masks(entry: Any) -> None:
         setattr(entry, mask, bytes(0xFF if byte else 0 for byte in getattr(entry, mask)))
 
 
+def _loose_masks(entry: Any) -> bool:
+    """Whether an ip6tables rule's ``-i``/``-o`` has a mask of python-iptables 1.2 (see above)."""
+    return any(0 < byte < 0xFF for mask in ("iniface_mask", "outiface_mask") for byte in getattr(entry, mask))
+
+
 def _chain(table: Any, name: str) -> Any:
     import iptc
 
@@ -917,8 +925,6 @@ def _chain(table: Any, name: str) -> Any:
 
 def _commit(family: int, table_name: str, steps: list[_Step]) -> None:
     """Apply the steps to one table's handle, then commit it in one call."""
-    import iptc
-
     table = _table(family, table_name)
     for step in steps:
         match step.verb:
@@ -936,11 +942,7 @@ def _commit(family: int, table_name: str, steps: list[_Step]) -> None:
                 rule, chain = step.needs_rule(), _chain(table, step.chain)
                 chain.insert_rule(rule.build()) if rule.first else chain.append_rule(rule.build())
             case Verb.DELETE:
-                chain, built = _chain(table, step.chain), step.needs_rule().build()
-                try:
-                    chain.delete_rule(built)
-                except iptc.IPTCError:  # made before _full_interface_masks: the kernel's equal rule
-                    chain.delete_rule(next((r for r in chain.rules if r == built), built))
+                _chain(table, step.chain).delete_rule(step.needs_rule().build())
             case _:
                 assert_never(step.verb)
     table.commit()
