@@ -513,7 +513,7 @@ class CniHost(Session):
         removed, links, isolated, routed = list(removed), list(links), list(isolated), list(routed)
         direct = list(direct)
         added = [b for b in added if b.proto is not Protocol.TCP]  # Session skips these too
-        if isolated or routed or direct:  # natmap-cni isolates no bridge nor routes one; should a change do, Session cuts
+        if isolated or routed or direct:  # natmap-cni isolates, routes, protects no bridge; else Session cuts
             return super().forget_flows(removed, links, added, isolated, routed, direct)
         if not (removed or links or added):
             return 0

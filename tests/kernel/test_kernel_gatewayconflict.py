@@ -25,7 +25,8 @@ def test_a_mode_or_trust_another_table_holds_otherwise_is_refused(sandbox, web, 
     with natmap.NatMap(netns=sandbox.host.name, backend=first) as nm, \
             natmap.NatMap("lab2", netns=sandbox.host.name, backend=second) as lab2:
         nm.publish(web.endpoint(), ["8080:5000"])  # natmap0 held in the default nat
-        with pytest.raises(ConflictError, match=re.escape(f"conflicts with {_label('natmap', first)}, which holds it in nat")):
+        refused = re.escape(f"conflicts with {_label('natmap', first)}, which holds it in nat")
+        with pytest.raises(ConflictError, match=refused):
             lab2.set_gateway(sandbox.bridge, mode_ipv4="routed")
         with pytest.raises(ConflictError, match=r"conflicts with .*, which holds it in nat"):
             lab2.set_gateway(sandbox.bridge, "nat", ["nmout"])
