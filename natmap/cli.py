@@ -273,7 +273,8 @@ def _drift_json(drift: Drift) -> dict[str, Any]:
     return _document(drift=bool(drift), remembered=drift.remembered, table_missing=drift.table_missing,
                      missing=[_item_json(i) for i in drift.missing],
                      unexpected=[_item_json(i) for i in drift.unexpected], structure=list(drift.structure),
-                     notes=list(drift.notes), shadowing=list(drift.shadowing), foreign=list(drift.foreign),
+                     notes=list(drift.notes), shadowing=list(drift.shadowing), conflicts=list(drift.conflicts),
+                     foreign=list(drift.foreign),
                      host=list(drift.host), interrupted=drift.interrupted)
 
 

@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from typing import IO, Any
 
     from natmap import Link, RoutedBinding
-    from natmap.host import Isolated
+    from natmap.host import DirectCut, Isolated
 
 __all__ = ["CniError", "NetConf", "Plugin", "PortMapping", "SUPPORTED_VERSIONS", "endpoint_name", "main",
            "network_prefix", "run"]
@@ -509,11 +509,12 @@ class CniHost(Session):
 
     def forget_flows(self, removed: Iterable[Binding] = (), links: Iterable[Link] = (),
                      added: Iterable[Binding] = (), isolated: Iterable[Isolated] = (),
-                     routed: Iterable[RoutedBinding] = ()) -> int:
+                     routed: Iterable[RoutedBinding] = (), direct: Iterable[DirectCut] = ()) -> int:
         removed, links, isolated, routed = list(removed), list(links), list(isolated), list(routed)
+        direct = list(direct)
         added = [b for b in added if b.proto is not Protocol.TCP]  # Session skips these too
-        if isolated or routed:  # natmap-cni isolates no bridge nor routes one; should a change do, Session cuts
-            return super().forget_flows(removed, links, added, isolated, routed)
+        if isolated or routed or direct:  # natmap-cni isolates, routes, protects no bridge; else Session cuts
+            return super().forget_flows(removed, links, added, isolated, routed, direct)
         if not (removed or links or added):
             return 0
         tracked = _tracked()

@@ -46,7 +46,7 @@ from .model import misheld  # a binding held in a form its bridge's gateway mode
 from .model import RoutedBinding
 from .netns import current as current_netns, entered as entered_netns, validate_name as validate_netns
 from .netns import cookie as netns_cookie
-from .routedcut import closed_routed  # the routed flows a change forbids
+from .routedcut import closed_direct, closed_routed  # the routed and direct flows a change forbids
 from .spec import PortSpec, Protocol, validate_name
 from .store import Store, default_dir
 
@@ -364,17 +364,22 @@ class NatMap:
                      structure=(*view.structure, *misheld(desired, self._store.placements())),
                      foreign=tuple(view.foreign),
                      host=tuple(hoststate.problems(self._kernel, desired)),
-                     interrupted=self._store.pending(), **self._advice(view.table or Table()))
+                     interrupted=self._store.pending(),
+                     **self._advice(view.table or Table(), [i for i in desired if isinstance(i, (Bridge, Gateway))]))
 
-    def _advice(self, table: Table) -> dict[str, Any]:
-        """Drift's notes (the [::1] advice) and shadowing (bindings that take a
-        host socket's traffic, natmap.guest) for what the kernel holds."""
+    def _advice(self, table: Table, gateways: list[Item] | None = None) -> dict[str, Any]:
+        """Drift's notes (the [::1] advice), shadowing (bindings that take a
+        host socket's traffic, natmap.guest) and conflicts (bridges another
+        natmap table holds in another gateway setting) for what the kernel holds
+        (the conflicts: for the bridges and gateways of ``gateways``, the store's, if given)."""
+        held = table if gateways is None else Table(gateways)
         forced = self._store.forced() if self._store.exists() else set()  # in any process (natmap.store)
         return {"notes": _loopback6_notes(table, self._kernel.bridged_ipv6_hooked),
                 "shadowing": tuple(guest.shadowed([b for b in table.held_bindings() if b.key not in forced
                                                    and type(b) is Binding],  # RoutedBinding: no host port
                                                   functools.cache(self._kernel.listeners),
-                                                  self._kernel.socket_owner))}
+                                                  self._kernel.socket_owner)),
+                "conflicts": tuple(guest.gateway_disagreements(held, self._others()) if held.bridges else ())}
 
     def repair(self) -> Drift:
         """Make the kernel and the host match natmap's store (one transaction on
@@ -701,7 +706,8 @@ class NatMap:
         table = Table(self._store.items())
         self._sync(table, Change(), force=force)
         self._kernel.forget_flows(deleted.deleted(Binding), deleted.deleted(Link),
-                                  routed=closed_routed(table, deleted.deleted(RoutedBinding)))
+                                  routed=closed_routed(table, deleted.deleted(RoutedBinding)),
+                                  direct=closed_direct(table, deleted.deleted(Gateway)))
 
     def _commit(self, table: Table, change: Change) -> None:
         """Apply ``change``, ``table``'s journaled change, in one transaction, or roll it back."""
@@ -757,7 +763,8 @@ class NatMap:
             _log("host: set %s", what)
         self._kernel.forget_flows(applied.deleted(Binding), applied.deleted(Link), applied.added(Binding),
                                   self._isolated_cuts(table, applied),
-                                  closed_routed(table, applied.deleted(RoutedBinding)))
+                                  closed_routed(table, applied.deleted(RoutedBinding)),
+                                  closed_direct(table, applied.deleted(Gateway)))
         # Trusted next time only if nobody else committed in between.
         trusted = after is not None and (not isinstance(before, int) or after == before + 1)
         if (self._others_seen is not None and isinstance(before, int) and after == before + 1
@@ -1046,6 +1053,8 @@ class Transaction:
                 self._nm._kernel.interface_facts(name)
             known = self._nm._kernel.bridge(bridge)
         table = self._require()
+        current = (table.gateways.get(bridge) or Gateway(bridge)) if bridge in table.bridges else None
+        guest.check_gateway(gateway, current, self._others())  # the bridge's setting is the namespace's
         table.add_bridge(known)  # its mode guards it from now on, endpoints published on it or not
         table.set_gateway(gateway, known)  # the bindings published on it change form (Table.bridge_of)
         return gateway

@@ -14,7 +14,7 @@ import ipaddress
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from .errors import ConflictError, SpecError
-from .model import Binding, Endpoint, Table
+from .model import Binding, Endpoint, Gateway, Table
 from .spec import PortSpec, Protocol
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .host import Listener
 
 __all__ = ["marker", "owner_of", "check_listeners", "shadowed", "check_other_tables",
-           "mapped_ports", "check_addresses"]
+           "mapped_ports", "check_gateway", "gateway_disagreements", "check_addresses"]
 
 _MARKER = "natmap v1 table="
 
@@ -138,6 +138,48 @@ def mapped_ports(others: Sequence[tuple[str, Table]], proto: Protocol) -> frozen
     an assigned port is never one of them."""
     return frozenset(port for _, table in others for b in table.held_bindings() if b.proto is proto
                      for port in range(b.host_port, b.last_port + 1))  # held: bindings() sorts
+
+
+# --- bridges' gateway settings -------------------------------------------------------
+#
+# A bridge's gateway setting is the namespace's, as its host ports are: every
+# natmap table that holds the bridge acts on its traffic (one masquerades what
+# another routes, one drops what another lets in), so they must agree.
+
+
+def _setting(table: Table, bridge: str) -> Gateway:
+    return table.gateways.get(bridge) or Gateway(bridge)  # the default nat is kept as no item
+
+
+def _text(gateway: Gateway) -> str:
+    trusted = f", trusted {', '.join(gateway.trusted)}" if gateway.trusted else ""
+    return f"{gateway.modes_text}{trusted}"
+
+
+def check_gateway(gateway: Gateway, current: Gateway | None, others: Sequence[tuple[str, Table]]) -> None:
+    """Raise :class:`ConflictError` if another natmap table of the namespace
+    holds ``gateway.bridge`` with a setting other than ``gateway``, naming
+    that table and its setting. ``current``: this table's setting of the
+    bridge, None if it does not hold it; a table that agreed with it is no
+    conflict (one table moves first, the other follows: ``check()`` reports
+    the disagreement meanwhile; refusing both would leave them stuck)."""
+    for label, table in others:
+        if gateway.bridge not in table.bridges:
+            continue
+        theirs = _setting(table, gateway.bridge)
+        if theirs != gateway and theirs != current:
+            raise ConflictError(
+                f"gateway of bridge {gateway.bridge} ({_text(gateway)}) conflicts with {label}, which holds "
+                f"it in {_text(theirs)}: a bridge's gateway setting is the namespace's, one for every natmap "
+                f"table on it (set it the same in both)")
+
+
+def gateway_disagreements(table: Table, others: Sequence[tuple[str, Table]]) -> list[str]:
+    """One line per bridge of ``table`` another natmap table holds with another setting."""
+    return [f"bridge {bridge}: gateway {_text(_setting(table, bridge))} here, {_text(_setting(other, bridge))} "
+            f"in {label} (a bridge's gateway setting is the namespace's: set it the same in both)"
+            for bridge in sorted(table.bridges) for label, other in others
+            if bridge in other.bridges and _setting(other, bridge) != _setting(table, bridge)]
 
 
 # --- addresses -----------------------------------------------------------------------

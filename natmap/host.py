@@ -134,7 +134,8 @@ if TYPE_CHECKING:
 
         def forget_flows(self, removed: Iterable[Binding] = (), links: Iterable[Link] = (),
                          added: Iterable[Binding] = (), isolated: Iterable[Isolated] = (),
-                         routed: Iterable[RoutedBinding] = ()) -> int:
+                         routed: Iterable[RoutedBinding] = (),
+                         direct: Iterable[DirectCut] = ()) -> int:
             """Delete the conntrack entries a change makes stale; return how many."""
             ...
 
@@ -145,6 +146,9 @@ if TYPE_CHECKING:
     # What isolating a bridge cuts: its subnets, and the (source, target, proto,
     # port) flows links keep open there.
     Isolated = tuple[tuple[Any, ...], frozenset[tuple[Any, Any, Protocol, int]]]
+    # What a change that forbids direct flows cuts (natmap.routedcut.closed_direct):
+    # the IP version, the bridge's subnets of it, every subnet of the table's bridges.
+    DirectCut = tuple[int, tuple[Any, ...], tuple[Any, ...]]
 
 _FALLBACK_RANGE = PortRange(49153, 65535)
 # IANA protocol numbers, as socket.IPPROTO_*: importing socket here would be
@@ -311,7 +315,7 @@ def natmap_tables(exclude: tuple[str, str], *,
                 continue  # a half-marked table: not natmap's to count
             finally:
                 reader.close()
-            others.append((label, table or Table()))
+            others.append((label, Table() if table is None else table))  # one of bridges alone is falsy
     return others
 
 
@@ -472,7 +476,7 @@ class Session:
 
     def forget_flows(self, removed: Iterable[Binding] = (), links: Iterable[Link] = (),
                      added: Iterable[Binding] = (), isolated: Iterable[Isolated] = (),
-                     routed: Iterable[RoutedBinding] = ()) -> int:
+                     routed: Iterable[RoutedBinding] = (), direct: Iterable[DirectCut] = ()) -> int:
         """Delete the conntrack entries that would keep steering traffic the old way.
 
         Only flows natmap changes qualify: a binding's are those whose ORIGINAL
@@ -495,7 +499,16 @@ class Session:
           set by the routed accept rule on the flows it lets in). Conntrack
           does not record where a flow came from: the mark is what tells a
           flow natmap let in from the container's own, a trusted
-          interface's or a forwarded one, none of which is touched.
+          interface's or a forwarded one, none of which is touched;
+        - a ``direct`` cut's (a bridge's family closed to direct flows: it left
+          ``nat-unprotected``, or an interface is trusted no more): flows not
+          DNATed whose original destination is a container address of the
+          bridge's subnets of that family and whose source is neither the
+          host's own nor in a subnet of the table's bridges. Conntrack cannot
+          tell which interface a flow came in on: a flow still allowed (from
+          an interface still trusted, to a routed binding's port) is cut too,
+          and its next packet, a new flow under ``nf_conntrack_tcp_loose``
+          (the default), meets the rules now in place and is let in again.
 
         Both families: a dump and a delete each name one (pyroute2's socket
         carries it), so IPv4 and IPv6 entries are asked for and deleted
@@ -527,6 +540,8 @@ class Session:
             for link in links for s, t, proto, port in link.flows()]
         matchers += [(_FAMILY[version], proto, None, functools.partial(_isolated_flow, cut, local))
                      for cut in isolated for version in {net.version for net in cut[0]} for proto in Protocol]
+        matchers += [(_FAMILY[cut[0]], proto, None, functools.partial(_direct_flow, cut, local))
+                     for cut in direct for proto in Protocol]
         # The bindings' tests are made only once the kernel has handed back
         # entries to test (10,000 of them cost more than the dump of none).
         # A group's keys: (family, protocol, destination port or None for any).
@@ -631,8 +646,8 @@ class FakeHost:
     ``route_localnet`` and ``loopback6`` (bridge names),
     ``bridged_ipv4``/``bridged_ipv6`` (turned on by
     :meth:`hook_bridged_traffic`), ``forgotten`` (the removed, links and added
-    arguments of each :meth:`forget_flows`), ``cut`` (its isolated ones) and
-    ``routed_cut`` (its routed ones).
+    arguments of each :meth:`forget_flows`), ``cut`` (its isolated ones),
+    ``routed_cut`` (its routed ones) and ``direct_cut`` (its direct ones).
     ``events`` names every call, in order (share one list with a
     ``FakeBackend`` to see the order of both).
     """
@@ -656,6 +671,7 @@ class FakeHost:
         self.others = list(others)
         self.cut: list[list[Isolated]] = []
         self.routed_cut: list[list[RoutedBinding]] = []
+        self.direct_cut: list[list[DirectCut]] = []
         self.br_netfilter = br_netfilter
         self.bridged_ipv4 = False
         self.bridged_ipv6 = bridged_ipv6
@@ -741,11 +757,12 @@ class FakeHost:
 
     def forget_flows(self, removed: Iterable[Binding] = (), links: Iterable[Link] = (),
                      added: Iterable[Binding] = (), isolated: Iterable[Isolated] = (),
-                     routed: Iterable[RoutedBinding] = ()) -> int:
+                     routed: Iterable[RoutedBinding] = (), direct: Iterable[DirectCut] = ()) -> int:
         self.events.append("host.forget_flows")
         self.forgotten.append((list(removed), list(links), list(added)))
         self.cut.append(list(isolated))
         self.routed_cut.append(list(routed))
+        self.direct_cut.append(list(direct))
         return 0
 
     # The host settings read back (natmap.hoststate): what natmap set here.
@@ -864,6 +881,22 @@ def _isolated_flow(cut: Isolated, local: Any, orig: Any, reply: Any, status: int
     if not any(source in net for net in subnets) or not any(target in net for net in subnets):
         return False
     return (source, target, _PROTOCOL.get(orig.proto), orig.dport) not in allowed
+
+
+_DST_NAT = 1 << 5  # IPS_DST_NAT: the flow's destination was translated (a binding's)
+
+
+def _direct_flow(cut: DirectCut, local: Any, orig: Any, reply: Any, status: int = 0) -> bool:
+    """A flow routed straight to a container of the bridge a direct cut names:
+    not DNATed, to an address of its subnets, from outside the table's bridges
+    and not from the host itself (which a bridge's protection never sees)."""
+    _, subnets, bridges = cut
+    if status & _DST_NAT:
+        return False
+    source, target = _ip(orig.saddr), _ip(orig.daddr)
+    if source is None or target is None or source in local or target in local:
+        return False
+    return any(target in net for net in subnets) and not any(source in net for net in bridges)
 
 
 def _ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

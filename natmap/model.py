@@ -426,7 +426,9 @@ class Drift:
     whether the kernel holds the table (told only without a store: with
     neither, natmap was not used here and there is nothing to check or
     adopt); ``shadowing``:
-    bindings that catch a host socket's traffic (natmap.guest); ``notes``:
+    bindings that catch a host socket's traffic (natmap.guest); ``conflicts``:
+    bridges another natmap table of the namespace holds in another gateway
+    setting (natmap.guest: the setting is the namespace's); ``notes``:
     what works other than one would expect, though nothing drifted (it does
     not make the drift true).
     """
@@ -442,10 +444,11 @@ class Drift:
     interrupted: bool = False
     notes: tuple[str, ...] = ()
     shadowing: tuple[str, ...] = ()  # bindings that take a host socket's traffic (natmap.guest)
+    conflicts: tuple[str, ...] = ()  # bridges other natmap tables hold in another gateway setting
 
     def __bool__(self) -> bool:
         return bool(self.missing or self.unexpected or self.table_missing or self.structure
-                    or self.foreign or self.host or self.interrupted or self.shadowing)
+                    or self.foreign or self.host or self.interrupted or self.shadowing or self.conflicts)
 
     def __str__(self) -> str:
         lines = []
@@ -461,6 +464,7 @@ class Drift:
             lines.append("the table is gone from the kernel")
         lines += [f"structure: {problem}" for problem in self.structure]
         lines += [f"shadowing: {problem}" for problem in self.shadowing]
+        lines += [f"conflict: {problem}" for problem in self.conflicts]
         lines += [f"missing: {describe(item)}" for item in self.missing]
         lines += [f"unexpected: {describe(item)}" for item in self.unexpected]
         lines += [f"foreign: {what}" for what in self.foreign]

@@ -761,3 +761,110 @@ def test_threads_publishing_at_once_leave_the_collector_on(backend, host, tmp_pa
     for thread in threads:
         thread.join()
     assert not errors and gc.isenabled()
+
+
+# --- direct flows: what switching protection back on cuts (the decision; the cut itself is
+# tests/kernel/test_kernel_directcut.py's) --------------------------------------------------
+
+V4, V6 = BRIDGE.subnets
+
+
+def test_leaving_nat_unprotected_cuts_the_direct_flows_of_each_family_it_protects(nm, host):
+    nm.publish(WEB, ["8080:5000"])
+    nm.set_gateway("natmap0", "nat-unprotected")
+    assert host.direct_cut[-1] == []  # opening forbids nothing
+    nm.set_gateway("natmap0", mode_ipv4="nat-unprotected", mode_ipv6="routed")
+    assert host.direct_cut[-1] == [(6, (V6,), (V4, V6))]
+    nm.set_gateway("natmap0", "nat")
+    assert host.direct_cut[-1] == [(4, (V4,), (V4, V6))]  # IPv6 was protected already
+
+
+def test_a_withdrawn_trusted_interface_cuts_both_families_and_a_new_one_nothing(backend, tmp_path):
+    host = FakeHost([BRIDGE], interfaces={"eth1": (None, ()), "eth2": (None, ())})
+    nm = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    nm.set_gateway("natmap0", "nat", ["eth1"])
+    assert host.direct_cut[-1] == []
+    nm.set_gateway("natmap0", "routed", ["eth1", "eth2"])  # nat -> routed, eth1 still trusted
+    assert host.direct_cut[-1] == []
+    nm.set_gateway("natmap0", "routed", ["eth2"])
+    assert host.direct_cut[-1] == [(4, (V4,), (V4, V6)), (6, (V6,), (V4, V6))]
+
+
+def test_a_direct_cut_names_every_bridge_of_the_table_as_inside(backend, tmp_path):
+    other = Bridge("natmap1", (ipaddress.ip_network("172.31.0.0/24"),))
+    host = FakeHost([BRIDGE, other], ports=PortRange(40000, 40009))
+    nm = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    nm.publish(Endpoint("db01", "172.31.0.2", "natmap1"), ["5432"])
+    nm.set_gateway("natmap0", "nat-unprotected")
+    nm.set_gateway("natmap0", "nat")
+    assert [(v, subnets, set(inside)) for v, subnets, inside in host.direct_cut[-1]] == \
+        [(4, (V4,), {V4, V6, other.subnets[0]}), (6, (V6,), {V4, V6, other.subnets[0]})]
+
+
+def test_a_gateway_change_killed_before_its_cut_has_it_cut_by_the_next_call(backend, host, tmp_path,
+                                                                            monkeypatch):
+    from natmap import hoststate
+
+    def die(where):
+        if where == "kernel-commit":
+            raise KeyboardInterrupt  # stands for the kill: the store's pending change stays
+
+    nm = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    nm.set_gateway("natmap0", "nat-unprotected")
+    alive = hoststate.crash_point
+    monkeypatch.setattr(hoststate, "crash_point", die)
+    with pytest.raises(KeyboardInterrupt):
+        nm.set_gateway("natmap0", "nat")
+    assert host.direct_cut[-1] == []  # killed before it
+    monkeypatch.setattr(hoststate, "crash_point", alive)
+    fresh = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    fresh.repair()
+    assert (4, (V4,), (V4, V6)) in host.direct_cut[-1]
+
+
+# --- a bridge's gateway setting is the namespace's: other natmap tables on it must agree ---
+
+
+def _beside(backend, tmp_path, *their_items):
+    from natmap.model import Table
+
+    theirs = Table([BRIDGE, *their_items])
+    host = FakeHost([BRIDGE], interfaces={"eth1": (None, ())}, others=[("table inet natmap (nft)", theirs)])
+    return NatMap("lab2", backend=backend, host=host, lock_dir=str(tmp_path)), host
+
+
+def test_a_gateway_another_table_holds_otherwise_is_a_conflict_naming_it(backend, tmp_path):
+    from natmap import Gateway
+
+    nm, host = _beside(backend, tmp_path)  # theirs: natmap0 in the default nat
+    with pytest.raises(ConflictError, match=r"natmap0 \(ipv4 routed ipv6 nat\) conflicts with table inet "
+                                            r"natmap \(nft\), which holds it in nat"):
+        nm.set_gateway("natmap0", mode_ipv4="routed")
+    with pytest.raises(ConflictError, match="which holds it in nat"):
+        nm.set_gateway("natmap0", "nat", ["eth1"])  # trust too is the namespace's
+    assert nm.gateways() == [] and host.direct_cut == []  # nothing applied
+    assert nm.set_gateway("natmap0", "nat") == Gateway("natmap0")  # the same setting: no conflict
+
+
+def test_a_table_that_agreed_may_move_first_and_check_reports_the_disagreement(backend, tmp_path):
+    from natmap import Gateway
+
+    nm, host = _beside(backend, tmp_path, Gateway("natmap0", "routed"))
+    nm.set_gateway("natmap0", "routed")  # agrees with theirs
+    nm.set_gateway("natmap0", "nat")     # moves first: theirs agreed with lab2 until now
+    drift = nm.check()
+    assert drift and drift.conflicts == (
+        "bridge natmap0: gateway nat here, routed in table inet natmap (nft) "
+        "(a bridge's gateway setting is the namespace's: set it the same in both)",)
+    assert "conflict: bridge natmap0: gateway nat here, routed in table inet natmap (nft)" in str(drift)
+    with pytest.raises(ConflictError, match="which holds it in routed"):
+        nm.set_gateway("natmap0", "nat-unprotected")  # a third setting agrees with nobody
+
+
+def test_a_table_not_on_the_bridge_is_no_conflict(backend, tmp_path):
+    from natmap.model import Table
+
+    host = FakeHost([BRIDGE], others=[("table inet natmap (nft)", Table())])
+    nm = NatMap("lab2", backend=backend, host=host, lock_dir=str(tmp_path))
+    nm.set_gateway("natmap0", "routed")
+    assert not nm.check()

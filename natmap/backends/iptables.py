@@ -86,6 +86,8 @@ class _Rule:
         rule = iptc.Rule() if self.family == 4 else iptc.Rule6()
         for name, value in self.fields:
             setattr(rule, name, value)
+        if self.family == 6:
+            _full_interface_masks(rule.entry.ipv6)
         for match_name, options in self.matches:
             match = rule.create_match(match_name)
             for option, value in options:
@@ -801,6 +803,9 @@ class IptablesBackend(Layout):
                     if rule not in fixed.get((family, table_name, chain.name), []) and not _comment(rule):
                         unknown.append(f"{_name(family)} rule in {chain.name} is not natmap's: "
                                        f"{_decoded(rule, family)}")
+                    elif family == 6 and _loose_masks(rule.entry.ipv6):
+                        unknown.append(f"ip6tables rule in {chain.name} matches interface names by their "
+                                       f"lowest bits only (an older natmap's): {_decoded(rule, family)}")
         return unknown
 
     def rebuild(self, items: Iterable[Item]) -> None:
@@ -896,6 +901,20 @@ def _table(family: int, name: str) -> Any:
         table.autocommit = False
         table.refresh()
     return table
+
+
+def _full_interface_masks(entry: Any) -> None:
+    """Make an ip6tables rule's ``-i``/``-o`` match the whole name, as ip6tables
+    does (mask bytes 0xff). python-iptables 1.2's Rule6 writes 0x01 bytes, which
+    the kernel ANDs with the name's bytes: only their lowest bits compared,
+    ``-i nmout2`` matched ``nmout`` (and ``-o natmap0`` other bridges)."""
+    for mask in ("iniface_mask", "outiface_mask"):
+        setattr(entry, mask, bytes(0xFF if byte else 0 for byte in getattr(entry, mask)))
+
+
+def _loose_masks(entry: Any) -> bool:
+    """Whether an ip6tables rule's ``-i``/``-o`` has a mask of python-iptables 1.2 (see above)."""
+    return any(0 < byte < 0xFF for mask in ("iniface_mask", "outiface_mask") for byte in getattr(entry, mask))
 
 
 def _chain(table: Any, name: str) -> Any:

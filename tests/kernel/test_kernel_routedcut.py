@@ -112,10 +112,12 @@ def test_unpublishing_a_routed_binding_cuts_its_direct_flows_and_no_other(sandbo
     echo_server(web, 7000)
     echo_server(client, 7100)
     nm.publish(web.endpoint(), ["8080:7000"])
+    from test_kernel_directcut import second_outside
+
     nm.set_gateway(sandbox.bridge, "routed", ["nmout"])
     trusted = Flow(client, direct, 7000)        # from a trusted interface: let in unmarked
-    nm.set_gateway(sandbox.bridge, "routed")
-    routed = Flow(client, direct, 7000)         # the routed accept lets it in, and marks it
+    other = second_outside(sandbox)             # a client on nmout2, not trusted
+    routed = Flow(other, direct, 7000)          # the routed accept lets it in, and marks it
     own = Flow(web, client_ip, 7100)            # the container's own outgoing flow
     for flow, who in ((trusted, "web01"), (routed, "web01"), (own, "client1")):
         assert flow.ask() == f"{who} answer:ping"
@@ -123,7 +125,7 @@ def test_unpublishing_a_routed_binding_cuts_its_direct_flows_and_no_other(sandbo
 
     nm.unpublish("web01")
     assert routed.ask(timeout=0.5) is None                     # cut: the next send gets no answer
-    assert not Flow(client, direct, 7000, timeout=0.5).connected  # and a new one is not let in
+    assert not Flow(other, direct, 7000, timeout=0.5).connected  # and a new one is not let in
     assert trusted.ask() == "web01 answer:ping"                # the trusted flow to the same port goes on
     assert own.ask() == "client1 answer:ping"                  # so does the container's own
     assert marks(sandbox, direct, 7000).count(ROUTED_CT_MARK) == 0
