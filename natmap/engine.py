@@ -700,14 +700,10 @@ class NatMap:
 
     def _sync_to_store(self, *, force: bool) -> None:
         """Make the kernel and host hold the store's items (``self._view``: what
-        the kernel holds), and cut the flows a pending change forbids: the
-        process that began it may have died before it could."""
-        deleted = Change(delete=tuple(self._store.pending_deleted()))
-        table = Table(self._store.items())
-        self._sync(table, Change(), force=force)
-        self._kernel.forget_flows(deleted.deleted(Binding), deleted.deleted(Link),
-                                  routed=closed_routed(table, deleted.deleted(RoutedBinding)),
-                                  direct=closed_direct(table, deleted.deleted(Gateway)))
+        the kernel holds), and do the host steps of the pending change, which
+        the process that began it may have died before: the flows it forbids
+        are cut as the change would have cut them, before it is marked done."""
+        self._sync(Table(self._store.items()), Change(), force=force, recovered=self._store.pending_change())
 
     def _commit(self, table: Table, change: Change) -> None:
         """Apply ``change``, ``table``'s journaled change, in one transaction, or roll it back."""
@@ -726,11 +722,13 @@ class NatMap:
         table.commit()
         self._cache_version = self._store.version()
 
-    def _sync(self, table: Table, change: Change, *, force: bool = False) -> None:
+    def _sync(self, table: Table, change: Change, *, force: bool = False, recovered: Change = Change()) -> None:
         """Record ``change`` (already in ``table``), make the kernel hold
         ``table`` (repairing whatever drift ``self._view`` found, in the same
-        kernel transaction), ensure the host settings, mark the change done.
-        ``force``: rebuild the table even if only elements differ."""
+        kernel transaction), ensure the host settings, cut the flows the
+        change forbids, mark the change done. ``force``: rebuild the table
+        even if only elements differ. ``recovered``: a change a dead process
+        recorded (the store holds it already), whose flows are cut with these."""
         started = time.perf_counter()
         hoststate.precheck(self._kernel, _host_items(table))
         if change:
@@ -761,10 +759,11 @@ class NatMap:
         set_now = hoststate.ensure(self._kernel, _host_items(table), routes=view is not None or bool(change.added(Bridge)))
         for what in set_now:
             _log("host: set %s", what)
-        self._kernel.forget_flows(applied.deleted(Binding), applied.deleted(Link), applied.added(Binding),
-                                  self._isolated_cuts(table, applied),
-                                  closed_routed(table, applied.deleted(RoutedBinding)),
-                                  closed_direct(table, applied.deleted(Gateway)))
+        cut = Change(add=applied.add + recovered.add, delete=applied.delete + recovered.delete) \
+            if recovered else applied
+        self._kernel.forget_flows(cut.deleted(Binding), cut.deleted(Link), cut.added(Binding),
+                                  self._isolated_cuts(table, cut), closed_routed(table, cut.deleted(RoutedBinding)),
+                                  closed_direct(table, cut.deleted(Gateway)))
         # Trusted next time only if nobody else committed in between.
         trusted = after is not None and (not isinstance(before, int) or after == before + 1)
         if (self._others_seen is not None and isinstance(before, int) and after == before + 1

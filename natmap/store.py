@@ -705,18 +705,30 @@ class Store:
                     _change(db, change._deleted, change._added, ())
             db.execute("DELETE FROM meta WHERE name = 'pending'")
 
-    def pending_deleted(self) -> list[Item]:
-        """What the pending change deleted (its flows are still to be forgotten)."""
+    def pending_change(self) -> Change:
+        """The change a process recorded and did not finish (it died), as it
+        changed the items: empty if none. Its host steps are still to be done:
+        the flows it forbids cut, as the change would have cut them."""
         text = self.get("pending")
         if text is None:
-            return []
-        pending = json.loads(text)
+            return Change()
+        with self._damage():
+            pending = json.loads(text)
+            endpoints, runs, added, deleted = (pending["endpoints"], pending["runs"], pending["added"],
+                                               pending["deleted"])
         with self._translated("reading"):
-            now = _select_runs(self._open(), pending["endpoints"])
-        before = self._decoded([], [tuple(row) for row in pending["runs"]])
-        kept = set(self._decoded([], now))
-        return [item for item in before if item not in kept] + \
-            self._decoded([(row[1], row[3]) for row in pending["deleted"]])
+            db = self._open()
+            now = _select_runs(db, endpoints)
+            marks = ",".join("?" * len(added))
+            rows = db.execute(f"SELECT kind, data FROM items WHERE key IN ({marks})", added).fetchall() \
+                if added else []
+        with self._damage():
+            before = self._decoded([], [tuple(row) for row in runs])
+            after = self._decoded(rows, now)
+            gone = self._decoded([(row[1], row[3]) for row in deleted])
+        was, kept = set(before), set(after)
+        return Change(add=tuple(item for item in after if item not in was),
+                      delete=tuple([item for item in before if item not in kept] + gone))
 
     def undo_pending(self) -> None:
         """Take back the pending change a dead process left (the kernel refuses it)."""

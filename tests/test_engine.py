@@ -868,3 +868,80 @@ def test_a_table_not_on_the_bridge_is_no_conflict(backend, tmp_path):
     nm = NatMap("lab2", backend=backend, host=host, lock_dir=str(tmp_path))
     nm.set_gateway("natmap0", "routed")
     assert not nm.check()
+
+
+# --- a change a dead process left: its host steps are done by the next call --------
+
+
+class _Killed(BaseException):
+    """What a kill -9 at a crash point is to the test: the call ends there."""
+
+
+@pytest.fixture
+def killed_at(monkeypatch):
+    """``killed_at(step)``: the next crash point named ``step`` ends the call (as
+    NATMAP_CRASH_AT's kill does, but in this process), once."""
+    from natmap import hoststate
+
+    armed: list[str] = []
+
+    def crash_point(step):
+        if armed and armed[0] == step:
+            armed.clear()
+            raise _Killed(step)
+
+    monkeypatch.setattr(hoststate, "crash_point", crash_point)
+    return armed.append
+
+
+def _after_death(backend, host, tmp_path, call):
+    """Run ``call`` in a NatMap that dies at the armed step, and return a new one (the next process)."""
+    with pytest.raises(_Killed):
+        call(NatMap(backend=backend, host=host, lock_dir=str(tmp_path)))
+    return NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("step", ["kernel-commit", "store-commit"])
+def test_an_isolation_whose_process_died_cuts_its_flows_in_the_next_call(backend, host, tmp_path, killed_at, step):
+    """isolate() killed after its kernel commit: the flows it forbids are cut by
+    whichever call finishes the change, before the change is marked done (a
+    kill after the mark leaves nothing for the next call to do)."""
+    setup = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    setup.publish(WEB, ["8080:5000"])
+    setup.publish(DB, ["5432"])
+    killed_at("kernel-commit")
+    nxt = _after_death(backend, host, tmp_path, lambda nm: nm.isolate("natmap0"))
+    host.cut.clear()
+    if step == "store-commit":  # the call finishing it dies too, after its mark: the cut was made before
+        killed_at(step)
+        with pytest.raises(_Killed):
+            nxt.repair()
+    else:
+        nxt.repair()
+    assert [subnets for cuts in host.cut for subnets, _ in cuts] == [BRIDGE.subnets]
+    host.cut.clear()
+    NatMap(backend=backend, host=host, lock_dir=str(tmp_path)).repair()
+    assert not any(host.cut)  # done once: nothing pending any more
+
+
+def test_a_udp_publish_whose_process_died_cuts_the_stale_flows_in_the_next_call(backend, host, tmp_path, killed_at):
+    killed_at("kernel-commit")
+    nxt = _after_death(backend, host, tmp_path, lambda nm: nm.publish(WEB, ["5353:5353/udp"]))
+    host.forgotten.clear()
+    nxt.repair()
+    added = [b for _, _, made in host.forgotten for b in made]
+    assert sorted(lines(added)) == ["5353/udp -> 0.0.0.0:5353", "5353/udp -> [::]:5353"]
+
+
+def test_a_routed_unpublish_whose_process_died_cuts_its_flows_in_the_next_call(backend, host, tmp_path, killed_at):
+    setup = NatMap(backend=backend, host=host, lock_dir=str(tmp_path))
+    setup.set_gateway("natmap0", "routed")
+    setup.publish(WEB, ["8080:5000"])
+    killed_at("kernel-commit")
+    nxt = _after_death(backend, host, tmp_path, lambda nm: nm.unpublish("web01"))
+    host.routed_cut.clear()
+    killed_at("store-commit")  # and the call finishing it dies after its mark
+    with pytest.raises(_Killed):
+        nxt.repair()
+    assert sorted(lines(b for cut in host.routed_cut for b in cut)) == [
+        "5000/tcp -> 0.0.0.0:8080", "5000/tcp -> [::]:8080"]
