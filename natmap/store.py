@@ -143,7 +143,7 @@ def exit_without_close(status: int) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):  # AttributeError: started with it closed (None)
             pass
     os._exit(status)
 
