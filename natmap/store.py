@@ -41,7 +41,9 @@ Tables::
                                                    it is damaged, never empty; a
                                                    "natmap-store 1" file, a row a
                                                    binding in items, is made format
-                                                   2 in place when opened), applied
+                                                   2 in place when opened; "natmap-store
+                                                   3" on, a newer natmap's, is refused,
+                                                   not damaged), applied
                                                    (the digest of the file `natmap
                                                    apply` made the items from, and
                                                    the version it left)
@@ -51,7 +53,11 @@ A change is written in two store transactions that bracket the kernel's:
 kernel commits; :meth:`Store.done` clears ``pending``. A process killed in
 between leaves ``pending``: the next call sees it and finishes the change
 (the store already holds the state the change meant; see NatMap._recover).
-Every SQLite failure is translated to :class:`~natmap.errors.StoreError`.
+Every SQLite failure is translated to :class:`~natmap.errors.StoreError`,
+and every row is checked as it is read: one natmap never writes (an endpoint
+name it refuses, two runs over one host port, a pending record of another
+shape) is :class:`~natmap.errors.StoreCorruptError`, as a file that is not
+SQLite is.
 """
 
 from __future__ import annotations
@@ -232,6 +238,7 @@ _Key = tuple[int, int, str, int]
 _Held = dict[_Key, tuple[str, str, int, int]]
 _Run = tuple[str, str, str, int, str, str, int, int, int]
 _ItemRow = tuple[str, str, str | None, str]
+_Span = tuple[int, int, str, int, int, str]  # a run's host ports: version, address, proto, first, last, endpoint
 _ENDPOINT = operator.attrgetter("endpoint")
 
 
@@ -245,7 +252,7 @@ def _kind(binding: Binding, forced: Collection[_Key]) -> str:
 def _held_of(rows: Iterable[_Run], held: dict[str, _Held]) -> None:
     """Each row's bindings into ``held`` (by endpoint), keyed as Binding.key."""
     parsed: dict[str, tuple[int, int]] = {}
-    spans = []
+    spans: list[_Span] = []
     for row in rows:
         endpoint, host, proto, port, kind, container, container_port, n, count = _checked(row)
         mine = held.setdefault(endpoint, {})
@@ -344,7 +351,7 @@ def _endpoint_name(name: str) -> str:
     return validate_name(name, min_length=1)
 
 
-def _disjoint(spans: list[tuple[int, int, str, int, int, str]]) -> None:
+def _disjoint(spans: list[_Span]) -> None:
     """ValueError if two runs' spans (version, address, proto, first port,
     last port, endpoint) share a host port: natmap holds one binding a key,
     and the kernel one element (a second would be a conflict it refuses)."""
@@ -360,7 +367,7 @@ def _run_items(rows: Iterable[_Run]) -> list[Binding]:
     natmap did not write (a port out of range: the kernel would refuse it)."""
     made: list[Binding] = []
     addresses: dict[str, IPAddress] = {}
-    spans = []
+    spans: list[_Span] = []
     for row in rows:
         endpoint, host, proto, port, kind, container, container_port, n, count = _checked(row)
         host_ip = addresses.get(host) or addresses.setdefault(host, ipaddress.ip_address(host))
@@ -540,7 +547,8 @@ class Store:
 
     Opened on first use; the file is made 0600 in a 0700 directory. Raises
     :class:`StoreError` (a full disk, a read-only file system) or
-    :class:`StoreCorruptError` (not a natmap store) from any method.
+    :class:`StoreCorruptError` (not a natmap store, or a row natmap never
+    writes) from any method.
     """
 
     def __init__(self, path: str) -> None:
