@@ -214,6 +214,17 @@ def _item(kind: str, data: str) -> Item:
     raise StoreCorruptError(f"unknown item kind {kind!r} in natmap's store")
 
 
+def _stored_item(row: _ItemRow) -> Item:
+    """The item of a row of table ``items`` (format 2: no binding), or
+    ValueError (TypeError) if natmap did not write it: its key, kind and
+    endpoint must be the ones natmap writes for the item its data makes."""
+    key, kind, endpoint, data = row
+    item = _item(kind, data)
+    if _row(item)[:3] != (key, kind, endpoint):  # a binding's is a TypeError: format 2 keeps none here
+        raise ValueError(f"an item row natmap did not write: {key!r} {kind!r} {endpoint!r}")
+    return item
+
+
 def _binding_of_format_1(kind: str, data: str) -> Binding:
     """A binding's row as format 1 wrote it (read only to migrate a format-1 store)."""
     d = json.loads(data)
@@ -487,7 +498,7 @@ def _pending_record(text: str) -> _Pending:
             or row[1] in _BINDING_KINDS for row in deleted):
         raise ValueError(f"a pending item natmap did not write: {text[:80]!r}")
     for row in deleted:
-        _item(row[1], row[3])  # each item as natmap writes it
+        _stored_item(row)  # each item as natmap writes it
     return {"endpoints": endpoints, "runs": runs, "added": record["added"], "deleted": deleted}
 
 
@@ -694,7 +705,7 @@ class Store:
         """Every item; without ``bindings``, all but the bindings (a few rows)."""
         with self._translated("reading"):
             db = self._open()
-            rows = db.execute("SELECT kind, data FROM items WHERE kind != 'endpoint'").fetchall()
+            rows = db.execute("SELECT key, kind, endpoint, data FROM items WHERE kind != 'endpoint'").fetchall()
             runs = db.execute(f"SELECT {_COLUMNS} FROM runs").fetchall() if bindings else []
         return self._decoded(rows, runs)
 
@@ -726,13 +737,14 @@ class Store:
         """The bindings of one endpoint and the links from it (an index lookup)."""
         with self._translated("reading"):
             db = self._open()
-            rows = db.execute("SELECT kind, data FROM items WHERE endpoint = ?", (endpoint,)).fetchall()
+            rows = db.execute("SELECT key, kind, endpoint, data FROM items WHERE endpoint = ?",
+                              (endpoint,)).fetchall()
             runs = _select_runs(db, [endpoint])
         return self._decoded(rows, runs)
 
-    def _decoded(self, rows: list[tuple[str, str]], runs: Iterable[_Run] = ()) -> list[Item]:
+    def _decoded(self, rows: list[_ItemRow], runs: Iterable[_Run] = ()) -> list[Item]:
         with self._damage():
-            return [_item(kind, data) for kind, data in rows] + _run_items(runs)
+            return [_stored_item(row) for row in rows] + _run_items(runs)
 
     @contextmanager
     def _damage(self) -> Iterator[None]:
@@ -804,7 +816,7 @@ class Store:
         before = self._decoded([], pending["runs"])
         kept = set(self._decoded([], now))
         return [item for item in before if item not in kept] + \
-            self._decoded([(row[1], row[3]) for row in pending["deleted"]])
+            self._decoded(pending["deleted"])
 
     def undo_pending(self) -> None:
         """Take back the pending change a dead process left (the kernel refuses it)."""

@@ -311,6 +311,10 @@ ROW_EDITS = {
                           "container_port - 1, 3, 1 FROM runs",
     "a range over a run": "INSERT INTO runs SELECT endpoint, host, proto, port - 5, kind, container, "
                           "port - 5, 1, 9 FROM runs",
+    "an item row's key not its item's": "UPDATE items SET key = 'bridge other' WHERE kind = 'bridge'",
+    "an item row's kind not its item's": "UPDATE items SET kind = 'isolation' WHERE kind = 'bridge'",
+    "a binding row in items (format 1's)": "INSERT INTO items VALUES ('binding web02', 'binding', 'web02', "
+                                           "'[\"web02\", \"tcp\", \"0.0.0.0\", 81, \"172.30.0.3\", 80]')",
     "an endpoint row not a pair": "INSERT INTO items VALUES ('endpoint web01', 'endpoint', NULL, '[\"web01\"]')",
     "an endpoint row's name not a name": "INSERT INTO items VALUES ('endpoint x', 'endpoint', NULL, '[\"a b\", \"x\"]')",
 }
