@@ -100,6 +100,7 @@ def _newer(mark: str) -> int | None:
     newer = name == FORMAT.split()[0] and number.isdecimal() and int(number) > int(FORMAT.split()[1])
     return int(number) if newer else None
 
+
 _ITEMS = "CREATE TABLE IF NOT EXISTS items (key TEXT PRIMARY KEY, kind TEXT NOT NULL, endpoint TEXT, data TEXT NOT NULL)"
 # The bindings, a row a run of ports (see _runs_of), keyed by endpoint first:
 # one endpoint's are one range of the primary key, no second index to keep.
@@ -712,11 +713,15 @@ class Store:
     def placements(self) -> dict[str, str]:
         """Which bridge each endpoint was published on (:meth:`Table.placed`)."""
         with self._translated("reading"):
-            rows = self._open().execute("SELECT data FROM items WHERE kind = 'endpoint'").fetchall()
+            rows = self._open().execute("SELECT key, data FROM items WHERE kind = 'endpoint'").fetchall()
         with self._damage():
-            placed = dict(json.loads(row[0]) for row in rows)
-            if not all(type(bridge) is str and _endpoint_name(name) for name, bridge in placed.items()):
-                raise ValueError(f"an endpoint row natmap did not write: {placed!r:.80}")
+            placed = {}
+            for key, data in rows:  # as _placement_rows writes them: key "endpoint NAME", data [NAME, BRIDGE]
+                pair = json.loads(data)
+                if type(pair) is not list or len(pair) != 2 or type(pair[1]) is not str \
+                        or key != f"endpoint {_endpoint_name(pair[0])}":
+                    raise ValueError(f"an endpoint row natmap did not write: {key!r} {data[:80]!r}")
+                placed[pair[0]] = pair[1]
             return placed
 
     def place(self, placed: Mapping[str, str | None]) -> None:

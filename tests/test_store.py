@@ -316,6 +316,8 @@ ROW_EDITS = {
     "a binding row in items (format 1's)": "INSERT INTO items VALUES ('binding web02', 'binding', 'web02', "
                                            "'[\"web02\", \"tcp\", \"0.0.0.0\", 81, \"172.30.0.3\", 80]')",
     "an endpoint row not a pair": "INSERT INTO items VALUES ('endpoint web01', 'endpoint', NULL, '[\"web01\"]')",
+    "an endpoint row an object": "INSERT INTO items VALUES ('endpoint ab', 'endpoint', NULL, '{\"ab\": 1, \"x\": 2}')",
+    "an endpoint row of another key": "INSERT INTO items VALUES ('endpoint web09', 'endpoint', NULL, '[\"web01\", \"x\"]')",
     "an endpoint row's name not a name": "INSERT INTO items VALUES ('endpoint x', 'endpoint', NULL, '[\"a b\", \"x\"]')",
 }
 
