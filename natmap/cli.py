@@ -16,6 +16,7 @@ fault); with --json as one JSON object (docs/json.md).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -764,6 +765,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report(NatmapError("interrupted"), args.json)
         return EXIT_INTERRUPTED
     try:
+        if sys.stdout is None:  # started with stdout closed (`natmap ps >&-`): the answer has nowhere to go
+            raise OSError(errno.EBADF, "standard output is closed")
         if args.json:
             print(json.dumps(data, indent=2))
         elif lines:
@@ -771,6 +774,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()
     except BrokenPipeError:  # `natmap ps | head -1`: the reader had enough, which is no error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+    except OSError as exc:  # the answer could not be written (a full disk, a closed descriptor): one line
+        if sys.stdout is not None:  # the unwritten rest goes nowhere, not to a traceback at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _report(NatmapError(f"writing the answer failed: {exc.strerror or exc}"), args.json)
+        return EXIT_FAILED
     return EXIT_OK
 
 

@@ -41,7 +41,9 @@ Tables::
                                                    it is damaged, never empty; a
                                                    "natmap-store 1" file, a row a
                                                    binding in items, is made format
-                                                   2 in place when opened), applied
+                                                   2 in place when opened; "natmap-store
+                                                   3" on, a newer natmap's, is refused,
+                                                   not damaged), applied
                                                    (the digest of the file `natmap
                                                    apply` made the items from, and
                                                    the version it left)
@@ -51,11 +53,16 @@ A change is written in two store transactions that bracket the kernel's:
 kernel commits; :meth:`Store.done` clears ``pending``. A process killed in
 between leaves ``pending``: the next call sees it and finishes the change
 (the store already holds the state the change meant; see NatMap._recover).
-Every SQLite failure is translated to :class:`~natmap.errors.StoreError`.
+Every SQLite failure is translated to :class:`~natmap.errors.StoreError`,
+and every row is checked as it is read: one natmap never writes (an endpoint
+name it refuses, two runs over one host port, a pending record of another
+shape) is :class:`~natmap.errors.StoreCorruptError`, as a file that is not
+SQLite is.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import itertools
 import json
@@ -70,7 +77,7 @@ from types import MappingProxyType
 from .errors import PrivilegeError, StoreCorruptError, StoreError
 from .links import Link
 from .model import Binding, Bridge, Change, Gateway, Isolation, Item, RoutedBinding, assert_never
-from .spec import IPAddress, Protocol
+from .spec import IPAddress, Protocol, validate_name
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
 if TYPE_CHECKING:
@@ -85,6 +92,14 @@ VOLATILE_DIR = "/run/natmap"        # an anonymous namespace does not
 FORMAT = "natmap-store 2"    # meta's 'format' row: what makes a SQLite file natmap's store
 FORMAT_1 = "natmap-store 1"  # one row a binding in items: migrated in place when opened (_migrate)
 _BINDING_KINDS = ("binding", "forced", "routed")
+
+
+def _newer(mark: str) -> int | None:
+    """The format number of a newer natmap's mark ("natmap-store 3"), else None."""
+    name, _, number = mark.partition(" ")
+    newer = name == FORMAT.split()[0] and number.isdecimal() and int(number) > int(FORMAT.split()[1])
+    return int(number) if newer else None
+
 
 _ITEMS = "CREATE TABLE IF NOT EXISTS items (key TEXT PRIMARY KEY, kind TEXT NOT NULL, endpoint TEXT, data TEXT NOT NULL)"
 # The bindings, a row a run of ports (see _runs_of), keyed by endpoint first:
@@ -135,7 +150,7 @@ def exit_without_close(status: int) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):  # AttributeError: started with it closed (None)
             pass
     os._exit(status)
 
@@ -200,6 +215,17 @@ def _item(kind: str, data: str) -> Item:
     raise StoreCorruptError(f"unknown item kind {kind!r} in natmap's store")
 
 
+def _stored_item(row: _ItemRow) -> Item:
+    """The item of a row of table ``items`` (format 2: no binding), or
+    ValueError (TypeError) if natmap did not write it: its key, kind and
+    endpoint must be the ones natmap writes for the item its data makes."""
+    key, kind, endpoint, data = row
+    item = _item(kind, data)
+    if _row(item)[:3] != (key, kind, endpoint):  # a binding's is a TypeError: format 2 keeps none here
+        raise ValueError(f"an item row natmap did not write: {key!r} {kind!r} {endpoint!r}")
+    return item
+
+
 def _binding_of_format_1(kind: str, data: str) -> Binding:
     """A binding's row as format 1 wrote it (read only to migrate a format-1 store)."""
     d = json.loads(data)
@@ -224,6 +250,7 @@ _Key = tuple[int, int, str, int]
 _Held = dict[_Key, tuple[str, str, int, int]]
 _Run = tuple[str, str, str, int, str, str, int, int, int]
 _ItemRow = tuple[str, str, str | None, str]
+_Span = tuple[int, int, str, int, int, str]  # a run's host ports: version, address, proto, first, last, endpoint
 _ENDPOINT = operator.attrgetter("endpoint")
 
 
@@ -237,6 +264,7 @@ def _kind(binding: Binding, forced: Collection[_Key]) -> str:
 def _held_of(rows: Iterable[_Run], held: dict[str, _Held]) -> None:
     """Each row's bindings into ``held`` (by endpoint), keyed as Binding.key."""
     parsed: dict[str, tuple[int, int]] = {}
+    spans: list[_Span] = []
     for row in rows:
         endpoint, host, proto, port, kind, container, container_port, n, count = _checked(row)
         mine = held.setdefault(endpoint, {})
@@ -244,8 +272,10 @@ def _held_of(rows: Iterable[_Run], held: dict[str, _Held]) -> None:
             ip = ipaddress.ip_address(host)
             parsed[host] = (ip.version, int(ip))
         version, address = parsed[host]
+        spans.append((version, address, proto, port, port + n + count - 2, endpoint))
         for i in range(n):
             mine[(version, address, proto, port + i)] = (kind, container, container_port + i, count)
+    _disjoint(spans)
 
 
 def _held(bindings: Iterable[Binding], forced: Collection[_Key], held: _Held | None = None) -> _Held:
@@ -319,7 +349,29 @@ def _checked(row: _Run) -> _Run:
             and port + n + count - 2 <= 65535 and container_port + n + count - 2 <= 65535) \
             or kind not in _BINDING_KINDS:
         raise ValueError(f"a run natmap did not write: {host} {proto} {port}+{n}x{count} of {endpoint!r}")
+    _endpoint_name(endpoint)
     return row
+
+
+@functools.lru_cache(maxsize=1024)  # a store holds a few hundred endpoints, each with many rows
+def _endpoint_name(name: str) -> str:
+    """``name`` if natmap could have published it (SpecError, a ValueError, if
+    not): the characters natmap's names may have (they reach kernel comments
+    and hosts files); the length rule is the callers' (a Binding takes any)."""
+    if type(name) is not str:
+        raise ValueError(f"an endpoint name natmap did not write: {name!r}")
+    return validate_name(name, min_length=1)
+
+
+def _disjoint(spans: list[_Span]) -> None:
+    """ValueError if two runs' spans (version, address, proto, first port,
+    last port, endpoint) share a host port: natmap holds one binding a key,
+    and the kernel one element (a second would be a conflict it refuses)."""
+    spans.sort()
+    for a, b in itertools.pairwise(spans):
+        if a[:3] == b[:3] and b[3] <= a[4]:
+            raise ValueError(f"two runs hold host port {b[3]}/{b[2]} of one address: of endpoints "
+                             f"{a[5]!r} and {b[5]!r}")
 
 
 def _run_items(rows: Iterable[_Run]) -> list[Binding]:
@@ -327,15 +379,18 @@ def _run_items(rows: Iterable[_Run]) -> list[Binding]:
     natmap did not write (a port out of range: the kernel would refuse it)."""
     made: list[Binding] = []
     addresses: dict[str, IPAddress] = {}
+    spans: list[_Span] = []
     for row in rows:
         endpoint, host, proto, port, kind, container, container_port, n, count = _checked(row)
         host_ip = addresses.get(host) or addresses.setdefault(host, ipaddress.ip_address(host))
+        spans.append((host_ip.version, int(host_ip), proto, port, port + n + count - 2, endpoint))
         container_ip = addresses.get(container) or addresses.setdefault(container, ipaddress.ip_address(container))
         first = (RoutedBinding if kind == "routed" else Binding)(
             endpoint, Protocol(proto), host_ip, port, container_ip, container_port, count)
         made.append(first)
         if n > 1:
             made += first._on_ports((port + i, container_port + i) for i in range(1, n))
+    _disjoint(spans)
     return made
 
 
@@ -347,6 +402,12 @@ def _runs_from(items: Iterable[Binding], forced: Collection[_Key] = ()) -> list[
         by_endpoint.setdefault(b.endpoint, []).append(b)
     return [row for endpoint, mine in by_endpoint.items() for row in _new_runs(endpoint, mine, forced)]
 
+
+# SQLite's words for a file that is not natmap's store as natmap made it: not
+# SQLite's, or its tables changed by hand (dropped, columns gone). Any other
+# OperationalError (locked, disk I/O, read-only) is a StoreError, not damage.
+_DAMAGE_SIGNS = ("not a database", "malformed", "no such table", "no such column", "has no column named",
+                 "values were supplied")
 
 _COLUMNS = "endpoint, host, proto, port, kind, container, container_port, n, count"
 _INSERT_RUN = "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -419,6 +480,29 @@ def _restore(db: sqlite3.Connection, pending: _Pending) -> None:
     db.execute("DELETE FROM meta WHERE name = 'generation'")
 
 
+def _pending_record(text: str) -> _Pending:
+    """The pending record (see :func:`_change`) meta holds as ``text``;
+    ValueError (or TypeError, KeyError) if natmap did not write it: each
+    part is checked here, before any of it is read or written back."""
+    record = json.loads(text)
+    if type(record) is not dict or sorted(record) != ["added", "deleted", "endpoints", "runs"] \
+            or not all(type(record[part]) is list for part in record):
+        raise ValueError(f"a pending record natmap did not write: {text[:80]!r}")
+    endpoints = [_endpoint_name(e) for e in record["endpoints"]]
+    runs = [tuple(row) for row in record["runs"]]
+    if any(len(row) != 9 or row[0] not in endpoints for row in runs):
+        raise ValueError(f"a pending run natmap did not write: {text[:80]!r}")
+    _run_items(runs)  # each run as natmap writes it
+    deleted = [tuple(row) for row in record["deleted"]]
+    if any(type(key) is not str for key in record["added"]) or any(
+            len(row) != 4 or not all(type(v) is str for v in (row[0], row[1], row[3]))
+            or row[1] in _BINDING_KINDS for row in deleted):
+        raise ValueError(f"a pending item natmap did not write: {text[:80]!r}")
+    for row in deleted:
+        _stored_item(row)  # each item as natmap writes it
+    return {"endpoints": endpoints, "runs": runs, "added": record["added"], "deleted": deleted}
+
+
 def _migrate(db: sqlite3.Connection, path: str) -> None:
     """Make a format-1 store (one row a binding in items, their keys and rows
     in the pending record) format 2, in place, in one transaction: SQLite's
@@ -475,7 +559,8 @@ class Store:
 
     Opened on first use; the file is made 0600 in a 0700 directory. Raises
     :class:`StoreError` (a full disk, a read-only file system) or
-    :class:`StoreCorruptError` (not a natmap store) from any method.
+    :class:`StoreCorruptError` (not a natmap store, or a row natmap never
+    writes) from any method.
     """
 
     def __init__(self, path: str) -> None:
@@ -491,8 +576,8 @@ class Store:
         try:
             yield
         except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError) and "not a database" not in str(exc) \
-                    and "malformed" not in str(exc):
+            if isinstance(exc, sqlite3.OperationalError) and not any(
+                    sign in str(exc) for sign in _DAMAGE_SIGNS):
                 raise StoreError(f"natmap's store {self.path}: {what} failed: {exc}") from exc
             raise StoreCorruptError(
                 f"natmap's store {self.path} is damaged ({exc}); the kernel's rules are untouched: "
@@ -535,6 +620,11 @@ class Store:
                     mark = None  # no meta table: an empty file, or another program's
                 if mark is not None and str(mark[0]) == FORMAT_1:
                     _migrate(db, self.path)
+                elif mark is not None and _newer(str(mark[0])):
+                    # Not damaged: a newer natmap's. Adopting would set its rows aside.
+                    raise StoreError(f"natmap's store {self.path} was written by a newer natmap "
+                                     f"(format {_newer(str(mark[0]))}); this one reads format "
+                                     f"{FORMAT.split()[1]}: use the newer natmap")
                 elif mark is None or str(mark[0]) != FORMAT:
                     # An empty or foreign SQLite file: were it read as natmap's, an empty
                     # store would have every binding in the kernel deleted as unexpected.
@@ -606,26 +696,33 @@ class Store:
 
     def version(self) -> str | None:
         """Changes with every write, by any process: tells a cached copy it is stale."""
-        return self.get("version")
+        version = self.get("version")
+        if version is not None and not version.isdecimal():
+            with self._damage():
+                raise ValueError(f"a version natmap did not write: {version!r}")
+        return version
 
     def items(self, *, bindings: bool = True) -> list[Item]:
         """Every item; without ``bindings``, all but the bindings (a few rows)."""
         with self._translated("reading"):
             db = self._open()
-            rows = db.execute("SELECT kind, data FROM items WHERE kind != 'endpoint'").fetchall()
+            rows = db.execute("SELECT key, kind, endpoint, data FROM items WHERE kind != 'endpoint'").fetchall()
             runs = db.execute(f"SELECT {_COLUMNS} FROM runs").fetchall() if bindings else []
         return self._decoded(rows, runs)
 
     def placements(self) -> dict[str, str]:
         """Which bridge each endpoint was published on (:meth:`Table.placed`)."""
         with self._translated("reading"):
-            rows = self._open().execute("SELECT data FROM items WHERE kind = 'endpoint'").fetchall()
-        try:
-            return {name: bridge for name, bridge in (json.loads(row[0]) for row in rows)
-                    if isinstance(name, str) and isinstance(bridge, str)}
-        except (ValueError, TypeError) as exc:
-            raise StoreCorruptError(f"natmap's store {self.path} holds an endpoint row natmap did not write "
-                                    f"({exc!r}); `natmap adopt` rebuilds the store from the kernel") from exc
+            rows = self._open().execute("SELECT key, data FROM items WHERE kind = 'endpoint'").fetchall()
+        with self._damage():
+            placed = {}
+            for key, data in rows:  # as _placement_rows writes them: key "endpoint NAME", data [NAME, BRIDGE]
+                pair = json.loads(data)
+                if type(pair) is not list or len(pair) != 2 or type(pair[1]) is not str \
+                        or key != f"endpoint {_endpoint_name(pair[0])}":
+                    raise ValueError(f"an endpoint row natmap did not write: {key!r} {data[:80]!r}")
+                placed[pair[0]] = pair[1]
+            return placed
 
     def place(self, placed: Mapping[str, str | None]) -> None:
         """Record which bridge each endpoint of ``placed`` is on (None: none
@@ -645,20 +742,21 @@ class Store:
         """The bindings of one endpoint and the links from it (an index lookup)."""
         with self._translated("reading"):
             db = self._open()
-            rows = db.execute("SELECT kind, data FROM items WHERE endpoint = ?", (endpoint,)).fetchall()
+            rows = db.execute("SELECT key, kind, endpoint, data FROM items WHERE endpoint = ?",
+                              (endpoint,)).fetchall()
             runs = _select_runs(db, [endpoint])
         return self._decoded(rows, runs)
 
-    def _decoded(self, rows: list[tuple[str, str]], runs: Iterable[_Run] = ()) -> list[Item]:
+    def _decoded(self, rows: list[_ItemRow], runs: Iterable[_Run] = ()) -> list[Item]:
         with self._damage():
-            return [_item(kind, data) for kind, data in rows] + _run_items(runs)
+            return [_stored_item(row) for row in rows] + _run_items(runs)
 
     @contextmanager
     def _damage(self) -> Iterator[None]:
         """A row natmap did not write, met reading or changing the items: a damaged store."""
         try:
             yield
-        except (ValueError, KeyError, TypeError, IndexError) as exc:  # SpecError is a ValueError
+        except (ValueError, KeyError, TypeError, IndexError, RecursionError) as exc:  # SpecError is a ValueError
             raise StoreCorruptError(f"natmap's store {self.path} holds a row natmap did not write ({exc!r}); "
                                     "the kernel's rules are untouched: `natmap adopt` rebuilds the store "
                                     "from them") from exc
@@ -674,7 +772,15 @@ class Store:
 
     def pending(self) -> bool:
         """Whether a process began a change and did not finish it (it died)."""
-        return self.get("pending") is not None
+        return self._pending() is not None
+
+    def _pending(self) -> _Pending | None:
+        """The pending record, checked (:func:`_pending_record`), or None."""
+        text = self.get("pending")
+        if text is None:
+            return None
+        with self._damage():
+            return _pending_record(text)
 
     # --- writing ---------------------------------------------------------------
 
@@ -696,10 +802,10 @@ class Store:
         """Take back a change the kernel refused: the store as it was before
         :meth:`begin` (from its pending record; without one, the inverse change),
         pending cleared."""
-        text = self.get("pending")
+        pending = self._pending()
         with self._write("taking the change back") as db:
-            if text is not None:
-                _restore(db, json.loads(text))
+            if pending is not None:
+                _restore(db, pending)
             else:
                 with self._damage():
                     _change(db, change._deleted, change._added, ())
@@ -709,34 +815,28 @@ class Store:
         """The change a process recorded and did not finish (it died), as it
         changed the items: empty if none. Its host steps are still to be done:
         the flows it forbids cut, as the change would have cut them."""
-        text = self.get("pending")
-        if text is None:
+        pending = self._pending()
+        if pending is None:
             return Change()
-        with self._damage():
-            pending = json.loads(text)
-            endpoints, runs, added, deleted = (pending["endpoints"], pending["runs"], pending["added"],
-                                               pending["deleted"])
+        added = pending["added"]
         with self._translated("reading"):
             db = self._open()
-            now = _select_runs(db, endpoints)
+            now = _select_runs(db, pending["endpoints"])
             marks = ",".join("?" * len(added))
-            rows = db.execute(f"SELECT kind, data FROM items WHERE key IN ({marks})", added).fetchall() \
-                if added else []
-        with self._damage():
-            before = self._decoded([], [tuple(row) for row in runs])
-            after = self._decoded(rows, now)
-            gone = self._decoded([(row[1], row[3]) for row in deleted])
+            rows = db.execute(f"SELECT key, kind, endpoint, data FROM items WHERE key IN ({marks})",
+                              added).fetchall() if added else []
+        before, after = self._decoded([], pending["runs"]), self._decoded(rows, now)
         was, kept = set(before), set(after)
         return Change(add=tuple(item for item in after if item not in was),
-                      delete=tuple([item for item in before if item not in kept] + gone))
+                      delete=tuple([item for item in before if item not in kept] + self._decoded(pending["deleted"])))
 
     def undo_pending(self) -> None:
         """Take back the pending change a dead process left (the kernel refuses it)."""
-        text = self.get("pending")
-        if text is None:
+        pending = self._pending()
+        if pending is None:
             return
         with self._write("taking the pending change back") as db:
-            _restore(db, json.loads(text))
+            _restore(db, pending)
             db.execute("DELETE FROM meta WHERE name = 'pending'")
 
     def done(self, generation: str | None) -> None:

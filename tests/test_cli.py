@@ -118,6 +118,20 @@ def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
     assert result.stdout == "-p 1:" and "Traceback" not in result.stderr and "Error" not in result.stderr
 
 
+@pytest.mark.parametrize("redirect, why", [("> /dev/full", "No space left on device"),
+                                            (">&-", "standard output is closed")])
+@pytest.mark.parametrize("argv", [["version"], ["--json", "version"], ["spec", "-p", "80"]])
+def test_an_answer_that_cannot_be_written_is_one_line_not_a_traceback(argv, redirect, why):
+    natmap_cmd = shutil.which("natmap", path=str(Path(sys.executable).parent))
+    result = subprocess.run(f"{natmap_cmd} {' '.join(argv)} {redirect}", shell=True,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    if "--json" in argv:  # the error as --json gives every error, on stderr
+        assert json.loads(result.stderr)["error"]["message"] == f"writing the answer failed: {why}"
+    else:
+        assert result.stderr == f"natmap: writing the answer failed: {why}\n"
+
+
 @pytest.mark.parametrize("argv, named", [
     (["--bogus"], "--bogus"), (["--json", "-x"], "-x"), (["--bogus=1"], "--bogus=1"), (["ps", "--bogus"], "--bogus"),
 ])

@@ -525,6 +525,35 @@ def test_adopt_takes_no_drift_over_a_whole_store_unless_forced(nm, backend):
     assert lost not in adopted and not nm.check()
 
 
+def _edit_store(nm, sql):
+    import sqlite3
+
+    nm.close()
+    db = sqlite3.connect(nm.state_path)
+    db.executescript(sql)
+    db.close()
+
+
+def test_adopt_rebuilds_a_store_with_a_pending_record_natmap_did_not_write(nm, backend):
+    made = nm.publish(WEB, ["8080:5000"])
+    _edit_store(nm, "INSERT OR REPLACE INTO meta VALUES ('pending', '{\"endpoints\": []}')")
+    with pytest.raises(natmap.StoreCorruptError, match="`natmap adopt` rebuilds"):
+        nm.publish(WEB, ["8081:5001"])
+    assert set(backend.read().items()) >= set(made)  # the kernel untouched
+    assert set(made) <= set(nm.adopt()) and not nm.check()
+    assert len(nm.publish(WEB, ["8081:5001"])) == 2
+
+
+def test_adopt_leaves_a_newer_natmaps_store_as_it_is(nm, backend):
+    nm.publish(WEB, ["8080:5000"])
+    _edit_store(nm, "UPDATE meta SET value = 'natmap-store 3' WHERE name = 'format'")
+    for force in (False, True):
+        with pytest.raises(natmap.StoreError, match=r"newer natmap \(format 3\)") as caught:
+            nm.adopt(force=force)
+        assert not isinstance(caught.value, natmap.StoreCorruptError)
+    assert not os.path.exists(nm.state_path + ".damaged")
+
+
 def test_a_fresh_namespace_has_nothing_to_check_and_nothing_to_adopt(nm):
     # Nothing stored and no table in the kernel: natmap was not used here. No
     # drift, no advice to adopt, and adopting makes no store for a table that is nowhere.

@@ -256,3 +256,118 @@ def test_a_run_of_more_ports_than_there_are_is_damage_to_a_read_and_to_a_change(
     with pytest.raises(StoreCorruptError, match="adopt"):
         store.begin(Change(delete=(WEB,)))
     assert not store.pending() and store.get("generation") == "gen"
+
+
+# --- everything read is checked at one boundary: a row natmap never writes is damage ---
+
+
+def _edited(store, sql):
+    """``store`` holding WEB, then edited by hand with ``sql``; a new Store on the file."""
+    import sqlite3
+
+    store.begin(Change(add=(WEB, BRIDGE)))
+    store.done(None)
+    store.close()
+    db = sqlite3.connect(store.path)
+    db.executescript(sql)
+    db.close()
+    return Store(store.path)
+
+
+PENDING_EDITS = {
+    "not JSON": "garbage",
+    "nested past Python's recursion": "[" * 100_000,
+    "a list": "[1, 2]",
+    "a key missing": '{"endpoints": []}',
+    "a key more": '{"endpoints": [], "runs": [], "added": [], "deleted": [], "x": 1}',
+    "an endpoint not a name": '{"endpoints": ["web 01"], "runs": [], "added": [], "deleted": []}',
+    "a run of another endpoint": '{"endpoints": [], "runs": [["web01", "0.0.0.0", "tcp", 80, "binding", '
+                                 '"172.30.0.2", 80, 1, 1]], "added": [], "deleted": []}',
+    "a run out of range": '{"endpoints": ["web01"], "runs": [["web01", "0.0.0.0", "tcp", 65535, "binding", '
+                          '"172.30.0.2", 80, 2, 1]], "added": [], "deleted": []}',
+    "a run short": '{"endpoints": ["web01"], "runs": [["web01", "0.0.0.0"]], "added": [], "deleted": []}',
+    "an added key not text": '{"endpoints": [], "runs": [], "added": [1], "deleted": []}',
+    "a deleted row not an item": '{"endpoints": [], "runs": [], "added": [], '
+                                 '"deleted": [["bridge x", "bridge", null, "[1]"]]}',
+    "a deleted row a binding": '{"endpoints": [], "runs": [], "added": [], '
+                               '"deleted": [["binding x", "binding", "web01", "[]"]]}',
+}
+
+
+@pytest.mark.parametrize("text", PENDING_EDITS.values(), ids=list(PENDING_EDITS))
+def test_a_pending_record_natmap_did_not_write_is_damage_whatever_reads_it(store, text):
+    edited = _edited(store, "INSERT OR REPLACE INTO meta VALUES ('pending', '" + text.replace("'", "''") + "')")
+    for read in (edited.pending, edited.pending_change, edited.undo_pending, lambda: edited.undo(Change())):
+        with pytest.raises(StoreCorruptError, match=r"holds a row natmap did not write.*`natmap adopt` rebuilds"):
+            read()
+    edited.close()
+
+
+ROW_EDITS = {
+    "two endpoints on one host port": "INSERT INTO runs SELECT 'web02', host, proto, port, kind, container, "
+                                      "container_port, n, count FROM runs",
+    "an endpoint name with a space": "UPDATE runs SET endpoint = 'web 01'",
+    "a run over another": "INSERT INTO runs SELECT endpoint, host, proto, port - 1, kind, container, "
+                          "container_port - 1, 3, 1 FROM runs",
+    "a range over a run": "INSERT INTO runs SELECT endpoint, host, proto, port - 5, kind, container, "
+                          "port - 5, 1, 9 FROM runs",
+    "an item row's key not its item's": "UPDATE items SET key = 'bridge other' WHERE kind = 'bridge'",
+    "an item row's kind not its item's": "UPDATE items SET kind = 'isolation' WHERE kind = 'bridge'",
+    "a binding row in items (format 1's)": "INSERT INTO items VALUES ('binding web02', 'binding', 'web02', "
+                                           "'[\"web02\", \"tcp\", \"0.0.0.0\", 81, \"172.30.0.3\", 80]')",
+    "an endpoint row not a pair": "INSERT INTO items VALUES ('endpoint web01', 'endpoint', NULL, '[\"web01\"]')",
+    "an endpoint row an object": "INSERT INTO items VALUES ('endpoint ab', 'endpoint', NULL, '{\"ab\": 1, \"x\": 2}')",
+    "an endpoint row of another key": "INSERT INTO items VALUES ('endpoint web09', 'endpoint', NULL, '[\"web01\", \"x\"]')",
+    "an endpoint row's name not a name": "INSERT INTO items VALUES ('endpoint x', 'endpoint', NULL, '[\"a b\", \"x\"]')",
+}
+
+
+@pytest.mark.parametrize("sql", ROW_EDITS.values(), ids=list(ROW_EDITS))
+def test_a_row_natmap_never_writes_is_damage(store, sql):
+    edited = _edited(store, sql)
+    with pytest.raises(StoreCorruptError, match=r"holds a row natmap did not write.*`natmap adopt` rebuilds"):
+        edited.items()
+        edited.placements()
+    edited.close()
+
+
+def test_a_row_natmap_never_writes_is_damage_to_a_change_too(store):
+    edited = _edited(store, ROW_EDITS["a run over another"])
+    with pytest.raises(StoreCorruptError, match="`natmap adopt` rebuilds"):
+        edited.begin(Change(delete=(WEB,)))
+    assert not edited.pending()  # nothing written
+    edited.close()
+
+
+@pytest.mark.parametrize("sql", ["DROP TABLE runs", "ALTER TABLE runs DROP COLUMN count", "DROP TABLE items"])
+def test_a_table_changed_by_hand_is_damage_not_a_failed_read(store, sql):
+    edited = _edited(store, sql)
+    with pytest.raises(StoreCorruptError, match=r"is damaged \(.*\); .*`natmap adopt` rebuilds"):
+        edited.items()
+    with pytest.raises(StoreCorruptError, match="`natmap adopt` rebuilds"):
+        edited.replace([WEB])  # adopt's write: damage, so adopt sets the file aside
+    edited.close()
+
+
+def test_a_version_natmap_did_not_write_is_damage(store):
+    edited = _edited(store, "UPDATE meta SET value = 'x' WHERE name = 'version'")
+    with pytest.raises(StoreCorruptError, match="a version natmap did not write"):
+        edited.version()
+    edited.close()
+
+
+@pytest.mark.parametrize("mark", ["natmap-store 3", "natmap-store 12"])
+def test_a_store_of_a_newer_natmap_is_a_store_error_without_the_adopt_advice(store, mark):
+    edited = _edited(store, f"UPDATE meta SET value = '{mark}' WHERE name = 'format'")
+    with pytest.raises(StoreError) as caught:
+        edited.items()
+    assert type(caught.value) is StoreError  # not damaged: `natmap adopt` would set it aside
+    assert str(caught.value) == (f"natmap's store {store.path} was written by a newer natmap "
+                                 f"(format {mark.split()[1]}); this one reads format 2: use the newer natmap")
+
+
+@pytest.mark.parametrize("mark", ["natmap-store 0", "natmap-store x", "natmap-store", "other 3"])
+def test_a_mark_of_no_natmap_is_still_damage(store, mark):
+    edited = _edited(store, f"UPDATE meta SET value = '{mark}' WHERE name = 'format'")
+    with pytest.raises(StoreCorruptError, match="no format mark"):
+        edited.items()

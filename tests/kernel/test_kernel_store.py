@@ -422,3 +422,68 @@ def kernel_table(sandbox, backend):
         return listed.stdout if listed.returncode == 0 else None
     listed = sandbox.host.run(["iptables-legacy-save", "-t", "nat"], capture_output=True, text=True).stdout
     return listed if "NATMAP" in listed else None
+
+
+# Rows natmap never writes, put in by hand (the attacker's hand_edited_store.py):
+# each is one line naming the damaged store with the adopt advice, from every
+# command that reads it; the kernel keeps its rules, and `natmap adopt` rebuilds.
+HAND_EDITS = {
+    "pending not JSON": "INSERT OR REPLACE INTO meta VALUES ('pending', 'garbage')",
+    "pending wrong shape": "INSERT OR REPLACE INTO meta VALUES ('pending', '[1,2]')",
+    "pending missing key": "INSERT OR REPLACE INTO meta VALUES ('pending', '{\"endpoints\": []}')",
+    "two endpoints on one host port": "INSERT INTO runs SELECT 'web02', host, proto, port, kind, container, "
+                                      "container_port, n, count FROM runs",
+    "endpoint name with a space": "UPDATE runs SET endpoint = 'web 01'",
+    "a run over another": "INSERT INTO runs SELECT endpoint, host, proto, port - 1, kind, container, "
+                          "container_port - 1, 3, 1 FROM runs",
+    "version not a number": "UPDATE meta SET value = 'x' WHERE name = 'version'",
+    "runs table dropped": "DROP TABLE runs",
+}
+
+
+@pytest.mark.parametrize("edit", list(HAND_EDITS))
+def test_a_hand_edited_store_is_one_damaged_store_line_and_adopt_rebuilds_it(sandbox, backend, web, edit):
+    import sqlite3
+
+    nm = natmap.NatMap(netns=sandbox.host.name, backend=backend)
+    nm.publish(web.endpoint(), ["8080:5000"])
+    nm.close()
+    db = sqlite3.connect(nm.state_path)
+    db.executescript(HAND_EDITS[edit])
+    db.close()
+    web3 = ["web03", "--ip", "172.30.0.9", "--bridge", sandbox.bridge, "-p", "9999:80"]
+    for argv in (["publish", *web3], ["unpublish", "web01"]) + ((["check"],) if "version" not in edit else ()):
+        result = cli(sandbox, backend, *argv)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1, (argv, result.stderr)
+        assert nm.state_path in lines[0] and "`natmap adopt` rebuilds the store" in lines[0], lines[0]
+    client = sandbox.client("client1")
+    assert client.request(sandbox.outside_ip, 8080) == "web01 192.0.2.2"  # the kernel kept its rules
+    result = cli(sandbox, backend, "adopt")
+    assert result.returncode == 0, result.stderr
+    result = cli(sandbox, backend, "publish", *web3)
+    assert result.returncode == 0, result.stderr
+    assert [b.host_port for b in natmap.NatMap(netns=sandbox.host.name, backend=backend).port("web01")] == [8080] * 2
+    assert client.request(sandbox.outside_ip, 8080) == "web01 192.0.2.2"
+
+
+def test_a_store_of_a_newer_natmap_is_refused_and_adopt_leaves_it(sandbox, backend, web):
+    import sqlite3
+
+    nm = natmap.NatMap(netns=sandbox.host.name, backend=backend)
+    nm.publish(web.endpoint(), ["8080:5000"])
+    nm.close()
+    db = sqlite3.connect(nm.state_path)
+    db.execute("UPDATE meta SET value = 'natmap-store 3' WHERE name = 'format'")
+    db.commit()
+    db.close()
+    for argv in (["check"], ["unpublish", "web01"], ["adopt"], ["adopt", "--force"]):
+        result = cli(sandbox, backend, *argv)
+        assert result.returncode == 1, (argv, result.stderr)
+        assert result.stderr.strip() == (f"natmap: natmap's store {nm.state_path} was written by a newer natmap "
+                                         "(format 3); this one reads format 2: use the newer natmap"), argv
+    assert not os.path.exists(nm.state_path + ".damaged")  # not set aside as damaged
+    db = sqlite3.connect(nm.state_path)
+    assert db.execute("SELECT value FROM meta WHERE name = 'format'").fetchone() == ("natmap-store 3",)
+    db.close()
+    assert sandbox.client("client1").request(sandbox.outside_ip, 8080) == "web01 192.0.2.2"
