@@ -1104,7 +1104,8 @@ class Table:
             else:
                 raise ConflictError(
                     f"{binding}/{binding.proto.value} for endpoint {binding.endpoint!r} conflicts with "
-                    f"{existing}/{existing.proto.value} of endpoint {existing.endpoint!r}")
+                    f"{existing}/{existing.proto.value} of endpoint {existing.endpoint!r}"
+                    + _routed_key_note(binding, existing))
         return bindings
 
     def _insert(self, binding: Binding) -> None:
@@ -1178,6 +1179,14 @@ def _single(endpoint: str, proto: Protocol, host_ip: IPAddress, host_port: int, 
     set_(b, "count", 1)
     set_(b, "key", (host_ip.version, int(host_ip), proto._value_, host_port))
     return b
+
+
+def _routed_key_note(*bindings: Binding) -> str:
+    """Why two bindings conflict when one is routed: its host port is not
+    mapped, yet stays the binding's key (docs/kernel.md), as in Docker."""
+    if not any(isinstance(b, RoutedBinding) for b in bindings):
+        return ""
+    return " (routed: the host port is not mapped but still identifies the binding; pick another host port)"
 
 
 def _self_conflict(binding: Binding, existing: Binding) -> str:
