@@ -426,7 +426,8 @@ COMMANDS: list[Command] = [
              _arg("-f", "--file", metavar="FILE",
                   help="a declarative file: also list its endpoints' exposed ports that have no binding")],
             aliases=("ps",)),
-    Command("unpublish", cmd_unpublish, "remove every binding and link of an endpoint",
+    Command("unpublish", cmd_unpublish, "remove every binding and link of an endpoint, and print the "
+            "bindings removed (as natmap port does)",
             "natmap unpublish web01", [_NAME]),
     Command("link", cmd_link, "link SOURCE to TARGET (docker run --link TARGET:ALIAS); both must be published: "
             "their addresses and published ports are read from the table", "natmap link web02 db01:web02Todb01",
@@ -447,8 +448,8 @@ COMMANDS: list[Command] = [
             [_arg("bridge", help="the bridge"), _arg("--open", action="store_true", help="open it again instead")]),
     Command("gateway", cmd_gateway, "set how routed traffic reaches a bridge's containers (Docker 28's "
             "gateway modes, per IP family): nat drops it unless published or from a trusted interface; "
-            "nat-unprotected lets it pass; routed: no NAT, only the published container ports (host port "
-            "ignored) and ICMP. Without a --mode option or --trust, print the bridge's setting (no bridge: "
+            "nat-unprotected lets it pass; routed: no NAT, only the published container ports and ICMP (the "
+            "host port is not mapped but stays the binding's key: two routed endpoints still conflict on it). Without a --mode option or --trust, print the bridge's setting (no bridge: "
             "every bridge not in the default nat mode)",
             "natmap gateway natmap0 --mode-ipv4 nat --mode-ipv6 routed --trust eth1",
             [_arg("bridge", nargs="?", help="the bridge"),
@@ -640,9 +641,20 @@ def _parser_classes() -> tuple[type[argparse.ArgumentParser], type[argparse.Help
     class _Parser(argparse.ArgumentParser):
         """argparse, its errors in natmap's form: one line (``--json``: one JSON object), exit 2."""
 
-        def error(self, message: str) -> NoReturn:
-            _report(CommandLineError(f"{message} (see {self.prog} --help)"), _JSON_ARGV[0])
+        def error(self, message: str, prog: str | None = None) -> NoReturn:
+            _report(CommandLineError(f"{message} (see {prog or self.prog} --help)"), _JSON_ARGV[0])
             sys.exit(EXIT_BAD_INPUT)
+
+        def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                       namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+            # argparse reports a subcommand's unknown option from the top parser;
+            # the help that lists the command's options is the subcommand's own
+            parsed, unknown = self.parse_known_args(args, namespace)
+            if unknown:
+                command = getattr(parsed, "command", None)
+                self.error(f"unrecognized arguments: {' '.join(unknown)}",
+                           f"{self.prog} {command.name}" if command is not None else None)
+            return parsed
 
     class _Formatter(argparse.RawDescriptionHelpFormatter):
         """Help as written, as wide as the terminal. The width comes from os:

@@ -270,7 +270,14 @@ def _table(value: Any, where: str, key: str) -> Mapping[str, Any]:
     return value
 
 
+# TOML's names for the Python types tomllib gives: what the file's author wrote
+_TOML_TYPES: dict[type, str] = {str: "string", int: "integer", float: "float", bool: "boolean",
+                                list: "array", dict: "table"}
+
+
 def _typed(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
     if not isinstance(value, kind):
-        raise SpecError(f"{where} has the wrong type ({type(value).__name__})", _shown(value))
+        wanted = " or ".join(_TOML_TYPES.get(k, k.__name__) for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise SpecError(f"{where} has the wrong type ({_TOML_TYPES.get(type(value), type(value).__name__)}, "
+                        f"expected {wanted})", _shown(value))
     return value

@@ -1130,7 +1130,8 @@ class Table:
             else:
                 raise ConflictError(
                     f"{binding}/{binding.proto.value} for endpoint {binding.endpoint!r} conflicts with "
-                    f"{existing}/{existing.proto.value} of endpoint {existing.endpoint!r}")
+                    f"{existing}/{existing.proto.value} of endpoint {existing.endpoint!r}"
+                    + _routed_key_note(binding, existing))
         return bindings
 
     def _insert(self, binding: Binding) -> None:
@@ -1186,6 +1187,14 @@ def _one_to_one(spec: PortSpec) -> bool:
     host, container = spec.host_ports, spec.container_ports
     return (spec.host_ip is None and host is not None and host.end - host.start == container.end - container.start
             and (host.start == host.end or host.start != container.start))
+
+
+def _routed_key_note(*bindings: Binding) -> str:
+    """Why two bindings conflict when one is routed: its host port is not
+    mapped, yet stays the binding's key (docs/kernel.md), as in Docker."""
+    if not any(isinstance(b, RoutedBinding) for b in bindings):
+        return ""
+    return " (routed: the host port is not mapped but still identifies the binding; pick another host port)"
 
 
 def _self_conflict(binding: Binding, existing: Binding) -> str:

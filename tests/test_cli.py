@@ -287,3 +287,20 @@ def test_remove_deletes_the_table_and_its_store(fake_cli):
     assert (code, err) == (3, "natmap: No such table: lab (nft)\n")
     assert fake_cli("--table", "lab", *publish)[0] == 0
     valid("remove", json.dumps(fake_cli("--table", "lab", "remove", as_json=True)[1]))
+
+
+def test_a_commands_unknown_option_points_at_the_commands_help(capsys):
+    """`natmap gateway br0 --bogus`: the options that exist are in `natmap gateway --help`."""
+    with pytest.raises(SystemExit) as exit:
+        _parser(["gateway", "br0", "--bogus"]).parse_args(["gateway", "br0", "--bogus"])
+    assert exit.value.code == 2
+    assert "unrecognized arguments: --bogus (see natmap gateway --help)" in capsys.readouterr().err
+
+
+def test_gateway_and_unpublish_help_say_what_they_do(capsys):
+    for argv in (["gateway", "--help"], ["unpublish", "--help"]):
+        with pytest.raises(SystemExit):
+            _parser(argv).parse_args(argv)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "the host port is not mapped but stays the binding's key" in out
+    assert "print the bindings removed" in out

@@ -23,12 +23,14 @@ def load(tmp_path, content):
     ('[endpoints.web01]\nip = "172.30.0.2"\nbridge = "natmap0"\npublish = ["80", "81", "99999:80"]\n',
      natmap.SpecError, r"endpoints.web01.publish\[2\]: invalid port 99999 \(must be 0-65535\) in '99999:80'"),
     ('[endpoints.web01]\nip = "172.30.0.2"\nbridge = "natmap0"\nexpose = ["80", 5]\n',
-     natmap.SpecError, r"endpoints.web01.expose\[1\] has the wrong type \(int\)"),
+     natmap.SpecError, r"endpoints.web01.expose\[1\] has the wrong type \(integer, expected string\)"),
     ('[endpoints.web01]\nip = "172.30.0.2"\nbridge = "natmap0"\nlinks = ["db01:a b"]\n',
      natmap.SpecError, r"endpoints.web01.links\[0\]: "),
     ('[endpoints.web01]\nip = "1.2.3"\nbridge = "natmap0"\n', natmap.SpecError, "endpoints.web01: invalid ip"),
     ('[endpoints.web01]\nip = "172.30.0.2"\nbridge = "natmap0"\npublish = "80"\n',
-     natmap.SpecError, r"endpoints.web01.publish has the wrong type \(str\)"),
+     natmap.SpecError, r"endpoints.web01.publish has the wrong type \(string, expected array\)"),
+    ("[bridges.natmap0]\ngateway_mode_ipv4 = 3\n",
+     natmap.SpecError, r"bridges.natmap0.gateway_mode_ipv4 has the wrong type \(integer, expected string\)"),
 ])
 def test_each_fault_is_one_natmap_error_naming_the_file_and_place(tmp_path, content, kind, message):
     with pytest.raises(kind, match=message) as info:

@@ -467,3 +467,22 @@ def test_misheld_names_bindings_in_a_form_their_bridges_mode_does_not_want():
         "(`natmap gateway natmap0 --mode-ipv4 nat --mode-ipv6 routed` holds it as the mode wants)"]
     routed_loopback = RoutedBinding.of(next(b for b in items if isinstance(b, Binding) and b.host_ip.is_loopback))
     assert len(misheld([*items, routed_loopback, Gateway("natmap0", "routed")])) == 3  # loopback: never routed
+
+
+def test_two_routed_endpoints_conflict_on_the_host_port_and_the_message_says_why():
+    """Routed mode maps no host port, yet the host port stays the binding's key
+    (docs/kernel.md): a second endpoint with it conflicts, and is told so."""
+    from natmap import Gateway
+
+    table = Table()
+    table.set_gateway(Gateway("natmap0", "routed"))
+    publish(table, web(), ["8080:5000"])
+    with pytest.raises(ConflictError) as raised:
+        publish(table, web("web02", 3), ["8080:5000"])
+    assert "of endpoint 'web01'" in str(raised.value)
+    assert "routed: the host port is not mapped but still identifies the binding" in str(raised.value)
+    other = Table()
+    publish(other, web(), ["8080:5000"])
+    with pytest.raises(ConflictError) as raised:
+        publish(other, web("web02", 3), ["8080:5000"])
+    assert "routed" not in str(raised.value)  # nat mode: the port is mapped, no note
