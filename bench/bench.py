@@ -23,7 +23,7 @@ installed package has it.
    `natmap port NAME` with 10,000 other bindings; unpublishing 10,000 bindings
    beside 2,000 unrelated conntrack entries; new flows through a 65,535-port
    interval element.
-8. re-apply (issue 15): an unchanged file of 10,000 endpoints, `natmap apply`
+9. re-apply (issue 15): an unchanged file of 10,000 endpoints, `natmap apply`
    as a new process (bench/reapply_bench.py, which also runs alone).
 """
 
