@@ -23,7 +23,7 @@ installed package has it.
    `natmap port NAME` with 10,000 other bindings; unpublishing 10,000 bindings
    beside 2,000 unrelated conntrack entries; new flows through a 65,535-port
    interval element.
-8. re-apply (issue 15): an unchanged file of 10,000 endpoints, `natmap apply`
+9. re-apply (issue 15): an unchanged file of 10,000 endpoints, `natmap apply`
    as a new process (bench/reapply_bench.py, which also runs alone).
 """
 
@@ -894,7 +894,30 @@ def incremental_checks(inc: dict) -> list[tuple[str, float, float]]:
     ]
 
 
+USAGE = """usage: bench.py  (as root: `make bench`; takes no arguments)
+
+Runs every section in sandbox namespaces and rewrites bench/RESULTS.md,
+keeping its CNI section (`make bench-cni`, bench/cni_bench.py, writes only
+that one). BENCH_ONLY=full|incremental|startup|scale|reapply runs one
+section and prints its target lines only, writing no file; BENCH_QUICK=1
+takes fewer repeats. bench/reapply_bench.py also runs alone."""
+SECTIONS = ("full", "incremental", "startup", "scale", "reapply")
+
+
+def _check_usage(argv: list[str]) -> None:
+    """Print the usage for -h/--help and refuse anything else before the
+    bench starts: it takes minutes and rewrites RESULTS.md."""
+    if argv in (["-h"], ["--help"]):
+        raise SystemExit(print(USAGE))
+    if argv:
+        raise SystemExit(f"{USAGE}\n\nbench.py: takes no arguments, got {' '.join(argv)!r}")
+    only = os.environ.get("BENCH_ONLY")
+    if only is not None and only not in SECTIONS:
+        raise SystemExit(f"{USAGE}\n\nbench.py: BENCH_ONLY={only!r} is none of {', '.join(SECTIONS)}")
+
+
 def main() -> None:
+    _check_usage(sys.argv[1:])
     if os.geteuid() != 0:
         raise SystemExit("the benchmarks run in network namespaces: run them as root (make bench)")
     started = time.monotonic()

@@ -135,5 +135,6 @@ def test_the_documented_try_out_in_a_namespace_runs_as_written():
     assert result.returncode == 0, result.stdout + result.stderr
     listed = [line for line in result.stdout.splitlines() if line.startswith("cni-")]
     assert len(listed) == 1 and listed[0].endswith("0.0.0.0:8080->80/tcp"), result.stdout
+    assert "hello through natmap" in result.stdout.splitlines(), result.stdout  # the page, via 127.0.0.1:8080
     assert result.stdout.splitlines()[-1].split() == ["ENDPOINT", "ADDRESSES", "PORTS"]  # after podman rm
     assert not left  # rm -rf "$tmp" took everything
