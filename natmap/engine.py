@@ -3,9 +3,10 @@
 The desired state lives on disk (:mod:`natmap.store`); the kernel is checked
 against it. How a change happens, every time:
 
-1. take the table's lock (``flock`` on ``/run/natmap/<netns>-<table>.lock``,
-   released by the kernel if the process dies; see :mod:`natmap.locking`), so
-   natmap processes change a table one at a time;
+1. take the table's lock (``flock`` on ``/run/natmap/<dev>-<inode>-<table>.lock``,
+   named after the namespace's nsfs device and inode; released by the kernel
+   if the process dies; see :mod:`natmap.locking`), so natmap processes
+   change a table one at a time;
 2. finish a change a dead process left pending in the store, if any;
 3. get the table from the store (kept in memory while the store's version
    stays), and read the kernel unless its generation is the one recorded
