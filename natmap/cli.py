@@ -121,7 +121,10 @@ def _error_json(exc: BaseException) -> dict[str, Any]:
 
 
 def cmd_publish(nm: NatMap, args: argparse.Namespace) -> Output:
-    endpoint = Endpoint(args.name, args.ip, args.bridge, ipv6=args.ipv6, expose=tuple(args.expose))
+    if not args.ip and not args.ipv6:
+        raise CommandLineError("publish needs the endpoint's address: --ip (IPv4), --ipv6 or both "
+                               "(see natmap publish --help)")
+    endpoint = Endpoint(args.name, args.ip or None, args.bridge, ipv6=args.ipv6, expose=tuple(args.expose))
     specs = PortSpec.parse_many(args.publish + _spec_lines(args.publish_file))
     made = nm.publish(endpoint, specs, publish_all=args.publish_all, force=args.force)
     return _document(bindings=[_binding_json(b) for b in made]), [b.port_line() for b in made]
@@ -410,8 +413,8 @@ COMMANDS: list[Command] = [
     Command("publish", cmd_publish, "publish an endpoint's ports (docker run -p/-P)",
             "natmap publish web01 --ip 172.30.0.2 --bridge natmap0 -p 127.0.0.1:5001:5000 -p 8080:5000 "
             "--expose 5000 -P",
-            [_NAME, _arg("--ip", required=True, help="the endpoint's IPv4 address"),
-             _arg("--ipv6", help="the endpoint's IPv6 address, if it has one"),
+            [_NAME, _arg("--ip", help="the endpoint's IPv4 address (an IPv6-only endpoint gives --ipv6 alone)"),
+             _arg("--ipv6", help="the endpoint's IPv6 address, if it has one (--ip, --ipv6 or both)"),
              _arg("--bridge", required=True, help="the bridge the endpoint is on"), _SPECS, _SPEC_FILE, _EXPOSE,
              _arg("-P", "--publish-all", action="store_true", help="publish every exposed port"),
              _arg("--force", action="store_true",

@@ -220,15 +220,16 @@ def _endpoint(name: str, settings: Any, where: str) -> EndpointConfig:
     if not isinstance(settings, Mapping):
         raise SpecError(f"{where} must be a table", _shown(settings))
     _only(settings, _ENDPOINT_KEYS, where)
-    for key in ("ip", "bridge"):
-        if key not in settings:
-            raise SpecError(f"{where} needs {key} = ...", name)
+    if "bridge" not in settings:
+        raise SpecError(f"{where} needs bridge = ...", name)
+    if "ip" not in settings and "ipv6" not in settings:  # IPv6-only: ipv6 alone
+        raise SpecError(f"{where} needs an address: ip = ... (IPv4), ipv6 = ... or both", name)
     publish = tuple(_each(PortSpec.parse, settings, "publish", where))
     expose = _each(PortSpec.parse_exposed, settings, "expose", where)
     # As with docker run, a published container port is exposed too (links open it).
     expose += [PortSpec(None, None, spec.container_ports, spec.proto) for spec in publish]
     endpoint = _parsed(lambda _: Endpoint(
-        name, _typed(settings["ip"], str, f"{where}.ip"), _typed(settings["bridge"], str, f"{where}.bridge"),
+        name, _typed(settings.get("ip"), (str, type(None)), f"{where}.ip"), _typed(settings["bridge"], str, f"{where}.bridge"),
         ipv6=_typed(settings.get("ipv6"), (str, type(None)), f"{where}.ipv6"),
         expose=tuple(dict.fromkeys(expose))), name, where)
     links = tuple(_each(LinkSpec.parse, settings, "links", where))

@@ -273,3 +273,19 @@ def test_remove_deletes_the_table_and_its_store(fake_cli):
     assert (code, err) == (3, "natmap: No such table: lab (nft)\n")
     assert fake_cli("--table", "lab", *publish)[0] == 0
     valid("remove", json.dumps(fake_cli("--table", "lab", "remove", as_json=True)[1]))
+
+
+def test_an_ipv6_only_endpoint_is_published_with_ipv6_alone_and_one_without_an_address_is_refused(fake_cli):
+    """README and docs/cni.md: an endpoint has ip, ipv6 or both; --ipv6 alone is an IPv6-only one."""
+    import ipaddress
+
+    from natmap.model import Bridge
+
+    fake_cli.host.bridges["natmap0"] = Bridge("natmap0", tuple(map(ipaddress.ip_network, (
+        "172.30.0.0/24", "fd00:30::/64"))))
+    code, out, err = fake_cli("publish", "web06", "--ipv6", "fd00:30::6", "--bridge", "natmap0", "-p", "8080:80")
+    assert (code, out) == (0, "80/tcp -> [::]:8080\n"), err
+    for address in ([], ["--ip", ""]):
+        code, out, err = fake_cli("publish", "web07", *address, "--bridge", "natmap0", "-p", "8081:80")
+        assert code == 2 and out == ""
+        assert "publish needs the endpoint's address: --ip (IPv4), --ipv6 or both" in err
