@@ -244,7 +244,7 @@ def cmd_gateway(nm: NatMap, args: argparse.Namespace) -> Output:
                                "name the bridge")
     else:
         gateway = nm.set_gateway(args.bridge, args.mode, args.trust or (), mode_ipv4=args.mode_ipv4,
-                                 mode_ipv6=args.mode_ipv6)
+                                 mode_ipv6=args.mode_ipv6, force=args.force)
     return _document(**_gateway_json(gateway)), [describe(gateway)]
 
 
@@ -462,7 +462,10 @@ COMMANDS: list[Command] = [
                   help="the IPv6 gateway mode, over --mode (Docker's gateway_mode_ipv6)"),
              _arg("--trust", action="append", metavar="INTERFACE",
                   help="a host interface whose routed traffic may reach the containers (repeatable; "
-                       "those not given are no longer trusted)")]),
+                       "those not given are no longer trusted)"),
+             _arg("--force", action="store_true",
+                  help="going back to nat: take host ports a host socket listens on, knowingly (as publish "
+                       "--force; else a conflict)")]),
     Command("apply", cmd_apply, "make the table match a TOML file, in one transaction",
             "natmap apply examples/lab.toml", [_arg("file", help="the declarative file (README: Declarative files)")]),
     Command("plan", cmd_plan, "show what apply would change; change nothing", "natmap plan examples/lab.toml",

@@ -270,7 +270,7 @@ class NatMap:
             tx.unisolate(bridge)
 
     def set_gateway(self, bridge: str, mode: str | None = None, trusted_interfaces: Sequence[str] = (), *,
-                    mode_ipv4: str | None = None, mode_ipv6: str | None = None) -> Gateway:
+                    mode_ipv4: str | None = None, mode_ipv6: str | None = None, force: bool = False) -> Gateway:
         """How traffic routed from outside reaches ``bridge``'s containers, as
         Docker 28's gateway modes, per IP family (``gateway_mode_ipv4`` /
         ``_ipv6``): ``mode`` sets both, ``mode_ipv4`` / ``mode_ipv6`` one
@@ -286,9 +286,11 @@ class NatMap:
         interface sends). In ``routed`` the bridge's bindings of that family are kept with
         their host side, as :class:`RoutedBinding`, and mapped again when the
         mode goes back to ``nat`` (then checked against host sockets and
-        other tables as a publish is: ConflictError). Returns the setting."""
+        other tables as a publish is: ConflictError; ``force=True`` takes a
+        host socket's port knowingly, as ``publish(..., force=True)``). Returns the setting."""
         with self.transaction() as tx:
-            return tx.set_gateway(bridge, mode, trusted_interfaces, mode_ipv4=mode_ipv4, mode_ipv6=mode_ipv6)
+            return tx.set_gateway(bridge, mode, trusted_interfaces, mode_ipv4=mode_ipv4, mode_ipv6=mode_ipv6,
+                                  force=force)
 
     def gateways(self) -> list[Gateway]:
         """The bridges not in the default ``nat`` mode, read back from the kernel."""
@@ -1042,7 +1044,7 @@ class Transaction:
         table.isolate(bridge)
 
     def set_gateway(self, bridge: str, mode: str | None = None, trusted_interfaces: Sequence[str] = (), *,
-                    mode_ipv4: str | None = None, mode_ipv6: str | None = None) -> Gateway:
+                    mode_ipv4: str | None = None, mode_ipv6: str | None = None, force: bool = False) -> Gateway:
         """As :meth:`NatMap.set_gateway`, applied when the transaction ends."""
         gateway = Gateway(validate_ifname(bridge), mode, tuple(trusted_interfaces), mode_ipv4=mode_ipv4,
                           mode_ipv6=mode_ipv6)
@@ -1056,6 +1058,8 @@ class Transaction:
         guest.check_gateway(gateway, current, self._others())  # the bridge's setting is the namespace's
         table.add_bridge(known)  # its mode guards it from now on, endpoints published on it or not
         table.set_gateway(gateway, known)  # the bindings published on it change form (Table.bridge_of)
+        if force:  # its bindings mapped again may take a host socket's port, as publish(force=True)
+            self._forced.update(b.key for b in table.held_bindings() if table.bridge_of(b.endpoint) == bridge)
         return gateway
 
     def unisolate(self, bridge: str) -> None:

@@ -289,3 +289,21 @@ def test_an_ipv6_only_endpoint_is_published_with_ipv6_alone_and_one_without_an_a
         code, out, err = fake_cli("publish", "web07", *address, "--bridge", "natmap0", "-p", "8081:80")
         assert code == 2 and out == ""
         assert "publish needs the endpoint's address: --ip (IPv4), --ipv6 or both" in err
+
+
+def test_gateway_force_takes_a_host_sockets_port_back_to_nat_as_publish_force(fake_cli):
+    """The conflict's advice names --force: gateway has it, as publish does."""
+    import ipaddress
+
+    from natmap.host import Listener
+    from natmap.model import Protocol
+
+    fake_cli("publish", "web01", "--ip", "172.30.0.2", "--bridge", "natmap0", "-p", "8080:5000")
+    fake_cli("gateway", "natmap0", "--mode", "routed")
+    fake_cli.host.sockets.append(Listener(Protocol.TCP, ipaddress.ip_address("0.0.0.0"), 8080, False, 7))
+    code, _, err = fake_cli("gateway", "natmap0", "--mode", "nat")
+    assert code != 0 and "a host socket listens on 0.0.0.0:8080/tcp" in err and "--force" in err
+    assert fake_cli("gateway", "natmap0", "--mode", "nat", "--force")[:2] == (0, "gateway natmap0 nat\n")
+    assert fake_cli("port", "web01")[1] == "5000/tcp -> 0.0.0.0:8080\n"
+    error = run("ls", "--force")  # a parse error: the subcommand's help is the one to read
+    assert error.returncode == 2 and "unrecognized arguments: --force (see natmap ls --help)" in error.stderr

@@ -477,6 +477,10 @@ def test_routed_mode_holds_the_bridges_bindings_unmapped_and_maps_them_again_aft
     with pytest.raises(ConflictError, match="a host socket listens on 0.0.0.0:8080/tcp"):
         nm.set_gateway("natmap0", "nat")
     assert backend.dump() == before and nm.gateways() == [natmap.Gateway("natmap0", "routed")]
+    nm.set_gateway("natmap0", "nat", force=True)  # as publish(force=True): taken knowingly, and remembered so
+    assert lines(nm.port("web01")) == ["5000/tcp -> 0.0.0.0:8080", "5000/tcp -> [::]:8080"]
+    assert not nm.check().shadowing
+    nm.set_gateway("natmap0", "routed")
     host.sockets.clear()
     nm.set_gateway("natmap0", "nat")
     assert lines(nm.port("web01")) == ["5000/tcp -> 0.0.0.0:8080", "5000/tcp -> [::]:8080"]
