@@ -27,13 +27,14 @@ had assigned before. Pure: reading the file is the only I/O.
 from __future__ import annotations
 
 import reprlib
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import Any, Protocol as TypingProtocol
 
-from .errors import ConfigError, SpecError
+from .errors import ConfigError, SpecError, UnknownInterfaceError
 from .links import Link
 from .model import Binding, Endpoint, Gateway, Slot, Table, preferred, validate_ifname
 from .spec import LinkSpec, PortSpec
@@ -74,6 +75,7 @@ class Config:
     endpoints: tuple[EndpointConfig, ...]
     isolated: frozenset[str]
     gateways: tuple[Gateway, ...] = ()  # bridges not in the default gateway mode
+    source: str = field(default="config", compare=False)  # the file, as its faults name it
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
@@ -126,7 +128,7 @@ class Config:
                 isolated.add(name)
         endpoints = tuple(_endpoint(name, settings, f"{source}: endpoints.{name}")
                           for name, settings in _table(data.get("endpoints", {}), source, "endpoints").items())
-        config = cls(endpoints, frozenset(isolated), _gateways(bridges, source))
+        config = cls(endpoints, frozenset(isolated), _gateways(bridges, source), source)
         config._check_links(source)
         return config
 
@@ -162,8 +164,9 @@ class Config:
             before = table.bindings_of(name)
             if table.knows(name):
                 tx.unpublish(name)
-            made = tx.publish(entry.endpoint, list(entry.publish), publish_all=entry.publish_all,
-                              prefer=preferred(before))
+            with _placed(f"{self.source}: endpoints.{name}"):
+                made = tx.publish(entry.endpoint, list(entry.publish), publish_all=entry.publish_all,
+                                  prefer=preferred(before))
             table.remember(name, request, made)
         self._reconcile_links(tx, wanted, kept)
         for bridge in sorted(table.isolated - self.isolated):
@@ -174,8 +177,9 @@ class Config:
         for bridge in sorted(set(table.gateways) - set(wanted_gateways)):
             tx.set_gateway(bridge)
         for gateway in self.gateways:
-            tx.set_gateway(gateway.bridge, None, gateway.trusted, mode_ipv4=gateway.mode_ipv4,
-                           mode_ipv6=gateway.mode_ipv6)
+            with _placed(f"{self.source}: bridges.{gateway.bridge}"):
+                tx.set_gateway(gateway.bridge, None, gateway.trusted, mode_ipv4=gateway.mode_ipv4,
+                               mode_ipv6=gateway.mode_ipv6)
 
 
     def _reconcile_links(self, tx: _Transaction, wanted: Mapping[str, EndpointConfig], kept: set[str]) -> None:
@@ -275,3 +279,16 @@ def _typed(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
     if not isinstance(value, kind):
         raise SpecError(f"{where} has the wrong type ({type(value).__name__})", _shown(value))
     return value
+
+
+@contextmanager
+def _placed(where: str) -> Iterator[None]:
+    """A host fact the file names that is not there (``trusted_interfaces =
+    ["nosuch0"]``, a bridge that does not exist): the same error, naming the
+    file and the key path as every fault of a file does (README)."""
+    try:
+        yield
+    except UnknownInterfaceError as exc:
+        if str(exc).startswith(where):
+            raise
+        raise type(exc)(f"{where}: {exc}") from exc

@@ -268,6 +268,20 @@ def test_plan_shows_what_apply_would_change_and_applies_nothing(nm, backend):
     assert not nm.plan(config)
 
 
+@pytest.mark.parametrize("data, where", [
+    ({"bridges": {"natmap0": {"trusted_interfaces": ["nosuch0"]}}}, "lab.toml: bridges.natmap0: "),
+    ({"endpoints": {"web01": {"ip": "172.30.0.2", "bridge": "nosuch0"}}}, "lab.toml: endpoints.web01: "),
+])
+def test_a_host_fact_a_file_names_wrongly_is_named_with_the_file_and_key(nm, backend, data, where):
+    """README: every fault in a file names both the file and the key path, also those only the host tells."""
+    config = natmap.Config.from_dict(data, "lab.toml")
+    for call in (nm.plan, nm.apply):
+        with pytest.raises(natmap.UnknownInterfaceError) as info:
+            call(config)
+        assert str(info.value).startswith(where) and "no interface named 'nosuch0'" in str(info.value)
+    assert backend.applied == []
+
+
 # --- locking ----------------------------------------------------------------------
 
 
