@@ -1181,8 +1181,8 @@ def _loopback6_notes(table: Table, hooked: Callable[[], bool]) -> tuple[str, ...
     """Why ``[::1]`` gets no answer from ``[::]`` bindings, when it does not;
     ``hooked`` says whether bridged IPv6 passes the IP hooks (called in the
     table's namespace)."""
-    ports = [str(b) for b in sorted({b for b in table.held_bindings() if b.host_ip == _ANY6},
-                                   key=lambda b: (b.host_port, b.proto.value))]
+    ports = [f"{b}/{b.proto.value}" for b in sorted({b for b in table.held_bindings() if b.host_ip == _ANY6},
+                                                    key=lambda b: (b.host_port, b.proto.value))]  # tcp and udp apart
     if not ports or not hooked():
         return ()
     return (f"clients on [::1] get no answer from {', '.join(ports)} while bridged IPv6 passes the IP "
