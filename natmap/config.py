@@ -36,7 +36,7 @@ from typing import Any, Protocol as TypingProtocol
 
 from .errors import ConfigError, SpecError, UnknownInterfaceError
 from .links import Link
-from .model import Binding, Endpoint, Gateway, Slot, Table, preferred, validate_ifname
+from .model import Binding, Endpoint, Gateway, GatewayMode, Slot, Table, preferred, validate_ifname
 from .spec import LinkSpec, PortSpec
 
 __all__ = ["Config", "EndpointConfig"]
@@ -56,8 +56,9 @@ class _Transaction(TypingProtocol):
     def unlink(self, source: str, target: str) -> Link: ...
     def isolate(self, bridge: str) -> None: ...
     def unisolate(self, bridge: str) -> None: ...
-    def set_gateway(self, bridge: str, mode: str | None = None, trusted_interfaces: Any = (), *,
-                    mode_ipv4: str | None = None, mode_ipv6: str | None = None) -> Gateway: ...
+    def set_gateway(self, bridge: str, mode: GatewayMode | None = None, trusted_interfaces: Any = (), *,
+                    mode_ipv4: GatewayMode | None = None, mode_ipv6: GatewayMode | None = None,
+                    force: bool = False) -> Gateway: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,7 @@ from .locking import LOCK_DIR, LOCK_TIMEOUT, describe_holder, discard, namespace
 from .model import (Binding, Bindings, Bridge, Change, Drift, Endpoint, Gateway, Isolation, Item, PortPool, Slot,
                     Table, describe, docker_order, validate_ifname)
 from .model import misheld  # a binding held in a form its bridge's gateway mode does not want
-from .model import RoutedBinding
+from .model import GatewayMode, RoutedBinding
 from .netns import current as current_netns, entered as entered_netns, validate_name as validate_netns
 from .netns import cookie as netns_cookie
 from .routedcut import closed_direct, closed_routed  # the routed and direct flows a change forbids
@@ -269,8 +269,9 @@ class NatMap:
         with self.transaction() as tx:
             tx.unisolate(bridge)
 
-    def set_gateway(self, bridge: str, mode: str | None = None, trusted_interfaces: Sequence[str] = (), *,
-                    mode_ipv4: str | None = None, mode_ipv6: str | None = None, force: bool = False) -> Gateway:
+    def set_gateway(self, bridge: str, mode: GatewayMode | None = None, trusted_interfaces: Sequence[str] = (), *,
+                    mode_ipv4: GatewayMode | None = None, mode_ipv6: GatewayMode | None = None,
+                    force: bool = False) -> Gateway:
         """How traffic routed from outside reaches ``bridge``'s containers, as
         Docker 28's gateway modes, per IP family (``gateway_mode_ipv4`` /
         ``_ipv6``): ``mode`` sets both, ``mode_ipv4`` / ``mode_ipv6`` one
@@ -1043,11 +1044,15 @@ class Transaction:
             _require_bridge(bridge, self._nm._kernel.interface_facts(bridge)[0])  # UnknownInterfaceError too
         table.isolate(bridge)
 
-    def set_gateway(self, bridge: str, mode: str | None = None, trusted_interfaces: Sequence[str] = (), *,
-                    mode_ipv4: str | None = None, mode_ipv6: str | None = None, force: bool = False) -> Gateway:
+    def set_gateway(self, bridge: str, mode: GatewayMode | None = None, trusted_interfaces: Sequence[str] = (), *,
+                    mode_ipv4: GatewayMode | None = None, mode_ipv6: GatewayMode | None = None,
+                    force: bool = False) -> Gateway:
         """As :meth:`NatMap.set_gateway`, applied when the transaction ends."""
         gateway = Gateway(validate_ifname(bridge), mode, tuple(trusted_interfaces), mode_ipv4=mode_ipv4,
                           mode_ipv6=mode_ipv6)
+        if bridge in gateway.trusted_interfaces:
+            raise SpecError("a bridge cannot be its own trusted interface: its containers' traffic to each "
+                            "other is not routed from outside (isolate governs it)", bridge, None)
         with self._nm._ns():  # what it names must be there (UnknownInterfaceError), the bridge a bridge
             _require_bridge(bridge, self._nm._kernel.interface_facts(bridge)[0])
             for name in gateway.trusted:

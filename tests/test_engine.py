@@ -501,6 +501,12 @@ def test_routed_mode_holds_the_bridges_bindings_unmapped_and_maps_them_again_aft
     assert not any(isinstance(i, RoutedBinding) for i in backend.items)
 
 
+def test_a_bridge_trusting_itself_is_refused_with_the_reason(nm, backend):
+    with pytest.raises(natmap.SpecError, match="a bridge cannot be its own trusted interface: its containers'"):
+        nm.set_gateway("natmap0", "routed", ["natmap0"])
+    assert nm.gateways() == [] and backend.applied == []
+
+
 def test_isolate_refuses_what_is_not_a_bridge_and_changes_nothing(backend, tmp_path):
     import ipaddress
 
