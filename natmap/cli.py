@@ -167,7 +167,11 @@ def cmd_ls(nm: NatMap, args: argparse.Namespace) -> Output:
         if args.json:  # one a port: a same-port range expanded only here
             data.append({"endpoint": name, "addresses": addresses,
                          "bindings": [_binding_json(one) for b in held for one in b.expand()], "exposed": unbound})
-        rows.append((name, ", ".join(addresses), ps_ports(held, exposed.get(name, ()))))
+        ports = ps_ports(held, exposed.get(name, ()))
+        routed = [b for b in held if isinstance(b, RoutedBinding)]
+        if routed:  # listed as docker ps would, but their host port takes no traffic: say which
+            ports += f" (routed, host port not mapped: {ps_ports(routed, ())})"
+        rows.append((name, ", ".join(addresses), ports))
     return _document(endpoints=data), _columns(rows)
 
 
@@ -420,10 +424,12 @@ COMMANDS: list[Command] = [
              _arg("--force", action="store_true",
                   help="take host ports a host socket listens on, knowingly (else a conflict, as Docker's "
                        "'address already in use')")]),
-    Command("port", cmd_port, "list an endpoint's bindings (docker port)", "natmap port web01 5000/tcp",
+    Command("port", cmd_port, "list an endpoint's bindings (docker port's exact lines, so a routed binding, "
+            "whose host port is not mapped, is not marked: ls and --json mark it)", "natmap port web01 5000/tcp",
             [_NAME, _arg("port", nargs="?", metavar="PORT[/PROTO]",
                          help="only this container port (no /PROTO: tcp); prints the host side only")]),
-    Command("ls", cmd_ls, "list endpoints with docker ps's PORTS column", "natmap ls -f examples/lab.toml",
+    Command("ls", cmd_ls, "list endpoints with docker ps's PORTS column (routed bindings, whose host port is "
+            "not mapped, named again after it)", "natmap ls -f examples/lab.toml",
             [_arg("-q", "--quiet", action="store_true", help="only the endpoint names"),
              _arg("-f", "--file", metavar="FILE",
                   help="a declarative file: also list its endpoints' exposed ports that have no binding")],

@@ -227,6 +227,8 @@ def test_json_tells_a_routed_binding_and_text_stays_dockers(fake_cli):
     for command, args in (("port", ["port", "web01"]), ("ls", ["ps"]), ("check", ["check"])):
         valid(command, json.dumps(fake_cli(*args, as_json=True)[1]))  # docs/json.md's shapes
     assert [b["routed"] for b in listed["bindings"]] == [True]
+    assert fake_cli("ps")[1].splitlines()[1].split(None, 2)[2] == (  # text marks it too, after Docker's column
+        "0.0.0.0:8080->5000/tcp (routed, host port not mapped: 0.0.0.0:8080->5000/tcp)")
     fake_cli("unpublish", "web01")
     made = fake_cli(*publish, "-p", "9000-9001:9000-9001", as_json=True)[1]["bindings"]
     assert [b.get("routed") for b in made] == [True, True, True]
