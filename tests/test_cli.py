@@ -307,4 +307,3 @@ def test_remove_deletes_the_table_and_its_store(fake_cli):
     assert (code, err) == (3, "natmap: No such table: lab (nft)\n")
     assert fake_cli("--table", "lab", *publish)[0] == 0
     valid("remove", json.dumps(fake_cli("--table", "lab", "remove", as_json=True)[1]))
-
