@@ -25,7 +25,7 @@ from .errors import (BackendError, CommandLineError, ConfigError, ConflictError,
                      SandboxError, SpecError, StoreCorruptError, StoreError, TableMissingError, TransactionClosedError,
                      TransactionOpenError, UnknownInterfaceError, UsageError, WrongNamespaceError)
 from .links import Link, hosts_line, link_env
-from .model import Binding, Bridge, Change, Drift, Endpoint, Gateway, Isolation, RoutedBinding
+from .model import Binding, Bridge, Change, Drift, Endpoint, Gateway, GatewayMode, Isolation, RoutedBinding
 from .spec import LinkSpec, PortRange, PortSpec, Protocol, validate_name
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
@@ -46,6 +46,7 @@ __all__ = [
     "DriftError",
     "Endpoint",
     "Gateway",
+    "GatewayMode",
     "hosts_line",
     "Isolation",
     "Link",

@@ -122,7 +122,10 @@ def _error_json(exc: BaseException) -> dict[str, Any]:
 
 
 def cmd_publish(nm: NatMap, args: argparse.Namespace) -> Output:
-    endpoint = Endpoint(args.name, args.ip, args.bridge, ipv6=args.ipv6, expose=tuple(args.expose))
+    if not args.ip and not args.ipv6:
+        raise CommandLineError("publish needs the endpoint's address: --ip (IPv4), --ipv6 or both "
+                               "(see natmap publish --help)")
+    endpoint = Endpoint(args.name, args.ip or None, args.bridge, ipv6=args.ipv6, expose=tuple(args.expose))
     specs = PortSpec.parse_many(args.publish + _spec_lines(args.publish_file))
     made = nm.publish(endpoint, specs, publish_all=args.publish_all, force=args.force)
     return _document(bindings=[_binding_json(b) for b in made]), [b.port_line() for b in made]
@@ -165,7 +168,11 @@ def cmd_ls(nm: NatMap, args: argparse.Namespace) -> Output:
         if args.json:  # one a port: a same-port range expanded only here
             data.append({"endpoint": name, "addresses": addresses,
                          "bindings": [_binding_json(one) for b in held for one in b.expand()], "exposed": unbound})
-        rows.append((name, ", ".join(addresses), ps_ports(held, exposed.get(name, ()))))
+        ports = ps_ports(held, exposed.get(name, ()))
+        routed = [b for b in held if isinstance(b, RoutedBinding)]
+        if routed:  # listed as docker ps would, but their host port takes no traffic: say which
+            ports += f" (routed, host port not mapped: {ps_ports(routed, ())})"
+        rows.append((name, ", ".join(addresses), ports))
     return _document(endpoints=data), _columns(rows)
 
 
@@ -242,7 +249,7 @@ def cmd_gateway(nm: NatMap, args: argparse.Namespace) -> Output:
                                "name the bridge")
     else:
         gateway = nm.set_gateway(args.bridge, args.mode, args.trust or (), mode_ipv4=args.mode_ipv4,
-                                 mode_ipv6=args.mode_ipv6)
+                                 mode_ipv6=args.mode_ipv6, force=args.force)
     return _document(**_gateway_json(gateway)), [describe(gateway)]
 
 
@@ -411,17 +418,19 @@ COMMANDS: list[Command] = [
     Command("publish", cmd_publish, "publish an endpoint's ports (docker run -p/-P)",
             "natmap publish web01 --ip 172.30.0.2 --bridge natmap0 -p 127.0.0.1:5001:5000 -p 8080:5000 "
             "--expose 5000 -P",
-            [_NAME, _arg("--ip", required=True, help="the endpoint's IPv4 address"),
-             _arg("--ipv6", help="the endpoint's IPv6 address, if it has one"),
+            [_NAME, _arg("--ip", help="the endpoint's IPv4 address (an IPv6-only endpoint gives --ipv6 alone)"),
+             _arg("--ipv6", help="the endpoint's IPv6 address, if it has one (--ip, --ipv6 or both)"),
              _arg("--bridge", required=True, help="the bridge the endpoint is on"), _SPECS, _SPEC_FILE, _EXPOSE,
              _arg("-P", "--publish-all", action="store_true", help="publish every exposed port"),
              _arg("--force", action="store_true",
                   help="take host ports a host socket listens on, knowingly (else a conflict, as Docker's "
                        "'address already in use')")]),
-    Command("port", cmd_port, "list an endpoint's bindings (docker port)", "natmap port web01 5000/tcp",
+    Command("port", cmd_port, "list an endpoint's bindings (docker port's exact lines, so a routed binding, "
+            "whose host port is not mapped, is not marked: ls and --json mark it)", "natmap port web01 5000/tcp",
             [_NAME, _arg("port", nargs="?", metavar="PORT[/PROTO]",
                          help="only this container port (no /PROTO: tcp); prints the host side only")]),
-    Command("ls", cmd_ls, "list endpoints with docker ps's PORTS column", "natmap ls -f examples/lab.toml",
+    Command("ls", cmd_ls, "list endpoints with docker ps's PORTS column (routed bindings, whose host port is "
+            "not mapped, named again after it)", "natmap ls -f examples/lab.toml",
             [_arg("-q", "--quiet", action="store_true", help="only the endpoint names"),
              _arg("-f", "--file", metavar="FILE",
                   help="a declarative file: also list its endpoints' exposed ports that have no binding")],
@@ -461,7 +470,10 @@ COMMANDS: list[Command] = [
                   help="the IPv6 gateway mode, over --mode (Docker's gateway_mode_ipv6)"),
              _arg("--trust", action="append", metavar="INTERFACE",
                   help="a host interface whose routed traffic may reach the containers (repeatable; "
-                       "those not given are no longer trusted)")]),
+                       "those not given are no longer trusted)"),
+             _arg("--force", action="store_true",
+                  help="going back to nat: take host ports a host socket listens on, knowingly (as publish "
+                       "--force; else a conflict)")]),
     Command("apply", cmd_apply, "make the table match a TOML file, in one transaction",
             "natmap apply examples/lab.toml", [_arg("file", help="the declarative file (README: Declarative files)")]),
     Command("plan", cmd_plan, "show what apply would change; change nothing", "natmap plan examples/lab.toml",

@@ -729,7 +729,7 @@ def run(environ: Mapping[str, str], stdin: bytes, plugin: Plugin | None = None) 
 
 
 def main(environ: Mapping[str, str] | None = None, stdin: IO[bytes] | None = None,
-         stdout: IO[str] | None = None) -> int:
+         stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:
     """The ``natmap-cni`` executable: read env and stdin, print the answer, exit with its status."""
     environ = os.environ if environ is None else environ
     # Without CNI_COMMAND nobody is feeding stdin (someone ran it by hand): do not wait for it.
@@ -737,7 +737,13 @@ def main(environ: Mapping[str, str] | None = None, stdin: IO[bytes] | None = Non
     status, out = run(environ, data)
     if out:
         print(out, file=stdout or sys.stdout)
+    if not environ.get("CNI_COMMAND"):  # a human (natmap-cni --help): stdout stays the CNI answer
+        print(_HUMAN_HINT, file=stderr or sys.stderr)
     return status
+
+
+_HUMAN_HINT = ("natmap-cni: a CNI plugin, run by a container runtime with CNI_COMMAND and the network "
+               "configuration on stdin; see docs/cni.md (the natmap command is for people)")
 
 
 def console() -> None:

@@ -27,15 +27,16 @@ had assigned before. Pure: reading the file is the only I/O.
 from __future__ import annotations
 
 import reprlib
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import Any, Protocol as TypingProtocol
 
-from .errors import ConfigError, SpecError
+from .errors import ConfigError, SpecError, UnknownInterfaceError
 from .links import Link
-from .model import Binding, Endpoint, Gateway, Slot, Table, preferred, validate_ifname
+from .model import Binding, Endpoint, Gateway, GatewayMode, Slot, Table, preferred, validate_ifname
 from .spec import LinkSpec, PortSpec
 
 __all__ = ["Config", "EndpointConfig"]
@@ -55,8 +56,9 @@ class _Transaction(TypingProtocol):
     def unlink(self, source: str, target: str) -> Link: ...
     def isolate(self, bridge: str) -> None: ...
     def unisolate(self, bridge: str) -> None: ...
-    def set_gateway(self, bridge: str, mode: str | None = None, trusted_interfaces: Any = (), *,
-                    mode_ipv4: str | None = None, mode_ipv6: str | None = None) -> Gateway: ...
+    def set_gateway(self, bridge: str, mode: GatewayMode | None = None, trusted_interfaces: Any = (), *,
+                    mode_ipv4: GatewayMode | None = None, mode_ipv6: GatewayMode | None = None,
+                    force: bool = False) -> Gateway: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,7 @@ class Config:
     endpoints: tuple[EndpointConfig, ...]
     isolated: frozenset[str]
     gateways: tuple[Gateway, ...] = ()  # bridges not in the default gateway mode
+    source: str = field(default="config", compare=False)  # the file, as its faults name it
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
@@ -126,7 +129,7 @@ class Config:
                 isolated.add(name)
         endpoints = tuple(_endpoint(name, settings, f"{source}: endpoints.{name}")
                           for name, settings in _table(data.get("endpoints", {}), source, "endpoints").items())
-        config = cls(endpoints, frozenset(isolated), _gateways(bridges, source))
+        config = cls(endpoints, frozenset(isolated), _gateways(bridges, source), source)
         config._check_links(source)
         return config
 
@@ -162,8 +165,9 @@ class Config:
             before = table.bindings_of(name)
             if table.knows(name):
                 tx.unpublish(name)
-            made = tx.publish(entry.endpoint, list(entry.publish), publish_all=entry.publish_all,
-                              prefer=preferred(before))
+            with _placed(f"{self.source}: endpoints.{name}"):
+                made = tx.publish(entry.endpoint, list(entry.publish), publish_all=entry.publish_all,
+                                  prefer=preferred(before))
             table.remember(name, request, made)
         self._reconcile_links(tx, wanted, kept)
         for bridge in sorted(table.isolated - self.isolated):
@@ -174,8 +178,9 @@ class Config:
         for bridge in sorted(set(table.gateways) - set(wanted_gateways)):
             tx.set_gateway(bridge)
         for gateway in self.gateways:
-            tx.set_gateway(gateway.bridge, None, gateway.trusted, mode_ipv4=gateway.mode_ipv4,
-                           mode_ipv6=gateway.mode_ipv6)
+            with _placed(f"{self.source}: bridges.{gateway.bridge}"):
+                tx.set_gateway(gateway.bridge, None, gateway.trusted, mode_ipv4=gateway.mode_ipv4,
+                               mode_ipv6=gateway.mode_ipv6)
 
 
     def _reconcile_links(self, tx: _Transaction, wanted: Mapping[str, EndpointConfig], kept: set[str]) -> None:
@@ -220,15 +225,16 @@ def _endpoint(name: str, settings: Any, where: str) -> EndpointConfig:
     if not isinstance(settings, Mapping):
         raise SpecError(f"{where} must be a table", _shown(settings))
     _only(settings, _ENDPOINT_KEYS, where)
-    for key in ("ip", "bridge"):
-        if key not in settings:
-            raise SpecError(f"{where} needs {key} = ...", name)
+    if "bridge" not in settings:
+        raise SpecError(f"{where} needs bridge = ...", name)
+    if "ip" not in settings and "ipv6" not in settings:  # IPv6-only: ipv6 alone
+        raise SpecError(f"{where} needs an address: ip = ... (IPv4), ipv6 = ... or both", name)
     publish = tuple(_each(PortSpec.parse, settings, "publish", where))
     expose = _each(PortSpec.parse_exposed, settings, "expose", where)
     # As with docker run, a published container port is exposed too (links open it).
     expose += [PortSpec(None, None, spec.container_ports, spec.proto) for spec in publish]
     endpoint = _parsed(lambda _: Endpoint(
-        name, _typed(settings["ip"], str, f"{where}.ip"), _typed(settings["bridge"], str, f"{where}.bridge"),
+        name, _typed(settings.get("ip"), (str, type(None)), f"{where}.ip"), _typed(settings["bridge"], str, f"{where}.bridge"),
         ipv6=_typed(settings.get("ipv6"), (str, type(None)), f"{where}.ipv6"),
         expose=tuple(dict.fromkeys(expose))), name, where)
     links = tuple(_each(LinkSpec.parse, settings, "links", where))
@@ -281,3 +287,16 @@ def _typed(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
         raise SpecError(f"{where} has the wrong type ({_TOML_TYPES.get(type(value), type(value).__name__)}, "
                         f"expected {wanted})", _shown(value))
     return value
+
+
+@contextmanager
+def _placed(where: str) -> Iterator[None]:
+    """A host fact the file names that is not there (``trusted_interfaces =
+    ["nosuch0"]``, a bridge that does not exist): the same error, naming the
+    file and the key path as every fault of a file does (README)."""
+    try:
+        yield
+    except UnknownInterfaceError as exc:
+        if str(exc).startswith(where):
+            raise
+        raise type(exc)(f"{where}: {exc}") from exc

@@ -44,7 +44,7 @@ from .locking import LOCK_DIR, LOCK_TIMEOUT, describe_holder, discard, namespace
 from .model import (Binding, Bindings, Bridge, Change, Drift, Endpoint, Gateway, Isolation, Item, PortPool, Slot,
                     Table, describe, docker_order, validate_ifname)
 from .model import misheld  # a binding held in a form its bridge's gateway mode does not want
-from .model import RoutedBinding
+from .model import GatewayMode, RoutedBinding
 from .netns import current as current_netns, entered as entered_netns, validate_name as validate_netns
 from .netns import cookie as netns_cookie
 from .routedcut import closed_direct, closed_routed  # the routed and direct flows a change forbids
@@ -270,8 +270,9 @@ class NatMap:
         with self.transaction() as tx:
             tx.unisolate(bridge)
 
-    def set_gateway(self, bridge: str, mode: str | None = None, trusted_interfaces: Sequence[str] = (), *,
-                    mode_ipv4: str | None = None, mode_ipv6: str | None = None) -> Gateway:
+    def set_gateway(self, bridge: str, mode: GatewayMode | None = None, trusted_interfaces: Sequence[str] = (), *,
+                    mode_ipv4: GatewayMode | None = None, mode_ipv6: GatewayMode | None = None,
+                    force: bool = False) -> Gateway:
         """How traffic routed from outside reaches ``bridge``'s containers, as
         Docker 28's gateway modes, per IP family (``gateway_mode_ipv4`` /
         ``_ipv6``): ``mode`` sets both, ``mode_ipv4`` / ``mode_ipv6`` one
@@ -287,9 +288,11 @@ class NatMap:
         interface sends). In ``routed`` the bridge's bindings of that family are kept with
         their host side, as :class:`RoutedBinding`, and mapped again when the
         mode goes back to ``nat`` (then checked against host sockets and
-        other tables as a publish is: ConflictError). Returns the setting."""
+        other tables as a publish is: ConflictError; ``force=True`` takes a
+        host socket's port knowingly, as ``publish(..., force=True)``). Returns the setting."""
         with self.transaction() as tx:
-            return tx.set_gateway(bridge, mode, trusted_interfaces, mode_ipv4=mode_ipv4, mode_ipv6=mode_ipv6)
+            return tx.set_gateway(bridge, mode, trusted_interfaces, mode_ipv4=mode_ipv4, mode_ipv6=mode_ipv6,
+                                  force=force)
 
     def gateways(self) -> list[Gateway]:
         """The bridges not in the default ``nat`` mode, read back from the kernel."""
@@ -1042,11 +1045,15 @@ class Transaction:
             _require_bridge(bridge, self._nm._kernel.interface_facts(bridge)[0])  # UnknownInterfaceError too
         table.isolate(bridge)
 
-    def set_gateway(self, bridge: str, mode: str | None = None, trusted_interfaces: Sequence[str] = (), *,
-                    mode_ipv4: str | None = None, mode_ipv6: str | None = None) -> Gateway:
+    def set_gateway(self, bridge: str, mode: GatewayMode | None = None, trusted_interfaces: Sequence[str] = (), *,
+                    mode_ipv4: GatewayMode | None = None, mode_ipv6: GatewayMode | None = None,
+                    force: bool = False) -> Gateway:
         """As :meth:`NatMap.set_gateway`, applied when the transaction ends."""
         gateway = Gateway(validate_ifname(bridge), mode, tuple(trusted_interfaces), mode_ipv4=mode_ipv4,
                           mode_ipv6=mode_ipv6)
+        if bridge in gateway.trusted_interfaces:
+            raise SpecError("a bridge cannot be its own trusted interface: its containers' traffic to each "
+                            "other is not routed from outside (isolate governs it)", bridge, None)
         with self._nm._ns():  # what it names must be there (UnknownInterfaceError), the bridge a bridge
             _require_bridge(bridge, self._nm._kernel.interface_facts(bridge)[0])
             for name in gateway.trusted:
@@ -1057,6 +1064,8 @@ class Transaction:
         guest.check_gateway(gateway, current, self._others())  # the bridge's setting is the namespace's
         table.add_bridge(known)  # its mode guards it from now on, endpoints published on it or not
         table.set_gateway(gateway, known)  # the bindings published on it change form (Table.bridge_of)
+        if force:  # its bindings mapped again may take a host socket's port, as publish(force=True)
+            self._forced.update(b.key for b in table.held_bindings() if table.bridge_of(b.endpoint) == bridge)
         return gateway
 
     def unisolate(self, bridge: str) -> None:
@@ -1178,8 +1187,8 @@ def _loopback6_notes(table: Table, hooked: Callable[[], bool]) -> tuple[str, ...
     """Why ``[::1]`` gets no answer from ``[::]`` bindings, when it does not;
     ``hooked`` says whether bridged IPv6 passes the IP hooks (called in the
     table's namespace)."""
-    ports = [str(b) for b in sorted({b for b in table.held_bindings() if b.host_ip == _ANY6},
-                                   key=lambda b: (b.host_port, b.proto.value))]
+    ports = [f"{b}/{b.proto.value}" for b in sorted({b for b in table.held_bindings() if b.host_ip == _ANY6},
+                                                    key=lambda b: (b.host_port, b.proto.value))]  # tcp and udp apart
     if not ports or not hooked():
         return ()
     return (f"clients on [::1] get no answer from {', '.join(ports)} while bridged IPv6 passes the IP "

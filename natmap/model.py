@@ -308,7 +308,13 @@ class Isolation:
     bridge: str
 
 
-GATEWAY_MODES = ("nat", "nat-unprotected", "routed")
+if TYPE_CHECKING:  # Docker 28's gateway modes, for mypy (set_gateway(..., "rooted") is an error)
+    from typing import Literal
+
+    GatewayMode = Literal["nat", "nat-unprotected", "routed"]
+else:
+    GatewayMode = str  # at run time: no typing import (the constructor checks the value)
+GATEWAY_MODES: tuple[GatewayMode, ...] = ("nat", "nat-unprotected", "routed")
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -320,7 +326,7 @@ class Gateway:
 
     ``nat`` (the default, never stored): new flows from any interface but a
     bridge of the table are dropped unless published (DNATed), or they come
-    from one of the ``trusted`` host interfaces. ``nat-unprotected``: they
+    from one of the ``trusted_interfaces`` (host interfaces; ``trusted``: the same, read-only). ``nat-unprotected``: they
     all pass (natmap before Docker 28). ``routed``: no NAT for the bridge's
     containers in that family (no masquerade, no DNAT from host ports: its
     bindings of that family become :class:`RoutedBinding`), and routed flows
@@ -335,13 +341,15 @@ class Gateway:
     """
 
     bridge: str
-    mode_ipv4: str
-    mode_ipv6: str
-    trusted: tuple[str, ...]
+    mode_ipv4: GatewayMode
+    mode_ipv6: GatewayMode
+    trusted_interfaces: tuple[str, ...]  # the name set_gateway, JSON and TOML use
 
-    def __init__(self, bridge: str, mode: str | None = None, trusted: Iterable[str] = (), *,
-                 mode_ipv4: str | None = None, mode_ipv6: str | None = None) -> None:
+    def __init__(self, bridge: str, mode: GatewayMode | None = None, trusted_interfaces: Iterable[str] = (), *,
+                 mode_ipv4: GatewayMode | None = None, mode_ipv6: GatewayMode | None = None,
+                 trusted: Iterable[str] | None = None) -> None:
         validate_ifname(bridge)
+        trusted = trusted_interfaces if trusted is None else trusted  # trusted=: the earlier keyword
         if isinstance(trusted, str):
             raise SpecError("trusted interfaces are a list of names", trusted)
         modes = [m if m is not None else mode if mode is not None else "nat" for m in (mode_ipv4, mode_ipv6)]
@@ -352,14 +360,19 @@ class Gateway:
         set_(self, "bridge", bridge)
         set_(self, "mode_ipv4", modes[0])
         set_(self, "mode_ipv6", modes[1])
-        set_(self, "trusted", tuple(sorted(set(map(validate_ifname, trusted)))))
+        set_(self, "trusted_interfaces", tuple(sorted(set(map(validate_ifname, trusted)))))
 
-    def mode_of(self, version: int) -> str:
+    @property
+    def trusted(self) -> tuple[str, ...]:
+        """``trusted_interfaces``, by its earlier name."""
+        return self.trusted_interfaces
+
+    def mode_of(self, version: int) -> GatewayMode:
         """The mode of IP family ``version`` (4 or 6)."""
         return self.mode_ipv4 if version == 4 else self.mode_ipv6
 
     @property
-    def mode(self) -> str | None:
+    def mode(self) -> GatewayMode | None:
         """The one mode of both families; None when they differ."""
         return self.mode_ipv4 if self.mode_ipv4 == self.mode_ipv6 else None
 

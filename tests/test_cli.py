@@ -191,6 +191,38 @@ def valid(command, text):
     return documented(command, text)
 
 
+def test_an_ipv6_only_endpoint_is_published_with_ipv6_alone_and_one_without_an_address_is_refused(fake_cli):
+    """README and docs/cni.md: an endpoint has ip, ipv6 or both; --ipv6 alone is an IPv6-only one."""
+    import ipaddress
+
+    from natmap.model import Bridge
+
+    fake_cli.host.bridges["natmap0"] = Bridge("natmap0", tuple(map(ipaddress.ip_network, (
+        "172.30.0.0/24", "fd00:30::/64"))))
+    code, out, err = fake_cli("publish", "web06", "--ipv6", "fd00:30::6", "--bridge", "natmap0", "-p", "8080:80")
+    assert (code, out) == (0, "80/tcp -> [::]:8080\n"), err
+    for address in ([], ["--ip", ""]):
+        code, out, err = fake_cli("publish", "web07", *address, "--bridge", "natmap0", "-p", "8081:80")
+        assert code == 2 and out == ""
+        assert "publish needs the endpoint's address: --ip (IPv4), --ipv6 or both" in err
+
+
+def test_gateway_force_takes_a_host_sockets_port_back_to_nat_as_publish_force(fake_cli):
+    """The conflict's advice names --force: gateway has it, as publish does."""
+    import ipaddress
+
+    from natmap.host import Listener
+    from natmap.model import Protocol
+
+    fake_cli("publish", "web01", "--ip", "172.30.0.2", "--bridge", "natmap0", "-p", "8080:5000")
+    fake_cli("gateway", "natmap0", "--mode", "routed")
+    fake_cli.host.sockets.append(Listener(Protocol.TCP, ipaddress.ip_address("0.0.0.0"), 8080, False, 7))
+    code, _, err = fake_cli("gateway", "natmap0", "--mode", "nat")
+    assert code != 0 and "a host socket listens on 0.0.0.0:8080/tcp" in err and "--force" in err
+    assert fake_cli("gateway", "natmap0", "--mode", "nat", "--force")[:2] == (0, "gateway natmap0 nat\n")
+    assert fake_cli("port", "web01")[1] == "5000/tcp -> 0.0.0.0:8080\n"
+
+
 def test_gateway_sets_each_ip_family_apart_and_prints_both(fake_cli):
     """Docker's common IPv6 setup: IPv4 NATed, IPv6 routed; a family no option names is nat."""
     assert fake_cli("gateway", "natmap0", "--mode-ipv4", "nat", "--mode-ipv6", "routed")[:2] == (
@@ -241,6 +273,8 @@ def test_json_tells_a_routed_binding_and_text_stays_dockers(fake_cli):
     for command, args in (("port", ["port", "web01"]), ("ls", ["ps"]), ("check", ["check"])):
         valid(command, json.dumps(fake_cli(*args, as_json=True)[1]))  # docs/json.md's shapes
     assert [b["routed"] for b in listed["bindings"]] == [True]
+    assert fake_cli("ps")[1].splitlines()[1].split(None, 2)[2] == (  # text marks it too, after Docker's column
+        "0.0.0.0:8080->5000/tcp (routed, host port not mapped: 0.0.0.0:8080->5000/tcp)")
     fake_cli("unpublish", "web01")
     made = fake_cli(*publish, "-p", "9000-9001:9000-9001", as_json=True)[1]["bindings"]
     assert [b.get("routed") for b in made] == [True, True, True]

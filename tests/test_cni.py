@@ -501,3 +501,17 @@ def test_the_runtimes_own_port_reservation_is_no_drift(tmp_path):
         "prevResult": PREV, "runtimeConfig": {"portMappings": [{"hostPort": 8081, "containerPort": 80}]}}).encode(),
         cni.Plugin(factory))
     assert status == 1 and "a host socket listens on 0.0.0.0:8081" in out
+
+
+def test_run_by_hand_the_answer_stays_cni_json_and_stderr_points_at_the_docs():
+    """natmap-cni --help by a person: stdout is still the CNI error (a runtime may parse it), stderr says
+    what the program is and where it is documented; with CNI_COMMAND set, stderr stays quiet."""
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    assert cni.main({}, io.BytesIO(b""), out, err) == 1
+    assert json.loads(out.getvalue())["code"] == 4
+    assert err.getvalue().count("\n") == 1 and "see docs/cni.md" in err.getvalue()
+    out, err = io.StringIO(), io.StringIO()
+    assert cni.main({"CNI_COMMAND": "ATTACH"}, io.BytesIO(b"{}"), out, err) == 1
+    assert json.loads(out.getvalue())["code"] == 4 and err.getvalue() == ""

@@ -26,6 +26,8 @@ def load(tmp_path, content):
      natmap.SpecError, r"endpoints.web01.expose\[1\] has the wrong type \(integer, expected string\)"),
     ('[endpoints.web01]\nip = "172.30.0.2"\nbridge = "natmap0"\nlinks = ["db01:a b"]\n',
      natmap.SpecError, r"endpoints.web01.links\[0\]: "),
+    ('[endpoints.web01]\nbridge = "natmap0"\n', natmap.SpecError,
+     r"endpoints.web01 needs an address: ip = ... \(IPv4\), ipv6 = ... or both"),
     ('[endpoints.web01]\nip = "1.2.3"\nbridge = "natmap0"\n', natmap.SpecError, "endpoints.web01: invalid ip"),
     ('[endpoints.web01]\nip = "172.30.0.2"\nbridge = "natmap0"\npublish = "80"\n',
      natmap.SpecError, r"endpoints.web01.publish has the wrong type \(string, expected array\)"),
@@ -50,3 +52,10 @@ def test_a_good_file_still_loads(tmp_path):
     _, config = load(tmp_path, '[bridges.natmap0]\nisolate = true\n[endpoints.web01]\nip = "172.30.0.2"\n'
                                'bridge = "natmap0"\npublish = ["8080:80"]\n')
     assert config.isolated == {"natmap0"} and config.endpoints[0].publish[0].container_ports.start == 80
+
+
+def test_an_ipv6_only_endpoint_gives_ipv6_alone(tmp_path):
+    """README and docs/cni.md promise IPv6-only endpoints; the file takes them as the API does."""
+    _, config = load(tmp_path, '[endpoints.web06]\nipv6 = "fd00:30::6"\nbridge = "natmap0"\npublish = ["8080:80"]\n')
+    [endpoint] = config.endpoints
+    assert endpoint.endpoint.ip is None and str(endpoint.endpoint.ipv6) == "fd00:30::6"

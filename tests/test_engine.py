@@ -268,6 +268,20 @@ def test_plan_shows_what_apply_would_change_and_applies_nothing(nm, backend):
     assert not nm.plan(config)
 
 
+@pytest.mark.parametrize("data, where", [
+    ({"bridges": {"natmap0": {"trusted_interfaces": ["nosuch0"]}}}, "lab.toml: bridges.natmap0: "),
+    ({"endpoints": {"web01": {"ip": "172.30.0.2", "bridge": "nosuch0"}}}, "lab.toml: endpoints.web01: "),
+])
+def test_a_host_fact_a_file_names_wrongly_is_named_with_the_file_and_key(nm, backend, data, where):
+    """README: every fault in a file names both the file and the key path, also those only the host tells."""
+    config = natmap.Config.from_dict(data, "lab.toml")
+    for call in (nm.plan, nm.apply):
+        with pytest.raises(natmap.UnknownInterfaceError) as info:
+            call(config)
+        assert str(info.value).startswith(where) and "no interface named 'nosuch0'" in str(info.value)
+    assert backend.applied == []
+
+
 # --- locking ----------------------------------------------------------------------
 
 
@@ -477,10 +491,20 @@ def test_routed_mode_holds_the_bridges_bindings_unmapped_and_maps_them_again_aft
     with pytest.raises(ConflictError, match="a host socket listens on 0.0.0.0:8080/tcp"):
         nm.set_gateway("natmap0", "nat")
     assert backend.dump() == before and nm.gateways() == [natmap.Gateway("natmap0", "routed")]
+    nm.set_gateway("natmap0", "nat", force=True)  # as publish(force=True): taken knowingly, and remembered so
+    assert lines(nm.port("web01")) == ["5000/tcp -> 0.0.0.0:8080", "5000/tcp -> [::]:8080"]
+    assert not nm.check().shadowing
+    nm.set_gateway("natmap0", "routed")
     host.sockets.clear()
     nm.set_gateway("natmap0", "nat")
     assert lines(nm.port("web01")) == ["5000/tcp -> 0.0.0.0:8080", "5000/tcp -> [::]:8080"]
     assert not any(isinstance(i, RoutedBinding) for i in backend.items)
+
+
+def test_a_bridge_trusting_itself_is_refused_with_the_reason(nm, backend):
+    with pytest.raises(natmap.SpecError, match="a bridge cannot be its own trusted interface: its containers'"):
+        nm.set_gateway("natmap0", "routed", ["natmap0"])
+    assert nm.gateways() == [] and backend.applied == []
 
 
 def test_isolate_refuses_what_is_not_a_bridge_and_changes_nothing(backend, tmp_path):

@@ -111,3 +111,24 @@ def test_a_sandbox_has_no_host_before_it_starts():
 
     with pytest.raises(natmap.SandboxError, match="not started"):
         natmap.Sandbox().host
+
+
+def test_a_gateway_mode_is_a_literal_mypy_checks(tmp_path):
+    """natmap.GatewayMode: a misspelt mode is mypy's error, not only a SpecError at run time."""
+    code = tmp_path / "modes.py"
+    code.write_text("import natmap\nnm: natmap.NatMap\nnm.set_gateway('natmap0', 'routed')\n"
+                    "nm.set_gateway('natmap0', mode_ipv6='rooted')\n"
+                    "mode: natmap.GatewayMode = natmap.Gateway('natmap0').mode_ipv4\n")
+    out, err, status = api.run(["--strict", "--config-file", str(ROOT / "setup.cfg"), "--cache-dir",
+                                str(tmp_path / "cache"), "--no-color-output", "--no-error-summary", str(code)])
+    errors = [line for line in out.splitlines() if ": error:" in line]
+    assert len(errors) == 1 and "modes.py:4:" in errors[0] and "'rooted'" in errors[0], out + err
+
+
+def test_trusted_interfaces_is_the_gateways_field_and_trusted_its_alias():
+    import natmap
+
+    gateway = natmap.Gateway("natmap0", "routed", ["eth1"])
+    assert gateway.trusted_interfaces == gateway.trusted == ("eth1",)
+    assert natmap.Gateway("natmap0", "routed", trusted=["eth1"]) == gateway
+    assert natmap.Gateway.trusted.fset is None  # read-only: the value is frozen

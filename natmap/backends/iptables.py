@@ -56,6 +56,7 @@ from ..hoststate import crash_point
 from ..links import Flow, Link, links_from_flows
 from ..locking import LOCK_TIMEOUT, flocked
 from ..model import ROUTED_CT_MARK, Binding, Bridge, Change, Gateway, Isolation, Item, RoutedBinding, Table
+from ..model import GatewayMode
 from ..spec import Protocol
 from .base import Generation
 
@@ -425,13 +426,13 @@ class Layout:
     @staticmethod
     def _read_gateways(rules: list[Any]) -> list[Gateway]:
         """The gateways one family's PROTECT chain holds (their ``mode`` that family's)."""
-        modes: dict[str, str] = {}
+        modes: dict[str, GatewayMode] = {}  # a comment's mode: Gateway() checks it (SpecError below)
         trusted: dict[str, list[str]] = {}
         for rule in rules:
             comment = _comment(rule) or ""
             if comment.startswith("gateway:") and comment.count(":") == 2:
                 _, bridge, mode = comment.split(":", 2)
-                modes[bridge] = mode
+                modes[bridge] = mode  # type: ignore[assignment]
             elif comment.startswith("trusted:") and rule.in_interface:
                 trusted.setdefault(comment[len("trusted:"):], []).append(rule.in_interface)
         gateways = []

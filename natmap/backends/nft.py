@@ -53,6 +53,7 @@ from ..guest import marker
 from ..links import Flow, Link, links_from_flows
 from ..model import (ROUTED_CT_MARK, Binding, Bridge, Change, Gateway, Isolation, Item, RoutedBinding, Table,
                      assert_never, validate_ifname)
+from ..model import GatewayMode
 from ..spec import Protocol
 from .nft_keywords import KEYWORDS
 
@@ -370,7 +371,7 @@ def _read_gateways(contents: dict[str, list[Any]], foreign: list[str]) -> list[G
         interface, bridge = elem["concat"]
         return validate_ifname(interface), validate_ifname(bridge)
 
-    modes: dict[int, dict[str, str]] = {v: {} for v in _VERSIONS}
+    modes: dict[int, dict[str, GatewayMode]] = {v: {} for v in _VERSIONS}
     for v in _VERSIONS:
         modes[v].update((b, "nat-unprotected") for b in _readable(validate_ifname, contents, f"unprotected{v}", foreign))
         modes[v].update((b, "routed") for b in _readable(validate_ifname, contents, f"routed_bridges{v}", foreign))

@@ -91,6 +91,18 @@ def test_force_takes_a_host_sockets_port_knowingly_and_the_store_tells_others(sa
         assert shadowing.startswith("port web01 5000/tcp -> 0.0.0.0:2222 shadows the host socket on 0.0.0.0:2222/tcp")
 
 
+def test_back_to_nat_over_a_host_socket_is_refused_unless_forced_as_publish(sandbox, nm, web, client):
+    """The conflict's advice (force=True / --force) is one set_gateway takes: the port mapped knowingly."""
+    nm.publish(web.endpoint(), ["2222:5000"])
+    nm.set_gateway(sandbox.bridge, "routed")
+    with host_listener(sandbox, 2222):
+        with pytest.raises(ConflictError, match="listens on 0.0.0.0:2222/tcp.*force=True / --force"):
+            nm.set_gateway(sandbox.bridge, "nat")
+        nm.set_gateway(sandbox.bridge, "nat", force=True)
+        assert client.request(sandbox.outside_ip, 2222) == "web01 192.0.2.2"
+        assert not nm.check()  # forced: no news
+
+
 def test_check_reports_a_listener_that_appeared_after_the_binding(sandbox, nm, web):
     nm.publish(web.endpoint(), ["2222:5000"])
     assert not nm.check()

@@ -209,16 +209,17 @@ def test_loopback6_and_bridged_ipv6_hooks_are_refused_or_explained(sandbox, nm, 
     web.serve(5000)
     with pytest.raises(natmap.NatmapError, match="publish on 127.0.0.1"):
         nm.publish(web.endpoint(), ["[::1]:5002:5000"])
-    nm.publish(web.endpoint(), ["8080:5000"])
+    nm.publish(web.endpoint(), ["8080:5000", "8080:5000/udp"])
     # What the note says, for real: [::1] gets nothing, 127.0.0.1 and other IPv6 addresses answer.
     assert sandbox.host.request("::1", 8080, timeout=0.5) is None
     assert sandbox.host.request("127.0.0.1", 8080) == f"web01 {sandbox.bridge_ip}"
     drift = nm.check()
     assert not drift and len(drift.notes) == 1
-    assert drift.notes[0].startswith("clients on [::1] get no answer from [::]:8080 while bridged IPv6 passes")
+    assert drift.notes[0].startswith("clients on [::1] get no answer from [::]:8080/tcp, [::]:8080/udp while "
+                                     "bridged IPv6 passes")  # each port with its protocol
     assert "connect to 127.0.0.1" in drift.notes[0]
     checked = run("--netns", sandbox.host.name, "--backend", backend, "check")
-    assert "note: clients on [::1] get no answer from [::]:8080" in checked.stdout
+    assert "note: clients on [::1] get no answer from [::]:8080/tcp, [::]:8080/udp while" in checked.stdout
 
 
 def test_the_readme_quick_start_runs_as_written():
