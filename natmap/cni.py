@@ -45,7 +45,6 @@ from dataclasses import dataclass
 
 from natmap import (Binding, Bridge, ConflictError, Endpoint, LockTimeoutError, NatMap, NatmapError, NotFoundError,
                     Protocol, SpecError, Transaction, __version__)
-from natmap import nlquery
 from natmap.backends.nft import validate_table
 from natmap.host import Session
 from natmap_cni import SUPPORTED_VERSIONS, version_answer  # the executable's entry, which answers VERSION
@@ -480,11 +479,10 @@ class CniHost(Session):
     - :meth:`forget_flows`: nothing to forget (an ADD of TCP ports, a DEL
       of a container no tracked connection answers from, as
       ``/proc/net/nf_conntrack`` shows) opens no conntrack socket;
-    - the bridge's kind and addresses and whether a bridge has its ``::1``
-      route are asked by :mod:`natmap.nlquery`, on the standard library's
-      netlink sockets (as Session asks the guest checks' other facts, the
-      host sockets and the other natmap tables): importing pyroute2 would
-      cost three times the rest of an ADD.
+    - the bridge's kind and addresses, whether a bridge has its ``::1``
+      route, the host sockets and the other natmap tables are Session's
+      questions to :mod:`natmap.nlquery`, on the standard library's netlink
+      sockets: importing pyroute2 would cost three times the rest of an ADD.
 
     The rest (``/proc/sys`` reads and writes, and the rare changes through
     netlink: the ``::1`` route of a new IPv6 bridge, conntrack cleanup) is Session's.
@@ -493,12 +491,6 @@ class CniHost(Session):
     def __init__(self, bridges: Iterable[Bridge] = ()) -> None:
         super().__init__()
         self._known = {b.name: b for b in bridges}
-
-    def interface_facts(self, name: str) -> tuple[str | None, tuple[Any, ...]]:
-        return nlquery.interface_facts(name)
-
-    def loopback6_present(self, bridge_name: str) -> bool:
-        return nlquery.loopback6_present(bridge_name)
 
     def bridge(self, name: str) -> Bridge:
         known = self._known.get(name)
