@@ -5,15 +5,14 @@ interface's kind and addresses (rtnetlink), the namespace's ``inet`` nftables
 tables and their comments (nfnetlink), whether the local ``::1`` route of a
 bridge is there.
 
-:mod:`natmap.host` has the same through pyroute2; but pyroute2's netlink core
-alone (asyncio and its message classes) costs about 60 ms to import, the
-whole package 130-170 ms: three times what the rest of a CNI ADD costs, on
-the path of every ``podman run``; and setting up one of its sockets costs
-1-2 ms, which made a one-port publish 9-11 ms (host.Session asks the
-publish's questions here). These functions answer what pyroute2 answers
-(host.py's namesakes; for sockets, the kernel test's reference), in the
-same shapes (tests/kernel/test_kernel_nlquery.py compares them on a live
-namespace), and raise natmap's errors: :class:`PrivilegeError` where the
+:mod:`natmap.host` asks them here, not through pyroute2 (which it keeps for
+conntrack, addresses and routes): pyroute2's netlink core alone (asyncio
+and its message classes) costs about 60 ms to import, the whole package
+130-170 ms: three times what the rest of a CNI ADD costs, on the path of
+every ``podman run``; and setting up one of its sockets costs 1-2 ms, which
+made a one-port publish 9-11 ms. These functions answer what pyroute2
+answers, in the same shapes (tests/kernel/test_kernel_nlquery.py holds them
+to pyroute2's answers on a live namespace), and raise natmap's errors: :class:`PrivilegeError` where the
 kernel says EPERM/EACCES, :class:`BackendError` for any other refusal.
 
 The wire formats are the kernel's UAPI: ``linux/netlink.h`` (``nlmsghdr``,
@@ -269,9 +268,9 @@ def _index(name: str) -> int | None:
 
 
 def interface_facts(name: str) -> tuple[str | None, tuple[Any, ...]]:
-    """As :func:`natmap.host.interface_facts`: the kind of interface ``name``
-    (``bridge``, ``veth``, None for a plain one) and its addresses as
-    interfaces (``172.30.0.1/24``); :class:`UnknownInterfaceError` if it is not there."""
+    """The kind of interface ``name`` (``bridge``, ``veth``, None for a plain
+    one) and its addresses as interfaces (``172.30.0.1/24``);
+    :class:`UnknownInterfaceError` if it is not there."""
     what = f"reading interface {name}"
     missing = UnknownInterfaceError(f"no interface named {name!r} in this network namespace")
     if not name or len(name.encode()) > 15 or "\0" in name:
@@ -300,9 +299,9 @@ def interface_facts(name: str) -> tuple[str | None, tuple[Any, ...]]:
 
 
 def nft_tables(sock: Any = None) -> dict[str, str | None]:
-    """As :func:`natmap.host.nft_tables`: the ``inet`` nftables tables and their
-    comments, in one dump (no table's content is read); asked on ``sock``
-    (:func:`netfilter_socket`, to be dropped if this raises) if given."""
+    """The ``inet`` nftables tables and their comments, in one dump (no
+    table's content is read); asked on ``sock`` (:func:`netfilter_socket`,
+    to be dropped if this raises) if given."""
     found: dict[str, str | None] = {}
     request = _NFGEN.pack(_NFPROTO_INET, 0, 0)
     for _, body in _ask(_NETLINK_NETFILTER, "listing nftables tables", _NFT_GETTABLE, _F_DUMP, request, sock):
@@ -325,8 +324,8 @@ def _comment(udata: bytes | None) -> str | None:
 
 
 def loopback6_present(bridge_name: str) -> bool:
-    """As :func:`natmap.host.loopback6_present`: whether the local route of
-    ``::1`` on ``bridge_name`` (in table ``local``) is there."""
+    """Whether the local route of ``::1`` on ``bridge_name`` (in table
+    ``local``) is there."""
     index = _index(bridge_name)
     if index is None:
         return False
