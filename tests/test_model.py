@@ -7,7 +7,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from natmap import Binding, ConflictError, Endpoint, PortRange, PortSpec, SpecError
-from natmap.model import Bridge, PortPool, Table, natural_key
+from natmap.model import Bridge, PortPool, Table, _one_to_one, natural_key
 
 BRIDGE = Bridge("natmap0", (ipaddress.ip_network("172.30.0.0/24"), ipaddress.ip_network("fd00:30::/64")))
 POOL = PortPool(PortRange(32768, 32800))
@@ -328,6 +328,8 @@ def _general():
     """A Table whose publish never takes the one-to-one loop."""
     class General(Table):
         def _publish_ones(self, endpoint, specs):
+            if not all(map(_one_to_one, specs)):
+                return None
             made = []
             for spec in specs:
                 made += self._publish_spec(endpoint, spec, POOL, {})
