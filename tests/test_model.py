@@ -7,7 +7,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from natmap import Binding, ConflictError, Endpoint, PortRange, PortSpec, SpecError
-from natmap.model import Bridge, PortPool, Table, _one_to_one, natural_key
+from natmap.model import Bridge, PortPool, Table, _InDockerOrder, _one_to_one, docker_order, natural_key
 
 BRIDGE = Bridge("natmap0", (ipaddress.ip_network("172.30.0.0/24"), ipaddress.ip_network("fd00:30::/64")))
 POOL = PortPool(PortRange(32768, 32800))
@@ -313,14 +313,27 @@ def test_a_single_port_binding_made_the_fast_way_equals_one_made_by_the_construc
 
 # --- the one-to-one loop (Table._publish_ones: 8080:80, 8000-8001:80-81) does what the general path does
 
+_spec_parts = st.tuples(st.sampled_from(["", "", "127.0.0.1:", "[::1]:"]),
+                        st.sampled_from(["8000", "8001", "8003", "8000-8001", "8001-8003", "80-81", "81"]),
+                        st.sampled_from(["80", "81", "80-81", "8000-8001", "80-82"]),
+                        st.sampled_from(["tcp", "udp"]))
+
+
+@st.composite
+def _single_run(draw):
+    """Single specs that continue each other (``7999:79 8000:80 8001:81``: one run
+    of the one-to-one loop), over ports the other specs use too (conflicts mid-run)."""
+    host, container, count = draw(st.integers(7998, 8003)), draw(st.integers(78, 83)), draw(st.integers(1, 5))
+    proto = draw(st.sampled_from(["tcp", "udp"]))
+    return [("", str(host + i), str(container + i), proto) for i in range(count)]
+
+
 _steps = st.lists(st.tuples(
-    st.sampled_from(["publish", "unpublish", "rollback"]),
+    st.sampled_from(["publish", "publish", "unpublish", "rollback"]),
     st.integers(min_value=2, max_value=4),                          # which endpoint
     st.booleans(),                                                  # with IPv6
-    st.lists(st.tuples(st.sampled_from(["", "", "127.0.0.1:", "[::1]:"]),
-                       st.sampled_from(["8000", "8001", "8003", "8000-8001", "8001-8003", "80-81", "81"]),
-                       st.sampled_from(["80", "81", "80-81", "8000-8001", "80-82"]),
-                       st.sampled_from(["tcp", "udp"])), max_size=4),
+    st.lists(st.one_of(_spec_parts.map(lambda parts: [parts]), _single_run()), max_size=4)
+    .map(lambda groups: [parts for group in groups for parts in group]),
 ), max_size=25)
 
 
@@ -344,7 +357,10 @@ def _outcome(table, verb, endpoint, specs):
         if verb == "rollback":
             table.rollback()
             return None
-        return [repr(b) for b in publish(table, endpoint, specs)]
+        made = publish(table, endpoint, specs)
+        if isinstance(made, _InDockerOrder):  # docker_order takes it as it is: it must be in that order
+            assert made == sorted(made, key=lambda b: natural_key(b.port_line())) and docker_order(made) is made
+        return [repr(b) for b in made]
     except (ConflictError, SpecError) as exc:
         return f"{type(exc).__name__}: {exc}"
 
@@ -353,7 +369,16 @@ def _outcome(table, verb, endpoint, specs):
 @example([("publish", 2, False, [("", "8003", "80", "tcp")]),  # a single port of (4, tcp) first, then
           ("publish", 2, False, [("", "8000-8001", "8000-8001", "tcp")]),  # a same-port range, then
           ("publish", 2, False, [("", "8001", "81", "tcp")])])  # a port inside it: a conflict
-@settings(max_examples=300, deadline=None)
+@example([("publish", 2, True, [("", "8000", "80", "tcp"), ("", "8001", "81", "tcp")]),  # dual-stack run, then
+          ("publish", 3, False, [("", "7999", "79", "tcp"), ("", "8000", "80", "tcp")]),  # taken mid-run, then
+          ("rollback", 2, False, []), ("publish", 3, False, [("", "7999", "79", "tcp"), ("", "8000", "80", "tcp")])])
+@example([("publish", 2, False, [("127.0.0.1:", "8001", "81", "tcp")]),  # a specific address, then a run over it
+          ("publish", 2, False, [("", "8000", "80", "tcp"), ("", "8001", "81", "tcp"), ("", "8002", "82", "tcp")]),
+          ("publish", 2, True, [("", "8005", "85", "udp"), ("", "8006", "86", "udp"), ("", "8007-8008", "87-88", "udp")])])
+@example([("publish", 4, True, [("", "8003", "80", "tcp")]),  # IPv6 of tcp in use, then an IPv4-only endpoint
+          ("publish", 2, False, [("", "8000", "80", "tcp")]),  # whose run, with IPv6 now, finds one of it there
+          ("publish", 2, True, [("", "8000", "80", "tcp"), ("", "8001", "81", "tcp")])])
+@settings(max_examples=400, deadline=None)
 def test_the_one_to_one_loop_leaves_the_table_the_general_path_leaves(sequence):
     fast, general = Table(), _general()
     for verb, n, ipv6, parts in sequence:
