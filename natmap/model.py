@@ -223,6 +223,14 @@ class _Unfrozen:
     tests/test_model.py compare them)."""
 
     __slots__ = Binding.__slots__
+    endpoint: str  # (for mypy: the slots' types are Binding's)
+    proto: Protocol
+    host_ip: IPAddress
+    host_port: int
+    container_ip: IPAddress
+    container_port: int
+    count: int
+    key: tuple[int, int, str, int]
 
 
 def _bindings_on(kind: type[Binding], endpoint: str, proto: Protocol, host_ip: IPAddress, container_ip: IPAddress,
@@ -1102,16 +1110,17 @@ class Table:
         equal one or raises, as it does."""
         name, proto = run[0].endpoint, run[0].key[2]
         by_key, specific, ranges, all_ports = self._by_key, self._specific, self._ranges, self._ports
-        keys = list(map(_KEY, run))
-        if (not any((version, proto) in ranges for _, _, version in targets) and by_key.keys().isdisjoint(keys)
-                and (not specific or specific.keys().isdisjoint([(k[0], proto, k[3]) for k in keys]))):
-            # Free: no single binding on these ports (one on another address is
-            # counted in specific), so no count of them in _ports either.
-            by_key.update(zip(keys, run))
+        # Free when no same-port range of the family is there and no single binding
+        # on any of the ports (_ports counts them on every address): checked by
+        # port numbers, cheaper to look up than keys.
+        if not any((version, proto) in ranges or not all_ports.get((version, proto), {}).keys().isdisjoint(ports)
+                   for _, _, version in targets):
+            new = dict(zip(map(_KEY, run), run))  # each key hashed once: updating from a dict reuses the hashes
+            by_key.update(new)
             of_endpoint = self._by_endpoint.get(name)
             if of_endpoint is None:
                 of_endpoint = self._by_endpoint[name] = {}
-            of_endpoint.update(zip(keys, run))
+            of_endpoint.update(new)
             for _, container_ip, version in targets:
                 counts = all_ports.get((version, proto))
                 if counts is None:
@@ -1124,7 +1133,7 @@ class Table:
             steps += run
             return
         known = {version: self._by_container.get((version, int(address))) == name for _, address, version in targets}
-        for binding, key in zip(run, keys):
+        for binding, key in zip(run, map(_KEY, run)):
             version, _, _, port = key
             counts, of_endpoint = all_ports.get((version, proto)), self._by_endpoint.get(name)
             if (not known[version] or counts is None or of_endpoint is None or key in by_key
