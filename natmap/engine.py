@@ -1006,7 +1006,7 @@ class Transaction:
             with self._nm._ns():
                 if self._nm._kernel.bridged_ipv6_hooked():
                     raise Loopback6Error(_NO_LOOPBACK6)
-        self._check_addresses(endpoint, parsed)
+        self._check_addresses(endpoint, parsed, named)
         made = table.publish(endpoint, parsed, publish_all=publish_all,
                              pool=self._pool, bridge=bridge, prefer=prefer or {})
         if force or reserved:
@@ -1014,15 +1014,16 @@ class Transaction:
                 b.key for b in (made.held if isinstance(made, Bindings) else made))
         return docker_order(made)  # type: ignore[return-value]  # a Sequence: ranges expand when read
 
-    def _check_addresses(self, endpoint: Endpoint, specs: list[PortSpec]) -> None:
-        """Docker's address checks (natmap.guest), the host asked once per transaction."""
+    def _check_addresses(self, endpoint: Endpoint, specs: list[PortSpec], asks: bool) -> None:
+        """Docker's address checks (natmap.guest), the host asked once per
+        transaction; ``asks``: whether a spec names a host IP (only that has the
+        kernel asked: else no setns twice a call, and no spec to check)."""
         kernel = self._nm._kernel
-        asks = any(map(_HOST_IP, specs))  # only a host IP has the kernel asked: else no setns twice a call
         with self._nm._ns() if asks else nullcontext():
             if self._local is None and asks:
                 self._local = kernel.local_addresses()
             kind, addresses = self._nm._facts[endpoint.bridge]  # read with the bridge
-            guest.check_addresses(endpoint, specs, bridge_kind=kind, bridge_addresses=addresses,
+            guest.check_addresses(endpoint, specs if asks else (), bridge_kind=kind, bridge_addresses=addresses,
                                   local=lambda: self._local or frozenset(), nonlocal_bind=kernel.nonlocal_bind)
 
     @_uncollected

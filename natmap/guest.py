@@ -199,12 +199,13 @@ def check_addresses(endpoint: Endpoint, specs: Sequence[PortSpec], *, bridge_kin
     for address in filter(None, (endpoint.ip, endpoint.ipv6)):
         for interface in bridge_addresses:
             net = interface.network
-            reserved = {interface.ip, net.network_address}
-            if net.version == 4 and net.prefixlen < 31:
-                reserved.add(net.broadcast_address)
-            if address in reserved:
-                what = ("address" if address == interface.ip else
-                        "network address" if address == net.network_address else "broadcast address")
+            if net.version != address.version:  # (compared, not hashed: a big transaction checks 250 endpoints)
+                continue
+            what = ("address" if address == interface.ip else
+                    "network address" if address == net.network_address else
+                    "broadcast address" if net.version == 4 and net.prefixlen < 31 and address == net.broadcast_address
+                    else None)
+            if what is not None:
                 raise SpecError(f"{address} of endpoint {endpoint.name!r} is the {what} of bridge "
                                 f"{endpoint.bridge} ({interface})", str(address))
     for spec in specs:
