@@ -301,7 +301,10 @@ class Bridge:
     subnets: tuple[IPNetwork, ...]
 
     def contains(self, ip: IPAddress) -> bool:
-        return any(ip in net for net in self.subnets)
+        for net in self.subnets:  # (no generator: each publish asks, a big transaction 250 times)
+            if ip in net:
+                return True
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -1075,7 +1078,7 @@ class Table:
         if runs is None:
             return None
         steps = self._steps(Verb.ADD)
-        made: list[Binding] = []
+        made: list[Binding] = _InDockerOrder()  # most are: one copy fewer
         first_proto, last, ordered = specs[0].proto if specs else None, 0, True
         for proto, host_first, container_first, count, singles in runs:
             # In docker_order's order while each run's container ports follow the last
@@ -1095,7 +1098,7 @@ class Table:
                 run = families[0] + families[1]
             self._add_run(run, targets, range(host_first, host_first + count), steps)
             made += run
-        return _InDockerOrder(made) if ordered else made
+        return made if ordered else list(made)
 
     def _add_run(self, run: list[Binding], targets: list[tuple[IPAddress, IPAddress, int]], ports: range,
                  steps: list[Item]) -> None:
