@@ -156,8 +156,8 @@ class Binding:
         """This binding on each ``(host_port, container_port)``: equal to
         ``Binding(...)`` with those ports, made in a fifth of the time, since the
         fields they share were checked once, here (a range spec makes thousands)."""
-        return _bindings_on(type(self), self.endpoint, self.proto, self.host_ip, self.container_ip,  # routed stays routed
-                            self.key[:3], pairs)
+        return _bindings_on(type(self), self.endpoint, self.proto, self.host_ip,  # a RoutedBinding's are routed
+                            self.container_ip, self.key[:3], pairs)
 
     @property
     def last_port(self) -> int:
@@ -1008,7 +1008,8 @@ class Table:
         once, kept. One natmap knows already with other subnets (re-addressed
         since) is replaced: its subnets recorded as the host has them now."""
         known = self.bridges.get(bridge.name)
-        if known is not bridge and (known is None or set(known.subnets) != set(bridge.subnets)):  # (hashing subnets is slow)
+        # (The same object again, as the engine passes it, is not compared: hashing subnets is slow.)
+        if known is not bridge and (known is None or set(known.subnets) != set(bridge.subnets)):
             # Only subnets new to it are checked: a table adopted from nft's
             # kernel recorded each bridge with every bridge's subnets.
             new = [n for n in bridge.subnets if known is None or n not in known.subnets]
@@ -1063,13 +1064,14 @@ class Table:
         return [RoutedBinding.of(b) if held_routed(b, gateway.mode_of(b.version) == "routed") else b for b in made]
 
     def _publish_ones(self, endpoint: Endpoint, specs: Sequence[PortSpec]) -> list[Binding] | None:
-        """What _publish_spec does for each spec if all map each host port to
-        one container port (see :func:`_one_to_one`; else None, nothing done), a run of ports at a time
-        (a sandbox manager publishes 10,000 ``PORT:PORT`` in one transaction; at
-        a fifth of the cost), in the same order (spec, then IP family, then
-        port): see :func:`_runs` and :meth:`_add_run`. The result is an
-        :class:`_InDockerOrder` list when it is in ``docker port`` order already
-        (one protocol, rising container ports: most publishes)."""
+        """What _publish_spec does for each spec, if each maps each host port
+        to one container port (see :func:`_one_to_one`; else None, and nothing
+        done), a run of ports at a time (a sandbox manager publishes 10,000
+        ``PORT:PORT`` in one transaction; at a fifth of the cost), in the same
+        order (spec, then IP family, then port): see :func:`_runs` and
+        :meth:`_add_run`. The result is an :class:`_InDockerOrder` list when it
+        is in ``docker port`` order already (one protocol, rising container
+        ports: most publishes)."""
         name = endpoint.name
         targets = [(_ANY[v], address, v) for v, address in ((4, endpoint.ip), (6, endpoint.ipv6))
                    if address is not None]
@@ -1369,8 +1371,10 @@ class Bindings(Sequence[Binding]):
 def docker_order(bindings: Iterable[Binding]) -> list[Binding] | Bindings:
     """Single bindings (ranges expanded, when asked), sorted as ``docker port`` prints
     them: ``sorted(bindings, key=Binding.sort_key)`` without expanding the ranges yet."""
-    if isinstance(bindings, (Bindings, _InDockerOrder)):
+    if isinstance(bindings, Bindings):
         return bindings  # already in that order
+    if isinstance(bindings, _InDockerOrder):
+        return list(bindings)  # in that order, as a plain list (the caller's to change)
     bindings = list(bindings)
     if all(map((1).__eq__, map(_COUNT, bindings))):  # (looped in C: a big publish returns 10,000)
         if len(set(map(_ADDRESS_OF_KEY, map(_KEY, bindings)))) <= 1:

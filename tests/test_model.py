@@ -359,7 +359,7 @@ def _outcome(table, verb, endpoint, specs):
             return None
         made = publish(table, endpoint, specs)
         if isinstance(made, _InDockerOrder):  # docker_order takes it as it is: it must be in that order
-            assert made == sorted(made, key=lambda b: natural_key(b.port_line())) and docker_order(made) is made
+            assert made == sorted(made, key=lambda b: natural_key(b.port_line())) == docker_order(made)
         return [repr(b) for b in made]
     except (ConflictError, SpecError) as exc:
         return f"{type(exc).__name__}: {exc}"
@@ -374,7 +374,8 @@ def _outcome(table, verb, endpoint, specs):
           ("rollback", 2, False, []), ("publish", 3, False, [("", "7999", "79", "tcp"), ("", "8000", "80", "tcp")])])
 @example([("publish", 2, False, [("127.0.0.1:", "8001", "81", "tcp")]),  # a specific address, then a run over it
           ("publish", 2, False, [("", "8000", "80", "tcp"), ("", "8001", "81", "tcp"), ("", "8002", "82", "tcp")]),
-          ("publish", 2, True, [("", "8005", "85", "udp"), ("", "8006", "86", "udp"), ("", "8007-8008", "87-88", "udp")])])
+          ("publish", 2, True, [("", "8005", "85", "udp"), ("", "8006", "86", "udp"),
+                                ("", "8007-8008", "87-88", "udp")])])
 @example([("publish", 4, True, [("", "8003", "80", "tcp")]),  # IPv6 of tcp in use, then an IPv4-only endpoint
           ("publish", 2, False, [("", "8000", "80", "tcp")]),  # whose run, with IPv6 now, finds one of it there
           ("publish", 2, True, [("", "8000", "80", "tcp"), ("", "8001", "81", "tcp")])])
