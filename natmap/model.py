@@ -1123,9 +1123,10 @@ class Table:
             new = dict(zip(map(_KEY, run), run))  # each key hashed once: updating from a dict reuses the hashes
             by_key.update(new)
             of_endpoint = self._by_endpoint.get(name)
-            if of_endpoint is None:
-                of_endpoint = self._by_endpoint[name] = {}
-            of_endpoint.update(new)
+            if of_endpoint is None:  # a new endpoint (most publishes of a big transaction): these are all it has
+                self._by_endpoint[name] = new
+            else:
+                of_endpoint.update(new)
             for _, container_ip, version in targets:
                 counts = all_ports.get((version, proto))
                 if counts is None:
