@@ -1,13 +1,17 @@
 """The table model: resolution, port assignment, conflicts, journal. No root, no kernel."""
 
+import copy
+import dataclasses
 import ipaddress
+import pickle
 
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from natmap import Binding, ConflictError, Endpoint, PortRange, PortSpec, SpecError
-from natmap.model import Bridge, PortPool, Table, _InDockerOrder, _one_to_one, docker_order, natural_key
+from natmap.model import (Bridge, PortPool, RoutedBinding, Table, _InDockerOrder, _one_to_one, docker_order,
+                          natural_key)
 
 BRIDGE = Bridge("natmap0", (ipaddress.ip_network("172.30.0.0/24"), ipaddress.ip_network("fd00:30::/64")))
 POOL = PortPool(PortRange(32768, 32800))
@@ -250,14 +254,17 @@ def test_bindings_never_overlap_whatever_the_sequence(sequence):
 
 
 @given(st.sampled_from(["0.0.0.0", "127.0.0.1", "::", "::1"]), st.sampled_from(["tcp", "udp", "sctp"]),
-       st.lists(st.tuples(st.integers(1, 65535), st.integers(1, 65535)), min_size=1, max_size=20))
-def test_bindings_made_in_bulk_equal_bindings_made_one_by_one(host_ip, proto, pairs):
+       st.lists(st.tuples(st.integers(1, 65535), st.integers(1, 65535)), min_size=1, max_size=20),
+       st.sampled_from([Binding, RoutedBinding]))
+def test_bindings_made_in_bulk_equal_bindings_made_one_by_one(host_ip, proto, pairs, kind):
     container_ip = "172.30.0.2" if ":" not in host_ip else "fd00:30::2"
-    first = Binding("web01", proto, host_ip, 1, container_ip, 1)
-    one_by_one = [Binding("web01", proto, host_ip, h, container_ip, c) for h, c in pairs]
-    bulk = first._on_ports(pairs)
-    assert bulk == one_by_one
+    first = kind("web01", proto, host_ip, 1, container_ip, 1)
+    one_by_one = [kind("web01", proto, host_ip, h, container_ip, c) for h, c in pairs]
+    bulk = first._on_ports(pairs)  # made as model._Unfrozen, then turned into kind
+    assert bulk == one_by_one and all(type(b) is kind for b in bulk)
     assert [(b.key, hash(b), repr(b)) for b in bulk] == [(b.key, hash(b), repr(b)) for b in one_by_one]
+    assert [pickle.loads(pickle.dumps(b)) for b in bulk] == [copy.copy(b) for b in bulk] == one_by_one
+    assert dataclasses.replace(bulk[0], host_port=7) == dataclasses.replace(one_by_one[0], host_port=7)
     with pytest.raises(AttributeError):  # still frozen
         bulk[0].host_port = 2
 
