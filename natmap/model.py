@@ -1070,8 +1070,8 @@ class Table:
         ``PORT:PORT`` in one transaction; at a fifth of the cost), in the same
         order (spec, then IP family, then port): see :func:`_runs` and
         :meth:`_add_run`. The result is an :class:`_InDockerOrder` list when it
-        is in ``docker port`` order already (one protocol, rising container
-        ports: most publishes)."""
+        is in ``docker port`` order already (rising container ports: most
+        publishes)."""
         name = endpoint.name
         targets = [(_ANY[v], address, v) for v, address in ((4, endpoint.ip), (6, endpoint.ipv6))
                    if address is not None]
@@ -1081,11 +1081,12 @@ class Table:
             return None
         steps = self._steps(Verb.ADD)
         made: list[Binding] = _InDockerOrder()  # most are: one copy fewer
-        first_proto, last, ordered = specs[0].proto if specs else None, 0, True
+        last, ordered = 0, True
         for proto, host_first, container_first, count, singles in runs:
-            # In docker_order's order while each run's container ports follow the last
-            # run's, family by family (0.0.0.0 sorts before ::) only a port at a time.
-            ordered = ordered and proto is first_proto and container_first > last and (singles or one_family)
+            # In docker_order's order (by container port first, then protocol, then
+            # address: 0.0.0.0 before ::) while each run's container ports follow the
+            # last run's, and IPv4 and IPv6 bindings alternate a port at a time.
+            ordered = ordered and container_first > last and (singles or one_family)
             last = container_first + count - 1
             key = proto._value_
             families = [_bindings_on(Binding, name, proto, host_ip, container_ip, (version, 0, key),  # 0.0.0.0, ::

@@ -417,6 +417,36 @@ def test_docker_order_is_the_natural_sort_of_docker_ports_lines(parts, one_addre
     assert docker_order(bindings) == sorted(bindings, key=lambda b: natural_key(b.port_line()))
 
 
+@given(st.booleans(), st.lists(st.tuples(st.integers(1, 300), st.integers(1, 3), st.sampled_from(["tcp", "udp"]),
+                                        st.booleans()), max_size=12))
+@settings(max_examples=300, deadline=None)
+def test_a_publish_in_docker_port_order_is_not_sorted_again(ipv6, parts):
+    """The one-to-one loop tells docker_order when what it made is in ``docker port``
+    order already (rising container ports); docker_order then does not sort it:
+    it must be the order the natural sort gives."""
+    specs = []
+    for i, (container, count, proto, merge) in enumerate(parts):
+        host = 10000 + 10 * i
+        if merge and specs:  # continuing the last spec: one run of the loop
+            last = PortSpec.parse(specs[-1])
+            host, container = last.host_ports.end + 1, last.container_ports.end + 1
+        if container + count - 1 > 65535 or host == container:
+            continue
+        ports = f"{host}:{container}" if count == 1 else f"{host}-{host + count - 1}:{container}-{container + count - 1}"
+        specs.append(f"{ports}/{proto}")
+    made = publish(Table(), web(ipv6=ipv6), specs)
+    assert docker_order(made) == sorted(made, key=lambda b: natural_key(b.port_line()))
+    assert type(docker_order(made)) is list
+
+
+def test_a_loop_of_single_ports_is_in_docker_port_order_as_made():
+    made = publish(Table(), web(ipv6=True), [f"{8000 + i}:{80 + i}" for i in range(5)])
+    assert isinstance(made, _InDockerOrder)  # docker_order takes it as it is
+    assert [b.port_line() for b in made] == [f"{80 + i}/tcp -> {ip}:{8000 + i}" for i in range(5)
+                                             for ip in ("0.0.0.0", "[::]")]
+    assert not isinstance(publish(Table(), web(), ["8000:81", "8001:80"]), _InDockerOrder)
+
+
 def test_specs_given_as_an_iterator_are_all_published():
     table = Table()
     made = table.publish(web(), (PortSpec.parse(s) for s in ["8080:80", "8081:81"]), bridge=BRIDGE, pool=POOL)
