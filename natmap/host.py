@@ -904,8 +904,10 @@ def _ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | Non
 
 
 def _sysctl(path: str) -> str:
-    with open(f"/proc/sys/{path}") as f:
-        return f.read()
+    # Unbuffered bytes: a text file's open makes six more system calls (fstat,
+    # ioctl, lseeks), and a change reads several sysctls.
+    with open(f"/proc/sys/{path}", "rb", buffering=0) as f:
+        return f.readall().decode()
 
 
 def _write_sysctl(path: str, value: str) -> None:

@@ -210,6 +210,23 @@ def test_a_commit_elsewhere_during_apply_makes_the_next_transaction_read_again(n
     assert "backend.read" in events
 
 
+def test_a_commit_elsewhere_during_the_host_steps_makes_the_next_transaction_read_again(nm, backend, host, events,
+                                                                                      monkeypatch):
+    nm.publish(WEB, ["8080:5000"])
+    forget = host.forget_flows
+
+    def commit_then_forget(*args):
+        backend.bump()  # another program commits after natmap's commit, before the change is marked done
+        return forget(*args)
+
+    monkeypatch.setattr(host, "forget_flows", commit_then_forget)
+    nm.publish(DB, ["5432:5432"])
+    monkeypatch.undo()
+    events.clear()
+    nm.unpublish("db01")
+    assert "backend.read" in events
+
+
 # --- rollback ---------------------------------------------------------------------
 
 
