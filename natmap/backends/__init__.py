@@ -46,8 +46,8 @@ def iptables_in_use() -> bool:
     where it was not, natmap's iptables backend has made no chains, and none
     need reading (which would cost importing the backend, a quarter of a plugin process)."""
     try:
-        with open("/proc/net/ip_tables_names") as f:
-            return "filter" in f.read().split()
+        with open("/proc/net/ip_tables_names", "rb", buffering=0) as f:  # bytes: fewer system calls, every change
+            return b"filter" in f.read().split()
     except OSError:
         return False
 
