@@ -227,6 +227,17 @@ def test_a_commit_elsewhere_during_the_host_steps_makes_the_next_transaction_rea
     assert "backend.read" in events
 
 
+def test_the_namespace_is_checked_at_every_call_though_nested_ones_skip_entering(nm, monkeypatch):
+    nm.publish(WEB, ["8080:5000"])  # its calls in the namespace, nested ones at once
+    home = natmap.engine.current_netns()
+    monkeypatch.setattr(natmap.engine, "current_netns", lambda: (home[0], home[1] + 1))  # the thread moved away
+    for call in (lambda: nm.publish(DB, ["5432:5432"]), lambda: nm.port("web01"), nm.check):
+        with pytest.raises(natmap.WrongNamespaceError):
+            call()
+    monkeypatch.undo()
+    assert len(nm.port("web01")) == 2 and not nm.check()
+
+
 # --- rollback ---------------------------------------------------------------------
 
 
