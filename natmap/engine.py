@@ -48,7 +48,7 @@ from .model import GatewayMode, RoutedBinding
 from .netns import current as current_netns, entered as entered_netns, validate_name as validate_netns
 from .netns import cookie as netns_cookie
 from .routedcut import closed_direct, closed_routed  # the routed and direct flows a change forbids
-from .spec import PortSpec, Protocol, validate_name
+from .spec import PortRange, PortSpec, Protocol, validate_name
 from .store import Store, default_dir
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
@@ -178,6 +178,7 @@ class NatMap:
         self._busy = threading.RLock()  # the calls' turns (see the class doc)
         self._owner: int | None = None   # the thread in a transaction, if one is
         self._lock_path = ""             # the table's lock file, while it is held
+        self._inside = threading.local()  # .home: this thread is in a _ns block of this instance
         self._kernel: Host = Session() if host is None else host
         with entered_netns(self.netns, ns_path=self.netns_path):
             self._home = current_netns()
@@ -550,12 +551,23 @@ class NatMap:
 
     @contextmanager
     def _ns(self) -> Iterator[None]:
-        """Run in this instance's namespace, and never anywhere else."""
+        """Run in this instance's namespace, and never anywhere else. Inside
+        such a block of the same thread, at once: the thread is there already
+        (entering again cost a publish of one port a tenth of its time: two
+        opens, two setns and a stat, several times a call)."""
+        inside = self._inside
+        if getattr(inside, "home", False):
+            yield
+            return
         with entered_netns(self.netns, ns_path=self.netns_path):
             if current_netns() != self._home:
                 raise WrongNamespaceError("this NatMap belongs to another network namespace than the "
                                           "calling thread's (pass netns= to work in another one)")
-            yield
+            inside.home = True
+            try:
+                yield
+            finally:
+                inside.home = False
 
     @contextmanager
     def _turn(self) -> Iterator[None]:
@@ -786,7 +798,7 @@ class NatMap:
         if (self._others_seen is not None and isinstance(before, int) and after == before + 1
                 and self._others_seen[0] == before):
             self._others_seen = (after, self._others_seen[1])  # only natmap's own commit since they were read
-        self._store.done(self._stamp() if trusted else None)
+        self._store.done(self._stamp(after) if trusted else None)  # after, not now: a commit since is not ours
         hoststate.crash_point("store-commit")
         self._missing = False
 
@@ -846,11 +858,14 @@ class NatMap:
 
     def _pool(self, others: Callable[[], list[tuple[str, Table]]],
               listeners: Callable[[Protocol], list[Listener]]) -> PortPool:
-        """Where assigned ports come from, read once per transaction; the
-        listening sockets are listed when a port is first assigned, once per protocol."""
-        with self._ns():
-            ports, reserved = self._kernel.port_range(), self._kernel.reserved_ports()
-        return PortPool(ports, reserved, functools.cache(functools.partial(self._listening, others, listeners)))
+        """Where assigned ports come from, read once per transaction when a
+        port is first assigned (a publish that names its host ports reads
+        nothing); the listening sockets then too, once per protocol."""
+        return _HostPool(functools.partial(self._in_ns, self._port_sysctls),  # type: ignore[return-value]
+                         functools.cache(functools.partial(self._listening, others, listeners)))
+
+    def _port_sysctls(self) -> tuple[PortRange, frozenset[int]]:
+        return self._kernel.port_range(), self._kernel.reserved_ports()
 
     def _listening(self, others: Callable[[], list[tuple[str, Table]]],
                    listeners: Callable[[Protocol], list[Listener]], proto: Protocol) -> frozenset[int]:
@@ -958,7 +973,8 @@ class Transaction:
                 return
             self.change = table.change()
             try:
-                self._nm._guard(self.change, self._forced, self._others)
+                with self._nm._ns():  # its questions (host sockets, other tables) in one entry
+                    self._nm._guard(self.change, self._forced, self._others)
             except BaseException:
                 table.rollback()
                 raise
@@ -1106,6 +1122,32 @@ def _in_order(table: Table) -> tuple[Item, ...]:
 def _host_items(table: Table) -> list[Item]:
     """What the host settings depend on: the bridges and the isolated ones."""
     return [*table.bridges.values(), *(Isolation(bridge) for bridge in table.isolated)]
+
+
+class _HostPool:
+    """A :class:`PortPool` whose ``ports`` and ``reserved`` are the host's,
+    read by ``read`` when first asked (two sysctl reads and a namespace
+    entered: a tenth of publishing one port, for a pool it seldom uses)."""
+
+    __slots__ = ("_read", "_host", "listening")
+
+    def __init__(self, read: Callable[[], tuple[PortRange, frozenset[int]]],
+                 listening: Callable[[Protocol], frozenset[int]]) -> None:
+        self._read, self.listening = read, listening
+        self._host: tuple[PortRange, frozenset[int]] | None = None
+
+    @property
+    def ports(self) -> PortRange:
+        return self._asked()[0]
+
+    @property
+    def reserved(self) -> frozenset[int]:
+        return self._asked()[1]
+
+    def _asked(self) -> tuple[PortRange, frozenset[int]]:
+        if self._host is None:
+            self._host = self._read()
+        return self._host
 
 
 class _KernelView:

@@ -530,9 +530,12 @@ class Session:
         """
         from pyroute2.netlink.exceptions import NetlinkError
 
-        local = _LazyLocal()
-        removed = list(removed)
+        removed, links, isolated, direct = list(removed), list(links), list(isolated), list(direct)
+        routed = list(routed)
         stale = [b for b in added if b.proto is not Protocol.TCP]
+        if not (removed or stale or links or isolated or direct or routed):
+            return 0  # nothing to cut (a TCP publish): no tests to build
+        local = _LazyLocal()
         # (family, proto, original destination port, test): each test matches flows to
         # one port (None: to any port, as a same-port range's or an isolated bridge's).
         matchers: list[tuple[int, Protocol, int | None, Any]] = [
@@ -545,7 +548,6 @@ class Session:
         # The bindings' tests are made only once the kernel has handed back
         # entries to test (10,000 of them cost more than the dump of none).
         # A group's keys: (family, protocol, destination port or None for any).
-        routed = list(routed)
         # (nat only, conntrack mark, keys, tests)
         groups: tuple[tuple[bool, int | None, set[tuple[int, Protocol, int | None]], Any], ...] = (
             (True, None, {(_FAMILY[v], proto, None) for v, proto in {(b.key[0], b.proto) for b in removed}},
@@ -904,8 +906,16 @@ def _ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | Non
 
 
 def _sysctl(path: str) -> str:
-    with open(f"/proc/sys/{path}") as f:
-        return f.read()
+    # os.read: a file object's open and read make six more system calls
+    # (fstat, ioctl, lseeks) than the open, reads and close, and a change reads several sysctls.
+    fd = os.open(f"/proc/sys/{path}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 4096):
+            chunks.append(chunk)
+        return b"".join(chunks).decode()
+    finally:
+        os.close(fd)
 
 
 def _write_sysctl(path: str, value: str) -> None:

@@ -678,9 +678,8 @@ class Store:
             db.execute("BEGIN IMMEDIATE")
             try:
                 yield db
-                if items:
-                    db.execute("UPDATE meta SET value = value + 1 WHERE name = 'version'")
-                    db.execute("INSERT OR IGNORE INTO meta VALUES ('version', 1)")
+                if items and not db.execute("UPDATE meta SET value = value + 1 WHERE name = 'version'").rowcount:
+                    db.execute("INSERT INTO meta VALUES ('version', 1)")  # the first write
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:

@@ -210,6 +210,34 @@ def test_a_commit_elsewhere_during_apply_makes_the_next_transaction_read_again(n
     assert "backend.read" in events
 
 
+def test_a_commit_elsewhere_during_the_host_steps_makes_the_next_transaction_read_again(nm, backend, host, events,
+                                                                                      monkeypatch):
+    nm.publish(WEB, ["8080:5000"])
+    forget = host.forget_flows
+
+    def commit_then_forget(*args):
+        backend.bump()  # another program commits after natmap's commit, before the change is marked done
+        return forget(*args)
+
+    monkeypatch.setattr(host, "forget_flows", commit_then_forget)
+    nm.publish(DB, ["5432:5432"])
+    monkeypatch.undo()
+    events.clear()
+    nm.unpublish("db01")
+    assert "backend.read" in events
+
+
+def test_the_namespace_is_checked_at_every_call_though_nested_ones_skip_entering(nm, monkeypatch):
+    nm.publish(WEB, ["8080:5000"])  # its calls in the namespace, nested ones at once
+    home = natmap.engine.current_netns()
+    monkeypatch.setattr(natmap.engine, "current_netns", lambda: (home[0], home[1] + 1))  # the thread moved away
+    for call in (lambda: nm.publish(DB, ["5432:5432"]), lambda: nm.port("web01"), nm.check):
+        with pytest.raises(natmap.WrongNamespaceError):
+            call()
+    monkeypatch.undo()
+    assert len(nm.port("web01")) == 2 and not nm.check()
+
+
 # --- rollback ---------------------------------------------------------------------
 
 

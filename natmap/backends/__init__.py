@@ -42,14 +42,51 @@ def make_backend(name: object, table: str) -> Backend:
 
 
 def iptables_in_use() -> bool:
-    """Whether this namespace's legacy iptables filter table was ever loaded:
-    where it was not, natmap's iptables backend has made no chains, and none
-    need reading (which would cost importing the backend, a quarter of a plugin process)."""
+    """Whether this namespace's legacy iptables filter table was ever loaded
+    and holds more than its built-in chains' policies: where it was not, or
+    holds nothing (loaded by a mere ``iptables-legacy -L``, or emptied by
+    ``natmap remove``), natmap's iptables backend has no chains (it makes its
+    marker chain there first), and none need reading (which would cost
+    importing the backend, a quarter of a plugin process, or reading the
+    table with every change)."""
     try:
-        with open("/proc/net/ip_tables_names") as f:
-            return "filter" in f.read().split()
+        with open("/proc/net/ip_tables_names", "rb", buffering=0) as f:  # bytes: fewer system calls, every change
+            if b"filter" not in f.read().split():
+                return False
     except OSError:
         return False
+    return _filter_entries_beyond_policies()
+
+
+def _filter_entries_beyond_policies() -> bool:
+    """Whether the (loaded) IPv4 filter table has an entry besides one policy
+    a built-in chain and the closing one: a rule or a chain of its own. Asked
+    with the kernel's IPT_SO_GET_INFO, its size alone (what iptables asks
+    first); any failure answers True, which only costs a read."""
+    import ctypes
+    import struct
+
+    import _socket  # the C module: no enums to import
+
+    from ..netns import _libc as libc  # Python's getsockopt cannot pass the table's name in
+
+    try:
+        sock = _socket.socket(_socket.AF_INET, _socket.SOCK_RAW, _IPPROTO_RAW)
+    except OSError:
+        return True
+    try:
+        info = ctypes.create_string_buffer(b"filter", _IPT_GETINFO_SIZE)  # struct ipt_getinfo, the name set
+        size = ctypes.c_uint32(_IPT_GETINFO_SIZE)
+        if libc.getsockopt(sock.fileno(), _SOL_IP, _IPT_SO_GET_INFO, info, ctypes.byref(size)) != 0:
+            return True
+        (hooks,) = struct.unpack_from("=I", info.raw, 32)  # valid_hooks, after the 32-byte name
+        (entries,) = struct.unpack_from("=I", info.raw, 76)  # num_entries, after hook_entry[5] and underflow[5]
+        return bool(entries > bin(hooks).count("1") + 1)
+    finally:
+        sock.close()
+
+
+_SOL_IP, _IPPROTO_RAW, _IPT_SO_GET_INFO, _IPT_GETINFO_SIZE = 0, 255, 64, 84  # linux/netfilter_ipv4/ip_tables.h
 
 
 def _iptables(table: str, name: str) -> Backend:

@@ -92,3 +92,30 @@ def test_plan_shows_iptables_commands_and_applies_nothing(sandbox, ipt):
             '--comment "web01" -j DNAT --to-destination 172.30.0.2:5000') in text.splitlines()
     assert "iptables -t nat -N NATMAP-DNAT" in text.splitlines()
     assert "NATMAP" not in saved(sandbox, "nat")
+
+
+def test_an_empty_legacy_filter_table_holds_no_natmap_table_and_one_made_later_is_a_conflict(sandbox):
+    """`iptables-legacy -L` loads the filter table with nothing in it: natmap
+    then skips reading iptables (its size says it holds no chain), and an
+    iptables table another natmap makes afterwards is found at once."""
+    from natmap.backends import iptables_in_use
+
+    sandbox.host.run(["iptables-legacy", "-t", "filter", "-L", "-n"], check=True)
+    assert "filter" in sandbox.host.call(lambda: open("/proc/net/ip_tables_names").read()).split()
+    assert sandbox.host.call(iptables_in_use) is False
+    web, db = sandbox.container("web01"), sandbox.container("db01")
+    with natmap.NatMap(netns=sandbox.host.name) as nft, \
+            natmap.NatMap(table="other", netns=sandbox.host.name, backend="iptables") as ipt:
+        nft.publish(web.endpoint(), ["8080:80"])  # the other tables read, none found
+        ipt.publish(db.endpoint(), ["9090:80"])
+        assert sandbox.host.call(iptables_in_use) is True
+        assert ("other", "iptables") in nft.tables()
+        with pytest.raises(natmap.ConflictError, match="table other"):
+            nft.publish(web.endpoint(), ["9090:80"])
+        ipt.remove()
+        assert sandbox.host.call(iptables_in_use) is False  # the built-in chains alone again
+        nft.publish(web.endpoint(), ["9090:80"])  # the port is free again
+        assert {b.host_port for b in nft.port("web01")} == {8080, 9090}
+        sandbox.host.run(["iptables-legacy", "-A", "INPUT", "-j", "ACCEPT"], check=True)
+        assert sandbox.host.call(iptables_in_use) is True  # a rule: read, as any table with something in it
+        nft.remove()
