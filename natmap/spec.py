@@ -427,14 +427,8 @@ def _fast_pairs(texts: list[str | PortSpec]) -> list[PortSpec] | None:
         container = known(container_text)
         if container is None and (container := _new_port(container_text)) is None:
             return None
-        spec = _UnfrozenSpec()
-        spec.host_ip = None
-        spec.host_ports = host
-        spec.container_ports = container
-        spec.proto = tcp
-        spec.__class__ = PortSpec  # type: ignore[assignment]  # see _UnfrozenSpec
-        specs.append(spec)
-    return specs  # type: ignore[return-value]
+        specs.append(_fast_new(None, host, container, tcp))
+    return specs
 
 
 def _fast_range(start_text: str, end_text: str | None) -> PortRange | None:
