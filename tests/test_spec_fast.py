@@ -74,16 +74,18 @@ def test_the_host_colon_container_shortcut_agrees_with_the_full_parser(text):
 
 
 # Lists as Transaction.publish reads them (PortSpec.parse_many): whole lists of
-# ``host:container`` take the one-text path; a list with anything else in it,
-# or anything wrong, is read spec by spec. Either way each value, and the error
+# ``host:container``, all with the same ``/proto`` or none, take the one-text
+# path; a list with anything else in it, or anything wrong, is read spec by spec. Either way each value, and the error
 # for the first bad spec, is the one PortSpec.parse gives for that spec.
 _PAIR = st.tuples(st.integers(1, 65535), st.integers(1, 65535)).map(lambda t: f"{t[0]}:{t[1]}")
+_SUFFIX = st.sampled_from(["", "/tcp", "/udp", "/sctp"])
 _ODD = st.one_of(
     _COMMON_SHAPES,
     st.text(alphabet="0123456789:-./tcpud[]+\n ", max_size=16),
     st.sampled_from(["0:80", "080:80", "65536:80", "99999:1", "80:65536", "8080:80\n", "\n8080:80",
                      "8080:80\n9090:90", "", ":", "8080:", ":80", "\u0668\u0660:80", "8080:80 ", "+80:80",
-                     "8080:80/udp", "127.0.0.1:8080:80", "target=80,published=8080"]),
+                     "8080:80/udp", "8080:80/sctp", "8080:80/UDP", "8080:80/", "8080:80/udp/udp", "1/udp:2/udp",
+                     "8080:80/udp\n", "127.0.0.1:8080:80", "target=80,published=8080"]),
     st.builds(PortSpec.parse, st.sampled_from(["8080:80", "53/udp", "[::1]:5353:53/udp"])),
     st.sampled_from([b"8080:80", 8080, None]),
 )
@@ -122,15 +124,18 @@ def _same_values(got, want):
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(_PAIR, max_size=60), st.lists(st.tuples(st.integers(0, 60), _ODD), max_size=3))
-@example(["10000:1", "10001:2"], [])
-@example(["10000:1", "10001:2"], [(1, "99999:1")])
-@example(["10000:1", "10001:2"], [(2, "8080:80\n9090:90")])
-@example(["10000:1"], [(0, "80"), (1, "70000:80")])
-@example([], [(0, "8080:80\n9090:90")])
-@example([], [])
-def test_a_list_parses_as_its_specs_one_by_one(pairs, odd):
-    items = list(pairs)
+@given(st.lists(_PAIR, max_size=60), _SUFFIX, st.lists(st.tuples(st.integers(0, 60), _ODD), max_size=3))
+@example(["10000:1", "10001:2"], "", [])
+@example(["10000:1", "10001:2"], "", [(1, "99999:1")])
+@example(["10000:1", "10001:2"], "", [(2, "8080:80\n9090:90")])
+@example(["10000:1"], "", [(0, "80"), (1, "70000:80")])
+@example(["10000:1", "10001:2"], "/udp", [(1, "8080:80")])
+@example(["10000:1", "10001:2"], "/udp", [(1, "8080:80/udp\n")])
+@example(["10000:1"], "/udp", [(0, "1:2/udp\n3:4")])
+@example([], "", [(0, "8080:80\n9090:90")])
+@example([], "", [])
+def test_a_list_parses_as_its_specs_one_by_one(pairs, suffix, odd):
+    items = [pair + suffix for pair in pairs]
     for at, item in odd:
         items.insert(min(at, len(items)), item)
     got, want = _as_list(items), _one_by_one(items)
@@ -141,15 +146,16 @@ def test_a_list_parses_as_its_specs_one_by_one(pairs, odd):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(_PAIR, min_size=1, max_size=60), st.booleans())
-def test_a_list_of_host_container_pairs_takes_the_one_text_path(pairs, cold):
+@given(st.lists(_PAIR, min_size=1, max_size=60), _SUFFIX, st.booleans())
+def test_a_list_of_host_container_pairs_takes_the_one_text_path(pairs, suffix, cold):
     """The common lists are read as one text (else the test above tests little),
     with the ports read before or new to the process."""
     if cold:
         spec_module._PORTS.clear()
-    fast = _fast_pairs(pairs)
+    texts = [pair + suffix for pair in pairs]
+    fast = _fast_pairs(texts)
     assert fast is not None
-    _same_values(fast, [_spec(_Span.of(text)) for text in pairs])
+    _same_values(fast, [_spec(_Span.of(text)) for text in texts])
 
 
 def test_each_port_value_is_kept_once_by_its_text():
