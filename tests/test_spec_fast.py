@@ -75,8 +75,9 @@ def test_the_host_colon_container_shortcut_agrees_with_the_full_parser(text):
 
 # Lists as Transaction.publish reads them (PortSpec.parse_many): whole lists of
 # ``host:container``, all with the same ``/proto`` or none, take the one-text
-# path; a list with anything else in it, or anything wrong, is read spec by spec. Either way each value, and the error
-# for the first bad spec, is the one PortSpec.parse gives for that spec.
+# path; a list with anything else in it, or anything wrong, is read spec by
+# spec. Either way each value, and the error for the first bad spec, is the
+# one PortSpec.parse gives for that spec.
 _PAIR = st.tuples(st.integers(1, 65535), st.integers(1, 65535)).map(lambda t: f"{t[0]}:{t[1]}")
 _SUFFIX = st.sampled_from(["", "/tcp", "/udp", "/sctp"])
 _ODD = st.one_of(
