@@ -171,3 +171,10 @@ def test_a_port_over_65535_in_a_list_is_the_one_spec_parsers_error():
         PortSpec.parse_many(["10000:1", "10001:2", "10002:70000", "0:-1"])
     assert caught.value.text == "10002:70000" and caught.value.message == "invalid port 70000 (must be 0-65535)"
     assert (caught.value.start, caught.value.end) == (6, 11)
+
+
+def test_a_portspec_in_the_list_is_taken_as_it_is():
+    """As Transaction.publish takes them: values and texts mixed."""
+    given = PortSpec.parse("[::1]:5353:53/udp")
+    got = PortSpec.parse_many(iter(["8080:80", given]))
+    assert got[1] is given and [str(spec) for spec in got] == ["8080:80/tcp", "[::1]:5353:53/udp"]
