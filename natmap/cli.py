@@ -334,7 +334,7 @@ def _spec_lines(path: str | None) -> list[str]:
 
 
 def cmd_spec(args: argparse.Namespace) -> Output:
-    publish = [PortSpec.parse(t) for t in args.publish + _spec_lines(args.publish_file)]
+    publish = PortSpec.parse_many(args.publish + _spec_lines(args.publish_file))
     expose = [PortSpec.parse_exposed(t) for t in args.expose]
     links = [LinkSpec.parse(t) for t in args.link]
     lines = [f"-p {s}" for s in publish] + [f"--expose {s}" for s in expose] + [f"--link {s}" for s in links]

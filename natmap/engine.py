@@ -1010,7 +1010,7 @@ class Transaction:
         as any publish, then stored as forced, so check calls that one no shadowing."""
         if not isinstance(endpoint, Endpoint):
             raise TypeError(f"expected a natmap.Endpoint, got {type(endpoint).__name__}")
-        parsed = [s if isinstance(s, PortSpec) else PortSpec.parse(s) for s in _list(specs)]
+        parsed = PortSpec.parse_many(_list(specs))
         table = self._require()
         # The namespace is entered only to ask the kernel: a big transaction
         # publishes hundreds of endpoints on one bridge.
