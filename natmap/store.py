@@ -321,7 +321,23 @@ def _new_runs(endpoint: str, bindings: list[Binding], forced: Collection[_Key]) 
     host_ip: object = None
     container_ip: object = None
     host = container = ""
+    # The next binding of the current run, as one spec's come: the next host
+    # and container port, with the same address, protocol, type and kind
+    # objects. Checked first, with nothing else to do for it (its key ascends:
+    # the port is one more); a binding that does not match is looked at below.
+    next_port = next_container_port = -1
+    proto: object = None
+    kind_of: type = Binding
     for b in bindings:
+        if (b.host_port == next_port and b.container_port == next_container_port and b.host_ip is host_ip
+                and b.container_ip is container_ip and b.proto is proto and type(b) is kind_of and b.count == 1
+                and (not forced or _kind(b, forced) == last[4])):
+            last[7] += 1
+            next_port += 1
+            next_container_port += 1
+            continue
+        if next_port > 0:  # the run's last binding, as the loop below would have left it
+            previous = (previous[0], previous[1], previous[2], next_port - 1)
         if b.key <= previous:
             return _runs_of(endpoint, _held(bindings, forced))
         previous = b.key
@@ -337,6 +353,9 @@ def _new_runs(endpoint: str, bindings: list[Binding], forced: Collection[_Key]) 
         else:
             last = [endpoint, host, b.proto._value_, port, kind, container, container_port, 1, b.count]
             rows.append(last)
+        n = last[7]
+        next_port, next_container_port = (last[3] + n, last[6] + n) if last[8] == 1 else (-1, -1)
+        proto, kind_of = b.proto, type(b)
     return [tuple(row) for row in rows]
 
 
