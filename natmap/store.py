@@ -252,6 +252,7 @@ _Run = tuple[str, str, str, int, str, str, int, int, int]
 _ItemRow = tuple[str, str, str | None, str]
 _Span = tuple[int, int, str, int, int, str]  # a run's host ports: version, address, proto, first, last, endpoint
 _ENDPOINT = operator.attrgetter("endpoint")
+_JSON_STRING = json.encoder.encode_basestring_ascii  # json.dumps of a str (ensure_ascii, its default), in C
 
 
 def _kind(binding: Binding, forced: Collection[_Key]) -> str:
@@ -914,9 +915,11 @@ class Store:
     def _placement_rows(db: sqlite3.Connection, placed: Mapping[str, str | None]) -> None:
         db.executemany("DELETE FROM items WHERE key = ?",
                        ((f"endpoint {name}",) for name, bridge in placed.items() if bridge is None))
+        # json.dumps([name, bridge]), written out: a big publish places hundreds of endpoints
+        quoted = functools.lru_cache(maxsize=None)(_JSON_STRING)  # one bridge for all, often
         db.executemany("INSERT OR REPLACE INTO items VALUES (?, 'endpoint', NULL, ?)",
-                       ((f"endpoint {name}", json.dumps([name, bridge])) for name, bridge in placed.items()
-                        if bridge is not None))
+                       ((f"endpoint {name}", f"[{_JSON_STRING(name)}, {quoted(bridge)}]")
+                        for name, bridge in placed.items() if bridge is not None))
 
 
 def _check_own_file(path: str) -> None:

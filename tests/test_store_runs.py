@@ -213,3 +213,15 @@ def test_a_publish_s_runs_taken_as_they_come_are_those_of_the_sorted_bindings(it
 
     forced = forced_of(items, data) if data.draw(st.booleans()) else set()
     assert _new_runs("a", items, forced) == _runs_of("a", _held(items, forced))
+
+
+@settings(max_examples=30, deadline=None)
+@given(placed=st.dictionaries(st.from_regex(r"[a-z][a-z0-9_.-]{0,20}", fullmatch=True),
+                              st.from_regex(r"[a-z][a-z0-9é\"\\-]{0,14}", fullmatch=True), max_size=5))
+def test_placement_rows_are_the_json_of_name_and_bridge(tmp_path_factory, placed):
+    store = new_store(tmp_path_factory)
+    store.place(placed)
+    rows = store._open().execute("SELECT key, data FROM items WHERE kind = 'endpoint'").fetchall()
+    assert sorted(rows) == sorted((f"endpoint {name}", json.dumps([name, bridge])) for name, bridge in placed.items())
+    assert store.placements() == placed
+    store.close()
