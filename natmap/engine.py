@@ -879,7 +879,7 @@ class NatMap:
         wanted = guest.host_port_ranges(checked)
         guest.check_listeners(checked, lambda proto: self._in_ns(self._kernel.listeners, proto,
                                                                  wanted.get(proto, [])),
-                              self._kernel.socket_owner)
+                              self._kernel.socket_owner, protocols=wanted)
         guest.check_other_tables(added, others())
 
 

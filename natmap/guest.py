@@ -96,14 +96,15 @@ def _port_runs(bindings: list[Binding]) -> list[tuple[int, int]]:
 
 
 def check_listeners(bindings: Iterable[Binding], listeners: Callable[[Protocol], Sequence[Listener]],
-                    owner: Callable[[int], str | None]) -> None:
+                    owner: Callable[[int], str | None], *, protocols: Iterable[Protocol] | None = None) -> None:
     """Raise :class:`ConflictError` at the first binding whose host port a host
     socket holds, naming the socket and (where /proc tells) its process, as
     Docker's "address already in use". ``listeners(proto)`` lists the sockets;
-    ``owner(inode)`` names a socket's process."""
+    ``owner(inode)`` names a socket's process; ``protocols``: the bindings'
+    protocols, if the caller has them already (the keys of :func:`host_port_ranges`)."""
     by_port = _by_port(listeners)
     bindings = list(bindings)
-    if not any(by_port(proto) for proto in set(map(_PROTO, bindings))):
+    if not any(by_port(proto) for proto in (set(map(_PROTO, bindings)) if protocols is None else protocols)):
         return  # no socket on any of their ports (the commonest answer): none to look for, binding by binding
     for held in bindings:
         ports = by_port(held.proto)

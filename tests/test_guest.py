@@ -146,3 +146,12 @@ def test_host_port_ranges_of_a_publish_are_one_range_a_run():
                  Binding("web02", TCP, "0.0.0.0", 10040, "172.30.0.3", 1),
                  Binding("web02", TCP, "0.0.0.0", 20000, "172.30.0.3", 20000, 100)]
     assert host_port_ranges(bindings) == {TCP: [(10000, 10040), (20000, 20099)], UDP: [(53, 53)]}
+
+
+def test_check_listeners_given_the_protocols_checks_as_without_them():
+    bindings = [binding("0.0.0.0", 2221), binding("0.0.0.0", 2222, UDP), binding("0.0.0.0", 2222)]
+    sockets = listening(sock("0.0.0.0", 2222))
+    for protocols in (None, host_port_ranges(bindings)):
+        with pytest.raises(ConflictError, match=r"0.0.0.0:2222/tcp for endpoint 'web01': a host socket listens"):
+            check_listeners(bindings, sockets, lambda inode: None, protocols=protocols)
+        check_listeners(bindings[:2], sockets, lambda inode: None, protocols=protocols)
