@@ -905,12 +905,10 @@ class NatMap:
         if not added:
             return
         checked = [b for b in added if b.key not in forced] if forced else added
-        wanted: dict[Protocol, set[tuple[int, int]]] = {  # by protocol (few), each a comprehension: 10,000 ports
-            proto: {(b.host_port, b.host_port + b.count - 1) for b in checked if b.proto is proto}
-            for proto in {b.proto for b in checked}}
+        wanted = guest.host_port_ranges(checked)
         guest.check_listeners(checked, lambda proto: self._in_ns(self._kernel.listeners, proto,
-                                                                 sorted(wanted.get(proto, ()))),
-                              self._kernel.socket_owner)
+                                                                 wanted.get(proto, [])),
+                              self._kernel.socket_owner, protocols=wanted)
         guest.check_other_tables(added, others())
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import itertools
+import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from .errors import ConflictError, SpecError
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
 
     from .host import Listener
 
-__all__ = ["marker", "owner_of", "check_listeners", "shadowed", "check_other_tables",
+__all__ = ["marker", "owner_of", "host_port_ranges", "check_listeners", "shadowed", "check_other_tables",
            "mapped_ports", "check_gateway", "gateway_disagreements", "check_addresses"]
 
 _MARKER = "natmap v1 table="
@@ -56,15 +58,53 @@ def overlaps(binding: Binding, listener: Listener) -> bool:
     return address.is_unspecified or binding.host_ip.is_unspecified or address == binding.host_ip
 
 
+_PROTO, _HOST_PORT, _COUNT = (operator.attrgetter(name) for name in ("proto", "host_port", "count"))
+
+
+def host_port_ranges(bindings: Sequence[Binding]) -> dict[Protocol, list[tuple[int, int]]]:
+    """The host ports ``bindings`` take, by protocol, as (first, last) ranges
+    that cover exactly those ports: the single ports' joined into ascending
+    runs of consecutive ports, then each same-port range as it is. What the
+    kernel is asked for the host sockets on (``nlquery.listeners`` merges them).
+
+    Looped in C, port by port: a big publish adds 10,000 bindings, which come
+    in runs of one protocol and (one spec's) ascending ports, so they are
+    grouped without a sort and a run of them is one range."""
+    groups: dict[Protocol, list[Binding]] = {}
+    for proto, run in itertools.groupby(bindings, _PROTO):
+        groups.setdefault(proto, []).extend(run)
+    return {proto: _port_runs(group) for proto, group in groups.items()}
+
+
+def _port_runs(bindings: list[Binding]) -> list[tuple[int, int]]:
+    """:func:`host_port_ranges` of bindings of one protocol."""
+    if sum(map(_COUNT, bindings)) == len(bindings):  # no same-port range (most changes): counts are >= 1
+        ports, spans = set(map(_HOST_PORT, bindings)), []
+    else:
+        ports = {b.host_port for b in bindings if b.count == 1}
+        spans = [(b.host_port, b.last_port) for b in bindings if b.count != 1]
+    if not ports:
+        return spans
+    first, last = min(ports), max(ports)
+    if last - first + 1 == len(ports):  # one run of consecutive ports (a publish's, often): no sort
+        return [(first, last), *spans]
+    ordered = sorted(ports)
+    # A run ends before each port that is not one more than the port before it.
+    cuts = list(itertools.compress(range(1, len(ordered)), map(operator.ne, itertools.islice(ordered, 1, None),
+                                                                  map((1).__add__, ordered))))
+    return [(ordered[a], ordered[b - 1]) for a, b in zip([0, *cuts], [*cuts, len(ordered)])] + spans
+
+
 def check_listeners(bindings: Iterable[Binding], listeners: Callable[[Protocol], Sequence[Listener]],
-                    owner: Callable[[int], str | None]) -> None:
+                    owner: Callable[[int], str | None], *, protocols: Iterable[Protocol] | None = None) -> None:
     """Raise :class:`ConflictError` at the first binding whose host port a host
     socket holds, naming the socket and (where /proc tells) its process, as
     Docker's "address already in use". ``listeners(proto)`` lists the sockets;
-    ``owner(inode)`` names a socket's process."""
+    ``owner(inode)`` names a socket's process; ``protocols``: the bindings'
+    protocols, if the caller has them already (the keys of :func:`host_port_ranges`)."""
     by_port = _by_port(listeners)
     bindings = list(bindings)
-    if not any(by_port(proto) for proto in {b.proto for b in bindings}):
+    if not any(by_port(proto) for proto in (set(map(_PROTO, bindings)) if protocols is None else protocols)):
         return  # no socket on any of their ports (the commonest answer): none to look for, binding by binding
     for held in bindings:
         ports = by_port(held.proto)
@@ -124,6 +164,8 @@ def check_other_tables(bindings: Iterable[Binding], others: Sequence[tuple[str, 
     """Raise :class:`ConflictError` at the first binding that would catch packets
     a binding of another natmap table of the namespace catches, naming that
     table and endpoint."""
+    if not others:
+        return  # no other table (the commonest answer): none to look bindings up in, one by one
     for binding in bindings:
         for label, table in others:
             existing = table.clash(binding)

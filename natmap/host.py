@@ -532,7 +532,8 @@ class Session:
 
         removed, links, isolated, direct = list(removed), list(links), list(isolated), list(direct)
         routed = list(routed)
-        stale = [b for b in added if b.proto is not Protocol.TCP]
+        tcp = Protocol.TCP  # looked up once: an enum member's lookup costs more than the test, 10,000 times
+        stale = [b for b in added if b.proto is not tcp]
         if not (removed or stale or links or isolated or direct or routed):
             return 0  # nothing to cut (a TCP publish): no tests to build
         local = _LazyLocal()

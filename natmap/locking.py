@@ -139,10 +139,7 @@ def table_lock(lock_dir: str, netns: tuple[int, int], table: str, *, timeout: fl
     Raises :class:`LockError` if ``lock_dir`` is unsafe or unusable."""
     prepare_dir(lock_dir)
     path = os.path.join(lock_dir, f"{netns[0]}-{netns[1]}-{table}.lock")
-    fresh = not os.path.lexists(path)
     with flocked(path, timeout=timeout, waiting=waiting):
-        if fresh:  # the directory grew: tidy it (cheap, and rare: once per namespace and table)
-            sweep(lock_dir)
         yield path
 
 
@@ -156,7 +153,13 @@ def namespace_lock(lock_dir: str, netns: tuple[int, int], *, timeout: float = LO
     with the namespace's. Yields its path."""
     prepare_dir(lock_dir)
     path = os.path.join(lock_dir, f"{netns[0]}-{netns[1]}.lock")
+    fresh = not os.path.lexists(path)
     with flocked(path, timeout=timeout, waiting=waiting):
+        # A namespace new to the directory: tidy it of the gone ones' (once per
+        # namespace; not per new table file, which every first change after a
+        # remove() makes, and a sweep stats every process's namespace).
+        if fresh:
+            sweep(lock_dir)
         yield path
 
 

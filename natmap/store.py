@@ -252,6 +252,7 @@ _Run = tuple[str, str, str, int, str, str, int, int, int]
 _ItemRow = tuple[str, str, str | None, str]
 _Span = tuple[int, int, str, int, int, str]  # a run's host ports: version, address, proto, first, last, endpoint
 _ENDPOINT = operator.attrgetter("endpoint")
+_JSON_STRING = json.encoder.encode_basestring_ascii  # json.dumps of a str (ensure_ascii, its default), in C
 
 
 def _kind(binding: Binding, forced: Collection[_Key]) -> str:
@@ -321,12 +322,28 @@ def _new_runs(endpoint: str, bindings: list[Binding], forced: Collection[_Key]) 
     host_ip: object = None
     container_ip: object = None
     host = container = ""
+    # The next binding of the current run, as one spec's come: the next host
+    # and container port, with the same address, protocol, type and kind
+    # objects. Checked first, with nothing else to do for it (its key ascends:
+    # the port is one more); a binding that does not match is looked at below.
+    next_port = next_container_port = -1
+    proto: object = None
+    kind_of: type = Binding
     for b in bindings:
+        if (b.host_port == next_port and b.container_port == next_container_port and b.host_ip is host_ip
+                and b.container_ip is container_ip and b.proto is proto and type(b) is kind_of and b.count == 1
+                and (not forced or _kind(b, forced) == last[4])):
+            last[7] += 1
+            next_port += 1
+            next_container_port += 1
+            continue
+        if next_port > 0:  # the run's last binding, as the loop below would have left it
+            previous = (previous[0], previous[1], previous[2], next_port - 1)
         if b.key <= previous:
             return _runs_of(endpoint, _held(bindings, forced))
         previous = b.key
         if b.host_ip is not host_ip:  # the bindings of one spec share their address objects
-            host_ip, host = b.host_ip, str(b.host_ip)
+            host_ip, host = b.host_ip, _host_text(b.key[0], b.key[1])
         if b.container_ip is not container_ip:
             container_ip, container = b.container_ip, str(b.container_ip)
         kind = _kind(b, forced)
@@ -337,7 +354,16 @@ def _new_runs(endpoint: str, bindings: list[Binding], forced: Collection[_Key]) 
         else:
             last = [endpoint, host, b.proto._value_, port, kind, container, container_port, 1, b.count]
             rows.append(last)
+        n = last[7]
+        next_port, next_container_port = (last[3] + n, last[6] + n) if last[8] == 1 else (-1, -1)
+        proto, kind_of = b.proto, type(b)
     return [tuple(row) for row in rows]
+
+
+@functools.lru_cache(maxsize=64)  # every endpoint's 0.0.0.0, or a host's few addresses: formatted once
+def _host_text(version: int, address: int) -> str:
+    """A host address as text, from Binding.key's (version, address)."""
+    return str(ipaddress.IPv4Address(address) if version == 4 else ipaddress.IPv6Address(address))
 
 
 def _checked(row: _Run) -> _Run:
@@ -894,9 +920,11 @@ class Store:
     def _placement_rows(db: sqlite3.Connection, placed: Mapping[str, str | None]) -> None:
         db.executemany("DELETE FROM items WHERE key = ?",
                        ((f"endpoint {name}",) for name, bridge in placed.items() if bridge is None))
+        # json.dumps([name, bridge]), written out: a big publish places hundreds of endpoints
+        quoted = functools.lru_cache(maxsize=None)(_JSON_STRING)  # one bridge for all, often
         db.executemany("INSERT OR REPLACE INTO items VALUES (?, 'endpoint', NULL, ?)",
-                       ((f"endpoint {name}", json.dumps([name, bridge])) for name, bridge in placed.items()
-                        if bridge is not None))
+                       ((f"endpoint {name}", f"[{_JSON_STRING(name)}, {quoted(bridge)}]")
+                        for name, bridge in placed.items() if bridge is not None))
 
 
 def _check_own_file(path: str) -> None:

@@ -3,10 +3,12 @@
 import ipaddress
 
 import pytest
+from hypothesis import given, strategies as st
 
 from natmap import ConflictError, Endpoint, PortSpec, SpecError
 from natmap.backends.iptables import chain_prefix
-from natmap.guest import check_addresses, check_listeners, check_other_tables, mapped_ports, marker, owner_of
+from natmap.guest import (check_addresses, check_listeners, check_other_tables, host_port_ranges, mapped_ports, marker,
+                          owner_of)
 from natmap.host import Listener
 from natmap.model import Binding, Table
 from natmap.spec import Protocol
@@ -109,3 +111,47 @@ def test_addresses_docker_accepts_pass():
 def test_a_mapped_address_is_read_as_the_ipv4_address_it_holds():
     assert str(sock("::ffff:192.0.2.1")) == "192.0.2.1:2222/tcp"
     assert sock("::ffff:0.0.0.0").address == ipaddress.IPv4Address("0.0.0.0")
+
+
+def _ranges_one_by_one(bindings):
+    """What the guard asked the kernel for before host_port_ranges: each
+    binding's (first, last) host ports, by protocol, merged."""
+    from natmap.nlquery import _merged
+
+    return {proto: _merged([(b.host_port, b.last_port) for b in bindings if b.proto is proto])
+            for proto in {b.proto for b in bindings}}
+
+
+_PORTED = st.tuples(st.sampled_from([TCP, UDP]), st.integers(1, 70), st.integers(1, 70), st.sampled_from([1, 1, 1, 3]))
+
+
+@given(st.lists(_PORTED, max_size=40), st.booleans())
+def test_host_port_ranges_cover_the_ports_one_by_one_merging_covers(drawn, ascending):
+    from natmap.nlquery import _merged
+
+    if ascending:  # a publish's: runs of one protocol and ascending ports
+        drawn = sorted(drawn)
+    bindings = [Binding("web01", proto, "0.0.0.0", port, "172.30.0.2", port if count > 1 else shift, count)
+                for proto, port, shift, count in drawn]
+    ranges = host_port_ranges(bindings)
+    assert {proto: _merged(r) for proto, r in ranges.items()} == _ranges_one_by_one(bindings)
+    for proto, covered in ranges.items():  # each range only ports of the bindings: nothing asked for in vain
+        ports = {p for b in bindings if b.proto is proto for p in range(b.host_port, b.last_port + 1)}
+        assert all(p in ports for first, last in covered for p in range(first, last + 1))
+
+
+def test_host_port_ranges_of_a_publish_are_one_range_a_run():
+    bindings = [Binding("web01", TCP, "0.0.0.0", port, "172.30.0.2", port - 9999) for port in range(10000, 10040)]
+    bindings += [Binding("web01", UDP, "0.0.0.0", 53, "172.30.0.2", 53),
+                 Binding("web02", TCP, "0.0.0.0", 10040, "172.30.0.3", 1),
+                 Binding("web02", TCP, "0.0.0.0", 20000, "172.30.0.3", 20000, 100)]
+    assert host_port_ranges(bindings) == {TCP: [(10000, 10040), (20000, 20099)], UDP: [(53, 53)]}
+
+
+def test_check_listeners_given_the_protocols_checks_as_without_them():
+    bindings = [binding("0.0.0.0", 2221), binding("0.0.0.0", 2222, UDP), binding("0.0.0.0", 2222)]
+    sockets = listening(sock("0.0.0.0", 2222))
+    for protocols in (None, host_port_ranges(bindings)):
+        with pytest.raises(ConflictError, match=r"0.0.0.0:2222/tcp for endpoint 'web01': a host socket listens"):
+            check_listeners(bindings, sockets, lambda inode: None, protocols=protocols)
+        check_listeners(bindings[:2], sockets, lambda inode: None, protocols=protocols)

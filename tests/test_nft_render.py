@@ -3,6 +3,8 @@ complete and its fast path for bindings says the same as the general one."""
 
 import ipaddress
 
+from hypothesis import given, strategies as st
+
 from natmap import Binding, Endpoint, Isolation, PortSpec
 from natmap.backends.nft import _elements, _text_entry, change_json, change_text
 from natmap.model import Bridge, Change, Table
@@ -119,3 +121,37 @@ def test_the_deletions_keys_written_out_are_those_of_the_bindings_elements():
                 for c in change_json("t", change)["nftables"]} == expected
 
     check()
+
+
+_HOSTS = [ipaddress.ip_address(a) for a in ("0.0.0.0", "::", "127.0.0.1", "::1")]
+_CONTAINERS = [ipaddress.ip_address(a) for a in ("172.30.0.2", "fd00:30::2")]
+
+
+@st.composite
+def _runs(draw):
+    """Bindings as publishes make them: runs sharing their objects (one spec's,
+    Binding._on_ports), names and addresses again as other objects now and
+    then, same-port ranges among them."""
+    made = []
+    for _ in range(draw(st.integers(0, 6))):
+        host = draw(st.sampled_from(_HOSTS))
+        container = next(c for c in _CONTAINERS if c.version == host.version)
+        if draw(st.booleans()):
+            host = ipaddress.ip_address(str(host))  # equal, another object
+        first, count = draw(st.integers(1, 9000)), draw(st.sampled_from([1, 1, 1, 4]))
+        b = Binding(draw(st.sampled_from(["web01", "web02"])), draw(st.sampled_from(["tcp", "udp", "sctp"])),
+                    host, first, container, first if count > 1 else draw(st.integers(1, 9000)), count)
+        made += [b] if count > 1 else b._on_ports((first + i, b.container_port + i)
+                                                  for i in range(draw(st.integers(1, 5))))
+    return made
+
+
+@given(_runs())
+def test_the_binding_fast_path_renders_each_element_as_the_general_path_does(made):
+    lines = change_text("natmap", Change(add=tuple(made))).splitlines()
+    expected = {}
+    for b in made:  # (a same-port range's map is another: the order of the lines differs)
+        for element in _elements(b):
+            expected.setdefault(element.set, []).append(_text_entry(element))
+    want = [f"add element inet natmap {name} {{ {', '.join(entries)} }}" for name, entries in expected.items()]
+    assert sorted(lines) == sorted(want)

@@ -181,3 +181,47 @@ def test_a_format_1_store_opens_as_it_was_pending_change_and_all(tmp_path_factor
         assert sorted(map(repr, store.items())) == sorted(map(repr, [*items, OTHERS[1]]))
     store.close()
     assert sqlite3.connect(path).execute("SELECT COUNT(*) FROM items WHERE kind = 'binding'").fetchone() == (0,)
+
+
+@st.composite
+def publishes(draw):
+    """An endpoint's bindings as publishes make them: runs of one spec (one
+    address, protocol and type object each, consecutive ports with a shift:
+    Binding._on_ports), ranges, an address now and then equal but not the
+    same object, in the order made (mostly ascending, not always)."""
+    made = []
+    for _ in range(draw(st.integers(0, 5))):
+        kind = draw(st.sampled_from([Binding, Binding, RoutedBinding]))
+        host = draw(st.sampled_from(HOSTS))
+        if draw(st.booleans()):
+            host = ipaddress.ip_address(str(host))  # equal, another object
+        first, n = draw(st.integers(1, 60)), draw(st.integers(1, 6))
+        shift = draw(st.sampled_from([0, 1, 100]))
+        count = draw(st.sampled_from([1, 1, 1, 3]))
+        b = kind("a", draw(st.sampled_from(list(Protocol))), host, first, draw(st.sampled_from(CONTAINERS)),
+                 first if count > 1 else first + shift, count)
+        made += [b] if count > 1 else b._on_ports((first + i, first + shift + i) for i in range(n))
+    if draw(st.booleans()):
+        made.sort(key=lambda b: b.key)  # ascending throughout: every binding taken as it comes
+    return unique(made) if draw(st.booleans()) else made  # a key twice: the last one counts
+
+
+@settings(max_examples=300, deadline=None)
+@given(items=publishes(), data=st.data())
+def test_a_publish_s_runs_taken_as_they_come_are_those_of_the_sorted_bindings(items, data):
+    from natmap.store import _held, _new_runs, _runs_of
+
+    forced = forced_of(items, data) if data.draw(st.booleans()) else set()
+    assert _new_runs("a", items, forced) == _runs_of("a", _held(items, forced))
+
+
+@settings(max_examples=30, deadline=None)
+@given(placed=st.dictionaries(st.from_regex(r"[a-z][a-z0-9_.-]{0,20}", fullmatch=True),
+                              st.from_regex(r"[a-z][a-z0-9é\"\\-]{0,14}", fullmatch=True), max_size=5))
+def test_placement_rows_are_the_json_of_name_and_bridge(tmp_path_factory, placed):
+    store = new_store(tmp_path_factory)
+    store.place(placed)
+    rows = store._open().execute("SELECT key, data FROM items WHERE kind = 'endpoint'").fetchall()
+    assert sorted(rows) == sorted((f"endpoint {name}", json.dumps([name, bridge])) for name, bridge in placed.items())
+    assert store.placements() == placed
+    store.close()

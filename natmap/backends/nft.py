@@ -40,6 +40,7 @@ import functools
 import ipaddress
 import itertools
 import json
+import operator
 import os
 import re
 import sys
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
 
 _TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
 _VERSIONS = (4, 6)
+_COUNT = operator.attrgetter("count")
 
 
 def validate_table(name: str) -> str:
@@ -463,12 +465,14 @@ def change_text(table: str, change: Change) -> str:
     """The same change as nft text, one command a line (``nft -f`` reads it)."""
     lines = [f"delete element inet {table} {name} {{ {', '.join(_text_parts(e.key) for e in elements)} }}"
              for name, elements in _grouped(change.delete).items()]
+    singles = change.added(Binding)
+    ranges = [] if sum(map(_COUNT, singles)) == len(singles) else [b for b in singles if b.count > 1]  # (in C)
+    if ranges:
+        singles = [b for b in singles if b.count == 1]
     others: tuple[Item, ...] = (*change.added(Bridge), *change.added(Link), *change.added(Isolation),
-                                *change.added(Gateway), *change.added(RoutedBinding),
-                                *(b for b in change.added(Binding) if b.count > 1))
+                                *change.added(Gateway), *change.added(RoutedBinding), *ranges)
     lines += [f"add element inet {table} {name} {{ {', '.join(_text_entry(e) for e in elements)} }}"
               for name, elements in _grouped(others).items()]
-    singles = [b for b in change.added(Binding) if b.count == 1]
     lines += [f"add element inet {table} {name} {{ {', '.join(entries)} }}"
               for name, entries in _binding_texts(singles).items()]
     return "\n".join(lines) + ("\n" if lines else "")
@@ -478,19 +482,20 @@ def _binding_texts(bindings: list[Binding]) -> dict[str, list[str]]:
     """Each binding's map element as text, by map: the same as _text_entry
     of its _elements, written out, since a big first publish has thousands.
     The bindings of one spec come one after another and share their endpoint
-    and address objects: what they share is formatted once."""
+    and address and protocol objects: what they share is formatted once."""
     groups: dict[str, list[str]] = {}
-    endpoint = host_ip = container_ip = None
+    endpoint = host_ip = container_ip = proto = None
     for b in bindings:
-        if b.endpoint is not endpoint or b.host_ip is not host_ip or b.container_ip is not container_ip:
-            endpoint, host_ip, container_ip = b.endpoint, b.host_ip, b.container_ip
+        if b.endpoint is not endpoint or b.host_ip is not host_ip or b.container_ip is not container_ip \
+                or b.proto is not proto:
+            endpoint, host_ip, container_ip, proto = b.endpoint, b.host_ip, b.container_ip, b.proto
             if host_ip.is_unspecified:  # 0.0.0.0 or ::
                 group, host = groups.setdefault(f"dnat{host_ip.version}_any", []), ""
             else:
                 group, host = groups.setdefault(f"dnat{host_ip.version}", []), f"{host_ip} . "
-            data = f'comment "{endpoint}" : {container_ip} . '
-        _, _, proto, port = b.key
-        group.append(f"{host}{proto} . {port} {data}{b.container_port}")
+            key = f"{host}{proto._value_} . "
+            data = f' comment "{endpoint}" : {container_ip} . '
+        group.append(f"{key}{b.host_port}{data}{b.container_port}")
     return groups
 
 

@@ -299,7 +299,7 @@ def test_lock_files_go_with_their_table_and_namespace(tmp_path):
         assert {p.name for p in locks.iterdir()} == {f"{ns}-natmap.lock", f"{ns}-lab1.lock", f"{ns}.lock"}
         lab.remove()
         assert {p.name for p in locks.iterdir()} == {f"{ns}-natmap.lock", f"{ns}.lock"}
-    # The namespace is gone; the next new lock file tidies the directory.
+    # The namespace is gone; a new namespace's first lock file tidies the directory.
     with natmap.Sandbox() as second:
         natmap.NatMap(netns=second.host.name, lock_dir=str(locks)).publish(
             second.container("web01").endpoint(), ["8080:80"])
