@@ -1008,7 +1008,7 @@ class Transaction:
         as any publish, then stored as forced, so check calls that one no shadowing."""
         if not isinstance(endpoint, Endpoint):
             raise TypeError(f"expected a natmap.Endpoint, got {type(endpoint).__name__}")
-        parsed = PortSpec.parse_many(_list(specs))
+        parsed = PortSpec.parse_many(_list(specs), where=f"endpoint {endpoint.name!r}")
         table = self._require()
         # The namespace is entered only to ask the kernel: a big transaction
         # publishes hundreds of endpoints on one bridge.

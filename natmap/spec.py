@@ -132,9 +132,12 @@ class PortSpec:
         return _spec(span)
 
     @classmethod
-    def parse_many(cls, texts: Iterable[str | PortSpec]) -> list[PortSpec]:
+    def parse_many(cls, texts: Iterable[str | PortSpec], where: str = "") -> list[PortSpec]:
         """Parse a list of ``-p`` values, in order; the first bad one raises
-        the error :meth:`parse` raises for it. A :class:`PortSpec` in the list
+        the error :meth:`parse` raises for it, its place put in front of the
+        message (``spec 2501 of 5000: invalid port ...``; ``where``, if
+        given, before that: ``endpoint 'web01'``), since the text alone may
+        not tell which of thousands it was. A :class:`PortSpec` in the list
         is taken as it is. A list of ``host:container`` values (``10000:80``,
         a sandbox manager's thousands) is read as one text, at C speed."""
         if isinstance(texts, str):
@@ -143,7 +146,16 @@ class PortSpec:
         fast = _fast_pairs(texts)
         if fast is not None:
             return fast
-        return [text if isinstance(text, PortSpec) else cls.parse(text) for text in texts]
+        specs = []
+        for index, text in enumerate(texts):
+            try:
+                specs.append(text if isinstance(text, PortSpec) else cls.parse(text))
+            except SpecError as exc:
+                place = ", ".join(filter(None, [where, f"spec {index + 1} of {len(texts)}" if len(texts) > 1 else ""]))
+                if not place:
+                    raise
+                raise SpecError(f"{place}: {exc.message}", exc.text, exc.start, exc.end) from exc
+        return specs
 
     @classmethod
     def parse_exposed(cls, text: str) -> PortSpec:

@@ -1026,3 +1026,11 @@ def test_a_routed_unpublish_whose_process_died_cuts_its_flows_in_the_next_call(b
         nxt.repair()
     assert sorted(lines(b for cut in host.routed_cut for b in cut)) == [
         "5000/tcp -> 0.0.0.0:8080", "5000/tcp -> [::]:8080"]
+
+
+def test_a_bad_spec_in_a_transaction_names_its_endpoint_and_place_and_applies_nothing(nm):
+    with pytest.raises(natmap.SpecError) as caught, nm.transaction() as tx:
+        tx.publish(WEB, ["8080:5000"])
+        tx.publish(DB, ["15432:5432", "1543x:5433"])
+    assert caught.value.message.startswith("endpoint 'db01', spec 2 of 2: invalid port '1543x'")
+    assert nm.bindings() == []

@@ -125,7 +125,8 @@ def test_the_wheel_installs_without_a_compiler_and_runs(dist, tmp_path):
                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert asked.returncode != 0
     assert asked.stderr.splitlines()[-1] == ("natmap.errors.BackendError: the iptables backend needs "
-                                             "python-iptables: pip install 'natmap[iptables]'")
+                                             "python-iptables: pip install 'natmap[iptables]' "
+                                             "(from a clone: pip install '.[iptables]')")
 
 
 WITHOUT = """
@@ -141,9 +142,10 @@ except natmap.BackendError as exc:
 
 
 @pytest.mark.parametrize("backend, missing, says", [
-    ("iptables", ["iptc"], "the iptables backend needs python-iptables: pip install 'natmap[iptables]'"),
+    ("iptables", ["iptc"], "the iptables backend needs python-iptables: pip install 'natmap[iptables]' "
+                           "(from a clone: pip install '.[iptables]')"),
     ("auto", ["iptc", "nftables"], "the iptables backend needs python-iptables: pip install 'natmap[iptables]' "
-                                   "(and the nft backend is not usable here)"),
+                                   "(from a clone: pip install '.[iptables]'); the nft backend is not usable here"),
 ])
 def test_the_iptables_backend_without_its_extra_names_the_extra(backend, missing, says):
     # Fails before any kernel call: nothing is read or changed.

@@ -94,15 +94,18 @@ _ODD = st.one_of(
 
 def _one_by_one(items):
     """What the list parses to as PortSpec.parse reads each: its values, or
-    the first bad spec's error (type, message, input and columns)."""
+    the first bad spec's error (type, message, input and columns), its place
+    in a list of more than one put in front of the message."""
     values = []
-    for item in items:
+    for index, item in enumerate(items):
         if isinstance(item, PortSpec):
             values.append(item)
             continue
         try:
             values.append(PortSpec.parse(item))
         except SpecError as exc:
+            if len(items) > 1:
+                exc = SpecError(f"spec {index + 1} of {len(items)}: {exc.message}", exc.text, exc.start, exc.end)
             return (type(exc), exc.message, exc.text, exc.start, exc.end, str(exc))
     return values
 
@@ -169,7 +172,8 @@ def test_each_port_value_is_kept_once_by_its_text():
 def test_a_port_over_65535_in_a_list_is_the_one_spec_parsers_error():
     with pytest.raises(SpecError) as caught:
         PortSpec.parse_many(["10000:1", "10001:2", "10002:70000", "0:-1"])
-    assert caught.value.text == "10002:70000" and caught.value.message == "invalid port 70000 (must be 0-65535)"
+    assert caught.value.text == "10002:70000"
+    assert caught.value.message == "spec 3 of 4: invalid port 70000 (must be 0-65535)"
     assert (caught.value.start, caught.value.end) == (6, 11)
 
 

@@ -274,3 +274,17 @@ def test_building_a_spec_by_hand_gets_the_parser_checks():
         PortSpec(None, R(8000, 8001), R(80, 82))
     with pytest.raises(SpecError, match="invalid protocol"):
         PortSpec(None, None, R(80), "icmp")
+
+
+def test_a_bad_spec_in_a_list_is_named_by_its_place_and_endpoint():
+    """One of thousands: the text alone may not tell which (a newcomer's trial)."""
+    with pytest.raises(SpecError) as caught:
+        PortSpec.parse_many(["8080:80", "8081:81", "2x000:8000", "8083:83"], where="endpoint 'sb03000'")
+    assert caught.value.message.startswith("endpoint 'sb03000', spec 3 of 4: invalid port '2x000'")
+    assert str(caught.value).splitlines()[1:] == ["    2x000:8000", "     ^"]
+    with pytest.raises(SpecError) as caught:
+        PortSpec.parse_many(["2x000:8000"], where="endpoint 'sb03000'")
+    assert caught.value.message.startswith("endpoint 'sb03000': invalid port '2x000'")
+    with pytest.raises(SpecError) as caught:
+        PortSpec.parse_many(["2x000:8000"])
+    assert caught.value.message.startswith("invalid port '2x000'")

@@ -100,8 +100,9 @@ def _iptables(table: str, name: str) -> Backend:
         if exc.name != "iptc":
             raise
         # python-iptables is an extra (it builds a C extension): say how to get it.
-        raise BackendError(f"the iptables backend needs python-iptables: pip install 'natmap[iptables]'"
-                           f"{'' if name == 'iptables' else ' (and the nft backend is not usable here)'}") from exc
+        raise BackendError(f"the iptables backend needs python-iptables: pip install 'natmap[iptables]' "
+                           f"(from a clone: pip install '.[iptables]')"
+                           f"{'' if name == 'iptables' else '; the nft backend is not usable here'}") from exc
     except (ImportError, OSError) as exc:
         raise BackendError(f"the iptables backend needs python-iptables and libxtables: {exc}") from exc
 
