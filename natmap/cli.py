@@ -32,7 +32,7 @@ from .errors import (BackendError, CommandLineError, ConfigError, ConflictError,
 from .links import Link
 from .model import (GATEWAY_MODES, Binding, Bindings, Bridge, Change, Drift, Endpoint, Gateway, Isolation, Item,
                     RoutedBinding, assert_never, describe, natural_key)
-from .spec import LinkSpec, PortSpec
+from .spec import LinkSpec, PortSpec, ip_text
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
 if TYPE_CHECKING:
@@ -57,8 +57,8 @@ def _document(**fields: Any) -> dict[str, Any]:
 
 
 def _binding_json(b: Binding) -> dict[str, Any]:
-    return {"endpoint": b.endpoint, "proto": b.proto.value, "host_ip": str(b.host_ip),
-            "host_port": b.host_port, "container_ip": str(b.container_ip),
+    return {"endpoint": b.endpoint, "proto": b.proto.value, "host_ip": ip_text(b.host_ip),
+            "host_port": b.host_port, "container_ip": ip_text(b.container_ip),
             "container_port": b.container_port, **({"routed": True} if isinstance(b, RoutedBinding) else {})}
 
 
