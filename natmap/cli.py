@@ -126,7 +126,7 @@ def cmd_publish(nm: NatMap, args: argparse.Namespace) -> Output:
         raise CommandLineError("publish needs the endpoint's address: --ip (IPv4), --ipv6 or both "
                                "(see natmap publish --help)")
     endpoint = Endpoint(args.name, args.ip or None, args.bridge, ipv6=args.ipv6, expose=tuple(args.expose))
-    specs = PortSpec.parse_many(args.publish + _spec_lines(args.publish_file))
+    specs = _publish_specs(args)
     made = nm.publish(endpoint, specs, publish_all=args.publish_all, force=args.force)
     return _document(bindings=[_binding_json(b) for b in made]), [b.port_line() for b in made]
 
@@ -319,22 +319,29 @@ def cmd_watch(nm: NatMap, args: argparse.Namespace) -> Output:
     return _document(stopped=True), []
 
 
-def _spec_lines(path: str | None) -> list[str]:
-    """The specs of a ``--publish-file``: one a line; blank lines and ``#`` comments skipped."""
-    if path is None:
-        return []
-    try:
-        with open(path, encoding="utf-8") as specs:
-            lines = [line.split("#", 1)[0].strip() for line in specs]
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
-    return [line for line in lines if line]
+def _publish_specs(args: argparse.Namespace) -> list[PortSpec]:
+    """The ``-p`` values, then the ``--publish-file``'s specs (one a line; blank
+    lines and ``#`` comments skipped), parsed; a bad one is named by where it
+    is: ``-p value 2 of 3`` or ``FILE line 5``."""
+    places = [f"-p value {i + 1} of {len(args.publish)}" for i in range(len(args.publish))]
+    texts = list(args.publish)
+    if args.publish_file is not None:
+        path = args.publish_file
+        try:
+            with open(path, encoding="utf-8") as specs:
+                lines = [line.split("#", 1)[0].strip() for line in specs]
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+        numbered = [(number, line) for number, line in enumerate(lines, 1) if line]
+        texts += [line for _, line in numbered]
+        places += [f"{path} line {number}" for number, _ in numbered]
+    return PortSpec.parse_many(texts, places=places)
 
 
 def cmd_spec(args: argparse.Namespace) -> Output:
-    publish = PortSpec.parse_many(args.publish + _spec_lines(args.publish_file))
+    publish = _publish_specs(args)
     expose = [PortSpec.parse_exposed(t) for t in args.expose]
     links = [LinkSpec.parse(t) for t in args.link]
     lines = [f"-p {s}" for s in publish] + [f"--expose {s}" for s in expose] + [f"--link {s}" for s in links]

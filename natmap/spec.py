@@ -25,7 +25,7 @@ import enum
 import functools
 import ipaddress
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from .errors import SpecError
@@ -133,14 +133,16 @@ class PortSpec:
         return _spec(span)
 
     @classmethod
-    def parse_many(cls, texts: Iterable[str | PortSpec], where: str = "") -> list[PortSpec]:
+    def parse_many(cls, texts: Iterable[str | PortSpec], where: str = "",
+                   places: Sequence[str] | None = None) -> list[PortSpec]:
         """Parse a list of ``-p`` values, in order; the first bad one raises
         the error :meth:`parse` raises for it, its place put in front of the
-        message (``spec 2501 of 5000: invalid port ...``; ``where``, if
-        given, before that: ``endpoint 'web01'``), since the text alone may
-        not tell which of thousands it was. A :class:`PortSpec` in the list
-        is taken as it is. A list of ``host:container`` values (``10000:80``,
-        a sandbox manager's thousands) is read as one text, at C speed."""
+        message (``spec 2501 of 5000: invalid port ...``, or ``places[i]``
+        if given: ``specs.txt line 5``; ``where``, if given, before that:
+        ``endpoint 'web01'``), since the text alone may not tell which of
+        thousands it was. A :class:`PortSpec` in the list is taken as it is.
+        A list of ``host:container`` values (``10000:80``, a sandbox
+        manager's thousands) is read as one text, at C speed."""
         if isinstance(texts, str):
             raise SpecError("expected a list of specs, got one string", texts, 0, len(texts))
         texts = list(texts)
@@ -152,7 +154,8 @@ class PortSpec:
             try:
                 specs.append(text if isinstance(text, PortSpec) else cls.parse(text))
             except SpecError as exc:
-                place = ", ".join(filter(None, [where, f"spec {index + 1} of {len(texts)}" if len(texts) > 1 else ""]))
+                at = places[index] if places is not None else f"spec {index + 1} of {len(texts)}" if len(texts) > 1 else ""
+                place = ", ".join(filter(None, [where, at]))
                 if not place:
                     raise
                 raise SpecError(f"{place}: {exc.message}", exc.text, exc.start, exc.end) from exc

@@ -478,7 +478,9 @@ def test_a_publish_file_gives_specs_one_a_line(sandbox, tmp_path):
                                                   "90/tcp -> 0.0.0.0:9090"]
     specs.write_text("8080:80\n99999:80\n")
     bad = run_natmap("spec", "--publish-file", str(specs), code=2)
-    assert one_error_line(bad.stderr).startswith("natmap: invalid port 99999")
+    assert one_error_line(bad.stderr).startswith(f"natmap: {specs} line 2: invalid port 99999")
+    bad = run_natmap("spec", "-p", "8080:80", "-p", "8o:80", code=2)
+    assert one_error_line(bad.stderr).startswith("natmap: -p value 2 of 2: invalid port '8o'")
 
 
 def test_the_xtables_lock_is_waited_for_no_longer_than_lock_timeout(sandbox):
