@@ -417,6 +417,9 @@ Item = Binding | Bridge | Link | Isolation | Gateway
 # What an assigned port is remembered by: host IP (0.0.0.0 for every address), protocol, container port.
 Slot = tuple[IPAddress, Protocol, int]
 
+# Table._mark: journal runs, steps of the last run, port cursor, endpoint, its bridge, placed, placed before.
+_Mark = tuple[int, int, dict[Protocol, int], str, str | None, bool, str | None]
+
 
 def preferred(bindings: Iterable[Binding]) -> dict[Slot, list[int]]:
     """The host ports ``bindings`` have, by slot, lowest first: what
@@ -701,9 +704,52 @@ class Table:
         container_port)]`` (``host_ip`` 0.0.0.0 for a spec without one), so
         re-applying a configuration keeps its ports (see :func:`preferred`). Raises
         :class:`ConflictError` when a binding would catch packets an existing
-        one catches, or when the name belongs to another address. A binding
+        one catches, or when the name belongs to another address; then the
+        call changed nothing (what its earlier specs made is taken back), as
+        ``docker run`` publishes none of its ports when one fails. A binding
         already there, the same in every field, is returned again.
         """
+        mark = self._mark(endpoint.name)
+        try:
+            return self._publish(endpoint, specs, publish_all, pool, bridge, prefer)
+        except BaseException:
+            self._back_to(mark)
+            raise
+
+    def _mark(self, endpoint: str) -> _Mark:
+        """Where the journal, the port cursor and ``endpoint``'s placement are:
+        what :meth:`_back_to` takes a failed call back to."""
+        steps = len(self._journal[-1][1]) if self._journal else 0
+        return (len(self._journal), steps, dict(self._next_port), endpoint,
+                self._bridge_of.get(endpoint), endpoint in self._placed, self._placed.get(endpoint))
+
+    def _back_to(self, mark: _Mark) -> None:
+        """Undo every step journaled since ``mark``, newest first, and the port
+        cursor's and the endpoint's placement's moves (rollback() of one call)."""
+        runs, steps, next_port, endpoint, bridge, placed, placed_before = mark
+        while len(self._journal) > runs:
+            verb, items = self._journal.pop()
+            self._undo(verb, items)
+        if runs:
+            verb, items = self._journal[runs - 1]
+            self._undo(verb, items[steps:])
+            del items[steps:]
+        self._next_port = next_port
+        if bridge is None:
+            self._bridge_of.pop(endpoint, None)
+        else:
+            self._bridge_of[endpoint] = bridge
+        if placed:
+            self._placed[endpoint] = placed_before
+        else:
+            self._placed.pop(endpoint, None)
+
+    def _undo(self, verb: Verb, items: list[Item]) -> None:
+        for item in reversed(items):
+            self._apply(Verb.DELETE if verb is Verb.ADD else Verb.ADD, item)
+
+    def _publish(self, endpoint: Endpoint, specs: Sequence[PortSpec], publish_all: bool, pool: PortPool,
+                 bridge: Bridge | None, prefer: Mapping[Slot, Sequence[int]]) -> list[Binding]:
         self._check_identity(endpoint)
         if bridge is not None:
             self._ensure_bridge(endpoint, bridge)
@@ -924,8 +970,7 @@ class Table:
         """Undo every journaled step, newest first, and the port cursor's moves:
         a dry run (``NatMap.plan``, ``preview``) leaves nothing a later call sees."""
         for verb, items in reversed(self._journal):
-            for item in reversed(items):
-                self._apply(Verb.DELETE if verb is Verb.ADD else Verb.ADD, item)
+            self._undo(verb, items)
         self._journal.clear()
         self._next_port = dict(self._committed_next_port)
         self._requests.clear()

@@ -1034,3 +1034,17 @@ def test_a_bad_spec_in_a_transaction_names_its_endpoint_and_place_and_applies_no
         tx.publish(DB, ["15432:5432", "1543x:5433"])
     assert caught.value.message.startswith("endpoint 'db01', spec 2 of 2: invalid port '1543x'")
     assert nm.bindings() == []
+
+
+def test_a_publish_that_raises_inside_a_transaction_takes_back_its_earlier_specs(nm):
+    """The caller catches the error and the block goes on: the failed call publishes
+    none of its ports (as docker run), the calls around it stay."""
+    nm.publish(DB, ["9000:90"])
+    with nm.transaction() as tx:
+        tx.publish(WEB, ["7000:70"])
+        with pytest.raises(ConflictError, match="9000"):
+            tx.publish(WEB, ["8080:80", "8081:81", "9000:90"])
+        tx.publish(WEB, ["7001:71"])
+    assert [b.port_line() for b in nm.port("web01")] == [
+        "70/tcp -> 0.0.0.0:7000", "70/tcp -> [::]:7000", "71/tcp -> 0.0.0.0:7001", "71/tcp -> [::]:7001"]
+    assert not nm.check()

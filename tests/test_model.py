@@ -551,3 +551,34 @@ def test_two_routed_endpoints_conflict_on_the_host_port_and_the_message_says_why
     with pytest.raises(ConflictError) as raised:
         publish(other, web("web02", 3), ["8080:5000"])
     assert "routed" not in str(raised.value)  # nat mode: the port is mapped, no note
+
+
+def _state(table):
+    """Everything a publish may change, as comparable values."""
+    return (table.items(), table.change(), dict(table._bridge_of), dict(table._placed), dict(table._next_port),
+            {key: dict(value) if isinstance(value, dict) else value
+             for key in ("_by_key", "_specific", "_by_container", "_addresses_of")
+             for value in [getattr(table, key)]},
+            {k: dict(v) for k, v in table._by_endpoint.items()}, {k: dict(v) for k, v in table._ports.items() if v},
+            {k: dict(v) for k, v in table._ranges.items()})
+
+
+@given(_steps, st.booleans())
+@example([("publish", 2, False, [("", "8000", "80", "tcp")]),
+          ("publish", 3, False, [("", "8001", "81", "tcp"), ("", "8000", "80", "tcp")])], False)
+@settings(max_examples=300, deadline=None)
+def test_a_publish_that_raises_leaves_the_table_as_it_was(sequence, publish_all):
+    """A call that raises changed nothing, its earlier specs' bindings included
+    (the attacker trial: the caller caught the error and the transaction applied them)."""
+    table = Table()
+    for verb, n, ipv6, parts in sequence:
+        endpoint = web(f"ep{n}", n, ipv6=ipv6 and n != 3, expose=("32770", "8001/udp"))
+        specs = [f"{ip}{host}:{container}/{proto}" for ip, host, container, proto in parts]
+        if verb != "publish":
+            _outcome(table, verb, endpoint, specs)
+            continue
+        before = _state(table)
+        try:
+            publish(table, endpoint, specs, publish_all=publish_all)
+        except (ConflictError, SpecError):
+            assert _state(table) == before
