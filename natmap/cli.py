@@ -323,7 +323,9 @@ def _publish_specs(args: argparse.Namespace) -> list[PortSpec]:
     """The ``-p`` values, then the ``--publish-file``'s specs (one a line; blank
     lines and ``#`` comments skipped), parsed; a bad one is named by where it
     is: ``-p value 2 of 3`` or ``FILE line 5``."""
-    places = [f"-p value {i + 1} of {len(args.publish)}" for i in range(len(args.publish))]
+    count = len(args.publish)
+    places = [f"-p value {i + 1} of {count}" if count > 1 else "-p value" if args.publish_file else ""
+              for i in range(count)]
     texts = list(args.publish)
     if args.publish_file is not None:
         path = args.publish_file
