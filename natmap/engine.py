@@ -770,7 +770,7 @@ class NatMap:
         try:
             for attempt in range(3):
                 try:
-                    applied = self._kernel_change(table, change, view, force)
+                    applied, committed = self._kernel_change(table, change, view, force)
                     break
                 except BackendError:
                     # Another program committed between natmap's read and its
@@ -793,9 +793,13 @@ class NatMap:
         self._kernel.forget_flows(cut.deleted(Binding), cut.deleted(Link), cut.added(Binding),
                                   self._isolated_cuts(table, cut), closed_routed(table, cut.deleted(RoutedBinding)),
                                   closed_direct(table, cut.deleted(Gateway)))
-        # Trusted next time only if nobody else committed in between.
-        trusted = after is not None and (not isinstance(before, int) or after == before + 1)
-        if (self._others_seen is not None and isinstance(before, int) and after == before + 1
+        # Trusted next time only if nobody else committed in between: the
+        # generation moved by natmap's one commit, or not at all if it made none
+        # (a publish of what is there already: one commit by another program
+        # in the meantime must not pass for natmap's).
+        expected = before + (1 if committed else 0) if isinstance(before, int) else None
+        trusted = after is not None and (expected is None or after == expected)
+        if (committed and self._others_seen is not None and after == expected
                 and self._others_seen[0] == before):
             self._others_seen = (after, self._others_seen[1])  # only natmap's own commit since they were read
         self._store.done(self._stamp(after) if trusted else None)  # after, not now: a commit since is not ours
@@ -803,26 +807,28 @@ class NatMap:
         self._missing = False
 
     def _kernel_change(self, table: Table, change: Change, view: _KernelView | None,
-                       force: bool) -> Change:
-        """One kernel transaction from what the kernel holds (``view``; None:
-        as natmap left it) to ``table``; returns the change applied."""
+                       force: bool) -> tuple[Change, bool]:
+        """At most one kernel transaction from what the kernel holds (``view``;
+        None: as natmap left it) to ``table``; returns the change applied and
+        whether a transaction was committed (none when nothing differs)."""
         if view is None:
-            self._backend.apply(change, create=False)
-            return change
+            if change:
+                self._backend.apply(change, create=False)
+            return change, bool(change)
         if view.table is None and not view.structure:  # not made yet (or gone): made with its items
             made = Change(add=_in_order(table))
             self._backend.apply(made, create=True)
-            return made
+            return made, True
         target = table.items()
         if view.table is None or view.structure or force:
             if view.table is not None:
                 _log("rebuilding table %s: %s", self.table_name, "; ".join(view.structure) or "repair")
             self._backend.rebuild(target)
-            return Change(add=tuple(target), delete=tuple(view.table.items()) if view.table is not None else ())
+            return Change(add=tuple(target), delete=tuple(view.table.items()) if view.table is not None else ()), True
         missing, unexpected = _differences(target, view.table, self.backend_name)
         if any(isinstance(i, Bridge) for i in (*missing, *unexpected)):
             self._backend.rebuild(target)  # bridges share subnet elements: rebuild, do not patch
-            return Change(add=tuple(target), delete=tuple(view.table.items()))
+            return Change(add=tuple(target), delete=tuple(view.table.items())), True
         known = set(change.add) | set(change.delete)
         for item in missing + unexpected:
             if item not in known:
@@ -830,7 +836,7 @@ class NatMap:
         fixed = Change(add=missing, delete=unexpected)
         if fixed:
             self._backend.apply(fixed, create=False)
-        return fixed
+        return fixed, bool(fixed)
 
     def _isolated_cuts(self, table: Table, change: Change) -> list[Isolated]:
         """For each bridge ``change`` isolates: its subnets and the flows links open there."""

@@ -417,8 +417,9 @@ Item = Binding | Bridge | Link | Isolation | Gateway
 # What an assigned port is remembered by: host IP (0.0.0.0 for every address), protocol, container port.
 Slot = tuple[IPAddress, Protocol, int]
 
-# Table._mark: journal runs, steps of the last run, port cursor, endpoint, its bridge, placed, placed before.
-_Mark = tuple[int, int, dict[Protocol, int], str, str | None, bool, str | None]
+# Table._mark: journal runs, steps of the last run, port cursor, endpoint, its addresses registered,
+# its bridge, placed, placed before.
+_Mark = tuple[int, int, dict[Protocol, int], str, int, str | None, bool, str | None]
 
 
 def preferred(bindings: Iterable[Binding]) -> dict[Slot, list[int]]:
@@ -720,13 +721,13 @@ class Table:
         """Where the journal, the port cursor and ``endpoint``'s placement are:
         what :meth:`_back_to` takes a failed call back to."""
         steps = len(self._journal[-1][1]) if self._journal else 0
-        return (len(self._journal), steps, dict(self._next_port), endpoint,
+        return (len(self._journal), steps, dict(self._next_port), endpoint, len(self._addresses_of.get(endpoint, ())),
                 self._bridge_of.get(endpoint), endpoint in self._placed, self._placed.get(endpoint))
 
     def _back_to(self, mark: _Mark) -> None:
         """Undo every step journaled since ``mark``, newest first, and the port
         cursor's and the endpoint's placement's moves (rollback() of one call)."""
-        runs, steps, next_port, endpoint, bridge, placed, placed_before = mark
+        runs, steps, next_port, endpoint, addresses, bridge, placed, placed_before = mark
         while len(self._journal) > runs:
             verb, items = self._journal.pop()
             self._undo(verb, items)
@@ -734,6 +735,13 @@ class Table:
             verb, items = self._journal[runs - 1]
             self._undo(verb, items[steps:])
             del items[steps:]
+        # An address the call registered for an endpoint that keeps bindings
+        # (its IPv6 one, first published now) is its no more: _remove lets an
+        # endpoint's addresses go only with its last binding.
+        for container in self._addresses_of.get(endpoint, [])[addresses:]:
+            del self._by_container[container]
+        if addresses:
+            del self._addresses_of[endpoint][addresses:]
         self._next_port = next_port
         if bridge is None:
             self._bridge_of.pop(endpoint, None)

@@ -210,6 +210,20 @@ def test_a_commit_elsewhere_during_apply_makes_the_next_transaction_read_again(n
     assert "backend.read" in events
 
 
+def test_a_commit_elsewhere_during_a_call_that_commits_nothing_makes_the_next_read_again(nm, backend, events):
+    """natmap's own commit moves the generation by one: a call that makes none
+    (a publish of what is there) must not take another program's one commit for it
+    (the attacker trial: a deleted element stayed missing, the kernel trusted)."""
+    web = nm.publish(WEB, ["8080:5000"])
+    backend.bump()  # another program's commit: the next call reads the kernel, finds nothing to repair
+    backend.before_next("generation", lambda: None)  # the one read at the start
+    backend.before_next("generation", lambda: backend.commit_elsewhere(delete=[web[0]]))  # the one after
+    assert nm.publish(WEB, ["8080:5000"]) == web  # nothing to commit
+    events.clear()
+    nm.publish(DB, ["5432:5432"])
+    assert "backend.read" in events and web[0] in backend.items and not nm.check()
+
+
 def test_a_commit_elsewhere_during_the_host_steps_makes_the_next_transaction_read_again(nm, backend, host, events,
                                                                                       monkeypatch):
     nm.publish(WEB, ["8080:5000"])

@@ -554,13 +554,12 @@ def test_two_routed_endpoints_conflict_on_the_host_port_and_the_message_says_why
 
 
 def _state(table):
-    """Everything a publish may change, as comparable values."""
-    return (table.items(), table.change(), dict(table._bridge_of), dict(table._placed), dict(table._next_port),
-            {key: dict(value) if isinstance(value, dict) else value
-             for key in ("_by_key", "_specific", "_by_container", "_addresses_of")
-             for value in [getattr(table, key)]},
-            {k: dict(v) for k, v in table._by_endpoint.items()}, {k: dict(v) for k, v in table._ports.items() if v},
-            {k: dict(v) for k, v in table._ranges.items()})
+    """Everything a publish may change, as comparable values (copies)."""
+    import copy
+
+    return copy.deepcopy((table.items(), table.change(), table._bridge_of, table._placed, table._next_port,
+                          table._by_key, table._specific, table._by_container, table._addresses_of,
+                          table._by_endpoint, {k: v for k, v in table._ports.items() if v}, table._ranges))
 
 
 @given(_steps, st.booleans())
