@@ -665,93 +665,52 @@ def scale_checks(sc: dict) -> list[tuple[str, float, float]]:
 
 # What section 8's targets that do not hold on this machine cost, and what was tried (issue 16).
 SCALE_NOTES = """\
-### Section 8: why a target does not hold, and what was tried
+### Section 8: what each target took, where its margin is thin, what was tried
 
-- **10,000 single `-p` strings, a shifted range of 10,000 (and section 1's
-  full apply of 10,000) <= 1.5x the floor.** natmap makes the floor's own call
-  (its nft text is the floor's, and costs the floor's time); what it adds is
-  Python per binding. Done on 2026-11-30: `8080:80[/proto]` parsed without the
-  regex (about 2 us a spec, from 3.5); specs that map each host port to one
-  container port (`8080:80`, `10000-10039:1-40`, `20000-29999:30000-39999`)
-  published in one loop that changes the indexes in line (the model's cost
-  halved: about 2.3 us a binding); a first publish's items no longer sorted by
-  their text (25-30 ms of 10,000); `docker port`'s order sorted by the port
-  numbers when one address and protocol is concerned; no setns per endpoint
-  when no host IP is checked; host sockets looked up only on ports they hold.
-  Property tests hold each fast path equal to the general one. The Python part
-  alone (parsing, the model, the order, the nft text, the store; no kernel),
-  the code before and after measured in turns on the same loaded machine,
-  medians of 3: single strings 559 -> 232 ms, section 1's 10,000 -> 204 from
-  340, the shifted range 343 -> 159. natmap's own times fell (this run:
-  singles 274 ms, shifted 198, full apply 263; the run before these changes:
-  367, 278, 487), but the ratios moved with the load more than with the code:
-  2.89x, 2.36x, 2.18x in this run, 3.22x, 1.81x, 2.23x and 2.75x, 2.35x, 1.66x
-  in two runs the same hour (2.55x, 1.64x, 1.97x before); a floor measured on
-  a quieter machine (95 ms here, 144 before) makes the same Python a larger
-  ratio. Left, for 10,000 bindings measured alone at a quiet moment: parsing
-  21 ms (the single strings only), the model 23 ms, the store 55-100 ms
-  (SQLite, one row per kernel element in two indexes: 35-45 ms inserting, 15
-  ms making the rows, the rest its commits, which vary most), the rest (host
-  sockets, other natmap tables, the elements' text, the order) about 15 ms;
-  the floor is 60-110 ms then. The store alone is 0.6x the floor or more. What
-  would reach 1.5x: writing the store's rows while the kernel commits
-  (libnftables and SQLite both release the GIL), which gives up "recorded
-  before applied", what crash recovery rests on; or one row per run of ports
-  instead of per port, a new store format. Both are the store's (issue 12);
-  not done. Before 2026-11-30 natmap's turns also found the floor's table in
-  place (it carries natmap's marker): since natmap checks the namespace's
-  other natmap tables, that was a conflict; each turn now follows the removal
-  of the table the turn before it left.
-  Done later on 2026-11-30 (storefast): the store keeps a row a run of
-  ports (format 2: 10,000 single `-p` of 250 endpoints are 250 rows, the
-  shifted range one; WITHOUT ROWID, keyed by endpoint, no second index; the
-  pending record is the touched endpoints' rows before the change, not every
-  key added), so its write for 10,000 bindings fell from 40-90 ms to 14-19
-  ms (timed by phase in one loaded run, perf_counter around each: parsing
-  30-40 ms, the model 35-45, the guard's host-socket and other-table checks
-  20-30, the store 14-19, libnftables about 80); a new store file is made
-  in one SQLite transaction without fsync (about 9 ms -> 1, in each first
-  write to a table: every bench turn follows a table's removal); single
-  ports read are kept by their text (the bench clears them before natmap's
-  turn, to measure a first parse). Run of 17:08 UTC, load 0.6-2: singles
-  2.32x (2.86x at 16:20 before these changes, 2.89x in the run before),
-  shifted 1.66x (2.01x, 2.36x), section 1's 10,000 1.68x (2.18x; that row
-  measured alone, natmap and the in-process floor in turns); at 16:31, load
-  5-6: 2.02x, 1.67x, 2.01x. Left:
-  Python per binding outside the store, about 12 us of a 10,000-binding
-  publish's (parsing 3-4, the model 4, the checks 2-3, the nft text 1.5);
-  1.5x needs it halved again (fewer objects per binding: a run's text and
-  one key per run instead of per port). Not reached by the deadline.
-  Done later on 2026-11-30 (perf2), each profiled (cProfile, and
-  perf_counter around each phase) before it was cut: Python's cyclic
-  garbage collector is paused while natmap's calls run (once the table's
-  lock is held; back as the caller had it after the last call of any
-  thread: engine._collection_paused). A 10,000-binding transaction makes
-  some 100,000 objects and no cycle; the ~150 collections they set off
-  found nothing and each full one walked the whole heap: the model's phase
-  fell 50 -> 25 ms and the guard's 20 -> 11 with nothing else changed (in
-  the bench process, whose heap holds the sections before, more). Binding
-  and PortSpec fields set through their slots' setters directly (0.8 us a
-  binding instead of 1.5; the keys of the one-to-one loop made without
-  asking the address for its version and int); a change's items grouped by
-  kind with groupby, docker_order's checks and the socket query's range
-  merge as C loops and comprehensions; a publish's bindings looked at one
-  by one against host sockets only when the kernel handed back a socket on
-  their ports. Tried and taken back, no gain measurable in CPU time (A/B,
-  thread_time, min of 15): the one-to-one loop's per-spec tuples and a
-  hoisted per-spec test. Run of 17:36 UTC, load 1.7-2.2 (BENCH_ONLY=scale,
-  then BENCH_ONLY=full): section 1's 10,000 1.41x (holds), the shifted
-  range 1.50x (on the edge: 0.92x and 1.80x in two runs earlier in this
-  work, floor 146 and 81 ms), singles 2.24x (2.21x and 2.41x in those). Left for the singles, timed alone (CPU time, 10,000
-  specs): parsing 15-17 ms (a first parse of 10,000 distinct host ports:
-  half of it making their PortRange values), the model 20-23 ms (about
-  1.2 us a spec on top of the shifted range's 1 us a binding: the loop's
-  own bytecode, no call left in it but the slot setters), the nft text
-  7 ms, the guard 8-10, the store 6, 250 publish calls' checks and order
-  about 10: some 70 ms of Python against a floor of 80-120 ms. 1.5x needs
-  a third of that gone: one object per run of specs instead of per spec
-  (single `-p` strings of consecutive ports read as one shifted run), not
-  begun.
+- **10,000 single `-p` strings, a shifted range of 10,000 and section 1's
+  full apply of 10,000 <= 1.5x the floor.** natmap makes the floor's own
+  call (its nft text is the floor's, byte for byte, and costs the floor's
+  time); what it adds is Python, so 1.5x leaves it half the floor (35-50
+  ms for 10,000 bindings on this VM). They reached it on 2026-11-30 after
+  four rounds, each profiled (cProfile, perf_counter and thread_time around
+  each phase, old and new code in turns) before it was cut:
+  (1) `8080:80[/proto]` read without the regex; one-to-one specs published
+  in one loop that changes the indexes in line; a first publish's items not
+  sorted by their text; no setns per endpoint when no host IP is checked.
+  (2) The store's format 2: a row a run of ports (10,000 single `-p` of 250
+  endpoints are 250 rows), a new store made without fsync.
+  (3) The cyclic garbage collector paused inside natmap's calls (a
+  10,000-binding change makes ~100,000 objects and no cycle); slot-setter
+  constructors; deletions' keys written out.
+  (4) This round (perfparse, perfmodel, perfexit): a LIST of
+  `host:container[/proto]` specs read as one text (PortSpec.parse_many:
+  one regex, one split, a cache of port values; anything unusual falls back
+  to the one-spec parser for the whole list, so every error is its error):
+  a first parse of the bench's 10,000 singles 15 -> 8 ms of CPU; the model
+  takes consecutive single specs as one run of ports (checked free by port
+  numbers, inserted with dict.update, else binding by binding, so every
+  error stays the same) and makes its objects as slot twins turned Binding /
+  PortSpec by `__class__` (a third of the slot setters' cost); a publish's
+  result known to be in `docker port` order is not sorted again; the guard
+  asks the kernel for the host ports as runs (no sort of 10,000 tuples) and
+  skips other tables when there are none; the store's run rows and the nft
+  text share what a run shares. CPU of 10,000 bindings outside the kernel
+  call: the publish calls 30.5 -> 14 ms (singles, parsing apart) and 24.5 ->
+  11.5 (range specs); the guard, store, text and the rest of the commit 28
+  -> 16. Property tests hold each fast path equal to the general one
+  (values, order, errors). Run of 20:28 UTC (load 0.6-1.2): singles 1.48x,
+  shifted 1.35x, section 1's 10,000 1.35x (2.49x, 1.26x and 1.73x in the
+  whole run of 18:20 before this round, at load 2). The singles' margin is
+  thin: about 10 ms of their time is the garbage collector running in the
+  caller's loop BETWEEN the 250 publish calls (each call's new bindings are
+  young objects; a full collection walks the whole heap when it comes).
+  Pausing it for the whole `with` block would only move that work past the
+  block (the bindings live on) and stop collection in every other thread of
+  the caller's process meanwhile; not done. What is left is about 3 us of
+  Python a binding (making 10,000 Binding objects alone is 3 ms); the next
+  step is one model object per run of ports (a shifted run as one binding
+  of `count` ports, as same-port ranges are), which changes what every
+  reader of the table sees: not begun.
 - **`natmap port NAME` with 10,000 others <= 1.5x with 10.** The kernel cannot
   be asked for one endpoint's elements: the comment is not a key. `list
   table` makes libnftables format all 10,000 elements (about 40% of the time)
