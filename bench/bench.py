@@ -858,7 +858,7 @@ USAGE = """usage: bench.py  (as root: `make bench`; takes no arguments)
 Runs every section in sandbox namespaces and rewrites bench/RESULTS.md,
 keeping its CNI section (`make bench-cni`, bench/cni_bench.py, writes only
 that one). BENCH_ONLY=full|incremental|startup|scale|reapply runs one
-section and prints its target lines only, writing no file; BENCH_QUICK=1
+section and prints it and its target lines, writing no file; BENCH_QUICK=1
 takes fewer repeats. bench/reapply_bench.py also runs alone."""
 SECTIONS = ("full", "incremental", "startup", "scale", "reapply")
 
