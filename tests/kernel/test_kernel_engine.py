@@ -103,6 +103,21 @@ def test_a_reserved_list_longer_than_a_page_is_read_whole(sandbox, nm, web, clie
     assert client.request(sandbox.outside_ip, 28006) == "web01 192.0.2.2"
 
 
+def test_a_call_nested_in_another_namespaces_call_runs_in_its_own(sandbox):
+    """A's block, B's inside it (user code A runs: a Host, a logging
+    handler), A's inside that: the innermost runs in A's namespace."""
+    from natmap.netns import current
+
+    other = sandbox.client("other1")
+    with natmap.NatMap(netns=sandbox.host.name) as a, natmap.NatMap(netns=other.name) as b:
+        def where(nm):
+            with nm._ns():
+                return current()
+        with a._ns(), b._ns():
+            assert (where(a), where(b), current()) == (a._home, b._home, b._home)
+        assert a._home != b._home
+
+
 def test_a_host_range_picks_one_port_and_ranges_map_one_to_one(sandbox, nm, web, client):
     web.serve(7001)
     other = sandbox.container("db01")
