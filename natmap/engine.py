@@ -552,11 +552,14 @@ class NatMap:
     @contextmanager
     def _ns(self) -> Iterator[None]:
         """Run in this instance's namespace, and never anywhere else. Inside
-        such a block of the same thread, at once: the thread is there already
+        such a block of the same thread, at once when the thread is there
         (entering again cost a publish of one port a tenth of its time: two
-        opens, two setns and a stat, several times a call)."""
+        opens, two setns and a stat, several times a call); one stat tells,
+        for code the block runs (an injected Host or Backend, a logging
+        handler) may have entered another NatMap's namespace meanwhile."""
         inside = self._inside
-        if getattr(inside, "home", False):
+        was_inside = getattr(inside, "home", False)
+        if was_inside and current_netns() == self._home:
             yield
             return
         with entered_netns(self.netns, ns_path=self.netns_path):
@@ -567,7 +570,7 @@ class NatMap:
             try:
                 yield
             finally:
-                inside.home = False
+                inside.home = was_inside
 
     @contextmanager
     def _turn(self) -> Iterator[None]:

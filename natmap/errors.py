@@ -186,10 +186,12 @@ class NestedTransactionError(TransactionOpenError):
 
 class PrivilegeError(BackendError, PermissionError):
     """The kernel refused for want of privilege: natmap needs CAP_NET_ADMIN in
-    the network namespace it works in (and CAP_SYS_ADMIN to enter another)."""
+    the network namespace it works in (and CAP_SYS_ADMIN to enter another;
+    python-iptables CAP_NET_RAW, for its raw socket). The message names the
+    capability refused."""
 
-    def __init__(self, what: str) -> None:
-        super().__init__(f"{what}: permission denied; natmap needs CAP_NET_ADMIN in the "
+    def __init__(self, what: str, needs: str = "CAP_NET_ADMIN") -> None:
+        super().__init__(f"{what}: permission denied; natmap needs {needs} in the "
                          "network namespace (run it as root)")
 
 

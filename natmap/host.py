@@ -907,14 +907,23 @@ def _ip(text: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | Non
 
 
 def _sysctl(path: str) -> str:
-    # os.read: a file object's open and read make six more system calls
-    # (fstat, ioctl, lseeks) than the open, reads and close, and a change reads several sysctls.
+    """The whole value of ``/proc/sys/PATH``, as text.
+
+    Read whole in one read from offset 0: the kernel formats some values
+    (proc_do_large_bitmap's: ``ip_local_reserved_ports``) only for a read at
+    offset 0 and answers a read further on with end of file, so reading on
+    in chunks cut a long list at 4096 characters. A value that
+    fills the buffer may be cut: it is read again from offset 0 with one 8
+    times as large (a buffer of 512 KiB for every read cost 40 us each; the
+    longest list of ports, pairs such as ``1-2,4-5``, is 254,736 bytes: a
+    third read at most). os.pread, not a file object: that makes six more
+    system calls (fstat, ioctl, lseeks), and a change reads several sysctls."""
     fd = os.open(f"/proc/sys/{path}", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        chunks = []
-        while chunk := os.read(fd, 4096):
-            chunks.append(chunk)
-        return b"".join(chunks).decode()
+        size = 4096
+        while len(data := os.pread(fd, size, 0)) == size:
+            size *= 8
+        return data.decode()
     finally:
         os.close(fd)
 

@@ -252,6 +252,46 @@ def test_the_namespace_is_checked_at_every_call_though_nested_ones_skip_entering
     assert len(nm.port("web01")) == 2 and not nm.check()
 
 
+def test_a_nested_call_runs_in_its_own_namespace_when_user_code_entered_another(tmp_path, monkeypatch):
+    """A's Backend, called inside A's block, calls B (another namespace),
+    whose Backend calls A: that call of A runs in A's namespace, not B's (a
+    flag of "inside A's block" skipped entering). The namespaces here are
+    names a fake setns keeps per thread."""
+    from contextlib import contextmanager
+
+    where = threading.local()
+
+    @contextmanager
+    def entered(name=None, *, ns_path=None):
+        before = getattr(where, "ns", "root")
+        where.ns = name or before
+        try:
+            yield
+        finally:
+            where.ns = before
+
+    monkeypatch.setattr(natmap.engine, "entered_netns", entered)
+    monkeypatch.setattr(natmap.engine, "current_netns", lambda: (0, hash(getattr(where, "ns", "root"))))
+    seen, calls = [], {}
+
+    class Calling(FakeBackend):
+        def read(self, foreign=None):
+            seen.append((self.label, where.ns))
+            if self.label in calls:
+                calls.pop(self.label)()
+            return super().read(foreign)
+
+    backends = {label: Calling() for label in "ab"}
+    for label, backend in backends.items():
+        backend.label = label
+    with NatMap(netns="a", backend=backends["a"], host=FakeHost([BRIDGE]), lock_dir=str(tmp_path)) as a, \
+            NatMap(netns="b", backend=backends["b"], host=FakeHost([BRIDGE]), lock_dir=str(tmp_path)) as b:
+        seen.clear()
+        calls.update(a=b.bindings, b=a.bindings)
+        assert a.bindings() == []
+    assert seen == [("a", "a"), ("b", "b"), ("a", "a")]  # a, inside b, inside a
+
+
 # --- rollback ---------------------------------------------------------------------
 
 

@@ -62,7 +62,11 @@ def _filter_entries_beyond_policies() -> bool:
     """Whether the (loaded) IPv4 filter table has an entry besides one policy
     a built-in chain and the closing one: a rule or a chain of its own. Asked
     with the kernel's IPT_SO_GET_INFO, its size alone (what iptables asks
-    first); any failure answers True, which only costs a read."""
+    first); any failure answers True, which only costs a read. Asked on a
+    UDP socket, which any process may open: the kernel answers it on any
+    AF_INET socket (ip_getsockopt passes it to netfilter, which wants
+    CAP_NET_ADMIN alone), and a raw socket, as iptables opens, needs
+    CAP_NET_RAW, which hardened runtimes drop."""
     import ctypes
     import struct
 
@@ -71,7 +75,7 @@ def _filter_entries_beyond_policies() -> bool:
     from ..netns import _libc as libc  # Python's getsockopt cannot pass the table's name in
 
     try:
-        sock = _socket.socket(_socket.AF_INET, _socket.SOCK_RAW, _IPPROTO_RAW)
+        sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
     except OSError:
         return True
     try:
@@ -86,7 +90,7 @@ def _filter_entries_beyond_policies() -> bool:
         sock.close()
 
 
-_SOL_IP, _IPPROTO_RAW, _IPT_SO_GET_INFO, _IPT_GETINFO_SIZE = 0, 255, 64, 84  # linux/netfilter_ipv4/ip_tables.h
+_SOL_IP, _IPT_SO_GET_INFO, _IPT_GETINFO_SIZE = 0, 64, 84  # linux/netfilter_ipv4/ip_tables.h
 
 
 def _iptables(table: str, name: str) -> Backend:

@@ -889,8 +889,24 @@ def _iptc_errors(what: str) -> Iterator[None]:
         yield
     except iptc.IPTCError as exc:
         if "Permission denied" in str(exc):
-            raise PrivilegeError(what) from exc
+            raise PrivilegeError(what, _capability_refused()) from exc
         raise BackendError(f"{what}: {exc}") from exc
+
+
+def _capability_refused() -> str:
+    """Which capability python-iptables was refused for: libiptc opens a raw
+    socket (CAP_NET_RAW, which hardened runtimes drop) before it asks the
+    kernel for a table (CAP_NET_ADMIN), and says "Permission denied" for
+    either."""
+    import _socket  # the C module: no enums to import
+
+    try:
+        _socket.socket(_socket.AF_INET, _socket.SOCK_RAW, _socket.IPPROTO_RAW).close()
+    except PermissionError:
+        return "CAP_NET_RAW (python-iptables' raw socket)"
+    except OSError:
+        pass
+    return "CAP_NET_ADMIN"
 
 
 def _table(family: int, name: str) -> Any:

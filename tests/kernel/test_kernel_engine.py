@@ -10,6 +10,7 @@ import natmap
 from helpers import delete_behind_natmaps_back, kernel_state
 from natmap import BackendError, ConflictError, NotFoundError, SpecError
 from natmap.host import UnknownInterfaceError
+from natmap.sandbox import _write_sysctls
 
 
 def lines(bindings):
@@ -86,6 +87,35 @@ def test_publish_all_assigns_ports_from_the_namespaces_range(sandbox, nm, web, c
                            "5353/udp -> 0.0.0.0:40001", "5353/udp -> [::]:40001"]
     assert client.request(sandbox.outside_ip, 40002) == "web01 192.0.2.2"
     assert client.request(sandbox.outside_ip, 40001, "udp") == "web01 192.0.2.2"
+
+
+def test_a_reserved_list_longer_than_a_page_is_read_whole(sandbox, nm, web, client):
+    """ip_local_reserved_ports is formatted by the kernel on the first read
+    only: a list of 22,512 characters whose last item reserves the range's
+    first ports was cut at 4096, and natmap assigned 28000. (Written in one
+    write: the sysctl command cuts it at 4096 characters too.)"""
+    reserved = ",".join(str(p) for p in range(1001, 10000, 2)) + ",28000-28005"
+    sandbox.host.call(_write_sysctls, {"net/ipv4/ip_local_port_range": "28000 28010",
+                                       "net/ipv4/ip_local_reserved_ports": reserved})
+    assert sandbox.host.run(["cat", "/proc/sys/net/ipv4/ip_local_reserved_ports"]).stdout == reserved + "\n"
+    made = nm.publish(web.endpoint(), ["5000"])
+    assert lines(made) == ["5000/tcp -> 0.0.0.0:28006", "5000/tcp -> [::]:28006"]
+    assert client.request(sandbox.outside_ip, 28006) == "web01 192.0.2.2"
+
+
+def test_a_call_nested_in_another_namespaces_call_runs_in_its_own(sandbox):
+    """A's block, B's inside it (user code A runs: a Host, a logging
+    handler), A's inside that: the innermost runs in A's namespace."""
+    from natmap.netns import current
+
+    other = sandbox.client("other1")
+    with natmap.NatMap(netns=sandbox.host.name) as a, natmap.NatMap(netns=other.name) as b:
+        def where(nm):
+            with nm._ns():
+                return current()
+        with a._ns(), b._ns():
+            assert (where(a), where(b), current()) == (a._home, b._home, b._home)
+        assert a._home != b._home
 
 
 def test_a_host_range_picks_one_port_and_ranges_map_one_to_one(sandbox, nm, web, client):

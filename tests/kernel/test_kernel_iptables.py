@@ -1,6 +1,9 @@
 """What only the iptables backend has to prove: commits across tables roll
 back, jumps stay single, other programs' chains stay as they were. Root only."""
 
+import sys
+from pathlib import Path
+
 import pytest
 
 import natmap
@@ -119,3 +122,38 @@ def test_an_empty_legacy_filter_table_holds_no_natmap_table_and_one_made_later_i
         sandbox.host.run(["iptables-legacy", "-A", "INPUT", "-j", "ACCEPT"], check=True)
         assert sandbox.host.call(iptables_in_use) is True  # a rule: read, as any table with something in it
         nft.remove()
+
+
+NATMAP = str(Path(sys.executable).with_name("natmap"))
+NO_NET_RAW = ["setpriv", "--bounding-set", "-net_raw", "--inh-caps", "-net_raw"]  # as hardened runtimes run a plugin
+RAW_REFUSED = "natmap needs CAP_NET_RAW (python-iptables' raw socket) in the network namespace (run it as root)\n"
+
+
+def natmap_without_net_raw(sb, web, *args):
+    return sb.host.run([*NO_NET_RAW, NATMAP, "publish", "web01", "--ip", str(web.ip), "--bridge", sb.bridge, *args],
+                       timeout=60)
+
+
+def test_without_cap_net_raw_nft_publishes_where_the_legacy_filter_table_holds_policies_only(sandbox):
+    """The size of the legacy filter table (is there anything to read?) is
+    asked on a UDP socket: a raw one, which needs CAP_NET_RAW, failed and
+    every publish then read the table through python-iptables and failed."""
+    web, client = sandbox.container("web01"), sandbox.client("client1")
+    web.serve(5000)
+    assert natmap_without_net_raw(sandbox, web, "-p", "8080:5000").returncode == 0
+    sandbox.host.run(["iptables-legacy", "-L", "-n"], check=True)  # loaded, its built-in chains' policies alone
+    published = natmap_without_net_raw(sandbox, web, "-p", "8081:5000")
+    assert published.returncode == 0, published.stderr
+    assert client.request(sandbox.outside_ip, 8081) == "web01 192.0.2.2"
+    sandbox.host.run(["iptables-legacy", "-A", "INPUT", "-j", "ACCEPT"], check=True)  # now read for natmap tables
+    refused = natmap_without_net_raw(sandbox, web, "-p", "8082:5000")
+    assert (refused.returncode, refused.stderr.endswith(RAW_REFUSED)) == (4, True), refused.stderr
+    assert client.request(sandbox.outside_ip, 8082, timeout=0.5) is None
+    assert sandbox.host.run([NATMAP, "remove"]).returncode == 0
+
+
+def test_without_cap_net_raw_the_iptables_backend_says_it_needs_it(sandbox):
+    web = sandbox.container("web01")
+    refused = natmap_without_net_raw(sandbox, web, "-p", "8080:5000", "--backend", "iptables")
+    assert (refused.returncode, refused.stderr.endswith(RAW_REFUSED)) == (4, True), refused.stderr
+    assert sandbox.host.run(["iptables-legacy-save", "-t", "nat"]).stdout.count("NATMAP") == 0
