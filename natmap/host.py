@@ -912,12 +912,12 @@ def _sysctl(path: str) -> str:
     Read whole in one read from offset 0: the kernel formats some values
     (proc_do_large_bitmap's: ``ip_local_reserved_ports``) only for a read at
     offset 0 and answers a read further on with end of file, so reading on
-    in chunks cut a long list at 4096 characters. A value that
-    fills the buffer may be cut: it is read again from offset 0 with one 8
-    times as large (a buffer of 512 KiB for every read cost 40 us each; the
-    longest list of ports, pairs such as ``1-2,4-5``, is 254,736 bytes: a
-    third read at most). os.pread, not a file object: that makes six more
-    system calls (fstat, ioctl, lseeks), and a change reads several sysctls."""
+    in chunks cut a long list at 4096 characters. A value that fills the
+    buffer may be cut: it is read again from offset 0 with one 8 times as
+    large (a buffer of 512 KiB for every read cost 40 us each; the longest
+    list of ports, pairs such as ``1-2,4-5``, is 254,736 bytes: a third read
+    at most). os.pread, not a file object: that makes six more system calls
+    (fstat, ioctl, lseeks), and a change reads several sysctls."""
     fd = os.open(f"/proc/sys/{path}", os.O_RDONLY | os.O_CLOEXEC)
     try:
         size = 4096
