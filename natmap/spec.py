@@ -146,6 +146,8 @@ class PortSpec:
         if isinstance(texts, str):
             raise SpecError("expected a list of specs, got one string", texts, 0, len(texts))
         texts = list(texts)
+        if places is not None and len(places) != len(texts):
+            raise ValueError(f"places: one a spec ({len(texts)}), got {len(places)}")
         fast = _fast_pairs(texts)
         if fast is not None:
             return fast
@@ -154,7 +156,8 @@ class PortSpec:
             try:
                 specs.append(text if isinstance(text, PortSpec) else cls.parse(text))
             except SpecError as exc:
-                at = places[index] if places is not None else f"spec {index + 1} of {len(texts)}" if len(texts) > 1 else ""
+                at = (places[index] if places is not None
+                      else f"spec {index + 1} of {len(texts)}" if len(texts) > 1 else "")
                 place = ", ".join(filter(None, [where, at]))
                 if not place:
                     raise
