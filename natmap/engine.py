@@ -663,6 +663,11 @@ class NatMap:
         return recorded is not None and recorded == self._stamp(self._seen)
 
     def _inspect(self) -> _KernelView:
+        """What the kernel holds. The generation is read first, for the change
+        that follows (_sync): read after, a commit landing between the two
+        reads would count as seen, though the read missed it, and natmap's
+        own commit would then leave the kernel trusted with it unrepaired."""
+        self._seen = self._backend.generation()
         self._backend.claimed = self._store.exists()
         table, structure, foreign = self._backend.inspect()
         return _KernelView(table, structure, foreign)
@@ -780,7 +785,8 @@ class NatMap:
                     # transaction (a flush, say): read the kernel again and redo it.
                     if attempt == 2 or self._backend.generation() == before:
                         raise
-                    view, before = self._inspect(), self._backend.generation()
+                    view = self._inspect()
+                    before, self._seen = self._seen, None
         except BaseException:
             if change:
                 self._store.undo(change)
@@ -977,6 +983,8 @@ class Transaction:
         try:
             if exc_type is not None:
                 table.rollback()
+                if not isinstance(exc, NatmapError):  # an interrupt may have cut a step between
+                    self._nm._cache = None            # its index and its journal entry: read it again
                 return
             self.change = table.change()
             try:

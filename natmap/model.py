@@ -791,13 +791,14 @@ class Table:
         named = {(spec.proto, port) for spec in specs
                  if spec.host_ports is not None and len(spec.host_ports) == len(spec.container_ports)
                  for port in spec.host_ports}
-        runs: dict[tuple[str, Protocol, IPAddress, IPAddress], list[Binding]] = {}
+        # By kind too: a bridge in routed mode makes RoutedBindings, whose range is one as well.
+        runs: dict[tuple[str, Protocol, IPAddress, IPAddress, type[Binding]], list[Binding]] = {}
         for b in same:
             if (b.proto, b.host_port) not in named and self._by_key.get(b.key) is b:
-                runs.setdefault((b.endpoint, b.proto, b.host_ip, b.container_ip), []).append(b)
+                runs.setdefault((b.endpoint, b.proto, b.host_ip, b.container_ip, type(b)), []).append(b)
         merged: set[int] = set()
         ranges: list[Binding] = []
-        for (name, proto, host_ip, container_ip), singles in runs.items():
+        for (name, proto, host_ip, container_ip, kind), singles in runs.items():
             singles.sort(key=lambda b: b.host_port)
             for run in _consecutive(singles):
                 if len(run) < 2:
@@ -806,7 +807,7 @@ class Table:
                     self._remove(b)
                     merged.add(id(b))
                 first = run[0].host_port
-                ranges.append(Binding(name, proto, host_ip, first, container_ip, first, len(run)))
+                ranges.append(kind(name, proto, host_ip, first, container_ip, first, len(run)))
                 self._insert(ranges[-1])
         if not ranges:
             return made

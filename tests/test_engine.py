@@ -217,11 +217,33 @@ def test_a_commit_elsewhere_during_a_call_that_commits_nothing_makes_the_next_re
     web = nm.publish(WEB, ["8080:5000"])
     backend.bump()  # another program's commit: the next call reads the kernel, finds nothing to repair
     backend.before_next("generation", lambda: None)  # the one read at the start
+    backend.before_next("generation", lambda: None)  # the one read before the kernel (_inspect)
     backend.before_next("generation", lambda: backend.commit_elsewhere(delete=[web[0]]))  # the one after
     assert nm.publish(WEB, ["8080:5000"]) == web  # nothing to commit
     events.clear()
     nm.publish(DB, ["5432:5432"])
     assert "backend.read" in events and web[0] in backend.items and not nm.check()
+
+
+def test_a_commit_elsewhere_just_after_repair_read_the_kernel_is_never_trusted(nm, backend, monkeypatch):
+    """The generation is read before the kernel, so a commit landing right after
+    natmap's read (which misses it) is not taken for seen (the second attacker
+    trial: a repair, then every later call, left db01's binding missing)."""
+    web, db = nm.publish(WEB, ["8080:5000"]), nm.publish(DB, ["5432:5432"])
+    backend.commit_elsewhere(delete=[web[0]])  # drift for the repair
+    inspect = backend.inspect
+
+    def inspect_then_someone_commits():
+        seen = inspect()
+        if db[0] in backend.items:
+            backend.commit_elsewhere(delete=[db[0]])  # after natmap's read: the read misses it
+        return seen
+
+    monkeypatch.setattr(backend, "inspect", inspect_then_someone_commits)
+    nm.repair()
+    monkeypatch.undo()
+    nm.publish(Endpoint("more", "172.30.0.8", "natmap0"), ["9001:91"])  # must read the kernel and repair db's
+    assert not nm.check()
 
 
 def test_a_commit_elsewhere_during_the_host_steps_makes_the_next_transaction_read_again(nm, backend, host, events,
@@ -1101,4 +1123,28 @@ def test_a_publish_that_raises_inside_a_transaction_takes_back_its_earlier_specs
         tx.publish(WEB, ["7001:71"])
     assert [b.port_line() for b in nm.port("web01")] == [
         "70/tcp -> 0.0.0.0:7000", "70/tcp -> [::]:7000", "71/tcp -> 0.0.0.0:7001", "71/tcp -> [::]:7001"]
+    assert not nm.check()
+
+
+def test_an_interrupt_inside_a_publish_leaves_no_ghost_for_later_calls(nm, monkeypatch):
+    """Ctrl-C between a binding's index and its journal entry: the table is read
+    again for the next call (the second attacker trial: a ghost endpoint stayed
+    in the cached table, and unpublishing it raised a KeyError)."""
+    from natmap.model import Table
+
+    nm.publish(WEB, ["8080:5000"])
+    insert = Table._insert
+
+    def interrupted(self, binding):
+        insert(self, binding)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Table, "_insert", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        nm.publish(DB, [], publish_all=True)  # the general path: _add_all inserts, then journals
+    monkeypatch.undo()
+    nm.publish(Endpoint("more", "172.30.0.8", "natmap0"), ["9001:91"])
+    assert {b.endpoint for b in nm.bindings()} == {"web01", "more"}
+    with pytest.raises(natmap.NotFoundError):
+        nm.unpublish("db01")
     assert not nm.check()

@@ -581,3 +581,18 @@ def test_a_publish_that_raises_leaves_the_table_as_it_was(sequence, publish_all)
             publish(table, endpoint, specs, publish_all=publish_all)
         except (ConflictError, SpecError):
             assert _state(table) == before
+
+
+def test_assigned_ports_on_a_routed_bridge_merge_into_a_routed_range():
+    """-P on a bridge in routed mode: the run of assigned ports equal to their
+    container ports is one RoutedBinding range, never a mapped one (the second
+    attacker trial: a plain Binding range was published, DNAT and all)."""
+    from natmap.model import Gateway, RoutedBinding
+
+    table = Table()
+    table.set_gateway(Gateway("natmap0", "routed"))
+    endpoint = web("web01", 2, ipv6=False, expose=("40000-40003",))
+    made = publish(table, endpoint, [], publish_all=True, pool=PortPool(PortRange(40000, 40010)))
+    held = table.held_bindings()
+    assert [(type(b), b.host_port, b.count) for b in held] == [(RoutedBinding, 40000, 4)]
+    assert {type(b) for b in made} == {RoutedBinding} and len(made) == 4
