@@ -77,7 +77,7 @@ from types import MappingProxyType
 from .errors import PrivilegeError, StoreCorruptError, StoreError
 from .links import Link
 from .model import Binding, Bridge, Change, Gateway, Isolation, Item, RoutedBinding, assert_never
-from .spec import IPAddress, Protocol, validate_name
+from .spec import IPAddress, Protocol, ip_text, validate_name
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (2 ms of a `natmap` command)
 if TYPE_CHECKING:
@@ -343,7 +343,7 @@ def _new_runs(endpoint: str, bindings: list[Binding], forced: Collection[_Key]) 
             return _runs_of(endpoint, _held(bindings, forced))
         previous = b.key
         if b.host_ip is not host_ip:  # the bindings of one spec share their address objects
-            host_ip, host = b.host_ip, _host_text(b.key[0], b.key[1])
+            host_ip, host = b.host_ip, ip_text(b.host_ip)
         if b.container_ip is not container_ip:
             container_ip, container = b.container_ip, str(b.container_ip)
         kind = _kind(b, forced)
@@ -358,12 +358,6 @@ def _new_runs(endpoint: str, bindings: list[Binding], forced: Collection[_Key]) 
         next_port, next_container_port = (last[3] + n, last[6] + n) if last[8] == 1 else (-1, -1)
         proto, kind_of = b.proto, type(b)
     return [tuple(row) for row in rows]
-
-
-@functools.lru_cache(maxsize=64)  # every endpoint's 0.0.0.0, or a host's few addresses: formatted once
-def _host_text(version: int, address: int) -> str:
-    """A host address as text, from Binding.key's (version, address)."""
-    return str(ipaddress.IPv4Address(address) if version == 4 else ipaddress.IPv6Address(address))
 
 
 def _checked(row: _Run) -> _Run:
